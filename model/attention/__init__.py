@@ -1,0 +1,35 @@
+"""Attention backend registry: the one place where a backend name becomes an implementation.
+
+Adding a backend means one new module and one line in `_REGISTRY`; the model never branches on the name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from model.attention.base import AttentionBackend
+from model.attention.softmax import SoftmaxAttention
+
+_REGISTRY: dict[str, type[AttentionBackend]] = {
+    "softmax": SoftmaxAttention,
+}
+
+BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def get_backend(name: str, **options) -> AttentionBackend:
+    """The backend called `name`, built with its hyperparameters `options` (see each backend's dataclass fields)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown attention backend {name!r} (allowed: {', '.join(BACKENDS)})")
+    cls = _REGISTRY[name]
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for attention backend {name!r} "
+            f"(allowed: {', '.join(allowed) or 'none'})"
+        )
+    return cls(**options)
+
+
+__all__ = ["AttentionBackend", "BACKENDS", "get_backend"]

@@ -1,0 +1,63 @@
+"""The interface every attention backend implements.
+
+A backend is a small frozen dataclass (its fields are the mechanism's hyperparameters) whose methods are pure
+functions of tensors: no parameters and no hidden state live on it. Shapes, per head:
+`q, k: [B, H, T, d]`, `v: [B, H, T, d_v]`, `y: [B, H, T, d_v]`. Every backend computes
+
+    y_i = sum_{j <= i} w(q_i, k_j) v_j / sum_{j <= i} w(q_i, k_j)
+
+for its own weight function `w`, in three forms that must agree: `reference` (naive O(n^2), the definition and
+the test oracle), `forward` (the causal training form) and `step` (decoding t >= 1 new tokens after the tokens
+already folded into a state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class QKIdentity(nn.Module):
+    """The per-token transform of (q, k) before the kernel, for mechanisms that define none."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return q, k
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """Base class: subclasses set `name` and implement the five kernel methods."""
+
+    name = "abstract"
+    # True when the decode state has a fixed size (a recurrent state); False for a KV cache.
+    constant_memory = False
+
+    def make_qk_transform(self, n_head: int, head_dim: int) -> nn.Module:
+        """The module applied to (q, k) after the projections and before the kernel (learnable parts included)."""
+        return QKIdentity()
+
+    def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Naive O(n^2) causal attention: the definition of the mechanism."""
+        raise NotImplementedError
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal training form."""
+        raise NotImplementedError
+
+    def init_state(
+        self, batch: int, heads: int, d: int, d_v: int, *, dtype: torch.dtype, device: torch.device | str,
+        capacity: int | None = None,
+    ) -> Any:
+        """An empty decode state. `capacity` preallocates a KV cache; recurrent states ignore it."""
+        raise NotImplementedError
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Attend t >= 1 new tokens (a prefill chunk or one token) after the state's tokens; returns (y, new state)."""
+        raise NotImplementedError
+
+    def state_nbytes(self, state: Any) -> int:
+        """Bytes the decode state holds."""
+        raise NotImplementedError
