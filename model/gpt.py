@@ -1,0 +1,174 @@
+"""A GPT-2-shaped decoder whose attention mechanism comes from the backend registry.
+
+Module names follow the GPT-2 checkpoint layout (transformer.wte, transformer.h.N.attn.c_attn, ...), so GPT-2
+weights load by a state-dict copy (with Conv1D weights transposed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.attention import get_backend
+from model.config import ModelConfig
+from model.position import apply_rotary, rotary_angles
+
+
+@dataclass
+class DecodeState:
+    """Per-layer attention states plus the number of tokens already consumed."""
+
+    layers: list[Any]
+    position: int = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.backend = get_backend(cfg.attention, **cfg.attention_options)
+        self.qk_transform = self.backend.make_qk_transform(cfg.n_head, cfg.head_dim)
+        self.rope_base = cfg.rope_base if cfg.position == "rope" else None
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, position: int = 0, state: Any = None) -> tuple[torch.Tensor, Any]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.rope_base is not None:
+            positions = torch.arange(position, position + T, device=x.device)
+            cos, sin = rotary_angles(positions, self.head_dim, self.rope_base)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = self.qk_transform(q, k)
+        if state is None:
+            y = self.backend.forward(q, k, v)
+        else:
+            y, state = self.backend.step(q, k, v, state)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y)), state
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, position: int = 0, state: Any = None) -> tuple[torch.Tensor, Any]:
+        attn_out, state = self.attn(self.ln_1(x), position, state)
+        x = x + attn_out
+        return x + self.mlp(self.ln_2(x)), state
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.n_positions, cfg.n_embd) if cfg.position == "learned" else None,
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias),
+            )
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied input and output embeddings
+        self.apply(self._init_weights)
+        # GPT-2: scale the init of projections into the residual stream by 1/sqrt(2 * n_layer).
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        """All parameters, counting the tied embedding once (GPT-2 small: 124,439,808)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 N for the matmuls + 12 L C T for attention scores.
+
+        The attention term is the softmax count (PaLM appendix B); the linear backends differ, so MFU for them is
+        an approximation.
+        """
+        cfg = self.config
+        wpe = cfg.n_positions * cfg.n_embd if cfg.position == "learned" else 0
+        return 6 * (self.num_params() - wpe) + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training / full-sequence forward: idx (B, T) -> logits (B, T, vocab) and the mean cross-entropy."""
+        x = self._embed(idx, position=0)
+        for block in self.transformer.h:
+            x, _ = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+    def init_decode_state(
+        self, batch: int, *, dtype: torch.dtype, device: torch.device | str, capacity: int | None = None
+    ) -> DecodeState:
+        """Empty per-layer decode states (KV caches with room for `capacity` tokens, or recurrent states)."""
+        cfg = self.config
+        layers = [
+            block.attn.backend.init_state(
+                batch, cfg.n_head, cfg.head_dim, cfg.head_dim, dtype=dtype, device=device, capacity=capacity
+            )
+            for block in self.transformer.h
+        ]
+        return DecodeState(layers=layers)
+
+    def decode(self, idx: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        """Consume t >= 1 new tokens (a prompt chunk or one sampled token) after the state; logits (B, t, vocab)."""
+        position = state.position
+        if self.config.position == "learned" and position + idx.shape[1] > self.config.n_positions:
+            raise ValueError(
+                f"cannot decode past position {self.config.n_positions}: the model has learned position embeddings "
+                "for that many tokens only (use a sliding window, or train with model.position=rope or none)"
+            )
+        x = self._embed(idx, position)
+        layers = []
+        for block, layer_state in zip(self.transformer.h, state.layers):
+            x, layer_state = block(x, position, layer_state)
+            layers.append(layer_state)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        return logits, DecodeState(layers=layers, position=position + idx.shape[1])
+
+    def _embed(self, idx: torch.Tensor, position: int) -> torch.Tensor:
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if self.transformer.wpe is not None:
+            positions = torch.arange(position, position + idx.shape[1], device=idx.device)
+            x = x + self.transformer.wpe(positions)
+        return self.transformer.drop(x)

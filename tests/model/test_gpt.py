@@ -1,0 +1,110 @@
+"""The GPT model: GPT-2 shape and parameter count, layout, init, decoding == full forward, position encodings."""
+
+import math
+
+import pytest
+import torch
+
+from model.config import ModelConfig
+from model.gpt import GPT
+from training.config import load_config
+
+
+def tiny(**overrides) -> ModelConfig:
+    return ModelConfig(**{"vocab_size": 97, "n_positions": 64, "n_layer": 2, "n_head": 2, "n_embd": 32, **overrides})
+
+
+def test_gpt2_small_has_124m_parameters():
+    cfg = load_config("configs/gpt2-125m.yaml").model
+    with torch.device("meta"):
+        model = GPT(cfg)
+    assert model.num_params() == 124_439_808  # GPT-2 small with the LM head tied to wte
+
+
+def test_state_dict_follows_the_gpt2_checkpoint_layout():
+    names = set(GPT(tiny()).state_dict())
+    for name in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.h.1.ln_1.weight",
+                 "transformer.h.1.attn.c_attn.weight", "transformer.h.1.attn.c_proj.bias",
+                 "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_proj.weight",
+                 "transformer.ln_f.bias", "lm_head.weight"):
+        assert name in names
+
+
+def test_lm_head_is_tied_to_the_token_embedding():
+    model = GPT(tiny())
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+
+
+def test_residual_projections_use_the_scaled_gpt2_init():
+    torch.manual_seed(0)
+    model = GPT(tiny(n_layer=8, n_embd=256, n_head=4))
+    std = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    assert std == pytest.approx(0.02 / math.sqrt(2 * 8), rel=0.05)
+    assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def test_untrained_loss_is_near_log_vocab():
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    idx, targets = torch.randint(0, 97, (4, 32)), torch.randint(0, 97, (4, 32))
+    _, loss = model(idx, targets)
+    assert loss.item() == pytest.approx(math.log(97), abs=0.1)
+
+
+@pytest.mark.parametrize("position", ["learned", "rope", "none"])
+def test_chunked_decoding_matches_the_full_forward(position):
+    torch.manual_seed(0)
+    model = GPT(tiny(position=position)).double().eval()
+    idx = torch.randint(0, 97, (2, 41))
+    full, _ = model(idx)
+    state = model.init_decode_state(2, dtype=torch.float64, device="cpu", capacity=4)  # forces cache growth
+    pieces = []
+    for a, b in [(0, 7), (7, 8), (8, 9), (9, 30), (30, 41)]:
+        logits, state = model.decode(idx[:, a:b], state)
+        pieces.append(logits)
+    assert state.position == 41
+    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_learned_positions_refuse_to_decode_past_the_table():
+    model = GPT(tiny(n_positions=8)).eval()
+    state = model.init_decode_state(1, dtype=torch.float32, device="cpu")
+    _, state = model.decode(torch.zeros(1, 8, dtype=torch.long), state)
+    with pytest.raises(ValueError, match="learned position embeddings"):
+        model.decode(torch.zeros(1, 1, dtype=torch.long), state)
+
+
+def test_rope_decodes_past_the_trained_context():
+    model = GPT(tiny(n_positions=8, position="rope")).eval()
+    state = model.init_decode_state(1, dtype=torch.float32, device="cpu")
+    logits, state = model.decode(torch.zeros(1, 20, dtype=torch.long), state)
+    assert torch.isfinite(logits).all() and state.position == 20
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    from model.position import apply_rotary, rotary_angles
+
+    q, k = torch.randn(1, 1, 1, 16, dtype=torch.float64), torch.randn(1, 1, 1, 16, dtype=torch.float64)
+
+    def score(m, n):
+        cm, sm = rotary_angles(torch.tensor([m]), 16, 10000.0)
+        cn, sn = rotary_angles(torch.tensor([n]), 16, 10000.0)
+        return (apply_rotary(q, cm, sm) * apply_rotary(k, cn, sn)).sum().item()
+
+    assert score(5, 2) == pytest.approx(score(103, 100), rel=1e-5)
+    assert score(5, 2) != pytest.approx(score(5, 3), rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"n_embd": 30, "n_head": 4}, "model.n_embd .30. must be divisible by model.n_head .4."),
+        ({"attention": "flash"}, "unknown backend 'flash' .allowed: softmax"),
+        ({"attention_options": {"nope": 1.0}}, "model.attention_options: unknown option"),
+        ({"position": "rope", "n_embd": 30, "n_head": 2}, "even head size"),
+        ({"n_layer": 0}, "model.n_layer must be >= 1"),
+    ],
+)
+def test_impossible_model_configs_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**overrides)

@@ -1,0 +1,79 @@
+"""Run configs: YAML + overrides resolve to typed dataclasses; bad input fails early with a one-line message."""
+
+from pathlib import Path
+
+import pytest
+
+from training.config import RunConfig, config_from_dict, config_to_dict, load_config, parse_override
+from training.dataclass_parsing import ConfigError
+
+CONFIGS = sorted(Path("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+
+
+def test_yaml_then_overrides_win_in_order():
+    cfg = load_config("configs/tiny.yaml", ["train.max_steps=7", "--optim.lr=3e-4", "model.position=rope"])
+    assert cfg.train.max_steps == 7
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)  # '3e-4' is a string to YAML 1.1
+    assert cfg.model.position == "rope"
+    assert cfg.model.n_layer == 2  # from the file
+    assert cfg.model.vocab_size == 50257  # default
+
+
+def test_extends_merges_the_parent_file(tmp_path):
+    (tmp_path / "child.yaml").write_text(
+        f"extends: {Path('configs/tiny.yaml').resolve()}\nmodel:\n  attention: softmax\n  n_layer: 3\n"
+    )
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.model.n_layer == 3 and cfg.model.n_embd == 64
+
+
+def test_resolved_config_round_trips():
+    cfg = load_config("configs/tiny.yaml", ["model.attention_options={}", "logging.wandb_tags=[a, b]"])
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    assert cfg.logging.wandb_tags == ["a", "b"]
+
+
+def test_yaml_booleans_are_read_as_the_literal_they_spell():
+    assert load_config(None, ["logging.wandb=off"]).logging.wandb == "off"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.max_step=3"], r"unknown key train.max_step \(allowed in train: out_dir, max_steps,"),
+        (["modle.n_layer=3"], r"unknown key modle \(allowed in config: model, data, optim, train, logging\)"),
+        (["train.max_steps=abc"], r"train.max_steps: expected int, got 'abc'"),
+        (["train.max_steps=2.5"], r"train.max_steps: expected an integer, got 2.5"),
+        (["train.compile=maybe"], r"train.compile: expected true or false"),
+        (["train.dtype=fp8"], r"train.dtype: 'fp8' is not allowed \(allowed: auto, float32, bfloat16, float16\)"),
+        (["model.n_head=5"], r"model.n_embd \(64\) must be divisible by model.n_head \(5\)"),
+        (["model.attention=flash"], r"model.attention: unknown backend 'flash' \(allowed: softmax"),
+        (["data.block_size=128"], r"data.block_size \(128\) > model.n_positions \(64\)"),
+        (["optim.min_lr=1.0"], r"min_lr <= lr"),
+        (["train.batch_size=0"], r"train.batch_size must be >= 1"),
+        (["max_steps=3"], r"write section.key=value"),
+    ],
+)
+def test_bad_values_fail_with_a_message_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config("configs/tiny.yaml", overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_or_malformed_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_override_parsing():
+    assert parse_override("train.lr=3e-4") == {"train": {"lr": "3e-4"}}
+    assert parse_override("--model.attention_options.eps=1e-6") == {"model": {"attention_options": {"eps": "1e-6"}}}

@@ -1,0 +1,1 @@
+"""Helpers of the training loop in train.py: config, runtime, optimiser and schedule, checkpoints, metrics."""

@@ -1,0 +1,109 @@
+"""Checkpoints: a directory per save, written under a temporary name and renamed, so a crash mid-save never
+destroys the last good checkpoint.
+
+    <run>/checkpoints/step_000100/model.safetensors   weights (the tied embedding stored once)
+                                 /state.pt            optimiser, step, RNG states, data position, wandb id
+                                 /config.json         the fully resolved run config
+    <run>/checkpoints/latest                          name of the newest complete checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint path that does not hold a usable checkpoint."""
+
+
+def save_checkpoint(
+    run_dir: str | Path, step: int, model: nn.Module, state: dict[str, Any], config: dict[str, Any], keep: int
+) -> Path:
+    """Write the checkpoint of `step` atomically, point `latest` at it, and keep only the newest `keep`."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    for path in tmp.iterdir():
+        _fsync(path)
+    if final.exists():  # re-saving the same step (e.g. after a resume): swap, never leave a gap
+        stale = root / f".old-{final.name}-{os.getpid()}"
+        final.rename(stale)
+        tmp.rename(final)
+        shutil.rmtree(stale)
+    else:
+        tmp.rename(final)
+    _write_atomic(root / LATEST, final.name)
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory meant by `path`: a checkpoint itself, a run directory or its checkpoints/ folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {path} does not exist (pass a run directory or a checkpoint dir)")
+    if (path / "model.safetensors").is_file():
+        return path
+    for root in (path / CHECKPOINTS, path):
+        latest = root / LATEST
+        if latest.is_file():
+            found = root / latest.read_text().strip()
+            if (found / "model.safetensors").is_file():
+                return found
+            raise CheckpointError(f"{latest} points at {found.name}, which is missing or incomplete")
+    raise CheckpointError(f"no checkpoint in {path} (expected model.safetensors or {CHECKPOINTS}/{LATEST})")
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint of a run directory, or None if it has none yet."""
+    try:
+        return find_checkpoint(Path(run_dir) / CHECKPOINTS)
+    except CheckpointError:
+        return None
+
+
+def read_config(ckpt: Path) -> dict[str, Any]:
+    return json.loads((ckpt / "config.json").read_text())
+
+
+def load_weights(ckpt: Path, model: nn.Module) -> None:
+    """Load the checkpoint's weights into `model` (strict: names and shapes must match)."""
+    missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{ckpt} does not fit this model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+
+
+def load_state(ckpt: Path) -> dict[str, Any]:
+    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,162 @@
+"""The run configuration: typed sections for model, data, optimiser, training loop and logging.
+
+A YAML file overrides the defaults (it may `extends:` another file, path relative to itself), then command-line
+overrides `section.key=value` override the file. Everything is validated before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from data.config import DataConfig
+from model.config import ModelConfig
+from training.dataclass_parsing import ConfigError, from_dict, to_dict
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-4  # peak learning rate, reached after the warm-up
+    min_lr: float = 6e-5  # learning rate at the end of the cosine decay
+    warmup_steps: int = 100  # linear warm-up from 0 to lr over this many optimiser steps
+    decay_steps: int | None = None  # cosine decay ends at this step (None: train.max_steps), then stays at min_lr
+    weight_decay: float = 0.1  # AdamW decay on matmul weights only (not biases, LayerNorms or embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"optim: need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"optim.beta1 and optim.beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("optim.weight_decay and optim.grad_clip must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"  # run directory: config, metrics.jsonl, checkpoints
+    max_steps: int = 1000  # optimiser steps
+    batch_size: int = 8  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimiser step in total, split across processes (torchrun)
+    eval_interval: int = 100  # evaluate on the fixed val windows every this many steps (and at the end)
+    eval_batch_size: int = 8  # sequences per evaluation batch
+    log_interval: int = 10  # write a metrics line every this many steps
+    ckpt_interval: int = 0  # checkpoint every this many steps (0: at evaluations only); always at the end
+    keep_checkpoints: int = 2  # how many checkpoints to keep in the run directory
+    seed: int = 1337  # seeds the init, the data order and dropout
+    device: str = "auto"  # auto (cuda if present, else mps, else cpu), cpu, cuda, cuda:N, mps
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # autocast dtype; auto: bf16 where supported
+    compile: bool = False  # torch.compile the model
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    resume: str = "never"  # never, auto (latest checkpoint in out_dir if any), or a checkpoint path
+    sample_tokens: int = 0  # after training, print a sample of this many tokens
+    sample_prompt: str = "\n"  # prompt of that sample
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batch_size", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.ckpt_interval < 0 or self.keep_checkpoints < 1 or self.threads < 0 or self.sample_tokens < 0:
+            raise ValueError(
+                "train.ckpt_interval, train.threads and train.sample_tokens must be >= 0, "
+                "train.keep_checkpoints >= 1"
+            )
+
+
+@dataclass
+class LoggingConfig:
+    wandb: Literal["off", "offline", "online"] = "off"  # Weights & Biases logging; offline writes to <out_dir>/wandb
+    wandb_project: str = "attnlab"
+    wandb_group: str | None = None  # groups runs of a sweep
+    wandb_tags: list[str] = field(default_factory=list)
+    run_name: str | None = None  # display name (default: the out_dir's name)
+    progress: bool = True  # tqdm progress bar on stderr
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.block_size > self.model.n_positions:
+            raise ValueError(
+                f"data.block_size ({self.data.block_size}) > model.n_positions ({self.model.n_positions}): "
+                "lower data.block_size or raise model.n_positions"
+            )
+        if self.data.block_size < 1:
+            raise ValueError(f"data.block_size must be >= 1, got {self.data.block_size}")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The YAML file as a dict, following `extends:` chains (the extending file wins key by key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (the shipped ones are in configs/)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, optim, train, logging)")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return merge(read_yaml(path.parent / parent), data)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; override wins."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`train.lr=3e-4` -> {'train': {'lr': 3e-4}} (the value is read as YAML: numbers, true/false, lists)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().removeprefix("--")
+    if not sep or not key or "." not in key:
+        raise ConfigError(f"bad override {text!r}: write section.key=value, e.g. train.max_steps=100")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """The validated run config from a YAML file (or defaults) plus `section.key=value` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    for text in overrides:
+        data = merge(data, parse_override(text))
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    return from_dict(RunConfig, data)
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return to_dict(cfg)

@@ -1,0 +1,100 @@
+"""Build typed config dataclasses from plain dicts (YAML files, command-line overrides), checking every key and type.
+
+Errors are one line and name the dotted key, what was expected and, where the set is finite, the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Union
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key and the fix."""
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """An instance of dataclass `cls` with fields from `data` (missing ones keep their defaults)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys to values, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [key for key in data if key not in fields]
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s} (allowed in {prefix.rstrip('.') or 'config'}: {', '.join(fields)})"
+        )
+    values = {key: coerce(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def coerce(tp: Any, value: Any, key: str) -> Any:
+    """`value` converted to type `tp` (accepting numeric strings such as '3e-4' for numbers), or a ConfigError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, {} if value is None else value, f"{key}.")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("null", "none") and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if isinstance(value, bool) and value not in args:  # YAML 1.1 reads off/on/no/yes as booleans
+            spellings = ("on", "yes", "true") if value else ("off", "no", "false")
+            value = next((a for a in args if str(a).lower() in spellings), value)
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed (allowed: {', '.join(map(str, args))})")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {coerce(args[0], k, key): coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return origin(coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        if isinstance(value, str):
+            try:
+                value = float(value) if tp is float or any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            value = int(value)
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported config type {tp}")
+
+
+def to_dict(instance: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (for YAML / JSON / checkpoints)."""
+    return dataclasses.asdict(instance)

@@ -1,0 +1,51 @@
+"""Metrics sinks: metrics.jsonl in the run directory (always) and Weights & Biases (optional, offline or online)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from training.config import LoggingConfig
+
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+class MetricsLog:
+    """Appends one JSON object per call to <run>/metrics.jsonl and mirrors it to wandb when enabled."""
+
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, config: dict[str, Any]):
+        self.path = run_dir / "metrics.jsonl"
+        self.wandb_run = _start_wandb(run_dir, cfg, config) if cfg.wandb != "off" else None
+
+    def log(self, step: int, **metrics: Any) -> None:
+        record = {"step": step, "time": time.time(), **metrics}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    def close(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def _start_wandb(run_dir: Path, cfg: LoggingConfig, config: dict[str, Any]):
+    """Start (or, with a stored run id, continue) the wandb run of this run directory."""
+    import wandb  # imported only when enabled: it is slow to import
+
+    id_file = run_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    id_file.write_text(run_id)
+    return wandb.init(
+        project=cfg.wandb_project,
+        name=cfg.run_name or run_dir.name,
+        group=cfg.wandb_group,
+        tags=list(cfg.wandb_tags),
+        config=config,
+        dir=str(run_dir),
+        mode=cfg.wandb,
+        id=run_id,
+        resume="allow",
+    )
