@@ -16,6 +16,7 @@ from torch import nn
 
 from model.attention import get_backend
 from model.config import ModelConfig
+from model.loss import linear_cross_entropy
 from model.position import apply_rotary, rotary_angles
 
 
@@ -127,15 +128,15 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Training / full-sequence forward: idx (B, T) -> logits (B, T, vocab) and the mean cross-entropy."""
+        """Full-sequence forward: idx (B, T) -> (logits (B, T, vocab), None) without targets; with targets
+        (B, T) (-100 = ignore) -> (None, mean cross-entropy), computed chunk by chunk without the logits."""
         x = self._embed(idx, position=0)
         for block in self.transformer.h:
             x, _ = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        return logits, loss
+        x = self.transformer.ln_f(x)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(x), None
+        return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
 
     def init_decode_state(
         self, batch: int, *, dtype: torch.dtype, device: torch.device | str, capacity: int | None = None

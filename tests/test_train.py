@@ -1,0 +1,152 @@
+"""train.py end to end on the tiny config: loss falls, exact resume, torchrun DDP, wandb offline, signals, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_SILENT": "true",
+       "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory) -> str:
+    """The Shakespeare corpus, prepared once for every test in the session."""
+    from data.config import DataConfig
+    from data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(DataConfig(prepared_dir=str(out)))
+    return str(out)
+
+
+def tiny_args(run_dir: Path, prepared_dir: str, *extra: str) -> list[str]:
+    return ["configs/tiny.yaml", f"train.out_dir={run_dir}", f"data.prepared_dir={prepared_dir}", *extra]
+
+
+def metrics(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(m["step"], m[key]) for m in lines if key in m]
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_a_short_run_learns_and_writes_its_run_directory(tmp_path, prepared_dir):
+    result = run_cli(tiny_args(tmp_path, prepared_dir, "train.max_steps=30", "train.sample_tokens=8"))
+    assert result.returncode == 0, result.stderr
+    val = metrics(tmp_path, "val_loss")
+    assert val[0][1] < 10.0 and val[-1][1] < val[0][1] - 0.3  # from ~ln(50257) = 10.8 down
+    train_loss = metrics(tmp_path, "train_loss")
+    assert train_loss[-1][1] < train_loss[0][1] - 1.0
+    assert "final val loss" in result.stdout and "--- sample" in result.stdout
+    assert (tmp_path / "config.yaml").is_file()
+    latest = tmp_path / "checkpoints" / (tmp_path / "checkpoints" / "latest").read_text()
+    saved = json.loads((latest / "config.json").read_text())
+    assert saved["train"]["max_steps"] == 30 and saved["model"]["n_layer"] == 2  # fully resolved config
+    assert {"tokens_per_s", "mfu", "lr", "grad_norm"} <= set(json.loads(
+        (tmp_path / "metrics.jsonl").read_text().splitlines()[0]))
+
+
+def test_resume_continues_exactly(tmp_path, prepared_dir):
+    common = ["train.max_steps=8", "train.log_interval=1", "train.eval_interval=4", "model.dropout=0.1"]
+    assert train.main(tiny_args(tmp_path / "straight", prepared_dir, *common)) == 0
+    assert train.main(tiny_args(tmp_path / "halves", prepared_dir, *common, "train.max_steps=4")) == 0
+    assert train.main(tiny_args(tmp_path / "halves", prepared_dir, *common, "--resume")) == 0
+    straight, halves = metrics(tmp_path / "straight", "train_loss"), metrics(tmp_path / "halves", "train_loss")
+    assert [s for s, _ in halves] == list(range(1, 9))
+    assert halves == straight  # bit-identical losses
+    assert metrics(tmp_path / "halves", "val_loss")[-1] == metrics(tmp_path / "straight", "val_loss")[-1]
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path, prepared_dir, capsys):
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2")) == 0
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2")) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_different_model(tmp_path, prepared_dir, capsys):
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2")) == 0
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=4", "model.n_layer=3", "--resume")) == 2
+    assert "cannot resume: model.n_layer" in capsys.readouterr().err
+
+
+def test_config_errors_exit_before_any_work(tmp_path, prepared_dir):
+    result = run_cli(tiny_args(tmp_path, prepared_dir, "model.attention=flash"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "config error: model.attention: unknown backend 'flash' (allowed: " + result.stderr.split("allowed: ")[1].strip()
+    ]
+    assert not tmp_path.joinpath("metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, prepared_dir):
+    args = tiny_args(tmp_path, prepared_dir, "train.max_steps=100000", "train.log_interval=1",
+                     "train.eval_interval=100000")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "checkpoint saved" in err
+    step = json.loads((tmp_path / "checkpoints" / "latest").parent.joinpath(
+        (tmp_path / "checkpoints" / "latest").read_text(), "config.json").read_text())["train"]["max_steps"]
+    assert step == 100000
+    saved_step = int((tmp_path / "checkpoints" / "latest").read_text().removeprefix("step_"))
+    assert saved_step >= 1
+    result = run_cli([*args[:-3], f"train.max_steps={saved_step + 2}", "--resume"])
+    assert result.returncode == 0, result.stderr
+    assert metrics(tmp_path, "train_loss")[-1][0] == saved_step + 2
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tmp_path, prepared_dir):
+    """torchrun with 2 gloo processes (grad_accum 2 split 1 + 1) == 1 process accumulating 2 micro-batches."""
+    common = ["train.max_steps=4", "train.eval_interval=4"]
+    single = run_cli(tiny_args(tmp_path / "single", prepared_dir, *common))
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+         *tiny_args(tmp_path / "ddp", prepared_dir, *common)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "ddp" / "checkpoints").glob("step_*")] == ["step_000004"]
+    assert ddp.stdout.count("final val loss") == 1  # rank 0 reports, once
+    a = load_file(tmp_path / "single" / "checkpoints" / "step_000004" / "model.safetensors")
+    b = load_file(tmp_path / "ddp" / "checkpoints" / "step_000004" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    assert metrics(tmp_path / "ddp", "val_loss")[-1][1] == pytest.approx(
+        metrics(tmp_path / "single", "val_loss")[-1][1], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_a_run_and_resume_continues_it(tmp_path, prepared_dir):
+    args = tiny_args(tmp_path, prepared_dir, "train.max_steps=2", "logging.wandb=offline")
+    assert run_cli(args).returncode == 0
+    run_id = (tmp_path / "wandb_id.txt").read_text().strip()
+    runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    result = run_cli([*args[:-2], "train.max_steps=4", "logging.wandb=offline", "--resume"])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "wandb_id.txt").read_text().strip() == run_id
+    assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # same id, continued
