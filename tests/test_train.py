@@ -63,7 +63,9 @@ def test_a_short_run_learns_and_writes_its_run_directory(tmp_path, prepared_dir)
 
 
 def test_resume_continues_exactly(tmp_path, prepared_dir):
-    common = ["train.max_steps=8", "train.log_interval=1", "train.eval_interval=4", "model.dropout=0.1"]
+    # decay_steps fixes the schedule, so stopping at step 4 is a true interruption of the 8-step run
+    common = ["train.max_steps=8", "optim.decay_steps=8", "train.log_interval=1", "train.eval_interval=4",
+              "model.dropout=0.1"]
     assert train.main(tiny_args(tmp_path / "straight", prepared_dir, *common)) == 0
     assert train.main(tiny_args(tmp_path / "halves", prepared_dir, *common, "train.max_steps=4")) == 0
     assert train.main(tiny_args(tmp_path / "halves", prepared_dir, *common, "--resume")) == 0

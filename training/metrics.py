@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def _start_wandb(run_dir: Path, cfg: LoggingConfig, config: dict[str, Any]):
     import wandb  # imported only when enabled: it is slow to import
 
     id_file = run_dir / WANDB_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
     id_file.write_text(run_id)
     return wandb.init(
         project=cfg.wandb_project,

@@ -1,0 +1,1 @@
+"""The GPT model, its configuration and the attention backends."""

@@ -1,0 +1,102 @@
+"""Training-step throughput (tokens/s) and MFU of the model, measured like the anchors (docs/anchors.md).
+
+    python scripts/bench_train.py                       # both anchor shapes, 1 and 2 threads, fp32 and bf16
+    python scripts/bench_train.py --shapes small --threads 2 --dtypes bfloat16
+
+One step = forward + backward + AdamW update on random tokens; the median of `--steps` timed steps after
+`--warmup` untimed ones. MFU = 6N + 12LCT FLOPs per token × tokens/s ÷ the peak of a 2048² torch.mm in the
+same dtype and thread count. Writes CSV and markdown to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from model.config import ModelConfig
+from model.gpt import GPT
+from training.config import OptimConfig
+from training.optim import make_optimizer
+
+# name: (n_layer, n_embd, batch, seq_len) — the two shapes of the anchor table
+SHAPES = {"gpt2-small": (12, 768, 1, 1024), "small": (4, 256, 8, 256)}
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def step_time(shape: str, dtype: torch.dtype, attention: str, warmup: int, steps: int) -> tuple[float, GPT]:
+    n_layer, n_embd, batch, seq = SHAPES[shape]
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=n_layer, n_head=n_embd // 64, n_embd=n_embd, attention=attention))
+    optimizer = make_optimizer(model, OptimConfig(), "cpu")
+    x, y = torch.randint(0, 50257, (batch, seq)), torch.randint(0, 50257, (batch, seq))
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            _, loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="gpt2-small,small", help=f"comma list of {', '.join(SHAPES)}")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--attention", default="softmax")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--out", default="results/bench_train")
+    args = parser.parse_args()
+
+    rows = []
+    for threads in map(int, args.threads.split(",")):
+        torch.set_num_threads(threads)
+        for dtype_name in args.dtypes.split(","):
+            dtype = getattr(torch, dtype_name)
+            peak = matmul_peak(dtype)
+            for shape in args.shapes.split(","):
+                seconds, model = step_time(shape, dtype, args.attention, args.warmup, args.steps)
+                _, _, batch, seq = SHAPES[shape]
+                tokens_per_s = batch * seq / seconds
+                mfu = model.flops_per_token(seq) * tokens_per_s / peak
+                row = dict(shape=shape, attention=args.attention, threads=threads, dtype=dtype_name,
+                           step_s=round(seconds, 4), tokens_per_s=round(tokens_per_s, 1), mfu=round(mfu, 3),
+                           peak_gflops=round(peak / 1e9, 1))
+                rows.append(row)
+                print(row, flush=True)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.with_suffix(".csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| shape | threads | dtype | tokens/s | MFU | step s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['shape']} | {r['threads']} | {r['dtype']} | {r['tokens_per_s']:.0f} | {100 * r['mfu']:.0f}% "
+              f"| {r['step_s']} |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
