@@ -26,6 +26,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from data.errors import DataError
 from data.loader import TrainWindows, eval_batches, val_windows, windows_fingerprint
 from data.prepare import load_prepared, prepare
 from data.tokenizer import load_tokenizer
@@ -146,17 +147,17 @@ def evaluate(model: GPT, val_tokens, cfg: RunConfig, runtime: rt.Runtime) -> flo
 
 
 def print_sample(model: GPT, cfg: RunConfig, runtime: rt.Runtime) -> None:
+    """Print a short continuation of train.sample_prompt (fp32, temperature 0.8, top-k 200)."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     prompt = torch.tensor([tokenizer.encode(cfg.train.sample_prompt)], device=runtime.device)
     generator = torch.Generator(device=runtime.device).manual_seed(cfg.train.seed)
     model.eval()
     ids = []
-    with runtime.autocast():
-        for token in generate_tokens(model, prompt, cfg.train.sample_tokens, temperature=0.8, top_k=200,
-                                     generator=generator):
-            ids.append(token.item())
-            if ids[-1] == tokenizer.eot_id:
-                break
+    for token in generate_tokens(model, prompt, cfg.train.sample_tokens, temperature=0.8, top_k=200,
+                                 generator=generator):
+        ids.append(token.item())
+        if ids[-1] == tokenizer.eot_id:
+            break
     print(f"--- sample ({len(ids)} tokens) ---\n{cfg.train.sample_prompt}{tokenizer.decode(ids)}\n---", flush=True)
 
 
@@ -312,6 +313,8 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         if interrupted:
             break
     bar.close()
+    if math.isnan(val_loss):  # resumed a run that had already finished: report where it stands
+        val_loss = evaluate(model, val_tokens, cfg, runtime)
 
     if runtime.is_main and not interrupted and tc.sample_tokens:
         print_sample(model, cfg, runtime)
@@ -330,10 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    runtime = rt.start(cfg.train.device, cfg.train.dtype)
+    try:
+        runtime = rt.start(cfg.train.device, cfg.train.dtype)
+    except ValueError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     try:
         result = train(cfg, runtime)
-    except (ConfigError, ckpt.CheckpointError) as exc:
+    except (ConfigError, ckpt.CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -24,9 +24,9 @@ class OptimConfig:
     warmup_steps: int = 100  # linear warm-up from 0 to lr over this many optimiser steps
     decay_steps: int | None = None  # cosine decay ends at this step (None: train.max_steps), then stays at min_lr
     weight_decay: float = 0.1  # AdamW decay on matmul weights only (not biases, LayerNorms or embeddings)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW denominator epsilon
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
 
     def __post_init__(self) -> None:
@@ -74,9 +74,9 @@ class TrainConfig:
 @dataclass
 class LoggingConfig:
     wandb: Literal["off", "offline", "online"] = "off"  # Weights & Biases logging; offline writes to <out_dir>/wandb
-    wandb_project: str = "attnlab"
+    wandb_project: str = "attnlab"  # wandb project name
     wandb_group: str | None = None  # groups runs of a sweep
-    wandb_tags: list[str] = field(default_factory=list)
+    wandb_tags: list[str] = field(default_factory=list)  # tags of the wandb run (e.g. the backend)
     run_name: str | None = None  # display name (default: the out_dir's name)
     progress: bool = True  # tqdm progress bar on stderr
 
