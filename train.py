@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
         help="continue from CHECKPOINT, or from the run directory's latest checkpoint (same as train.resume=auto)",
     )
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config and the parameter count, then exit (no data, no training)")
     args, unknown = parser.parse_known_args(argv)
     # allow --section.key=value as well as section.key=value
     bad = [u for u in unknown if not (u.startswith("--") and "=" in u)]
@@ -129,7 +131,7 @@ def set_rng_state(state: dict) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, val_tokens, cfg: RunConfig, runtime: rt.Runtime) -> float:
+def evaluate(model: torch.nn.Module, val_tokens, cfg: RunConfig, runtime: rt.Runtime) -> float:
     """Mean loss over the fixed val windows (sharded over ranks, summed with all_reduce)."""
     model.eval()
     starts = val_windows(val_tokens, cfg.data.block_size, cfg.data.eval_windows)
@@ -159,6 +161,17 @@ def print_sample(model: GPT, cfg: RunConfig, runtime: rt.Runtime) -> None:
         if ids[-1] == tokenizer.eot_id:
             break
     print(f"--- sample ({len(ids)} tokens) ---\n{cfg.train.sample_prompt}{tokenizer.decode(ids)}\n---", flush=True)
+
+
+def print_plan(cfg: RunConfig) -> None:
+    """The resolved config, the parameter count and the batch geometry (the model is built on the meta device)."""
+    with torch.device("meta"):
+        model = GPT(cfg.model)
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    tokens = cfg.train.batch_size * cfg.data.block_size * cfg.train.grad_accum
+    print(f"parameters: {model.num_params():,}\ntokens per step: {tokens:,} "
+          f"({cfg.train.batch_size} x {cfg.data.block_size} x {cfg.train.grad_accum} micro-batches)\n"
+          f"tokens in total: {tokens * cfg.train.max_steps:,}")
 
 
 def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
@@ -215,12 +228,11 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             print(f"resuming from {resume_from} (step {step})", flush=True)
     log = MetricsLog(run_dir, cfg.logging, resolved) if runtime.is_main else None
 
-    train_model = model
-    if tc.compile:
-        train_model = torch.compile(model)
+    forward_model = torch.compile(model) if tc.compile else model  # evaluation uses it too
+    train_model = forward_model
     if runtime.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        train_model = DistributedDataParallel(train_model, device_ids=device_ids)
+        train_model = DistributedDataParallel(forward_model, device_ids=device_ids)
 
     tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
     peak = rt.peak_flops(runtime.device, runtime.dtype) if runtime.is_main else float("nan")
@@ -296,7 +308,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
 
         is_eval = step % tc.eval_interval == 0 or step == tc.max_steps
         if is_eval:
-            val_loss = evaluate(model, val_tokens, cfg, runtime)
+            val_loss = evaluate(forward_model, val_tokens, cfg, runtime)
             best_val = min(best_val, val_loss)
             if log is not None:
                 log.log(step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)), tokens=tokens_seen,
@@ -314,7 +326,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             break
     bar.close()
     if math.isnan(val_loss):  # resumed a run that had already finished: report where it stands
-        val_loss = evaluate(model, val_tokens, cfg, runtime)
+        val_loss = evaluate(forward_model, val_tokens, cfg, runtime)
 
     if runtime.is_main and not interrupted and tc.sample_tokens:
         print_sample(model, cfg, runtime)
@@ -333,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        print_plan(cfg)
+        return 0
     try:
         runtime = rt.start(cfg.train.device, cfg.train.dtype)
     except ValueError as exc:

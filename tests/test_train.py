@@ -152,3 +152,10 @@ def test_wandb_offline_writes_a_run_and_resume_continues_it(tmp_path, prepared_d
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "wandb_id.txt").read_text().strip() == run_id
     assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # same id, continued
+
+
+def test_dry_run_prints_the_gpt2_small_plan(capsys):
+    assert train.main(["configs/gpt2-125m.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters: 124,439,808" in out
+    assert "tokens per step: 524,288 (16 x 1024 x 32 micro-batches)" in out
