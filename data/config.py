@@ -23,3 +23,12 @@ class DataConfig:
     prepared_dir: str = "data/prepared"  # where token files go: <prepared_dir>/<dataset slug>/{train,val}.bin + meta.json
     block_size: int = 1024  # length of the training windows, in tokens
     eval_windows: int = 64  # number of fixed val windows every evaluation uses (same windows in every run)
+
+    def __post_init__(self) -> None:
+        if self.val_every < 2:
+            raise ValueError(f"data.val_every must be >= 2 (1 would leave no training data), got {self.val_every}")
+        for name in ("max_documents", "max_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1 or null (no limit), got {getattr(self, name)}")
+        if self.eval_windows < 1:
+            raise ValueError(f"data.eval_windows must be >= 1, got {self.eval_windows}")

@@ -1,0 +1,245 @@
+"""Turn a data source into token files: <prepared_dir>/<slug>/train.bin, val.bin and meta.json.
+
+    python -m data.prepare --source shakespeare
+    python -m data.prepare --source hf:HuggingFaceFW/fineweb-edu --subset sample-10BT --max-tokens 1000000000
+
+The .bin files are flat token ids (uint16 when the vocabulary fits, else uint32); every document is followed by the
+end-of-text id. Document i (counted from 0 in source order) goes to val iff i % val_every == val_every - 1.
+Documents are streamed, tokenised in batches and appended to the files, so a source need not fit in memory.
+Outputs are written under temporary names and renamed, and a directory whose meta.json records the same input
+fingerprint (config, local files' sizes and mtimes, FORMAT_VERSION) is reused without reading the source again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+import sys
+import time
+import typing
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data.config import DataConfig
+from data.errors import DataError
+from data.sources import Source, iter_documents, resolve_source
+from data.tokenizer import TextTokenizer, load_tokenizer
+
+FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
+BATCH_DOCUMENTS = 256  # documents tokenised per call (the tokenizer parallelises within a call)
+META = "meta.json"
+SPLITS = ("train", "val")
+INPUT_FIELDS = ("source", "subset", "split", "text_field", "tokenizer", "val_every", "max_documents", "max_tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """The result of `prepare`."""
+
+    path: Path  # the dataset directory holding train.bin, val.bin and meta.json
+    meta: dict  # the contents of meta.json
+    reused: bool  # True when the directory was already up to date and nothing was processed
+    seconds: float  # time spent reading and tokenising (0 when reused)
+
+
+def dataset_dir(cfg: DataConfig) -> Path:
+    """<prepared_dir>/<source>-<tokenizer>-<hash of the input fields>: one directory per distinct dataset."""
+    inputs = json.dumps({name: getattr(cfg, name) for name in INPUT_FIELDS}, sort_keys=True)
+    readable = "-".join(_slug(text) for text in (cfg.source, cfg.tokenizer))
+    return Path(cfg.prepared_dir) / f"{readable}-{hashlib.sha256(inputs.encode()).hexdigest()[:8]}"
+
+
+def input_fingerprint(cfg: DataConfig, source: Source) -> str:
+    """A hash of everything the token files depend on: the input fields, the local files' paths, sizes and
+    modification times (a hub dataset is taken as it is), and FORMAT_VERSION."""
+    files = [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in source.files]
+    inputs = {"format": FORMAT_VERSION, "config": {name: getattr(cfg, name) for name in INPUT_FIELDS}, "files": files}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 while every id fits, else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def prepare(cfg: DataConfig) -> PreparedData:
+    """Tokenise `cfg.source` into the dataset directory, unless it already holds this exact input."""
+    source = resolve_source(cfg)
+    path = dataset_dir(cfg)
+    fingerprint = input_fingerprint(cfg, source)
+    meta = _read_meta(path)
+    if meta is not None and meta.get("fingerprint") == fingerprint and _files_match(path, meta):
+        return PreparedData(path, meta, reused=True, seconds=0.0)
+
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    dtype = token_dtype(tokenizer.vocab_size)
+    path.mkdir(parents=True, exist_ok=True)
+    writers = {split: _TokenWriter(path / f"{split}.bin", dtype) for split in SPLITS}
+    progress = tqdm(total=cfg.max_tokens, unit="tok", unit_scale=True, desc=path.name, disable=None, file=sys.stderr)
+    try:
+        documents = iter_documents(source, cfg.text_field, cfg.max_documents)
+        for split, ids in _split_documents(_tokenised(documents, tokenizer), cfg.val_every, cfg.max_tokens):
+            writers[split].append(ids)
+            progress.update(len(ids))
+        if writers["val"].documents == 0:
+            read = writers["train"].documents
+            raise DataError(
+                f"the val split is empty: {read} document(s) were read and document i goes to val iff "
+                f"i % {cfg.val_every} == {cfg.val_every - 1}; lower data.val_every or add documents"
+                + (" (or raise data.max_tokens)" if cfg.max_tokens is not None else "")
+            )
+        (path / META).unlink(missing_ok=True)  # from here until the new meta.json lands, the directory is stale
+        for writer in writers.values():
+            writer.commit()
+    finally:
+        progress.close()
+        for writer in writers.values():
+            writer.discard()
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        **{name: getattr(cfg, name) for name in INPUT_FIELDS},
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": dtype.name,
+        "separator": "eot_id after every document",
+        "split_rule": f"document i -> val iff i % {cfg.val_every} == {cfg.val_every - 1}",
+        **{f"{split}_tokens": writers[split].tokens for split in SPLITS},
+        **{f"{split}_documents": writers[split].documents for split in SPLITS},
+        "val_sha256": writers["val"].sha256,
+    }
+    _write_atomic(path / META, json.dumps(meta, indent=2) + "\n")
+    return PreparedData(path, meta, reused=False, seconds=time.perf_counter() - start)
+
+
+def load_prepared(dataset: DataConfig | str | Path) -> tuple[dict, np.memmap, np.memmap]:
+    """(meta, train tokens, val tokens) of a prepared dataset: its directory, or the config that names it."""
+    path = dataset_dir(dataset) if isinstance(dataset, DataConfig) else Path(dataset)
+    meta = _read_meta(path)
+    if meta is None:
+        raise DataError(f"{path} is not a prepared dataset (no {META}); run: python -m data.prepare --source ...")
+    if not _files_match(path, meta):
+        raise DataError(f"{path}: token files do not match {META} (interrupted or edited); prepare it again")
+    train, val = (np.memmap(path / f"{split}.bin", dtype=meta["dtype"], mode="r") for split in SPLITS)
+    return meta, train, val
+
+
+class _TokenWriter:
+    """Appends documents' ids to a temporary file next to `path`; `commit` renames it to `path`."""
+
+    def __init__(self, path: Path, dtype: np.dtype) -> None:
+        self.path, self.dtype = path, dtype
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.file = open(self.tmp, "wb")
+        self.tokens = self.documents = 0
+        self._hash = hashlib.sha256()
+
+    def append(self, ids: list[int]) -> None:
+        data = np.asarray(ids, dtype=self.dtype).tobytes()
+        self.file.write(data)
+        self._hash.update(data)
+        self.tokens += len(ids)
+        self.documents += 1
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        """Remove the temporary file if `commit` did not happen."""
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _tokenised(documents: Iterable[str], tokenizer: TextTokenizer) -> Iterator[list[int]]:
+    """Each document's ids followed by the end-of-text id, tokenised BATCH_DOCUMENTS at a time."""
+    batches = iter(lambda: list(itertools.islice(documents, BATCH_DOCUMENTS)), [])
+    for batch in batches:
+        for ids in tokenizer.encode_batch(batch):
+            ids.append(tokenizer.eot_id)
+            yield ids
+
+
+def _split_documents(
+    documents: Iterable[list[int]], val_every: int, max_tokens: int | None
+) -> Iterator[tuple[str, list[int]]]:
+    """("train" | "val", ids) per document; the document that reaches max_tokens is cut there and is the last."""
+    total = 0
+    for i, ids in enumerate(documents):
+        if max_tokens is not None:
+            ids = ids[: max_tokens - total]
+        total += len(ids)
+        yield ("val" if i % val_every == val_every - 1 else "train"), ids
+        if max_tokens is not None and total >= max_tokens:
+            return
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        return json.loads((path / META).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _files_match(path: Path, meta: dict) -> bool:
+    """Whether both token files exist with the sizes meta.json records."""
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    files = {split: path / f"{split}.bin" for split in SPLITS}
+    return all(f.is_file() and f.stat().st_size == meta[f"{split}_tokens"] * itemsize for split, f in files.items())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("._")[-48:] or "data"
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults, hints = DataConfig(), typing.get_type_hints(DataConfig)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in (*INPUT_FIELDS, "prepared_dir"):
+        parse = int if int in (hints[name], *typing.get_args(hints[name])) else str
+        parser.add_argument(f"--{name.replace('_', '-')}", type=parse, default=getattr(defaults, name),
+                            help=f"data.{name} (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = DataConfig(**vars(args))
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        result = prepare(cfg)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    meta = result.meta
+    print(f"{result.path}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
+          f"{meta['train_documents']:,} / {meta['val_documents']:,} documents ({meta['split_rule']})")
+    if result.reused:
+        print("up to date: reused without reading the source")
+    else:
+        tokens = meta["train_tokens"] + meta["val_tokens"]
+        print(f"{tokens:,} tokens in {result.seconds:.1f} s = {tokens / result.seconds / 1e6:.2f} M tokens/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

