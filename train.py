@@ -203,6 +203,8 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     torch.manual_seed(tc.seed)
     model = GPT(cfg.model).to(runtime.device)
     optimizer = make_optimizer(model, oc, runtime.device.type)
+    # fp16 (GPUs without bf16) needs loss scaling; for bf16 and fp32 the scaler is a no-op
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
     resolved = config_to_dict(cfg)
     step, tokens_seen, elapsed, best_val = 0, 0, 0.0, math.inf
     if resume_from is not None:
@@ -210,6 +212,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         ckpt.load_weights(resume_from, model)
         state = ckpt.load_state(resume_from)
         optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["grad_scaler"])
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed"]
         best_val = state["best_val_loss"]
         set_rng_state(state["rng"][min(runtime.rank, len(state["rng"]) - 1)])
@@ -244,7 +247,8 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     def save(at_step: int) -> None:
         if runtime.is_main:
             state = {
-                "step": at_step, "optimizer": optimizer.state_dict(), "tokens_seen": tokens_seen,
+                "step": at_step, "optimizer": optimizer.state_dict(), "grad_scaler": scaler.state_dict(),
+                "tokens_seen": tokens_seen,
                 "elapsed": elapsed, "best_val_loss": best_val, "rng": all_rng_states,
                 "data": {"seed": tc.seed, "next_micro_batch": at_step * tc.grad_accum},
             }
@@ -277,12 +281,14 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             sync = nullcontext() if (not runtime.distributed or micro == accum - 1) else train_model.no_sync()
             with sync, runtime.autocast():
                 _, loss = train_model(x, y)
-            (loss / accum).backward()
+            scaler.scale(loss / accum).backward()
             step_loss += loss.item() / accum
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"loss is {step_loss} at step {step}; lower optim.lr or use train.dtype=float32")
+        scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip or float("inf")).item()
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         dt = time.perf_counter() - t0
