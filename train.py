@@ -306,8 +306,8 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             tok_s = window_tokens / window_time
             mfu = flops_per_token * tok_s / peak
             if log is not None:
-                log.log(step, train_loss=loss_avg, lr=lr, grad_norm=grad_norm, tokens=tokens_seen,
-                        tokens_per_s=tok_s, mfu=mfu, elapsed=elapsed)
+                log.log(step, train_loss=loss_avg, lr=lr, grad_norm=grad_norm, tokens=tokens_seen, tokens_per_s=tok_s,
+                        mfu=mfu, elapsed=elapsed, peak_mem_mb=rt.peak_memory_mb(runtime.device))
             bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%", refresh=False)
             window_loss, window_tokens, window_time = 0.0, 0, 0.0
         bar.update(1)

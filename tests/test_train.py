@@ -58,7 +58,7 @@ def test_a_short_run_learns_and_writes_its_run_directory(tmp_path, prepared_dir)
     latest = tmp_path / "checkpoints" / (tmp_path / "checkpoints" / "latest").read_text()
     saved = json.loads((latest / "config.json").read_text())
     assert saved["train"]["max_steps"] == 30 and saved["model"]["n_layer"] == 2  # fully resolved config
-    assert {"tokens_per_s", "mfu", "lr", "grad_norm"} <= set(json.loads(
+    assert {"tokens_per_s", "mfu", "lr", "grad_norm", "peak_mem_mb"} <= set(json.loads(
         (tmp_path / "metrics.jsonl").read_text().splitlines()[0]))
 
 
