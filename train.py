@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +27,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data.errors import DataError
-from data.loader import TrainWindows, eval_batches, val_windows, windows_fingerprint
-from data.prepare import load_prepared, prepare
 from data.tokenizer import load_tokenizer
+from model.generation import ContextLimitReached, generate
 from model.gpt import GPT
-from model.sampling import generate_tokens
+from model.sampling import Sampler
 from training import checkpoint as ckpt
 from training import runtime as rt
 from training.config import RunConfig, config_to_dict, load_config
 from training.dataclass_parsing import ConfigError
 from training.metrics import MetricsLog
 from training.optim import make_optimizer
+from training.run_data import RecallData, TextData, open_run_data
 from training.schedule import learning_rate
 
 
@@ -105,13 +105,15 @@ def resolve_resume(cfg: RunConfig, run_dir: Path) -> Path | None:
 
 def check_resumable(cfg: RunConfig, saved: dict) -> None:
     """A checkpoint continues only the same model on the same data."""
-    current = config_to_dict(cfg)
+    current, defaults = config_to_dict(cfg), config_to_dict(RunConfig())
     for section in ("model", "data"):
-        diff = [k for k in current[section] if current[section][k] != saved[section].get(k)]
+        # keys a checkpoint predates count as their defaults
+        recorded = {**defaults[section], **saved[section]}
+        diff = [k for k in current[section] if current[section][k] != recorded[k]]
         if diff:
             raise ConfigError(
                 f"cannot resume: {section}.{diff[0]} is {current[section][diff[0]]!r} here but "
-                f"{saved[section].get(diff[0])!r} in the checkpoint; use the checkpoint's config"
+                f"{recorded[diff[0]]!r} in the checkpoint; use the checkpoint's config"
             )
 
 
@@ -130,22 +132,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, val_tokens, cfg: RunConfig, runtime: rt.Runtime) -> float:
-    """Mean loss over the fixed val windows (sharded over ranks, summed with all_reduce)."""
+def evaluate(data: TextData | RecallData, model: torch.nn.Module) -> dict[str, float]:
     model.eval()
-    starts = val_windows(val_tokens, cfg.data.block_size, cfg.data.eval_windows)
-    total = torch.zeros(2, dtype=torch.float64, device=runtime.device)
-    for x, y in eval_batches(val_tokens, starts[runtime.rank :: runtime.world_size], cfg.data.block_size,
-                             cfg.train.eval_batch_size):
-        x, y = x.to(runtime.device), y.to(runtime.device)
-        with runtime.autocast():
-            _, loss = model(x, y)
-        total += torch.tensor([loss.item() * x.shape[0], x.shape[0]], dtype=torch.float64, device=runtime.device)
-    if runtime.distributed:
-        dist.all_reduce(total)
+    scores = data.evaluate(model)
     model.train()
-    return (total[0] / total[1]).item()
+    return scores
 
 
 def print_sample(model: GPT, cfg: RunConfig, runtime: rt.Runtime) -> None:
@@ -155,11 +146,13 @@ def print_sample(model: GPT, cfg: RunConfig, runtime: rt.Runtime) -> None:
     generator = torch.Generator(device=runtime.device).manual_seed(cfg.train.seed)
     model.eval()
     ids = []
-    for token in generate_tokens(model, prompt, cfg.train.sample_tokens, temperature=0.8, top_k=200,
-                                 generator=generator):
-        ids.append(token.item())
-        if ids[-1] == tokenizer.eot_id:
-            break
+    sampler = Sampler(temperature=0.8, top_k=200, vocab_size=tokenizer.vocab_size)
+    with suppress(ContextLimitReached):  # a sample longer than the context ends there
+        for token in generate(model, prompt, cfg.train.sample_tokens, sampler=sampler, generator=generator,
+                              stop_id=tokenizer.eot_id):
+            if token.item() == tokenizer.eot_id:
+                break
+            ids.append(token.item())
     print(f"--- sample ({len(ids)} tokens) ---\n{cfg.train.sample_prompt}{tokenizer.decode(ids)}\n---", flush=True)
 
 
@@ -187,18 +180,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     if tc.threads:
         torch.set_num_threads(tc.threads)
 
-    # Data: prepared once by the main process (idempotent), then memory-mapped everywhere.
-    if runtime.is_main:
-        prepare(cfg.data)
-    rt.barrier(runtime)
-    meta, train_tokens, val_tokens = load_prepared(cfg.data)
-    if meta["vocab_size"] > cfg.model.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's vocabulary "
-            f"({meta['vocab_size']}); set model.vocab_size >= {meta['vocab_size']}"
-        )
-    windows = TrainWindows(train_tokens, cfg.data.block_size, tc.batch_size, seed=tc.seed)
-    val_windows(val_tokens, cfg.data.block_size, cfg.data.eval_windows)  # fail now if val is too short
+    data = open_run_data(cfg, runtime)  # prepares text data once (main process), checks the val set is usable
 
     torch.manual_seed(tc.seed)
     model = GPT(cfg.model).to(runtime.device)
@@ -225,8 +207,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         print(f"model: {model.num_params():,} parameters | attention {cfg.model.attention} | "
               f"position {cfg.model.position} | {runtime.device} {str(runtime.dtype).removeprefix('torch.')} | "
               f"{runtime.world_size} process(es)", flush=True)
-        print(f"data: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens from {meta['source']}",
-              flush=True)
+        print(f"data: {data.description}", flush=True)
         if resume_from is not None:
             print(f"resuming from {resume_from} (step {step})", flush=True)
     log = MetricsLog(run_dir, cfg.logging, resolved) if runtime.is_main else None
@@ -240,7 +221,6 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
     peak = rt.peak_flops(runtime.device, runtime.dtype) if runtime.is_main else float("nan")
     flops_per_token = model.flops_per_token(cfg.data.block_size)
-    fingerprint = windows_fingerprint(meta, cfg.data.block_size, cfg.data.eval_windows)
     stop = StopRequest()
     decay_steps = oc.decay_steps if oc.decay_steps is not None else tc.max_steps
 
@@ -277,7 +257,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         step_loss = 0.0
         for micro in range(accum):
             index = (step * accum + micro) * runtime.world_size + runtime.rank  # global micro-batch index
-            x, y = (t.to(runtime.device, non_blocking=True) for t in windows.batch(index))
+            x, y = (t.to(runtime.device, non_blocking=True) for t in data.batch(index))
             sync = nullcontext() if (not runtime.distributed or micro == accum - 1) else train_model.no_sync()
             with sync, runtime.autocast():
                 _, loss = train_model(x, y)
@@ -314,11 +294,12 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
 
         is_eval = step % tc.eval_interval == 0 or step == tc.max_steps
         if is_eval:
-            val_loss = evaluate(forward_model, val_tokens, cfg, runtime)
+            scores = evaluate(data, forward_model)
+            val_loss = scores["val_loss"]
             best_val = min(best_val, val_loss)
             if log is not None:
-                log.log(step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)), tokens=tokens_seen,
-                        elapsed=elapsed, val_windows=fingerprint)
+                log.log(step, **scores, val_ppl=math.exp(min(val_loss, 50)), tokens=tokens_seen, elapsed=elapsed,
+                        val_windows=data.fingerprint)
             if runtime.is_main:
                 tqdm.write(f"step {step}: val loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.2f})",
                            file=sys.stderr)
@@ -332,7 +313,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             break
     bar.close()
     if math.isnan(val_loss):  # resumed a run that had already finished: report where it stands
-        val_loss = evaluate(forward_model, val_tokens, cfg, runtime)
+        val_loss = evaluate(data, forward_model)["val_loss"]
 
     if runtime.is_main and not interrupted and tc.sample_tokens:
         print_sample(model, cfg, runtime)

@@ -5,5 +5,7 @@
     sources.py    documents from shakespeare, local .txt/.jsonl/.json/.parquet files or a hub dataset
     prepare.py    prepare / load_prepared: train.bin, val.bin, meta.json (also `python -m data.prepare`)
     loader.py     TrainWindows, val_windows, eval_batches, windows_fingerprint
+    mqar.py       multi-query associative recall generated on the fly (source 'mqar'): MQARBatches, val_set,
+                  val_fingerprint, answer_accuracy
     errors.py     DataError, raised for every problem the user fixes in the config or the files
 """

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from data.mqar import MQARConfig, check_fits
+
+MQAR = "mqar"  # data.source of the synthetic recall task
 
 
 @dataclass
@@ -12,6 +16,7 @@ class DataConfig:
     #   a local path or glob          .txt (one document per file), .jsonl/.json or .parquet (one document per row)
     #   'hf:<dataset>'                any Hugging Face `datasets` dataset by name, streamed (needs internet),
     #                                 e.g. 'hf:HuggingFaceFW/fineweb-edu' with subset 'sample-10BT'
+    #   'mqar'                        multi-query associative recall generated on the fly (knobs in data.mqar; no files)
     source: str = "shakespeare"
     subset: str | None = None  # Hugging Face dataset configuration name ('sample-10BT'); hub sources only
     split: str = "train"  # split of the source to read; our own train/val split is made below
@@ -22,7 +27,8 @@ class DataConfig:
     max_tokens: int | None = None  # stop after this many tokens in total (train + val); None = all
     prepared_dir: str = "data/prepared"  # where token files go: <prepared_dir>/<dataset slug>/{train,val}.bin + meta.json
     block_size: int = 1024  # length of the training windows, in tokens
-    eval_windows: int = 64  # number of fixed val windows every evaluation uses (same windows in every run)
+    eval_windows: int = 64  # number of fixed val windows (mqar: val sequences) every evaluation uses, same in every run
+    mqar: MQARConfig = field(default_factory=MQARConfig)  # the recall task (source 'mqar'); its length is block_size
 
     def __post_init__(self) -> None:
         if self.val_every < 2:
@@ -32,3 +38,5 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be >= 1 or null (no limit), got {getattr(self, name)}")
         if self.eval_windows < 1:
             raise ValueError(f"data.eval_windows must be >= 1, got {self.eval_windows}")
+        if self.source == MQAR:
+            check_fits(self.mqar, self.block_size)

@@ -79,6 +79,34 @@ class TextTokenizer:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
 
+class StreamDecoder:
+    """Text of a stream of token ids, released as soon as it is whole: a byte-level BPE token can end inside a
+    UTF-8 character, so ids are held back while their text ends in an incomplete character (U+FFFD), for at most
+    MAX_HELD tokens (a character has at most 4 bytes; longer runs are invalid bytes and are released as U+FFFD).
+    The pieces concatenate to the text of all ids for byte-level tokenizers (GPT-2)."""
+
+    MAX_HELD = 4
+
+    def __init__(self, tokenizer: TextTokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._held: list[int] = []
+
+    def push(self, token_id: int) -> str:
+        """The text completed by `token_id` ("" while a character is still incomplete)."""
+        self._held.append(token_id)
+        text = self._tokenizer.decode(self._held)
+        if text.endswith("\ufffd") and len(self._held) < self.MAX_HELD:
+            return ""
+        self._held = []
+        return text
+
+    def flush(self) -> str:
+        """The text of the ids still held (at the end of the stream)."""
+        text = self._tokenizer.decode(self._held) if self._held else ""
+        self._held = []
+        return text
+
+
 @functools.cache
 def load_tokenizer(name: str = GPT2) -> TextTokenizer:
     """'gpt2': GPT-2's byte-level BPE from the packaged files (offline); any other name: a Hugging Face hub

@@ -151,8 +151,11 @@ class GPT(nn.Module):
         ]
         return DecodeState(layers=layers)
 
-    def decode(self, idx: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
-        """Consume t >= 1 new tokens (a prompt chunk or one sampled token) after the state; logits (B, t, vocab)."""
+    def decode(
+        self, idx: torch.Tensor, state: DecodeState, *, last_only: bool = False
+    ) -> tuple[torch.Tensor, DecodeState]:
+        """Consume t >= 1 new tokens (a prompt chunk or one sampled token) after the state; logits (B, t, vocab),
+        or (B, 1, vocab) for the last token only with `last_only` (a long prefill never holds t x vocab logits)."""
         position = state.position
         if self.config.position == "learned" and position + idx.shape[1] > self.config.n_positions:
             raise ValueError(
@@ -164,8 +167,19 @@ class GPT(nn.Module):
         for block, layer_state in zip(self.transformer.h, state.layers):
             x, layer_state = block(x, position, layer_state)
             layers.append(layer_state)
+        if last_only:
+            x = x[:, -1:]
         logits = self.lm_head(self.transformer.ln_f(x))
         return logits, DecodeState(layers=layers, position=position + idx.shape[1])
+
+    @property
+    def constant_memory_decoding(self) -> bool:
+        """True when the decode state has a fixed size (a recurrent state), False when it grows (a KV cache)."""
+        return self.transformer.h[0].attn.backend.constant_memory
+
+    def decode_state_nbytes(self, state: DecodeState) -> int:
+        """Bytes held by the decode state of all layers (a KV cache counts its whole preallocated capacity)."""
+        return sum(block.attn.backend.state_nbytes(s) for block, s in zip(self.transformer.h, state.layers))
 
     def _embed(self, idx: torch.Tensor, position: int) -> torch.Tensor:
         x = self.transformer.wte(idx)  # (B, T, C)

@@ -1,60 +1,70 @@
-"""Autoregressive sampling with the backends' decode states: prefill the prompt in one chunk, then one token a step."""
+"""Choosing the next token from the logits: greedy, or temperature sampling restricted by top-k and top-p.
+
+Both filters depend only on the logit values, never on token ids, so tokens with equal logits are kept or dropped
+together: top-k keeps every token whose logit is at least the k-th largest (ties at the k-th place are all kept),
+top-p (nucleus, Holtzman et al. 2019, arXiv 1904.09751) keeps every token whose more probable tokens hold less than
+top_p of the probability in total, i.e. the smallest set of most probable tokens whose mass reaches top_p, widened
+to the whole tie group at its edge. The most probable token is always kept.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from dataclasses import dataclass
 
 import torch
 
-from model.gpt import GPT
+
+@dataclass(frozen=True)
+class Sampler:
+    """How the next token is chosen; invalid values raise ValueError naming the option."""
+
+    temperature: float = 1.0  # divides the logits; 0 = greedy (argmax)
+    top_k: int = 0  # keep the k most likely tokens (ties included); 0 = no limit
+    top_p: float = 1.0  # keep the most likely tokens up to this much probability mass, in (0, 1]; 1 = no limit
+    vocab_size: int | None = None  # sample only ids below this (a model vocabulary padded past the tokenizer's)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = no limit), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = no limit), got {self.top_p}")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Set to -inf every logit outside the top_k largest and outside the smallest set whose probability >= top_p."""
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p (the top token is always kept)
-        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """True for the tokens whose logit is at least the k-th largest of their row: (..., V) -> (..., V) bool."""
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits >= kth
+
+
+def top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """True for the tokens whose strictly more probable tokens hold less than p of the probability in total."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    ranked = torch.sort(probs, dim=-1, descending=True).values
+    mass_before = ranked.cumsum(dim=-1) - ranked  # mass of the tokens ranked before each place
+    # A token's tie group starts at the first place holding its probability; the mass before that place is the
+    # mass of the strictly more probable tokens.
+    group_start = torch.searchsorted(-ranked, -probs, side="left")
+    return mass_before.gather(-1, group_start) < p
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The logits with -inf for every token outside top-k (if top_k > 0), then outside top-p (if top_p < 1)."""
+    if top_k > 0:
+        logits = logits.masked_fill(~top_k_mask(logits, top_k), float("-inf"))
+    if top_p < 1.0:
+        logits = logits.masked_fill(~top_p_mask(logits, top_p), float("-inf"))
     return logits
 
 
-def next_token(
-    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Sample ids (B, 1) from the last-position logits (B, vocab); greedy when temperature == 0."""
-    if temperature == 0:
+def next_token(logits: torch.Tensor, sampler: Sampler, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ids (B, 1) chosen from the last-position logits (B, vocab): argmax if temperature == 0, else a sample."""
+    logits = logits[..., : sampler.vocab_size].float()
+    if sampler.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    probs = torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+    probs = torch.softmax(filter_logits(logits / sampler.temperature, sampler.top_k, sampler.top_p), dim=-1)
     return torch.multinomial(probs, 1, generator=generator)
-
-
-@torch.no_grad()
-def generate_tokens(
-    model: GPT,
-    prompt: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> Iterator[torch.Tensor]:
-    """Yield sampled ids (B, 1) one step at a time after the prompt ids (B, T)."""
-    if prompt.ndim != 2 or prompt.shape[1] == 0:
-        raise ValueError("the prompt must hold at least one token")
-    state = model.init_decode_state(
-        prompt.shape[0], dtype=next(model.parameters()).dtype, device=prompt.device,
-        capacity=prompt.shape[1] + max_new_tokens,
-    )
-    logits, state = model.decode(prompt, state)
-    for i in range(max_new_tokens):
-        token = next_token(logits[:, -1], temperature, top_k, top_p, generator)
-        yield token
-        if i + 1 < max_new_tokens:
-            logits, state = model.decode(token, state)

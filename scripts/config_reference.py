@@ -33,19 +33,28 @@ def field_comments(cls: type) -> dict[str, tuple[str, str]]:
     return found
 
 
+def table_rows(cls: type, prefix: str = "") -> list[str]:
+    """One markdown row per field of config dataclass `cls`; a nested config's fields follow as `prefix.key`."""
+    comments = field_comments(cls)
+    defaults = dataclasses.asdict(cls())
+    lines = []
+    for f in dataclasses.fields(cls):
+        type_text, comment = comments.get(f.name, (str(f.type), ""))
+        nested = dataclasses.is_dataclass(f.default_factory)
+        default = defaults[f.name]
+        shown = "null" if default is None else repr(default) if isinstance(default, str) else str(default)
+        cells = (f"`{prefix}{f.name}`", f"`{type_text}`", "" if nested else f"`{shown}`", comment)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        if nested:
+            lines += table_rows(f.default_factory, f"{prefix}{f.name}.")
+    return lines
+
+
 def reference() -> str:
     lines = []
     for section in dataclasses.fields(RunConfig):
-        cls = section.default_factory
-        comments = field_comments(cls)
-        defaults = dataclasses.asdict(cls())
         lines += [f"**`{section.name}`**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        for f in dataclasses.fields(cls):
-            type_text, comment = comments.get(f.name, (str(f.type), ""))
-            default = defaults[f.name]
-            shown = "null" if default is None else repr(default) if isinstance(default, str) else str(default)
-            cells = (f"`{f.name}`", f"`{type_text}`", f"`{shown}`", comment)
-            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        lines += table_rows(section.default_factory)
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

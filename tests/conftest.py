@@ -1,7 +1,21 @@
-"""Tests never touch the network: Hugging Face libraries run offline (set before they are imported), wandb quietly."""
+"""Tests never touch the network: Hugging Face libraries run offline (set before they are imported), wandb quietly.
+End-to-end tests share one prepared copy of the Shakespeare corpus (`prepared_dir`)."""
 
 import os
+
+import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory) -> str:
+    """The Shakespeare corpus, prepared once for every test in the session."""
+    from data.config import DataConfig
+    from data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(DataConfig(prepared_dir=str(out)))
+    return str(out)

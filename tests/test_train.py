@@ -21,17 +21,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_S
        "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-@pytest.fixture(scope="session")
-def prepared_dir(tmp_path_factory) -> str:
-    """The Shakespeare corpus, prepared once for every test in the session."""
-    from data.config import DataConfig
-    from data.prepare import prepare
-
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(DataConfig(prepared_dir=str(out)))
-    return str(out)
-
-
 def tiny_args(run_dir: Path, prepared_dir: str, *extra: str) -> list[str]:
     return ["configs/tiny.yaml", f"train.out_dir={run_dir}", f"data.prepared_dir={prepared_dir}", *extra]
 
@@ -159,3 +148,11 @@ def test_dry_run_prints_the_gpt2_small_plan(capsys):
     out = capsys.readouterr().out
     assert "parameters: 124,439,808" in out
     assert "tokens per step: 524,288 (16 x 1024 x 32 micro-batches)" in out
+
+
+def test_mqar_runs_train_and_report_answer_accuracy(tmp_path):
+    args = ["configs/tiny.yaml", f"train.out_dir={tmp_path}", "data.source=mqar", "model.vocab_size=64",
+            "data.mqar.vocab_size=64", "data.mqar.num_pairs=4", "data.mqar.num_queries=4", "train.max_steps=4"]
+    assert train.main(args) == 0
+    accuracy = metrics(tmp_path, "val_accuracy")
+    assert [step for step, _ in accuracy] == [4] and 0.0 <= accuracy[0][1] <= 1.0

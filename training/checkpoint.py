@@ -19,6 +19,10 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from model.gpt import GPT
+from training.config import RunConfig, config_from_dict
+from training.dataclass_parsing import ConfigError
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 
@@ -80,6 +84,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return None
 
 
+def checkpoint_step(ckpt: Path) -> int:
+    """The optimiser step a checkpoint directory holds, from its name (step_000100 -> 100)."""
+    return int(Path(ckpt).name.removeprefix("step_"))
+
+
 def read_config(ckpt: Path) -> dict[str, Any]:
     return json.loads((ckpt / "config.json").read_text())
 
@@ -91,6 +100,19 @@ def load_weights(ckpt: Path, model: nn.Module) -> None:
         raise CheckpointError(
             f"{ckpt} does not fit this model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[GPT, RunConfig, Path]:
+    """The model of the checkpoint meant by `path` (as find_checkpoint), built from the checkpoint's own config,
+    with its weights, in eval mode on the CPU; with that config and the checkpoint directory."""
+    ckpt = find_checkpoint(path)
+    try:
+        cfg = config_from_dict(read_config(ckpt))
+    except (OSError, json.JSONDecodeError, ConfigError) as exc:
+        raise CheckpointError(f"{ckpt / 'config.json'} is not a usable run config ({exc})") from None
+    model = GPT(cfg.model)
+    load_weights(ckpt, model)
+    return model.eval(), cfg, ckpt
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:

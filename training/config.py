@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-from data.config import DataConfig
+from data.config import MQAR, DataConfig
 from model.config import ModelConfig
 from training.dataclass_parsing import ConfigError, from_dict, to_dict
 
@@ -97,6 +97,11 @@ class RunConfig:
             )
         if self.data.block_size < 1:
             raise ValueError(f"data.block_size must be >= 1, got {self.data.block_size}")
+        if self.data.source == MQAR and self.data.mqar.vocab_size > self.model.vocab_size:
+            raise ValueError(
+                f"data.mqar.vocab_size ({self.data.mqar.vocab_size}) > model.vocab_size ({self.model.vocab_size}): "
+                "lower data.mqar.vocab_size or raise model.vocab_size"
+            )
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

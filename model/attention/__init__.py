@@ -8,10 +8,17 @@ from __future__ import annotations
 import dataclasses
 
 from model.attention.base import AttentionBackend
+from model.attention.expressive import ExpressiveAttention, ExpressiveSquaredAttention
+from model.attention.logexp import LogExpAttention
 from model.attention.softmax import SoftmaxAttention
+from model.attention.taylor import TaylorAttention
 
 _REGISTRY: dict[str, type[AttentionBackend]] = {
     "softmax": SoftmaxAttention,
+    "expressive": ExpressiveAttention,
+    "expressive_sq": ExpressiveSquaredAttention,
+    "logexp": LogExpAttention,
+    "taylor": TaylorAttention,
 }
 
 BACKENDS: tuple[str, ...] = tuple(_REGISTRY)

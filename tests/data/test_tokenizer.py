@@ -8,7 +8,14 @@ from transformers import GPT2Tokenizer
 from data.config import DataConfig
 from data.errors import DataError
 from data.sources import resolve_source
-from data.tokenizer import PIECE_CHARS, TextTokenizer, gpt2_tokenizer, load_tokenizer, split_at_safe_boundaries
+from data.tokenizer import (
+    PIECE_CHARS,
+    StreamDecoder,
+    TextTokenizer,
+    gpt2_tokenizer,
+    load_tokenizer,
+    split_at_safe_boundaries,
+)
 
 TRICKY = [
     "hello world",
@@ -111,3 +118,18 @@ def test_whole_shakespeare_corpus_encodes_exactly_as_whole_documents(tok):
 def test_unknown_hub_tokenizer_offline_is_a_clear_error():
     with pytest.raises(DataError, match="cannot load tokenizer 'no-such/tokenizer'.*need internet"):
         load_tokenizer("no-such/tokenizer")
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_a_token_stream_is_released_in_whole_characters(tok, text):
+    decoder = StreamDecoder(tok)
+    pieces = [decoder.push(i) for i in tok.encode(text)] + [decoder.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)  # no character is ever split across pieces
+
+
+def test_a_stream_of_invalid_bytes_is_not_held_forever(tok):
+    decoder = StreamDecoder(tok)
+    stray = tok.encode("🤖")[0]  # the first bytes of a 4-byte character, repeated: never a whole character
+    pieces = [decoder.push(stray) for _ in range(StreamDecoder.MAX_HELD)]
+    assert pieces[:-1] == ["", "", ""] and "\ufffd" in pieces[-1]

@@ -1,0 +1,131 @@
+"""Exact causal attention for a pointwise weight `w(s)` of the score `s = q·k`, tiled (O(n·block) extra memory).
+
+    y_i = sum_{j <= i} w(q_i·k_j) v_j / (sum_{j <= i} w(q_i·k_j) + eps)
+
+This is the direct O(n² d) form of every mechanism whose weight is a bounded or positive function of the score
+(expressive's `s²/(1+s²)`, the quadratic kernels below their crossover). Unlike softmax, the row sum needs no
+running max, so each (query block, key block) tile adds its weighted values and weights straight into the
+accumulators, and tiles above the diagonal are skipped. The backward pass recomputes the tiles instead of storing
+the n × n weights (as FlashAttention does, Dao et al. 2022, arXiv 2205.14135), so training memory stays O(n·block).
+The causal mask is applied to the weights, after the nonlinearity: masking the scores first (-inf, -1e20) and then
+squaring gives NaN or weight 1 on future tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+
+from model.attention.kv_cache import causal_mask
+
+
+class PointwiseWeight(Protocol):
+    """An elementwise weight function of the scores. Both methods may overwrite `s` (a fresh score tile)."""
+
+    def __call__(self, s: torch.Tensor) -> torch.Tensor: ...
+
+    def with_derivative(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w(s), w'(s))."""
+        ...
+
+
+def naive_causal_average(weights: torch.Tensor, v: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """The reference normalisation: mask the (B, H, T, T) weights causally, then average the values by them."""
+    t = weights.shape[-1]
+    weights = weights.masked_fill(~causal_mask(t, 0, weights.device), 0.0)  # after the nonlinearity
+    return (weights @ v) / (weights.sum(-1, keepdim=True) + eps)
+
+
+def _tiles(t: int, past: int, block: int) -> Iterator[tuple[int, int, list[tuple[int, int, int | None]]]]:
+    """Query blocks (i0, i1) with their key blocks (j0, j1, diagonal): every tile with a visible pair.
+
+    Queries sit at absolute positions past + i; `diagonal` is None when the whole tile is visible, else the
+    offset for `tril_` (query i may see key j iff j - j0 <= (i - i0) + diagonal).
+    """
+    for i0 in range(0, t, block):
+        i1 = min(i0 + block, t)
+        keys = []
+        for j0 in range(0, past + i1, block):
+            j1 = min(j0 + block, past + i1)
+            keys.append((j0, j1, None if j1 - 1 <= past + i0 else past + i0 - j0))
+        yield i0, i1, keys
+
+
+def _causal_(w: torch.Tensor, diagonal: int | None) -> torch.Tensor:
+    """Zero the weights of the future keys in place (after the nonlinearity, so inf or NaN there is harmless)."""
+    return w if diagonal is None else w.tril_(diagonal)
+
+
+def tiled_numerator_and_denominator(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: PointwiseWeight, past: int, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_j w_ij v_j and sum_j w_ij for queries at positions past..past+T-1 over keys 0..past+T-1.
+
+    q: (BH, T, d), k: (BH, past + T, d), v: (BH, past + T, d_v); returns (BH, T, d_v), (BH, T).
+    """
+    num = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+    den = q.new_empty(q.shape[0], q.shape[1])
+    for i0, i1, keys in _tiles(q.shape[1], past, block):
+        # Per-block accumulators: baddbmm_ into a strided slice would fall back to one GEMM per head.
+        num_i = q.new_zeros(q.shape[0], i1 - i0, v.shape[-1])
+        den_i = q.new_zeros(q.shape[0], i1 - i0)
+        for j0, j1, diagonal in keys:
+            w = _causal_(weight(torch.bmm(q[:, i0:i1], k[:, j0:j1].transpose(1, 2))), diagonal)
+            num_i.baddbmm_(w, v[:, j0:j1])
+            den_i += w.sum(-1)
+        num[:, i0:i1], den[:, i0:i1] = num_i, den_i
+    return num, den
+
+
+def _blocked(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Zeros shaped (n_blocks, BH, block, f): one contiguous accumulator per key block."""
+    n_blocks = -(-x.shape[1] // block)
+    return x.new_zeros(n_blocks, x.shape[0], block, x.shape[2])
+
+
+def _unblocked(x: torch.Tensor, t: int) -> torch.Tensor:
+    return x.transpose(0, 1).flatten(1, 2)[:, :t]
+
+
+class _TiledCausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, weight: PointwiseWeight, eps: float, block: int):
+        num, den = tiled_numerator_and_denominator(q, k, v, weight, 0, block)
+        den += eps
+        y = num / den[..., None]
+        ctx.save_for_backward(q, k, v, y, den)
+        ctx.weight, ctx.block = weight, block
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, y, den = ctx.saved_tensors
+        block = ctx.block
+        # y_i = num_i / den_i, so dL/dw_ij = (dy_i · v_j - dy_i · y_i) / den_i = g_i · v_j - h_i.
+        g = dy / den[..., None]  # (BH, T, d_v)
+        h = (g * y).sum(-1, keepdim=True)  # (BH, T, 1)
+        dq = torch.empty_like(q)
+        dk, dv = _blocked(k, block), _blocked(v, block)
+        for i0, i1, keys in _tiles(q.shape[1], 0, block):
+            dq_i = q.new_zeros(q.shape[0], i1 - i0, q.shape[2])
+            for j0, j1, diagonal in keys:
+                w, dw_ds = ctx.weight.with_derivative(torch.bmm(q[:, i0:i1], k[:, j0:j1].transpose(1, 2)))
+                _causal_(w, diagonal)
+                ds = torch.baddbmm(h[:, i0:i1], g[:, i0:i1], v[:, j0:j1].transpose(1, 2), beta=-1).mul_(dw_ds)
+                _causal_(ds, diagonal)
+                dq_i.baddbmm_(ds, k[:, j0:j1])
+                jb = j0 // block
+                dk[jb, :, : j1 - j0].baddbmm_(ds.transpose(1, 2), q[:, i0:i1])
+                dv[jb, :, : j1 - j0].baddbmm_(w.transpose(1, 2), g[:, i0:i1])
+            dq[:, i0:i1] = dq_i
+        t = q.shape[1]
+        return dq, _unblocked(dk, t), _unblocked(dv, t), None, None, None
+
+
+def tiled_causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: PointwiseWeight, *, eps: float, block: int
+) -> torch.Tensor:
+    """Differentiable causal attention (BH, T, d) x 3 -> (BH, T, d_v) in O(T·block) memory; `q` carries any scale."""
+    return _TiledCausalAttention.apply(q, k, v, weight, eps, block)

@@ -1,0 +1,118 @@
+"""Expressive attention (Gros, arXiv 2407.18601): weights from the squared score, so parallel and antiparallel
+query/key pairs attend and orthogonal ones do not.
+
+- `expressive`: `w = s² / (1 + s²)`, `s = τ q·k` (τ = 1/sqrt(d) by default), `y_i = sum_j w_ij v_j / (sum_j w_ij + ε)`.
+  The weight is bounded in [0, 1), so the exact O(n·block)-memory tiled kernel needs no running max; decode keeps a
+  KV cache.
+- `expressive_sq`: the pure square `w = s²`, a degree-2 polynomial kernel, so it also has an exact linear-time
+  chunked form and a constant-size decode state (S: D × d_v, z: D, D = d(d+1)/2). This goes beyond the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from model.attention.base import AttentionBackend
+from model.attention.direct import naive_causal_average, tiled_causal_attention, tiled_numerator_and_denominator
+from model.attention.kv_cache import KVCache, append_kv, empty_kv_cache, kv_cache_bytes
+from model.attention.linear import QuadraticKernel, QuadraticKernelAttention
+from model.attention.numerics import accumulation_dtype, fold_heads, unfold_heads
+from model.attention.options import check_count, check_non_negative_real, check_option, is_real
+
+
+class SaturatingSquare:
+    """w(s) = s² / (1 + s²), evaluated as 1 / (1 + 1/s²): exact at s = 0 (w = 0) and at |s| = inf (w = 1).
+
+    Both methods overwrite their argument (a fresh score tile).
+    """
+
+    def __call__(self, s: torch.Tensor) -> torch.Tensor:
+        return s.square_().reciprocal_().add_(1.0).reciprocal_()
+
+    def with_derivative(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s2 = s.square()
+        t = (s2 + 1.0).reciprocal_()  # 1 / (1 + s²)
+        return s2.reciprocal_().add_(1.0).reciprocal_(), s.mul_(t).mul_(t).mul_(2.0)  # w, w' = 2 s / (1 + s²)²
+
+
+def _check_temperature(backend: str, temperature: float | None) -> None:
+    check_option(
+        backend, "temperature", temperature,
+        temperature is None or (is_real(temperature) and temperature > 0), "None (1/sqrt(d)) or a finite number > 0",
+    )
+
+
+def _temperature(temperature: float | None, d: int) -> float:
+    return 1.0 / math.sqrt(d) if temperature is None else temperature
+
+
+@dataclass(frozen=True)
+class ExpressiveAttention(AttentionBackend):
+    """Saturating expressive attention, w = s²/(1+s²): tiled exact training form, KV-cache decoding."""
+
+    name = "expressive"
+
+    temperature: float | None = None  # τ in s = τ q·k; None means 1/sqrt(head_dim)
+    eps: float = 1e-6  # added to every row's weight sum, so a row whose weights all vanish gives y = 0
+    block_size: int = 128  # query/key tile of the training form (extra memory O(n · block_size) per head)
+
+    def __post_init__(self):
+        _check_temperature(self.name, self.temperature)
+        check_non_negative_real(self.name, "eps", self.eps)
+        check_count(self.name, "block_size", self.block_size)
+
+    def reference(self, q, k, v):
+        s = _temperature(self.temperature, q.shape[-1]) * (q @ k.transpose(-2, -1))  # (B, H, T, T)
+        return naive_causal_average(s**2 / (1 + s**2), v, self.eps)
+
+    def forward(self, q, k, v):
+        tau = _temperature(self.temperature, q.shape[-1])
+        y = tiled_causal_attention(
+            fold_heads(q) * tau, fold_heads(k), fold_heads(v), SaturatingSquare(), eps=self.eps, block=self.block_size
+        )
+        return unfold_heads(y, q)
+
+    def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> KVCache:
+        # Cached in the accumulation dtype, so a step never re-converts the whole cache.
+        return empty_kv_cache(
+            batch, heads, d, d_v, dtype=accumulation_dtype(dtype), device=device, capacity=capacity
+        )
+
+    def step(self, q, k, v, state: KVCache):
+        past = state.length
+        state = append_kv(state, k, v)
+        b, h, t, d = q.shape
+        keys = state.keys().reshape(b * h, past + t, d)
+        values = state.values().reshape(b * h, past + t, v.shape[-1])
+        q_scaled = fold_heads(q) * _temperature(self.temperature, d)
+        num, den = tiled_numerator_and_denominator(q_scaled, keys, values, SaturatingSquare(), past, self.block_size)
+        return unfold_heads(num / (den[..., None] + self.eps), q), state
+
+    def state_nbytes(self, state: KVCache) -> int:
+        return kv_cache_bytes(state)
+
+
+@dataclass(frozen=True)
+class ExpressiveSquaredAttention(QuadraticKernelAttention):
+    """Pure squared expressive attention, w = s² = τ² (q·k)²: linear-time chunked form, constant-size state."""
+
+    name = "expressive_sq"
+
+    temperature: float | None = None  # τ in s = τ q·k; None means 1/sqrt(head_dim)
+    eps: float = 1e-6  # added to every row's weight sum (s² vanishes for keys orthogonal to the query)
+    chunk_size: int = 64  # tokens per chunk of the linear form
+    crossover: int = 8192  # direct tiled form below this length (same result; measured crossing ~7.4k, d = 64)
+    block_size: int = 128  # tile of the direct form
+
+    def __post_init__(self):
+        _check_temperature(self.name, self.temperature)
+        check_non_negative_real(self.name, "eps", self.eps)
+        check_count(self.name, "chunk_size", self.chunk_size)
+        check_count(self.name, "crossover", self.crossover)
+        check_count(self.name, "block_size", self.block_size)
+
+    def kernel(self, d: int) -> QuadraticKernel:
+        return QuadraticKernel(a=_temperature(self.temperature, d) ** 2)

@@ -1,0 +1,328 @@
+"""Causal linear attention for the quadratic kernels `w(s) = a s² + b s + c`, `s = q·k` (expressive_sq, taylor).
+
+A degree-2 polynomial of the dot product is an inner product of features (the kernel trick behind TaylorShift,
+Nauen et al., arXiv 2403.02920, and Based, Arora et al., arXiv 2402.18668):
+
+    a (q·k)² + b (q·k) + c = <φ_q(q), φ_k(k)>,   φ_q(q) = [c | b q | a π_q(q)],   φ_k(k) = [1 | k | π(k)],
+
+where π(x) holds every product x_i x_j (i <= j) once and π_q counts the cross products (i < j) twice, so that
+<π_q(q), π(k)> = (q·k)² with d(d+1)/2 features. The constant and linear blocks are left out when c = 0 or b = 0:
+D = 1 + d + d(d+1)/2 for taylor, d(d+1)/2 for expressive_sq. Causal attention then needs only the running state
+`S = sum_j φ_k(k_j) v_jᵀ` (D × d_v) and `z = sum_j φ_k(k_j)` (D):
+
+    y_i = φ_q(q_i)ᵀ S_i / (φ_q(q_i)ᵀ z_i + eps).
+
+Training form (chunked, as in flash-linear-attention's chunk kernels): the sequence is cut into chunks of C tokens;
+pairs inside a chunk use the exact weights `w(q kᵀ) ⊙ tril` (a C × C block, batched over all chunks), pairs across
+chunks go through the state, which a loop over chunks reads (`φ_q(Q_c) [S|z]`) and then updates
+(`[S|z] += φ_k(K_c)ᵀ [V_c|1]`). The state and the C × D features of one chunk are the only large temporaries: the
+n × D features and the n × D × d_v states are never formed. The backward pass recomputes the states in a forward
+sweep and runs their adjoint in a reverse sweep, so training memory is O(n (d + d_v + C)) beyond the fixed
+D × (d_v + 1). Decoding is the same code from a stored state: one constant-size `[S|z]` per head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from model.attention.base import AttentionBackend
+from model.attention.direct import naive_causal_average, tiled_causal_attention
+from model.attention.numerics import (
+    accumulation_dtype,
+    check_decoding,
+    chunk_bounds,
+    fold_heads,
+    merge_chunks,
+    split_chunks,
+    unfold_heads,
+    with_ones_column,
+)
+
+
+def pair_feature_dim(d: int) -> int:
+    return d * (d + 1) // 2
+
+
+def _pair_rows(d: int) -> tuple[int, int]:
+    """The pairs {i, i+s mod d} are laid out as rows s = 0 .. full-1 of d entries plus, for even d, half a row."""
+    return (d + 1) // 2, d // 2 if d % 2 == 0 else 0
+
+
+def _windows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """(..., d) -> (..., rows, d) with [s, i] = x[(i + s) mod d] (a strided view of [x | x])."""
+    return torch.cat([x, x], dim=-1).unfold(-1, x.shape[-1], 1)[..., :rows, :]
+
+
+def pair_products(x: torch.Tensor, out: torch.Tensor, square_scale: float, cross_scale: float) -> torch.Tensor:
+    """Every product x_i x_j (i <= j) once, into out (..., d(d+1)/2); squares times square_scale, others cross_scale.
+
+    Row s of the layout holds x_i x_{(i+s) mod d}: row 0 the squares, rows 1 .. d/2 every other unordered pair once
+    (for even d the last row has only its first half, the second half would repeat it). Each row is one
+    elementwise product of x with a shifted copy of itself, so there is no gather. With
+    (square_scale, cross_scale) = (1, 2) on one side and (1, 1) on the other, <φ2(x), φ2(y)> = (x·y)².
+    """
+    d = x.shape[-1]
+    full, half = _pair_rows(d)
+    windows = _windows(x, full + (half > 0))
+    torch.mul(windows[..., 0, :], x * square_scale, out=out[..., :d])
+    scaled = x * cross_scale
+    torch.mul(windows[..., 1:full, :], scaled.unsqueeze(-2), out=out[..., d : full * d].unflatten(-1, (full - 1, d)))
+    if half:
+        torch.mul(windows[..., full, :half], scaled[..., :half], out=out[..., full * d :])
+    return out
+
+
+def pair_products_vjp(
+    x: torch.Tensor, grad: torch.Tensor, square_scale: float, cross_scale: float, shifted: torch.Tensor | None = None
+) -> torch.Tensor:
+    """d/dx of <grad, pair_products(x, square_scale, cross_scale)>: (..., T, d(d+1)/2) -> (..., T, d).
+
+    With G[s, i] the gradient of x_i x_{i+s} (unit scales): dx_a = sum_s G[s, a] x_{a+s} + sum_s G[s, a-s] x_{a-s};
+    the scales are applied at the end (only the squares, row 0, differ from cross_scale). `shifted` is an optional
+    zeroed workspace from `pair_vjp_workspace` (reusable: only the same entries are ever written).
+    """
+    d = x.shape[-1]
+    full, half = _pair_rows(d)
+    g = grad[..., : full * d].unflatten(-1, (full, d))  # (..., full, d)
+    dx = (g * _windows(x, full)).sum(-2)
+    # sum_s Y[s, a-s] with Y[s, i] = G[s, i] x_i: write row s shifted right by s into a zeroed (full, 2d) buffer
+    # (row stride 2d + 1), sum the rows, and fold the columns >= d back onto a - d (the pairs that wrap around).
+    gx = g * x.unsqueeze(-2)
+    if shifted is None:
+        shifted = pair_vjp_workspace(x)
+    shifted = shifted[..., : x.shape[-2], :, :]
+    shifted.as_strided(gx.shape, (*shifted.stride()[:-2], 2 * d + 1, 1)).copy_(gx)
+    wrapped = shifted.sum(-2)
+    dx += wrapped[..., :d]
+    dx += wrapped[..., d:]
+    if half:  # the half row: x_i x_{i+d/2} for i < d/2
+        g_half = grad[..., full * d :]
+        dx[..., :half] += g_half * x[..., half:]
+        dx[..., half:] += g_half * x[..., :half]
+    # Row 0 contributed 2 G[0, a] x_a with unit scale.
+    return dx.mul_(cross_scale).add_(g[..., 0, :] * x, alpha=2.0 * (square_scale - cross_scale))
+
+
+def pair_vjp_workspace(x: torch.Tensor) -> torch.Tensor:
+    """Zeroed workspace of pair_products_vjp for inputs (..., T, d) shaped like x or with fewer tokens T."""
+    d = x.shape[-1]
+    return x.new_zeros(*x.shape[:-1], _pair_rows(d)[0], 2 * d)
+
+
+@dataclass(frozen=True)
+class QuadraticKernel:
+    """w(s) = a s² + b s + c of the raw score s = q·k, as a pointwise weight and as a feature map."""
+
+    a: float
+    b: float = 0.0
+    c: float = 0.0
+
+    def __call__(self, s: torch.Tensor) -> torch.Tensor:
+        """w(s); may overwrite s (a fresh score tile)."""
+        if not self.b and not self.c:
+            return s.square_().mul_(self.a)
+        return torch.mul(s, self.a).add_(self.b).mul_(s).add_(self.c)
+
+    def with_derivative(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w(s), w'(s)); may overwrite s."""
+        slope = torch.mul(s, 2 * self.a).add_(self.b)
+        return self(s), slope
+
+    def _block_sizes(self, d: int) -> tuple[int, int]:
+        """Sizes of the constant and linear feature blocks."""
+        return int(self.c != 0), d * int(self.b != 0)
+
+    def feature_dim(self, d: int) -> int:
+        return sum(self._block_sizes(d)) + pair_feature_dim(d)
+
+    # The query side carries a and the weight 2 of the cross products x_i x_j (i < j); the key side is plain.
+    def query_features(self, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return self._features(q, out, self.c, self.b, (self.a, 2.0 * self.a))
+
+    def key_features(self, k: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return self._features(k, out, 1.0, 1.0, (1.0, 1.0))
+
+    def query_features_vjp(self, q: torch.Tensor, grad: torch.Tensor, workspace=None) -> torch.Tensor:
+        return self._features_vjp(q, grad, self.b, (self.a, 2.0 * self.a), workspace)
+
+    def key_features_vjp(self, k: torch.Tensor, grad: torch.Tensor, workspace=None) -> torch.Tensor:
+        return self._features_vjp(k, grad, 1.0, (1.0, 1.0), workspace)
+
+    def _features(self, x, out, constant: float, linear: float, pair_scales: tuple[float, float]) -> torch.Tensor:
+        n_const, n_lin = self._block_sizes(x.shape[-1])
+        if n_const:
+            out[..., 0] = constant
+        if n_lin:
+            torch.mul(x, linear, out=out[..., n_const : n_const + n_lin])
+        pair_products(x, out[..., n_const + n_lin :], *pair_scales)
+        return out
+
+    def _features_vjp(self, x, grad, linear: float, pair_scales: tuple[float, float], workspace) -> torch.Tensor:
+        n_const, n_lin = self._block_sizes(x.shape[-1])
+        dx = pair_products_vjp(x, grad[..., n_const + n_lin :], *pair_scales, workspace)
+        if n_lin:
+            dx += linear * grad[..., n_const : n_const + n_lin]
+        return dx
+
+
+def _intra_chunk(q, k, v1, kernel: QuadraticKernel, chunk: int) -> torch.Tensor:
+    """sum over the earlier tokens of the same chunk (and the token itself) of w_ij v1_j: (BH, T, width)."""
+    qc, kc = split_chunks(q, chunk), split_chunks(k, chunk)
+    w = kernel(qc @ kc.transpose(-1, -2)).tril_()  # (BH, n_chunks, C, C), masked after the nonlinearity
+    return merge_chunks(w @ split_chunks(v1, chunk), q.shape[1])
+
+
+def _intra_chunk_backward(q, k, v1, dout, kernel: QuadraticKernel, chunk: int):
+    qc, kc, v1c, doutc = (split_chunks(x, chunk) for x in (q, k, v1, dout))
+    w, dw_ds = kernel.with_derivative(qc @ kc.transpose(-1, -2))
+    w.tril_()
+    ds = (doutc @ v1c.transpose(-1, -2)).mul_(dw_ds).tril_()
+    t = q.shape[1]
+    return (
+        merge_chunks(ds @ kc, t),
+        merge_chunks(ds.transpose(-1, -2) @ qc, t),
+        merge_chunks(w.transpose(-1, -2) @ doutc, t),
+    )
+
+
+def _attend_and_fold(q, k, v1, kernel: QuadraticKernel, chunk: int, kv: torch.Tensor) -> torch.Tensor:
+    """[num | den] of t new tokens after the state kv = [S | z] (BH, D, width), which is then updated in place.
+
+    v1 is (BH, T, width): [v | 1], possibly followed by zero columns.
+    """
+    t = q.shape[1]
+    chunk = min(chunk, t)
+    out = _intra_chunk(q, k, v1, kernel, chunk)  # (BH, T, width)
+    phi_q = q.new_empty(q.shape[0], chunk, kv.shape[1])
+    phi_k = torch.empty_like(phi_q)
+    for t0, t1 in chunk_bounds(t, chunk):
+        fq = kernel.query_features(q[:, t0:t1], out=phi_q[:, : t1 - t0])
+        out[:, t0:t1] += torch.bmm(fq, kv)  # the tokens of the earlier chunks
+        fk = kernel.key_features(k[:, t0:t1], out=phi_k[:, : t1 - t0])
+        kv.baddbmm_(fk.transpose(1, 2), v1[:, t0:t1])
+    return out
+
+
+def _values_for_gemm(v: torch.Tensor) -> torch.Tensor:
+    """[v | 1 | 0 ...] with a width rounded up to a multiple of 16: GEMMs with 65 columns run far slower than 80."""
+    width = -(-(v.shape[-1] + 1) // 16) * 16
+    return F.pad(with_ones_column(v), (0, width - v.shape[-1] - 1))
+
+
+class _ChunkedLinearAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, kernel: QuadraticKernel, eps: float, chunk: int):
+        v1 = _values_for_gemm(v)
+        kv = q.new_zeros(q.shape[0], kernel.feature_dim(q.shape[-1]), v1.shape[-1])
+        out = _attend_and_fold(q, k, v1, kernel, chunk, kv)
+        d_v = v.shape[-1]
+        den = out[..., d_v] + eps
+        y = out[..., :d_v] / den[..., None]
+        ctx.save_for_backward(q, k, v, y, den)
+        ctx.kernel, ctx.chunk = kernel, min(chunk, q.shape[1])
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, y, den = ctx.saved_tensors
+        kernel, chunk = ctx.kernel, ctx.chunk
+        v1 = _values_for_gemm(v)
+        # Gradient w.r.t. [num | den]: y = num / den gives d/dnum = dy / den and d/dden = -(dy · y) / den.
+        g = dy / den[..., None]
+        dout = torch.cat([g, -(g * y).sum(-1, keepdim=True)], dim=-1)
+        dout = F.pad(dout, (0, v1.shape[-1] - dout.shape[-1]))  # (BH, T, width)
+        dq, dk, dv1 = _intra_chunk_backward(q, k, v1, dout, kernel, chunk)
+
+        bounds = chunk_bounds(q.shape[1], chunk)
+        kv = q.new_zeros(q.shape[0], kernel.feature_dim(q.shape[-1]), v1.shape[-1])
+        phi_q = q.new_empty(q.shape[0], chunk, kv.shape[1])
+        phi_k = torch.empty_like(phi_q)
+        workspace = pair_vjp_workspace(q[:, :chunk])
+        # Forward sweep: the queries read the state of the chunks before theirs.
+        for t0, t1 in bounds:
+            d_phi_q = torch.bmm(dout[:, t0:t1], kv.transpose(1, 2))
+            dq[:, t0:t1] += kernel.query_features_vjp(q[:, t0:t1], d_phi_q, workspace)
+            fk = kernel.key_features(k[:, t0:t1], out=phi_k[:, : t1 - t0])
+            kv.baddbmm_(fk.transpose(1, 2), v1[:, t0:t1])
+        # Reverse sweep: d_kv is the gradient w.r.t. the state after chunk c (read by all later queries).
+        d_kv = torch.zeros_like(kv)
+        for t0, t1 in reversed(bounds):
+            fk = kernel.key_features(k[:, t0:t1], out=phi_k[:, : t1 - t0])
+            d_phi_k = torch.bmm(v1[:, t0:t1], d_kv.transpose(1, 2))
+            dk[:, t0:t1] += kernel.key_features_vjp(k[:, t0:t1], d_phi_k, workspace)
+            dv1[:, t0:t1] += torch.bmm(fk, d_kv)
+            fq = kernel.query_features(q[:, t0:t1], out=phi_q[:, : t1 - t0])
+            d_kv.baddbmm_(fq.transpose(1, 2), dout[:, t0:t1])
+        return dq, dk, dv1[..., : v.shape[-1]], None, None, None
+
+
+def chunked_linear_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: QuadraticKernel, *, eps: float, chunk: int
+) -> torch.Tensor:
+    """Differentiable causal attention with weights kernel(q·k), (BH, T, d) x 3 -> (BH, T, d_v), O(T) memory."""
+    return _ChunkedLinearAttention.apply(q, k, v, kernel, eps, chunk)
+
+
+@dataclass
+class LinearState:
+    """Decode state of a linear-attention backend: `[S | z]` in one buffer, S = sum φ_k(k) vᵀ, z = sum φ_k(k)."""
+
+    kv: torch.Tensor  # (B, H, D, d_v + 1), accumulation dtype
+
+    @property
+    def S(self) -> torch.Tensor:
+        return self.kv[..., :-1]  # (B, H, D, d_v)
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self.kv[..., -1]  # (B, H, D)
+
+
+@dataclass(frozen=True)
+class QuadraticKernelAttention(AttentionBackend):
+    """A backend whose weight is `kernel(d)(q·k)`: direct tiled form below `crossover` tokens, chunked above.
+
+    Subclasses are dataclasses with the fields `chunk_size`, `crossover` and `block_size` (and `eps` or a class
+    default) and implement `kernel`.
+    """
+
+    constant_memory = True
+    eps: ClassVar[float] = 0.0
+
+    def kernel(self, d: int) -> QuadraticKernel:
+        raise NotImplementedError
+
+    def reference(self, q, k, v):
+        kernel = self.kernel(q.shape[-1])
+        s = q @ k.transpose(-2, -1)  # (B, H, T, T)
+        return naive_causal_average(kernel.a * s**2 + kernel.b * s + kernel.c, v, self.eps)
+
+    def forward(self, q, k, v):
+        kernel = self.kernel(q.shape[-1])
+        qf, kf, vf = fold_heads(q), fold_heads(k), fold_heads(v)
+        if q.shape[2] < self.crossover:
+            y = tiled_causal_attention(qf, kf, vf, kernel, eps=self.eps, block=self.block_size)
+        else:
+            y = chunked_linear_attention(qf, kf, vf, kernel, eps=self.eps, chunk=self.chunk_size)
+        return unfold_heads(y, q)
+
+    def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> LinearState:
+        size = self.kernel(d).feature_dim(d)
+        return LinearState(torch.zeros(batch, heads, size, d_v + 1, dtype=accumulation_dtype(dtype), device=device))
+
+    def step(self, q, k, v, state: LinearState):
+        check_decoding(self.name, q, k, v)
+        b, h, _, d = q.shape
+        kv = state.kv.view(b * h, *state.kv.shape[2:])  # a view: updated in place
+        out = _attend_and_fold(
+            fold_heads(q), fold_heads(k), with_ones_column(fold_heads(v)), self.kernel(d), self.chunk_size, kv
+        )
+        y = out[..., :-1] / (out[..., -1:] + self.eps)
+        return unfold_heads(y, q), state
+
+    def state_nbytes(self, state: LinearState) -> int:
+        return state.kv.numel() * state.kv.element_size()

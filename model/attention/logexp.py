@@ -1,0 +1,218 @@
+"""Log-exp attention (Heinsen, "Softmax Attention with Constant Cost per Token", arXiv 2404.05843).
+
+    Softmax(log(exp(Q) exp(K)ᵀ)) V,   i.e.   w_ij = sum_l exp(q_il + k_jl),   y_i = sum_{j<=i} w_ij v_j / sum_{j<=i} w_ij
+
+(linear attention with the elementwise feature map exp; the author accepted this reading in the official
+repository's issue #1). It is not exp(q·k). The paper evaluates it in log space with log V, which only works for
+V > 0; here V is signed and everything runs in the linear domain with shifts that keep every exponent <= 0:
+
+- the state per head is `S = sum_j exp(k_j - m) v_jᵀ` (d × d_v), `z = sum_j exp(k_j - m)` (d) and the running
+  per-feature key max `m` (d), which starts at -inf (an empty state, not the paper's phantom key H_0 = 0);
+- per chunk of C tokens: the intra-chunk logits `L_ij = logsumexp_l(q_il + k_jl)` with the causal mask, the
+  logits against the state `G = q + m`, a per-query shift `r = max(rowmax L, rowmax G)`, and
+  `y = (exp(L - r) [v|1] + exp(G - r) [S|z])`, normalised by its last column; then
+  `m' = max(m, colmax k)`, `[S|z] = exp(m - m') [S|z] + exp(k - m')ᵀ [v|1]`, `m = m'`.
+  The intra-chunk logits are one GEMM per chunk, `L = a_i + b_j + log(exp(q - a) exp(k - b)ᵀ)` with the row maxima
+  a, b of q and k; the rare visible pairs whose factored sum underflows (q and k large in different features) are
+  recomputed in log space, so L is exact to working precision for any input. The backward pass is GEMMs too.
+Only the keys already folded into the state set m: shifting the intra-chunk part by a max over future keys would let
+one huge masked key underflow everything else. The backward pass recomputes the states (forward sweep) and runs
+their adjoint (reverse sweep), so training memory is O(n (d + d_v + C)). Decoding is the same code from a state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from model.attention.base import AttentionBackend
+from model.attention.kv_cache import causal_mask
+from model.attention.numerics import (
+    accumulation_dtype,
+    check_decoding,
+    chunk_bounds,
+    fold_heads,
+    split_chunks,
+    unfold_heads,
+    with_ones_column,
+)
+from model.attention.options import check_count
+
+
+@dataclass
+class LogExpState:
+    """`[S | z]` (B, H, d, d_v + 1) relative to the running per-feature key max `m` (B, H, d); -inf when empty."""
+
+    kv: torch.Tensor
+    m: torch.Tensor
+
+    @property
+    def S(self) -> torch.Tensor:
+        return self.kv[..., :-1]
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self.kv[..., -1]
+
+
+@dataclass
+class _PairSums:
+    """Intra-chunk pair terms in factored form: L_ij = logsumexp_l(q_il + k_jl) = a_i + b_j + log sums_ij.
+
+    With the row maxima a_i = max_l q_il and b_j = max_l k_jl, sums = exp(q - a) exp(k - b)ᵀ is one GEMM per chunk
+    and every factor is <= 1. It is exact to working precision unless a visible pair's sum underflows (q and k with
+    spreads of tens of nats in different features); `exact` lists those pairs, whose logits are recomputed in log
+    space.
+    """
+
+    eq: torch.Tensor  # exp(q - a), (BH, n, C, d)
+    ek: torch.Tensor  # exp(k - b), (BH, n, C, d)
+    sums: torch.Tensor  # (BH, n, C, C)
+    logits: torch.Tensor  # L, (BH, n, C, C); -inf above the diagonal
+    exact: tuple[torch.Tensor, ...] | None  # indices (bh, chunk, i, j) of the recomputed pairs
+
+
+def _pair_sums(qc: torch.Tensor, kc: torch.Tensor) -> _PairSums:
+    a, b = qc.amax(-1, keepdim=True), kc.amax(-1, keepdim=True)
+    eq, ek = torch.exp(qc - a), torch.exp(kc - b)
+    sums = eq @ ek.transpose(-1, -2)
+    future = torch.full((qc.shape[2], kc.shape[2]), float("-inf"), dtype=sums.dtype, device=sums.device).triu_(1)
+    logits = torch.log(sums).add_(a).add_(b.transpose(-1, -2)).add_(future)  # causal mask: -inf above the diagonal
+    # Below this the flushed terms (< tiny each, d of them) could change the sum by more than its rounding.
+    info = torch.finfo(sums.dtype)
+    unreliable = (sums < qc.shape[-1] * info.tiny / info.eps).tril_()
+    exact = None
+    if unreliable.any():
+        exact = unreliable.nonzero(as_tuple=True)
+        bh, c, i, j = exact
+        logits[exact] = torch.logsumexp(qc[bh, c, i] + kc[bh, c, j], dim=-1)
+    return _PairSums(eq, ek, sums, logits, exact)
+
+
+def _attend_and_fold(q, k, v1, chunk: int, kv: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """y (BH, T, d_v) and log-normaliser (BH, T) of t new tokens after the state (kv, m), updated in place."""
+    t = q.shape[1]
+    chunk = min(chunk, t)
+    logits = _pair_sums(split_chunks(q, chunk), split_chunks(k, chunk)).logits  # (BH, n, C, C)
+    r_intra = logits.amax(-1, keepdim=True)
+    intra = torch.exp(logits - r_intra) @ split_chunks(v1, chunk)  # (BH, n, C, d_v + 1)
+    intra, r_intra = intra.flatten(1, 2)[:, :t], r_intra.flatten(1, 2)[:, :t]
+
+    out = torch.empty_like(intra)
+    shift = torch.empty_like(r_intra)
+    state_max = m.clone()
+    for t0, t1 in chunk_bounds(t, chunk):
+        g = q[:, t0:t1] + state_max[:, None]  # (BH, C, d); -inf while the state is empty
+        r = torch.maximum(r_intra[:, t0:t1], g.amax(-1, keepdim=True))
+        out[:, t0:t1] = torch.baddbmm(intra[:, t0:t1] * torch.exp(r_intra[:, t0:t1] - r), torch.exp(g - r), kv)
+        shift[:, t0:t1] = r
+        new_max = torch.maximum(state_max, k[:, t0:t1].amax(1))
+        kv.mul_(torch.exp(state_max - new_max)[..., None])
+        kv.baddbmm_(torch.exp(k[:, t0:t1] - new_max[:, None]).transpose(1, 2), v1[:, t0:t1])
+        state_max = new_max
+    m.copy_(state_max)
+    den = out[..., -1]
+    return out[..., :-1] / den[..., None], shift.squeeze(-1) + den.log()
+
+
+class _ChunkedLogExpAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, chunk: int):
+        kv = q.new_zeros(q.shape[0], q.shape[-1], v.shape[-1] + 1)
+        m = q.new_full((q.shape[0], q.shape[-1]), float("-inf"))
+        y, lse = _attend_and_fold(q, k, with_ones_column(v), chunk, kv, m)
+        ctx.save_for_backward(q, k, v, y, lse)
+        ctx.chunk = min(chunk, q.shape[1])
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, y, lse = ctx.saved_tensors
+        chunk, t = ctx.chunk, q.shape[1]
+        v1 = with_ones_column(v)
+        # Every term p = exp(logit - lse) of row i adds p [v | 1]; d/dlogit = p (dout_i · [v | 1]).
+        dout = torch.cat([dy, -(dy * y).sum(-1, keepdim=True)], dim=-1)  # (BH, T, d_v + 1)
+
+        # Intra-chunk pairs: dL_ij = p_ij (dout_i · [v_j | 1]), and L_ij = logsumexp_l(q_il + k_jl) spreads it over
+        # the features by softmax_l(q_il + k_jl) = exp(q_il - a_i) exp(k_jl - b_j) / sums_ij.
+        qc, kc, v1c, doutc = (split_chunks(x, chunk) for x in (q, k, v1, dout))
+        pairs = _pair_sums(qc, kc)
+        lse_c = F.pad(lse, (0, -t % chunk), value=float("inf")).unflatten(1, (-1, chunk))  # padded rows: p = 0
+        p = torch.exp(pairs.logits - lse_c[..., None])  # 0 above the diagonal
+        dv1c = p.transpose(-1, -2) @ doutc
+        d_logits = p.mul_(doutc @ v1c.transpose(-1, -2))
+        ratio = (d_logits / pairs.sums).tril_()
+        if pairs.exact is not None:
+            ratio[pairs.exact] = 0.0
+        dqc = pairs.eq * (ratio @ pairs.ek)
+        dkc = pairs.ek * (ratio.transpose(-1, -2) @ pairs.eq)
+        if pairs.exact is not None:
+            bh, c, i, j = pairs.exact
+            spread = torch.softmax(qc[bh, c, i] + kc[bh, c, j], dim=-1) * d_logits[pairs.exact][:, None]
+            dqc.index_put_((bh, c, i), spread, accumulate=True)
+            dkc.index_put_((bh, c, j), spread, accumulate=True)
+        dq, dk, dv1 = (x.flatten(1, 2)[:, :t] for x in (dqc, dkc, dv1c))
+
+        # Inter-chunk terms exp(q_il + m_l - lse_i) [S|z]_l: a forward sweep rebuilds the states for dq ...
+        bounds = chunk_bounds(t, chunk)
+        kv = q.new_zeros(q.shape[0], q.shape[-1], v1.shape[-1])
+        state_max = q.new_full((q.shape[0], q.shape[-1]), float("-inf"))
+        maxima = []
+        for t0, t1 in bounds:
+            a = torch.exp(q[:, t0:t1] + state_max[:, None] - lse[:, t0:t1, None])  # (BH, C, d)
+            dq[:, t0:t1] += a * torch.bmm(dout[:, t0:t1], kv.transpose(1, 2))
+            new_max = torch.maximum(state_max, k[:, t0:t1].amax(1))
+            kv.mul_(torch.exp(state_max - new_max)[..., None])
+            kv.baddbmm_(torch.exp(k[:, t0:t1] - new_max[:, None]).transpose(1, 2), v1[:, t0:t1])
+            maxima.append((state_max, new_max))
+            state_max = new_max
+        # ... and a reverse sweep carries d_kv, the gradient w.r.t. the state after chunk c, for dk and dv.
+        d_kv = torch.zeros_like(kv)
+        for (t0, t1), (before, after) in zip(reversed(bounds), reversed(maxima)):
+            e = torch.exp(k[:, t0:t1] - after[:, None])  # (BH, C, d)
+            dv1[:, t0:t1] += torch.bmm(e, d_kv)
+            dk[:, t0:t1] += e * torch.bmm(v1[:, t0:t1], d_kv.transpose(1, 2))
+            a = torch.exp(q[:, t0:t1] + before[:, None] - lse[:, t0:t1, None])
+            d_kv.mul_(torch.exp(before - after)[..., None]).baddbmm_(a.transpose(1, 2), dout[:, t0:t1])
+        return dq, dk, dv1[..., :-1], None
+
+
+@dataclass(frozen=True)
+class LogExpAttention(AttentionBackend):
+    """w_ij = sum_l exp(q_il + k_jl) with signed values: chunked linear-domain form, constant-size state (S, z, m)."""
+
+    name = "logexp"
+    constant_memory = True
+
+    chunk_size: int = 64  # tokens per chunk
+
+    def __post_init__(self):
+        check_count(self.name, "chunk_size", self.chunk_size)
+
+    def reference(self, q, k, v):
+        logits = torch.logsumexp(q[..., :, None, :] + k[..., None, :, :], dim=-1)  # (B, H, T, T)
+        logits = logits.masked_fill(~causal_mask(q.shape[2], 0, q.device), float("-inf"))
+        return torch.softmax(logits, dim=-1) @ v
+
+    def forward(self, q, k, v):
+        return unfold_heads(_ChunkedLogExpAttention.apply(fold_heads(q), fold_heads(k), fold_heads(v), self.chunk_size), q)
+
+    def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> LogExpState:
+        acc = accumulation_dtype(dtype)
+        return LogExpState(
+            kv=torch.zeros(batch, heads, d, d_v + 1, dtype=acc, device=device),
+            m=torch.full((batch, heads, d), float("-inf"), dtype=acc, device=device),
+        )
+
+    def step(self, q, k, v, state: LogExpState):
+        check_decoding(self.name, q, k, v)
+        b, h = q.shape[:2]
+        kv = state.kv.view(b * h, *state.kv.shape[2:])  # views: updated in place
+        m = state.m.view(b * h, -1)
+        y, _ = _attend_and_fold(fold_heads(q), fold_heads(k), with_ones_column(fold_heads(v)), self.chunk_size, kv, m)
+        return unfold_heads(y, q), state
+
+    def state_nbytes(self, state: LogExpState) -> int:
+        return sum(x.numel() * x.element_size() for x in (state.kv, state.m))

@@ -1,0 +1,54 @@
+"""Precision and layout helpers shared by the kernels.
+
+Kernels fold the batch and head dimensions into one (`(B, H, T, d) -> (B*H, T, d)`, so every product is one batched
+GEMM over all heads) and compute in the accumulation dtype: float32 for float32/bfloat16/float16 inputs (sums of
+squared scores overflow half precision, and states summed over thousands of tokens need fp32), float64 for float64
+(the tests' exact mode).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def fold_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, d) in any float dtype -> (B*H, T, d) in the accumulation dtype."""
+    b, h, t, d = x.shape
+    return x.reshape(b * h, t, d).to(accumulation_dtype(x.dtype))
+
+
+def unfold_heads(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B*H, T, d_v) -> (B, H, T, d_v) in the dtype of `like` (the input queries)."""
+    b, h = like.shape[:2]
+    return y.reshape(b, h, *y.shape[1:]).to(like.dtype)
+
+
+def with_ones_column(v: torch.Tensor) -> torch.Tensor:
+    """(..., T, d_v) -> (..., T, d_v + 1): a GEMM against [v | 1] yields the weighted values and the row sum at once."""
+    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
+
+
+def split_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(BH, T, f) -> (BH, ceil(T / chunk), chunk, f), zero-padded at the end."""
+    return F.pad(x, (0, 0, 0, -x.shape[1] % chunk)).unflatten(1, (-1, chunk))
+
+
+def merge_chunks(x: torch.Tensor, t: int) -> torch.Tensor:
+    """Inverse of split_chunks: (BH, n, chunk, f) -> (BH, t, f)."""
+    return x.flatten(1, 2)[:, :t]
+
+
+def chunk_bounds(t: int, chunk: int) -> list[tuple[int, int]]:
+    """(start, end) of the consecutive chunks of t tokens."""
+    return [(t0, min(t0 + chunk, t)) for t0 in range(0, t, chunk)]
+
+
+def check_decoding(backend: str, *tensors: torch.Tensor) -> None:
+    """Recurrent states are updated in place, which autograd cannot follow: decode under torch.no_grad()."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError(f"{backend}.step updates its state in place; call it under torch.no_grad()")

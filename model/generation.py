@@ -1,0 +1,179 @@
+"""Autoregressive generation with the backends' decode states: the prompt is prefilled in one parallel chunk, then
+every sampled token is fed back as a one-token step.
+
+Context limit: the most tokens a decode state may hold (`context_limit`).
+- learned positions: the n_positions rows of the position table (max_context may only lower it);
+- a KV cache (softmax, expressive): max_context, by default n_positions, since the cache grows with the context;
+- a constant-size state (logexp, taylor, expressive_sq) with rope or no positions: max_context, by default none, so
+  generation runs on at the memory of the first token.
+A prompt longer than the limit is an error unless a window is given (then its last `window` tokens are used).
+When the state is full, generation stops with ContextLimitReached, or, with a window, re-prefills the last `window`
+tokens into a fresh state (positions restart at 0) and goes on.
+
+KV caches are preallocated for every token the state will take (the prompt plus the new tokens, capped at the
+limit), so decoding never reallocates them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from model.gpt import GPT, DecodeState
+from model.sampling import Sampler, next_token
+
+
+class ContextLimitReached(Exception):
+    """The decode state is full and no window was given; the tokens yielded so far are the whole generation."""
+
+
+@dataclass(frozen=True)
+class ContextLimit:
+    tokens: int | None  # the most tokens a decode state may hold; None = no limit
+    reason: str  # why, for messages
+
+
+@dataclass
+class DecodeStats:
+    """Work and time of prefill and decode steps, accumulated over generate calls."""
+
+    prefill_tokens: int = 0  # prompt (and window) tokens run through parallel prefills
+    prefill_s: float = 0.0
+    decode_tokens: int = 0  # tokens sampled, counting every row of the batch
+    decode_s: float = 0.0  # sampling plus the one-token decode steps
+    state_bytes: int = 0  # the largest decode state held
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prefill_tokens / self.prefill_s if self.prefill_s else float("nan")
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_tokens / self.decode_s if self.decode_s else float("nan")
+
+
+def context_limit(model: GPT, max_context: int | None = None) -> ContextLimit:
+    """The most tokens a decode state of `model` may hold (see the module docstring)."""
+    cfg = model.config
+    if max_context is not None and max_context < 1:
+        raise ValueError(f"max_context must be >= 1, got {max_context}")
+    if cfg.position == "learned":
+        if max_context is not None and max_context > cfg.n_positions:
+            raise ValueError(
+                f"max_context ({max_context}) exceeds the model's {cfg.n_positions} learned positions "
+                "(only models with rope or no position encoding decode past them)"
+            )
+        if max_context is None:
+            return ContextLimit(cfg.n_positions, "the size of the learned position table")
+    elif max_context is None:
+        if model.constant_memory_decoding:
+            return ContextLimit(None, f"the {cfg.attention} state has a constant size")
+        return ContextLimit(
+            cfg.n_positions, f"a {cfg.attention} KV cache holds n_positions tokens unless max_context raises it"
+        )
+    return ContextLimit(max_context, "max_context")
+
+
+def generate(
+    model: GPT,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    sampler: Sampler = Sampler(),
+    generator: torch.Generator | None = None,
+    stop_id: int | None = None,
+    window: int | None = None,
+    max_context: int | None = None,
+    stats: DecodeStats | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, (B,), up to max_new_tokens times after the prompt ids (B, T).
+
+    Ends early once every row has produced `stop_id` (a row's tokens after its first stop_id are to be ignored).
+    Arguments are checked here, before the first token; ContextLimitReached is raised by the iteration.
+    """
+    if prompt.ndim != 2 or prompt.shape[1] == 0:
+        raise ValueError("the prompt must hold at least one token")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    limit = context_limit(model, max_context)
+    if limit.tokens is None:
+        window = None  # the state never fills up
+    elif window is not None and not 1 <= window < limit.tokens:
+        raise ValueError(f"window must be in [1, {limit.tokens}) (the context limit: {limit.reason}), got {window}")
+    if limit.tokens is not None and prompt.shape[1] > limit.tokens:
+        if window is None:
+            raise ValueError(
+                f"the prompt has {prompt.shape[1]} tokens, more than the context limit of {limit.tokens} "
+                f"({limit.reason}); shorten it or slide a window"
+            )
+        prompt = prompt[:, -window:]
+    return _generate(model, prompt, max_new_tokens, sampler, generator, stop_id, window, limit,
+                     DecodeStats() if stats is None else stats)
+
+
+@torch.no_grad()
+def _generate(
+    model: GPT, context: torch.Tensor, max_new_tokens: int, sampler: Sampler, generator: torch.Generator | None,
+    stop_id: int | None, window: int | None, limit: ContextLimit, stats: DecodeStats,
+) -> Iterator[torch.Tensor]:
+    device, rows = context.device, context.shape[0]
+    logits, state = _prefill(model, context, max_new_tokens, limit, stats)
+    stopped = torch.zeros(rows, dtype=torch.bool, device=device)
+    for i in range(max_new_tokens):
+        start = _synced_clock(device)
+        token = next_token(logits[:, -1], sampler, generator)  # (B, 1)
+        stats.decode_s += _synced_clock(device) - start
+        stats.decode_tokens += rows
+        yield token[:, 0]
+        if stop_id is not None:
+            stopped |= token[:, 0] == stop_id
+        remaining = max_new_tokens - i - 1
+        if remaining == 0 or bool(stopped.all()):
+            return
+        if window is not None:
+            context = torch.cat([context, token], dim=1)[:, -window:]
+        if state.position == limit.tokens:
+            if window is None:
+                raise ContextLimitReached(f"stopped at the context limit of {limit.tokens} tokens ({limit.reason})")
+            logits, state = _prefill(model, context, remaining, limit, stats)
+            continue
+        start = _synced_clock(device)
+        logits, state = model.decode(token, state)
+        stats.decode_s += _synced_clock(device) - start
+        stats.state_bytes = max(stats.state_bytes, model.decode_state_nbytes(state))
+
+
+def _prefill(
+    model: GPT, context: torch.Tensor, new_tokens: int, limit: ContextLimit, stats: DecodeStats
+) -> tuple[torch.Tensor, DecodeState]:
+    """A fresh decode state holding `context`, with room for the `new_tokens` to come, and its last logits."""
+    capacity = context.shape[1] + new_tokens
+    if limit.tokens is not None:
+        capacity = min(capacity, limit.tokens)
+    dtype = next(model.parameters()).dtype
+    state = model.init_decode_state(context.shape[0], dtype=dtype, device=context.device, capacity=capacity)
+    start = _synced_clock(context.device)
+    logits, state = model.decode(context, state, last_only=True)
+    stats.prefill_s += _synced_clock(context.device) - start
+    stats.prefill_tokens += context.numel()
+    stats.state_bytes = max(stats.state_bytes, model.decode_state_nbytes(state))
+    return logits, state
+
+
+def _synced_clock(device: torch.device) -> float:
+    """perf_counter after the device has finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def length_groups(lengths: list[int]) -> list[list[int]]:
+    """Indices of equal lengths, grouped in order of first appearance: prompts of one group decode as one batch
+    (the decode states have no padding mask, so ragged prompts never share a batch)."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return list(groups.values())

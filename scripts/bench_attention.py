@@ -1,0 +1,381 @@
+"""Benchmark the attention backends' training forms and decode steps on CPU.
+
+    python scripts/bench_attention.py                       # full grid, one thread (as docs/anchors.md)
+    python scripts/bench_attention.py --lengths 1024 4096 --dtypes float32 --backends softmax taylor:crossover=1
+
+Training form: forward and forward+backward time (median of the timed repetitions after one untimed run) and
+peak extra memory, for q, k, v of shape (B, H, n, d) with causal attention. Each (backend, dtype, n, mode) runs in
+a fresh subprocess: the peak resident set size is reset after the inputs are built (Linux /proc/self/clear_refs)
+and read back after the first run (VmHWM), so "extra MB" is what the run itself added, allocator caches included.
+Decode: per-token step time and state bytes after prefilling several context lengths.
+
+A backend spec is a registry name with optional options, e.g. `taylor:crossover=1` (always the linear form) or
+`taylor:crossover=1000000` (always the direct form); those two measure taylor's crossover. Cases whose predicted
+time exceeds --max-case-seconds are skipped (reported as such). Writes <out>.csv, <out>.md and <out>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # runnable as a plain script from anywhere
+
+import torch  # noqa: E402
+
+from model.attention import BACKENDS, get_backend  # noqa: E402
+
+# docs/anchors.md: one thread, B=1, H=12, d=64, causal; seconds (fwd, fwd+bwd) and extra MB of fwd+bwd.
+ANCHORS = {
+    "SDPA fp32": {1024: (0.036, 0.14), 4096: (0.43, 1.71), 8192: (1.7, 7.7), 16384: (6.9, 21.8)},
+    "SDPA bf16": {1024: (0.033, 0.093), 4096: (0.40, 1.15), 8192: (1.6, 5.0), 16384: (6.3, 17.1)},
+    "official Heinsen fp32": {1024: (2.08, 9.7), 4096: (9.7, 51.7), 8192: (23.6, 96.9)},
+    "official TaylorShift efficient fp32": {1024: (0.57, 2.8), 4096: (2.8, 14.8), 8192: (8.1, 38.0), 16384: (21.1, 81.8)},
+}
+# Which of our backends each anchor is compared with.
+ANCHOR_OURS = {
+    "SDPA fp32": ("softmax", "float32"), "SDPA bf16": ("softmax", "bfloat16"),
+    "official Heinsen fp32": ("logexp", "float32"), "official TaylorShift efficient fp32": ("taylor", "float32"),
+}
+LINEAR = ("expressive_sq", "logexp", "taylor")  # issue target: time(16384) / time(1024) <= 20
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """'taylor:crossover=1,chunk_size=128' -> ('taylor', {'crossover': 1, 'chunk_size': 128})."""
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        options[key] = json.loads(value) if value not in ("None", "none") else None
+    get_backend(name, **options)  # validate early
+    return name, options
+
+
+def rss_kib(field: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1))
+
+
+def reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def make_inputs(name, options, b, h, n, d, dtype, requires_grad):
+    backend = get_backend(name, **options)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(b, h, n, d, generator=gen) for _ in range(3))
+    with torch.no_grad():
+        q, k = backend.make_qk_transform(h, d)(q, k)  # taylor normalises; identity elsewhere
+    q, k, v = (x.to(dtype).requires_grad_(requires_grad) for x in (q, k, v))
+    return backend, q, k, v
+
+
+def run_training_case(case: dict) -> dict:
+    """Child process: time and peak memory of one (backend, dtype, n, mode)."""
+    torch.set_num_threads(case["threads"])
+    dtype = getattr(torch, case["dtype"])
+    backend, q, k, v = make_inputs(case["name"], case["options"], case["batch"], case["heads"], case["n"],
+                                   case["head_dim"], dtype, requires_grad=True)
+    grad_out = torch.randn(q.shape, dtype=dtype)
+
+    def run():
+        y = backend.forward(q, k, v)
+        if case["mode"] == "fwd+bwd":
+            torch.autograd.backward(y, grad_out)
+            for x in (q, k, v):
+                x.grad = None
+
+    baseline = rss_kib("VmRSS")
+    exact_peak = reset_peak_rss()
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    peak_mb = (rss_kib("VmHWM") - baseline) / 1024
+    reps = max(1, min(case["reps"], int(case["max_case_seconds"] / max(first, 1e-9))))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return {"time_s": times[len(times) // 2], "first_s": first, "reps": reps, "peak_extra_mb": peak_mb,
+            "peak_exact": exact_peak}
+
+
+def run_decode_case(case: dict) -> list[dict]:
+    """Child process: per-token decode time and state bytes after prefilling each context length."""
+    torch.set_num_threads(case["threads"])
+    dtype = getattr(torch, case["dtype"])
+    b, h, d = case["batch"], case["heads"], case["head_dim"]
+    total = max(case["contexts"]) + case["steps"]
+    backend, q, k, v = make_inputs(case["name"], case["options"], b, h, total, d, dtype, requires_grad=False)
+    state = backend.init_state(b, h, d, d, dtype=dtype, device="cpu")
+    rows, filled = [], 0
+    with torch.no_grad():
+        for context in sorted(case["contexts"]):
+            # One long sequence: the timed steps of a shorter context are the next tokens of the longer prefill.
+            start = time.perf_counter()
+            for t0 in range(filled, context, 4096):  # prefill in chunks of at most 4096 tokens
+                t1 = min(t0 + 4096, context)
+                _, state = backend.step(q[:, :, t0:t1], k[:, :, t0:t1], v[:, :, t0:t1], state)
+            prefill_s = time.perf_counter() - start
+            nbytes = backend.state_nbytes(state)
+            times = []
+            for i in range(max(filled, context), max(filled, context) + case["steps"]):
+                start = time.perf_counter()
+                _, state = backend.step(q[:, :, i : i + 1], k[:, :, i : i + 1], v[:, :, i : i + 1], state)
+                times.append(time.perf_counter() - start)
+            filled = max(filled, context) + case["steps"]
+            times.sort()
+            rows.append({"context": context, "step_ms": 1e3 * times[len(times) // 2], "state_bytes": nbytes,
+                         "prefill_s": prefill_s})
+    return rows
+
+
+def in_subprocess(kind: str, case: dict) -> dict | list | None:
+    command = [sys.executable, str(Path(__file__).resolve()), f"--{kind}-case", json.dumps(case)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        print(f"  failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def label(name: str, options: dict) -> str:
+    return name + ("[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]" if options else "")
+
+
+def benchmark(args) -> tuple[list[dict], list[dict]]:
+    specs = [parse_spec(s) for s in args.backends]
+    common = {"threads": args.threads, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim}
+    train_rows, decode_rows = [], []
+    for name, options in specs:
+        for dtype in args.dtypes:
+            for mode in ("fwd", "fwd+bwd"):
+                skip_from = None
+                previous = None
+                for n in sorted(args.lengths):
+                    row = {"backend": label(name, options), "name": name, "dtype": dtype, "n": n, "mode": mode}
+                    # Quadratic growth is the worst case of the direct forms; linear ones grow slower.
+                    if previous is not None and previous * (n / prev_n) ** 2 > args.max_case_seconds:
+                        skip_from = skip_from or n
+                    if skip_from is not None:
+                        train_rows.append(row | {"skipped": True})
+                        print(f"{row['backend']:<32} {dtype:<9} {mode:<8} n={n:<6} skipped (predicted too slow)")
+                        continue
+                    result = in_subprocess("training", common | row | {
+                        "options": options, "reps": args.reps, "max_case_seconds": args.max_case_seconds})
+                    if result is None:
+                        train_rows.append(row | {"failed": True})
+                        skip_from = n
+                        continue
+                    train_rows.append(row | result)
+                    previous, prev_n = result["time_s"], n
+                    print(f"{row['backend']:<32} {dtype:<9} {mode:<8} n={n:<6} {result['time_s']:8.3f} s "
+                          f"(x{result['reps']})  +{result['peak_extra_mb']:7.0f} MB", flush=True)
+        if args.decode_contexts and not options:
+            for dtype in args.dtypes:
+                result = in_subprocess("decode", common | {
+                    "name": name, "options": options, "dtype": dtype, "contexts": args.decode_contexts,
+                    "steps": args.decode_steps})
+                for r in result or []:
+                    decode_rows.append({"backend": name, "dtype": dtype} | r)
+                    print(f"{name:<32} {dtype:<9} decode   ctx={r['context']:<6} {r['step_ms']:8.2f} ms/token "
+                          f"state {r['state_bytes'] / 2**20:8.2f} MiB", flush=True)
+    return train_rows, decode_rows
+
+
+def lookup(rows, backend, dtype, n, mode):
+    for r in rows:
+        if r["backend"] == backend and r["dtype"] == dtype and r["n"] == n and r["mode"] == mode and "time_s" in r:
+            return r
+    return None
+
+
+def crossover(rows, efficient: str, direct: str, dtype: str, mode: str) -> str:
+    """Smallest measured n from which the efficient form is at least as fast as the direct one at every longer n,
+    with the geometric interpolation of the crossing between the two grid points around it."""
+    points = []
+    for n in sorted({r["n"] for r in rows}):
+        e, d = lookup(rows, efficient, dtype, n, mode), lookup(rows, direct, dtype, n, mode)
+        if e and d:
+            points.append((n, e["time_s"] / d["time_s"]))
+    if not points:
+        return "not measured"
+    wins = [i for i in range(len(points)) if all(ratio <= 1 for _, ratio in points[i:])]
+    if not wins:
+        return f"> {points[-1][0]} (efficient still {points[-1][1]:.2f}x the direct time)"
+    i = wins[0]
+    if i == 0:
+        return f"<= {points[0][0]}"
+    (n0, r0), (n1, r1) = points[i - 1], points[i]
+    t = math.log(r0) / (math.log(r0) - math.log(r1))  # log-ratio crosses zero
+    return f"~{n0 * (n1 / n0) ** t:.0f} (between {n0} and {n1})"
+
+
+def markdown(args, train_rows, decode_rows) -> str:
+    lines = [f"# Attention benchmark ({args.threads} thread(s), B={args.batch}, H={args.heads}, d={args.head_dim}, "
+             f"causal, torch {torch.__version__})", "",
+             "Seconds, median; fwd / fwd+bwd; peak extra MB of fwd+bwd in parentheses; `skip` = predicted over "
+             f"{args.max_case_seconds:.0f} s.", ""]
+    backends = list(dict.fromkeys(r["backend"] for r in train_rows))
+    lengths = sorted({r["n"] for r in train_rows})
+    for dtype in args.dtypes:
+        lines += [f"## Training form, {dtype}", "", "| n | " + " | ".join(backends) + " |",
+                  "|---|" + "---|" * len(backends)]
+        for n in lengths:
+            cells = []
+            for b in backends:
+                f, fb = lookup(train_rows, b, dtype, n, "fwd"), lookup(train_rows, b, dtype, n, "fwd+bwd")
+                cell = (f"{f['time_s']:.3g}" if f else "skip") + " / " + (f"{fb['time_s']:.3g}" if fb else "skip")
+                cells.append(cell + (f" ({fb['peak_extra_mb']:.0f})" if fb else ""))
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Against the anchors (anchor time / our time; > 1 means ours is faster)", "",
+              "| anchor | ours | n | fwd | fwd+bwd |", "|---|---|---|---|---|"]
+    for anchor, table in ANCHORS.items():
+        ours, dtype = ANCHOR_OURS[anchor]
+        for n, (af, afb) in table.items():
+            f, fb = lookup(train_rows, ours, dtype, n, "fwd"), lookup(train_rows, ours, dtype, n, "fwd+bwd")
+            if f or fb:
+                lines.append(f"| {anchor} | {ours} {dtype} | {n} | " + (f"{af / f['time_s']:.1f}x" if f else "-")
+                             + " | " + (f"{afb / fb['time_s']:.1f}x" if fb else "-") + " |")
+    lines += ["", "## Issue targets (measured in this run)", ""]
+    for dtype in args.dtypes:
+        for mode in ("fwd", "fwd+bwd"):
+            for b in LINEAR:
+                lo, hi = lookup(train_rows, b, dtype, 1024, mode), lookup(train_rows, b, dtype, 16384, mode)
+                if lo and hi:
+                    ratio = hi["time_s"] / lo["time_s"]
+                    lines.append(f"- {b} {dtype} {mode}: time(16384)/time(1024) = {ratio:.1f} "
+                                 f"({'met' if ratio <= 20 else 'NOT met'}, target <= 20)")
+            e, s = lookup(train_rows, "expressive", dtype, 1024, mode), lookup(train_rows, "softmax", dtype, 1024, mode)
+            if e and s:
+                ratio = e["time_s"] / s["time_s"]
+                lines.append(f"- expressive / softmax at n=1024, {dtype} {mode}: {ratio:.2f} "
+                             f"({'met' if ratio <= 1.5 else 'NOT met'}, target <= 1.5)")
+            beats = [n for n in lengths if (t := lookup(train_rows, "taylor", dtype, n, mode))
+                     and (s := lookup(train_rows, "softmax", dtype, n, mode)) and t["time_s"] < s["time_s"]]
+            if beats:
+                lines.append(f"- taylor faster than softmax, {dtype} {mode}: at n = {', '.join(map(str, beats))}")
+    for name in ("taylor", "expressive_sq"):
+        efficient = [b for b in backends if b == f"{name}[crossover=1]"]
+        direct = [b for b in backends if b.startswith(f"{name}[crossover=") and b not in efficient]
+        if not (efficient and direct):
+            continue
+        d = args.head_dim
+        n1 = (d * d + 2 * d + 1 + math.sqrt(d**4 + 12 * d**3 + 14 * d * d + 4 * d + 1)) / 4
+        lines += ["", f"## Crossover of {name}'s forms ({efficient[0]} vs {direct[0]})", "",
+                  f"Paper (TaylorShift): N0 = d² + d + 1 = {d * d + d + 1} (FLOPs), N1 = {n1:.0f} (memory)."]
+        for dtype in args.dtypes:
+            for mode in ("fwd", "fwd+bwd"):
+                lines.append(f"- {dtype} {mode}: the linear form is faster from n = "
+                             f"{crossover(train_rows, efficient[0], direct[0], dtype, mode)}")
+    if decode_rows:
+        contexts = sorted({r["context"] for r in decode_rows})
+        lines += ["", "## Decode: ms per token (state MiB) after a prefill of the context", "",
+                  "| backend | dtype | " + " | ".join(map(str, contexts)) + " |", "|---|---|" + "---|" * len(contexts)]
+        for b in dict.fromkeys(r["backend"] for r in decode_rows):
+            for dtype in args.dtypes:
+                cells = [next((f"{r['step_ms']:.2f} ({r['state_bytes'] / 2**20:.2f})" for r in decode_rows
+                               if r["backend"] == b and r["dtype"] == dtype and r["context"] == c), "-")
+                         for c in contexts]
+                lines.append(f"| {b} | {dtype} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, args, train_rows, decode_rows) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    backends = list(dict.fromkeys(r["backend"] for r in train_rows))
+    colors = dict(zip(backends, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    for b in backends:
+        for dtype, style in zip(args.dtypes, ("-", "--")):
+            pts = sorted((r["n"], r["time_s"], r["peak_extra_mb"]) for r in train_rows
+                         if r["backend"] == b and r["dtype"] == dtype and r["mode"] == "fwd+bwd" and "time_s" in r)
+            if pts:
+                n, t, m = zip(*pts)
+                axes[0].plot(n, t, style, marker="o", color=colors[b], label=f"{b} {dtype}")
+                axes[1].plot(n, [max(x, 1) for x in m], style, marker="o", color=colors[b], label=f"{b} {dtype}")
+    for anchor, table in ANCHORS.items():
+        if "fp32" in anchor and not anchor.startswith("SDPA"):
+            n, t = zip(*sorted((k, v[1]) for k, v in table.items()))
+            axes[0].plot(n, t, ":", marker="x", color="gray", label=f"anchor: {anchor}")
+    for b in dict.fromkeys(r["backend"] for r in decode_rows):
+        pts = sorted((r["context"], r["step_ms"]) for r in decode_rows if r["backend"] == b and r["dtype"] == args.dtypes[0])
+        if pts:
+            c, t = zip(*pts)
+            axes[2].plot(c, t, marker="o", color=colors.get(b), label=b)
+    titles = ["fwd+bwd time (s)", "fwd+bwd peak extra memory (MB)", f"decode step (ms/token), {args.dtypes[0]}"]
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("sequence length" if ax is not axes[2] else "context length")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (anchors: 1)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--backends", nargs="+", default=[*BACKENDS, "taylor:crossover=1", "taylor:crossover=1000000"],
+                        help="registry names, optionally with options: taylor:crossover=1")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (after one untimed run)")
+    parser.add_argument("--max-case-seconds", type=float, default=60.0,
+                        help="skip longer sequences of a backend once one run is predicted to take longer")
+    parser.add_argument("--decode-contexts", type=int, nargs="*", default=[256, 1024, 4096, 16384])
+    parser.add_argument("--decode-steps", type=int, default=16)
+    parser.add_argument("--out", default="results/bench_attention", help="output prefix (.csv, .md, .png)")
+    parser.add_argument("--training-case", help=argparse.SUPPRESS)
+    parser.add_argument("--decode-case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.training_case:
+        print(json.dumps(run_training_case(json.loads(args.training_case))))
+        return
+    if args.decode_case:
+        print(json.dumps(run_decode_case(json.loads(args.decode_case))))
+        return
+
+    train_rows, decode_rows = benchmark(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["kind", "backend", "name", "dtype", "n", "mode", "time_s", "first_s", "reps", "peak_extra_mb",
+              "peak_exact", "skipped", "failed", "context", "step_ms", "state_bytes", "prefill_s"]
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in train_rows:
+            writer.writerow({"kind": "training"} | r)
+        for r in decode_rows:
+            writer.writerow({"kind": "decode"} | r)
+    out.with_suffix(".md").write_text(markdown(args, train_rows, decode_rows))
+    plot(out.with_suffix(".png"), args, train_rows, decode_rows)
+    print(f"wrote {out}.csv, {out}.md, {out}.png")
+
+
+if __name__ == "__main__":
+    main()

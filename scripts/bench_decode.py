@@ -1,0 +1,183 @@
+"""Benchmark decoding of the whole model: per-token latency and decode-state bytes at growing context positions.
+
+    python scripts/bench_decode.py                                    # every backend, positions 128 .. 64k
+    python scripts/bench_decode.py --backends softmax taylor --positions 128 1024 4096 --steps 16
+
+The model has the 125M shape (12 layers, 12 heads, 768 wide, GPT-2 vocabulary) with random weights and position
+encoding `none` (or `rope`), so positions past n_positions are allowed. Per backend, one sequence of random token ids
+is prefilled in chunks of --prefill-chunk tokens up to each position P (never decoding P tokens one by one), then
+--steps single-token steps are timed at every position, round-robin (median and best ms per token), and the bytes
+of the decode state recorded. KV caches (softmax, expressive) are preallocated and only go up to --kv-max-position;
+the constant-memory backends take every position. Writes <out>.csv, <out>.md and <out>.png.
+
+Target (issue 4): for the constant-memory backends, latency at 16,384 within 1.15x of that at 128 and identical
+state bytes at every position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from model.attention import BACKENDS, get_backend
+from model.config import ModelConfig
+from model.gpt import GPT
+
+TARGET_RATIO = 1.15  # constant-memory backends: latency(16384) / latency(128) at most this
+TARGET_POSITIONS = (128, 16384)
+
+
+@torch.no_grad()
+def bench_backend(name: str, args: argparse.Namespace) -> list[dict]:
+    """Rows (position, median and best ms per token, state bytes, prefill seconds) of one backend.
+
+    Each position gets its own state, prefilled from scratch (a KV cache with room for exactly P + steps tokens);
+    the timed steps then go round-robin over the positions, so a load that changes during the run (a shared
+    machine) slows every position alike instead of skewing their ratios.
+    """
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    model = GPT(ModelConfig(attention=name, position=args.position)).to(dtype).eval()
+    constant = model.constant_memory_decoding
+    positions = sorted(p for p in args.positions if constant or p <= args.kv_max_position)
+    ids = torch.randint(0, model.config.vocab_size, (1, max(positions) + args.steps),
+                        generator=torch.Generator().manual_seed(0))
+    states, prefill_s = {}, {}
+    for position in positions:
+        state = model.init_decode_state(1, dtype=dtype, device="cpu", capacity=position + args.steps)
+        start = time.perf_counter()
+        for t0 in range(0, position, args.prefill_chunk):
+            _, state = model.decode(ids[:, t0 : min(t0 + args.prefill_chunk, position)], state, last_only=True)
+        prefill_s[position] = time.perf_counter() - start
+        states[position] = state
+    times: dict[int, list[float]] = {p: [] for p in positions}
+    for step in range(args.steps):
+        for position in positions:
+            token = ids[:, position + step : position + step + 1]
+            start = time.perf_counter()
+            _, states[position] = model.decode(token, states[position])
+            times[position].append(time.perf_counter() - start)
+    rows = []
+    for position in positions:
+        row = {"backend": name, "constant_memory": constant, "position": position,
+               "step_ms": 1e3 * statistics.median(times[position]), "step_ms_min": 1e3 * min(times[position]),
+               "state_bytes": model.decode_state_nbytes(states[position]), "prefill_s": prefill_s[position]}
+        print(f"{name:<14} position {position:>6}: {row['step_ms']:8.1f} ms/token (best {row['step_ms_min']:.1f}), "
+              f"state {row['state_bytes'] / 2**20:9.2f} MiB, prefill {row['prefill_s']:6.1f} s", flush=True)
+        rows.append(row)
+    return rows
+
+
+def lookup(rows: list[dict], backend: str, position: int) -> dict | None:
+    return next((r for r in rows if r["backend"] == backend and r["position"] == position), None)
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    """The issue's targets for the constant-memory backends, as measured."""
+    lines = []
+    lo, hi = TARGET_POSITIONS
+    for backend in dict.fromkeys(r["backend"] for r in rows if r["constant_memory"]):
+        sizes = {r["state_bytes"] for r in rows if r["backend"] == backend}
+        a, b = lookup(rows, backend, lo), lookup(rows, backend, hi)
+        if a and b:
+            ratio = b["step_ms"] / a["step_ms"]
+            verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
+            lines.append(f"- {backend}: latency({hi}) / latency({lo}) = {ratio:.3f} ({verdict}, target <= "
+                         f"{TARGET_RATIO})")
+        else:
+            lines.append(f"- {backend}: latency ratio not measured (needs positions {lo} and {hi})")
+        verdict = "identical at every position" if len(sizes) == 1 else f"NOT constant: {sorted(sizes)}"
+        lines.append(f"- {backend}: state bytes {verdict} ({min(sizes):,} bytes)")
+    return lines
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, load: tuple[float, float]) -> str:
+    positions = sorted({r["position"] for r in rows})
+    lines = [
+        f"# Decode benchmark: 125M shape, random weights, position {args.position}, {args.dtype}, batch 1",
+        "",
+        f"torch {torch.__version__}, {torch.get_num_threads()} of {os.cpu_count()} CPU thread(s); load average "
+        f"{load[0]:.2f} at the start, {load[1]:.2f} at the end (other processes share the machine). Median of "
+        f"{args.steps} single-token steps, round-robin over the positions, after a prefill (chunks of "
+        f"{args.prefill_chunk}) to the position. Cells: ms per token (decode-state MiB); `-` = not run.",
+        "",
+        "| backend | state | " + " | ".join(f"{p:,}" for p in positions) + " |",
+        "|---|---|" + "---|" * len(positions),
+    ]
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        kind = "constant" if get_backend(backend).constant_memory else "KV cache"
+        cells = []
+        for p in positions:
+            r = lookup(rows, backend, p)
+            cells.append(f"{r['step_ms']:.1f} ({r['state_bytes'] / 2**20:.1f})" if r else "-")
+        lines.append(f"| {backend} | {kind} | " + " | ".join(cells) + " |")
+    lines += ["", "## Targets (constant-memory backends)", "", *target_lines(rows), ""]
+    return "\n".join(lines)
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (latency, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        points = sorted((r["position"], r["step_ms"], r["state_bytes"] / 2**20) for r in rows if r["backend"] == backend)
+        x, ms, mib = zip(*points)
+        style = "-" if get_backend(backend).constant_memory else "--"
+        latency.plot(x, ms, style, marker="o", label=backend)
+        memory.plot(x, mib, style, marker="o", label=backend)
+    for ax, title in ((latency, "decode latency (ms / token)"), (memory, "decode state (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context position")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--positions", type=int, nargs="+", default=[128, 1024, 4096, 16384, 65536])
+    parser.add_argument("--kv-max-position", type=int, default=16384,
+                        help="KV-cache backends skip positions above this (their cache grows with the context)")
+    parser.add_argument("--steps", type=int, default=24, help="timed single-token steps per position")
+    parser.add_argument("--prefill-chunk", type=int, default=1024)
+    parser.add_argument("--position", default="none", choices=["none", "rope"], help="position encoding")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (0: torch's default); 1 is steadiest on a shared machine")
+    parser.add_argument("--out", default="results/bench_decode", help="output prefix (.csv, .md, .png)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
+
+    load_start = os.getloadavg()[0]
+    rows = [row for name in args.backends for row in bench_backend(name, args)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], "threads", "dtype", "position_encoding"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row | {"threads": torch.get_num_threads(), "dtype": args.dtype,
+                                   "position_encoding": args.position})
+    out.with_suffix(".md").write_text(markdown(rows, args, (load_start, os.getloadavg()[0])))
+    plot(out.with_suffix(".png"), rows)
+    print("\n".join(target_lines(rows)))
+    print(f"wrote {out}.csv, {out}.md, {out}.png")
+
+
+if __name__ == "__main__":
+    main()

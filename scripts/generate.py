@@ -1,0 +1,199 @@
+"""Generate text from a checkpoint with its own config (attention backend, position encoding, tokenizer).
+
+    python scripts/generate.py --ckpt runs/shakespeare-cpu --prompt "ROMEO:" --max-new-tokens 200
+    python scripts/generate.py --ckpt runs/x --prompt "To be" --prompt "Once upon" --temperature 0   # a batch
+    python scripts/generate.py --ckpt runs/x --prompt-file scene.txt --top-k 50 --top-p 0.9 --seed 1
+    echo "ROMEO:" | python scripts/generate.py --ckpt runs/x/checkpoints/step_001000
+
+Prompts: each --prompt TEXT and each --prompt-file PATH (the whole file, verbatim, newlines included) is one prompt,
+in command-line order; without either, all of stdin is one prompt. One prompt is echoed and its continuation is
+streamed to stdout token by token. Several prompts form a batch: prompts of equal token length decode together
+(there is no padding), and each prompt's text is printed whole, under a `--- prompt N ---` header, in the order
+given, as soon as it and the ones before it are complete.
+
+Generation stops after --max-new-tokens, at <|endoftext|> (unless --no-stop), or at the context limit: the
+learned positions of the model, the KV cache's limit (n_positions unless --max-context raises it; rope/none
+only), nothing for a constant-memory backend with rope/none positions. There it stops with a message, or, with
+--window N, re-prefills the last N tokens into a fresh state and goes on. At the end, stderr gets one line with
+prefill and decode tokens/s and the bytes of the largest decode state held.
+
+Exit status: 0 (also when stopped at the context limit), 2 for unusable arguments, checkpoint or prompts (one line
+on stderr, no output), 130 on Ctrl-C (after the stats line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from data.tokenizer import StreamDecoder, TextTokenizer, load_tokenizer
+from model.generation import ContextLimitReached, DecodeStats, generate, length_groups
+from model.gpt import GPT
+from model.sampling import Sampler
+from training.checkpoint import CheckpointError, load_checkpoint_model
+from training.runtime import pick_device, pick_dtype
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(2, f"generate: {message} (see --help)\n")
+
+
+def read_prompt_file(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read prompt file {path}: {exc}") from None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="run directory, its checkpoints/ folder, or a checkpoint dir")
+    parser.add_argument("--prompt", dest="prompts", action="append", help="a prompt (repeat for a batch)")
+    parser.add_argument("--prompt-file", dest="prompts", action="append", type=read_prompt_file,
+                        help="a file whose whole text is one prompt (repeatable)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
+    parser.add_argument("--top-p", type=float, default=1.0, help="in (0, 1]; 1 = no limit")
+    parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed with the stats")
+    parser.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
+    parser.add_argument("--window", type=int, default=None,
+                        help="at the context limit, re-prefill the last N tokens into a fresh state and go on")
+    parser.add_argument("--max-context", type=int, default=None,
+                        help="most tokens in the decode state (default: n_positions, or none for a constant-memory "
+                             "backend with rope/none positions); above n_positions only with rope/none")
+    parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="weights and decode state (auto: bf16 where the device computes it natively)")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 0:
+        parser.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    return args
+
+
+def load(args: argparse.Namespace) -> tuple[GPT, TextTokenizer, torch.device]:
+    """The checkpoint's model on the chosen device and dtype, and its tokenizer (whose ids must fit the model)."""
+    device = pick_device(args.device)
+    model, cfg, ckpt = load_checkpoint_model(args.ckpt)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise CheckpointError(
+            f"{ckpt} was trained with a vocabulary of {cfg.model.vocab_size} tokens, but its tokenizer "
+            f"{cfg.data.tokenizer!r} has {tokenizer.vocab_size}: the checkpoint is from another vocabulary"
+        )
+    return model.to(device=device, dtype=pick_dtype(args.dtype, device)), tokenizer, device
+
+
+def encode_prompts(texts: list[str], tokenizer: TextTokenizer) -> list[list[int]]:
+    ids = tokenizer.encode_batch(texts)
+    for i, prompt in enumerate(ids):
+        if not prompt:
+            raise ValueError(f"prompt {i + 1} is empty" if len(ids) > 1 else "the prompt is empty")
+    return ids
+
+
+def read_stdin() -> str:
+    if sys.stdin.isatty():
+        print("generate: reading the prompt from stdin (end it with Ctrl-D)", file=sys.stderr)
+    return sys.stdin.read()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        sampler = Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)  # checked before loading
+        texts = [read_stdin()] if args.prompts is None else args.prompts
+        model, tokenizer, device = load(args)
+        prompts = encode_prompts(texts, tokenizer)
+        sampler = dataclasses.replace(sampler, vocab_size=tokenizer.vocab_size)
+        stop_id = None if args.no_stop else tokenizer.eot_id
+        seed = secrets.randbits(63) if args.seed is None else args.seed
+        generator = torch.Generator(device=device).manual_seed(seed)
+        stats = DecodeStats()
+        groups = length_groups([len(p) for p in prompts])
+        # generate checks its arguments eagerly: every group is checked before any text is printed
+        runs = [
+            generate(model, torch.tensor([prompts[i] for i in group], device=device), args.max_new_tokens,
+                     sampler=sampler, generator=generator, stop_id=stop_id, window=args.window,
+                     max_context=args.max_context, stats=stats)
+            for group in groups
+        ]
+    except (ValueError, CheckpointError) as exc:  # DataError and ConfigError are ValueErrors
+        print(f"generate: {exc}", file=sys.stderr)
+        return 2
+    try:
+        notes = print_completions(texts, groups, runs, tokenizer, stop_id)
+    except KeyboardInterrupt:
+        print(f"\n{stats_line(stats, model, seed)}\ngenerate: interrupted", file=sys.stderr)
+        return 130
+    for note in notes:
+        print(f"generate: {note}; pass --window N to go on with a sliding window", file=sys.stderr)
+    print(stats_line(stats, model, seed), file=sys.stderr)
+    return 0
+
+
+def print_completions(texts: list[str], groups: list[list[int]], runs: list[Iterator[torch.Tensor]],
+                      tokenizer: TextTokenizer, stop_id: int | None) -> list[str]:
+    """Run every group and print its text (see the module docstring); the context-limit messages of the runs."""
+    if len(texts) == 1:
+        print(texts[0], end="", flush=True)
+        _, note = complete_group(runs[0], 1, tokenizer, stop_id, lambda row, piece: print(piece, end="", flush=True))
+        print()
+        return [note] if note else []
+    notes, completed, printed = [], {}, 0
+    for group, run in zip(groups, runs):
+        continuations, note = complete_group(run, len(group), tokenizer, stop_id, lambda row, piece: None)
+        notes += [note] if note else []
+        completed.update(zip(group, continuations))
+        while printed in completed:
+            print(f"--- prompt {printed + 1} ---\n{texts[printed]}{completed.pop(printed)}", flush=True)
+            printed += 1
+    return list(dict.fromkeys(notes))
+
+
+def complete_group(run: Iterator[torch.Tensor], rows: int, tokenizer: TextTokenizer, stop_id: int | None,
+                   on_text: Callable[[int, str], None]) -> tuple[list[str], str | None]:
+    """The continuation of every row of one generate run, each piece of text passed to on_text(row, piece) as soon
+    as it is complete; a row ends before its first stop_id. Also the message if the run hit the context limit."""
+    decoders = [StreamDecoder(tokenizer) for _ in range(rows)]
+    pieces: list[list[str]] = [[] for _ in range(rows)]
+    stopped = [False] * rows
+    note = None
+
+    def emit(row: int, piece: str) -> None:
+        if piece:
+            pieces[row].append(piece)
+            on_text(row, piece)
+
+    try:
+        for tokens in run:
+            for row, token in enumerate(tokens.tolist()):
+                stopped[row] = stopped[row] or token == stop_id
+                if not stopped[row]:
+                    emit(row, decoders[row].push(token))
+    except ContextLimitReached as exc:
+        note = str(exc)
+    for row, decoder in enumerate(decoders):
+        emit(row, decoder.flush())
+    return ["".join(p) for p in pieces], note
+
+
+def stats_line(stats: DecodeStats, model: GPT, seed: int) -> str:
+    kind = "constant size" if model.constant_memory_decoding else "KV cache"
+    return (
+        f"prefill: {stats.prefill_tokens} tokens, {stats.prefill_tokens_per_s:,.0f} tokens/s | "
+        f"decode: {stats.decode_tokens} tokens, {stats.decode_tokens_per_s:,.1f} tokens/s | "
+        f"decode state: {stats.state_bytes:,} bytes ({stats.state_bytes / 2**20:.2f} MiB, {kind}, "
+        f"{model.config.attention}) | seed {seed}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Train one run per (attention backend, seed) with everything else equal, one after another.
+
+    python scripts/sweep.py CONFIG [--backends softmax,taylor] [--seeds 3] [--out DIR] [--nproc-per-node K]
+                            [section.key=value ...]
+    python scripts/sweep.py configs/shakespeare-cpu.yaml --seeds 3 --out runs/sweeps/shakespeare-cpu
+    python scripts/compare.py runs/sweeps/shakespeare-cpu          # then: the table and the curves
+
+Run directories are <out>/<backend>-seed<k> (train.seed = k); the overrides apply to every run. Running the same
+command again skips finished runs and resumes interrupted ones. With --nproc-per-node K each run is launched
+under torchrun with K processes. wandb (logging.wandb=offline|online) groups the runs under <out>'s name and tags
+each with its backend. See training/sweep.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from model.attention import BACKENDS
+from training.dataclass_parsing import ConfigError
+from training.sweep import Launcher, is_finished, parse_backends, plan, train_command
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="YAML run config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides for every run")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated attention backends "
+                        f"(default: all registered, {','.join(BACKENDS)})")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per backend, with train.seed 0 .. SEEDS-1")
+    parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweeps/<config name>)")
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="processes per run (torchrun) when > 1")
+    args = parser.parse_intermixed_args(argv)
+    out = args.out or Path("runs/sweeps") / Path(args.config).stem
+    try:
+        runs = plan(args.config, parse_backends(args.backends), args.seeds, out, args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+    launcher, failed = Launcher(), []
+    for i, run in enumerate(runs, 1):
+        if is_finished(run):
+            print(f"[{i}/{len(runs)}] {run.name}: finished ({run.config.train.max_steps} steps), skipped", flush=True)
+            continue
+        print(f"[{i}/{len(runs)}] {run.name}", flush=True)
+        status = launcher.run(train_command(args.config, run, args.nproc_per_node))
+        if launcher.stopped:
+            print(f"sweep stopped during {run.name}; run the same command again to continue", file=sys.stderr)
+            return status or 130
+        if status:
+            print(f"{run.name} failed (exit status {status}); going on with the next run", file=sys.stderr)
+            failed.append(run.name)
+    if failed:
+        print(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"sweep done: {len(runs)} runs in {out}; compare them with: python scripts/compare.py {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The shared chunked linear-attention core of the quadratic kernels (expressive_sq, taylor)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.attention.linear import (
+    QuadraticKernel,
+    chunked_linear_attention,
+    pair_feature_dim,
+    pair_products,
+    pair_products_vjp,
+)
+
+KERNELS = [QuadraticKernel(0.5, 1.0, 1.0), QuadraticKernel(0.3), QuadraticKernel(2.0, -1.0, 0.5)]
+KERNEL_IDS = ["taylor", "square", "negative-b"]
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 8, 9, 64])
+def test_pair_products_hold_every_pair_once(d):
+    x = torch.randn(3, d, dtype=torch.float64)
+    features = pair_products(x, torch.empty(3, pair_feature_dim(d), dtype=torch.float64), 1.0, 1.0)
+    i, j = torch.triu_indices(d, d)
+    expected = (x[:, i] * x[:, j]).sort(dim=-1).values
+    torch.testing.assert_close(features.sort(dim=-1).values, expected)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5, 8])
+@pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
+def test_feature_maps_reproduce_the_kernel(kernel, d):
+    q, k = torch.randn(2, 7, d, dtype=torch.float64), torch.randn(2, 7, d, dtype=torch.float64)
+    size = kernel.feature_dim(d)
+    assert size == (d if kernel.b else 0) + (1 if kernel.c else 0) + d * (d + 1) // 2
+    phi_q = kernel.query_features(q, torch.empty(2, 7, size, dtype=torch.float64))
+    phi_k = kernel.key_features(k, torch.empty(2, 7, size, dtype=torch.float64))
+    s = q @ k.transpose(-1, -2)
+    torch.testing.assert_close(phi_q @ phi_k.transpose(-1, -2), kernel.a * s**2 + kernel.b * s + kernel.c)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5, 8])
+@pytest.mark.parametrize("scales", [(1.0, 1.0), (0.3, 0.6), (2.0, 0.5)])
+def test_pair_products_vjp_is_the_gradient(d, scales):
+    # The features are quadratic, so a central difference with step 1 is exact: <g, φ(x+u) - φ(x-u)> / 2 = <vjp, u>.
+    x, u = torch.randn(4, 6, d, dtype=torch.float64), torch.randn(4, 6, d, dtype=torch.float64)
+    grad = torch.randn(4, 6, pair_feature_dim(d), dtype=torch.float64)
+
+    def features(y):
+        return pair_products(y, torch.empty_like(grad), *scales)
+
+    directional = (grad * (features(x + u) - features(x - u))).sum(-1) / 2
+    torch.testing.assert_close((pair_products_vjp(x, grad, *scales) * u).sum(-1), directional)
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
+def test_result_does_not_depend_on_the_chunk_size(kernel):
+    q, k, v = (torch.randn(6, 53, n, dtype=torch.float64) for n in (5, 5, 3))
+    results = [chunked_linear_attention(q, k, v, kernel, eps=0.0, chunk=c) for c in (1, 7, 16, 53, 100)]
+    for y in results[1:]:
+        torch.testing.assert_close(y, results[0], atol=1e-12, rtol=1e-12)

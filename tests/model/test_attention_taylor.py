@@ -1,0 +1,92 @@
+"""TaylorShift (Nauen et al., arXiv 2403.02920): w = a s² + b s + c, s = τ_h cos(q, k), made causal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.attention import get_backend
+from model.attention.taylor import TaylorQKTransform
+
+
+def _qkv(t=40, d=6, d_v=5, heads=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(2, heads, t, n, generator=gen, dtype=torch.float64) for n in (d, d, d_v))
+
+
+@pytest.mark.parametrize(("a", "b", "c"), [(0.5, 1.0, 1.0), (0.5, 1.0, 0.5), (2.0, -3.0, 1.2), (1.0, 0.0, 0.0)])
+def test_weights_are_non_negative_and_positive_when_c_exceeds_the_bound(a, b, c):
+    kernel = get_backend("taylor", a=a, b=b, c=c).kernel(8)
+    s = torch.linspace(-50, 50, 100_001, dtype=torch.float64)
+    w = kernel(s.clone())
+    torch.testing.assert_close(w, a * s**2 + b * s + c)
+    assert (w >= 0).all()
+    if c > b**2 / (4 * a):
+        assert (w > 0).all()
+
+
+@pytest.mark.parametrize("crossover", [1, 10**9], ids=["linear", "direct"])
+def test_outputs_are_convex_combinations_of_the_values(crossover):
+    # Positive weights, normalised by their sum: every output lies within the range of the values it sees.
+    backend = get_backend("taylor", crossover=crossover, chunk_size=8, block_size=8)
+    q, k, v = _qkv()
+    q, k = backend.make_qk_transform(3, 6).double()(q, k)
+    y = backend.forward(q.detach(), k.detach(), v)
+    running_min = torch.cummin(v, dim=2).values
+    running_max = torch.cummax(v, dim=2).values
+    assert (y >= running_min - 1e-12).all() and (y <= running_max + 1e-12).all()
+
+
+def test_qk_transform_normalises_keys_and_scales_queries_by_a_learnable_per_head_temperature():
+    transform = get_backend("taylor", temperature_init=1.5).make_qk_transform(n_head=3, head_dim=6)
+    assert isinstance(transform, TaylorQKTransform)
+    assert transform.temperature.shape == (3,) and transform.temperature.requires_grad
+    torch.testing.assert_close(transform.temperature.detach(), torch.full((3,), 1.5))
+    with torch.no_grad():
+        transform.temperature.copy_(torch.tensor([0.5, 1.0, 4.0]))
+    q, k, _ = (x.float() for x in _qkv())
+    q_out, k_out = transform(100 * q, k)
+    torch.testing.assert_close(k_out.norm(dim=-1), torch.ones(2, 3, 40))
+    torch.testing.assert_close(q_out.norm(dim=-1), torch.tensor([0.5, 1.0, 4.0])[None, :, None].expand(2, 3, 40))
+    torch.testing.assert_close(q_out / q_out.norm(dim=-1, keepdim=True), q / q.norm(dim=-1, keepdim=True))
+    # s = τ_h cos(q, k), so the temperature learns.
+    backend = get_backend("taylor")
+    y = backend.forward(*transform(q, k), _qkv()[2].float())
+    y.square().sum().backward()
+    assert transform.temperature.grad is not None and (transform.temperature.grad != 0).all()
+
+
+def test_official_initialisation_gives_scores_in_minus_one_one():
+    transform = get_backend("taylor").make_qk_transform(n_head=3, head_dim=6)
+    torch.testing.assert_close(transform.temperature.detach(), torch.ones(3))  # as the official code
+    q, k, _ = _qkv()
+    q, k = transform.double()(q, k)
+    s = q @ k.transpose(-1, -2)
+    assert s.abs().max() <= 1 + 1e-12
+
+
+def test_direct_and_linear_forms_agree_and_the_switch_is_the_crossover():
+    q, k, v = _qkv(t=50)
+    q, k = get_backend("taylor").make_qk_transform(3, 6).double()(q, k)
+    q, k = q.detach(), k.detach()
+    direct = get_backend("taylor", crossover=51)
+    linear = get_backend("taylor", crossover=50, chunk_size=16)
+    torch.testing.assert_close(direct.forward(q, k, v), linear.forward(q, k, v), atol=1e-12, rtol=1e-12)
+    assert get_backend("taylor").crossover > 64 ** 2 / 4  # measured, documented in model/attention/taylor.py
+
+
+def test_decode_state_is_D_by_d_v_plus_one_with_D_from_the_taylor_features():
+    backend = get_backend("taylor")
+    assert backend.constant_memory
+    d, d_v = 64, 64
+    state = backend.init_state(1, 12, d, d_v, dtype=torch.bfloat16, device="cpu")
+    features = 1 + d + d * (d + 1) // 2  # 2145
+    assert state.S.shape == (1, 12, features, d_v) and state.z.shape == (1, 12, features)
+    assert backend.state_nbytes(state) == 12 * features * (d_v + 1) * 4
+
+
+@pytest.mark.parametrize(("option", "value"), [("a", -0.5), ("c", 0.49), ("c", float("nan"))])
+def test_coefficients_must_keep_the_polynomial_non_negative(option, value):
+    with pytest.raises(ValueError, match=rf"{option}=.*allowed"):
+        get_backend("taylor", **{option: value})
+    get_backend("taylor", a=0.5, b=1.0, c=0.5)  # the boundary c = b²/(4a) is allowed

@@ -1,0 +1,206 @@
+"""Generation with decode states: decoding == the full forward for every backend, constant memory for the recurrent
+states, preallocated KV caches, the context limit and the sliding window, seeds, batches."""
+
+import pytest
+import torch
+
+from model.attention import BACKENDS, get_backend
+from model.config import ModelConfig
+from model.generation import ContextLimitReached, DecodeStats, generate, length_groups
+from model.gpt import GPT
+from model.sampling import Sampler
+
+VOCAB = 97
+CONSTANT_MEMORY = [name for name in BACKENDS if get_backend(name).constant_memory]
+KV_CACHE = [name for name in BACKENDS if not get_backend(name).constant_memory]
+GREEDY = Sampler(temperature=0)
+
+
+def tiny_model(dtype=torch.float32, **overrides) -> GPT:
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{"vocab_size": VOCAB, "n_positions": 160, "n_layer": 2, "n_head": 2, "n_embd": 32,
+                         **overrides})
+    return GPT(cfg).to(dtype).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# Every backend, plus the linear ones with crossover=1, whose training form is then the chunked one too.
+DECODE_CASES = [pytest.param(name, {}, id=name) for name in BACKENDS] + [
+    pytest.param(name, {"crossover": 1}, id=f"{name}-crossover=1") for name in ("taylor", "expressive_sq")
+]
+
+
+@pytest.mark.parametrize("position", ["learned", "rope", "none"])
+@pytest.mark.parametrize("backend, options", DECODE_CASES)
+@torch.no_grad()
+def test_decoding_matches_the_full_forward(backend, options, position):
+    """A 70-token prefill (two chunks of 64) then 80 single steps: the logits of step t are those of a full forward
+    over the first t tokens."""
+    model = tiny_model(attention=backend, attention_options=options, position=position)
+    idx = random_ids(2, 150)
+    state = model.init_decode_state(2, dtype=torch.float32, device="cpu", capacity=150)
+    logits, state = model.decode(idx[:, :70], state)
+    decoded = [logits]
+    for t in range(70, 150):
+        logits, state = model.decode(idx[:, t : t + 1], state)
+        decoded.append(logits)
+    decoded = torch.cat(decoded, dim=1)  # (2, 150, vocab)
+    torch.testing.assert_close(decoded, model(idx)[0], rtol=0, atol=1e-4)
+    for t in (64, 65, 128, 129, 150):  # around the chunk boundaries of the prefill and of the full forward
+        torch.testing.assert_close(decoded[:, t - 1], model(idx[:, :t])[0][:, -1], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", CONSTANT_MEMORY)
+@torch.no_grad()
+def test_constant_memory_states_have_the_same_size_after_10_and_5000_tokens(backend):
+    model = tiny_model(attention=backend, position="none", n_positions=16)
+    sizes = []
+    for length in (10, 5000):
+        state = model.init_decode_state(1, dtype=torch.float32, device="cpu")
+        _, state = model.decode(random_ids(1, length), state, last_only=True)
+        sizes.append(model.decode_state_nbytes(state))
+    assert sizes[0] == sizes[1] > 0
+
+
+@pytest.mark.parametrize("backend", KV_CACHE)
+@torch.no_grad()
+def test_kv_caches_grow_with_the_context(backend):
+    model = tiny_model(attention=backend, position="none", n_positions=16)
+    sizes = []
+    for length in (10, 500):
+        state = model.init_decode_state(1, dtype=torch.float32, device="cpu", capacity=length)
+        _, state = model.decode(random_ids(1, length), state, last_only=True)
+        sizes.append(model.decode_state_nbytes(state))
+    assert sizes[1] == 50 * sizes[0]
+
+
+@pytest.mark.parametrize("backend", CONSTANT_MEMORY)
+def test_constant_memory_backends_generate_past_the_trained_context(backend):
+    model = tiny_model(attention=backend, position="rope", n_positions=8)
+    stats = DecodeStats()
+    tokens = list(generate(model, random_ids(1, 5), 40, sampler=GREEDY, stats=stats))
+    empty = model.decode_state_nbytes(model.init_decode_state(1, dtype=torch.float32, device="cpu"))
+    assert len(tokens) == 40 and stats.state_bytes == empty  # 45 tokens at the memory of none
+
+
+@pytest.mark.parametrize("backend", KV_CACHE)
+def test_kv_caches_are_preallocated_for_the_whole_generation(backend):
+    model = tiny_model(attention=backend)
+    stats = DecodeStats()
+    list(generate(model, random_ids(1, 5), 20, sampler=GREEDY, stats=stats))
+    room_for_25 = model.init_decode_state(1, dtype=torch.float32, device="cpu", capacity=25)
+    assert stats.state_bytes == model.decode_state_nbytes(room_for_25)  # a growing cache would have doubled
+
+
+def greedy_reference(model: GPT, prompt: list[int], steps: int, limit: int, window: int | None) -> list[int]:
+    """Greedy tokens from full forwards over the current context (restarted at the last `window` tokens whenever
+    the context would exceed `limit`)."""
+    ids, start = list(prompt), 0
+    for _ in range(steps):
+        if window is not None and len(ids) - start > limit:
+            start = len(ids) - window
+        logits, _ = model(torch.tensor([ids[start:]]))
+        ids.append(logits[0, -1].argmax().item())
+    return ids[len(prompt) :]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_generation_equals_argmax_of_full_forwards(backend):
+    model = tiny_model(torch.float64, attention=backend, position="rope")
+    prompt = random_ids(1, 7)
+    tokens = [t.item() for t in generate(model, prompt, 12, sampler=GREEDY)]
+    assert tokens == greedy_reference(model, prompt[0].tolist(), 12, limit=160, window=None)
+
+
+@pytest.mark.parametrize("backend", ["softmax", "logexp"])
+def test_a_window_slides_when_the_context_is_full(backend):
+    model = tiny_model(torch.float64, attention=backend, position="learned", n_positions=16)
+    prompt = random_ids(1, 5)
+    tokens = [t.item() for t in generate(model, prompt, 30, sampler=GREEDY, window=8)]
+    assert tokens == greedy_reference(model, prompt[0].tolist(), 30, limit=16, window=8)
+
+
+def test_without_a_window_generation_stops_at_the_context_limit():
+    model = tiny_model(position="learned", n_positions=16)
+    tokens = []
+    with pytest.raises(ContextLimitReached, match="context limit of 16 tokens .the size of the learned position"):
+        for token in generate(model, random_ids(1, 5), 30, sampler=GREEDY):
+            tokens.append(token)
+    assert len(tokens) == 12  # 5 + 11 tokens fill the state; the last logits give one more
+
+
+def test_a_kv_cache_backend_stops_at_n_positions_unless_max_context_raises_it():
+    model = tiny_model(attention="softmax", position="rope", n_positions=16)
+    with pytest.raises(ContextLimitReached, match="KV cache holds n_positions"):
+        list(generate(model, random_ids(1, 5), 30))
+    assert len(list(generate(model, random_ids(1, 5), 30, max_context=40))) == 30
+
+
+def test_learned_positions_cannot_raise_the_context_limit():
+    model = tiny_model(position="learned", n_positions=16)
+    with pytest.raises(ValueError, match="exceeds the model's 16 learned positions"):
+        generate(model, random_ids(1, 5), 30, max_context=17)
+
+
+def test_a_prompt_longer_than_the_context_needs_a_window():
+    model = tiny_model(torch.float64, position="learned", n_positions=16)
+    prompt = random_ids(1, 20)
+    with pytest.raises(ValueError, match="the prompt has 20 tokens, more than the context limit of 16"):
+        generate(model, prompt, 3)
+    tokens = [t.item() for t in generate(model, prompt, 3, sampler=GREEDY, window=8)]
+    assert tokens == greedy_reference(model, prompt[0, -8:].tolist(), 3, limit=16, window=8)
+
+
+@pytest.mark.parametrize("window", [0, 16, 20])
+def test_a_window_must_fit_in_the_context(window):
+    model = tiny_model(position="learned", n_positions=16)
+    with pytest.raises(ValueError, match=r"window must be in \[1, 16\)"):
+        generate(model, random_ids(1, 5), 3, window=window)
+
+
+def test_an_empty_prompt_is_rejected():
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(tiny_model(), torch.zeros(1, 0, dtype=torch.long), 3)
+
+
+def test_generation_ends_when_every_row_has_stopped():
+    model = tiny_model()
+    prompt = random_ids(1, 5).expand(2, 5)
+    first = next(generate(model, prompt, 10, sampler=GREEDY))
+    assert len(list(generate(model, prompt, 10, sampler=GREEDY, stop_id=first[0].item()))) == 1
+
+
+def test_the_same_seed_gives_the_same_tokens():
+    model = tiny_model()
+
+    def sample(seed: int) -> list[int]:
+        generator = torch.Generator().manual_seed(seed)
+        return [t.item() for t in generate(model, random_ids(1, 5), 30, sampler=Sampler(), generator=generator)]
+
+    assert sample(3) == sample(3)
+    assert sample(3) != sample(4)
+
+
+@pytest.mark.parametrize("backend", ["softmax", "taylor"])
+def test_a_batch_generates_what_its_rows_generate_alone(backend):
+    model = tiny_model(torch.float64, attention=backend)
+    prompts = random_ids(3, 6)
+    batch = torch.stack(list(generate(model, prompts, 10, sampler=GREEDY)), dim=1)
+    for row in range(3):
+        alone = torch.stack(list(generate(model, prompts[row : row + 1], 10, sampler=GREEDY)), dim=1)
+        assert batch[row].tolist() == alone[0].tolist()
+
+
+def test_stats_count_prefill_and_decode_tokens():
+    model = tiny_model()
+    stats = DecodeStats()
+    list(generate(model, random_ids(2, 5), 7, stats=stats))
+    assert (stats.prefill_tokens, stats.decode_tokens) == (10, 14)
+    assert stats.prefill_s > 0 and stats.decode_s > 0 and stats.decode_tokens_per_s > 0
+
+
+def test_prompts_are_grouped_by_length_in_order_of_first_appearance():
+    assert length_groups([3, 5, 3, 2, 5]) == [[0, 2], [1, 4], [3]]

@@ -1,0 +1,95 @@
+"""Choosing the next token: greedy is argmax; top-k and top-p keep exactly the right tokens, ties together."""
+
+import math
+
+import pytest
+import torch
+
+from model.sampling import Sampler, filter_logits, next_token
+
+
+def kept(logits: list[float], **filters) -> list[int]:
+    """Ids that survive the filters."""
+    out = filter_logits(torch.tensor([logits]), **filters)[0]
+    return torch.isfinite(out).nonzero().flatten().tolist()
+
+
+def log_probs(probs: list[float]) -> list[float]:
+    return [math.log(p) for p in probs]
+
+
+def test_top_k_keeps_the_k_largest_logits():
+    assert kept([1.0, 3.0, 2.0, 0.0], top_k=2) == [1, 2]
+    assert kept([1.0, 3.0, 2.0, 0.0], top_k=1) == [1]
+    assert kept([1.0, 3.0, 2.0, 0.0], top_k=10) == [0, 1, 2, 3]  # k beyond the vocabulary keeps everything
+
+
+def test_top_k_keeps_every_token_tied_with_the_kth():
+    assert kept([3.0, 2.0, 1.0, 2.0], top_k=2) == [0, 1, 3]
+    assert kept([5.0, 5.0, 1.0], top_k=1) == [0, 1]
+
+
+def test_top_p_keeps_the_smallest_most_likely_set_reaching_p():
+    probs = log_probs([0.1, 0.5, 0.3, 0.1])
+    assert kept(probs, top_p=0.4) == [1]  # the top token alone reaches 0.4
+    assert kept(probs, top_p=0.7) == [1, 2]  # 0.5 < 0.7 <= 0.5 + 0.3
+    assert kept(probs, top_p=0.85) == [0, 1, 2, 3]  # 0.8 < 0.85: the 0.1s are tied, both are kept
+    assert kept(probs, top_p=1.0) == [0, 1, 2, 3]
+
+
+def test_top_p_always_keeps_the_most_likely_token():
+    assert kept(log_probs([0.2, 0.7, 0.1]), top_p=1e-6) == [1]
+    assert kept(log_probs([0.45, 0.1, 0.45]), top_p=0.3) == [0, 2]  # a tie at the top is kept whole
+
+
+def test_top_p_keeps_a_tie_group_whole():
+    # 0.4 comes first; each 0.2 has only 0.4 strictly above it, which is less than 0.5
+    assert kept(log_probs([0.2, 0.4, 0.2, 0.2]), top_p=0.5) == [0, 1, 2, 3]
+    assert kept(log_probs([0.2, 0.4, 0.2, 0.2]), top_p=0.4) == [1]
+
+
+def test_top_k_applies_before_top_p():
+    # top-k 2 leaves 0.5 and 0.3, renormalised to 0.625 and 0.375; top-p 0.6 then keeps only the first
+    assert kept(log_probs([0.5, 0.3, 0.2]), top_k=2, top_p=0.6) == [0]
+    assert kept(log_probs([0.5, 0.3, 0.2]), top_k=2, top_p=0.7) == [0, 1]
+
+
+def test_filters_work_row_by_row():
+    logits = torch.tensor([log_probs([0.6, 0.3, 0.1]), log_probs([0.1, 0.2, 0.7])])
+    out = filter_logits(logits, top_p=0.8)
+    assert torch.isfinite(out).tolist() == [[True, True, False], [False, True, True]]
+
+
+def test_temperature_zero_is_greedy():
+    logits = torch.tensor([[0.1, 2.0, 1.9], [3.0, -1.0, 0.0]])
+    assert next_token(logits, Sampler(temperature=0)).tolist() == [[1], [0]]
+
+
+def test_samples_come_only_from_the_kept_tokens():
+    logits = torch.tensor([log_probs([0.05, 0.5, 0.3, 0.15])]).expand(2000, 4)
+    generator = torch.Generator().manual_seed(0)
+    ids = next_token(logits, Sampler(temperature=1.0, top_p=0.7), generator).flatten()
+    assert set(ids.tolist()) == {1, 2}
+    assert (ids == 1).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.05)  # renormalised over the kept
+
+
+def test_ids_past_the_tokenizer_vocabulary_are_never_chosen():
+    logits = torch.tensor([[0.0, 1.0, 9.0, 9.0]])  # a model vocabulary padded to 4 for a tokenizer of 2
+    assert next_token(logits, Sampler(temperature=0, vocab_size=2)).item() == 1
+    generator = torch.Generator().manual_seed(0)
+    assert next_token(logits.expand(100, 4), Sampler(vocab_size=2), generator).max().item() <= 1
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
+        ({"temperature": float("nan")}, "temperature must be a finite number >= 0"),
+        ({"top_k": -1}, "top_k must be >= 0"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+    ],
+)
+def test_invalid_sampling_options_are_rejected(options, message):
+    with pytest.raises(ValueError, match=message):
+        Sampler(**options)

@@ -1,0 +1,155 @@
+"""scripts/generate.py on tiny random-weight checkpoints: prompts from flags, files and stdin, batches, greedy and
+seeded sampling, the context limit and the window, the stats line, and one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.config import DataConfig
+from model.config import ModelConfig
+from model.gpt import GPT
+from training.checkpoint import save_checkpoint
+from training.config import RunConfig, config_to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("generate_cli", ROOT / "scripts" / "generate.py")
+cli = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cli)
+
+STATS = re.compile(
+    r"^prefill: \d+ tokens, [\d,]+ tokens/s \| decode: \d+ tokens, [\d,.]+ tokens/s \| "
+    r"decode state: [\d,]+ bytes \(.*\) \| seed \d+$"
+)
+
+
+def write_checkpoint(run_dir: Path, **model) -> Path:
+    """A run directory with one checkpoint of a random 2-layer model (GPT-2 vocabulary unless overridden)."""
+    cfg = RunConfig(model=ModelConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 32, **model}),
+                    data=DataConfig(block_size=32))
+    torch.manual_seed(0)
+    save_checkpoint(run_dir, 1, GPT(cfg.model), {}, config_to_dict(cfg), keep=1)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "learned": write_checkpoint(root / "learned", attention="softmax", position="learned"),
+        "rope": write_checkpoint(root / "rope", attention="logexp", position="rope"),
+        "small_vocab": write_checkpoint(root / "small_vocab", vocab_size=1000),
+    }
+
+
+def generate(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main([*args, "--device", "cpu", "--dtype", "float32"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_prompt_is_echoed_and_continued(runs, capsys):
+    code, out, err = generate(capsys, "--ckpt", str(runs["rope"]), "--prompt", "ROMEO:", "--max-new-tokens", "8",
+                              "--temperature", "0")
+    assert code == 0
+    assert out.startswith("ROMEO:") and len(out) > len("ROMEO:\n")
+    assert STATS.match(err.strip()), err
+    assert "prefill: 3 tokens" in err and "decode: 8 tokens" in err and "logexp" in err
+
+
+def test_greedy_decoding_is_deterministic_and_the_seed_fixes_sampling(runs, capsys):
+    def text(*options: str) -> str:
+        code, out, _ = generate(capsys, "--ckpt", str(runs["learned"]), "--prompt", "Once", "--max-new-tokens", "10",
+                                *options)
+        assert code == 0
+        return out
+
+    assert text("--temperature", "0") == text("--temperature", "0", "--seed", "5")
+    assert text("--seed", "1", "--top-k", "50") == text("--seed", "1", "--top-k", "50")
+    assert text("--seed", "1", "--top-k", "50") != text("--seed", "2", "--top-k", "50")
+
+
+def test_stdin_is_the_prompt_when_none_is_given(runs, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("To be,\nor not"))
+    code, out, err = generate(capsys, "--ckpt", str(runs["rope"]), "--max-new-tokens", "4", "--temperature", "0")
+    assert code == 0 and out.startswith("To be,\nor not") and STATS.match(err.strip())
+
+
+def test_a_batch_prints_each_prompt_as_it_would_alone(runs, capsys, tmp_path):
+    (tmp_path / "scene.txt").write_text("JULIET:\nO Romeo,")
+    prompts = ["ROMEO:", "Hi", "JULIET:\nO Romeo,", "To be,"]  # 3, 1, 9 and 3 tokens: three batches
+    options = ["--ckpt", str(runs["rope"]), "--max-new-tokens", "6", "--temperature", "0"]
+    code, out, _ = generate(capsys, *options, "--prompt", prompts[0], "--prompt", prompts[1],
+                            "--prompt-file", str(tmp_path / "scene.txt"), "--prompt", prompts[3])
+    assert code == 0
+    alone = [generate(capsys, *options, "--prompt", p)[1] for p in prompts]
+    assert out == "".join(f"--- prompt {i + 1} ---\n{text}" for i, text in enumerate(alone))
+
+
+def test_learned_positions_stop_at_the_context_limit_or_slide_a_window(runs, capsys):
+    options = ["--ckpt", str(runs["learned"]), "--prompt", "Once upon a time", "--max-new-tokens", "40"]
+    code, _, err = generate(capsys, *options)
+    assert code == 0
+    assert "stopped at the context limit of 32 tokens" in err and "--window N" in err
+    assert "decode: 29 tokens" in err  # 4 prompt tokens + 28 decoded fill the 32 positions, plus one more
+    code, _, err = generate(capsys, *options, "--window", "16")
+    assert code == 0 and "context limit" not in err and "decode: 40 tokens" in err
+
+
+def one_line_error(code: int, out: str, err: str) -> str:
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("generate: ")
+    return err
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--temperature", "-1"], "temperature must be a finite number >= 0"),
+        (["--top-p", "0"], r"top_p must be in \(0, 1\]"),
+        (["--top-p", "1.5"], r"top_p must be in \(0, 1\]"),
+        (["--top-k", "-3"], "top_k must be >= 0"),
+        (["--window", "32"], r"window must be in \[1, 32\)"),
+        (["--max-context", "64"], "exceeds the model's 32 learned positions"),
+        (["--prompt", ""], "the prompt is empty"),
+        (["--prompt", "a", "--prompt", ""], "prompt 2 is empty"),
+    ],
+)
+def test_unusable_arguments_give_one_line_errors(runs, capsys, options, message):
+    if "--prompt" not in options:
+        options = [*options, "--prompt", "Hello"]
+    err = one_line_error(*generate(capsys, "--ckpt", str(runs["learned"]), *options))
+    assert re.search(message, err), err
+
+
+def test_a_bad_checkpoint_path_is_a_one_line_error(capsys, tmp_path):
+    err = one_line_error(*generate(capsys, "--ckpt", str(tmp_path / "missing"), "--prompt", "Hi"))
+    assert "does not exist" in err
+    err = one_line_error(*generate(capsys, "--ckpt", str(tmp_path), "--prompt", "Hi"))
+    assert "no checkpoint in" in err
+
+
+def test_a_checkpoint_from_another_vocabulary_is_refused(runs, capsys):
+    err = one_line_error(*generate(capsys, "--ckpt", str(runs["small_vocab"]), "--prompt", "Hi"))
+    assert "vocabulary of 1000 tokens" in err and "another vocabulary" in err
+
+
+def test_the_command_end_to_end(runs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "scripts/generate.py", "--ckpt", str(runs["rope"]), "--max-new-tokens", "5",
+               "--temperature", "0"]
+    result = subprocess.run(command, input="ROMEO:", cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ROMEO:") and STATS.match(result.stderr.strip()), result.stderr
+    result = subprocess.run([*command, "--top-p", "2"], input="ROMEO:", cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["generate: top_p must be in (0, 1] (1 = no limit), got 2.0"]

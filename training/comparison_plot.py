@@ -1,0 +1,26 @@
+"""The comparison figure: val loss against training tokens and against wall-clock time, one curve per backend
+(the mean over its runs) with a band from the lowest to the highest run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from training.comparison import Curve
+
+
+def plot_val_curves(curves: dict[str, Curve], path: Path) -> None:
+    """Write the two panels (val loss vs tokens, vs elapsed seconds) of `curves` (backend -> curve) as a PNG."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    by_tokens, by_time = figure.subplots(1, 2, sharey=True)
+    for backend, curve in curves.items():
+        for axes, x in ((by_tokens, curve.tokens), (by_time, curve.elapsed)):
+            (line,) = axes.plot(x, curve.mean, marker="o", markersize=3, label=backend)
+            axes.fill_between(x, curve.low, curve.high, color=line.get_color(), alpha=0.2, linewidth=0)
+    by_tokens.set(xlabel="training tokens", ylabel="val loss")
+    by_time.set(xlabel="wall-clock time in training steps (s)")
+    for axes in (by_tokens, by_time):
+        axes.grid(alpha=0.3)
+    by_tokens.legend(title="mean, band: min-max over seeds")
+    figure.savefig(path, dpi=120)

@@ -1,0 +1,101 @@
+"""What a run trains and evaluates on: prepared text, or the MQAR recall task generated on the fly.
+
+Both kinds give the training loop the same three things: `batch(index)` (micro-batch `index`, a pure function of
+the seed and the index, so resume and rank sharding need no iterator state), `evaluate(model)` on a fixed val set
+(the same for every run with the same data, identified by `fingerprint`), and a one-line `description`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from data import mqar
+from data.config import MQAR
+from data.loader import TrainWindows, eval_batches, val_windows, windows_fingerprint
+from data.prepare import load_prepared, prepare
+from training import runtime as rt
+from training.config import RunConfig
+from training.dataclass_parsing import ConfigError
+
+
+class TextData:
+    """Windows of a prepared token corpus (prepared once by the main process, memory-mapped by every process)."""
+
+    def __init__(self, cfg: RunConfig, runtime: rt.Runtime):
+        if runtime.is_main:
+            prepare(cfg.data)
+        rt.barrier(runtime)
+        meta, train_tokens, self.val_tokens = load_prepared(cfg.data)
+        if meta["vocab_size"] > cfg.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's vocabulary "
+                f"({meta['vocab_size']}); set model.vocab_size >= {meta['vocab_size']}"
+            )
+        self.block_size, self.runtime = cfg.data.block_size, runtime
+        self.windows = TrainWindows(train_tokens, cfg.data.block_size, cfg.train.batch_size, seed=cfg.train.seed)
+        self.val_starts = val_windows(self.val_tokens, cfg.data.block_size, cfg.data.eval_windows)
+        self.eval_batch_size = cfg.train.eval_batch_size
+        self.fingerprint = windows_fingerprint(meta, cfg.data.block_size, cfg.data.eval_windows)
+        self.description = f"{meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens from {meta['source']}"
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.windows.batch(index)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Mean loss over the fixed val windows (sharded over ranks, summed with all_reduce)."""
+        runtime = self.runtime
+        total = torch.zeros(2, dtype=torch.float64, device=runtime.device)  # loss sum, windows
+        starts = self.val_starts[runtime.rank :: runtime.world_size]
+        for x, y in eval_batches(self.val_tokens, starts, self.block_size, self.eval_batch_size):
+            x, y = x.to(runtime.device), y.to(runtime.device)
+            with runtime.autocast():
+                _, loss = model(x, y)
+            total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64, device=runtime.device)
+        loss_sum, windows = _summed_over_ranks(total, runtime)
+        return {"val_loss": loss_sum / windows}
+
+
+class RecallData:
+    """Multi-query associative recall: loss and accuracy count the answer tokens only."""
+
+    def __init__(self, cfg: RunConfig, runtime: rt.Runtime):
+        task, block_size = cfg.data.mqar, cfg.data.block_size
+        self.runtime, self.eval_batch_size = runtime, cfg.train.eval_batch_size
+        self.windows = mqar.MQARBatches(task, block_size, cfg.train.batch_size, seed=cfg.train.seed)
+        self.val_x, self.val_y = mqar.val_set(task, block_size, cfg.data.eval_windows)
+        self.fingerprint = mqar.val_fingerprint(task, block_size, cfg.data.eval_windows)
+        self.description = (f"MQAR, {task.num_pairs} pairs, {task.num_queries} queries, vocabulary {task.vocab_size}, "
+                            f"length {block_size} ({cfg.data.eval_windows} val sequences)")
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.windows.batch(index)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Mean loss and accuracy over the answers of the fixed val set (sharded over ranks, all_reduce'd)."""
+        runtime = self.runtime
+        total = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss sum, correct, answers
+        rows = slice(runtime.rank, None, runtime.world_size)
+        for x, y in zip(self.val_x[rows].split(self.eval_batch_size), self.val_y[rows].split(self.eval_batch_size)):
+            x, y = x.to(runtime.device), y.to(runtime.device)
+            with runtime.autocast():
+                logits, _ = model(x)  # (B, T, vocab): recall tasks keep the vocabulary small
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=mqar.IGNORE_INDEX,
+                                   reduction="sum")
+            correct, answers = mqar.answer_accuracy(logits, y)
+            total += torch.tensor([loss.item(), correct, answers], dtype=torch.float64, device=runtime.device)
+        loss_sum, correct, answers = _summed_over_ranks(total, runtime)
+        return {"val_loss": loss_sum / answers, "val_accuracy": correct / answers}
+
+
+def open_run_data(cfg: RunConfig, runtime: rt.Runtime) -> TextData | RecallData:
+    return RecallData(cfg, runtime) if cfg.data.source == MQAR else TextData(cfg, runtime)
+
+
+def _summed_over_ranks(total: torch.Tensor, runtime: rt.Runtime) -> list[float]:
+    if runtime.distributed:
+        dist.all_reduce(total)
+    return total.tolist()
