@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load(args: argparse.Namespace) -> tuple[GPT, TextTokenizer, torch.device]:
     """The checkpoint's model on the chosen device and dtype, and its tokenizer (whose ids must fit the model)."""
-    device = pick_device(args.device)
+    device = pick_device(args.device, option="--device")
     model, cfg, ckpt = load_checkpoint_model(args.ckpt)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     if tokenizer.vocab_size > cfg.model.vocab_size:
@@ -88,7 +88,7 @@ def load(args: argparse.Namespace) -> tuple[GPT, TextTokenizer, torch.device]:
             f"{ckpt} was trained with a vocabulary of {cfg.model.vocab_size} tokens, but its tokenizer "
             f"{cfg.data.tokenizer!r} has {tokenizer.vocab_size}: the checkpoint is from another vocabulary"
         )
-    return model.to(device=device, dtype=pick_dtype(args.dtype, device)), tokenizer, device
+    return model.to(device=device, dtype=pick_dtype(args.dtype, device, option="--dtype")), tokenizer, device
 
 
 def encode_prompts(texts: list[str], tokenizer: TextTokenizer) -> list[list[int]]:

@@ -19,3 +19,15 @@ def prepared_dir(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("prepared")
     prepare(DataConfig(prepared_dir=str(out)))
     return str(out)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one CPU thread for the test: tiny models gain nothing from more, and on a loaded machine the
+    threads' synchronisation makes their small ops many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

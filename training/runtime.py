@@ -37,8 +37,9 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda (this process's local rank) if present, else mps, else cpu; otherwise the named device."""
+def pick_device(name: str, local_rank: int = 0, option: str = "train.device") -> torch.device:
+    """'auto' -> cuda (this process's local rank) if present, else mps, else cpu; otherwise the named device.
+    Errors name the setting `option`."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
@@ -48,9 +49,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"train.device: {name!r} is not a device (allowed: auto, cpu, cuda, cuda:N, mps)") from None
+        raise ValueError(f"{option}: {name!r} is not a device (allowed: auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+        raise ValueError(f"{option}=cuda but no CUDA device is visible; use {option}=auto or cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
@@ -61,8 +62,9 @@ def cpu_supports_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' -> bfloat16 where the device computes it natively (recent GPUs, bf16 CPUs), else float32."""
+def pick_dtype(name: str, device: torch.device, option: str = "train.dtype") -> torch.dtype:
+    """'auto' -> bfloat16 where the device computes it natively (recent GPUs, bf16 CPUs), else float32.
+    Errors name the setting `option`."""
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -71,7 +73,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.float32
     dtype = getattr(torch, name)
     if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("train.dtype=float16 is not supported on CPU; use bfloat16 or float32")
+        raise ValueError(f"{option}=float16 is not supported on CPU; use bfloat16 or float32")
     return dtype
 
 

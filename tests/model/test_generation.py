@@ -10,6 +10,7 @@ from model.generation import ContextLimitReached, DecodeStats, generate, length_
 from model.gpt import GPT
 from model.sampling import Sampler
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 VOCAB = 97
 CONSTANT_MEMORY = [name for name in BACKENDS if get_backend(name).constant_memory]
 KV_CACHE = [name for name in BACKENDS if not get_backend(name).constant_memory]
