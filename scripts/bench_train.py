@@ -5,7 +5,7 @@
 
 One step = forward + backward + AdamW update on random tokens; the median of `--steps` timed steps after
 `--warmup` untimed ones. MFU = 6N + 12LCT FLOPs per token × tokens/s ÷ the peak of a 2048² torch.mm in the
-same dtype and thread count. Writes CSV and markdown to --out.
+same dtype and thread count (training.runtime.peak_flops, as train.py). Writes CSV and markdown to --out.
 """
 
 from __future__ import annotations
@@ -22,20 +22,10 @@ from model.config import ModelConfig
 from model.gpt import GPT
 from training.config import OptimConfig
 from training.optim import make_optimizer
+from training.runtime import peak_flops
 
 # name: (n_layer, n_embd, batch, seq_len) — the two shapes of the anchor table
 SHAPES = {"gpt2-small": (12, 768, 1, 1024), "small": (4, 256, 8, 256)}
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
 
 
 def step_time(shape: str, dtype: torch.dtype, attention: str, warmup: int, steps: int) -> tuple[float, GPT]:
@@ -73,7 +63,7 @@ def main() -> None:
         torch.set_num_threads(threads)
         for dtype_name in args.dtypes.split(","):
             dtype = getattr(torch, dtype_name)
-            peak = matmul_peak(dtype)
+            peak = peak_flops(torch.device("cpu"), dtype)
             for shape in args.shapes.split(","):
                 seconds, model = step_time(shape, dtype, args.attention, args.warmup, args.steps)
                 _, _, batch, seq = SHAPES[shape]

@@ -101,7 +101,8 @@ def barrier(runtime: Runtime) -> None:
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Peak FLOP/s for MFU: a table for known GPUs; on CPU a measured 1024² matmul in the training dtype."""
+    """Peak FLOP/s for MFU: a table for known GPUs; on CPU the best of a few 2048² matmuls in the training dtype
+    (as in docs/anchors.md; on a loaded machine this underestimates the peak and so overstates MFU)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, flops in _GPU_PEAK_BF16.items():
@@ -110,12 +111,12 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
         return float("nan")
     if device.type != "cpu":
         return float("nan")
-    n = 1024
+    n = 2048
     generator = torch.Generator().manual_seed(0)  # leave the global RNG (dropout) untouched
     a, b = (torch.randn(n, n, generator=generator).to(dtype) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")
-    for _ in range(5):
+    for _ in range(3):
         t0 = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
