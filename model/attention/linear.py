@@ -33,8 +33,8 @@ from model.attention.base import AttentionBackend
 from model.attention.direct import naive_causal_average, tiled_causal_attention
 from model.attention.numerics import (
     accumulation_dtype,
-    check_decoding,
     chunk_bounds,
+    chunk_groups,
     fold_heads,
     merge_chunks,
     split_chunks,
@@ -171,22 +171,25 @@ class QuadraticKernel:
 
 def _intra_chunk(q, k, v1, kernel: QuadraticKernel, chunk: int) -> torch.Tensor:
     """sum over the earlier tokens of the same chunk (and the token itself) of w_ij v1_j: (BH, T, width)."""
-    qc, kc = split_chunks(q, chunk), split_chunks(k, chunk)
-    w = kernel(qc @ kc.transpose(-1, -2)).tril_()  # (BH, n_chunks, C, C), masked after the nonlinearity
-    return merge_chunks(w @ split_chunks(v1, chunk), q.shape[1])
+    out = v1.new_empty(v1.shape)
+    for t0, t1 in chunk_groups(q.shape[1], chunk, q.shape[0]):
+        qc, kc = split_chunks(q[:, t0:t1], chunk), split_chunks(k[:, t0:t1], chunk)
+        w = kernel(qc @ kc.transpose(-1, -2)).tril_()  # (BH, chunks, C, C), masked after the nonlinearity
+        out[:, t0:t1] = merge_chunks(w @ split_chunks(v1[:, t0:t1], chunk), t1 - t0)
+    return out
 
 
 def _intra_chunk_backward(q, k, v1, dout, kernel: QuadraticKernel, chunk: int):
-    qc, kc, v1c, doutc = (split_chunks(x, chunk) for x in (q, k, v1, dout))
-    w, dw_ds = kernel.with_derivative(qc @ kc.transpose(-1, -2))
-    w.tril_()
-    ds = (doutc @ v1c.transpose(-1, -2)).mul_(dw_ds).tril_()
-    t = q.shape[1]
-    return (
-        merge_chunks(ds @ kc, t),
-        merge_chunks(ds.transpose(-1, -2) @ qc, t),
-        merge_chunks(w.transpose(-1, -2) @ doutc, t),
-    )
+    dq, dk, dv1 = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v1)
+    for t0, t1 in chunk_groups(q.shape[1], chunk, q.shape[0]):
+        qc, kc, v1c, doutc = (split_chunks(x[:, t0:t1], chunk) for x in (q, k, v1, dout))
+        w, dw_ds = kernel.with_derivative(qc @ kc.transpose(-1, -2))
+        w.tril_()
+        ds = (doutc @ v1c.transpose(-1, -2)).mul_(dw_ds).tril_()
+        dq[:, t0:t1] = merge_chunks(ds @ kc, t1 - t0)
+        dk[:, t0:t1] = merge_chunks(ds.transpose(-1, -2) @ qc, t1 - t0)
+        dv1[:, t0:t1] = merge_chunks(w.transpose(-1, -2) @ doutc, t1 - t0)
+    return dq, dk, dv1
 
 
 def _attend_and_fold(q, k, v1, kernel: QuadraticKernel, chunk: int, kv: torch.Tensor) -> torch.Tensor:
@@ -314,8 +317,8 @@ class QuadraticKernelAttention(AttentionBackend):
         size = self.kernel(d).feature_dim(d)
         return LinearState(torch.zeros(batch, heads, size, d_v + 1, dtype=accumulation_dtype(dtype), device=device))
 
+    @torch.no_grad()  # decoding only: the state is updated in place, which autograd cannot follow
     def step(self, q, k, v, state: LinearState):
-        check_decoding(self.name, q, k, v)
         b, h, _, d = q.shape
         kv = state.kv.view(b * h, *state.kv.shape[2:])  # a view: updated in place
         out = _attend_and_fold(

@@ -31,9 +31,10 @@ from model.attention.base import AttentionBackend
 from model.attention.kv_cache import causal_mask
 from model.attention.numerics import (
     accumulation_dtype,
-    check_decoding,
     chunk_bounds,
+    chunk_groups,
     fold_heads,
+    merge_chunks,
     split_chunks,
     unfold_heads,
     with_ones_column,
@@ -95,10 +96,12 @@ def _attend_and_fold(q, k, v1, chunk: int, kv: torch.Tensor, m: torch.Tensor) ->
     """y (BH, T, d_v) and log-normaliser (BH, T) of t new tokens after the state (kv, m), updated in place."""
     t = q.shape[1]
     chunk = min(chunk, t)
-    logits = _pair_sums(split_chunks(q, chunk), split_chunks(k, chunk)).logits  # (BH, n, C, C)
-    r_intra = logits.amax(-1, keepdim=True)
-    intra = torch.exp(logits - r_intra) @ split_chunks(v1, chunk)  # (BH, n, C, d_v + 1)
-    intra, r_intra = intra.flatten(1, 2)[:, :t], r_intra.flatten(1, 2)[:, :t]
+    intra, r_intra = torch.empty_like(v1), q.new_empty(q.shape[0], t, 1)  # (BH, T, d_v + 1), (BH, T, 1)
+    for t0, t1 in chunk_groups(t, chunk, q.shape[0]):
+        logits = _pair_sums(split_chunks(q[:, t0:t1], chunk), split_chunks(k[:, t0:t1], chunk)).logits
+        r = logits.amax(-1, keepdim=True)  # (BH, chunks, C, 1)
+        intra[:, t0:t1] = merge_chunks(torch.exp(logits - r) @ split_chunks(v1[:, t0:t1], chunk), t1 - t0)
+        r_intra[:, t0:t1] = merge_chunks(r, t1 - t0)
 
     out = torch.empty_like(intra)
     shift = torch.empty_like(r_intra)
@@ -115,6 +118,30 @@ def _attend_and_fold(q, k, v1, chunk: int, kv: torch.Tensor, m: torch.Tensor) ->
     m.copy_(state_max)
     den = out[..., -1]
     return out[..., :-1] / den[..., None], shift.squeeze(-1) + den.log()
+
+
+def _intra_chunk_backward(q, k, v1, dout, lse, chunk: int):
+    """Gradients of the intra-chunk terms of the tokens q, k (whole chunks but the last)."""
+    # dL_ij = p_ij (dout_i · [v_j | 1]), and L_ij = logsumexp_l(q_il + k_jl) spreads it over the features by
+    # softmax_l(q_il + k_jl) = exp(q_il - a_i) exp(k_jl - b_j) / sums_ij.
+    t = q.shape[1]
+    qc, kc, v1c, doutc = (split_chunks(x, chunk) for x in (q, k, v1, dout))
+    pairs = _pair_sums(qc, kc)
+    lse_c = F.pad(lse, (0, -t % chunk), value=float("inf")).unflatten(1, (-1, chunk))  # padded rows: p = 0
+    p = torch.exp(pairs.logits - lse_c[..., None])  # 0 above the diagonal
+    dv1c = p.transpose(-1, -2) @ doutc
+    d_logits = p.mul_(doutc @ v1c.transpose(-1, -2))
+    ratio = (d_logits / pairs.sums).tril_()
+    if pairs.exact is not None:
+        ratio[pairs.exact] = 0.0
+    dqc = pairs.eq * (ratio @ pairs.ek)
+    dkc = pairs.ek * (ratio.transpose(-1, -2) @ pairs.eq)
+    if pairs.exact is not None:
+        bh, c, i, j = pairs.exact
+        spread = torch.softmax(qc[bh, c, i] + kc[bh, c, j], dim=-1) * d_logits[pairs.exact][:, None]
+        dqc.index_put_((bh, c, i), spread, accumulate=True)
+        dkc.index_put_((bh, c, j), spread, accumulate=True)
+    return merge_chunks(dqc, t), merge_chunks(dkc, t), merge_chunks(dv1c, t)
 
 
 class _ChunkedLogExpAttention(torch.autograd.Function):
@@ -137,23 +164,11 @@ class _ChunkedLogExpAttention(torch.autograd.Function):
 
         # Intra-chunk pairs: dL_ij = p_ij (dout_i · [v_j | 1]), and L_ij = logsumexp_l(q_il + k_jl) spreads it over
         # the features by softmax_l(q_il + k_jl) = exp(q_il - a_i) exp(k_jl - b_j) / sums_ij.
-        qc, kc, v1c, doutc = (split_chunks(x, chunk) for x in (q, k, v1, dout))
-        pairs = _pair_sums(qc, kc)
-        lse_c = F.pad(lse, (0, -t % chunk), value=float("inf")).unflatten(1, (-1, chunk))  # padded rows: p = 0
-        p = torch.exp(pairs.logits - lse_c[..., None])  # 0 above the diagonal
-        dv1c = p.transpose(-1, -2) @ doutc
-        d_logits = p.mul_(doutc @ v1c.transpose(-1, -2))
-        ratio = (d_logits / pairs.sums).tril_()
-        if pairs.exact is not None:
-            ratio[pairs.exact] = 0.0
-        dqc = pairs.eq * (ratio @ pairs.ek)
-        dkc = pairs.ek * (ratio.transpose(-1, -2) @ pairs.eq)
-        if pairs.exact is not None:
-            bh, c, i, j = pairs.exact
-            spread = torch.softmax(qc[bh, c, i] + kc[bh, c, j], dim=-1) * d_logits[pairs.exact][:, None]
-            dqc.index_put_((bh, c, i), spread, accumulate=True)
-            dkc.index_put_((bh, c, j), spread, accumulate=True)
-        dq, dk, dv1 = (x.flatten(1, 2)[:, :t] for x in (dqc, dkc, dv1c))
+        dq, dk, dv1 = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v1)
+        for t0, t1 in chunk_groups(t, chunk, q.shape[0]):
+            dq[:, t0:t1], dk[:, t0:t1], dv1[:, t0:t1] = _intra_chunk_backward(
+                q[:, t0:t1], k[:, t0:t1], v1[:, t0:t1], dout[:, t0:t1], lse[:, t0:t1], chunk
+            )
 
         # Inter-chunk terms exp(q_il + m_l - lse_i) [S|z]_l: a forward sweep rebuilds the states for dq ...
         bounds = chunk_bounds(t, chunk)
@@ -206,8 +221,8 @@ class LogExpAttention(AttentionBackend):
             m=torch.full((batch, heads, d), float("-inf"), dtype=acc, device=device),
         )
 
+    @torch.no_grad()  # decoding only: the state is updated in place, which autograd cannot follow
     def step(self, q, k, v, state: LogExpState):
-        check_decoding(self.name, q, k, v)
         b, h = q.shape[:2]
         kv = state.kv.view(b * h, *state.kv.shape[2:])  # views: updated in place
         m = state.m.view(b * h, -1)

@@ -48,7 +48,10 @@ def chunk_bounds(t: int, chunk: int) -> list[tuple[int, int]]:
     return [(t0, min(t0 + chunk, t)) for t0 in range(0, t, chunk)]
 
 
-def check_decoding(backend: str, *tensors: torch.Tensor) -> None:
-    """Recurrent states are updated in place, which autograd cannot follow: decode under torch.no_grad()."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise RuntimeError(f"{backend}.step updates its state in place; call it under torch.no_grad()")
+def chunk_groups(t: int, chunk: int, batch: int, elements: int = 1 << 21) -> list[tuple[int, int]]:
+    """Token ranges of whole chunks whose (batch, tokens, chunk) pair tensors hold at most ~`elements` numbers.
+
+    Bounding the intra-chunk temporaries keeps them in cache and below the allocator's mmap threshold (fresh
+    page faults on every allocation above ~32 MB), and the peak memory O(elements) instead of O(n · chunk).
+    """
+    return chunk_bounds(t, max(1, elements // (batch * chunk * chunk)) * chunk)

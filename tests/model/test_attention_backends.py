@@ -82,6 +82,17 @@ def test_prefill_then_ragged_chunks_then_single_tokens_match_forward(name, optio
     torch.testing.assert_close(torch.cat(outputs, dim=2), backend.forward(q, k, v), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("name", BACKENDS)
+def test_decoding_works_with_autograd_enabled(name):
+    # The model decodes without torch.no_grad(); the recurrent states update in place and detach.
+    backend = get_backend(name)
+    q, k, v = (x.requires_grad_() for x in kernel_inputs(backend, 6))
+    state = backend.init_state(B, H, D, D_V, dtype=q.dtype, device="cpu")
+    y1, state = backend.step(q[:, :, :5], k[:, :, :5], v[:, :, :5], state)
+    y2, state = backend.step(q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], state)
+    torch.testing.assert_close(torch.cat([y1, y2], dim=2), backend.forward(q, k, v), atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.parametrize(("name", "options"), CASES, ids=CASE_IDS)
 def test_decode_in_bf16_keeps_input_dtype_and_tracks_fp32(name, options):
     backend = get_backend(name, **options)
