@@ -121,7 +121,7 @@ def _attend_and_fold(q, k, v1, chunk: int, kv: torch.Tensor, m: torch.Tensor) ->
 
 
 def _intra_chunk_backward(q, k, v1, dout, lse, chunk: int):
-    """Gradients of the intra-chunk terms of the tokens q, k (whole chunks but the last)."""
+    """Gradients (dq, dk, d[v|1]) of the intra-chunk terms of a group of whole chunks (the last may be partial)."""
     # dL_ij = p_ij (dout_i · [v_j | 1]), and L_ij = logsumexp_l(q_il + k_jl) spreads it over the features by
     # softmax_l(q_il + k_jl) = exp(q_il - a_i) exp(k_jl - b_j) / sums_ij.
     t = q.shape[1]
@@ -162,8 +162,7 @@ class _ChunkedLogExpAttention(torch.autograd.Function):
         # Every term p = exp(logit - lse) of row i adds p [v | 1]; d/dlogit = p (dout_i · [v | 1]).
         dout = torch.cat([dy, -(dy * y).sum(-1, keepdim=True)], dim=-1)  # (BH, T, d_v + 1)
 
-        # Intra-chunk pairs: dL_ij = p_ij (dout_i · [v_j | 1]), and L_ij = logsumexp_l(q_il + k_jl) spreads it over
-        # the features by softmax_l(q_il + k_jl) = exp(q_il - a_i) exp(k_jl - b_j) / sums_ij.
+        # Intra-chunk pairs, a group of chunks at a time.
         dq, dk, dv1 = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v1)
         for t0, t1 in chunk_groups(t, chunk, q.shape[0]):
             dq[:, t0:t1], dk[:, t0:t1], dv1[:, t0:t1] = _intra_chunk_backward(
