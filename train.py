@@ -225,11 +225,13 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     decay_steps = oc.decay_steps if oc.decay_steps is not None else tc.max_steps
 
     def save(at_step: int) -> None:
+        """Checkpoint on the main process; every rank takes part (its RNG state is gathered)."""
+        rng_states = gather_rng()
         if runtime.is_main:
             state = {
                 "step": at_step, "optimizer": optimizer.state_dict(), "grad_scaler": scaler.state_dict(),
                 "tokens_seen": tokens_seen,
-                "elapsed": elapsed, "best_val_loss": best_val, "rng": all_rng_states,
+                "elapsed": elapsed, "best_val_loss": best_val, "rng": rng_states,
                 "data": {"seed": tc.seed, "next_micro_batch": at_step * tc.grad_accum},
             }
             path = ckpt.save_checkpoint(run_dir, at_step, model, state, resolved, tc.keep_checkpoints)
@@ -307,7 +309,6 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         if step == tc.max_steps or interrupted or is_eval and tc.ckpt_interval == 0 or (
             tc.ckpt_interval and step % tc.ckpt_interval == 0
         ):
-            all_rng_states = gather_rng()
             save(step)
         if interrupted:
             break
