@@ -103,10 +103,10 @@ def resolve_resume(cfg: RunConfig, run_dir: Path) -> Path | None:
     return ckpt.find_checkpoint(cfg.train.resume)
 
 
-def check_resumable(cfg: RunConfig, saved: dict) -> None:
-    """A checkpoint continues only the same model on the same data."""
+def check_resumable(cfg: RunConfig, saved: dict, sections: tuple[str, ...]) -> None:
+    """A checkpoint continues only the same model (and, unless it holds weights only, on the same data)."""
     current, defaults = config_to_dict(cfg), config_to_dict(RunConfig())
-    for section in ("model", "data"):
+    for section in sections:
         # keys a checkpoint predates count as their defaults
         recorded = {**defaults[section], **saved[section]}
         diff = [k for k in current[section] if current[section][k] != recorded[k]]
@@ -189,10 +189,12 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
     resolved = config_to_dict(cfg)
     step, tokens_seen, elapsed, best_val = 0, 0, 0.0, math.inf
-    if resume_from is not None:
-        check_resumable(cfg, ckpt.read_config(resume_from))
+    state = ckpt.load_state(resume_from) if resume_from is not None else None
+    weights_only = state is not None and "optimizer" not in state  # scripts/import_gpt2.py: a start, not a pause
+    if state is not None:
+        check_resumable(cfg, ckpt.read_config(resume_from), ("model",) if weights_only else ("model", "data"))
         ckpt.load_weights(resume_from, model)
-        state = ckpt.load_state(resume_from)
+    if state is not None and not weights_only:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["grad_scaler"])
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed"]
@@ -208,7 +210,9 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
               f"position {cfg.model.position} | {runtime.device} {str(runtime.dtype).removeprefix('torch.')} | "
               f"{runtime.world_size} process(es)", flush=True)
         print(f"data: {data.description}", flush=True)
-        if resume_from is not None:
+        if weights_only:
+            print(f"starting from the weights of {resume_from} (fresh optimiser, schedule and data order)", flush=True)
+        elif resume_from is not None:
             print(f"resuming from {resume_from} (step {step})", flush=True)
     log = MetricsLog(run_dir, cfg.logging, resolved) if runtime.is_main else None
 

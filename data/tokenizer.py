@@ -58,6 +58,11 @@ class TextTokenizer:
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self._piece_chars = piece_chars  # None: encode every text whole (the regex argument holds for GPT-2 only)
 
+    @property
+    def backend(self) -> Tokenizer:
+        """The underlying `tokenizers.Tokenizer` (e.g. to wrap as a transformers tokenizer)."""
+        return self._tokenizer
+
     def encode(self, text: str) -> list[int]:
         """The ids of `text`, with no special tokens added."""
         return self.encode_batch([text])[0]

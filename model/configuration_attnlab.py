@@ -1,0 +1,60 @@
+"""The transformers config of an attnlab model: the fields of ModelConfig under their own names, plus the standard
+names (num_hidden_layers, hidden_size, ...) through `attribute_map`.
+
+`scripts/export_hf.py` copies this file (with the model package) into an exported folder, so it must import only
+torch, transformers and the model package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from transformers import PreTrainedConfig
+
+from model.config import ModelConfig
+
+
+class AttnlabConfig(PreTrainedConfig):
+    model_type = "attnlab"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "num_hidden_layers": "n_layer",
+        "hidden_size": "n_embd",
+        "num_attention_heads": "n_head",
+        "max_position_embeddings": "n_positions",
+    }
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    attention: str = "softmax"
+    attention_options: dict | None = None
+    position: str = "learned"
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    bias: bool = True
+    layer_norm_eps: float = 1e-5
+    use_cache: bool = True
+    bos_token_id: int | None = 50256
+    eos_token_id: int | None = 50256
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.to_model_config()  # the model's own validation: a bad backend or shape fails here, naming the field
+
+    def to_model_config(self) -> ModelConfig:
+        names = [f.name for f in dataclasses.fields(ModelConfig)]
+        values = {name: getattr(self, name) for name in names}
+        values["attention_options"] = dict(values["attention_options"] or {})
+        return ModelConfig(**values)
+
+    @classmethod
+    def from_model_config(cls, cfg: ModelConfig, **kwargs) -> AttnlabConfig:
+        """The config of `cfg`'s model; GPT-2's <|endoftext|> (50256) is the bos/eos token when the vocabulary has
+        it (export_hf.py sets the tokenizer's own)."""
+        end = 50256 if cfg.vocab_size > 50256 else None
+        kwargs = {"bos_token_id": end, "eos_token_id": end, **kwargs}
+        return cls(**dataclasses.asdict(cfg), **kwargs)

@@ -1,0 +1,140 @@
+"""Export a checkpoint as a self-contained transformers folder (weights, config, tokenizer and modelling code).
+
+    python scripts/export_hf.py --ckpt runs/shakespeare-cpu --out exports/shakespeare-cpu
+    # then, anywhere (this repository need not be installed):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained("exports/shakespeare-cpu", trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained("exports/shakespeare-cpu")
+
+The modelling code travels in the folder, as on the Hub: model/modeling_attnlab.py and every module of the model
+package it imports, flattened into one directory with their `from model.x.y import` lines rewritten to relative
+imports (`from .x_y import`), which is what transformers' remote-code loader resolves. config.json maps
+AutoConfig / AutoModelForCausalLM to them (`auto_map`). The folder is written under a temporary name and renamed,
+and an existing --out is replaced only with --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import shutil
+import sys
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+
+from data.errors import DataError
+from data.tokenizer import TextTokenizer, load_tokenizer
+from model.modeling_attnlab import AttnlabForCausalLM
+from training.checkpoint import CheckpointError, checkpoint_step, load_checkpoint_model
+
+PACKAGE = "model"
+ENTRY_MODULES = ("model.configuration_attnlab", "model.modeling_attnlab")
+
+
+def module_file(module: str, root: Path) -> Path:
+    """The source file of a module of the package under `root` (a package's __init__.py)."""
+    path = root.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def flat_name(module: str) -> str:
+    """model.attention.base -> attention_base; model.attention -> attention; model.gpt -> gpt."""
+    return "_".join(module.split(".")[1:])
+
+
+def package_imports(source: str) -> list[str]:
+    """The modules of our package that `source` imports (`from model.x import ...`)."""
+    tree = ast.parse(source)
+    return [
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == PACKAGE
+    ]
+
+
+def module_closure(entries: tuple[str, ...], root: Path) -> list[str]:
+    """`entries` and every package module they import, directly or not."""
+    seen: list[str] = []
+    pending = list(entries)
+    while pending:
+        module = pending.pop()
+        if module not in seen:
+            seen.append(module)
+            pending += package_imports(module_file(module, root).read_text())
+    return sorted(seen)
+
+
+def flatten_source(source: str) -> str:
+    """Rewrite absolute imports of our package into relative imports of the flattened modules."""
+    lines = []
+    for line in source.splitlines(keepends=True):
+        stripped = line.lstrip()
+        if stripped.startswith(f"from {PACKAGE}.") or stripped.startswith(f"from {PACKAGE} "):
+            module, rest = stripped[len("from "):].split(" ", 1)
+            line = f"{line[: len(line) - len(stripped)]}from .{flat_name(module)} {rest}"
+        lines.append(line)
+    return "".join(lines)
+
+
+def write_modelling_code(out: Path, root: Path) -> list[str]:
+    """Copy the flattened modelling code into `out`; the names of the files written."""
+    names = []
+    for module in module_closure(ENTRY_MODULES, root):
+        name = f"{flat_name(module)}.py"
+        (out / name).write_text(flatten_source(module_file(module, root).read_text()))
+        names.append(name)
+    return names
+
+
+def transformers_tokenizer(tokenizer: TextTokenizer) -> PreTrainedTokenizerFast:
+    end = tokenizer.backend.id_to_token(tokenizer.eot_id)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, bos_token=end, eos_token=end, unk_token=end)
+
+
+def export(ckpt_path: str, out: Path, force: bool) -> str:
+    """Write the export folder; a one-line summary."""
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
+    gpt, cfg, ckpt = load_checkpoint_model(ckpt_path)
+    tokenizer = None if cfg.data.source == "mqar" else load_tokenizer(cfg.data.tokenizer)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    hf = AttnlabForCausalLM.from_gpt(gpt)
+    if tokenizer is None:  # the recall task's tokens are synthetic: no end-of-text, no text tokenizer
+        hf.config.bos_token_id = hf.config.eos_token_id = None
+    else:
+        hf.config.bos_token_id = hf.config.eos_token_id = tokenizer.eot_id
+        transformers_tokenizer(tokenizer).save_pretrained(tmp)
+    hf.config.auto_map = {
+        "AutoConfig": "configuration_attnlab.AttnlabConfig",
+        "AutoModelForCausalLM": "modeling_attnlab.AttnlabForCausalLM",
+    }
+    hf.generation_config.bos_token_id = hf.generation_config.eos_token_id = hf.config.eos_token_id
+    hf.save_pretrained(tmp)
+    files = write_modelling_code(tmp, Path(__file__).resolve().parent.parent)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    what = "no tokenizer (mqar)" if tokenizer is None else f"tokenizer {cfg.data.tokenizer}"
+    return (f"exported {ckpt} (step {checkpoint_step(ckpt)}, attention {cfg.model.attention}) to {out}: "
+            f"weights, config, {what}, {len(files)} code files")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="run directory, its checkpoints/ folder, or a checkpoint dir")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write (loads with from_pretrained)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    args = parser.parse_args(argv)
+    try:
+        print(export(args.ckpt, args.out, args.force))
+    except (CheckpointError, DataError, FileExistsError) as exc:
+        print(f"export_hf: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

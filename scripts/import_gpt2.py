@@ -1,0 +1,137 @@
+"""Start a run from GPT-2 weights: load a local transformers GPT2LMHeadModel checkpoint into our model.
+
+    python scripts/import_gpt2.py --from ~/gpt2 --attention softmax --out runs/gpt2-import
+    python scripts/import_gpt2.py --from ~/gpt2 --attention taylor --out runs/gpt2-taylor
+    python train.py configs/gpt2-125m-taylor.yaml train.out_dir=runs/gpt2-taylor-ft --resume runs/gpt2-taylor
+
+--from is a folder with config.json + weights, as `GPT2LMHeadModel.save_pretrained` or a Hub download writes it
+(nothing is downloaded here). Our module names are GPT-2's, so the import is a state-dict copy with the Conv1D
+weights transposed. With `softmax` the model computes exactly GPT-2's function. With another backend every
+non-attention weight and the q/k/v/o projections are copied and the backend's own new parameters (e.g. taylor's
+temperature) keep their fresh initialisation: a starting point for fine-tuning, not a converted model.
+
+The output is a run directory with one weights-only checkpoint at step 0 (no optimiser state). `train.py --resume`
+on it starts a fresh optimiser, schedule and data order from these weights, with any data and train settings, as
+long as the model section of the config matches (the checkpoint's config.json holds that section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from data.config import DataConfig
+from model.attention import BACKENDS
+from model.config import ModelConfig
+from model.gpt import GPT
+from training.checkpoint import latest_checkpoint, save_checkpoint
+from training.config import RunConfig, TrainConfig, config_to_dict
+
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
+
+
+class GPT2ImportError(ValueError):
+    """A GPT-2 checkpoint this model cannot represent, or an unusable --from/--out."""
+
+
+def model_config(hf: GPT2Config, attention: str, attention_options: dict[str, float]) -> ModelConfig:
+    """Our config for the GPT-2 architecture `hf` with another attention backend; refuses what we cannot express."""
+    unsupported = {
+        "activation_function": hf.activation_function not in GELU_TANH,
+        "n_inner": hf.n_inner not in (None, 4 * hf.n_embd),
+        "scale_attn_weights": not hf.scale_attn_weights,
+        "scale_attn_by_inverse_layer_idx": hf.scale_attn_by_inverse_layer_idx,
+        "add_cross_attention": hf.add_cross_attention,
+        "tie_word_embeddings": not hf.tie_word_embeddings,
+    }
+    if bad := [name for name, flag in unsupported.items() if flag]:
+        raise GPT2ImportError(
+            f"the GPT-2 config sets {bad[0]}={getattr(hf, bad[0])!r}, which this model does not implement "
+            f"(it is GPT-2: tanh GELU, 4x MLP, 1/sqrt(d) scores, tied embeddings)"
+        )
+    return ModelConfig(
+        vocab_size=hf.vocab_size, n_positions=hf.n_positions, n_layer=hf.n_layer, n_head=hf.n_head, n_embd=hf.n_embd,
+        attention=attention, attention_options=attention_options, position="learned",
+        layer_norm_eps=hf.layer_norm_epsilon, dropout=0.0, bias=True,
+    )
+
+
+def converted_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """GPT-2's tensors under our names: Conv1D (in, out) weights transposed to Linear (out, in); the causal-mask
+    buffers older transformers versions store are dropped."""
+    state = {}
+    for name, tensor in hf_state.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue
+        state[name] = tensor.t().contiguous() if name.endswith(CONV1D_WEIGHTS) else tensor
+    return state
+
+
+def import_gpt2(source: Path, attention: str, attention_options: dict[str, float], seed: int) -> GPT:
+    """Our model with the GPT-2 weights at `source` (see the module docstring)."""
+    if not (source / "config.json").is_file():
+        raise GPT2ImportError(f"{source} holds no config.json; pass a folder written by GPT2LMHeadModel.save_pretrained")
+    hf_model = GPT2LMHeadModel.from_pretrained(source, dtype=torch.float32)
+    cfg = model_config(hf_model.config, attention, attention_options)
+    torch.manual_seed(seed)  # the backend's new parameters, if any
+    model = GPT(cfg)
+    missing, unexpected = model.load_state_dict(converted_state_dict(hf_model.state_dict()), strict=False)
+    own = {name for name, _ in model.named_parameters() if ".attn.qk_transform." in name}
+    if unexpected or set(missing) - own - {"lm_head.weight"}:
+        raise GPT2ImportError(
+            f"{source}: weights do not map onto the model (unexpected {sorted(unexpected)[:3]}, "
+            f"missing {sorted(set(missing) - own)[:3]})"
+        )
+    return model.eval()
+
+
+def write_run(model: GPT, out: Path, source: Path) -> Path:
+    """A run directory holding `model` as a weights-only step-0 checkpoint."""
+    if latest_checkpoint(out) is not None:
+        raise GPT2ImportError(f"{out} already holds checkpoints; choose another --out")
+    data = DataConfig(block_size=model.config.n_positions)  # a placeholder: a weights-only resume takes the run's data
+    cfg = RunConfig(model=model.config, data=data, train=TrainConfig(out_dir=str(out)))
+    state = {"step": 0, "tokens_seen": 0, "elapsed": 0.0, "best_val_loss": math.inf, "imported_from": str(source)}
+    return save_checkpoint(out, 0, model, state, config_to_dict(cfg), keep=1)
+
+
+def parse_options(items: list[str]) -> dict[str, float]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            options[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise GPT2ImportError(f"--attention-option {item!r}: expected NAME=NUMBER, e.g. crossover=4096")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="source", required=True, type=Path, help="local GPT2LMHeadModel folder")
+    parser.add_argument("--attention", default="softmax", choices=BACKENDS, help="attention backend of the result")
+    parser.add_argument("--attention-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a backend hyperparameter (model.attention_options), repeatable")
+    parser.add_argument("--out", required=True, type=Path, help="run directory to create")
+    parser.add_argument("--seed", type=int, default=1337, help="initialises the backend's new parameters")
+    args = parser.parse_args(argv)
+    try:
+        model = import_gpt2(args.source, args.attention, parse_options(args.attention_option), args.seed)
+        path = write_run(model, args.out, args.source)
+    except (ValueError, OSError) as exc:  # GPT2ImportError, ModelConfig's checks (a bad option), unreadable files
+        print(f"import_gpt2: {exc}", file=sys.stderr)
+        return 2
+    print(f"imported {args.source} ({model.num_params():,} parameters, attention {args.attention}) into {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

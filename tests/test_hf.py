@@ -1,0 +1,268 @@
+"""The transformers integration: AttnlabConfig / AttnlabForCausalLM through the Auto classes, generate() with the
+backends' own decode states as the cache, save/load with tied embeddings, export to a self-contained folder that
+loads in a process without this repository, and the import of GPT-2 weights (no downloads: random GPT-2s)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from model.attention import BACKENDS
+from model.configuration_attnlab import AttnlabConfig
+from model.generation import generate as repo_generate
+from model.modeling_attnlab import AttnlabForCausalLM
+from model.sampling import Sampler
+from training.checkpoint import load_checkpoint_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 97
+
+
+def tiny_model(attention: str, position: str = "learned", scale: float = 6.0) -> AttnlabForCausalLM:
+    """A random 2-layer model whose weights are scaled up so greedy decoding does not just repeat one token."""
+    torch.manual_seed(0)
+    cfg = AttnlabConfig(vocab_size=VOCAB, n_positions=64, n_layer=2, n_head=2, n_embd=32, attention=attention,
+                        position=position, bos_token_id=None, eos_token_id=None)
+    model = AttnlabForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(scale)
+    return model
+
+
+def greedy(model, ids, new_tokens, **options):
+    mask = torch.ones_like(ids)  # else generate() infers padding wherever an id equals pad_token_id
+    return model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                          **options)
+
+
+def test_config_exposes_the_standard_names_and_validates_through_the_model_config(tmp_path):
+    cfg = AttnlabConfig(n_layer=3, n_head=4, n_embd=64, n_positions=128, attention="logexp")
+    assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.max_position_embeddings) == (
+        3, 4, 64, 128)
+    cfg.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, AttnlabConfig) and loaded.to_model_config() == cfg.to_model_config()
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        AttnlabConfig(attention="nope")
+    with pytest.raises(ValueError, match="divisible"):
+        AttnlabConfig(n_embd=65, n_head=2)
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_generate_with_the_backend_state_equals_generate_without_a_cache(attention):
+    model = tiny_model(attention)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+    options = dict(output_logits=True, return_dict_in_generate=True)
+    cached, plain = greedy(model, ids, 24, **options), greedy(model, ids, 24, use_cache=False, **options)
+    assert torch.equal(cached.sequences, plain.sequences)
+    assert len(set(cached.sequences[0, 9:].tolist())) > 2  # a non-trivial continuation
+    for a, b in zip(cached.logits, plain.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+    def sample(use_cache: bool) -> torch.Tensor:
+        torch.manual_seed(7)
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=True, top_k=20,
+                              pad_token_id=0, use_cache=use_cache)
+
+    assert torch.equal(sample(True), sample(False))
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_greedy_generate_equals_the_repository_generator(attention):
+    model = tiny_model(attention, position="rope")
+    ids = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(2))
+    ours = torch.stack(list(repo_generate(model.model, ids, 30, sampler=Sampler(temperature=0.0))), dim=1)
+    assert torch.equal(greedy(model, ids, 30)[:, 5:], ours)
+
+
+def test_generate_decodes_one_token_per_step_after_the_prefill():
+    model = tiny_model("taylor")
+    seen = []
+    decode = model.model.decode
+    model.model.decode = lambda idx, state, **kw: (seen.append(idx.shape[1]), decode(idx, state, **kw))[1]
+    greedy(model, torch.zeros(1, 7, dtype=torch.long), 6)
+    assert seen == [7, 1, 1, 1, 1, 1]
+
+
+def test_beam_search_reorders_the_states():
+    model = tiny_model("logexp")
+    ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(greedy(model, ids, 10, num_beams=3), greedy(model, ids, 10, num_beams=3, use_cache=False))
+
+
+def test_forward_logits_and_loss_match_the_model():
+    model = tiny_model("expressive")
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(4))
+    out = model(ids, labels=ids)
+    torch.testing.assert_close(out.logits, model.model(ids)[0])
+    targets = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
+    torch.testing.assert_close(out.loss, model.model(ids, targets)[1], atol=1e-5, rtol=1e-5)
+
+
+def test_padding_is_refused_with_a_message():
+    model = tiny_model("softmax")
+    mask = torch.tensor([[0, 1, 1, 1]])
+    with pytest.raises(ValueError, match="do not support padding"):
+        model.generate(torch.ones(1, 4, dtype=torch.long), attention_mask=mask, max_new_tokens=2, pad_token_id=0)
+
+
+def test_tied_embeddings_survive_save_and_load(tmp_path):
+    model = tiny_model("taylor")
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        names = list(weights.keys())
+    assert "model.transformer.wte.weight" in names and "model.lm_head.weight" not in names
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, AttnlabForCausalLM)
+    assert loaded.model.lm_head.weight is loaded.model.transformer.wte.weight
+    ids = torch.randint(0, VOCAB, (1, 12))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+
+
+# --- export: a folder that loads with trust_remote_code in a process that never imports this repository ---
+
+CLEAN_LOAD = r"""
+import sys, torch
+class NoRepository:  # the repository is installed in this venv: make sure nothing of it is used
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.split(".")[0] in ("model", "data", "training", "evals"):
+            raise ImportError(f"the exported folder imported {name} from the repository")
+sys.meta_path.insert(0, NoRepository)
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, out = sys.argv[1], sys.argv[2]
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained(folder)
+ids = tokenizer("ROMEO: Is it", return_tensors="pt").input_ids
+with torch.no_grad():
+    logits = model(ids).logits
+generated = model.generate(ids, max_new_tokens=12, do_sample=False)
+torch.save({"ids": ids, "logits": logits, "generated": generated, "class": type(model).__module__}, out)
+"""
+
+
+@pytest.fixture(scope="module")
+def trained_run(prepared_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("hf") / "tiny-taylor"
+    subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs" / "tiny.yaml"), f"train.out_dir={run}",
+         f"data.prepared_dir={prepared_dir}", "model.attention=taylor", "model.position=rope", "train.max_steps=4",
+         "train.eval_interval=4", "train.sample_tokens=0"],
+        check=True, capture_output=True, cwd=ROOT,
+    )
+    return run
+
+
+def script(name: str):
+    """A scripts/ CLI as a module, so its main() runs in this process (no interpreter start per call)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+export_hf, import_gpt2_cli = script("export_hf"), script("import_gpt2")
+
+
+def run_cli(cli, capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_export_loads_without_the_repository_and_reproduces_logits_and_greedy_text(trained_run, tmp_path, capsys):
+    folder = tmp_path / "export"
+    code, out, err = run_cli(export_hf, capsys, "--ckpt", str(trained_run), "--out", str(folder))
+    assert code == 0 and "attention taylor" in out, err
+    assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == (
+        "modeling_attnlab.AttnlabForCausalLM")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    subprocess.run([sys.executable, "-I", "-c", CLEAN_LOAD, str(folder), str(tmp_path / "out.pt")], check=True,
+                   env=env, cwd=tmp_path, capture_output=True)
+    remote = torch.load(tmp_path / "out.pt")
+    assert remote["class"].startswith("transformers_modules.")
+    gpt, _, _ = load_checkpoint_model(trained_run)
+    torch.testing.assert_close(remote["logits"], gpt(remote["ids"])[0], atol=1e-5, rtol=1e-5)
+    ours = torch.stack(list(repo_generate(gpt, remote["ids"], 12, sampler=Sampler(temperature=0.0),
+                                          stop_id=50256)), dim=1)
+    assert torch.equal(remote["generated"][:, remote["ids"].shape[1]:], ours)
+
+
+def test_export_refuses_to_overwrite_and_names_a_missing_checkpoint(trained_run, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    code, _, err = run_cli(export_hf, capsys, "--ckpt", str(trained_run), "--out", str(tmp_path / "taken"))
+    assert code == 2 and "--force" in err
+    code, _, err = run_cli(export_hf, capsys, "--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path / "x"))
+    assert code == 2 and "does not exist" in err
+
+
+# --- import of GPT-2 weights ---
+
+def random_gpt2(folder: Path, **config) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    cfg = GPT2Config(**{"vocab_size": 50257, "n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 2, **config})
+    model = GPT2LMHeadModel(cfg).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def test_imported_gpt2_reproduces_transformers_logits(tmp_path, capsys):
+    reference = random_gpt2(tmp_path / "gpt2")
+    code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "gpt2"), "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    gpt, cfg, _ = load_checkpoint_model(tmp_path / "run")
+    ids = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(gpt(ids)[0], reference(ids).logits, atol=1e-5, rtol=1e-5)
+    assert cfg.model.attention == "softmax" and gpt.num_params() == reference.num_parameters()
+
+
+@pytest.mark.slow
+def test_import_into_another_backend_copies_the_projections_and_fine_tunes(tmp_path, prepared_dir, capsys):
+    reference = random_gpt2(tmp_path / "gpt2")
+    code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "gpt2"), "--attention", "taylor",
+                           "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    gpt, _, _ = load_checkpoint_model(tmp_path / "run")
+    ours, theirs = gpt.transformer.h[1], reference.transformer.h[1]
+    torch.testing.assert_close(ours.attn.c_attn.weight, theirs.attn.c_attn.weight.t(), atol=0, rtol=0)
+    torch.testing.assert_close(ours.mlp.c_proj.weight, theirs.mlp.c_proj.weight.t(), atol=0, rtol=0)
+    fine_tune = subprocess.run(
+        [sys.executable, "train.py", "configs/tiny.yaml", "model.attention=taylor", f"train.out_dir={tmp_path / 'ft'}",
+         f"data.prepared_dir={prepared_dir}", "train.max_steps=2", "train.eval_interval=2", "train.sample_tokens=0",
+         "--resume", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert fine_tune.returncode == 0, fine_tune.stderr
+    assert "starting from the weights of" in fine_tune.stdout
+    assert (tmp_path / "ft" / "checkpoints" / "step_000002").is_dir()
+
+
+def test_import_refuses_what_the_model_cannot_represent(tmp_path, capsys):
+    random_gpt2(tmp_path / "relu", activation_function="relu")
+    code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "relu"), "--out", str(tmp_path / "run"))
+    assert code == 2 and "activation_function='relu'" in err
+    code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"))
+    assert code == 2 and "no config.json" in err
+    code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "relu"), "--out", str(tmp_path / "r"),
+                           "--attention-option", "crossover")
+    assert code == 2 and "NAME=NUMBER" in err
+
+
+def test_import_does_not_overwrite_a_run(tmp_path, capsys):
+    random_gpt2(tmp_path / "gpt2")
+    args = ("--from", str(tmp_path / "gpt2"), "--out", str(tmp_path / "run"))
+    assert run_cli(import_gpt2_cli, capsys, *args)[0] == 0
+    code, _, err = run_cli(import_gpt2_cli, capsys, *args)
+    assert code == 2 and "already holds checkpoints" in err
