@@ -3,6 +3,7 @@ per backend into a table and a figure, and refuses runs that did not train and e
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -200,3 +201,38 @@ def test_a_two_backend_two_seed_sweep_gives_a_table_and_a_figure_and_resumes(tmp
     assert again.stdout.count("skipped") == 3 and "resuming from" in again.stdout
     assert (interrupted / "latest").read_text() == "step_000004"
     assert (out / "softmax-seed0" / "metrics.jsonl").read_text() == metrics_before
+
+
+# --- the recall grid ------------------------------------------------------------------------------------------------
+
+
+def test_the_recall_grid_table_puts_each_backend_beside_the_no_recall_accuracy(tmp_path):
+    grid_cli = load_script("recall_grid")
+    grid = {2: {"softmax": (0.9, 0.05, 3), "logexp": (0.7, 0.0, 1)}, 8: {"softmax": (0.4, 0.01, 3)}}
+    table = grid_cli.write_results(grid, tmp_path / "mqar")
+    assert "| softmax | 0.900 ± 0.050 | 0.400 ± 0.010 |" in table
+    assert "| logexp | 0.700 | nan |" in table
+    assert "| *no recall (elimination)* | 0.750 | 0.340 |" in table
+    assert (tmp_path / "mqar.png").read_bytes().startswith(b"\x89PNG")
+    assert "elimination_accuracy" in (tmp_path / "mqar.csv").read_text().splitlines()[0]
+
+
+def test_the_recall_grid_refuses_a_text_config(capsys):
+    assert load_script("recall_grid").main(["configs/tiny.yaml"]) == 2
+    assert "set data.source=mqar" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_recall_grid_runs_a_sweep_per_difficulty(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "scripts/recall_grid.py", "configs/mqar-cpu.yaml", "--pairs", "1,2", "--backends",
+         f"softmax,{SECOND}", "--out", str(tmp_path / "grid"), "--results", str(tmp_path / "results" / "mqar"),
+         "train.max_steps=3", "train.eval_interval=3", "data.eval_windows=16"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == ["pairs1", "pairs2"]
+    rows = list(csv.DictReader(open(tmp_path / "results" / "mqar.csv")))
+    assert {(r["backend"], r["num_pairs"]) for r in rows} == {(b, p) for b in ("softmax", SECOND) for p in "12"}
+    assert all(0.0 <= float(r["accuracy_mean"]) <= 1.0 for r in rows)
+    assert (tmp_path / "results" / "mqar.png").is_file()

@@ -1,11 +1,14 @@
 """MQAR: sequences are a pure function of (seed, index), every answer is the value paired with the queried key,
 only answers are scored, the val set is fixed and apart from training, and impossible knobs name the fix."""
 
+import numpy as np
 import pytest
 import torch
 
 from data.config import DataConfig
-from data.mqar import FILLER, IGNORE_INDEX, MQARBatches, MQARConfig, answer_accuracy, val_fingerprint, val_set
+from data.mqar import (
+    FILLER, IGNORE_INDEX, MQARBatches, MQARConfig, answer_accuracy, elimination_accuracy, val_fingerprint, val_set,
+)
 from training.config import load_config
 from training.dataclass_parsing import ConfigError
 
@@ -114,3 +117,20 @@ def test_the_run_config_reads_the_knobs_and_checks_them_against_the_model():
         load_config("configs/tiny.yaml", ["data.source=mqar", "data.mqar.vocab_size=60000"])
     with pytest.raises(ConfigError, match="unknown key data.mqar.pairs"):
         load_config("configs/tiny.yaml", ["data.mqar.pairs=4"])
+
+
+@pytest.mark.parametrize("pairs, queries", [(2, 2), (4, 4), (8, 8), (8, 3)])
+def test_elimination_accuracy_is_what_guessing_among_unasked_values_scores(pairs, queries):
+    cfg = MQARConfig(vocab_size=64, num_pairs=pairs, num_queries=queries)
+    x, y = val_set(cfg, 4 * pairs + 8, 4000)
+    rng = np.random.default_rng(0)
+    hits = total = 0
+    for tokens, targets in zip(x.numpy(), y.numpy()):
+        values = set(tokens[1 : 2 * pairs : 2].tolist())
+        for at in np.flatnonzero(targets != IGNORE_INDEX):
+            asked = set(tokens[2 * pairs : at].tolist())  # values already revealed after earlier queries
+            guess = rng.choice(sorted(values - asked))
+            hits += guess == targets[at]
+            total += 1
+    assert hits / total == pytest.approx(elimination_accuracy(pairs, queries), abs=0.02)
+    assert elimination_accuracy(4, 4) == pytest.approx((1 / 4 + 1 / 3 + 1 / 2 + 1) / 4)
