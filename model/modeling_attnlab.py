@@ -96,7 +96,7 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         past_key_values: AttnlabCache | None = None,
         use_cache: bool | None = None,
@@ -107,6 +107,8 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         """Logits for `input_ids` (B, T). With a cache (or use_cache outside training and without labels) the tokens
         continue the cache's state; `logits_to_keep=1` keeps only the last position's logits. With `labels` (B, T)
         the loss is the mean next-token cross-entropy (labels shifted inside, -100 ignored), as in transformers."""
+        if input_ids is None:
+            raise ValueError("attnlab models take input_ids (token ids); inputs_embeds is not supported")
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError(
                 "attnlab models do not support padding (attention_mask has zeros): generate prompts of equal "

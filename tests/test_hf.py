@@ -110,8 +110,10 @@ def test_forward_logits_and_loss_match_the_model():
     torch.testing.assert_close(out.loss, model.model(ids, targets)[1], atol=1e-5, rtol=1e-5)
 
 
-def test_padding_is_refused_with_a_message():
+def test_padding_and_embeddings_input_are_refused_with_a_message():
     model = tiny_model("softmax")
+    with pytest.raises(ValueError, match="inputs_embeds is not supported"):
+        model(inputs_embeds=torch.zeros(1, 4, 32))
     mask = torch.tensor([[0, 1, 1, 1]])
     with pytest.raises(ValueError, match="do not support padding"):
         model.generate(torch.ones(1, 4, dtype=torch.long), attention_mask=mask, max_new_tokens=2, pad_token_id=0)
