@@ -92,6 +92,11 @@ def _unblocked(x: torch.Tensor, t: int) -> torch.Tensor:
 class _TiledCausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, weight: PointwiseWeight, eps: float, block: int):
+        with torch.autocast(q.device.type, enabled=False):  # the caller chose the dtype; autocast would mix them
+            return _TiledCausalAttention._forward(ctx, q, k, v, weight, eps, block)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, weight: PointwiseWeight, eps: float, block: int):
         num, den = tiled_numerator_and_denominator(q, k, v, weight, 0, block)
         den += eps
         y = num / den[..., None]
@@ -101,6 +106,11 @@ class _TiledCausalAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        with torch.autocast(dy.device.type, enabled=False):
+            return _TiledCausalAttention._backward(ctx, dy)
+
+    @staticmethod
+    def _backward(ctx, dy):
         q, k, v, y, den = ctx.saved_tensors
         block = ctx.block
         # y_i = num_i / den_i, so dL/dw_ij = (dy_i · v_j - dy_i · y_i) / den_i = g_i · v_j - h_i.

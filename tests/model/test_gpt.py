@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from model.attention import BACKENDS
 from model.config import ModelConfig
 from model.gpt import GPT
 from training.config import load_config
@@ -108,3 +109,16 @@ def test_rope_scores_depend_only_on_relative_position():
 def test_impossible_model_configs_are_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny(**overrides)
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_every_backend_trains_under_bf16_autocast(attention):
+    """train.py's CPU default (dtype=auto picks bf16 autocast): the kernels' own dtype choices must survive it."""
+    torch.manual_seed(0)
+    model = GPT(tiny(attention=attention))
+    idx = torch.randint(0, 97, (2, 40))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx, idx)
+    loss.backward()
+    assert math.isfinite(loss.item()) and abs(loss.item() - math.log(97)) < 0.5
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
