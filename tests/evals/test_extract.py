@@ -1,0 +1,173 @@
+"""evals/extract.py on tiny random-weight checkpoints: for every attention backend the saved queries, keys and
+hidden states reproduce the model's own attention; selection, manifest, MQAR windows, the CLI, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data import mqar
+from data.config import DataConfig
+from evals.extract import extract, load_extracted, main, open_val_data, val_batches
+from model.attention import BACKENDS, get_backend
+from model.config import ModelConfig
+from model.gpt import GPT
+from model.position import apply_rotary, rotary_angles
+from training.checkpoint import load_checkpoint_model, save_checkpoint
+from training.config import RunConfig, config_to_dict
+from training.run_data import open_run_data
+from training.runtime import Runtime
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[2]
+CPU = torch.device("cpu")
+POSITIONS = {"softmax": "learned", "expressive": "rope", "expressive_sq": "none", "logexp": "rope", "taylor": "rope"}
+
+
+def write_checkpoint(run_dir: Path, data: DataConfig, **model) -> Path:
+    """A run directory with one checkpoint of a random 2-layer, 2-head model whose attention is not near uniform."""
+    cfg = RunConfig(model=ModelConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 32, **model}),
+                    data=data)
+    torch.manual_seed(0)
+    gpt = GPT(cfg.model)
+    for block in gpt.transformer.h:
+        torch.nn.init.normal_(block.attn.c_attn.weight, std=0.2)  # q·k of order 1 rather than 1e-2
+    save_checkpoint(run_dir, 7, gpt, {}, config_to_dict(cfg), keep=1)
+    return run_dir
+
+
+def text_data(prepared_dir: str) -> DataConfig:
+    return DataConfig(prepared_dir=prepared_dir, block_size=32, eval_windows=4)
+
+
+@pytest.fixture(scope="module")
+def softmax_run(tmp_path_factory, prepared_dir) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("softmax"), text_data(prepared_dir))
+
+
+def model_attention(ckpt: Path, windows: int) -> tuple[GPT, dict[int, dict[str, torch.Tensor]]]:
+    """The checkpoint's model and, per layer, its attention output before c_proj `y` (W, T, C) and the (q, k)
+    entering qk_transform, from one run over the same val windows as the extraction."""
+    model, cfg, _ = load_checkpoint_model(ckpt)
+    tokens = torch.cat([x for x, _ in val_batches(open_val_data(cfg, windows, CPU), windows)])
+    seen: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in range(cfg.model.n_layer)}
+    for block, store in zip(model.transformer.h, seen.values()):
+        block.attn.c_proj.register_forward_pre_hook(lambda m, args, s=store: s.update(y=args[0]))
+        block.attn.qk_transform.register_forward_hook(lambda m, args, out, s=store: s.update(q=args[0], k=args[1]))
+    with torch.no_grad():
+        model(tokens)
+    return model, seen
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saved_q_k_x_reproduce_the_models_attention(backend, tmp_path, prepared_dir):
+    position = POSITIONS[backend]
+    ckpt = write_checkpoint(tmp_path / "run", text_data(prepared_dir), attention=backend, position=position)
+    extract(ckpt, tmp_path / "out", windows=3, device="cpu", batch_size=2)  # two batches, the last one short
+    manifest, extraction = load_extracted(tmp_path / "out")
+    model, seen = model_attention(ckpt, windows=3)
+    C, H, d = 32, 2, 16
+    assert manifest["attention"]["backend"] == backend and manifest["model"]["position"] == position
+    for layer, block in enumerate(model.transformer.h):
+        x = extraction.x(layer, stacked=False)  # (W, T, C)
+        with torch.no_grad():
+            q_pre, k_pre, v = (t.view(3, 32, H, d).transpose(1, 2) for t in block.attn.c_attn(x).split(C, dim=2))
+        if position == "rope":
+            cos, sin = rotary_angles(torch.arange(32), d, 10000.0)
+            q_pre, k_pre = apply_rotary(q_pre, cos, sin), apply_rotary(k_pre, cos, sin)
+        torch.testing.assert_close(q_pre, seen[layer]["q"], rtol=0, atol=1e-5)  # Q = X W_Q (then RoPE)
+        torch.testing.assert_close(k_pre, seen[layer]["k"], rtol=0, atol=1e-5)
+        for head in range(H):
+            q, k = extraction.q(layer, head, stacked=False), extraction.k(layer, head, stacked=False)  # (W, T, d)
+            y = get_backend(backend).reference(q[:, None], k[:, None], v[:, head, None])[:, 0]  # (W, T, d)
+            torch.testing.assert_close(y, seen[layer]["y"][..., head * d : (head + 1) * d], rtol=0, atol=1e-5)
+            if backend == "taylor":  # the kernel inputs come after taylor's L2 normalisation (temperature 1)
+                torch.testing.assert_close(k.norm(dim=-1), torch.ones(3, 32))
+                torch.testing.assert_close(q.norm(dim=-1), torch.ones(3, 32))
+
+
+def test_selected_layers_and_heads_and_the_manifest(softmax_run, tmp_path):
+    extract(softmax_run, tmp_path / "out", layers="1", heads="1", windows=4, device="cpu")
+    manifest, extraction = load_extracted(tmp_path / "out")
+    assert sorted(os.listdir(tmp_path / "out")) == ["layer01.safetensors", "manifest.json"]
+    assert manifest["layers"] == [1] and manifest["heads"] == [1] and manifest["dtype"] == "float32"
+    assert manifest["checkpoint"] == {"path": str(softmax_run.resolve() / "checkpoints" / "step_000007"), "step": 7}
+    _, cfg, _ = load_checkpoint_model(softmax_run)
+    run_fingerprint = open_run_data(cfg, Runtime(device=CPU, dtype=torch.float32)).fingerprint
+    assert manifest["windows"]["fingerprint"] == run_fingerprint  # --windows = data.eval_windows: train's val set
+    assert {(t["name"], t["head"], tuple(t["shape"])) for t in manifest["tensors"]} == {
+        ("x", None, (4, 32, 32)), ("q", 1, (4, 32, 16)), ("k", 1, (4, 32, 16))}
+    assert extraction.q(1, 1).shape == (128, 16) and extraction.x(1).shape == (128, 32)  # windows x T stacked
+    for record in manifest["tensors"]:
+        rows = getattr(extraction, record["name"])(1, *([] if record["head"] is None else [1]))
+        norms = rows.double().square().sum(-1).numpy()
+        stats = record["row_norm_sq"]
+        assert np.allclose([stats["min"], stats["median"], stats["max"]], [norms.min(), np.median(norms), norms.max()])
+    with pytest.raises(ValueError, match=r"head 0 was not extracted \(heads: \[1\]\)"):
+        extraction.k(1, 0)
+    with pytest.raises(ValueError, match=r"layer 0 was not extracted"):
+        extraction.x(0)
+
+
+def test_mqar_checkpoints_use_the_deterministic_val_sequences(tmp_path):
+    task = mqar.MQARConfig(vocab_size=64, num_pairs=4, num_queries=4)
+    ckpt = write_checkpoint(tmp_path / "run", DataConfig(source="mqar", block_size=32, mqar=task), vocab_size=64)
+    extract(ckpt, tmp_path / "out", windows=5, device="cpu")
+    manifest, extraction = load_extracted(tmp_path / "out")
+    assert manifest["windows"]["fingerprint"] == mqar.val_fingerprint(task, 32, 5)
+    model, _, _ = load_checkpoint_model(ckpt)
+    x, _ = mqar.val_set(task, 32, 5)
+    with torch.no_grad():
+        first = model.transformer.h[0].ln_1(model.transformer.wte(x) + model.transformer.wpe(torch.arange(32)))
+    torch.testing.assert_close(extraction.x(0, stacked=False), first)
+
+
+def test_the_cli_writes_an_extraction(softmax_run, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "evals.extract", "--ckpt", str(softmax_run), "--layers", "0,1", "--heads", "all",
+         "--windows", "2", "--out", str(tmp_path / "out"), "--device", "cpu", "--batch-size", "1"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"extract: wrote {tmp_path / 'out'}: layers [0, 1], heads [0, 1], 2 windows")
+    manifest, _ = load_extracted(tmp_path / "out")
+    assert manifest["windows"]["count"] == 2 and len(manifest["tensors"]) == 2 * (1 + 2 * 2)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ckpt", "{tmp}/nowhere"], r"checkpoint path .*nowhere does not exist"),
+    (["--layers", "0,2"], r"--layers: layer 2 is out of range \(this model has layers 0\.\.1\)"),
+    (["--heads", "-1"], r"--heads: head -1 is out of range \(this model has heads 0\.\.1\)"),
+    (["--heads", "one"], r"--heads: 'one' is not a head index"),
+    (["--windows", "100000000"], r"--windows 100000000 is larger than the val set: .* distinct windows"),
+    (["--windows", "0"], r"--windows must be >= 1"),
+])
+def test_errors_are_one_line_and_leave_nothing_behind(softmax_run, tmp_path, capsys, args, message):
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    code = main(["--ckpt", str(softmax_run), "--out", str(tmp_path / "out"), "--device", "cpu", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("extract: ")
+    assert re.search(message, err), err
+    assert os.listdir(tmp_path) == []  # no output and no temporary directory
+
+
+def test_an_existing_extraction_is_replaced_only_with_force(softmax_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["--ckpt", str(softmax_run), "--out", str(out), "--device", "cpu", "--windows", "1"]
+    assert main([*base, "--layers", "0"]) == 0
+    assert main([*base, "--layers", "1"]) == 2
+    assert "already holds an extraction; pass --force to replace it" in capsys.readouterr().err
+    assert main([*base, "--layers", "1", "--force"]) == 0
+    assert load_extracted(out)[0]["layers"] == [1] and sorted(os.listdir(tmp_path)) == ["out"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main([*base[:2], "--out", str(other), "--force"]) == 2
+    assert "is not empty and holds no extraction" in capsys.readouterr().err
+    assert os.listdir(other) == ["notes.txt"]
