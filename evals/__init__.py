@@ -1,0 +1,1 @@
+"""Evaluations on trained checkpoints that the training code never imports."""
