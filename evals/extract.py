@@ -48,7 +48,7 @@ from data.loader import eval_batches
 from model.attention import AttentionBackend
 from model.gpt import GPT
 from training import runtime as rt
-from training.checkpoint import CheckpointError, checkpoint_step, load_checkpoint_model
+from training.checkpoint import CheckpointError, checkpoint_step, load_checkpoint_model, replace_dir
 from training.config import RunConfig
 from training.run_data import RecallData, TextData, open_run_data
 
@@ -163,7 +163,7 @@ def extract(ckpt: str | Path, out: str | Path, *, layers: str = "all", heads: st
         backend = model.transformer.h[0].attn.backend
         manifest = _manifest(cfg, backend, ckpt, data, device, layer_ids, head_ids, shapes, norms)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -281,17 +281,6 @@ def _check_out(out: Path, force: bool) -> None:
         raise ValueError(f"--out {out} is not empty and holds no extraction; choose another directory")
     if not force:
         raise ValueError(f"--out {out} already holds an extraction; pass --force to replace it")
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the complete `tmp` to `out`, swapping out an existing (empty or replaceable) directory without a gap."""
-    if out.exists():
-        stale = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(stale)
-        tmp.rename(out)
-        shutil.rmtree(stale)
-    else:
-        tmp.rename(out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from transformers import PreTrainedTokenizerFast
 from data.errors import DataError
 from data.tokenizer import TextTokenizer, load_tokenizer
 from model.modeling_attnlab import AttnlabForCausalLM
-from training.checkpoint import CheckpointError, checkpoint_step, load_checkpoint_model
+from training.checkpoint import CheckpointError, checkpoint_step, load_checkpoint_model, replace_dir
 
 PACKAGE = "model"
 ENTRY_MODULES = ("model.configuration_attnlab", "model.modeling_attnlab")
@@ -98,25 +99,25 @@ def export(ckpt_path: str, out: Path, force: bool) -> str:
         raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
     gpt, cfg, ckpt = load_checkpoint_model(ckpt_path)
     tokenizer = None if cfg.data.source == "mqar" else load_tokenizer(cfg.data.tokenizer)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
-    hf = AttnlabForCausalLM.from_gpt(gpt)
-    if tokenizer is None:  # the recall task's tokens are synthetic: no end-of-text, no text tokenizer
-        hf.config.bos_token_id = hf.config.eos_token_id = None
-    else:
-        hf.config.bos_token_id = hf.config.eos_token_id = tokenizer.eot_id
-        transformers_tokenizer(tokenizer).save_pretrained(tmp)
-    hf.config.auto_map = {
-        "AutoConfig": "configuration_attnlab.AttnlabConfig",
-        "AutoModelForCausalLM": "modeling_attnlab.AttnlabForCausalLM",
-    }
-    hf.generation_config.bos_token_id = hf.generation_config.eos_token_id = hf.config.eos_token_id
-    hf.save_pretrained(tmp)
-    files = write_modelling_code(tmp, Path(__file__).resolve().parent.parent)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    try:
+        hf = AttnlabForCausalLM.from_gpt(gpt)
+        if tokenizer is None:  # the recall task's tokens are synthetic: no end-of-text, no text tokenizer
+            hf.config.bos_token_id = hf.config.eos_token_id = None
+        else:
+            hf.config.bos_token_id = hf.config.eos_token_id = tokenizer.eot_id
+            transformers_tokenizer(tokenizer).save_pretrained(tmp)
+        hf.config.auto_map = {
+            "AutoConfig": "configuration_attnlab.AttnlabConfig",
+            "AutoModelForCausalLM": "modeling_attnlab.AttnlabForCausalLM",
+        }
+        hf.generation_config.bos_token_id = hf.generation_config.eos_token_id = hf.config.eos_token_id
+        hf.save_pretrained(tmp)
+        files = write_modelling_code(tmp, Path(__file__).resolve().parent.parent)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # what is left of a failed export
     what = "no tokenizer (mqar)" if tokenizer is None else f"tokenizer {cfg.data.tokenizer}"
     return (f"exported {ckpt} (step {checkpoint_step(ckpt)}, attention {cfg.model.attention}) to {out}: "
             f"weights, config, {what}, {len(files)} code files")

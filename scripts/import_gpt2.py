@@ -104,13 +104,11 @@ def write_run(model: GPT, out: Path, source: Path) -> Path:
 def parse_options(items: list[str]) -> dict[str, float]:
     options = {}
     for item in items:
-        key, sep, value = item.partition("=")
+        key, _, value = item.partition("=")
         try:
             options[key] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise GPT2ImportError(f"--attention-option {item!r}: expected NAME=NUMBER, e.g. crossover=4096")
+        except ValueError:  # no '=' leaves value empty
+            raise GPT2ImportError(f"--attention-option {item!r}: expected NAME=NUMBER, e.g. crossover=4096") from None
     return options
 
 

@@ -95,8 +95,9 @@ def test_generate_decodes_one_token_per_step_after_the_prefill():
     assert seen == [7, 1, 1, 1, 1, 1]
 
 
-def test_beam_search_reorders_the_states():
-    model = tiny_model("logexp")
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_beam_search_reorders_the_states(attention):
+    model = tiny_model(attention)
     ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(3))
     assert torch.equal(greedy(model, ids, 10, num_beams=3), greedy(model, ids, 10, num_beams=3, use_cache=False))
 

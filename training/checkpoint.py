@@ -46,17 +46,23 @@ def save_checkpoint(
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     for path in tmp.iterdir():
         _fsync(path)
-    if final.exists():  # re-saving the same step (e.g. after a resume): swap, never leave a gap
-        stale = root / f".old-{final.name}-{os.getpid()}"
+    replace_dir(tmp, final)  # re-saving the same step (e.g. after a resume) swaps, never leaves a gap
+    _write_atomic(root / LATEST, final.name)
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the complete directory `tmp` to `final`; an existing `final` is swapped out first and then deleted, so
+    `final` is at every moment either the old or the new directory, never missing or half-written."""
+    if final.exists():
+        stale = final.parent / f".old-{final.name}-{os.getpid()}"
         final.rename(stale)
         tmp.rename(final)
         shutil.rmtree(stale)
     else:
         tmp.rename(final)
-    _write_atomic(root / LATEST, final.name)
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old)
-    return final
 
 
 def find_checkpoint(path: str | Path) -> Path:
