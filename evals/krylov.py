@@ -1,0 +1,131 @@
+"""Iterative solvers on operators given as functions: conjugate gradients, LSQR, and preconditioned gradient descent.
+
+Every solver takes the operator as a closure (so A, A R^-1 or a kernel matrix never has to be formed), returns
+(x, iterations, converged), and counts operator applications in its iterations: one CG or GD iteration costs one
+application of the symmetric operator, one LSQR iteration one product with A and one with Aᵀ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Operator = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class KrylovResult:
+    x: torch.Tensor
+    iterations: int
+    converged: bool
+
+
+def cg(matvec: Operator, b: torch.Tensor, *, tol: float, maxiter: int, x0: torch.Tensor | None = None,
+       precond: Operator | None = None) -> KrylovResult:
+    """Preconditioned conjugate gradients for a symmetric positive definite M x = b (Hestenes & Stiefel 1952),
+    stopping when ||b - M x|| <= tol ||b||. `precond` applies P^-1 (P ~ M, symmetric positive definite)."""
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - matvec(x) if x0 is not None else b.clone()
+    target = tol * torch.linalg.vector_norm(b)
+    if torch.linalg.vector_norm(r) <= target:
+        return KrylovResult(x, 0, True)
+    z = precond(r) if precond else r
+    p, rz = z.clone(), torch.dot(r, z)
+    for it in range(1, maxiter + 1):
+        mp = matvec(p)
+        curvature = torch.dot(p, mp)
+        if not curvature > 0:
+            return KrylovResult(x, it, False)  # M (or P) is not positive definite in floating point: stop honestly
+        alpha = rz / curvature
+        x.add_(p, alpha=alpha)
+        r.sub_(mp, alpha=alpha)
+        if torch.linalg.vector_norm(r) <= target:
+            return KrylovResult(x, it, True)
+        z = precond(r) if precond else r
+        rz_next = torch.dot(r, z)
+        p.mul_(rz_next / rz).add_(z)
+        rz = rz_next
+    return KrylovResult(x, maxiter, False)
+
+
+def lsqr(matvec: Operator, rmatvec: Operator, b: torch.Tensor, *, tol: float, maxiter: int,
+         x0: torch.Tensor | None = None) -> KrylovResult:
+    """LSQR for min ||A x - b|| (Paige & Saunders 1982, Golub-Kahan bidiagonalisation), warm-started at x0.
+
+    Stops when the normal-equations residual ||Aᵀ r|| <= tol ||A|| ||b|| (||A|| estimated by the bidiagonal's
+    Frobenius norm as LSQR runs) or when ||r|| <= tol ||b|| (a consistent system): with A well conditioned,
+    ||A (x - x*)|| is then of order tol ||b||."""
+    x = torch.zeros(rmatvec(b).shape, dtype=b.dtype) if x0 is None else x0.clone()
+    u = b - matvec(x) if x0 is not None else b.clone()
+    bnorm = torch.linalg.vector_norm(b)
+    beta = torch.linalg.vector_norm(u)
+    if beta <= tol * bnorm or bnorm == 0:
+        return KrylovResult(x, 0, True)
+    u = u / beta
+    v = rmatvec(u)
+    alpha = torch.linalg.vector_norm(v)
+    if alpha == 0:
+        return KrylovResult(x, 0, True)
+    v = v / alpha
+    w = v.clone()
+    phibar, rhobar = beta, alpha
+    anorm_sq = torch.zeros((), dtype=b.dtype)
+    for it in range(1, maxiter + 1):
+        u = matvec(v) - alpha * u
+        beta = torch.linalg.vector_norm(u)
+        if beta > 0:
+            u = u / beta
+        anorm_sq = anorm_sq + alpha**2 + beta**2
+        v = rmatvec(u) - beta * v
+        alpha = torch.linalg.vector_norm(v)
+        if alpha > 0:
+            v = v / alpha
+        rho = torch.hypot(rhobar, beta)
+        c, s = rhobar / rho, beta / rho
+        theta, rhobar = s * alpha, -c * alpha
+        phi, phibar = c * phibar, s * phibar
+        x.add_(w, alpha=phi / rho)
+        w = v - (theta / rho) * w
+        normal_residual = phibar * alpha * c.abs()  # ||Aᵀ r_k||
+        if phibar <= tol * bnorm or normal_residual <= tol * torch.sqrt(anorm_sq) * bnorm:
+            return KrylovResult(x, it, True)
+    return KrylovResult(x, maxiter, False)
+
+
+def preconditioned_gd(residual: Operator, x0: torch.Tensor, *, step: float, target: float, maxiter: int,
+                      precond: Operator | None = None) -> KrylovResult:
+    """Preconditioned gradient descent (Richardson iteration) x <- x + step · P^-1 g(x), where g(x) = b - M x is the
+    negative gradient of the quadratic whose minimiser solves M x = b; stops when ||P^-1 g(x)|| <= target.
+
+    This is the iteration of Song, Yin & Zhang (arXiv 2308.14304, Alg. 1-2): with P^-1 M's spectrum in
+    [lo, hi] and step 2 / (lo + hi) the error contracts by (kappa - 1) / (kappa + 1) per step, kappa = hi / lo.
+    `residual(x)` returns g(x); one iteration costs one application of M."""
+    x = x0.clone()
+    d = precond(residual(x)) if precond else residual(x)
+    for it in range(maxiter):
+        norm = float(torch.linalg.vector_norm(d))
+        if norm <= target:
+            return KrylovResult(x, it, True)
+        if not math.isfinite(norm):
+            return KrylovResult(x, it, False)  # diverged: the step was too long for this spectrum
+        x.add_(d, alpha=step)
+        d = precond(residual(x)) if precond else residual(x)
+    return KrylovResult(x, maxiter, float(torch.linalg.vector_norm(d)) <= target)
+
+
+def power_norm(matvec: Operator, n: int, *, dtype: torch.dtype, iterations: int = 20, seed: int = 0) -> float:
+    """Dominant eigenvalue magnitude of an operator with a real non-negative spectrum (AᵀA, or P^-1 K, which is
+    similar to a symmetric matrix) by power iteration: ||M v|| for the last unit iterate v (a lower estimate)."""
+    v = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    v /= torch.linalg.vector_norm(v)
+    lam = 0.0
+    for _ in range(iterations):
+        w = matvec(v)
+        lam = float(torch.linalg.vector_norm(w))
+        if lam == 0:
+            return 0.0
+        v = w / lam
+    return lam

@@ -1,0 +1,186 @@
+"""The three regression proxies of Song, Yin & Zhang (arXiv 2308.14304) on a tall A (n x d), and how to score them.
+
+    gram_power     (a)  min_x ||(AᵀA)^j x - b||,      b in R^d   consistent: OPT = 0
+    a_gram_power   (b)  min_x ||A (AᵀA)^j x - b||,    b in R^n   inconsistent in general: OPT = ||(I - P_A) b||
+    exp_kernel     (c)  min_x ||exp(A Aᵀ) x - b||,    b in R^n   exp entrywise (the attention kernel regression)
+
+exp(A Aᵀ) is never formed as such: exp(A Aᵀ) = D K_G D with D = diag(exp(||a_i||² / 2)) and K_G the unit-diagonal
+Gaussian kernel exp(-||a_i - a_j||² / 2), whose entries lie in [0, 1] whatever the row norms. Its entries overflow
+float64 once ||a_i||² > 709.78, and cond(exp(A Aᵀ)) >= exp(max ||a_i||² - min ||a_i||²).
+
+Float64 cannot resolve every instance: relres floors at ~u·κ(M) (u = 1.1e-16). `feasibility` gates an instance on
+eps >= 100 u κ(M) and labels the rest "beyond float64" instead of scoring them (../shared/docs/solvers.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+PROBLEMS = ("gram_power", "a_gram_power", "exp_kernel")
+UNIT_ROUNDOFF = torch.finfo(torch.float64).eps / 2
+EXP_OVERFLOW = math.log(torch.finfo(torch.float64).max)  # 709.78: exp(t) overflows float64 beyond this
+GATE = 100.0  # an instance is scored only where eps >= GATE * u * κ(M)
+
+
+class SolverError(ValueError):
+    """Bad input to a solver or a problem: the message names the problem and the fix."""
+
+
+def check_problem(problem: str, A: torch.Tensor, b: torch.Tensor, j: int) -> None:
+    """Raise SolverError unless (problem, A, b, j) is a well-posed instance: known problem, 2-D finite A with n >= d
+    for the Gram problems, 1-D finite b of the right length, integer j >= 1 (exp_kernel has no power: j = 1)."""
+    if problem not in PROBLEMS:
+        raise SolverError(f"unknown problem {problem!r}; choose one of {', '.join(PROBLEMS)}")
+    if not isinstance(A, torch.Tensor) or A.ndim != 2 or not A.is_floating_point():
+        raise SolverError(f"A must be a 2-D floating-point tensor (n, d), got {_describe(A)}")
+    if not isinstance(b, torch.Tensor) or b.ndim != 1 or not b.is_floating_point():
+        raise SolverError(f"b must be a 1-D floating-point tensor, got {_describe(b)}")
+    n, d = A.shape
+    want = d if problem == "gram_power" else n
+    if b.shape[0] != want:
+        side = "d = A.shape[1]" if problem == "gram_power" else "n = A.shape[0]"
+        raise SolverError(f"{problem}: b must have length {side} = {want}, got {b.shape[0]}")
+    if problem != "exp_kernel" and n < d:
+        raise SolverError(f"{problem} needs a tall A (n >= d), got {n} x {d}; stack more rows or transpose")
+    if isinstance(j, bool) or not isinstance(j, int) or j < 1:
+        raise SolverError(f"the power j must be an integer >= 1, got {j!r}")
+    if problem == "exp_kernel" and j != 1:
+        raise SolverError(f"exp_kernel has no power j (got j = {j}); leave j at 1")
+    for name, t in (("A", A), ("b", b)):
+        if not torch.isfinite(t).all():
+            raise SolverError(f"{name} has {int((~torch.isfinite(t)).sum())} non-finite entries; clean the input")
+
+
+def _describe(t: Any) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"{t.dtype} tensor of shape {tuple(t.shape)}"
+    return type(t).__name__
+
+
+# ---------------------------------------------------------------------------------------------------- the operators
+
+def gram_apply(A: torch.Tensor, x: torch.Tensor, j: int) -> torch.Tensor:
+    """(AᵀA)^j x by repeated Aᵀ(A ·): never forms AᵀA, so no κ² loss from the product itself."""
+    for _ in range(j):
+        x = A.T @ (A @ x)
+    return x
+
+
+def log_jacobi(A: torch.Tensor) -> torch.Tensor:
+    """log D for exp(A Aᵀ) = D K_G D: ||a_i||² / 2 per row."""
+    return 0.5 * (A * A).sum(1)
+
+
+def gaussian_kernel(A: torch.Tensor) -> torch.Tensor:
+    """K_G = exp(a_i·a_j - ||a_i||²/2 - ||a_j||²/2) = exp(-||a_i - a_j||² / 2): the Jacobi-scaled exp kernel, unit
+    diagonal, every entry in [0, 1], finite for any row norms."""
+    half = log_jacobi(A)
+    return torch.exp((A @ A.T - half[:, None] - half[None, :]).clamp_max(0.0))
+
+
+def apply(problem: str, A: torch.Tensor, x: torch.Tensor, j: int = 1) -> torch.Tensor:
+    """M x for the problem's operator M: (AᵀA)^j, A (AᵀA)^j, or exp(A Aᵀ) (formed in scaled form, so entries that
+    exceed float64 give inf rather than an overflow deep inside a product)."""
+    if problem == "gram_power":
+        return gram_apply(A, x, j)
+    if problem == "a_gram_power":
+        return A @ gram_apply(A, x, j)
+    half = log_jacobi(A)
+    return torch.exp(half) * (gaussian_kernel(A) @ (torch.exp(half) * x))
+
+
+def residual_norm(problem: str, A: torch.Tensor, x: torch.Tensor, b: torch.Tensor, j: int = 1) -> float:
+    """||M x - b||, for exp_kernel evaluated as ||D (K_G (D x) - D^-1 b)|| in log space, so it stays finite (when
+    representable) for row norms whose D overflows."""
+    if problem != "exp_kernel":
+        return float(torch.linalg.vector_norm(apply(problem, A, x, j) - b))
+    half = log_jacobi(A)
+    z = torch.sign(x) * torch.exp(torch.log(x.abs()) + half)
+    r = gaussian_kernel(A) @ z - torch.sign(b) * torch.exp(torch.log(b.abs()) - half)
+    log_terms = 2 * (torch.log(r.abs()) + half)
+    return math.exp(0.5 * float(torch.logsumexp(log_terms, 0)))
+
+
+def relres(problem: str, A: torch.Tensor, x: torch.Tensor, b: torch.Tensor, j: int = 1) -> float:
+    """||M x - b|| / ||b||."""
+    return residual_norm(problem, A, x, b, j) / float(torch.linalg.vector_norm(b))
+
+
+# ----------------------------------------------------------------------------------------- references and metrics
+
+def reference_solution(problem: str, A: torch.Tensor, b: torch.Tensor, j: int = 1) -> torch.Tensor:
+    """x* in float64 from the SVD of A (problems a, b: x* = V Σ^{-2j} Vᵀ b, resp. V Σ^{-2j-1} Uᵀ b), or for exp_kernel
+    from the eigendecomposition of K_G (x* = D^-1 K_G^+ D^-1 b). The normal equations are never the reference:
+    their error grows as u·κ(A)²."""
+    A64, b64 = A.double(), b.double()
+    if problem == "exp_kernel":
+        half = log_jacobi(A64)
+        evals, evecs = torch.linalg.eigh(gaussian_kernel(A64))
+        keep = evals > evals[-1] * A.shape[0] * UNIT_ROUNDOFF
+        c = b64 * torch.exp(-half)
+        z = evecs[:, keep] @ ((evecs[:, keep].T @ c) / evals[keep])
+        return z * torch.exp(-half)
+    U, s, Vh = torch.linalg.svd(A64, full_matrices=False)
+    if problem == "gram_power":
+        return Vh.T @ ((Vh @ b64) / s ** (2 * j))
+    return Vh.T @ ((U.T @ b64) / s ** (2 * j + 1))
+
+
+def optimum(problem: str, A: torch.Tensor, b: torch.Tensor) -> float:
+    """OPT = min ||M x - b||: ||(I - U Uᵀ) b|| for a_gram_power (U: A's left singular vectors), else 0."""
+    if problem != "a_gram_power":
+        return 0.0
+    U = torch.linalg.svd(A.double(), full_matrices=False)[0]
+    b64 = b.double()
+    return float(torch.linalg.vector_norm(b64 - U @ (U.T @ b64)))
+
+
+def metrics(problem: str, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, x_ref: torch.Tensor, j: int = 1,
+            opt: float = 0.0) -> dict[str, float]:
+    """relres = ||Mx - b||/||b||; pred_err = ||M(x - x*)||/||b||; fwd_err = ||x - x*||/||x*||;
+    subopt = (||Mx - b|| - OPT)/OPT where OPT > 0 (problem b), else nan."""
+    bnorm = float(torch.linalg.vector_norm(b))
+    res = residual_norm(problem, A, x, b, j)
+    if problem == "exp_kernel":
+        pred = residual_norm(problem, A, x - x_ref, torch.zeros_like(b), j)
+    else:
+        pred = float(torch.linalg.vector_norm(apply(problem, A, x - x_ref, j)))
+    return {
+        "relres": res / bnorm,
+        "pred_err": pred / bnorm,
+        "fwd_err": float(torch.linalg.vector_norm(x - x_ref) / torch.linalg.vector_norm(x_ref)),
+        "subopt": (res - opt) / opt if opt > 0 else math.nan,
+    }
+
+
+# --------------------------------------------------------------------------------------- conditioning and the gate
+
+def conditioning(problem: str, A: torch.Tensor, j: int = 1) -> dict[str, float]:
+    """Diagnostics of an instance: κ(A) and κ(M) = κ(A)^{2j} (a) or κ(A)^{2j+1} (b); for exp_kernel the row-norm
+    range, κ(K) (at least exp(max ||a||² - min ||a||²), inf when entries overflow), κ(K_G) after Jacobi scaling
+    and K_G's numerical rank. Eigenvalue-based κ above ~1/u is only a lower estimate."""
+    A64 = A.double()
+    norms = (A64 * A64).sum(1)
+    out = {"row_norm_sq_min": float(norms.min()), "row_norm_sq_max": float(norms.max())}
+    if problem == "exp_kernel":
+        evals = torch.linalg.eigvalsh(gaussian_kernel(A64))
+        floor = evals[-1] * A.shape[0] * UNIT_ROUNDOFF
+        kappa_g = float(evals[-1] / evals[0]) if evals[0] > floor else math.inf
+        spread = float(norms.max() - norms.min())
+        kappa_k = math.inf if float(norms.max()) > EXP_OVERFLOW else max(math.exp(min(spread, EXP_OVERFLOW)), kappa_g)
+        out.update(kappa_M=kappa_k, kappa_K=kappa_k, kappa_KG=kappa_g, rank_KG=int((evals > floor).sum()))
+        return out
+    s = torch.linalg.svdvals(A64)
+    kappa = float(s[0] / s[-1]) if s[-1] > 0 else math.inf
+    power = 2 * j if problem == "gram_power" else 2 * j + 1
+    out.update(kappa_A=kappa, kappa_M=kappa**power, norm_A=float(s[0]))
+    return out
+
+
+def feasibility(kappa_m: float, eps: float) -> str:
+    """'ok' where float64 can reach relative accuracy eps on an operator of condition number kappa_m
+    (eps >= 100 u κ), else 'beyond float64': such instances are labelled, not scored."""
+    return "ok" if eps >= GATE * UNIT_ROUNDOFF * kappa_m else "beyond float64"
