@@ -98,22 +98,21 @@ def lsqr(matvec: Operator, rmatvec: Operator, b: torch.Tensor, *, tol: float, ma
 def preconditioned_gd(residual: Operator, x0: torch.Tensor, *, step: float, target: float, maxiter: int,
                       precond: Operator | None = None) -> KrylovResult:
     """Preconditioned gradient descent (Richardson iteration) x <- x + step · P^-1 g(x), where g(x) = b - M x is the
-    negative gradient of the quadratic whose minimiser solves M x = b; stops when ||P^-1 g(x)|| <= target.
+    negative gradient of the quadratic whose minimiser solves M x = b; stops when ||g(x)|| <= target.
 
     This is the iteration of Song, Yin & Zhang (arXiv 2308.14304, Alg. 1-2): with P^-1 M's spectrum in
     [lo, hi] and step 2 / (lo + hi) the error contracts by (kappa - 1) / (kappa + 1) per step, kappa = hi / lo.
     `residual(x)` returns g(x); one iteration costs one application of M."""
     x = x0.clone()
-    d = precond(residual(x)) if precond else residual(x)
     for it in range(maxiter):
-        norm = float(torch.linalg.vector_norm(d))
+        g = residual(x)
+        norm = float(torch.linalg.vector_norm(g))
         if norm <= target:
             return KrylovResult(x, it, True)
         if not math.isfinite(norm):
             return KrylovResult(x, it, False)  # diverged: the step was too long for this spectrum
-        x.add_(d, alpha=step)
-        d = precond(residual(x)) if precond else residual(x)
-    return KrylovResult(x, maxiter, float(torch.linalg.vector_norm(d)) <= target)
+        x.add_(precond(g) if precond else g, alpha=step)
+    return KrylovResult(x, maxiter, float(torch.linalg.vector_norm(residual(x))) <= target)
 
 
 def power_norm(matvec: Operator, n: int, *, dtype: torch.dtype, iterations: int = 20, seed: int = 0) -> float:

@@ -183,6 +183,7 @@ class _GramSolver:
         self.qr: tuple[torch.Tensor, torch.Tensor] | None = None
         self.svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.sketch_qr: tuple[torch.Tensor, torch.Tensor] | None = None  # (Q_s, R_s) of SA, for sketch-and-solve
+        self.Q: torch.Tensor | None = None  # A R^-1 of the sketched Cholesky-QR
         n, d = A.shape
         if method in SKETCHED:
             if sketch not in SKETCHES:
@@ -198,9 +199,11 @@ class _GramSolver:
             with self.clock("factor"):
                 self.sketch_qr = torch.linalg.qr(SA)
                 self.R = self.sketch_qr[1]
-                if method == "sketch_cholqr":
+                if method == "sketch_cholqr":  # A1 = A R_s^-1 is well conditioned, so its Cholesky-QR is accurate
                     A1 = torch.linalg.solve_triangular(self.R, A, upper=True, left=False)
-                    self.R = self._cholesky_upper(A1.T @ A1) @ self.R
+                    R1 = self._cholesky_upper(A1.T @ A1)
+                    self.Q = torch.linalg.solve_triangular(R1, A1, upper=True, left=False)
+                    self.R = R1 @ self.R
                     self._passes(1)
         elif method == "qr":
             with self.clock("factor"):
@@ -291,7 +294,12 @@ class _GramSolver:
                 y = Vh.T @ ((U.T @ b) / s)
             self._passes(1)
             return y
-        if m in ("gram_cholesky", "sketch_cholqr"):
+        if m == "sketch_cholqr":
+            with self.clock("iterate"):
+                y = self._rinv(self.Q.T @ b)
+            self._passes(1)
+            return y
+        if m == "gram_cholesky":
             with self.clock("iterate"):
                 y = self._rinv(self._rinv_t(self._At(b)))
             return y
@@ -409,7 +417,7 @@ def _solve_exp(A: torch.Tensor, b: torch.Tensor, info: SolveInfo, *, seed: int, 
             # the step must stay below 2 / λ_max(P^-1 K_G); power iteration underestimates λ_max, hence the margin
             lam = power_norm(lambda v: precond(kernel(v)), n, dtype=A.dtype, iterations=30, seed=seed)
             res = preconditioned_gd(lambda z: c - kernel(z), precond(c), step=1.0 / (GD_MARGIN * lam),
-                                    target=info.eps * float(torch.linalg.vector_norm(precond(c))), maxiter=maxiter,
+                                    target=info.eps * float(torch.linalg.vector_norm(c)), maxiter=maxiter,
                                     precond=precond)
         else:
             res = cg(kernel, c, tol=info.eps, maxiter=maxiter, precond=precond)

@@ -1,0 +1,170 @@
+"""solve(): every method against the float64 SVD / eigendecomposition references on synthetic problems of known κ."""
+
+import math
+
+import pytest
+import torch
+
+from evals import problems as P
+from evals import synthetic as syn
+from evals.sketch import SKETCHES
+from evals.solve import LEAST_SQUARES_METHODS, METHODS, NotApplicable, least_squares, solve
+
+EPS = 1e-8
+
+
+def _instance(problem, kappa, n=600, d=20, seed=0):
+    A = syn.conditioned(n, d, kappa, seed)
+    b = syn.rhs(d if problem == "gram_power" else n, seed)
+    return A, b
+
+
+@pytest.mark.parametrize("j", [1, 2])
+@pytest.mark.parametrize("method", METHODS["gram_power"])
+def test_gram_power_matches_the_svd_reference(method, j):
+    A, b = _instance("gram_power", kappa=10.0)
+    assert P.feasibility(P.conditioning("gram_power", A, j)["kappa_M"], EPS) == "ok"
+    x, info = solve("gram_power", A, b, j=j, method=method, eps=EPS)
+    m = P.metrics("gram_power", A, b, x, P.reference_solution("gram_power", A, b, j), j)
+    assert info.converged and m["relres"] <= 2 * EPS, (m, info)
+    assert m["fwd_err"] <= 1e-6
+    assert math.isclose(info.relres, m["relres"], rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("j", [1, 2])
+@pytest.mark.parametrize("method", METHODS["a_gram_power"])
+def test_a_gram_power_matches_the_reference_on_an_inconsistent_system(method, j):
+    A, b = _instance("a_gram_power", kappa=10.0)
+    opt = P.optimum("a_gram_power", A, b)
+    assert opt > 0.5 * float(torch.linalg.vector_norm(b))  # b is far from A's range: OPT > 0
+    x, info = solve("a_gram_power", A, b, j=j, method=method, eps=EPS)
+    m = P.metrics("a_gram_power", A, b, x, P.reference_solution("a_gram_power", A, b, j), j, opt)
+    assert info.converged and m["pred_err"] <= 5 * EPS, (m, info)
+    assert m["subopt"] <= 1e-10  # the residual is OPT, up to rounding
+
+
+def test_sketch_preconditioner_is_well_conditioned_and_flat_in_kappa():
+    """κ(A R^-1) stays small at k = 4d whatever κ(A); the preconditioned iterations barely move with κ(A) while
+    unpreconditioned LSQR needs many more."""
+    counts = {}
+    for kappa in (1e2, 1e6):
+        A = syn.conditioned(3000, 30, kappa, 1)
+        b = A @ syn.rhs(30, 2)  # consistent: the forward error is meaningful
+        y, info = least_squares(A, b, method="sketch_lsqr", eps=1e-12)
+        assert info.kappa_precond < 4
+        counts[kappa] = info.iterations["ls"]
+        assert float(torch.linalg.vector_norm(y - torch.linalg.lstsq(A, b[:, None]).solution[:, 0])) < 1e-6
+    assert max(counts.values()) <= 40 and abs(counts[1e2] - counts[1e6]) <= 10
+    _, plain = least_squares(syn.conditioned(3000, 30, 1e6, 1), syn.rhs(3000, 2), method="lsqr", eps=1e-12,
+                             maxiter=200)
+    assert not plain.converged
+
+
+@pytest.mark.parametrize("method, sketch", [(m, "sparse_sign") for m in LEAST_SQUARES_METHODS] +
+                         [(m, s) for m in ("sketch_gd", "sketch_lsqr", "sketch_cholqr") for s in SKETCHES[:-1]])
+def test_least_squares_methods_and_sketches(method, sketch):
+    A, b = _instance("a_gram_power", kappa=100.0, seed=3)
+    y, info = least_squares(A, b, method=method, sketch=sketch, eps=1e-12)
+    y_ref = torch.linalg.pinv(A) @ b
+    assert float(torch.linalg.vector_norm(A @ (y - y_ref)) / torch.linalg.vector_norm(b)) < 1e-9, info
+    assert info.passes >= 1 and info.time_total > 0
+
+
+def test_gram_cholesky_breaks_where_qr_does_not():
+    """The normal equations square κ: at κ(A) = 1e8 the Gram + Cholesky baseline loses every digit of the
+    least-squares solution that Householder QR keeps (~u κ)."""
+    A = syn.conditioned(2000, 20, 1e8, 4)
+    y_true = syn.rhs(20, 5)
+    b = A @ y_true
+    errors = {m: float(torch.linalg.vector_norm(least_squares(A, b, method=m)[0] - y_true) /
+                       torch.linalg.vector_norm(y_true)) for m in ("qr", "gram_cholesky", "sketch_cholqr")}
+    assert errors["qr"] < 1e-6 and errors["sketch_cholqr"] < 1e-6
+    assert errors["gram_cholesky"] > 1e-2 or math.isnan(errors["gram_cholesky"])
+
+
+def test_the_gate_labels_instances_beyond_float64():
+    A = syn.conditioned(400, 10, 1e8, 0)
+    assert P.feasibility(P.conditioning("gram_power", A, 1)["kappa_M"], EPS) == "beyond float64"
+    assert P.feasibility(P.conditioning("gram_power", syn.conditioned(400, 10, 10.0), 1)["kappa_M"], EPS) == "ok"
+
+
+# ---------------------------------------------------------------------------------------------------- exp kernel
+
+@pytest.mark.parametrize("method", ["cholesky", "cg", "jacobi_pcg", "nystrom_pcg"])
+def test_exp_kernel_methods_match_the_reference(method):
+    A = syn.exp_rows(300, 16, 0.5, 3.0, seed=0)
+    b = syn.rhs(300, 1)
+    x, info = solve("exp_kernel", A, b, method=method, eps=1e-10, maxiter=3000)
+    m = P.metrics("exp_kernel", A, b, x, P.reference_solution("exp_kernel", A, b))
+    assert info.converged and m["relres"] < 1e-8 and m["fwd_err"] < 1e-6, (m, info)
+    K = torch.exp(A @ A.T)  # representable here: the direct check of the scaled form
+    assert float(torch.linalg.vector_norm(K @ x - b) / torch.linalg.vector_norm(b)) < 1e-8
+
+
+@pytest.mark.parametrize("method", ["tensorsketch_pcg", "tensorsketch_gd"])
+def test_taylor_sketch_preconditioner_on_small_rows(method):
+    A = syn.exp_rows(200, 32, 0.3, 1.0, seed=2)
+    b = syn.rhs(200, 3)
+    x, info = solve("exp_kernel", A, b, method=method, eps=1e-6, maxiter=5000)
+    m = P.metrics("exp_kernel", A, b, x, P.reference_solution("exp_kernel", A, b))
+    assert info.converged and m["relres"] < 1e-5 and m["fwd_err"] < 1e-4, (m, info)  # eps holds in the scaled system
+
+
+def test_taylor_sketch_is_not_applicable_to_large_rows():
+    A = syn.exp_rows(50, 8, 10.0, 20.0)
+    with pytest.raises(NotApplicable, match="degree"):
+        solve("exp_kernel", A, syn.rhs(50), method="tensorsketch_pcg")
+
+
+def test_jacobi_pcg_solves_where_plain_cg_cannot():
+    """Heterogeneous row norms: κ(exp(A Aᵀ)) >= e^38, but Jacobi scaling leaves a well-conditioned K_G."""
+    A = syn.exp_rows(400, 64, 2.0, 40.0, seed=0)
+    b = syn.rhs(400, 1)
+    cond = P.conditioning("exp_kernel", A)
+    assert cond["kappa_K"] > 1e16 and cond["kappa_KG"] < 100
+    _, plain = solve("exp_kernel", A, b, method="cg", maxiter=500)
+    x, jacobi = solve("exp_kernel", A, b, method="jacobi_pcg", maxiter=500)
+    assert not plain.converged and jacobi.converged and jacobi.iterations["pcg"] < 50
+    assert float(torch.linalg.vector_norm(x - P.reference_solution("exp_kernel", A, b))
+                 / torch.linalg.vector_norm(x)) < 1e-6
+
+
+def test_exp_kernel_stays_finite_near_the_overflow_limit():
+    """Squared row norms up to 709 (exp overflows float64 at 709.78): the scaled form never overflows."""
+    A = syn.exp_rows(100, 32, 690.0, 709.0, seed=5)
+    b = syn.rhs(100, 6)
+    assert torch.isfinite(P.gaussian_kernel(A)).all()
+    assert torch.isfinite(P.apply("exp_kernel", A, torch.ones(100, dtype=torch.float64))).all()
+    x, info = solve("exp_kernel", A, b, method="jacobi_pcg", eps=1e-10)
+    assert torch.isfinite(x).all() and info.converged
+    assert info.relres < 1e-6 and math.isfinite(P.relres("exp_kernel", A, x, b))
+    assert P.conditioning("exp_kernel", A)["kappa_K"] > 1e6  # exp(spread) alone
+
+
+def test_exp_kernel_beyond_the_overflow_limit_is_labelled_not_scored():
+    A = syn.exp_rows(50, 8, 700.0, 800.0)
+    assert P.feasibility(P.conditioning("exp_kernel", A)["kappa_M"], EPS) == "beyond float64"
+
+
+# ------------------------------------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(problem="gram_power", A=torch.zeros(10, 3), b=torch.zeros(10)), "length d"),
+    (dict(problem="a_gram_power", A=torch.zeros(10, 3), b=torch.zeros(3)), "length n"),
+    (dict(problem="gram_power", A=torch.zeros(3, 10), b=torch.zeros(10)), "tall A"),
+    (dict(problem="gram_power", A=torch.zeros(10), b=torch.zeros(10)), "2-D"),
+    (dict(problem="gram_power", A=torch.zeros(10, 3), b=torch.zeros(3), j=0), "j must be an integer >= 1"),
+    (dict(problem="gram_power", A=torch.zeros(10, 3), b=torch.zeros(3), j=1.5), "j must be an integer >= 1"),
+    (dict(problem="exp_kernel", A=torch.zeros(10, 3), b=torch.zeros(10), j=2), "no power"),
+    (dict(problem="gram_power", A=torch.full((10, 3), math.nan), b=torch.zeros(3)), "non-finite"),
+    (dict(problem="gram_power", A=torch.zeros(10, 3), b=torch.tensor([1.0, math.inf, 0.0])), "non-finite"),
+    (dict(problem="ridge", A=torch.zeros(10, 3), b=torch.zeros(3)), "unknown problem"),
+    (dict(problem="gram_power", A=torch.zeros(10, 3), b=torch.zeros(3), method="lsqr"), "no method 'lsqr'"),
+    (dict(problem="gram_power", A=torch.ones(10, 3), b=torch.ones(3), method="sketch_pcg", sketch_rows=2), "sketch_rows"),
+    (dict(problem="gram_power", A=torch.ones(10, 3), b=torch.ones(3), method="sketch_pcg", sketch="dct"), "unknown sketch"),
+    (dict(problem="gram_power", A=torch.ones(10, 3), b=torch.ones(3), eps=0.0), "eps"),
+])
+def test_bad_input_gets_a_clear_error(kwargs, message):
+    problem, A, b = kwargs.pop("problem"), kwargs.pop("A"), kwargs.pop("b")
+    with pytest.raises(P.SolverError, match=message):
+        solve(problem, A, b, **kwargs)
