@@ -111,31 +111,55 @@ def relres(problem: str, A: torch.Tensor, x: torch.Tensor, b: torch.Tensor, j: i
 
 # ----------------------------------------------------------------------------------------- references and metrics
 
+class Reference:
+    """Float64 references for one (problem, A), factored once and reused for many right-hand sides: the SVD of A for
+    problems a and b (x* = V Σ^{-2j} Vᵀ b, resp. V Σ^{-2j-1} Uᵀ b), the eigendecomposition of K_G for exp_kernel
+    (x* = D^-1 K_G^+ D^-1 b). The normal equations are never the reference: their error grows as u·κ(A)²."""
+
+    def __init__(self, problem: str, A: torch.Tensor) -> None:
+        self.problem, A64 = problem, A.double()
+        if problem == "exp_kernel":
+            self.half = log_jacobi(A64)
+            evals, evecs = torch.linalg.eigh(gaussian_kernel(A64))
+            keep = evals > evals[-1] * A.shape[0] * UNIT_ROUNDOFF
+            self.evals, self.evecs = evals[keep], evecs[:, keep]
+        else:
+            self.U, self.s, self.Vh = torch.linalg.svd(A64, full_matrices=False)
+
+    def solution(self, b: torch.Tensor, j: int = 1) -> torch.Tensor:
+        b64 = b.double()
+        if self.problem == "exp_kernel":
+            c = b64 * torch.exp(-self.half)
+            return self.evecs @ ((self.evecs.T @ c) / self.evals) * torch.exp(-self.half)
+        if self.problem == "gram_power":
+            return self.Vh.T @ ((self.Vh @ b64) / self.s ** (2 * j))
+        return self.Vh.T @ ((self.U.T @ b64) / self.s ** (2 * j + 1))
+
+    def optimum(self, b: torch.Tensor) -> float:
+        """OPT = min ||M x - b||: ||(I - U Uᵀ) b|| for a_gram_power, else 0."""
+        if self.problem != "a_gram_power":
+            return 0.0
+        b64 = b.double()
+        return float(torch.linalg.vector_norm(b64 - self.U @ (self.U.T @ b64)))
+
+
 def reference_solution(problem: str, A: torch.Tensor, b: torch.Tensor, j: int = 1) -> torch.Tensor:
-    """x* in float64 from the SVD of A (problems a, b: x* = V Σ^{-2j} Vᵀ b, resp. V Σ^{-2j-1} Uᵀ b), or for exp_kernel
-    from the eigendecomposition of K_G (x* = D^-1 K_G^+ D^-1 b). The normal equations are never the reference:
-    their error grows as u·κ(A)²."""
-    A64, b64 = A.double(), b.double()
-    if problem == "exp_kernel":
-        half = log_jacobi(A64)
-        evals, evecs = torch.linalg.eigh(gaussian_kernel(A64))
-        keep = evals > evals[-1] * A.shape[0] * UNIT_ROUNDOFF
-        c = b64 * torch.exp(-half)
-        z = evecs[:, keep] @ ((evecs[:, keep].T @ c) / evals[keep])
-        return z * torch.exp(-half)
-    U, s, Vh = torch.linalg.svd(A64, full_matrices=False)
-    if problem == "gram_power":
-        return Vh.T @ ((Vh @ b64) / s ** (2 * j))
-    return Vh.T @ ((U.T @ b64) / s ** (2 * j + 1))
+    """x* in float64 (see Reference)."""
+    return Reference(problem, A).solution(b, j)
 
 
 def optimum(problem: str, A: torch.Tensor, b: torch.Tensor) -> float:
-    """OPT = min ||M x - b||: ||(I - U Uᵀ) b|| for a_gram_power (U: A's left singular vectors), else 0."""
-    if problem != "a_gram_power":
-        return 0.0
-    U = torch.linalg.svd(A.double(), full_matrices=False)[0]
-    b64 = b.double()
-    return float(torch.linalg.vector_norm(b64 - U @ (U.T @ b64)))
+    """OPT = min ||M x - b|| (see Reference.optimum)."""
+    return Reference(problem, A).optimum(b)
+
+
+def scaled_relres(A: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> float:
+    """exp_kernel's relres after Jacobi scaling: ||K_G (D x) - D^-1 b|| / ||D^-1 b||, the accuracy float64 can
+    deliver when κ(exp(A Aᵀ)) itself is beyond it but κ(K_G) is not."""
+    half = log_jacobi(A.double())
+    c = b.double() * torch.exp(-half)
+    z = torch.sign(x) * torch.exp(torch.log(x.double().abs()) + half)
+    return float(torch.linalg.vector_norm(gaussian_kernel(A.double()) @ z - c) / torch.linalg.vector_norm(c))
 
 
 def metrics(problem: str, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, x_ref: torch.Tensor, j: int = 1,

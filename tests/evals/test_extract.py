@@ -17,11 +17,9 @@ from data import mqar
 from data.config import DataConfig
 from evals.extract import extract, load_extracted, main, open_val_data, val_batches
 from model.attention import BACKENDS, get_backend
-from model.config import ModelConfig
 from model.gpt import GPT
 from model.position import apply_rotary, rotary_angles
-from training.checkpoint import load_checkpoint_model, save_checkpoint
-from training.config import RunConfig, config_to_dict
+from training.checkpoint import load_checkpoint_model
 from training.run_data import open_run_data
 from training.runtime import Runtime
 
@@ -29,27 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 POSITIONS = {"softmax": "learned", "expressive": "rope", "expressive_sq": "none", "logexp": "rope", "taylor": "rope"}
-
-
-def write_checkpoint(run_dir: Path, data: DataConfig, **model) -> Path:
-    """A run directory with one checkpoint of a random 2-layer, 2-head model whose attention is not near uniform."""
-    cfg = RunConfig(model=ModelConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 32, **model}),
-                    data=data)
-    torch.manual_seed(0)
-    gpt = GPT(cfg.model)
-    for block in gpt.transformer.h:
-        torch.nn.init.normal_(block.attn.c_attn.weight, std=0.2)  # q·k of order 1 rather than 1e-2
-    save_checkpoint(run_dir, 7, gpt, {}, config_to_dict(cfg), keep=1)
-    return run_dir
-
-
-def text_data(prepared_dir: str) -> DataConfig:
-    return DataConfig(prepared_dir=prepared_dir, block_size=32, eval_windows=4)
-
-
-@pytest.fixture(scope="module")
-def softmax_run(tmp_path_factory, prepared_dir) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("softmax"), text_data(prepared_dir))
 
 
 def model_attention(ckpt: Path, windows: int) -> tuple[GPT, dict[int, dict[str, torch.Tensor]]]:
@@ -67,9 +44,10 @@ def model_attention(ckpt: Path, windows: int) -> tuple[GPT, dict[int, dict[str, 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_saved_q_k_x_reproduce_the_models_attention(backend, tmp_path, prepared_dir):
+def test_saved_q_k_x_reproduce_the_models_attention(backend, tmp_path, prepared_dir, checkpoint_writer):
     position = POSITIONS[backend]
-    ckpt = write_checkpoint(tmp_path / "run", text_data(prepared_dir), attention=backend, position=position)
+    ckpt = checkpoint_writer(tmp_path / "run", DataConfig(prepared_dir=prepared_dir, block_size=32, eval_windows=4),
+                             attention=backend, position=position)
     extract(ckpt, tmp_path / "out", windows=3, device="cpu", batch_size=2)  # two batches, the last one short
     manifest, extraction = load_extracted(tmp_path / "out")
     model, seen = model_attention(ckpt, windows=3)
@@ -116,9 +94,9 @@ def test_selected_layers_and_heads_and_the_manifest(softmax_run, tmp_path):
         extraction.x(0)
 
 
-def test_mqar_checkpoints_use_the_deterministic_val_sequences(tmp_path):
+def test_mqar_checkpoints_use_the_deterministic_val_sequences(tmp_path, checkpoint_writer):
     task = mqar.MQARConfig(vocab_size=64, num_pairs=4, num_queries=4)
-    ckpt = write_checkpoint(tmp_path / "run", DataConfig(source="mqar", block_size=32, mqar=task), vocab_size=64)
+    ckpt = checkpoint_writer(tmp_path / "run", DataConfig(source="mqar", block_size=32, mqar=task), vocab_size=64)
     extract(ckpt, tmp_path / "out", windows=5, device="cpu")
     manifest, extraction = load_extracted(tmp_path / "out")
     assert manifest["windows"]["fingerprint"] == mqar.val_fingerprint(task, 32, 5)

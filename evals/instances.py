@@ -1,0 +1,63 @@
+"""The matrices the report solves on: attention matrices from an extraction directory, and synthetic controls.
+
+From a checkpoint (per extracted layer L and head h), as float64:
+    K        the keys of every window stacked, (windows·T, d): tall, for gram_power and a_gram_power
+    X        the attention's input hidden states stacked, (windows·T, C), once per layer: tall and wide
+    K/d^¼    the keys of window 0 scaled by d^-1/4, (T, d), for exp_kernel: softmax weighs exp(q·k / √d), and
+             exp(A Aᵀ) with A = K d^-1/4 is its symmetric analogue
+Synthetic controls (see evals/synthetic.py): A = Q diag(s) Vᵀ with κ(A) from 1e2 to 1e8, incoherent and coherent,
+and exp_kernel rows with heterogeneous, small and low-dimensional norms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from evals import synthetic as syn
+from evals.extract import Extraction
+
+GRAM_PROBLEMS = ("gram_power", "a_gram_power")
+
+
+@dataclass(frozen=True)
+class Instance:
+    source: str  # "checkpoint" or "synthetic"
+    label: str  # what the matrix is, e.g. "L0 H3 K" or "kappa=1e+04 coherent"
+    problem: str
+    A: torch.Tensor
+    js: tuple[int, ...]
+    layer: int | None = None
+    head: int | None = None
+
+
+def from_extraction(extraction: Extraction, *, js: tuple[int, ...], max_rows: int | None = None,
+                    hidden_states: bool = True) -> Iterator[Instance]:
+    """Every (layer, head) of the extraction: K for (a) and (b), K/d^¼ of window 0 for (c); X per layer."""
+    manifest = extraction.manifest
+    for layer in manifest["layers"]:
+        for head in manifest["heads"]:
+            keys = extraction.k(layer, head).double()
+            for problem in GRAM_PROBLEMS:
+                yield Instance("checkpoint", f"L{layer} H{head} K", problem, keys[:max_rows], js, layer, head)
+            window = extraction.k(layer, head, stacked=False)[0].double()
+            yield Instance("checkpoint", f"L{layer} H{head} K/d^1/4", "exp_kernel", window * window.shape[1] ** -0.25,
+                           (1,), layer, head)
+        if hidden_states:
+            x = extraction.x(layer).double()[:max_rows]
+            for problem in GRAM_PROBLEMS:
+                yield Instance("checkpoint", f"L{layer} X", problem, x, js, layer, None)
+
+
+def synthetic_controls(*, js: tuple[int, ...], n: int = 4096, d: int = 64, kernel_n: int = 512) -> Iterator[Instance]:
+    for kappa in (1e2, 1e4, 1e6, 1e8):
+        for problem in GRAM_PROBLEMS:
+            yield Instance("synthetic", f"kappa={kappa:.0e}", problem, syn.conditioned(n, d, kappa, seed=0), js)
+    for problem in GRAM_PROBLEMS:
+        yield Instance("synthetic", "kappa=1e+04 coherent", problem,
+                       syn.conditioned(n, d, 1e4, seed=0, coherent=True), js)
+    for label, lo, hi, rank in (("heterogeneous norms 2-40", 2.0, 40.0, None), ("small norms 0.1-0.5", 0.1, 0.5, None),
+                                ("low-dimensional (rank 4) norms 0.5-2", 0.5, 2.0, 4)):
+        yield Instance("synthetic", label, "exp_kernel", syn.exp_rows(kernel_n, d, lo, hi, seed=0, rank=rank), (1,))

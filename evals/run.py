@@ -1,0 +1,190 @@
+"""Solve every (layer, head, problem, j, method) of an extraction with several seeds, plus the synthetic controls,
+and write the report (markdown, CSV, PNGs; see evals/report.py).
+
+    python -m evals.run --extracted DIR --out results/solvers
+    python -m evals.run --ckpt runs/x --layers 0,3 --heads all --windows 64 --out DIR   # extracts to DIR/extracted
+
+Each seed draws a new right-hand side b ~ N(0, I) and a new sketch. An instance is scored only where float64 can
+resolve it (eps >= 100 u κ(M), evals/problems.py); others are labelled "beyond float64". exp_kernel instances whose
+κ(exp(A Aᵀ)) is beyond float64 but whose Jacobi-scaled K_G is not are scored on the scaled system ("scaled").
+A solve succeeds when it reports convergence and its score (relres for (a), pred_err for (b), relres or scaled
+relres for (c)) is <= 10 eps. Timings run on `--threads` BLAS threads (1 by default: steadier on small CPUs), after
+one warm-up solve per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evals import problems as P
+from evals import report
+from evals import synthetic as syn
+from evals.extract import extract, load_extracted
+from evals.instances import Instance, from_extraction, synthetic_controls
+from evals.solve import METHODS, NotApplicable, solve
+from training.checkpoint import CheckpointError
+
+SUCCESS_FACTOR = 10.0
+
+
+def rhs_for(instance: Instance, seed: int) -> torch.Tensor:
+    n, d = instance.A.shape
+    return syn.rhs(d if instance.problem == "gram_power" else n, seed)
+
+
+def instance_status(instance: Instance, cond: dict[str, float], eps: float) -> str:
+    status = P.feasibility(cond["kappa_M"], eps)
+    if status != "ok" and instance.problem == "exp_kernel" and P.feasibility(cond["kappa_KG"], eps) == "ok":
+        return "scaled"
+    return status
+
+
+def score(instance: Instance, status: str, x: torch.Tensor, b: torch.Tensor, m: dict[str, float]) -> float:
+    if instance.problem == "a_gram_power":
+        return m["pred_err"]
+    if status == "scaled":
+        return P.scaled_relres(instance.A, x, b)
+    return m["relres"]
+
+
+def evaluate(instance: Instance, *, seeds: int, eps: float, maxiter: int) -> list[dict[str, Any]]:
+    """One row per (j, seed, method): the SolveInfo, the metrics against the float64 reference, the status."""
+    rows, reference = [], P.Reference(instance.problem, instance.A)
+    for j in instance.js:
+        cond = P.conditioning(instance.problem, instance.A, j)
+        status = instance_status(instance, cond, eps)
+        for seed in range(seeds):
+            b = rhs_for(instance, seed)
+            x_ref, opt = reference.solution(b, j), reference.optimum(b)
+            for method in METHODS[instance.problem]:
+                row = {"source": instance.source, "label": instance.label, "layer": instance.layer,
+                       "head": instance.head, "problem": instance.problem, "j": j, "method": method, "seed": seed,
+                       "n": instance.A.shape[0], "d": instance.A.shape[1], "status": status, **cond}
+                try:
+                    x, info = solve(instance.problem, instance.A, b, j=j, eps=eps, method=method, seed=seed,
+                                    maxiter=maxiter)
+                except NotApplicable:
+                    rows.append({**row, "status": "n/a"})
+                    continue
+                m = P.metrics(instance.problem, instance.A, b, x, x_ref, j, opt)
+                value = score(instance, status, x, b, m)
+                info_row = info.as_dict()
+                rows.append({**row, **m, "score": value, "converged": info.converged,
+                             "success": status != "beyond float64" and info.converged and value <= SUCCESS_FACTOR * eps,
+                             "iterations": info_row["iterations_total"],
+                             "iterations_per_stage": info.iterations, "passes": info.passes,
+                             "time_sketch": info.time_sketch, "time_factor": info.time_factor,
+                             "time_iterate": info.time_iterate, "time_total": info.time_total,
+                             "kappa_precond": info.kappa_precond})
+    return rows
+
+
+def time_vs_n(A: torch.Tensor, problem: str, sizes: Iterable[int], *, eps: float, repeats: int = 3,
+              methods: Iterable[str] | None = None, maxiter: int = 2000) -> list[dict[str, Any]]:
+    """Median wall time (of `repeats`) per method on the first n rows of A, for each n in `sizes`."""
+    rows = []
+    for n in sizes:
+        sub = A[:n]
+        b = syn.rhs(sub.shape[1] if problem == "gram_power" else n, 0)
+        for method in methods or METHODS[problem]:
+            runs = []
+            for _ in range(repeats):
+                try:
+                    _, info = solve(problem, sub, b, eps=eps, method=method, maxiter=maxiter, diagnostics=False)
+                except NotApplicable:
+                    break
+                runs.append(info)
+            if runs:
+                rows.append({"problem": problem, "method": method, "n": n, "d": sub.shape[1],
+                             "time": statistics.median(r.time_total for r in runs), "relres": runs[0].relres,
+                             "iterations": sum(runs[0].iterations.values()), "converged": runs[0].converged})
+    return rows
+
+
+def _warm_up() -> None:
+    """One small solve per method, so that the first timed solve does not pay for lazy initialisation."""
+    for problem in P.PROBLEMS:
+        A = syn.exp_rows(64, 8, 0.5, 1.0) if problem == "exp_kernel" else syn.conditioned(256, 8, 10.0)
+        b = syn.rhs(8 if problem == "gram_power" else A.shape[0])
+        for method in METHODS[problem]:
+            try:
+                solve(problem, A, b, method=method)
+            except NotApplicable:
+                pass
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m evals.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--extracted", type=Path, help="an extraction directory (python -m evals.extract)")
+    source.add_argument("--ckpt", help="a run or checkpoint directory: extract first, into OUT/extracted")
+    parser.add_argument("--layers", default="all", help="with --ckpt: layers to extract (default: all)")
+    parser.add_argument("--heads", default="all", help="with --ckpt: heads to extract (default: all)")
+    parser.add_argument("--windows", type=int, default=64, help="with --ckpt: val windows to extract (default 64)")
+    parser.add_argument("--out", type=Path, required=True, help="report directory (created; files are replaced)")
+    parser.add_argument("--seeds", type=int, default=3, help="right-hand sides and sketches per instance (>= 1)")
+    parser.add_argument("--eps", type=float, default=1e-8, help="target relative accuracy (default 1e-8)")
+    parser.add_argument("--j", default="1,2", help="powers j for gram_power and a_gram_power (default 1,2)")
+    parser.add_argument("--maxiter", type=int, default=500, help="iterations per Krylov stage (default 500)")
+    parser.add_argument("--max-rows", type=int, default=None, help="use at most this many stacked rows of K and X")
+    parser.add_argument("--no-hidden-states", action="store_true", help="skip the X (hidden state) instances")
+    parser.add_argument("--no-synthetic", action="store_true", help="skip the synthetic controls")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads while solving (default 1)")
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.maxiter < 1 or args.threads < 1 or not args.eps > 0:
+        parser.error("--seeds, --maxiter and --threads must be >= 1 and --eps > 0")
+    try:
+        args.js = tuple(sorted({int(v) for v in args.j.split(",")}))
+    except ValueError:
+        parser.error(f"--j takes comma-separated integers >= 1, got {args.j!r}")
+    if min(args.js) < 1:
+        parser.error(f"--j takes integers >= 1, got {args.j!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        extracted = args.extracted
+        if args.ckpt:
+            extracted = extract(args.ckpt, args.out / "extracted", layers=args.layers, heads=args.heads,
+                                windows=args.windows, force=True)
+        manifest, extraction = load_extracted(extracted)
+    except (ValueError, CheckpointError) as exc:
+        print(f"evals.run: {exc}", file=sys.stderr)
+        return 2
+    _warm_up()
+    instances = list(from_extraction(extraction, js=args.js, max_rows=args.max_rows,
+                                     hidden_states=not args.no_hidden_states))
+    if not args.no_synthetic:
+        instances += list(synthetic_controls(js=args.js))
+    rows, start = [], time.perf_counter()
+    for i, instance in enumerate(instances, 1):
+        rows += evaluate(instance, seeds=args.seeds, eps=args.eps, maxiter=args.maxiter)
+        print(f"[{i}/{len(instances)}] {instance.source} {instance.label} {instance.problem} "
+              f"{tuple(instance.A.shape)} ({time.perf_counter() - start:.0f} s)", flush=True)
+    first = instances[0]
+    keys = extraction.k(first.layer, first.head).double()[: args.max_rows]
+    sizes = [n for n in (1024, 4096, 16384, 65536, 262144) if n <= keys.shape[0]]
+    timing = time_vs_n(keys, "a_gram_power", sizes, eps=args.eps)
+    kernel_keys = keys * keys.shape[1] ** -0.25
+    timing += time_vs_n(kernel_keys, "exp_kernel", [n for n in (128, 256, 512, 1024, 2048) if n <= keys.shape[0]],
+                        eps=args.eps, methods=("cholesky", "cg", "jacobi_pcg", "nystrom_pcg"), maxiter=args.maxiter)
+    paths = report.write(args.out, rows, timing, manifest=manifest, eps=args.eps, threads=args.threads,
+                         seeds=args.seeds, success_factor=SUCCESS_FACTOR)
+    print(f"evals.run: wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
