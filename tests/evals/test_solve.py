@@ -168,3 +168,31 @@ def test_bad_input_gets_a_clear_error(kwargs, message):
     problem, A, b = kwargs.pop("problem"), kwargs.pop("A"), kwargs.pop("b")
     with pytest.raises(P.SolverError, match=message):
         solve(problem, A, b, **kwargs)
+
+
+def test_refinement_brings_the_forward_error_towards_householder_qr():
+    A = syn.conditioned(2048, 32, 1e4, 0)
+    Q = torch.linalg.qr(A)[0]
+    x_true, noise = syn.rhs(32, 0), syn.rhs(2048, 1)
+    noise -= Q @ (Q.T @ noise)  # b = A x + a residual orthogonal to range(A): x is the exact solution
+    b = A @ x_true + 0.1 * torch.linalg.vector_norm(A @ x_true) * noise / torch.linalg.vector_norm(noise)
+    errors = {}
+    for refine in (0, 1):
+        y, info = least_squares(A, b, method="sketch_lsqr", eps=1e-10, refine=refine)
+        errors[refine] = float(torch.linalg.vector_norm(y - x_true) / torch.linalg.vector_norm(x_true))
+        assert ("refine1" in info.iterations) == bool(refine)
+    y_qr, _ = least_squares(A, b, method="qr")
+    qr_error = float(torch.linalg.vector_norm(y_qr - x_true) / torch.linalg.vector_norm(x_true))
+    assert errors[1] < errors[0] / 10 and errors[1] < 1e3 * qr_error
+    with pytest.raises(P.SolverError, match="refine"):
+        least_squares(A, b, method="sketch_lsqr", refine=-1)
+
+
+def test_large_matrices_take_the_one_pass_gram_product():
+    """From 2^22 entries Aᵀ(A v) runs in row blocks, reading A once per product: same answer, fewer passes."""
+    A = syn.conditioned(1 << 16, 64, 100.0, 0)
+    b = syn.rhs(1 << 16, 1)
+    y, info = least_squares(A, b, method="sketch_pcg", eps=1e-10)
+    y_qr, _ = least_squares(A, b, method="qr")
+    assert float(torch.linalg.vector_norm(A @ (y - y_qr)) / torch.linalg.vector_norm(b)) < 1e-9
+    assert info.passes < 2 * info.iterations["ls"]

@@ -1,0 +1,242 @@
+"""Benchmark the regression-proxy solvers against the targets of issue 6 (float64, pinned threads).
+
+    python scripts/bench_solvers.py                                   # all three parts, synthetic inputs
+    python scripts/bench_solvers.py --extracted DIR                   # part 3 on a checkpoint's keys
+    python scripts/bench_solvers.py --parts kappa --kappa-n 4096 16384
+
+Parts (results in <out>.md and <out>.csv):
+  kappa   sketch + LSQR (k = 4d) on min ||A y - b||, A = Q diag(s) Vᵀ with κ(A) = 1e2 .. 1e8, incoherent and
+          coherent, several n, b = A x + a residual orthogonal to range(A) (||r|| = 0.1 ||A x||, so x is exact): iterations to LSQR's tolerance 1e-10 and the forward error, beside Householder
+          QR's forward error (the float64 floor, ~u κ) and unpreconditioned LSQR (3000 iterations at most).
+          Target: <= 40 iterations, flat in κ and n.
+  tall    min ||A y - b|| with n = 2^18, d = 768 (as stacked hidden states of a GPT-2-small-wide model): wall time
+          (median of --repeats) of Householder QR, torch.linalg.lstsq, Gram + Cholesky and the sketched solvers,
+          each with its prediction error against the QR solution. Target: the best sketched solver >= 2x faster
+          than QR and >= 4x faster than lstsq at equal accuracy (pred_err <= 1e-10).
+  kernel  exp(A Aᵀ) x = b on keys scaled by d^-1/4 (n stacked rows of one head, or synthetic heterogeneous rows):
+          dense Jacobi-scaled Cholesky against plain CG, Jacobi-PCG and Nyström-PCG to relres 1e-8 for growing n;
+          reports where the iterative route starts to pay. Target: Jacobi- or Nyström-PCG converge where CG does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evals import problems as P
+from evals import synthetic as syn
+from evals.extract import load_extracted
+from evals.solve import least_squares, solve
+
+KAPPAS = (1e2, 1e4, 1e6, 1e8)
+ITERATION_TARGET = 40
+TALL_METHODS = (("qr", None, None), ("lstsq", None, None), ("gram_cholesky", None, None),
+                ("sketch_cholqr", "sparse_sign", 4), ("sketch_lsqr", "sparse_sign", 4), ("sketch_pcg", "sparse_sign", 4),
+                ("sketch_pcg", "sparse_sign", 8), ("sketch_pcg", "countsketch", 8))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+def bench_kappa(sizes: list[int], d: int, seeds: int) -> list[dict[str, Any]]:
+    rows = []
+    for n in sizes:
+        for coherent in (False, True):
+            for kappa in KAPPAS:
+                for seed in range(seeds):
+                    A = syn.conditioned(n, d, kappa, seed, coherent=coherent)
+                    Q, R = torch.linalg.qr(A)
+                    x_true, noise = syn.rhs(d, seed), syn.rhs(n, seed + 1)
+                    noise -= Q @ (Q.T @ noise)  # orthogonal to range(A): x_true stays the exact solution
+                    fit = A @ x_true
+                    b = fit + 0.1 * torch.linalg.vector_norm(fit) * noise / torch.linalg.vector_norm(noise)
+                    y_qr, _ = least_squares(A, b, method="qr")
+                    for method, refine, maxiter in (("sketch_lsqr", 0, 200), ("sketch_lsqr", 1, 200),
+                                                    ("lsqr", 0, 3000)):
+                        y, info = least_squares(A, b, method=method, eps=1e-10, seed=seed, maxiter=maxiter,
+                                                refine=refine, diagnostics=False)
+                        rows.append({"part": "kappa", "n": n, "d": d, "kappa": kappa, "coherent": coherent,
+                                     "seed": seed, "method": method, "refine": refine,
+                                     "iterations": sum(info.iterations.values()),
+                                     "converged": info.converged, "fwd_err": _rel(y, x_true),
+                                     "fwd_err_R": _rel(R @ y, R @ x_true), "qr_fwd_err": _rel(y_qr, x_true),
+                                     "time": info.time_total})
+                print(f"kappa: n={n} coherent={coherent} done", flush=True)
+    return rows
+
+
+def tall_matrix(n: int, d: int, kappa: float, seed: int = 0) -> torch.Tensor:
+    """n x d with column scales from 1 to 1/kappa after a random rotation: like stacked hidden states, whose
+    coordinates are correlated and unevenly scaled (Gaussian, so not exactly κ; cheap at 2^18 x 768)."""
+    gen = torch.Generator().manual_seed(seed)
+    V = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=gen))[0]
+    scales = torch.logspace(0, -torch.log10(torch.tensor(kappa)).item(), d, dtype=torch.float64)
+    return (torch.randn(n, d, dtype=torch.float64, generator=gen) * scales) @ V.T
+
+
+def bench_tall(A: torch.Tensor, source: str, repeats: int) -> list[dict[str, Any]]:
+    gen = torch.Generator().manual_seed(1)
+    b = A @ torch.randn(A.shape[1], dtype=torch.float64, generator=gen)
+    b += 0.1 * torch.linalg.vector_norm(b) / A.shape[0] ** 0.5 * torch.randn(A.shape[0], dtype=torch.float64,
+                                                                              generator=gen)
+    rows, y_qr = [], None
+    for method, sketch, mult in TALL_METHODS:
+        infos, y = [], None
+        for _ in range(repeats):
+            y, info = least_squares(A, b, method=method, eps=1e-10, sketch=sketch or "sparse_sign",
+                                    sketch_rows=mult * A.shape[1] if mult else None, diagnostics=False)
+            infos.append(info)
+        if method == "qr":
+            y_qr = y
+        pred = float(torch.linalg.vector_norm(A @ (y - y_qr)) / torch.linalg.vector_norm(b))
+        best = min(infos, key=lambda i: i.time_total)
+        rows.append({"part": "tall", "source": source, "n": A.shape[0], "d": A.shape[1], "method": method,
+                     "sketch": sketch, "sketch_rows": mult and mult * A.shape[1],
+                     "time": statistics.median(i.time_total for i in infos), "time_best": best.time_total,
+                     "time_sketch": best.time_sketch, "time_factor": best.time_factor,
+                     "time_iterate": best.time_iterate, "iterations": best.iterations.get("ls", 0),
+                     "passes": best.passes, "pred_err_vs_qr": pred, "relres": best.relres})
+        print(f"tall: {method} {sketch or ''} {rows[-1]['time']:.2f} s", flush=True)
+    return rows
+
+
+def bench_kernel(A: torch.Tensor, source: str, sizes: list[int], maxiter: int) -> list[dict[str, Any]]:
+    rows = []
+    for n in sizes:
+        sub, b = A[:n], syn.rhs(n, 0)
+        cond = P.conditioning("exp_kernel", sub)
+        for method in ("cholesky", "cg", "jacobi_pcg", "nystrom_pcg"):
+            x, info = solve("exp_kernel", sub, b, method=method, eps=1e-8, maxiter=maxiter)
+            rows.append({"part": "kernel", "source": source, "n": n, "d": sub.shape[1], "method": method,
+                         "kappa_K": cond["kappa_K"], "kappa_KG": cond["kappa_KG"],
+                         "row_norm_sq_min": cond["row_norm_sq_min"], "row_norm_sq_max": cond["row_norm_sq_max"],
+                         "iterations": sum(info.iterations.values()), "converged": info.converged,
+                         "relres": info.relres, "scaled_relres": P.scaled_relres(sub, x, b),
+                         "time": info.time_total})
+        print(f"kernel: n={n} done", flush=True)
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.3g}" if 1e-3 <= abs(v) < 1e5 or v == 0 else f"{v:.1e}"
+    return str(v)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(args: argparse.Namespace, kappa: list, tall: list, kernel: list) -> str:
+    parts = [f"# Solver benchmarks (float64, {args.threads} thread(s), `python scripts/bench_solvers.py`)", ""]
+    if kappa:
+        summary = []
+        for key in sorted({(r["n"], r["coherent"], r["kappa"], r["method"], r["refine"]) for r in kappa}):
+            group = [r for r in kappa if (r["n"], r["coherent"], r["kappa"], r["method"], r["refine"]) == key]
+            summary.append({"n": key[0], "coherent": key[1], "kappa": key[2], "method": key[3], "refine": key[4],
+                            "iterations (max)": max(r["iterations"] for r in group),
+                            "converged": all(r["converged"] for r in group),
+                            "fwd_err (max)": max(r["fwd_err"] for r in group),
+                            "‖R(y−x)‖/‖Rx‖ (max)": max(r["fwd_err_R"] for r in group),
+                            "QR fwd_err (max)": max(r["qr_fwd_err"] for r in group)})
+        worst = max(s["iterations (max)"] for s in summary if s["method"] == "sketch_lsqr" and not s["refine"])
+        refined = max(s["iterations (max)"] for s in summary if s["method"] == "sketch_lsqr" and s["refine"])
+        parts += ["## κ sweep: sketch + LSQR (sparse sign, k = 4d) against plain LSQR", "",
+                  f"Worst case over n, κ, coherence and {args.seeds} seeds: **{worst} iterations** to LSQR's tolerance "
+                  f"1e-10 (target <= {ITERATION_TARGET}); **{refined}** with one refinement step. The tolerance bounds "
+                  "the error in the preconditioned variable, ‖R(y − x)‖/‖Rx‖; the forward error in y is larger by up "
+                  "to κ(A), and no float64 method beats Householder QR's ~u·κ(A) there.", "",
+                  _table(summary, list(summary[0])), ""]
+    if tall:
+        qr = next(r for r in tall if r["method"] == "qr")
+        lstsq = next(r for r in tall if r["method"] == "lstsq")
+        for r in tall:
+            r["speedup_vs_qr"] = qr["time"] / r["time"]
+            r["speedup_vs_lstsq"] = lstsq["time"] / r["time"]
+        accurate = [r for r in tall if r["method"].startswith("sketch") and r["pred_err_vs_qr"] <= 1e-10]
+        best = min(accurate, key=lambda r: r["time"]) if accurate else None
+        verdict = (f"Best sketched solver: `{best['method']}` ({best['sketch']}, k = {best['sketch_rows']}), "
+                   f"**{best['speedup_vs_qr']:.2f}× QR** (target 2×) and **{best['speedup_vs_lstsq']:.2f}× lstsq** "
+                   f"(target 4×)." if best else "No sketched solver reached pred_err <= 1e-10.")
+        parts += [f"## Tall least squares, {qr['n']} × {qr['d']} ({tall[0]['source']})", "",
+                  f"Median of {args.repeats} runs. {verdict}", "",
+                  _table(tall, ["method", "sketch", "sketch_rows", "time", "time_sketch", "time_factor",
+                                "time_iterate", "iterations", "passes", "pred_err_vs_qr", "speedup_vs_qr",
+                                "speedup_vs_lstsq"]), ""]
+    if kernel:
+        parts += [f"## exp(A Aᵀ) x = b ({kernel[0]['source']})", "",
+                  _table(kernel, ["n", "method", "kappa_K", "kappa_KG", "row_norm_sq_min", "row_norm_sq_max",
+                                  "iterations", "converged", "relres", "scaled_relres", "time"]), ""]
+        pays = [n for n in sorted({r["n"] for r in kernel})
+                if min((r["time"] for r in kernel if r["n"] == n and r["method"] != "cholesky" and r["converged"]),
+                       default=float("inf")) < next(r["time"] for r in kernel if r["n"] == n and
+                                                    r["method"] == "cholesky")]
+        parts += [f"A converged iterative solver beats dense Cholesky from n = {pays[0]} on." if pays else
+                  "Dense Cholesky is fastest at every n measured.", ""]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="kappa,tall,kernel", help="comma-separated: kappa, tall, kernel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier timings)")
+    parser.add_argument("--kappa-n", type=int, nargs="+", default=[4096, 16384, 65536])
+    parser.add_argument("--kappa-d", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tall-n", type=int, default=1 << 18)
+    parser.add_argument("--tall-d", type=int, default=768)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--extracted", type=Path, help="extraction directory: keys of its first layer and head for "
+                        "the kernel part, its hidden states for the tall part when they are --tall-d wide")
+    parser.add_argument("--kernel-n", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
+    parser.add_argument("--maxiter", type=int, default=1000)
+    parser.add_argument("--out", default="results/bench_solvers", help="output prefix (.md, .csv)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    parts = set(args.parts.split(","))
+    extraction = load_extracted(args.extracted)[1] if args.extracted else None
+    start = time.perf_counter()
+    kappa = bench_kappa(args.kappa_n, args.kappa_d, args.seeds) if "kappa" in parts else []
+    tall = []
+    if "tall" in parts:
+        hidden = extraction.x(extraction.manifest["layers"][0]).double() if extraction else None
+        if hidden is not None and hidden.shape[1] == args.tall_d and hidden.shape[0] >= args.tall_n:
+            tall = bench_tall(hidden[: args.tall_n], f"stacked hidden states of {args.extracted}", args.repeats)
+        else:
+            tall = bench_tall(tall_matrix(args.tall_n, args.tall_d, 1e4), "synthetic, column scales 1 .. 1e-4",
+                              args.repeats)
+    kernel = []
+    if "kernel" in parts:
+        if extraction:
+            m = extraction.manifest
+            keys = extraction.k(m["layers"][0], m["heads"][0]).double()
+            source = f"keys of layer {m['layers'][0]} head {m['heads'][0]}, {args.extracted}, scaled by d^-1/4"
+            kernel = bench_kernel(keys * keys.shape[1] ** -0.25, source, args.kernel_n, args.maxiter)
+        else:
+            rows = syn.exp_rows(max(args.kernel_n), 64, 2.0, 40.0, seed=0)
+            kernel = bench_kernel(rows, "synthetic rows, squared norms 2 .. 40", args.kernel_n, args.maxiter)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(markdown(args, kappa, tall, kernel))
+    everything = kappa + tall + kernel
+    columns = list(dict.fromkeys(k for r in everything for k in r))
+    with open(out.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(everything)
+    print(f"wrote {out}.md and {out}.csv in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
