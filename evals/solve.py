@@ -127,8 +127,8 @@ def solve(problem: str, A: torch.Tensor, b: torch.Tensor, *, j: int = 1, eps: fl
     sketch / sketch_rows: the embedding of the sketch methods (default sparse_sign with 4d rows); maxiter: per
     Krylov stage; refine: refinement steps after an iterative sketched least-squares stage (each costs about as
     many iterations again and brings the forward error in y towards Householder QR's; measured in
-    results/bench_solvers.md); rank: the Nyström rank (default min(n, 256)). Raises SolverError for bad input, NotApplicable
-    where a method cannot handle an instance."""
+    results/bench_solvers.md); rank: the Nyström rank (default min(n, 256)). Raises SolverError for bad input,
+    NotApplicable where a method cannot handle an instance."""
     P.check_problem(problem, A, b, j)
     method = method or DEFAULT_METHOD[problem]
     if method not in METHODS[problem]:
@@ -159,6 +159,8 @@ def least_squares(A: torch.Tensor, b: torch.Tensor, *, eps: float = 1e-10, metho
     """min_y ||A y - b|| for a tall A: the first stage of a_gram_power, timed on its own (and `lstsq`, torch's
     default LAPACK driver, as a further reference). info.relres is ||A y - b|| / ||b||."""
     P.check_problem("a_gram_power", A, b, 1)
+    if not eps > 0:
+        raise P.SolverError(f"eps must be > 0, got {eps}")
     if method not in LEAST_SQUARES_METHODS:
         raise P.SolverError(f"least_squares has no method {method!r}; choose one of {', '.join(LEAST_SQUARES_METHODS)}")
     A, b = A.double(), b.double()
