@@ -39,7 +39,8 @@ KAPPAS = (1e2, 1e4, 1e6, 1e8)
 ITERATION_TARGET = 40
 TALL_METHODS = (("qr", None, None), ("lstsq", None, None), ("gram_cholesky", None, None),
                 ("sketch_cholqr", "sparse_sign", 4), ("sketch_lsqr", "sparse_sign", 4),
-                ("sketch_pcg", "sparse_sign", 4), ("sketch_pcg", "sparse_sign", 8), ("sketch_pcg", "countsketch", 8))
+                ("sketch_pcg", "sparse_sign", 4), ("sketch_pcg", "sparse_sign", 8), ("sketch_pcg", "countsketch", 8),
+                ("sketch_pcg", "countsketch", 12))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
