@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from data.config import DataConfig
 from data.errors import DataError
+from data.files import write_text_atomic
 from data.sources import Source, iter_documents, resolve_source
 from data.tokenizer import TextTokenizer, load_tokenizer
 
@@ -117,7 +118,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
         **{f"{split}_documents": writers[split].documents for split in SPLITS},
         "val_sha256": writers["val"].sha256,
     }
-    _write_atomic(path / META, json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(path / META, json.dumps(meta, indent=2) + "\n")
     return PreparedData(path, meta, reused=False, seconds=time.perf_counter() - start)
 
 
@@ -201,12 +202,6 @@ def _files_match(path: Path, meta: dict) -> bool:
     itemsize = np.dtype(meta["dtype"]).itemsize
     files = {split: path / f"{split}.bin" for split in SPLITS}
     return all(f.is_file() and f.stat().st_size == meta[f"{split}_tokens"] * itemsize for split, f in files.items())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _slug(text: str) -> str:

@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+
+from data.files import write_text_atomic
 
 REFERENCE_METHOD = {"gram_power": "qr", "a_gram_power": "qr", "exp_kernel": "cholesky"}
 DIRECT = {"qr", "svd", "gram_cholesky", "sketch_cholqr", "cholesky"}
@@ -103,23 +104,16 @@ def write(out: Path, rows: list[dict[str, Any]], timing: list[dict[str, Any]], *
           eps: float, threads: int, seeds: int, success_factor: float) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     records = aggregate(rows)
-    paths = [
-        _write_text(out / "solvers.md", markdown(records, timing, manifest=manifest, eps=eps, threads=threads,
-                                                 seeds=seeds, success_factor=success_factor)),
-        _write_text(out / "solvers.csv", _csv(records)),
-        _write_text(out / "solvers_runs.csv", _csv(rows)),
-        _write_text(out / "time_vs_n.csv", _csv(timing)),
-    ]
+    texts = {"solvers.md": markdown(records, timing, manifest=manifest, eps=eps, threads=threads, seeds=seeds,
+                                    success_factor=success_factor),
+             "solvers.csv": _csv(records), "solvers_runs.csv": _csv(rows), "time_vs_n.csv": _csv(timing)}
+    paths = []
+    for name, text in texts.items():
+        write_text_atomic(out / name, text)
+        paths.append(out / name)
     paths.append(plot_iterations_vs_kappa(records, out / "iterations_vs_kappa.png"))
     paths.append(plot_time_vs_n(timing, out / "time_vs_n.png"))
     return paths
-
-
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from data.files import fsync_file, write_text_atomic
 from model.gpt import GPT
 from training.config import RunConfig, config_from_dict
 from training.dataclass_parsing import ConfigError
@@ -45,9 +46,9 @@ def save_checkpoint(
     torch.save(state, tmp / "state.pt")
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     for path in tmp.iterdir():
-        _fsync(path)
+        fsync_file(path)
     replace_dir(tmp, final)  # re-saving the same step (e.g. after a resume) swaps, never leaves a gap
-    _write_atomic(root / LATEST, final.name)
+    write_text_atomic(root / LATEST, final.name)
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old)
     return final
@@ -125,13 +126,3 @@ def load_state(ckpt: Path) -> dict[str, Any]:
     return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)

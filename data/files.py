@@ -1,0 +1,24 @@
+"""Crash-safe file writes shared by data preparation, checkpoints and reports: a reader sees the old file or the
+new one, never a partial write."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_file(path: Path) -> None:
+    """Flush `path`'s contents to disk (before a rename makes them visible)."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
