@@ -203,6 +203,22 @@ def test_a_two_backend_two_seed_sweep_gives_a_table_and_a_figure_and_resumes(tmp
     assert (out / "softmax-seed0" / "metrics.jsonl").read_text() == metrics_before
 
 
+def test_a_run_record_without_checkpoints_counts_as_finished(tmp_path):
+    """config.yaml + metrics.jsonl of a finished run (its checkpoints deleted, the record kept) is skipped; a record
+    that stops early, or a run whose last checkpoint is short of the budget, is not."""
+    from training.sweep import is_finished, plan
+
+    runs = plan(str(ROOT / "configs/tiny.yaml"), ["softmax"], 2, tmp_path, [])
+    fake_run(runs[0].run_dir, f"train.out_dir={runs[0].run_dir}")
+    fake_run(runs[1].run_dir, f"train.out_dir={runs[1].run_dir}", finished=False)
+    assert is_finished(runs[0]) and not is_finished(runs[1])
+    checkpoints = runs[0].run_dir / "checkpoints"
+    (checkpoints / "step_000001").mkdir(parents=True)
+    (checkpoints / "step_000001" / "model.safetensors").write_bytes(b"")
+    (checkpoints / "latest").write_text("step_000001")
+    assert not is_finished(runs[0])  # checkpoints decide when there are any: this one is interrupted
+
+
 # --- the recall grid ------------------------------------------------------------------------------------------------
 
 

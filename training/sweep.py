@@ -5,12 +5,13 @@
 Run k of backend B is `train.py CONFIG <overrides> model.attention=B train.seed=k train.out_dir=<out>/B-seed<k>
 logging.wandb_group=<out's name> logging.wandb_tags=[B] train.resume=auto`: the same data, val windows and token
 budget for every run, an interrupted run continues from its last checkpoint, and a finished one (its last
-checkpoint is at train.max_steps) is skipped. The wall time of a run is the `elapsed` of its metrics (seconds spent
+checkpoint, or for a kept run record its last evaluation, is at train.max_steps) is skipped. The wall time of a run is the `elapsed` of its metrics (seconds spent
 in training steps, carried across resumes), so a sweep writes nothing beyond the run directories.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -80,9 +81,17 @@ def train_command(config: str, run: SweepRun, nproc_per_node: int) -> list[str]:
 
 
 def is_finished(run: SweepRun) -> bool:
-    """True when the run directory's last checkpoint is at train.max_steps (or beyond)."""
+    """True when the run directory's last checkpoint is at train.max_steps (or beyond), or, for a run record without
+    checkpoints (config.yaml and metrics.jsonl kept after its checkpoints were deleted, e.g. under results/), when
+    its metrics hold the evaluation at train.max_steps."""
     latest = ckpt.latest_checkpoint(run.run_dir)
-    return latest is not None and ckpt.checkpoint_step(latest) >= run.config.train.max_steps
+    if latest is not None:
+        return ckpt.checkpoint_step(latest) >= run.config.train.max_steps
+    metrics = run.run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    evals = [json.loads(line) for line in metrics.read_text().splitlines() if '"val_loss"' in line]
+    return any(line["step"] >= run.config.train.max_steps for line in evals)
 
 
 class Launcher:
