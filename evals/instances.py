@@ -4,7 +4,9 @@ From a checkpoint (per extracted layer L and head h), as float64:
     K        the keys of every window stacked, (windows·T, d): tall, for gram_power and a_gram_power
     X        the attention's input hidden states stacked, (windows·T, C), once per layer: tall and wide
     K/d^¼    the keys of window 0 scaled by d^-1/4, (T, d), for exp_kernel: softmax weighs exp(q·k / √d), and
-             exp(A Aᵀ) with A = K d^-1/4 is its symmetric analogue
+             exp(A Aᵀ) with A = K d^-1/4 is its symmetric analogue. Exactly repeated rows (the same token at layer 0
+             without a position encoding, or at the same position in two windows) would make it singular, so
+             only the first copy of each row is kept (`distinct_rows`)
 Synthetic controls (see evals/synthetic.py): A = Q diag(s) Vᵀ with κ(A) from 1e2 to 1e8, incoherent and coherent,
 and exp_kernel rows with heterogeneous, small and low-dimensional norms.
 """
@@ -20,6 +22,14 @@ from evals import synthetic as syn
 from evals.extract import Extraction
 
 GRAM_PROBLEMS = ("gram_power", "a_gram_power")
+
+
+def distinct_rows(A: torch.Tensor) -> torch.Tensor:
+    """A without exact repeats of a row, the first copy of each kept in its original order."""
+    _, inverse = torch.unique(A, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), A.shape[0], dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(A.shape[0]), reduce="amin")
+    return A[first.sort().values]
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ def from_extraction(extraction: Extraction, *, js: tuple[int, ...], max_rows: in
             keys = extraction.k(layer, head).double()
             for problem in GRAM_PROBLEMS:
                 yield Instance("checkpoint", f"L{layer} H{head} K", problem, keys[:max_rows], js, layer, head)
-            window = extraction.k(layer, head, stacked=False)[0].double()
+            window = distinct_rows(extraction.k(layer, head, stacked=False)[0].double())
             yield Instance("checkpoint", f"L{layer} H{head} K/d^1/4", "exp_kernel", window * window.shape[1] ** -0.25,
                            (1,), layer, head)
         if hidden_states:

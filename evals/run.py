@@ -28,7 +28,7 @@ from evals import problems as P
 from evals import report
 from evals import synthetic as syn
 from evals.extract import extract, load_extracted
-from evals.instances import Instance, from_extraction, synthetic_controls
+from evals.instances import Instance, distinct_rows, from_extraction, synthetic_controls
 from evals.solve import METHODS, NotApplicable, solve
 from training.checkpoint import CheckpointError
 
@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     keys = extraction.k(first.layer, first.head).double()[: args.max_rows]
     sizes = [n for n in (1024, 4096, 16384, 65536, 262144) if n <= keys.shape[0]]
     timing = time_vs_n(keys, "a_gram_power", sizes, eps=args.eps)
-    kernel_keys = keys * keys.shape[1] ** -0.25
-    timing += time_vs_n(kernel_keys, "exp_kernel", [n for n in (128, 256, 512, 1024, 2048) if n <= keys.shape[0]],
+    kernel_keys = distinct_rows(keys) * keys.shape[1] ** -0.25
+    timing += time_vs_n(kernel_keys, "exp_kernel", [n for n in (128, 256, 512, 1024, 2048) if n <= kernel_keys.shape[0]],
                         eps=args.eps, methods=("cholesky", "cg", "jacobi_pcg", "nystrom_pcg"), maxiter=args.maxiter)
     paths = report.write(args.out, rows, timing, manifest=manifest, eps=args.eps, threads=args.threads,
                          seeds=args.seeds, success_factor=SUCCESS_FACTOR)

@@ -33,6 +33,7 @@ import torch
 from evals import problems as P
 from evals import synthetic as syn
 from evals.extract import load_extracted
+from evals.instances import distinct_rows
 from evals.solve import least_squares, solve
 
 KAPPAS = (1e2, 1e4, 1e6, 1e8)
@@ -111,7 +112,7 @@ def bench_tall(A: torch.Tensor, source: str, repeats: int) -> list[dict[str, Any
 
 def bench_kernel(A: torch.Tensor, source: str, sizes: list[int], maxiter: int) -> list[dict[str, Any]]:
     rows = []
-    for n in sizes:
+    for n in (n for n in sizes if n <= A.shape[0]):
         sub, b = A[:n], syn.rhs(n, 0)
         cond = P.conditioning("exp_kernel", sub)
         for method in ("cholesky", "cg", "jacobi_pcg", "nystrom_pcg"):
@@ -222,8 +223,9 @@ def main() -> None:
     if "kernel" in parts:
         if extraction:
             m = extraction.manifest
-            keys = extraction.k(m["layers"][0], m["heads"][0]).double()
-            source = f"keys of layer {m['layers'][0]} head {m['heads'][0]}, {args.extracted}, scaled by d^-1/4"
+            keys = distinct_rows(extraction.k(m["layers"][0], m["heads"][0]).double())
+            source = (f"keys of layer {m['layers'][0]} head {m['heads'][0]} of {args.extracted}, exact repeats removed, "
+                      "scaled by d^-1/4")
             kernel = bench_kernel(keys * keys.shape[1] ** -0.25, source, args.kernel_n, args.maxiter)
         else:
             rows = syn.exp_rows(max(args.kernel_n), 64, 2.0, 40.0, seed=0)

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from evals import report
-from evals.instances import synthetic_controls
+from evals.instances import distinct_rows, synthetic_controls
 from evals.run import evaluate, main, time_vs_n
 from evals.solve import METHODS
 
@@ -76,6 +77,11 @@ def test_time_vs_n_records_every_method_and_size():
     rows = time_vs_n(A, "a_gram_power", [128, 512], eps=1e-8, repeats=1)
     assert {(r["n"], r["method"]) for r in rows} == {(n, m) for n in (128, 512) for m in METHODS["a_gram_power"]}
     assert all(r["time"] > 0 for r in rows)
+
+
+def test_distinct_rows_keeps_the_first_copy_of_each_row_in_order():
+    A = torch.tensor([[3.0, 0.0], [1.0, 1.0], [3.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    assert distinct_rows(A).tolist() == [[3.0, 0.0], [1.0, 1.0], [0.0, 2.0]]
 
 
 @pytest.mark.parametrize("args, message", [
