@@ -197,6 +197,7 @@ class _GramSolver:
         self.svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.sketch_qr: tuple[torch.Tensor, torch.Tensor] | None = None  # (Q_s, R_s) of SA, for sketch-and-solve
         self.Q: torch.Tensor | None = None  # A R^-1 of the sketched Cholesky-QR
+        self._r_norm_value: float | None = None
         n, d = A.shape
         if method in SKETCHED:
             if sketch not in SKETCHES:
@@ -293,11 +294,19 @@ class _GramSolver:
         if self.svd is not None:
             return float(self.svd[1][0])
         if self.R is not None:
-            if not torch.isfinite(self.R).all():
-                return math.nan
-            return math.sqrt(power_norm(lambda v: self.R.T @ (self.R @ v), self.R.shape[0], dtype=self.R.dtype))
+            return self._r_norm()
         with self.clock("factor"):
             return math.sqrt(power_norm(self._gram, self.A.shape[1], dtype=self.A.dtype, iterations=10))
+
+    def _r_norm(self) -> float:
+        """||R||_2 by power iteration on RᵀR (d x d, cheap), computed once."""
+        if self._r_norm_value is None:
+            R = self.R
+            if torch.isfinite(R).all():
+                self._r_norm_value = math.sqrt(power_norm(lambda v: R.T @ (R @ v), R.shape[0], dtype=R.dtype))
+            else:  # a failed Cholesky (gram_cholesky)
+                self._r_norm_value = math.nan
+        return self._r_norm_value
 
     def kappa_precond(self) -> float | None:
         if self.method not in SKETCHED or self.method == "sketch_cholqr":
@@ -401,7 +410,7 @@ class _GramSolver:
                 return res.x
             # preconditioned in z = R y: BᵀB z = R^-T c, whose residual is R^-T times the original one
             rhs = self._rinv_t(c)
-            z_target = target / _norm2(self.R)
+            z_target = target / self._r_norm()
             if m == "sketch_gd":
                 res = preconditioned_gd(lambda z: rhs - self._BtB(z), rhs, step=self._gd_step(),
                                         target=z_target, maxiter=self.maxiter)
@@ -414,10 +423,6 @@ class _GramSolver:
 
 def _relative(target: float, v: torch.Tensor) -> float:
     return target / max(float(torch.linalg.vector_norm(v)), torch.finfo(v.dtype).tiny)
-
-
-def _norm2(R: torch.Tensor) -> float:
-    return math.sqrt(power_norm(lambda v: R.T @ (R @ v), R.shape[0], dtype=R.dtype))
 
 
 # ---------------------------------------------------------------------------------------------------------- (c)
