@@ -58,14 +58,15 @@ def lsqr(matvec: Operator, rmatvec: Operator, b: torch.Tensor, *, tol: float, ma
     Stops when the normal-equations residual ||Aᵀ r|| <= tol ||A|| ||b|| (||A|| estimated by the bidiagonal's
     Frobenius norm as LSQR runs) or when ||r|| <= tol ||b|| (a consistent system): with A well conditioned,
     ||A (x - x*)|| is then of order tol ||b||."""
-    x = torch.zeros(rmatvec(b).shape, dtype=b.dtype) if x0 is None else x0.clone()
-    u = b - matvec(x) if x0 is not None else b.clone()
+    u = b.clone() if x0 is None else b - matvec(x0)
     bnorm = torch.linalg.vector_norm(b)
     beta = torch.linalg.vector_norm(u)
+    if beta > 0:
+        u = u / beta
+    v = rmatvec(u)
+    x = torch.zeros_like(v) if x0 is None else x0.clone()
     if beta <= tol * bnorm or bnorm == 0:
         return KrylovResult(x, 0, True)
-    u = u / beta
-    v = rmatvec(u)
     alpha = torch.linalg.vector_norm(v)
     if alpha == 0:
         return KrylovResult(x, 0, True)

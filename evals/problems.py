@@ -92,16 +92,23 @@ def apply(problem: str, A: torch.Tensor, x: torch.Tensor, j: int = 1) -> torch.T
     return torch.exp(half) * (gaussian_kernel(A) @ (torch.exp(half) * x))
 
 
+def _jacobi_scaled_residual(A: torch.Tensor, x: torch.Tensor, b: torch.Tensor):
+    """(K_G (D x) - D^-1 b, D^-1 b, log D) for exp(A Aᵀ) x = b: the residual of the Jacobi-scaled system, with D x
+    formed in log space (D may overflow where D x does not)."""
+    A, x, b = A.double(), x.double(), b.double()
+    half = log_jacobi(A)
+    z = torch.sign(x) * torch.exp(torch.log(x.abs()) + half)
+    c = b * torch.exp(-half)
+    return gaussian_kernel(A) @ z - c, c, half
+
+
 def residual_norm(problem: str, A: torch.Tensor, x: torch.Tensor, b: torch.Tensor, j: int = 1) -> float:
     """||M x - b||, for exp_kernel evaluated as ||D (K_G (D x) - D^-1 b)|| in log space, so it stays finite (when
     representable) for row norms whose D overflows."""
     if problem != "exp_kernel":
         return float(torch.linalg.vector_norm(apply(problem, A, x, j) - b))
-    half = log_jacobi(A)
-    z = torch.sign(x) * torch.exp(torch.log(x.abs()) + half)
-    r = gaussian_kernel(A) @ z - torch.sign(b) * torch.exp(torch.log(b.abs()) - half)
-    log_terms = 2 * (torch.log(r.abs()) + half)
-    return math.exp(0.5 * float(torch.logsumexp(log_terms, 0)))
+    r, _, half = _jacobi_scaled_residual(A, x, b)
+    return math.exp(0.5 * float(torch.logsumexp(2 * (torch.log(r.abs()) + half), 0)))
 
 
 def relres(problem: str, A: torch.Tensor, x: torch.Tensor, b: torch.Tensor, j: int = 1) -> float:
@@ -118,13 +125,33 @@ class Reference:
 
     def __init__(self, problem: str, A: torch.Tensor) -> None:
         self.problem, A64 = problem, A.double()
+        self.norms_sq = (A64 * A64).sum(1)
         if problem == "exp_kernel":
-            self.half = log_jacobi(A64)
-            evals, evecs = torch.linalg.eigh(gaussian_kernel(A64))
-            keep = evals > evals[-1] * A.shape[0] * UNIT_ROUNDOFF
-            self.evals, self.evecs = evals[keep], evecs[:, keep]
+            self.half = 0.5 * self.norms_sq
+            self.all_evals, evecs = torch.linalg.eigh(gaussian_kernel(A64))
+            self.floor = self.all_evals[-1] * A.shape[0] * UNIT_ROUNDOFF
+            keep = self.all_evals > self.floor
+            self.evals, self.evecs = self.all_evals[keep], evecs[:, keep]
         else:
             self.U, self.s, self.Vh = torch.linalg.svd(A64, full_matrices=False)
+
+    def conditioning(self, j: int = 1) -> dict[str, float]:
+        """Diagnostics of the instance: κ(A) and κ(M) = κ(A)^{2j} (a) or κ(A)^{2j+1} (b); for exp_kernel the row-norm
+        range, κ(K) (at least exp(max ||a||² - min ||a||²), inf when entries overflow), κ(K_G) after Jacobi scaling
+        and K_G's numerical rank. Eigenvalue-based κ above ~1/u is only a lower estimate."""
+        out = {"row_norm_sq_min": float(self.norms_sq.min()), "row_norm_sq_max": float(self.norms_sq.max())}
+        if self.problem == "exp_kernel":
+            evals = self.all_evals
+            kappa_g = float(evals[-1] / evals[0]) if evals[0] > self.floor else math.inf
+            spread = out["row_norm_sq_max"] - out["row_norm_sq_min"]
+            kappa_k = (math.inf if out["row_norm_sq_max"] > EXP_OVERFLOW
+                       else max(math.exp(min(spread, EXP_OVERFLOW)), kappa_g))
+            out.update(kappa_M=kappa_k, kappa_K=kappa_k, kappa_KG=kappa_g, rank_KG=int((evals > self.floor).sum()))
+            return out
+        kappa = float(self.s[0] / self.s[-1]) if self.s[-1] > 0 else math.inf
+        power = 2 * j if self.problem == "gram_power" else 2 * j + 1
+        out.update(kappa_A=kappa, kappa_M=kappa**power, norm_A=float(self.s[0]))
+        return out
 
     def solution(self, b: torch.Tensor, j: int = 1) -> torch.Tensor:
         b64 = b.double()
@@ -156,10 +183,8 @@ def optimum(problem: str, A: torch.Tensor, b: torch.Tensor) -> float:
 def scaled_relres(A: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> float:
     """exp_kernel's relres after Jacobi scaling: ||K_G (D x) - D^-1 b|| / ||D^-1 b||, the accuracy float64 can
     deliver when κ(exp(A Aᵀ)) itself is beyond it but κ(K_G) is not."""
-    half = log_jacobi(A.double())
-    c = b.double() * torch.exp(-half)
-    z = torch.sign(x) * torch.exp(torch.log(x.double().abs()) + half)
-    return float(torch.linalg.vector_norm(gaussian_kernel(A.double()) @ z - c) / torch.linalg.vector_norm(c))
+    r, c, _ = _jacobi_scaled_residual(A, x, b)
+    return float(torch.linalg.vector_norm(r) / torch.linalg.vector_norm(c))
 
 
 def metrics(problem: str, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, x_ref: torch.Tensor, j: int = 1,
@@ -183,25 +208,8 @@ def metrics(problem: str, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, x_r
 # --------------------------------------------------------------------------------------- conditioning and the gate
 
 def conditioning(problem: str, A: torch.Tensor, j: int = 1) -> dict[str, float]:
-    """Diagnostics of an instance: κ(A) and κ(M) = κ(A)^{2j} (a) or κ(A)^{2j+1} (b); for exp_kernel the row-norm
-    range, κ(K) (at least exp(max ||a||² - min ||a||²), inf when entries overflow), κ(K_G) after Jacobi scaling
-    and K_G's numerical rank. Eigenvalue-based κ above ~1/u is only a lower estimate."""
-    A64 = A.double()
-    norms = (A64 * A64).sum(1)
-    out = {"row_norm_sq_min": float(norms.min()), "row_norm_sq_max": float(norms.max())}
-    if problem == "exp_kernel":
-        evals = torch.linalg.eigvalsh(gaussian_kernel(A64))
-        floor = evals[-1] * A.shape[0] * UNIT_ROUNDOFF
-        kappa_g = float(evals[-1] / evals[0]) if evals[0] > floor else math.inf
-        spread = float(norms.max() - norms.min())
-        kappa_k = math.inf if float(norms.max()) > EXP_OVERFLOW else max(math.exp(min(spread, EXP_OVERFLOW)), kappa_g)
-        out.update(kappa_M=kappa_k, kappa_K=kappa_k, kappa_KG=kappa_g, rank_KG=int((evals > floor).sum()))
-        return out
-    s = torch.linalg.svdvals(A64)
-    kappa = float(s[0] / s[-1]) if s[-1] > 0 else math.inf
-    power = 2 * j if problem == "gram_power" else 2 * j + 1
-    out.update(kappa_A=kappa, kappa_M=kappa**power, norm_A=float(s[0]))
-    return out
+    """κ(A), κ(M) and the exp-kernel diagnostics of an instance (see Reference.conditioning)."""
+    return Reference(problem, A).conditioning(j)
 
 
 def feasibility(kappa_m: float, eps: float) -> str:

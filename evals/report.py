@@ -25,10 +25,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from data.files import write_text_atomic
+from evals.solve import DIRECT
 
 REFERENCE_METHOD = {"gram_power": "qr", "a_gram_power": "qr", "exp_kernel": "cholesky"}
-DIRECT = {"qr", "svd", "gram_cholesky", "sketch_cholqr", "cholesky"}
-SCORE_NAME = {"gram_power": "relres", "a_gram_power": "pred_err", "exp_kernel": "relres"}
 INSTANCE_KEYS = ("source", "label", "layer", "head", "problem", "j")
 
 

@@ -33,6 +33,7 @@ from evals.solve import METHODS, NotApplicable, solve
 from training.checkpoint import CheckpointError
 
 SUCCESS_FACTOR = 10.0
+KERNEL_METHODS = ("cholesky", "cg", "jacobi_pcg", "nystrom_pcg")  # timed against n (the Taylor sketch rarely applies)
 
 
 def rhs_for(instance: Instance, seed: int) -> torch.Tensor:
@@ -59,7 +60,7 @@ def evaluate(instance: Instance, *, seeds: int, eps: float, maxiter: int) -> lis
     """One row per (j, seed, method): the SolveInfo, the metrics against the float64 reference, the status."""
     rows, reference = [], P.Reference(instance.problem, instance.A)
     for j in instance.js:
-        cond = P.conditioning(instance.problem, instance.A, j)
+        cond = reference.conditioning(j)
         status = instance_status(instance, cond, eps)
         for seed in range(seeds):
             b = rhs_for(instance, seed)
@@ -89,16 +90,16 @@ def evaluate(instance: Instance, *, seeds: int, eps: float, maxiter: int) -> lis
 
 def time_vs_n(A: torch.Tensor, problem: str, sizes: Iterable[int], *, eps: float, repeats: int = 3,
               methods: Iterable[str] | None = None, maxiter: int = 2000) -> list[dict[str, Any]]:
-    """Median wall time (of `repeats`) per method on the first n rows of A, for each n in `sizes`."""
+    """Median wall time (of `repeats`) per method on the first n rows of A, for each n in `sizes` (those <= n)."""
     rows = []
-    for n in sizes:
+    for n in (n for n in sizes if n <= A.shape[0]):
         sub = A[:n]
         b = syn.rhs(sub.shape[1] if problem == "gram_power" else n, 0)
         for method in methods or METHODS[problem]:
             runs = []
             for _ in range(repeats):
                 try:
-                    _, info = solve(problem, sub, b, eps=eps, method=method, maxiter=maxiter, diagnostics=False)
+                    x, info = solve(problem, sub, b, eps=eps, method=method, maxiter=maxiter, diagnostics=False)
                 except NotApplicable:
                     break
                 runs.append(info)
@@ -106,6 +107,8 @@ def time_vs_n(A: torch.Tensor, problem: str, sizes: Iterable[int], *, eps: float
                 rows.append({"problem": problem, "method": method, "n": n, "d": sub.shape[1],
                              "time": statistics.median(r.time_total for r in runs), "relres": runs[0].relres,
                              "iterations": sum(runs[0].iterations.values()), "converged": runs[0].converged})
+                if problem == "exp_kernel":
+                    rows[-1]["scaled_relres"] = P.scaled_relres(sub, x, b)
     return rows
 
 
@@ -175,11 +178,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{tuple(instance.A.shape)} ({time.perf_counter() - start:.0f} s)", flush=True)
     first = instances[0]
     keys = extraction.k(first.layer, first.head).double()[: args.max_rows]
-    sizes = [n for n in (1024, 4096, 16384, 65536, 262144) if n <= keys.shape[0]]
-    timing = time_vs_n(keys, "a_gram_power", sizes, eps=args.eps)
+    timing = time_vs_n(keys, "a_gram_power", (1024, 4096, 16384, 65536, 262144), eps=args.eps)
     kernel_keys = distinct_rows(keys) * keys.shape[1] ** -0.25
-    timing += time_vs_n(kernel_keys, "exp_kernel", [n for n in (128, 256, 512, 1024, 2048) if n <= kernel_keys.shape[0]],
-                        eps=args.eps, methods=("cholesky", "cg", "jacobi_pcg", "nystrom_pcg"), maxiter=args.maxiter)
+    timing += time_vs_n(kernel_keys, "exp_kernel", (128, 256, 512, 1024, 2048),
+                        eps=args.eps, methods=KERNEL_METHODS, maxiter=args.maxiter)
     paths = report.write(args.out, rows, timing, manifest=manifest, eps=args.eps, threads=args.threads,
                          seeds=args.seeds, success_factor=SUCCESS_FACTOR)
     print(f"evals.run: wrote {', '.join(str(p) for p in paths)}")

@@ -57,6 +57,10 @@ def hadamard(n: int, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return h
 
 
+def _power_of_two_at_least(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
 class Sketch:
     """A k x n sketching operator of one kind, fixed by its seed; `S(M)` maps an (n, m) matrix to (k, m)."""
 
@@ -65,8 +69,8 @@ class Sketch:
             raise ValueError(f"unknown sketch {kind!r}; choose one of {', '.join(SKETCHES)}")
         if not 1 <= k:
             raise ValueError(f"a sketch needs k >= 1 rows, got {k}")
-        if kind == "srht" and k > 1 << max(n - 1, 0).bit_length():
-            raise ValueError(f"an SRHT samples k of the {1 << (n - 1).bit_length()} padded rows; k = {k} is too many")
+        if kind == "srht" and k > _power_of_two_at_least(n):
+            raise ValueError(f"an SRHT samples k of the {_power_of_two_at_least(n)} padded rows; k = {k} is too many")
         self.kind, self.n, self.k, self.seed = kind, n, k, seed
         self._matrix: torch.Tensor | None = None
         self._apply: Callable[[torch.Tensor], torch.Tensor] = getattr(self, f"_{kind}")
@@ -92,7 +96,7 @@ class Sketch:
 
     def _srht(self, m: torch.Tensor) -> torch.Tensor:
         gen = self._generator()
-        size = 1 << max(self.n - 1, 0).bit_length()
+        size = _power_of_two_at_least(self.n)
         signs = torch.randint(0, 2, (self.n, 1), generator=gen).to(m.dtype).mul_(2).sub_(1)
         rows = torch.randperm(size, generator=gen)[: self.k]
         padded = m.new_zeros(size, m.shape[1])

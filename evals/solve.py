@@ -57,6 +57,7 @@ LEAST_SQUARES_METHODS = ("qr", "svd", "lstsq", "gram_cholesky", "lsqr", "sketch_
                          "sketch_cholqr")
 DEFAULT_METHOD = {"gram_power": "sketch_pcg", "a_gram_power": "sketch_lsqr", "exp_kernel": "jacobi_pcg"}
 SKETCHED = {"sketch_gd", "sketch_pcg", "sketch_lsqr", "sketch_cholqr"}
+DIRECT = {"qr", "svd", "gram_cholesky", "sketch_cholqr", "cholesky"}  # no iterations: a factorisation solves
 FUSED_MIN_ENTRIES = 1 << 22  # from this size of A, Aᵀ(A v) runs in cache-sized row blocks (one read of A)
 FUSED_BLOCK_ROWS = 512
 MAX_TAYLOR_DEGREE = 16
@@ -387,7 +388,7 @@ class _GramSolver:
         ||r_l|| <= eps ||b|| / (levels' share · σ_max^{2(l-1)+extra_power})."""
         info = self.info
         share = levels + extra_power
-        sigma = self.sigma_max() if self.method not in ("qr", "svd", "gram_cholesky", "sketch_cholqr") else 1.0
+        sigma = 1.0 if self.method in DIRECT else self.sigma_max()  # direct levels need no tolerance
         y = c
         for level in range(1, levels + 1):
             target = info.eps * bnorm / (share * sigma ** (2 * (level - 1) + extra_power))
@@ -401,7 +402,7 @@ class _GramSolver:
             if m == "svd":
                 _, s, Vh = self.svd
                 return Vh.T @ ((Vh @ c) / s**2)
-            if m in ("qr", "gram_cholesky", "sketch_cholqr"):
+            if m in DIRECT:  # qr, gram_cholesky, sketch_cholqr: R is an exact factor
                 return self._rinv(self._rinv_t(c))
             if m in ("cg", "lsqr"):
                 res = cg(self._gram, c, tol=_relative(target, c), maxiter=self.maxiter)
@@ -457,8 +458,10 @@ def _solve_exp(A: torch.Tensor, b: torch.Tensor, info: SolveInfo, *, seed: int, 
 
     precond = None
     if m == "nystrom_pcg":
+        rank = min(n, rank or 256)
         with clock("factor"):
-            precond = _nystrom_preconditioner(kernel, n, min(n, rank or 256), seed)
+            precond = _nystrom_preconditioner(K, rank, seed)
+        info.passes += rank
     elif m.startswith("tensorsketch"):
         with clock("sketch"):
             features = _taylor_features(A, seed) * torch.exp(-half)[:, None]
@@ -477,14 +480,13 @@ def _solve_exp(A: torch.Tensor, b: torch.Tensor, info: SolveInfo, *, seed: int, 
     return res.x * torch.exp(-half)
 
 
-def _nystrom_preconditioner(kernel: Callable[[torch.Tensor], torch.Tensor], n: int, rank: int,
-                            seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Randomized Nyström approximation K ~ U Λ Uᵀ of rank r from K Ω (Ω a Gaussian test matrix, shifted by
-    ν ~ u ||KΩ|| for stability) and the preconditioner P^-1 = λ_r U Λ^-1 Uᵀ + (I - U Uᵀ) (Frangella, Tropp & Udell,
-    SIAM J. Matrix Anal. Appl. 2023, Alg. 2.1 and eq. 5.3 with μ = 0)."""
-    omega = torch.linalg.qr(torch.randn(n, rank, dtype=torch.float64,
-                                        generator=torch.Generator().manual_seed(seed)))[0]
-    Y = torch.stack([kernel(col) for col in omega.T], 1)
+def _nystrom_preconditioner(K: torch.Tensor, rank: int, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Randomized Nyström approximation K ~ U Λ Uᵀ of rank r from K Ω (Ω a Gaussian test matrix, one GEMM; shifted
+    by ν ~ u ||KΩ|| for stability) and the preconditioner P^-1 = λ_r U Λ^-1 Uᵀ + (I - U Uᵀ) (Frangella, Tropp &
+    Udell, SIAM J. Matrix Anal. Appl. 2023, Alg. 2.1 and eq. 5.3 with μ = 0)."""
+    n = K.shape[0]
+    omega = torch.linalg.qr(torch.randn(n, rank, dtype=K.dtype, generator=torch.Generator().manual_seed(seed)))[0]
+    Y = K @ omega
     nu = math.sqrt(n) * P.UNIT_ROUNDOFF * float(torch.linalg.matrix_norm(Y, 2))
     Y = Y + nu * omega
     C = torch.linalg.cholesky(omega.T @ Y)

@@ -34,7 +34,8 @@ from evals import problems as P
 from evals import synthetic as syn
 from evals.extract import load_extracted
 from evals.instances import distinct_rows
-from evals.solve import least_squares, solve
+from evals.run import KERNEL_METHODS, time_vs_n
+from evals.solve import least_squares
 
 KAPPAS = (1e2, 1e4, 1e6, 1e8)
 ITERATION_TARGET = 40
@@ -111,19 +112,12 @@ def bench_tall(A: torch.Tensor, source: str, repeats: int) -> list[dict[str, Any
 
 
 def bench_kernel(A: torch.Tensor, source: str, sizes: list[int], maxiter: int) -> list[dict[str, Any]]:
-    rows = []
-    for n in (n for n in sizes if n <= A.shape[0]):
-        sub, b = A[:n], syn.rhs(n, 0)
-        cond = P.conditioning("exp_kernel", sub)
-        for method in ("cholesky", "cg", "jacobi_pcg", "nystrom_pcg"):
-            x, info = solve("exp_kernel", sub, b, method=method, eps=1e-8, maxiter=maxiter)
-            rows.append({"part": "kernel", "source": source, "n": n, "d": sub.shape[1], "method": method,
-                         "kappa_K": cond["kappa_K"], "kappa_KG": cond["kappa_KG"],
-                         "row_norm_sq_min": cond["row_norm_sq_min"], "row_norm_sq_max": cond["row_norm_sq_max"],
-                         "iterations": sum(info.iterations.values()), "converged": info.converged,
-                         "relres": info.relres, "scaled_relres": P.scaled_relres(sub, x, b),
-                         "time": info.time_total})
-        print(f"kernel: n={n} done", flush=True)
+    rows = time_vs_n(A, "exp_kernel", sizes, eps=1e-8, repeats=1, methods=KERNEL_METHODS, maxiter=maxiter)
+    conditioning = {n: P.conditioning("exp_kernel", A[:n]) for n in {row["n"] for row in rows}}
+    for row in rows:
+        cond = conditioning[row["n"]]
+        row.update(part="kernel", source=source, kappa_K=cond["kappa_K"], kappa_KG=cond["kappa_KG"],
+                   row_norm_sq_min=cond["row_norm_sq_min"], row_norm_sq_max=cond["row_norm_sq_max"])
     return rows
 
 
