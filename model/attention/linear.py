@@ -16,7 +16,8 @@ Training form (chunked, as in flash-linear-attention's chunk kernels): the seque
 pairs inside a chunk use the exact weights `w(q kᵀ) ⊙ tril` (a C × C block, batched over all chunks), pairs across
 chunks go through the state, which a loop over chunks reads (`φ_q(Q_c) [S|z]`) and then updates
 (`[S|z] += φ_k(K_c)ᵀ [V_c|1]`). The state and the C × D features of one chunk are the only large temporaries: the
-n × D features and the n × D × d_v states are never formed. The backward pass recomputes the states in a forward
+n × D features and the n × D × d_v states are never formed. The sweeps run over a few heads at a time
+(`head_groups`), so that a chunk's features stay in the core's cache between the feature map and its GEMM. The backward pass recomputes the states in a forward
 sweep and runs their adjoint in a reverse sweep, so training memory is O(n (d + d_v + C)) beyond the fixed
 D × (d_v + 1). Decoding is the same code from a stored state: one constant-size `[S|z]` per head.
 """
@@ -33,9 +34,9 @@ from model.attention.base import AttentionBackend
 from model.attention.direct import naive_causal_average, tiled_causal_attention
 from model.attention.numerics import (
     accumulation_dtype,
-    chunk_bounds,
     chunk_groups,
     fold_heads,
+    head_groups,
     merge_chunks,
     split_chunks,
     unfold_heads,
@@ -68,9 +69,10 @@ def pair_products(x: torch.Tensor, out: torch.Tensor, square_scale: float, cross
     d = x.shape[-1]
     full, half = _pair_rows(d)
     windows = _windows(x, full + (half > 0))
-    torch.mul(windows[..., 0, :], x * square_scale, out=out[..., :d])
-    scaled = x * cross_scale
-    torch.mul(windows[..., 1:full, :], scaled.unsqueeze(-2), out=out[..., d : full * d].unflatten(-1, (full - 1, d)))
+    scaled = x if cross_scale == 1 else x * cross_scale
+    torch.mul(windows[..., :full, :], scaled.unsqueeze(-2), out=out[..., : full * d].unflatten(-1, (full, d)))
+    if square_scale != cross_scale:  # row 0, the squares
+        torch.mul(windows[..., 0, :], x * square_scale, out=out[..., :d])
     if half:
         torch.mul(windows[..., full, :half], scaled[..., :half], out=out[..., full * d :])
     return out
@@ -91,11 +93,10 @@ def pair_products_vjp(
     dx = (g * _windows(x, full)).sum(-2)
     # sum_s Y[s, a-s] with Y[s, i] = G[s, i] x_i: write row s shifted right by s into a zeroed (full, 2d) buffer
     # (row stride 2d + 1), sum the rows, and fold the columns >= d back onto a - d (the pairs that wrap around).
-    gx = g * x.unsqueeze(-2)
     if shifted is None:
         shifted = pair_vjp_workspace(x)
     shifted = shifted[..., : x.shape[-2], :, :]
-    shifted.as_strided(gx.shape, (*shifted.stride()[:-2], 2 * d + 1, 1)).copy_(gx)
+    torch.mul(g, x.unsqueeze(-2), out=shifted.as_strided(g.shape, (*shifted.stride()[:-2], 2 * d + 1, 1)))
     wrapped = shifted.sum(-2)
     dx += wrapped[..., :d]
     dx += wrapped[..., d:]
@@ -104,7 +105,11 @@ def pair_products_vjp(
         dx[..., :half] += g_half * x[..., half:]
         dx[..., half:] += g_half * x[..., :half]
     # Row 0 contributed 2 G[0, a] x_a with unit scale.
-    return dx.mul_(cross_scale).add_(g[..., 0, :] * x, alpha=2.0 * (square_scale - cross_scale))
+    if cross_scale != 1:
+        dx.mul_(cross_scale)
+    if square_scale != cross_scale:
+        dx.add_(g[..., 0, :] * x, alpha=2.0 * (square_scale - cross_scale))
+    return dx
 
 
 def pair_vjp_workspace(x: torch.Tensor) -> torch.Tensor:
@@ -197,17 +202,40 @@ def _attend_and_fold(q, k, v1, kernel: QuadraticKernel, chunk: int, kv: torch.Te
 
     v1 is (BH, T, width): [v | 1], possibly followed by zero columns.
     """
-    t = q.shape[1]
-    chunk = min(chunk, t)
+    chunk = min(chunk, q.shape[1])
     out = _intra_chunk(q, k, v1, kernel, chunk)  # (BH, T, width)
+    for h0, h1 in head_groups(q.shape[0], chunk, kv.shape[1]):
+        state = kv[h0:h1]
+        phi_q = q.new_empty(h1 - h0, chunk, kv.shape[1])
+        phi_k = torch.empty_like(phi_q)
+        for qc, kc, v1c, outc in zip(*(x[h0:h1].split(chunk, dim=1) for x in (q, k, v1, out))):
+            fq = kernel.query_features(qc, out=phi_q[:, : qc.shape[1]])
+            outc += torch.bmm(fq, state)  # the tokens of the earlier chunks
+            fk = kernel.key_features(kc, out=phi_k[:, : kc.shape[1]])
+            state.baddbmm_(fk.transpose(1, 2), v1c)
+    return out
+
+
+def _inter_chunk_backward(q, k, v1, dout, kernel: QuadraticKernel, chunk: int, dq, dk, dv1) -> None:
+    """Adds the gradients through the states (the pairs in different chunks) of one group of heads to dq, dk, dv1."""
+    chunks = list(zip(*(x.split(chunk, dim=1) for x in (q, k, v1, dout, dq, dk, dv1))))
+    kv = q.new_zeros(q.shape[0], kernel.feature_dim(q.shape[-1]), v1.shape[-1])
     phi_q = q.new_empty(q.shape[0], chunk, kv.shape[1])
     phi_k = torch.empty_like(phi_q)
-    for t0, t1 in chunk_bounds(t, chunk):
-        fq = kernel.query_features(q[:, t0:t1], out=phi_q[:, : t1 - t0])
-        out[:, t0:t1] += torch.bmm(fq, kv)  # the tokens of the earlier chunks
-        fk = kernel.key_features(k[:, t0:t1], out=phi_k[:, : t1 - t0])
-        kv.baddbmm_(fk.transpose(1, 2), v1[:, t0:t1])
-    return out
+    workspace = pair_vjp_workspace(q[:, :chunk])
+    # Forward sweep: the queries read the state of the chunks before theirs.
+    for qc, kc, v1c, doutc, dqc, _, _ in chunks:
+        dqc += kernel.query_features_vjp(qc, torch.bmm(doutc, kv.transpose(1, 2)), workspace)
+        fk = kernel.key_features(kc, out=phi_k[:, : kc.shape[1]])
+        kv.baddbmm_(fk.transpose(1, 2), v1c)
+    # Reverse sweep: d_kv is the gradient w.r.t. the state after chunk c (read by all later queries).
+    d_kv = torch.zeros_like(kv)
+    for qc, kc, v1c, doutc, _, dkc, dv1c in reversed(chunks):
+        fk = kernel.key_features(kc, out=phi_k[:, : kc.shape[1]])
+        dkc += kernel.key_features_vjp(kc, torch.bmm(v1c, d_kv.transpose(1, 2)), workspace)
+        dv1c += torch.bmm(fk, d_kv)
+        fq = kernel.query_features(qc, out=phi_q[:, : qc.shape[1]])
+        d_kv.baddbmm_(fq.transpose(1, 2), doutc)
 
 
 def _values_for_gemm(v: torch.Tensor) -> torch.Tensor:
@@ -239,27 +267,11 @@ class _ChunkedLinearAttention(torch.autograd.Function):
         dout = torch.cat([g, -(g * y).sum(-1, keepdim=True)], dim=-1)
         dout = F.pad(dout, (0, v1.shape[-1] - dout.shape[-1]))  # (BH, T, width)
         dq, dk, dv1 = _intra_chunk_backward(q, k, v1, dout, kernel, chunk)
-
-        bounds = chunk_bounds(q.shape[1], chunk)
-        kv = q.new_zeros(q.shape[0], kernel.feature_dim(q.shape[-1]), v1.shape[-1])
-        phi_q = q.new_empty(q.shape[0], chunk, kv.shape[1])
-        phi_k = torch.empty_like(phi_q)
-        workspace = pair_vjp_workspace(q[:, :chunk])
-        # Forward sweep: the queries read the state of the chunks before theirs.
-        for t0, t1 in bounds:
-            d_phi_q = torch.bmm(dout[:, t0:t1], kv.transpose(1, 2))
-            dq[:, t0:t1] += kernel.query_features_vjp(q[:, t0:t1], d_phi_q, workspace)
-            fk = kernel.key_features(k[:, t0:t1], out=phi_k[:, : t1 - t0])
-            kv.baddbmm_(fk.transpose(1, 2), v1[:, t0:t1])
-        # Reverse sweep: d_kv is the gradient w.r.t. the state after chunk c (read by all later queries).
-        d_kv = torch.zeros_like(kv)
-        for t0, t1 in reversed(bounds):
-            fk = kernel.key_features(k[:, t0:t1], out=phi_k[:, : t1 - t0])
-            d_phi_k = torch.bmm(v1[:, t0:t1], d_kv.transpose(1, 2))
-            dk[:, t0:t1] += kernel.key_features_vjp(k[:, t0:t1], d_phi_k, workspace)
-            dv1[:, t0:t1] += torch.bmm(fk, d_kv)
-            fq = kernel.query_features(q[:, t0:t1], out=phi_q[:, : t1 - t0])
-            d_kv.baddbmm_(fq.transpose(1, 2), dout[:, t0:t1])
+        for h0, h1 in head_groups(q.shape[0], chunk, kernel.feature_dim(q.shape[-1])):
+            heads = slice(h0, h1)
+            _inter_chunk_backward(
+                q[heads], k[heads], v1[heads], dout[heads], kernel, chunk, dq[heads], dk[heads], dv1[heads]
+            )
         return dq, dk, dv1[..., : v.shape[-1]], None, None, None
 
 

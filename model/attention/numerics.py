@@ -55,3 +55,15 @@ def chunk_groups(t: int, chunk: int, batch: int, elements: int = 1 << 21) -> lis
     page faults on every allocation above ~32 MB), and the peak memory O(elements) instead of O(n · chunk).
     """
     return chunk_bounds(t, max(1, elements // (batch * chunk * chunk)) * chunk)
+
+
+def head_groups(batch: int, chunk: int, features: int, elements: int = 1 << 18) -> list[tuple[int, int]]:
+    """Ranges of the folded batch*heads dimension whose (heads, chunk, features) feature blocks hold at most
+    ~`elements` numbers (at least one head per group).
+
+    The state sweeps of the linear forms compute a chunk's features, multiply them with the state and take their
+    vector-Jacobian product one chunk at a time; with all heads at once these (heads, chunk, D) temporaries outgrow
+    the core's cache, and the memory-bound feature maps then run several times slower (measured: see linear.py).
+    """
+    group = max(1, elements // (chunk * features))
+    return [(h0, min(h0 + group, batch)) for h0 in range(0, batch, group)]

@@ -12,6 +12,7 @@ from model.attention.linear import (
     pair_products,
     pair_products_vjp,
 )
+from model.attention.numerics import head_groups
 
 KERNELS = [QuadraticKernel(0.5, 1.0, 1.0), QuadraticKernel(0.3), QuadraticKernel(2.0, -1.0, 0.5)]
 KERNEL_IDS = ["taylor", "square", "negative-b"]
@@ -58,3 +59,27 @@ def test_result_does_not_depend_on_the_chunk_size(kernel):
     results = [chunked_linear_attention(q, k, v, kernel, eps=0.0, chunk=c) for c in (1, 7, 16, 53, 100)]
     for y in results[1:]:
         torch.testing.assert_close(y, results[0], atol=1e-12, rtol=1e-12)
+
+
+def test_head_groups_cover_the_heads_within_the_budget():
+    assert head_groups(12, 64, 2145) == [(h, h + 1) for h in range(12)]  # one head: 64 x 2145 > 2^18 / 2
+    assert head_groups(5, 16, 100, elements=3200) == [(0, 2), (2, 4), (4, 5)]
+    assert head_groups(3, 8, 10) == [(0, 3)]
+
+
+@pytest.mark.parametrize("kernel", KERNELS[:2], ids=KERNEL_IDS[:2])
+def test_head_groups_compute_each_head_with_its_own_state(kernel):
+    # d = 64 features do not fit two heads of a chunk in the budget, so every head is its own group (forward and
+    # both state sweeps of the backward); the heads differ, so mixing up their states or gradients would show.
+    q, k, v = (torch.randn(3, 130, n, dtype=torch.float64, requires_grad=True) for n in (64, 64, 24))
+    assert len(head_groups(3, 64, kernel.feature_dim(64))) == 3
+    y = chunked_linear_attention(q, k, v, kernel, eps=0.0, chunk=64)
+    s = q @ k.transpose(-1, -2)
+    w = (kernel.a * s**2 + kernel.b * s + kernel.c).tril()
+    expected = (w @ v) / w.sum(-1, keepdim=True)
+    torch.testing.assert_close(y, expected, atol=1e-10, rtol=1e-10)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (q, k, v), dy)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), dy)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
