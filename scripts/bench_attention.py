@@ -350,7 +350,7 @@ def plot(path: Path, args, train_rows, decode_rows) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (anchors: 1)")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 6144, 8192, 16384])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--backends", nargs="+", default=[*BACKENDS, "taylor:crossover=1", "taylor:crossover=1000000"],
                         help="registry names, optionally with options: taylor:crossover=1")

@@ -14,14 +14,16 @@ Measured here (scripts/bench_attention.py: one thread, B = 1, H = 12, d = 64, fp
 docs/anchors.md), direct vs linear form, seconds:
 
     n       fwd+bwd direct / linear    fwd direct / linear
-    4096         1.65 / 3.76             0.67 / 0.78
-    6144         3.43 / 5.19             0.98 / 1.16
-    7168         4.67 / 5.28             1.27 / 1.32
-    8192         7.74 / 6.39             2.15 / 1.59
-    16384       24.0  / 13.4            10.1  / 4.65
+    4096         1.80 / 2.87             0.51 / 0.78
+    5120         2.81 / 3.14             1.03 / 0.77
+    5632         3.69 / 3.63             1.17 / 0.93
+    6144         4.31 / 3.77             1.21 / 0.87
+    8192         5.93 / 5.56             2.07 / 1.35
+    16384       27.4  / 9.91             9.29 / 2.92
 
-so the linear form wins from about 7.5k tokens (1.8 × N0: the feature-space GEMMs run at ~45 GFLOP/s, the direct
-tiles nearer the 76 GFLOP/s peak). `crossover` defaults to 8192, the first measured length where it wins both.
+so the linear form wins forward from about 5k tokens and forward+backward from about 5.6k (1.2-1.35 × N0: its
+GEMMs run near the 76 GFLOP/s peak, but the feature maps, their gradients and the per-chunk steps add ~40%).
+`crossover` defaults to 6144, the first measured length where it wins both.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class TaylorAttention(QuadraticKernelAttention):
     c: float = 1.0  # c >= b² / (4a), so that w >= 0
     temperature_init: float = 1.0  # initial τ_h (the official code starts at 1: s = cos(q, k) in [-1, 1])
     chunk_size: int = 64  # tokens per chunk of the linear form
-    crossover: int = 8192  # linear form from this length on (measured ~7.5k, see above; paper's N0 = 4161)
+    crossover: int = 6144  # linear form from this length on (measured 5k-5.6k, see above; paper's N0 = 4161)
     block_size: int = 128  # tile of the direct form
 
     def __post_init__(self):
