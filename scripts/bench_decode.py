@@ -124,12 +124,10 @@ def markdown(rows: list[dict], args: argparse.Namespace, load: tuple[float, floa
 
 
 def plot(path: Path, rows: list[dict]) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (latency, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    latency, memory = fig.subplots(1, 2)
     for backend in dict.fromkeys(r["backend"] for r in rows):
         x, ms, mib = zip(*sorted((r["position"], r["step_ms"], r["state_bytes"] / 2**20)
                                  for r in rows if r["backend"] == backend))
