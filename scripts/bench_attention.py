@@ -310,14 +310,13 @@ def markdown(args, train_rows, decode_rows) -> str:
 
 
 def plot(path: Path, args, train_rows, decode_rows) -> None:
-    import matplotlib
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    fig = Figure(figsize=(18, 5.5))
+    axes = fig.subplots(1, 3)
     backends = list(dict.fromkeys(r["backend"] for r in train_rows))
-    colors = dict(zip(backends, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    colors = dict(zip(backends, rcParams["axes.prop_cycle"].by_key()["color"] * 3))
     for b in backends:
         for dtype, style in zip(args.dtypes, ("-", "--")):
             pts = sorted((r["n"], r["time_s"], r["peak_extra_mb"]) for r in train_rows
