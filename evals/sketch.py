@@ -4,7 +4,7 @@ Song, Yin & Zhang (arXiv 2308.14304) build their preconditioner from R = qr(S A)
 (SRHT, CountSketch, OSNAP / sparse sign); cond(A R^-1) <= (1 + eps0) / (1 - eps0). Each sketch here is a
 deterministic function of its seed, so the same S applies to A and to b (sketch-and-solve needs both):
 
-    S = make_sketch("sparse_sign", n, k, seed=0)
+    S = Sketch("sparse_sign", n, k, seed=0)
     SA, Sb = S(A), S(b[:, None])
 
 Kinds (all scaled so that E[SᵀS] = I):
@@ -120,11 +120,6 @@ class Sketch:
             self._matrix = torch.sparse_coo_tensor(torch.stack((rows, cols)), signs / math.sqrt(zeta),
                                                    (self.k, self.n), check_invariants=False).coalesce()
         return self._matrix
-
-
-def make_sketch(kind: str, n: int, k: int, seed: int = 0) -> Sketch:
-    """The k x n sketch of `kind` (one of SKETCHES) drawn from `seed`."""
-    return Sketch(kind, n, k, seed)
 
 
 def tensor_sketch(a: torch.Tensor, degree: int, m: int, seed: int = 0) -> torch.Tensor:

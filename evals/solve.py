@@ -46,7 +46,7 @@ from scipy.stats import poisson
 
 from evals import problems as P
 from evals.krylov import cg, lsqr, power_norm, preconditioned_gd
-from evals.sketch import SKETCHES, make_sketch, tensor_sketch
+from evals.sketch import SKETCHES, Sketch, tensor_sketch
 
 METHODS = {
     "gram_power": ("qr", "svd", "gram_cholesky", "cg", "sketch_gd", "sketch_pcg", "sketch_cholqr"),
@@ -80,7 +80,9 @@ class SolveInfo:
     relres: float = math.nan
     converged: bool = True
     iterations: dict[str, int] = field(default_factory=dict)  # per stage: "ls", "level1", "level2", ...
-    passes: int = 0  # products with A or Aᵀ (blocks count once), or with the n x n kernel for exp_kernel
+    # products with A or Aᵀ itself (blocks count once), or with the n x n kernel for exp_kernel; sketch_cholqr's two
+    # further n x d passes over A1 = A R_s^-1 (its Gram, and Q = A1 R1^-1) are not products with A and not counted
+    passes: int = 0
     time_sketch: float = 0.0
     time_factor: float = 0.0
     time_iterate: float = 0.0
@@ -207,7 +209,7 @@ class _GramSolver:
             if not d <= k:
                 raise P.SolverError(f"sketch_rows must be >= d = {d} for R = qr(SA).R to be invertible, got {k}")
             info.sketch, info.sketch_rows = sketch, k
-            self.S = make_sketch(sketch, n, k, seed)
+            self.S = Sketch(sketch, n, k, seed)
             with self.clock("sketch"):
                 SA = self.S(A)
             self._passes(1)

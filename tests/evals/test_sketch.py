@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from evals.sketch import SKETCHES, fwht, hadamard, make_sketch, tensor_sketch
+from evals.sketch import SKETCHES, Sketch, fwht, hadamard, tensor_sketch
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 64])
@@ -31,7 +31,7 @@ def test_every_sketch_embeds_a_subspace_over_seeds(kind):
     n, d, k = 2000, 10, 400
     U = _orthonormal(n, d, 0)
     for seed in range(5):
-        s = torch.linalg.svdvals(make_sketch(kind, n, k, seed)(U))
+        s = torch.linalg.svdvals(Sketch(kind, n, k, seed)(U))
         assert 0.6 < float(s.min()) and float(s.max()) < 1.4, (kind, seed, s)
 
 
@@ -39,26 +39,26 @@ def test_every_sketch_embeds_a_subspace_over_seeds(kind):
 def test_sketches_are_unbiased_and_deterministic_in_the_seed(kind):
     n, k = 300, 60
     x = torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    squares = torch.stack([make_sketch(kind, n, k, seed)(x).square().sum() for seed in range(300)])
+    squares = torch.stack([Sketch(kind, n, k, seed)(x).square().sum() for seed in range(300)])
     assert abs(float(squares.mean()) / float(x.square().sum()) - 1) < 0.05
-    torch.testing.assert_close(make_sketch(kind, n, k, 7)(x), make_sketch(kind, n, k, 7)(x), rtol=0, atol=0)
+    torch.testing.assert_close(Sketch(kind, n, k, 7)(x), Sketch(kind, n, k, 7)(x), rtol=0, atol=0)
 
 
 def test_one_sketch_applies_the_same_matrix_to_every_column_block():
     """S(A) and S(b) must use one S (sketch-and-solve needs both): S [A, b] == [S A, S b]."""
     A = torch.randn(500, 4, dtype=torch.float64)
     for kind in SKETCHES:
-        S = make_sketch(kind, 500, 40, 3)
+        S = Sketch(kind, 500, 40, 3)
         torch.testing.assert_close(S(A)[:, 3:], S(A[:, 3:]), rtol=1e-12, atol=1e-12)
 
 
 def test_sketch_errors_name_the_problem():
     with pytest.raises(ValueError, match="unknown sketch"):
-        make_sketch("fourier", 10, 4)
+        Sketch("fourier", 10, 4)
     with pytest.raises(ValueError, match="applies to"):
-        make_sketch("gaussian", 10, 4)(torch.zeros(9, 2))
+        Sketch("gaussian", 10, 4)(torch.zeros(9, 2))
     with pytest.raises(ValueError, match="too many"):
-        make_sketch("srht", 10, 20)
+        Sketch("srht", 10, 20)
 
 
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
