@@ -17,9 +17,10 @@ pairs inside a chunk use the exact weights `w(q kᵀ) ⊙ tril` (a C × C block,
 chunks go through the state, which a loop over chunks reads (`φ_q(Q_c) [S|z]`) and then updates
 (`[S|z] += φ_k(K_c)ᵀ [V_c|1]`). The state and the C × D features of one chunk are the only large temporaries: the
 n × D features and the n × D × d_v states are never formed. The sweeps run over a few heads at a time
-(`head_groups`), so that a chunk's features stay in the core's cache between the feature map and its GEMM. The backward pass recomputes the states in a forward
-sweep and runs their adjoint in a reverse sweep, so training memory is O(n (d + d_v + C)) beyond the fixed
-D × (d_v + 1). Decoding is the same code from a stored state: one constant-size `[S|z]` per head.
+(`head_groups`), so that a chunk's features stay in the core's cache between the feature map and its GEMMs. The
+backward pass recomputes the states in a forward sweep and runs their adjoint in a reverse sweep, so training
+memory is O(n (d + d_v + C)) beyond the fixed D × (d_v + 1). Decoding is the same code from a stored state: one
+constant-size `[S|z]` per head.
 """
 
 from __future__ import annotations
