@@ -127,7 +127,7 @@ class Reference:
         self.problem, A64 = problem, A.double()
         self.norms_sq = (A64 * A64).sum(1)
         if problem == "exp_kernel":
-            self.half = 0.5 * self.norms_sq
+            self.half = log_jacobi(A64)
             self.all_evals, evecs = torch.linalg.eigh(gaussian_kernel(A64))
             self.floor = self.all_evals[-1] * A.shape[0] * UNIT_ROUNDOFF
             keep = self.all_evals > self.floor

@@ -16,7 +16,6 @@ with a ComparisonError: their val losses would not measure the same thing.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from data.config import MQAR
+from training.metrics import read_metrics
 
 WHERE_NOT_WHAT = ("prepared_dir",)  # data keys that say where the data lives, not what it is
 
@@ -92,10 +92,9 @@ def run_dirs(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_run(path: Path) -> Run:
     """A run directory's config and metrics. Where a resumed run logged a step twice, the last line wins."""
-    metrics_path = path / "metrics.jsonl"
-    if not metrics_path.is_file():
+    lines = read_metrics(path)
+    if not lines:
         raise ComparisonError(f"{path} has no metrics.jsonl yet; train it first")
-    lines = [json.loads(text) for text in metrics_path.read_text().splitlines() if text.strip()]
     run = Run(path, yaml.safe_load((path / "config.yaml").read_text()),
               _last_per_step(line for line in lines if "train_loss" in line),
               _last_per_step(line for line in lines if "val_loss" in line))

@@ -11,13 +11,22 @@ from typing import Any
 from training.config import LoggingConfig
 
 WANDB_ID_FILE = "wandb_id.txt"
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of <run>/metrics.jsonl in order (a resumed run may repeat steps); [] before the first."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class MetricsLog:
     """Appends one JSON object per call to <run>/metrics.jsonl and mirrors it to wandb when enabled."""
 
     def __init__(self, run_dir: Path, cfg: LoggingConfig, config: dict[str, Any]):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.wandb_run = _start_wandb(run_dir, cfg, config) if cfg.wandb != "off" else None
 
     def log(self, step: int, **metrics: Any) -> None:

@@ -5,13 +5,13 @@
 Run k of backend B is `train.py CONFIG <overrides> model.attention=B train.seed=k train.out_dir=<out>/B-seed<k>
 logging.wandb_group=<out's name> logging.wandb_tags=[B] train.resume=auto`: the same data, val windows and token
 budget for every run, an interrupted run continues from its last checkpoint, and a finished one (its last
-checkpoint, or for a kept run record its last evaluation, is at train.max_steps) is skipped. The wall time of a run is the `elapsed` of its metrics (seconds spent
-in training steps, carried across resumes), so a sweep writes nothing beyond the run directories.
+checkpoint, or for a kept run record its last evaluation, is at train.max_steps) is skipped. The wall time of a
+run is the `elapsed` of its metrics (seconds spent in training steps, carried across resumes), so a sweep writes
+nothing beyond the run directories.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -22,6 +22,7 @@ from model.attention import BACKENDS
 from training import checkpoint as ckpt
 from training.config import RunConfig, load_config
 from training.dataclass_parsing import ConfigError
+from training.metrics import read_metrics
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 SWEEP_KEYS = ("model.attention", "train.seed", "train.out_dir", "train.resume", "logging.wandb_group",
@@ -87,11 +88,7 @@ def is_finished(run: SweepRun) -> bool:
     latest = ckpt.latest_checkpoint(run.run_dir)
     if latest is not None:
         return ckpt.checkpoint_step(latest) >= run.config.train.max_steps
-    metrics = run.run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        return False
-    evals = [json.loads(line) for line in metrics.read_text().splitlines() if '"val_loss"' in line]
-    return any(line["step"] >= run.config.train.max_steps for line in evals)
+    return any("val_loss" in line and line["step"] >= run.config.train.max_steps for line in read_metrics(run.run_dir))
 
 
 class Launcher:
