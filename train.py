@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import signal
 import sys
 import time
 from contextlib import nullcontext, suppress
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -34,11 +32,13 @@ from model.sampling import Sampler
 from training import checkpoint as ckpt
 from training import runtime as rt
 from training.config import RunConfig, config_to_dict, load_config
-from training.dataclass_parsing import ConfigError
 from training.metrics import MetricsLog
 from training.optim import make_optimizer
+from training.resume import gather_rng, resume_path, start_state
 from training.run_data import RecallData, TextData, open_run_data
 from training.schedule import learning_rate
+from training.throughput import Throughput
+from typedconfig.parsing import ConfigError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,58 +78,23 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal = signum
 
-    def requested(self, runtime: rt.Runtime) -> bool:
-        """True on every rank as soon as any rank got a signal (so all ranks stop at the same step)."""
+    def requested(self, runtime: rt.Runtime, sync_point: bool) -> bool:
+        """True once this process got a signal; under torchrun the ranks agree (an all-reduce) only at sync points
+        (log steps, the last step), so every rank stops at the same step without a collective every step."""
         flag = self.signal is not None
         if runtime.distributed:
+            if not sync_point:
+                return False
             t = torch.tensor([float(flag)], device=runtime.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = bool(t.item())
         return flag
 
 
-def resolve_resume(cfg: RunConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to overwrite an existing run."""
-    existing = ckpt.latest_checkpoint(run_dir)
-    if cfg.train.resume == "never":
-        if existing is not None:
-            raise ConfigError(
-                f"{run_dir} already holds checkpoints ({existing.name}); pass --resume to continue it "
-                "or choose another train.out_dir"
-            )
-        return None
-    if cfg.train.resume == "auto":
-        return existing
-    return ckpt.find_checkpoint(cfg.train.resume)
-
-
-def check_resumable(cfg: RunConfig, saved: dict, sections: tuple[str, ...]) -> None:
-    """A checkpoint continues only the same model (and, unless it holds weights only, on the same data)."""
-    current, defaults = config_to_dict(cfg), config_to_dict(RunConfig())
-    for section in sections:
-        # keys a checkpoint predates count as their defaults
-        recorded = {**defaults[section], **saved[section]}
-        diff = [k for k in current[section] if current[section][k] != recorded[k]]
-        if diff:
-            raise ConfigError(
-                f"cannot resume: {section}.{diff[0]} is {current[section][diff[0]]!r} here but "
-                f"{recorded[diff[0]]!r} in the checkpoint; use the checkpoint's config"
-            )
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def say(message: str) -> None:
+    """One line of the run's log: stdout, printed above the progress bar (which alone goes to stderr)."""
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def evaluate(data: TextData | RecallData, model: torch.nn.Module) -> dict[str, float]:
@@ -137,6 +102,20 @@ def evaluate(data: TextData | RecallData, model: torch.nn.Module) -> dict[str, f
     scores = data.evaluate(model)
     model.train()
     return scores
+
+
+def evaluate_and_log(data: TextData | RecallData, model: torch.nn.Module, state: ckpt.TrainState,
+                     log: MetricsLog | None, log_line) -> float:
+    """Evaluate on the fixed val set, record it (metrics.jsonl, the run log, the best so far); the val loss."""
+    scores = evaluate(data, model)
+    val_loss = scores["val_loss"]
+    state.best_val_loss = min(state.best_val_loss, val_loss)
+    ppl = math.exp(min(val_loss, 50))
+    if log is not None:
+        log.log(state.step, **scores, val_ppl=ppl, tokens=state.tokens_seen, elapsed=state.elapsed,
+                val_windows=data.fingerprint)
+    log_line(f"step {state.step}: val loss {val_loss:.4f} (ppl {ppl:.2f})")
+    return val_loss
 
 
 def print_sample(model: GPT, cfg: RunConfig, runtime: rt.Runtime) -> None:
@@ -176,10 +155,10 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             f"train.grad_accum ({tc.grad_accum}) must be divisible by the number of processes ({runtime.world_size})"
         )
     accum = tc.grad_accum // runtime.world_size
-    resume_from = resolve_resume(cfg, run_dir)
+    log_line = say if runtime.is_main else (lambda message: None)
+    resume_from = resume_path(cfg, run_dir, log_line)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-
     data = open_run_data(cfg, runtime)  # prepares text data once (main process), checks the val set is usable
 
     torch.manual_seed(tc.seed)
@@ -187,33 +166,15 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     optimizer = make_optimizer(model, oc, runtime.device.type)
     # fp16 (GPUs without bf16) needs loss scaling; for bf16 and fp32 the scaler is a no-op
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
+    log_line(f"model: {model.num_params():,} parameters | attention {cfg.model.attention} | position "
+             f"{cfg.model.position} | {runtime.device} {str(runtime.dtype).removeprefix('torch.')} | "
+             f"{runtime.world_size} process(es)")
+    log_line(f"data: {data.description}")
+    state = start_state(cfg, runtime, resume_from, model, optimizer, scaler, log_line)
     resolved = config_to_dict(cfg)
-    step, tokens_seen, elapsed, best_val = 0, 0, 0.0, math.inf
-    state = ckpt.load_state(resume_from) if resume_from is not None else None
-    weights_only = state is not None and "optimizer" not in state  # scripts/import_gpt2.py: a start, not a pause
-    if state is not None:
-        check_resumable(cfg, ckpt.read_config(resume_from), ("model",) if weights_only else ("model", "data"))
-        ckpt.load_weights(resume_from, model)
-    if state is not None and not weights_only:
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["grad_scaler"])
-        step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed"]
-        best_val = state["best_val_loss"]
-        set_rng_state(state["rng"][min(runtime.rank, len(state["rng"]) - 1)])
-    else:
-        torch.manual_seed(tc.seed + runtime.rank)  # dropout streams differ per rank
-
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        print(f"model: {model.num_params():,} parameters | attention {cfg.model.attention} | "
-              f"position {cfg.model.position} | {runtime.device} {str(runtime.dtype).removeprefix('torch.')} | "
-              f"{runtime.world_size} process(es)", flush=True)
-        print(f"data: {data.description}", flush=True)
-        if weights_only:
-            print(f"starting from the weights of {resume_from} (fresh optimiser, schedule and data order)", flush=True)
-        elif resume_from is not None:
-            print(f"resuming from {resume_from} (step {step})", flush=True)
     log = MetricsLog(run_dir, cfg.logging, resolved) if runtime.is_main else None
 
     forward_model = torch.compile(model) if tc.compile else model  # evaluation uses it too
@@ -222,98 +183,68 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         train_model = DistributedDataParallel(forward_model, device_ids=device_ids)
 
-    tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
-    peak = rt.peak_flops(runtime.device, runtime.dtype) if runtime.is_main else float("nan")
-    flops_per_token = model.flops_per_token(cfg.data.block_size)
-    stop = StopRequest()
-    decay_steps = oc.decay_steps if oc.decay_steps is not None else tc.max_steps
-
-    def save(at_step: int) -> None:
+    def save() -> None:
         """Checkpoint on the main process; every rank takes part (its RNG state is gathered)."""
-        rng_states = gather_rng()
+        state.optimizer, state.grad_scaler, state.rng = optimizer.state_dict(), scaler.state_dict(), gather_rng(runtime)
         if runtime.is_main:
-            state = {
-                "step": at_step, "optimizer": optimizer.state_dict(), "grad_scaler": scaler.state_dict(),
-                "tokens_seen": tokens_seen,
-                "elapsed": elapsed, "best_val_loss": best_val, "rng": rng_states,
-                "data": {"seed": tc.seed, "next_micro_batch": at_step * tc.grad_accum},
-            }
-            path = ckpt.save_checkpoint(run_dir, at_step, model, state, resolved, tc.keep_checkpoints)
-            tqdm.write(f"saved {path}", file=sys.stderr)
+            log_line(f"saved {ckpt.save_checkpoint(run_dir, model, state, resolved, tc.keep_checkpoints)}")
         rt.barrier(runtime)
 
-    def gather_rng() -> list:
-        if not runtime.distributed:
-            return [rng_state()]
-        states: list = [None] * runtime.world_size
-        dist.all_gather_object(states, rng_state())
-        return states
-
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not (runtime.is_main and cfg.logging.progress),
+    tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
+    meter = Throughput(model.flops_per_token(cfg.data.block_size),
+                       rt.peak_flops(runtime.device, runtime.dtype) if runtime.is_main else float("nan"))
+    stop = StopRequest()
+    bar = tqdm(total=tc.max_steps, initial=state.step, disable=not (runtime.is_main and cfg.logging.progress),
                dynamic_ncols=True, file=sys.stderr)
-    window_loss, window_tokens, window_time = 0.0, 0, 0.0
-    val_loss = float("nan")
-    interrupted = False
+    val_loss, interrupted = float("nan"), False
     model.train()
-    while step < tc.max_steps:
+    while state.step < tc.max_steps:
         t0 = time.perf_counter()
-        lr = learning_rate(step, lr=oc.lr, min_lr=oc.min_lr, warmup_steps=oc.warmup_steps, decay_steps=decay_steps)
+        lr = learning_rate(state.step - state.schedule_start, lr=oc.lr, min_lr=oc.min_lr,
+                           warmup_steps=oc.warmup_steps, decay_steps=state.schedule_end - state.schedule_start)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=runtime.device)  # summed on the device: no host sync per micro-batch
         for micro in range(accum):
-            index = (step * accum + micro) * runtime.world_size + runtime.rank  # global micro-batch index
+            index = (state.step * accum + micro) * runtime.world_size + runtime.rank  # global micro-batch index
             x, y = (t.to(runtime.device, non_blocking=True) for t in data.batch(index))
             sync = nullcontext() if (not runtime.distributed or micro == accum - 1) else train_model.no_sync()
             with sync, runtime.autocast():
                 _, loss = train_model(x, y)
             scaler.scale(loss / accum).backward()
-            step_loss += loss.item() / accum
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(f"loss is {step_loss} at step {step}; lower optim.lr or use train.dtype=float32")
+            step_loss += loss.detach() / accum
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip or float("inf")).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip or float("inf"))
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
+        state.step += 1
         dt = time.perf_counter() - t0
-        elapsed += dt
-        tokens_seen += tokens_per_step
-        window_loss, window_tokens, window_time = window_loss + step_loss, window_tokens + tokens_per_step, \
-            window_time + dt
-
-        if step % tc.log_interval == 0 or step == tc.max_steps:
-            loss_avg = window_loss / (window_tokens / tokens_per_step)
-            if runtime.distributed:
-                t = torch.tensor([loss_avg], device=runtime.device)
-                dist.all_reduce(t)
-                loss_avg = t.item() / runtime.world_size
-            tok_s = window_tokens / window_time
-            mfu = flops_per_token * tok_s / peak
-            if log is not None:
-                log.log(step, train_loss=loss_avg, lr=lr, grad_norm=grad_norm, tokens=tokens_seen, tokens_per_s=tok_s,
-                        mfu=mfu, elapsed=elapsed, peak_mem_mb=rt.peak_memory_mb(runtime.device))
-            bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%", refresh=False)
-            window_loss, window_tokens, window_time = 0.0, 0, 0.0
+        state.elapsed += dt
+        state.tokens_seen += tokens_per_step
+        meter.add(step_loss, tokens_per_step, dt)
         bar.update(1)
 
-        is_eval = step % tc.eval_interval == 0 or step == tc.max_steps
-        if is_eval:
-            scores = evaluate(data, forward_model)
-            val_loss = scores["val_loss"]
-            best_val = min(best_val, val_loss)
+        is_log = state.step % tc.log_interval == 0 or state.step == tc.max_steps
+        if is_log:
+            window = meter.read(runtime)  # the one host sync of the window: loss and grad norm come back here
+            if not math.isfinite(window["train_loss"]):
+                raise FloatingPointError(f"loss is {window['train_loss']} by step {state.step}; "
+                                         "lower optim.lr or use train.dtype=float32")
             if log is not None:
-                log.log(step, **scores, val_ppl=math.exp(min(val_loss, 50)), tokens=tokens_seen, elapsed=elapsed,
-                        val_windows=data.fingerprint)
-            if runtime.is_main:
-                tqdm.write(f"step {step}: val loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.2f})",
-                           file=sys.stderr)
-        interrupted = stop.requested(runtime)
-        if step == tc.max_steps or interrupted or is_eval and tc.ckpt_interval == 0 or (
-            tc.ckpt_interval and step % tc.ckpt_interval == 0
+                log.log(state.step, **window, lr=lr, grad_norm=grad_norm.item(), tokens=state.tokens_seen,
+                        elapsed=state.elapsed, peak_mem_mb=rt.peak_memory_mb(runtime.device))
+            bar.set_postfix(loss=f"{window['train_loss']:.3f}", tok_s=f"{window['tokens_per_s']:,.0f}",
+                            mfu=f"{100 * window['mfu']:.1f}%", refresh=False)
+
+        is_eval = state.step % tc.eval_interval == 0 or state.step == tc.max_steps
+        if is_eval:
+            val_loss = evaluate_and_log(data, forward_model, state, log, log_line)
+        interrupted = stop.requested(runtime, sync_point=is_log)
+        if state.step == tc.max_steps or interrupted or (is_eval and tc.ckpt_interval == 0) or (
+            tc.ckpt_interval and state.step % tc.ckpt_interval == 0
         ):
-            save(step)
+            save()
         if interrupted:
             break
     bar.close()
@@ -325,9 +256,10 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     if log is not None:
         log.close()
     if interrupted:
-        print(f"interrupted at step {step}; checkpoint saved, continue with --resume", file=sys.stderr, flush=True)
+        log_line(f"interrupted at step {state.step}; checkpoint saved, continue with --resume")
         raise SystemExit(128 + stop.signal if stop.signal else 1)
-    return {"val_loss": val_loss, "best_val_loss": best_val, "step": step, "tokens": tokens_seen}
+    return {"val_loss": val_loss, "best_val_loss": state.best_val_loss, "step": state.step,
+            "tokens": state.tokens_seen}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = train(cfg, runtime)
-    except (ConfigError, ckpt.CheckpointError, DataError) as exc:
+    except (ConfigError, DataError, OSError) as exc:  # CheckpointError is an OSError; all name the file and the fix
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from model.attention import BACKENDS, get_backend
+from model.attention import BACKENDS, get_backend, option_types
+from typedconfig.parsing import coerce
 
 PositionEncoding = Literal["learned", "rope", "none"]
 
@@ -18,7 +19,7 @@ class ModelConfig:
     n_head: int = 12  # attention heads per block
     n_embd: int = 768  # residual stream width; head size is n_embd / n_head
     attention: str = "softmax"  # attention backend, a name from model.attention.BACKENDS
-    attention_options: dict[str, float] = field(default_factory=dict)  # the backend's hyperparameters
+    attention_options: dict[str, Any] = field(default_factory=dict)  # the backend's hyperparameters, by name
     position: PositionEncoding = "learned"  # learned (GPT-2), rope (rotary, can decode past n_positions), none
     rope_base: float = 10000.0  # rotary base frequency (position = rope only)
     dropout: float = 0.0  # dropout on embeddings and residual branches (0 for pre-training)
@@ -36,6 +37,13 @@ class ModelConfig:
             )
         if self.attention not in BACKENDS:
             raise ValueError(f"model.attention: unknown backend {self.attention!r} (allowed: {', '.join(BACKENDS)})")
+        # YAML, the command line and JSON give numbers as they are written (4096.0, "4096"): each option takes the
+        # type its backend field declares, so crossover=4096.0 is the int 4096 and crossover=1.5 stays an error
+        types = option_types(self.attention)
+        self.attention_options = {
+            name: coerce(types[name], value, f"model.attention_options.{name}") if name in types else value
+            for name, value in self.attention_options.items()
+        }
         try:
             get_backend(self.attention, **self.attention_options)
         except (TypeError, ValueError) as exc:

@@ -18,7 +18,6 @@ long as the model section of the config matches (the checkpoint's config.json ho
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from data.config import DataConfig
 from model.attention import BACKENDS
 from model.config import ModelConfig
 from model.gpt import GPT
-from training.checkpoint import latest_checkpoint, save_checkpoint
+from training.checkpoint import TrainState, latest_checkpoint, save_checkpoint
 from training.config import RunConfig, TrainConfig, config_to_dict
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -40,7 +39,7 @@ class GPT2ImportError(ValueError):
     """A GPT-2 checkpoint this model cannot represent, or an unusable --from/--out."""
 
 
-def model_config(hf: GPT2Config, attention: str, attention_options: dict[str, float]) -> ModelConfig:
+def model_config(hf: GPT2Config, attention: str, attention_options: dict[str, str]) -> ModelConfig:
     """Our config for the GPT-2 architecture `hf` with another attention backend; refuses what we cannot express."""
     unsupported = {
         "activation_function": hf.activation_function not in GELU_TANH,
@@ -73,7 +72,7 @@ def converted_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.T
     return state
 
 
-def import_gpt2(source: Path, attention: str, attention_options: dict[str, float], seed: int) -> GPT:
+def import_gpt2(source: Path, attention: str, attention_options: dict[str, str], seed: int) -> GPT:
     """Our model with the GPT-2 weights at `source` (see the module docstring)."""
     if not (source / "config.json").is_file():
         raise GPT2ImportError(f"{source} holds no config.json; pass a folder written by GPT2LMHeadModel.save_pretrained")
@@ -97,18 +96,18 @@ def write_run(model: GPT, out: Path, source: Path) -> Path:
         raise GPT2ImportError(f"{out} already holds checkpoints; choose another --out")
     data = DataConfig(block_size=model.config.n_positions)  # a placeholder: a weights-only resume takes the run's data
     cfg = RunConfig(model=model.config, data=data, train=TrainConfig(out_dir=str(out)))
-    state = {"step": 0, "tokens_seen": 0, "elapsed": 0.0, "best_val_loss": math.inf, "imported_from": str(source)}
-    return save_checkpoint(out, 0, model, state, config_to_dict(cfg), keep=1)
+    state = TrainState(kind="weights_only", source=str(source))
+    return save_checkpoint(out, model, state, config_to_dict(cfg), keep=1)
 
 
-def parse_options(items: list[str]) -> dict[str, float]:
+def parse_options(items: list[str]) -> dict[str, str]:
+    """NAME=VALUE pairs as strings; ModelConfig converts each to the type its backend declares."""
     options = {}
     for item in items:
-        key, _, value = item.partition("=")
-        try:
-            options[key] = float(value)
-        except ValueError:  # no '=' leaves value empty
-            raise GPT2ImportError(f"--attention-option {item!r}: expected NAME=NUMBER, e.g. crossover=4096") from None
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise GPT2ImportError(f"--attention-option {item!r}: expected NAME=VALUE, e.g. crossover=4096")
+        options[key] = value
     return options
 
 

@@ -17,7 +17,7 @@ import torch
 from data.config import DataConfig
 from model.config import ModelConfig
 from model.gpt import GPT
-from training.checkpoint import save_checkpoint
+from training.checkpoint import TrainState, save_checkpoint
 from training.config import RunConfig, config_to_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,7 +37,7 @@ def write_checkpoint(run_dir: Path, **model) -> Path:
     cfg = RunConfig(model=ModelConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 32, **model}),
                     data=DataConfig(block_size=32))
     torch.manual_seed(0)
-    save_checkpoint(run_dir, 1, GPT(cfg.model), {}, config_to_dict(cfg), keep=1)
+    save_checkpoint(run_dir, GPT(cfg.model), TrainState(step=1), config_to_dict(cfg), keep=1)
     return run_dir
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -95,9 +96,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, prepared_dir):
     while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "checkpoint saved" in err
+    assert "checkpoint saved" in out
     step = json.loads((tmp_path / "checkpoints" / "latest").parent.joinpath(
         (tmp_path / "checkpoints" / "latest").read_text(), "config.json").read_text())["train"]["max_steps"]
     assert step == 100000
@@ -106,6 +107,91 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, prepared_dir):
     result = run_cli([*args[:-3], f"train.max_steps={saved_step + 2}", "--resume"])
     assert result.returncode == 0, result.stderr
     assert metrics(tmp_path, "train_loss")[-1][0] == saved_step + 2
+
+
+def test_the_run_log_is_one_stream(tmp_path, prepared_dir):
+    """Everything the run reports goes to stdout, so `train.py ... > log` keeps the evaluation history."""
+    result = run_cli(tiny_args(tmp_path, prepared_dir, "train.max_steps=4", "train.eval_interval=2"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("model: ") and lines[1].startswith("data: ")
+    assert [line.split(":")[0] for line in lines if line.startswith("step ")] == ["step 2", "step 4"]
+    assert sum(line.startswith("saved ") for line in lines) == 2 and "final val loss" in lines[-1]
+    assert result.stderr == ""
+
+
+@pytest.mark.slow
+def test_kill_9_loses_only_the_steps_since_the_last_checkpoint(tmp_path, prepared_dir):
+    """SIGKILL (no handler runs) at a random moment after the second checkpoint: the resumed run finishes exactly as
+    an uninterrupted one."""
+    common = ["train.max_steps=40", "optim.decay_steps=40", "train.ckpt_interval=2", "train.keep_checkpoints=3",
+              "train.log_interval=1", "train.eval_interval=40"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "train.py", *tiny_args(killed, prepared_dir, *common)], cwd=ROOT,
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step_000004").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # land anywhere: mid-step, mid-save or between
+    proc.kill()
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert run_cli(tiny_args(killed, prepared_dir, *common, "--resume")).returncode == 0
+    straight = run_cli(tiny_args(tmp_path / "straight", prepared_dir, *common))
+    assert straight.returncode == 0, straight.stderr
+    assert metrics(killed, "val_loss")[-1] == metrics(tmp_path / "straight", "val_loss")[-1]
+
+
+@pytest.mark.slow
+def test_auto_resume_skips_a_damaged_checkpoint_and_finishes_as_an_uninterrupted_run(tmp_path, prepared_dir):
+    common = ["train.max_steps=8", "optim.decay_steps=8", "train.ckpt_interval=2", "train.keep_checkpoints=3",
+              "train.eval_interval=8", "model.dropout=0.1"]
+    run = tmp_path / "damaged"
+    assert train.main(tiny_args(run, prepared_dir, *common, "train.max_steps=6")) == 0
+    newest = run / "checkpoints" / "step_000006" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk or a bad copy
+    resumed = run_cli(tiny_args(run, prepared_dir, *common, "train.resume=auto"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "warning: skipping step_000006" in resumed.stdout and "model.safetensors" in resumed.stdout
+    assert "resuming from " in resumed.stdout and "step_000004 (step 4)" in resumed.stdout
+    assert train.main(tiny_args(tmp_path / "straight", prepared_dir, *common)) == 0
+    assert metrics(run, "val_loss")[-1] == metrics(tmp_path / "straight", "val_loss")[-1]
+    assert metrics(run, "train_loss")[-1] == metrics(tmp_path / "straight", "train_loss")[-1]
+
+
+def test_an_explicit_damaged_checkpoint_stops_with_one_line(tmp_path, prepared_dir):
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2")) == 0
+    ckpt_dir = tmp_path / "checkpoints" / "step_000002"
+    (ckpt_dir / "state.pt").write_bytes(b"garbage")
+    result = run_cli(tiny_args(tmp_path, prepared_dir, "train.max_steps=4", f"--resume={ckpt_dir}"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "state.pt fails its checksum" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resuming_a_finished_run_says_nothing_was_trained(tmp_path, prepared_dir):
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=4")) == 0
+    result = run_cli(tiny_args(tmp_path, prepared_dir, "train.max_steps=2", "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert "nothing to train: the checkpoint is at step 4 and train.max_steps=2" in result.stdout
+
+
+@pytest.mark.parametrize("on_extend", ["continue", "restart"])
+def test_extending_a_finished_run_follows_optim_on_extend(tmp_path, prepared_dir, on_extend):
+    """The tiny config warms up over 2 steps to 3e-3 and decays to 3e-4; extending from 6 to 10 steps either stays
+    at min_lr (the schedule ended at 6) or warm-restarts at step 6."""
+    args = tiny_args(tmp_path, prepared_dir, "train.log_interval=1")
+    assert train.main([*args, "train.max_steps=6"]) == 0
+    result = run_cli([*args, "train.max_steps=10", f"optim.on_extend={on_extend}", "--resume"])
+    assert result.returncode == 0, result.stderr
+    lrs = dict(metrics(tmp_path, "lr"))
+    if on_extend == "continue":
+        assert "continues (optim.on_extend=continue" in result.stdout
+        assert [lrs[s] for s in (7, 8, 9, 10)] == [3e-4] * 4
+    else:
+        assert "warm restart of the learning rate at step 6" in result.stdout
+        assert lrs[7] == pytest.approx(1.5e-3) and lrs[8] == pytest.approx(3e-3)  # warm-up steps 0, 1 of 2
+        assert lrs[10] == pytest.approx(3e-4 + 0.5 * 2.7e-3 * (1 + math.cos(math.pi * 0.5)))
 
 
 @pytest.mark.slow

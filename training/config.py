@@ -14,7 +14,7 @@ import yaml
 
 from data.config import MQAR, DataConfig
 from model.config import ModelConfig
-from training.dataclass_parsing import ConfigError, from_dict, to_dict
+from typedconfig.parsing import ConfigError, from_dict, to_dict
 
 
 @dataclass
@@ -28,6 +28,9 @@ class OptimConfig:
     beta2: float = 0.95  # AdamW second-moment decay
     eps: float = 1e-8  # AdamW denominator epsilon
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
+    # a resumed run whose train.max_steps differs from its schedule's end: continue that schedule (min_lr after
+    # its end) or restart (warm-up + cosine from the resume step to the new max_steps)
+    on_extend: Literal["continue", "restart"] = "continue"
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:

@@ -6,6 +6,7 @@ Adding a backend means one new module and one line in `_REGISTRY`; the model nev
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from model.attention.base import AttentionBackend
 from model.attention.expressive import ExpressiveAttention, ExpressiveSquaredAttention
@@ -39,4 +40,12 @@ def get_backend(name: str, **options) -> AttentionBackend:
     return cls(**options)
 
 
-__all__ = ["AttentionBackend", "BACKENDS", "get_backend"]
+def option_types(name: str) -> dict[str, typing.Any]:
+    """The declared type of each hyperparameter of backend `name` (its dataclass fields), e.g. {'crossover': int}."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown attention backend {name!r} (allowed: {', '.join(BACKENDS)})")
+    hints = typing.get_type_hints(_REGISTRY[name])
+    return {f.name: hints[f.name] for f in dataclasses.fields(_REGISTRY[name])}
+
+
+__all__ = ["AttentionBackend", "BACKENDS", "get_backend", "option_types"]

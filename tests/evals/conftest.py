@@ -10,7 +10,7 @@ import torch
 from data.config import DataConfig
 from model.config import ModelConfig
 from model.gpt import GPT
-from training.checkpoint import save_checkpoint
+from training.checkpoint import TrainState, save_checkpoint
 from training.config import RunConfig, config_to_dict
 
 
@@ -22,7 +22,7 @@ def write_checkpoint(run_dir: Path, data: DataConfig, **model) -> Path:
     gpt = GPT(cfg.model)
     for block in gpt.transformer.h:
         torch.nn.init.normal_(block.attn.c_attn.weight, std=0.2)  # q·k of order 1 rather than 1e-2
-    save_checkpoint(run_dir, 7, gpt, {}, config_to_dict(cfg), keep=1)
+    save_checkpoint(run_dir, gpt, TrainState(step=7), config_to_dict(cfg), keep=1)
     return run_dir
 
 

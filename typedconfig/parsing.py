@@ -36,6 +36,8 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def coerce(tp: Any, value: Any, key: str) -> Any:
     """`value` converted to type `tp` (accepting numeric strings such as '3e-4' for numbers), or a ConfigError."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:  # checked later by whoever declares the real type (e.g. a backend's option fields)
+        return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, {} if value is None else value, f"{key}.")
     if origin in (Union, types.UnionType):

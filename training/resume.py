@@ -1,0 +1,131 @@
+"""Where a run starts: fresh, from a checkpoint it continues, or from weights it starts over with; and which
+learning-rate schedule it follows from there.
+
+A continued run restores everything in its TrainState (optimiser, RNG streams, counters, schedule), so an interrupted
+run resumed finishes exactly as an uninterrupted one. A resumed run whose train.max_steps differs from the end of
+the schedule it started with either continues that schedule (min_lr after its end: nanoGPT's behaviour, the default)
+or, with optim.on_extend=restart, warm-restarts it from the resume step to the new max_steps.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from training import checkpoint as ckpt
+from training import runtime as rt
+from training.config import RunConfig, config_to_dict
+from typedconfig.parsing import ConfigError
+
+
+def capture_rng() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng(runtime: rt.Runtime) -> list[dict]:
+    """Every rank's RNG state, in rank order (collective: all ranks call it)."""
+    if not runtime.distributed:
+        return [capture_rng()]
+    states: list = [None] * runtime.world_size
+    dist.all_gather_object(states, capture_rng())
+    return states
+
+
+def resume_path(cfg: RunConfig, run_dir: Path, say: Callable[[str], None]) -> Path | None:
+    """The verified checkpoint to start from, or None for a fresh run; refuses to overwrite an existing run.
+    Damaged checkpoints of the run directory are skipped with a warning through `say`."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"train.out_dir={run_dir} is an existing file, not a directory; choose another out_dir")
+    if cfg.train.resume == "never":
+        existing = ckpt.latest_checkpoint(run_dir)
+        if existing is not None:
+            raise ConfigError(
+                f"{run_dir} already holds checkpoints ({existing.name}); pass --resume to continue it "
+                "or choose another train.out_dir"
+            )
+        return None
+    if cfg.train.resume == "auto":
+        if ckpt.latest_checkpoint(run_dir) is None:
+            return None
+        return ckpt.find_checkpoint(run_dir, on_skip=lambda message: say(f"warning: {message}"))
+    return ckpt.find_checkpoint(cfg.train.resume)  # named explicitly: a run directory skips, a checkpoint must verify
+
+
+def check_resumable(cfg: RunConfig, saved: dict, sections: tuple[str, ...]) -> None:
+    """A checkpoint continues only the same model (and, unless it holds weights only, on the same data)."""
+    current, defaults = config_to_dict(cfg), config_to_dict(RunConfig())
+    for section in sections:
+        recorded = {**defaults[section], **saved.get(section, {})}  # keys a checkpoint predates count as defaults
+        diff = [k for k in current[section] if current[section][k] != recorded[k]]
+        if diff:
+            raise ConfigError(
+                f"cannot resume: {section}.{diff[0]} is {current[section][diff[0]]!r} here but "
+                f"{recorded[diff[0]]!r} in the checkpoint; use the checkpoint's config"
+            )
+
+
+def schedule(cfg: RunConfig, saved: ckpt.TrainState | None) -> tuple[int, int, str | None]:
+    """(start, end, message): the schedule warms up from step `start` and decays to min_lr at step `end`; `message`
+    says what a resume did to it when that is not simply "the same schedule continues"."""
+    oc, max_steps = cfg.optim, cfg.train.max_steps
+    end = oc.decay_steps if oc.decay_steps is not None else max_steps
+    if saved is None:
+        return 0, end, None
+    if oc.decay_steps is not None or saved.schedule_end == max_steps:
+        return saved.schedule_start, end, None
+    if oc.on_extend == "restart" and max_steps > saved.step:
+        return saved.step, max_steps, (
+            f"optim.on_extend=restart: warm restart of the learning rate at step {saved.step}: "
+            f"{oc.warmup_steps} warm-up steps to {oc.lr:g}, cosine to {oc.min_lr:g} at step {max_steps}"
+        )
+    return saved.schedule_start, saved.schedule_end, (
+        f"train.max_steps={max_steps} but the run's schedule ends at step {saved.schedule_end}: it continues "
+        f"(optim.on_extend=continue; min_lr {oc.min_lr:g} after step {saved.schedule_end}); "
+        "set optim.on_extend=restart to warm-restart it, or optim.decay_steps to choose the end"
+    )
+
+
+def start_state(cfg: RunConfig, runtime: rt.Runtime, path: Path | None, model: torch.nn.Module,
+                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                say: Callable[[str], None]) -> ckpt.TrainState:
+    """The state the loop starts from, with `model`, `optimizer`, `scaler` and the RNG streams restored from the
+    checkpoint at `path` (None: fresh). Announces what it did through `say`."""
+    saved = ckpt.load_train_state(path) if path is not None else None
+    if saved is None or saved.kind == "weights_only":
+        if saved is not None:
+            check_resumable(cfg, ckpt.read_config(path), ("model",))
+            ckpt.load_weights(path, model)
+            say(f"starting from the weights of {path} (fresh optimiser, schedule and data order)")
+        torch.manual_seed(cfg.train.seed + runtime.rank)  # dropout streams differ per rank
+        start, end, _ = schedule(cfg, None)
+        return ckpt.TrainState(schedule_start=start, schedule_end=end)
+    check_resumable(cfg, ckpt.read_config(path), ("model", "data"))
+    ckpt.load_weights(path, model)
+    optimizer.load_state_dict(saved.optimizer)
+    scaler.load_state_dict(saved.grad_scaler)
+    restore_rng(saved.rng[min(runtime.rank, len(saved.rng) - 1)])
+    say(f"resuming from {path} (step {saved.step})")
+    if saved.step >= cfg.train.max_steps:
+        say(f"nothing to train: the checkpoint is at step {saved.step} and train.max_steps={cfg.train.max_steps}; "
+            "raise train.max_steps to train further")
+    start, end, message = schedule(cfg, saved)
+    if message and saved.step < cfg.train.max_steps:
+        say(message)
+    saved.schedule_start, saved.schedule_end = start, end
+    return saved

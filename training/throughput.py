@@ -1,0 +1,36 @@
+"""The training loss and speed of the steps since the last log line, kept on the device between log lines."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from training import runtime as rt
+
+
+class Throughput:
+    """Sums step losses as a device tensor (no host sync per step), tokens and seconds; `read` syncs once."""
+
+    def __init__(self, flops_per_token: float, peak_flops: float):
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum: torch.Tensor | float = 0.0
+        self.steps, self.tokens, self.seconds = 0, 0, 0.0
+
+    def add(self, step_loss: torch.Tensor, tokens: int, seconds: float) -> None:
+        self.loss_sum = self.loss_sum + step_loss
+        self.steps, self.tokens, self.seconds = self.steps + 1, self.tokens + tokens, self.seconds + seconds
+
+    def read(self, runtime: rt.Runtime) -> dict[str, float]:
+        """Mean train loss (over ranks too), tokens/s and MFU of the window; starts a new window."""
+        loss = torch.as_tensor(self.loss_sum, dtype=torch.float32, device=runtime.device) / self.steps
+        if runtime.distributed:
+            dist.all_reduce(loss)
+            loss /= runtime.world_size
+        tokens_per_s = self.tokens / self.seconds
+        window = {"train_loss": loss.item(), "tokens_per_s": tokens_per_s,
+                  "mfu": self.flops_per_token * tokens_per_s / self.peak_flops}
+        self._reset()
+        return window
