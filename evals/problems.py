@@ -8,8 +8,10 @@ exp(A Aᵀ) is never formed as such: exp(A Aᵀ) = D K_G D with D = diag(exp(||a
 Gaussian kernel exp(-||a_i - a_j||² / 2), whose entries lie in [0, 1] whatever the row norms. Its entries overflow
 float64 once ||a_i||² > 709.78, and cond(exp(A Aᵀ)) >= exp(max ||a_i||² - min ||a_i||²).
 
-Float64 cannot resolve every instance: relres floors at ~u·κ(M) (u = 1.1e-16). `feasibility` gates an instance on
-eps >= 100 u κ(M) and labels the rest "beyond float64" instead of scoring them (../shared/docs/solvers.md).
+The paper asks for relative accuracy eps: ||M x - b|| <= eps ||b|| for (a) and (c), and the analogue ||M (x - x*)||
+<= eps ||b|| for (b), whose residual cannot go below OPT. A backward-stable float64 solve can miss it where eps is
+near u·κ(M) (u = 1.1e-16): `feasibility` gates an instance on eps >= 100 u κ(M) and labels the rest "beyond float64"
+instead of scoring them.
 """
 
 from __future__ import annotations

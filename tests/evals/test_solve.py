@@ -198,3 +198,41 @@ def test_large_matrices_take_the_one_pass_gram_product():
     y_qr, _ = least_squares(A, b, method="qr")
     assert float(torch.linalg.vector_norm(A @ (y - y_qr)) / torch.linalg.vector_norm(b)) < 1e-9
     assert info.passes < 2 * info.iterations["ls"]
+
+
+# ----------------------------------------------------------------------------------------------------- registry
+
+def _small_instance(problem):
+    if problem == "exp_kernel":
+        return syn.exp_rows(120, 16, 0.3, 1.0, seed=0), syn.rhs(120, 1)
+    return _instance(problem, kappa=10.0, n=300, d=12)
+
+
+@pytest.mark.parametrize("problem, method", [(p, m) for p in P.PROBLEMS for m in METHODS[p]])
+def test_every_registered_method_is_reachable_through_solve(problem, method):
+    A, b = _small_instance(problem)
+    x, info = solve(problem, A, b, method=method, eps=1e-6, maxiter=3000)
+    assert info.method == method and info.converged and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("method", LEAST_SQUARES_METHODS)
+def test_every_least_squares_method_is_reachable(method):
+    A, b = _small_instance("a_gram_power")
+    y, info = least_squares(A, b, method=method)
+    assert info.method == method and info.converged and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("problem", P.PROBLEMS)
+def test_an_unknown_method_is_a_one_line_error_naming_the_allowed_ones(problem):
+    A, b = _small_instance(problem)
+    with pytest.raises(P.SolverError) as error:
+        solve(problem, A, b, method="newton")
+    message = str(error.value)
+    assert "\n" not in message and "'newton'" in message
+    assert message.endswith(f"(allowed: {', '.join(METHODS[problem])})")
+
+
+def test_an_unknown_least_squares_method_is_a_one_line_error_naming_the_allowed_ones():
+    with pytest.raises(P.SolverError, match=rf"^least_squares has no method 'newton' \(allowed: "
+                                            rf"{', '.join(LEAST_SQUARES_METHODS)}\)$"):
+        least_squares(*_small_instance("a_gram_power"), method="newton")

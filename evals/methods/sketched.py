@@ -1,0 +1,130 @@
+"""Sketch-preconditioned methods for (a), (b) and least squares (Song, Yin & Zhang, arXiv 2308.14304): a
+subspace embedding S (k x n, evals/sketch.py) and R = qr(SA).R make B = A R^-1 well conditioned
+(cond(B) <= (1 + e0) / (1 - e0)), so the iterations do not depend on κ(A). Every level and stage shares one S and
+one R; the iteration on BᵀB z = R^-T c is the subclass's (CG here, the paper's gradient descent in sketch_gd.py).
+
+    sketch_pcg     CG on the preconditioned normal equations, warm-started at sketch-and-solve; for (b)'s
+                   least-squares stage BᵀB z = Bᵀb, whose product reads A once
+    sketch_lsqr    (b) LSQR on B warm-started at sketch-and-solve (two reads of A per iteration), then CG per level
+    sketch_cholqr  sketched Cholesky-QR: R_s = qr(SA).R, R = chol((A R_s^-1)ᵀ(A R_s^-1)) R_s, an exact factor with
+                   QR's accuracy from BLAS-3 alone
+"""
+
+from __future__ import annotations
+
+import torch
+
+from evals import problems as P
+from evals.krylov import KrylovResult, cg, lsqr
+from evals.methods.base import SolveInfo, SolveOptions
+from evals.methods.gram import IterativeMethod, TriangularFactor, relative_tolerance
+from evals.methods.operators import UpperTriangular, cholesky_upper
+from evals.sketch import SKETCHES, Sketch
+
+
+def sketch_factor(A: torch.Tensor, info: SolveInfo, options: SolveOptions) -> tuple[Sketch, torch.Tensor, torch.Tensor]:
+    """S (options.sketch with options.sketch_rows rows, 4d by default) and the QR factors (Q_s, R_s) of SA."""
+    n, d = A.shape
+    if options.sketch not in SKETCHES:
+        raise P.SolverError(f"unknown sketch {options.sketch!r} (allowed: {', '.join(SKETCHES)})")
+    k = options.sketch_rows or 4 * d
+    if not d <= k:
+        raise P.SolverError(f"sketch_rows must be >= d = {d} for R = qr(SA).R to be invertible, got {k}")
+    info.sketch, info.sketch_rows = options.sketch, k
+    S = Sketch(options.sketch, n, k, options.seed)
+    with info.timed("sketch"):
+        SA = S(A)
+    info.passes += 1
+    with info.timed("factor"):
+        Q_s, R_s = torch.linalg.qr(SA)
+    return S, Q_s, R_s
+
+
+class SketchPreconditioned(IterativeMethod):
+    """Base class: the sketch preconditioner R and the products with B = A R^-1 (never formed); subclasses give
+    `normal_solve`, the iteration on BᵀB z = rhs."""
+
+    def __init__(self, A: torch.Tensor, info: SolveInfo, options: SolveOptions) -> None:
+        super().__init__(A, info, options)
+        self.S, self.Q_s, R_s = sketch_factor(A, info, options)
+        self.R = UpperTriangular(R_s)
+
+    def sigma_max(self) -> float:
+        """||R||_2: ||A||_2 within the embedding's distortion."""
+        return self.R.norm()
+
+    def kappa_precond(self) -> float | None:
+        s = torch.linalg.svdvals(self.R.right_solve(self.A))
+        return float(s[0] / s[-1])
+
+    def B(self, z: torch.Tensor) -> torch.Tensor:
+        return self.op.matvec(self.R.solve(z))
+
+    def Bt(self, u: torch.Tensor) -> torch.Tensor:
+        return self.R.solve_t(self.op.rmatvec(u))
+
+    def BtB(self, z: torch.Tensor) -> torch.Tensor:
+        return self.R.solve_t(self.op.gram(self.R.solve(z)))
+
+    def normal_solve(self, rhs: torch.Tensor, x0: torch.Tensor, target: float) -> KrylovResult:
+        """z ~ BᵀB^-1 rhs from x0, until ||rhs - BᵀB z|| <= target."""
+        raise NotImplementedError
+
+    def least_squares(self, b: torch.Tensor, tol: float) -> torch.Tensor:
+        with self.info.timed("iterate"):
+            z0 = self.Q_s.T @ self.S(b[:, None])[:, 0]  # sketch-and-solve: argmin ||S A y - S b|| = R^-1 Q_sᵀ S b
+            self.info.passes += 1
+            y = self.R.solve(self.preconditioned_ls(b, z0, tol, "ls"))
+            # Iterative refinement (sketch-and-precondition with iterative refinement, Epperly, Meier & Nakatsukasa,
+            # arXiv 2311.04362): preconditioned LSQR alone leaves a forward error up to ~u·κ(A)² in y; re-solving for
+            # the correction from the residual computed in y, from zero, brings it towards Householder QR's.
+            for step in range(1, self.options.refine + 1):
+                r = b - self.op.matvec(y)
+                # from zero, the correction must be resolved as accurately as the first solve's: its stopping test
+                # is relative to its own starting gradient Bᵀr, not to ||b|| (which it would meet at once)
+                start = float(torch.linalg.vector_norm(self.Bt(r)) / torch.linalg.vector_norm(r))
+                correction = self.preconditioned_ls(r, torch.zeros_like(z0), tol * start, f"refine{step}")
+                y = y + self.R.solve(correction)
+        return y
+
+    def preconditioned_ls(self, b: torch.Tensor, z0: torch.Tensor, tol: float, stage: str) -> torch.Tensor:
+        """z ~ argmin ||B z - b|| from z0, until ||Bᵀ(b - B z)|| <= tol ||b||: the normal equations BᵀB z = Bᵀb
+        (κ(B)² is small)."""
+        res = self.normal_solve(self.Bt(b), z0, tol * float(torch.linalg.vector_norm(b)))
+        self.info.record(stage, res)
+        return res.x
+
+    def gram_level(self, c: torch.Tensor, target: float, stage: str) -> torch.Tensor:
+        # preconditioned in z = R y: BᵀB z = R^-T c, whose residual is R^-T times the original one
+        rhs = self.R.solve_t(c)
+        res = self.normal_solve(rhs, rhs, target / self.R.norm())
+        self.info.record(stage, res)
+        return self.R.solve(res.x)
+
+
+class SketchPCG(SketchPreconditioned):
+    def normal_solve(self, rhs: torch.Tensor, x0: torch.Tensor, target: float) -> KrylovResult:
+        return cg(self.BtB, rhs, x0=x0, tol=relative_tolerance(target, rhs), maxiter=self.options.maxiter)
+
+
+class SketchLSQR(SketchPCG):
+    def preconditioned_ls(self, b: torch.Tensor, z0: torch.Tensor, tol: float, stage: str) -> torch.Tensor:
+        res = lsqr(self.B, self.Bt, b, tol=tol, maxiter=self.options.maxiter, x0=z0)
+        self.info.record(stage, res)
+        return res.x
+
+
+class SketchCholQR(TriangularFactor):
+    def __init__(self, A: torch.Tensor, info: SolveInfo, options: SolveOptions) -> None:
+        _, _, self.R_s = sketch_factor(A, info, options)
+        super().__init__(A, info, options)
+
+    def factor(self, A: torch.Tensor) -> None:
+        # A1 = A R_s^-1 is well conditioned, so its Cholesky-QR is accurate
+        A1 = UpperTriangular(self.R_s).right_solve(A)
+        R1 = UpperTriangular(cholesky_upper(A1.T @ A1, self.info))
+        self.Q = R1.right_solve(A1)
+        self.R = UpperTriangular(R1.R @ self.R_s)
+
+    def ls_solve(self, b: torch.Tensor) -> torch.Tensor:
+        return self.R.solve(self.Q.T @ b)
