@@ -38,11 +38,12 @@ from training.resume import gather_rng, resume_path, start_state
 from training.run_data import RecallData, TextData, open_run_data
 from training.schedule import learning_rate
 from training.throughput import Throughput
+from typedconfig.cli import ArgumentParser
 from typedconfig.parsing import ConfigError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="train.py", description=__doc__)
     parser.add_argument("config", nargs="?", help="YAML config (see configs/); omitted: all defaults")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=100")
     parser.add_argument(

@@ -12,7 +12,6 @@ fingerprint (config, local files' sizes and mtimes, FORMAT_VERSION) is reused wi
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import itertools
@@ -30,9 +29,10 @@ from tqdm import tqdm
 
 from data.config import DataConfig
 from data.errors import DataError
-from data.files import write_text_atomic
-from data.sources import Source, iter_documents, resolve_source
+from data.sources import Source, invalid_utf8, iter_documents, resolve_source
 from data.tokenizer import TextTokenizer, load_tokenizer
+from fileio.atomic import write_text_atomic
+from typedconfig.cli import ArgumentParser
 
 FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
 BATCH_DOCUMENTS = 256  # documents tokenised per call (the tokenizer parallelises within a call)
@@ -81,6 +81,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
         return PreparedData(path, meta, reused=True, seconds=0.0)
 
     start = time.perf_counter()
+    replaced = replaced_bytes(source)
     tokenizer = load_tokenizer(cfg.tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
     path.mkdir(parents=True, exist_ok=True)
@@ -117,9 +118,23 @@ def prepare(cfg: DataConfig) -> PreparedData:
         **{f"{split}_tokens": writers[split].tokens for split in SPLITS},
         **{f"{split}_documents": writers[split].documents for split in SPLITS},
         "val_sha256": writers["val"].sha256,
+        "invalid_utf8": replaced,
     }
     write_text_atomic(path / META, json.dumps(meta, indent=2) + "\n")
     return PreparedData(path, meta, reused=False, seconds=time.perf_counter() - start)
+
+
+def replaced_bytes(source: Source) -> dict[str, dict[str, int]]:
+    """Per text file with invalid UTF-8: how many sequences become U+FFFD and the first one's byte offset; each is
+    reported on stderr (and recorded in meta.json), so a stray byte neither stops the preparation nor passes silently."""
+    found = {}
+    for path in source.files if source.dataset == "text" else ():
+        count, first = invalid_utf8(path)
+        if count:
+            found[str(path)] = {"count": count, "first_byte": first}
+            print(f"warning: {path}: {count} invalid UTF-8 byte sequence(s) replaced with U+FFFD "
+                  f"(first at byte {first})", file=sys.stderr, flush=True)
+    return found
 
 
 def load_prepared(dataset: DataConfig | str | Path) -> tuple[dict, np.memmap, np.memmap]:
@@ -210,19 +225,15 @@ def _slug(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     defaults, hints = DataConfig(), typing.get_type_hints(DataConfig)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m data.prepare", description=__doc__)
     for name in (*INPUT_FIELDS, "prepared_dir"):
         parse = int if int in (hints[name], *typing.get_args(hints[name])) else str
         parser.add_argument(f"--{name.replace('_', '-')}", type=parse, default=getattr(defaults, name),
-                            help=f"data.{name} (default: %(default)s)")
+                            help=f"data.{name}")
     args = parser.parse_args(argv)
     try:
-        cfg = DataConfig(**vars(args))
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        result = prepare(cfg)
-    except DataError as exc:
+        result = prepare(DataConfig(**vars(args)))
+    except (ValueError, OSError) as exc:  # DataError, DataConfig's checks, unreadable or unwritable paths
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = result.meta

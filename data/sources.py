@@ -10,9 +10,12 @@ so the tests, which read local files, run the code that streams FineWeb.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import importlib.util
 import itertools
+import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +56,9 @@ class Source:
                     f"cannot open {self.describe()} (subset {self.subset!r}, split {self.split!r}): {reason}; "
                     "hub datasets need internet and a name, subset and split as listed on huggingface.co"
                 ) from exc
-        options = {"sample_by": "document"} if self.dataset == "text" else {}
+        # a stray byte should not cost a whole preparation: text is decoded with U+FFFD for invalid UTF-8, and
+        # prepare() counts the replacements per file (invalid_utf8) and reports them
+        options = {"sample_by": "document", "encoding_errors": "replace"} if self.dataset == "text" else {}
         data_files = {self.split: [str(path) for path in self.files]}
         return load_dataset(self.dataset, data_files=data_files, split=self.split, streaming=True, **options)
 
@@ -116,9 +121,66 @@ def local_files(source: str) -> list[Path]:
     return sorted(candidates)
 
 
+def invalid_utf8(path: Path) -> tuple[int, int | None]:
+    """(number of invalid UTF-8 byte sequences in the file, byte offset of the first or None), read in chunks."""
+    found: list[int] = []
+    offset = 0
+
+    def count(error: UnicodeDecodeError) -> tuple[str, int]:
+        found.append(offset + error.start)
+        return "\ufffd", error.end
+
+    codecs.register_error("attnlab-count-utf8", count)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="attnlab-count-utf8")
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            # error.start counts from the decoder's buffer: the chunk plus up to 3 bytes held back from the last one
+            held = len(decoder.getstate()[0])
+            offset -= held
+            decoder.decode(chunk)
+            offset += held + len(chunk)
+        decoder.decode(b"", final=True)
+    return len(found), (found[0] if found else None)
+
+
+def unreadable_row(source: Source, error: Exception) -> str:
+    """Why a local source's rows cannot be read, naming the file and, for JSON lines, the line; for an error message."""
+    for path in source.files:
+        count, first = invalid_utf8(path)
+        if count:
+            return f"{path}: invalid UTF-8 at byte {first} ({count} place(s)); re-encode the file as UTF-8"
+        if source.dataset != "json":
+            continue
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except ValueError as exc:
+                    if number == 1 and path.suffix == ".json":
+                        break  # a single JSON document, not JSON lines: pyarrow's message is all we have
+                    return f"{path}, line {number}: not valid JSON ({exc}); fix or delete that line"
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"cannot read {source.describe()}: {reason}"
+
+
+def _rows(source: Source) -> Iterator[dict]:
+    """The source's rows; a malformed file (pyarrow, JSON and decoding errors vary in type) becomes a DataError."""
+    # the json builder logs its own multi-line account of a bad row before raising; ours names the file and line
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
+    try:
+        yield from source.open()
+    except DataError:
+        raise
+    except Exception as exc:
+        if not source.files:
+            raise DataError(f"cannot read {source.describe()}: {str(exc).splitlines()[0]}") from None
+        raise DataError(unreadable_row(source, exc)) from None
+
+
 def iter_documents(source: Source, text_field: str, max_documents: int | None = None) -> Iterator[str]:
     """The text of each row of `source`, in order, at most `max_documents` of them."""
-    rows = itertools.islice(source.open(), max_documents)
+    rows = itertools.islice(_rows(source), max_documents)
     count = 0
     for count, row in enumerate(rows, 1):
         if text_field not in row:

@@ -15,7 +15,6 @@ and an existing --out is replaced only with --force.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import os
 import shutil
@@ -24,10 +23,11 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from data.errors import DataError
+from data.config import MQAR
 from data.tokenizer import TextTokenizer, load_tokenizer
 from model.modeling_attnlab import AttnlabForCausalLM
-from training.checkpoint import CheckpointError, checkpoint_step, load_checkpoint_model, replace_dir
+from training.checkpoint import checkpoint_step, load_checkpoint_model, replace_dir
+from typedconfig.cli import ArgumentParser
 
 PACKAGE = "model"
 ENTRY_MODULES = ("model.configuration_attnlab", "model.modeling_attnlab")
@@ -95,10 +95,12 @@ def transformers_tokenizer(tokenizer: TextTokenizer) -> PreTrainedTokenizerFast:
 
 def export(ckpt_path: str, out: Path, force: bool) -> str:
     """Write the export folder; a one-line summary."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is an existing file; name a folder to create")
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
     gpt, cfg, ckpt = load_checkpoint_model(ckpt_path)
-    tokenizer = None if cfg.data.source == "mqar" else load_tokenizer(cfg.data.tokenizer)
+    tokenizer = None if cfg.data.source == MQAR else load_tokenizer(cfg.data.tokenizer)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
@@ -124,14 +126,14 @@ def export(ckpt_path: str, out: Path, force: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="export_hf", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="run directory, its checkpoints/ folder, or a checkpoint dir")
     parser.add_argument("--out", required=True, type=Path, help="folder to write (loads with from_pretrained)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
     try:
         print(export(args.ckpt, args.out, args.force))
-    except (CheckpointError, DataError, FileExistsError) as exc:
+    except (ValueError, OSError) as exc:  # CheckpointError, FileExistsError, DataError: each names the path
         print(f"export_hf: {exc}", file=sys.stderr)
         return 2
     return 0

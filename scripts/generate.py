@@ -38,11 +38,7 @@ from model.gpt import GPT
 from model.sampling import Sampler
 from training.checkpoint import CheckpointError, load_checkpoint_model
 from training.runtime import pick_device, pick_dtype
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"generate: {message} (see --help)\n")
+from typedconfig.cli import ArgumentParser
 
 
 def read_prompt_file(path: str) -> str:
@@ -53,16 +49,16 @@ def read_prompt_file(path: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="generate", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="run directory, its checkpoints/ folder, or a checkpoint dir")
     parser.add_argument("--prompt", dest="prompts", action="append", help="a prompt (repeat for a batch)")
     parser.add_argument("--prompt-file", dest="prompts", action="append", type=read_prompt_file,
                         help="a file whose whole text is one prompt (repeatable)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate per prompt")
+    parser.add_argument("--temperature", type=float, default=1.0, help="divides the logits; 0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
     parser.add_argument("--top-p", type=float, default=1.0, help="in (0, 1]; 1 = no limit")
-    parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed with the stats")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (None: a fresh one, printed with the stats)")
     parser.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
     parser.add_argument("--window", type=int, default=None,
                         help="at the context limit, re-prefill the last N tokens into a fresh state and go on")
@@ -114,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts = encode_prompts(texts, tokenizer)
         sampler = dataclasses.replace(sampler, vocab_size=tokenizer.vocab_size)
         stop_id = None if args.no_stop else tokenizer.eot_id
-        seed = secrets.randbits(63) if args.seed is None else args.seed
-        generator = torch.Generator(device=device).manual_seed(seed)
+        seed = None if sampler.temperature == 0 else secrets.randbits(63) if args.seed is None else args.seed
+        generator = torch.Generator(device=device).manual_seed(seed or 0)
         stats = DecodeStats()
         groups = length_groups([len(p) for p in prompts])
         # generate checks its arguments eagerly: every group is checked before any text is printed
@@ -185,14 +181,20 @@ def complete_group(run: Iterator[torch.Tensor], rows: int, tokenizer: TextTokeni
     return ["".join(p) for p in pieces], note
 
 
-def stats_line(stats: DecodeStats, model: GPT, seed: int) -> str:
+def stats_line(stats: DecodeStats, model: GPT, seed: int | None) -> str:
+    """Work, speed and decode-state size; the seed only when sampling used one (greedy decoding draws nothing)."""
     kind = "constant size" if model.constant_memory_decoding else "KV cache"
-    return (
-        f"prefill: {stats.prefill_tokens} tokens, {stats.prefill_tokens_per_s:,.0f} tokens/s | "
-        f"decode: {stats.decode_tokens} tokens, {stats.decode_tokens_per_s:,.1f} tokens/s | "
+    line = (
+        f"prefill: {stats.prefill_tokens} tokens{_rate(stats.prefill_tokens, stats.prefill_tokens_per_s, 0)} | "
+        f"decode: {stats.decode_tokens} tokens{_rate(stats.decode_tokens, stats.decode_tokens_per_s, 1)} | "
         f"decode state: {stats.state_bytes:,} bytes ({stats.state_bytes / 2**20:.2f} MiB, {kind}, "
-        f"{model.config.attention}) | seed {seed}"
+        f"{model.config.attention})"
     )
+    return line if seed is None else f"{line} | seed {seed}"
+
+
+def _rate(tokens: int, per_s: float, digits: int) -> str:
+    return f", {per_s:,.{digits}f} tokens/s" if tokens else ""
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ long as the model section of the config matches (the checkpoint's config.json ho
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from model.config import ModelConfig
 from model.gpt import GPT
 from training.checkpoint import TrainState, latest_checkpoint, save_checkpoint
 from training.config import RunConfig, TrainConfig, config_to_dict
+from typedconfig.cli import ArgumentParser
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
@@ -112,7 +112,7 @@ def parse_options(items: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="import_gpt2", description=__doc__)
     parser.add_argument("--from", dest="source", required=True, type=Path, help="local GPT2LMHeadModel folder")
     parser.add_argument("--attention", default="softmax", choices=BACKENDS, help="attention backend of the result")
     parser.add_argument("--attention-option", action="append", default=[], metavar="NAME=VALUE",

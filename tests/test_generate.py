@@ -26,9 +26,9 @@ spec = importlib.util.spec_from_file_location("generate_cli", ROOT / "scripts" /
 cli = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cli)
 
-STATS = re.compile(
+STATS = re.compile(  # greedy: no seed is drawn, none is printed
     r"^prefill: \d+ tokens, [\d,]+ tokens/s \| decode: \d+ tokens, [\d,.]+ tokens/s \| "
-    r"decode state: [\d,]+ bytes \(.*\) \| seed \d+$"
+    r"decode state: [\d,]+ bytes \([^|]*\)$"
 )
 
 
@@ -76,6 +76,23 @@ def test_greedy_decoding_is_deterministic_and_the_seed_fixes_sampling(runs, caps
     assert text("--temperature", "0") == text("--temperature", "0", "--seed", "5")
     assert text("--seed", "1", "--top-k", "50") == text("--seed", "1", "--top-k", "50")
     assert text("--seed", "1", "--top-k", "50") != text("--seed", "2", "--top-k", "50")
+
+
+def test_sampling_prints_its_seed_and_no_new_tokens_prints_no_rate(runs, capsys):
+    code, _, err = generate(capsys, "--ckpt", str(runs["rope"]), "--prompt", "Hi", "--max-new-tokens", "2",
+                            "--seed", "7")
+    assert code == 0 and err.strip().endswith("| seed 7")
+    code, out, err = generate(capsys, "--ckpt", str(runs["rope"]), "--prompt", "Hi", "--max-new-tokens", "0",
+                              "--temperature", "0")
+    assert code == 0 and out == "Hi\n"
+    assert "decode: 0 tokens |" in err and "nan tokens" not in err and "seed" not in err
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: 256)" in out and "(default: 1.0)" in out
 
 
 def test_stdin_is_the_prompt_when_none_is_given(runs, capsys, monkeypatch):

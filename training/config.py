@@ -107,21 +107,27 @@ class RunConfig:
             )
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The YAML file as a dict, following `extends:` chains (the extending file wins key by key)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found (the shipped ones are in configs/)")
+        where = f" (extended by {_seen[-1]})" if _seen else ""
+        raise ConfigError(f"config file {path} not found{where} (the shipped ones are in configs/)")
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"{path}: extends: forms a cycle ({chain}); remove one of the extends: lines")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, optim, train, logging)")
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    return merge(read_yaml(path.parent / parent), data)
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: must be one file name, got {parent!r}")
+    return merge(read_yaml(path.parent / parent, (*_seen, path.resolve())), data)
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

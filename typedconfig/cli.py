@@ -1,0 +1,21 @@
+"""Command-line parsing shared by the tools: usage errors are one line, and --help shows every default."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and "(default: ...)" after every option that has one."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the house conventions: `--help` lists defaults; a usage error is one line on stderr naming the
+    problem (`<prog>: <message> (see --help)`) and exit status 2, like every other error of the tools."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog.removesuffix('.py')}: {message} (see --help)\n")
