@@ -25,7 +25,7 @@ import torch
 
 from data.errors import DataError
 
-IGNORE_INDEX = -100  # target of the positions that are not answers (model/loss.py skips them)
+IGNORE_INDEX = -100  # target of the positions that are not answers: negative, so the model's loss skips them
 FILLER = 0  # token id of the gaps between queries
 _TRAIN_STREAM, _VAL_STREAM = 0, 1  # first word of the random seed: training and val draws never share a stream
 

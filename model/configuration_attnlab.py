@@ -13,8 +13,19 @@ from transformers import PreTrainedConfig
 
 from model.config import ModelConfig
 
+# ModelConfig's fields, types and defaults as a dataclass base of the transformers config, so that the config
+# declares each of them by inheritance and a field added to ModelConfig needs no second declaration here.
+_ModelConfigFields = dataclasses.make_dataclass(
+    "_ModelConfigFields",
+    [
+        (f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory))
+        for f in dataclasses.fields(ModelConfig)
+    ],
+    kw_only=True, repr=False, eq=False,
+)
 
-class AttnlabConfig(PreTrainedConfig):
+
+class AttnlabConfig(PreTrainedConfig, _ModelConfigFields):
     model_type = "attnlab"
     keys_to_ignore_at_inference = ["past_key_values"]
     attribute_map = {
@@ -24,18 +35,6 @@ class AttnlabConfig(PreTrainedConfig):
         "max_position_embeddings": "n_positions",
     }
 
-    vocab_size: int = 50257
-    n_positions: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    attention: str = "softmax"
-    attention_options: dict | None = None
-    position: str = "learned"
-    rope_base: float = 10000.0
-    dropout: float = 0.0
-    bias: bool = True
-    layer_norm_eps: float = 1e-5
     use_cache: bool = True
     bos_token_id: int | None = 50256
     eos_token_id: int | None = 50256
@@ -46,9 +45,8 @@ class AttnlabConfig(PreTrainedConfig):
         self.to_model_config()  # the model's own validation: a bad backend or shape fails here, naming the field
 
     def to_model_config(self) -> ModelConfig:
-        names = [f.name for f in dataclasses.fields(ModelConfig)]
-        values = {name: getattr(self, name) for name in names}
-        values["attention_options"] = dict(values["attention_options"] or {})
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)}
+        values["attention_options"] = dict(values["attention_options"])
         return ModelConfig(**values)
 
     @classmethod

@@ -1,10 +1,12 @@
 """Cross-entropy of the LM head without materialising the (tokens × vocab) logits.
 
 For hidden states h (N, C), head W (V, C) and targets t, the loss is
-    L = (1 / N') sum_i [ logsumexp_v (h_i · W_v) - h_i · W_{t_i} ]      (N' = targets not equal to ignore_index)
+    L = (1 / N') sum_{i: t_i >= 0} [ logsumexp_v (h_i · W_v) - h_i · W_{t_i} ]      (N' = number of targets >= 0)
 with gradients dL/dh_i = (softmax(h_i Wᵀ) - e_{t_i}) W / N' and dL/dW = sum_i (softmax(h_i Wᵀ) - e_{t_i})ᵀ h_i / N'.
-Rows are processed in chunks and the gradients are formed during the forward pass, so peak memory holds one
-chunk of logits (in fp32) instead of all of them (GPT-2 small, 16 × 1024 tokens: 3.3 GB of fp32 logits).
+A negative target marks a position without one (torch and transformers write -100 there): it adds nothing, and a
+batch without any target has loss 0. Rows are processed in chunks and the gradients are formed during the forward
+pass, so peak memory holds one chunk of logits (in fp32) instead of all of them (GPT-2 small, 16 × 1024 tokens:
+3.3 GB of fp32 logits).
 """
 
 from __future__ import annotations
@@ -12,19 +14,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (N, V) over the targets (N,) >= 0, in fp32 or wider; 0 when there are none."""
+    scored = targets >= 0
+    losses = F.cross_entropy(
+        logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.clamp(min=0), reduction="none"
+    )
+    return (losses * scored).sum() / scored.sum().clamp(min=1)
 
 
 def linear_cross_entropy_reference(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The definition: full logits, then torch's cross-entropy (mean over targets != -100)."""
-    logits = h @ weight.T
-    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets,
-                           ignore_index=IGNORE_INDEX)
+    """The definition: full logits, then their cross-entropy."""
+    return cross_entropy(h @ weight.T, targets)
 
 
 def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
     """Mean loss and, if asked, its gradients with respect to h and weight, one chunk of rows at a time."""
-    valid = targets != IGNORE_INDEX
+    valid = targets >= 0
     count = valid.sum().clamp(min=1)
     grad_h = torch.zeros_like(h) if with_grads else None
     grad_w = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32)) if with_grads else None
@@ -65,7 +72,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 def linear_cross_entropy(
     h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024
 ) -> torch.Tensor:
-    """Mean cross-entropy of logits h @ weightᵀ against targets (ignore_index -100), computed chunk by chunk.
+    """Mean cross-entropy of logits h @ weightᵀ against the targets >= 0, computed chunk by chunk.
 
     h: (N, C), weight: (V, C), targets: (N,) int64. Equal to `linear_cross_entropy_reference` up to rounding.
     """

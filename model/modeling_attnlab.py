@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from model.configuration_attnlab import AttnlabConfig
 from model.gpt import GPT, DecodeState
+from model.loss import cross_entropy
 
 
 class AttnlabCache:
@@ -106,7 +106,8 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         """Logits for `input_ids` (B, T). With a cache (or use_cache outside training and without labels) the tokens
         continue the cache's state; `logits_to_keep=1` keeps only the last position's logits. With `labels` (B, T)
-        the loss is the mean next-token cross-entropy (labels shifted inside, -100 ignored), as in transformers."""
+        the loss is the mean next-token cross-entropy (labels shifted inside, negative labels such as transformers'
+        -100 ignored)."""
         if input_ids is None:
             raise ValueError("attnlab models take input_ids (token ids); inputs_embeds is not supported")
         if attention_mask is not None and not bool(attention_mask.all()):
@@ -130,7 +131,7 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             if last_only:
                 raise ValueError("labels need the logits of every position; do not combine them with logits_to_keep=1")
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            loss = cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
 
 

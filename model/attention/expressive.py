@@ -103,16 +103,11 @@ class ExpressiveSquaredAttention(QuadraticKernelAttention):
 
     temperature: float | None = None  # τ in s = τ q·k; None means 1/sqrt(head_dim)
     eps: float = 1e-6  # added to every row's weight sum (s² vanishes for keys orthogonal to the query)
-    chunk_size: int = 64  # tokens per chunk of the linear form
-    crossover: int = 6144  # direct tiled form below it (same result; linear wins both at 6144, not at 5632; d = 64)
-    block_size: int = 128  # tile of the direct form
 
     def __post_init__(self):
+        super().__post_init__()
         _check_temperature(self.name, self.temperature)
         check_non_negative_real(self.name, "eps", self.eps)
-        check_count(self.name, "chunk_size", self.chunk_size)
-        check_count(self.name, "crossover", self.crossover)
-        check_count(self.name, "block_size", self.block_size)
 
     def kernel(self, d: int) -> QuadraticKernel:
         return QuadraticKernel(a=_temperature(self.temperature, d) ** 2)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from model.attention.base import AttentionBackend
 from model.attention.direct import naive_causal_average, tiled_causal_attention
+from model.attention.linear_state import LinearAttentionState
 from model.attention.numerics import (
     accumulation_dtype,
     chunk_groups,
@@ -43,6 +44,7 @@ from model.attention.numerics import (
     unfold_heads,
     with_ones_column,
 )
+from model.attention.options import check_count
 
 
 def pair_feature_dim(d: int) -> int:
@@ -283,31 +285,27 @@ def chunked_linear_attention(
     return _ChunkedLinearAttention.apply(q, k, v, kernel, eps, chunk)
 
 
-@dataclass
-class LinearState:
-    """Decode state of a linear-attention backend: `[S | z]` in one buffer, S = sum φ_k(k) vᵀ, z = sum φ_k(k)."""
-
-    kv: torch.Tensor  # (B, H, D, d_v + 1), accumulation dtype
-
-    @property
-    def S(self) -> torch.Tensor:
-        return self.kv[..., :-1]  # (B, H, D, d_v)
-
-    @property
-    def z(self) -> torch.Tensor:
-        return self.kv[..., -1]  # (B, H, D)
-
-
 @dataclass(frozen=True)
 class QuadraticKernelAttention(AttentionBackend):
     """A backend whose weight is `kernel(d)(q·k)`: direct tiled form below `crossover` tokens, chunked above.
 
-    Subclasses are dataclasses with the fields `chunk_size`, `crossover` and `block_size` (and `eps` or a class
-    default) and implement `kernel`.
+    Subclasses add their own hyperparameters as fields and implement `kernel`; `eps` is 0 unless a subclass makes
+    it a field.
     """
 
     constant_memory = True
     eps: ClassVar[float] = 0.0
+
+    chunk_size: int = 64  # tokens per chunk of the linear form
+    # Linear form from this length on: about where it starts to beat the direct form on the benchmark CPU at d = 64
+    # (results/bench_attention.md), later than the paper's FLOP count d² + d + 1, as the feature maps add work.
+    crossover: int = 6144
+    block_size: int = 128  # query/key tile of the direct form
+
+    def __post_init__(self):
+        check_count(self.name, "chunk_size", self.chunk_size)
+        check_count(self.name, "crossover", self.crossover)
+        check_count(self.name, "block_size", self.block_size)
 
     def kernel(self, d: int) -> QuadraticKernel:
         raise NotImplementedError
@@ -326,12 +324,14 @@ class QuadraticKernelAttention(AttentionBackend):
             y = chunked_linear_attention(qf, kf, vf, kernel, eps=self.eps, chunk=self.chunk_size)
         return unfold_heads(y, q)
 
-    def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> LinearState:
+    def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> LinearAttentionState:
         size = self.kernel(d).feature_dim(d)
-        return LinearState(torch.zeros(batch, heads, size, d_v + 1, dtype=accumulation_dtype(dtype), device=device))
+        return LinearAttentionState(
+            torch.zeros(batch, heads, size, d_v + 1, dtype=accumulation_dtype(dtype), device=device)
+        )
 
     @torch.no_grad()  # decoding only: the state is updated in place, which autograd cannot follow
-    def step(self, q, k, v, state: LinearState):
+    def step(self, q, k, v, state: LinearAttentionState):
         b, h, _, d = q.shape
         kv = state.kv.view(b * h, *state.kv.shape[2:])  # a view: updated in place
         out = _attend_and_fold(
@@ -340,5 +340,5 @@ class QuadraticKernelAttention(AttentionBackend):
         y = out[..., :-1] / (out[..., -1:] + self.eps)
         return unfold_heads(y, q), state
 
-    def state_nbytes(self, state: LinearState) -> int:
+    def state_nbytes(self, state: LinearAttentionState) -> int:
         return state.kv.numel() * state.kv.element_size()

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from model.attention.base import AttentionBackend
 from model.attention.kv_cache import causal_mask
+from model.attention.linear_state import LinearAttentionState
 from model.attention.numerics import (
     accumulation_dtype,
     chunk_bounds,
@@ -43,19 +44,10 @@ from model.attention.options import check_count
 
 
 @dataclass
-class LogExpState:
-    """`[S | z]` (B, H, d, d_v + 1) relative to the running per-feature key max `m` (B, H, d); -inf when empty."""
+class LogExpState(LinearAttentionState):
+    """`[S | z]` (B, H, d, d_v + 1) relative to the running per-feature key max `m`."""
 
-    kv: torch.Tensor
-    m: torch.Tensor
-
-    @property
-    def S(self) -> torch.Tensor:
-        return self.kv[..., :-1]
-
-    @property
-    def z(self) -> torch.Tensor:
-        return self.kv[..., -1]
+    m: torch.Tensor  # (B, H, d); -inf when empty
 
 
 @dataclass
@@ -92,6 +84,19 @@ def _pair_sums(qc: torch.Tensor, kc: torch.Tensor) -> _PairSums:
     return _PairSums(eq, ek, sums, logits, exact)
 
 
+def _fold_chunk(kv: torch.Tensor, m: torch.Tensor, k: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    """Adds a chunk of keys k (BH, C, d) with values v1 = [v | 1] (BH, C, d_v + 1) to the state (kv, m):
+
+        m' = max(m, colmax k),   [S | z] = exp(m - m') [S | z] + exp(k - m')ᵀ [v | 1],
+
+    so every exponent stays <= 0. kv is updated in place; returns the new key max m'.
+    """
+    new_max = torch.maximum(m, k.amax(1))
+    kv.mul_(torch.exp(m - new_max)[..., None])
+    kv.baddbmm_(torch.exp(k - new_max[:, None]).transpose(1, 2), v1)
+    return new_max
+
+
 def _attend_and_fold(q, k, v1, chunk: int, kv: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """y (BH, T, d_v) and log-normaliser (BH, T) of t new tokens after the state (kv, m), updated in place."""
     t = q.shape[1]
@@ -111,10 +116,7 @@ def _attend_and_fold(q, k, v1, chunk: int, kv: torch.Tensor, m: torch.Tensor) ->
         r = torch.maximum(r_intra[:, t0:t1], g.amax(-1, keepdim=True))
         out[:, t0:t1] = torch.baddbmm(intra[:, t0:t1] * torch.exp(r_intra[:, t0:t1] - r), torch.exp(g - r), kv)
         shift[:, t0:t1] = r
-        new_max = torch.maximum(state_max, k[:, t0:t1].amax(1))
-        kv.mul_(torch.exp(state_max - new_max)[..., None])
-        kv.baddbmm_(torch.exp(k[:, t0:t1] - new_max[:, None]).transpose(1, 2), v1[:, t0:t1])
-        state_max = new_max
+        state_max = _fold_chunk(kv, state_max, k[:, t0:t1], v1[:, t0:t1])
     m.copy_(state_max)
     den = out[..., -1]
     return out[..., :-1] / den[..., None], shift.squeeze(-1) + den.log()
@@ -177,9 +179,7 @@ class _ChunkedLogExpAttention(torch.autograd.Function):
         for t0, t1 in bounds:
             a = torch.exp(q[:, t0:t1] + state_max[:, None] - lse[:, t0:t1, None])  # (BH, C, d)
             dq[:, t0:t1] += a * torch.bmm(dout[:, t0:t1], kv.transpose(1, 2))
-            new_max = torch.maximum(state_max, k[:, t0:t1].amax(1))
-            kv.mul_(torch.exp(state_max - new_max)[..., None])
-            kv.baddbmm_(torch.exp(k[:, t0:t1] - new_max[:, None]).transpose(1, 2), v1[:, t0:t1])
+            new_max = _fold_chunk(kv, state_max, k[:, t0:t1], v1[:, t0:t1])
             maxima.append((state_max, new_max))
             state_max = new_max
         # ... and a reverse sweep carries d_kv, the gradient w.r.t. the state after chunk c, for dk and dv.

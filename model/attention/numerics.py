@@ -63,8 +63,7 @@ def head_groups(batch: int, chunk: int, features: int, elements: int = 1 << 18) 
 
     The state sweeps of the linear forms compute a chunk's features, multiply them with the state and take their
     vector-Jacobian product one chunk at a time; with all heads at once these (heads, chunk, D) temporaries outgrow
-    the core's cache, and the memory-bound feature maps run several times slower (with one head per group, and two
-    smaller changes, taylor's linear form ran 1.4x faster forward+backward at 8k tokens, d = 64: README).
+    the core's cache, and the memory-bound feature maps slow down (timings: results/bench_attention.md).
     """
     group = max(1, elements // (chunk * features))
     return [(h0, min(h0 + group, batch)) for h0 in range(0, batch, group)]

@@ -7,23 +7,8 @@ scaled by a learnable per-head temperature τ_h (`TaylorQKTransform`, applied by
 the kernel itself sees plain dot products. The official repository only has a bidirectional form; this one is
 causal: the direct tiled O(n² d) form below `crossover` tokens, above it the chunked linear form with the features
 φ_q = [c | b q | a·pairs(q)], φ_k = [1 | k | pairs(k)], D = 1 + d + d(d+1)/2 (model/attention/linear.py), whose
-decode state is S: D × d_v, z: D per head, constant in the context length.
-
-Crossover: the paper's FLOP count puts it at N0 = d² + d + 1 (4161 for d = 64) and its memory analysis at N1 = 2174.
-Measured here (scripts/bench_attention.py: one thread, B = 1, H = 12, d = 64, fp32, on the 2-vCPU EPYC Zen 4 of
-docs/anchors.md), direct vs linear form, seconds:
-
-    n       fwd+bwd direct / linear    fwd direct / linear
-    4096         1.80 / 2.87             0.51 / 0.78
-    5120         2.81 / 3.14             1.03 / 0.77
-    5632         3.69 / 3.63             1.17 / 0.93
-    6144         4.31 / 3.77             1.21 / 0.87
-    8192         5.93 / 5.56             2.07 / 1.35
-    16384       27.4  / 9.91             9.29 / 2.92
-
-so the linear form wins forward from about 5k tokens and forward+backward from about 5.6k (1.2-1.35 × N0: its
-GEMMs run near the 76 GFLOP/s peak, but the feature maps, their gradients and the per-chunk steps add ~40%).
-`crossover` defaults to 6144, the first measured length where it wins both.
+decode state is S: D × d_v, z: D per head, constant in the context length. The paper puts the crossover of the two
+forms at N0 = d² + d + 1 tokens by FLOPs; where it lies on our CPU is measured in results/bench_attention.md.
 """
 
 from __future__ import annotations
@@ -35,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.attention.linear import QuadraticKernel, QuadraticKernelAttention
-from model.attention.options import check_count, check_option, check_positive_real, is_real
+from model.attention.options import check_option, check_positive_real, is_real
 
 
 class TaylorQKTransform(nn.Module):
@@ -60,11 +45,9 @@ class TaylorAttention(QuadraticKernelAttention):
     b: float = 1.0
     c: float = 1.0  # c >= b² / (4a), so that w >= 0
     temperature_init: float = 1.0  # initial τ_h (the official code starts at 1: s = cos(q, k) in [-1, 1])
-    chunk_size: int = 64  # tokens per chunk of the linear form
-    crossover: int = 6144  # linear form from this length on (measured 5k-6.5k over two runs; paper's N0 = 4161)
-    block_size: int = 128  # tile of the direct form
 
     def __post_init__(self):
+        super().__post_init__()
         check_positive_real(self.name, "a", self.a)
         check_option(self.name, "b", self.b, is_real(self.b), "a finite number")
         check_option(
@@ -72,9 +55,6 @@ class TaylorAttention(QuadraticKernelAttention):
             f"a finite number >= b²/(4a) = {self.b**2 / (4 * self.a) if is_real(self.b) else 'b²/(4a)'}",
         )
         check_positive_real(self.name, "temperature_init", self.temperature_init)
-        check_count(self.name, "chunk_size", self.chunk_size)
-        check_count(self.name, "crossover", self.crossover)
-        check_count(self.name, "block_size", self.block_size)
 
     def kernel(self, d: int) -> QuadraticKernel:
         return QuadraticKernel(self.a, self.b, self.c)

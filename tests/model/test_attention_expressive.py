@@ -104,11 +104,13 @@ def test_squared_form_has_the_degree_2_state_size():
     assert backend.state_nbytes(state) == 2 * 2080 * 65 * 4
 
 
-def test_squared_form_direct_and_linear_agree_around_the_crossover():
-    q, k, v = _qkv(t=50)
-    direct = get_backend("expressive_sq", crossover=51)
-    linear = get_backend("expressive_sq", crossover=50, chunk_size=16)
-    torch.testing.assert_close(direct.forward(q, k, v), linear.forward(q, k, v), atol=1e-12, rtol=1e-12)
+@pytest.mark.parametrize(("t", "form"), [(49, "direct"), (50, "linear")])
+def test_squared_form_switches_to_the_linear_form_at_the_crossover(t, form, forms_run):
+    q, k, v = _qkv(t=t)
+    backend = get_backend("expressive_sq", crossover=50, chunk_size=16, block_size=16)
+    y = backend.forward(q, k, v)
+    assert forms_run == [form]
+    torch.testing.assert_close(y, backend.reference(q, k, v), atol=1e-12, rtol=1e-12)
 
 
 def test_squared_form_is_the_squared_score():

@@ -54,27 +54,27 @@ def test_decoding_matches_the_full_forward(backend, options, position):
         torch.testing.assert_close(decoded[:, t - 1], model(idx[:, :t])[0][:, -1], rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("backend", CONSTANT_MEMORY)
 @torch.no_grad()
-def test_constant_memory_states_have_the_same_size_after_10_and_5000_tokens(backend):
+def state_bytes_after(backend: str, lengths: tuple[int, ...]) -> list[int]:
+    """Bytes of the decode state after a prefill of each length (KV caches preallocated for exactly that length)."""
     model = tiny_model(attention=backend, position="none", n_positions=16)
     sizes = []
-    for length in (10, 5000):
-        state = model.init_decode_state(1, dtype=torch.float32, device="cpu")
+    for length in lengths:
+        state = model.init_decode_state(1, dtype=torch.float32, device="cpu", capacity=length)
         _, state = model.decode(random_ids(1, length), state, last_only=True)
         sizes.append(model.decode_state_nbytes(state))
+    return sizes
+
+
+@pytest.mark.parametrize("backend", CONSTANT_MEMORY)
+def test_constant_memory_states_have_the_same_size_after_10_and_5000_tokens(backend):
+    sizes = state_bytes_after(backend, (10, 5000))
     assert sizes[0] == sizes[1] > 0
 
 
 @pytest.mark.parametrize("backend", KV_CACHE)
-@torch.no_grad()
 def test_kv_caches_grow_with_the_context(backend):
-    model = tiny_model(attention=backend, position="none", n_positions=16)
-    sizes = []
-    for length in (10, 500):
-        state = model.init_decode_state(1, dtype=torch.float32, device="cpu", capacity=length)
-        _, state = model.decode(random_ids(1, length), state, last_only=True)
-        sizes.append(model.decode_state_nbytes(state))
+    sizes = state_bytes_after(backend, (10, 500))
     assert sizes[1] == 50 * sizes[0]
 
 

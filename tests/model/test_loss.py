@@ -1,9 +1,11 @@
-"""The chunked LM-head cross-entropy equals full-logits cross-entropy, in value and gradients."""
+"""The chunked LM-head cross-entropy equals full-logits cross-entropy, in value and gradients; negative targets
+(torch's and transformers' -100) mark positions without a target."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from model.loss import IGNORE_INDEX, linear_cross_entropy, linear_cross_entropy_reference
+from model.loss import linear_cross_entropy, linear_cross_entropy_reference
 
 
 def inputs(n=37, c=16, v=101, dtype=torch.float64, seed=0):
@@ -17,7 +19,8 @@ def inputs(n=37, c=16, v=101, dtype=torch.float64, seed=0):
 @pytest.mark.parametrize("chunk_size", [1, 8, 37, 1000])
 def test_loss_and_gradients_match_the_reference(chunk_size):
     h, w, t = inputs()
-    t[::5] = IGNORE_INDEX
+    t[::5] = -100
+    t[1::7] = -1
     loss = linear_cross_entropy(h, w, t, chunk_size)
     gh, gw = torch.autograd.grad(3.0 * loss, (h, w))
     ref = linear_cross_entropy_reference(h, w, t)
@@ -47,6 +50,13 @@ def test_without_grad_it_only_computes_the_loss():
     assert loss.item() == pytest.approx(linear_cross_entropy_reference(h, w, t).item(), rel=1e-9)
 
 
+def test_the_reference_is_torch_cross_entropy_with_its_ignore_index():
+    h, w, t = inputs()
+    t[::3] = -100
+    expected = F.cross_entropy(h @ w.T, t, ignore_index=-100)
+    torch.testing.assert_close(linear_cross_entropy_reference(h, w, t), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_all_targets_ignored_gives_zero_not_nan():
     h, w, t = inputs()
-    assert linear_cross_entropy(h, w, torch.full_like(t, IGNORE_INDEX)).item() == 0.0
+    assert linear_cross_entropy(h, w, torch.full_like(t, -100)).item() == 0.0

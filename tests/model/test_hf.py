@@ -17,6 +17,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from model.attention import BACKENDS
+from model.config import ModelConfig
 from model.configuration_attnlab import AttnlabConfig
 from model.generation import generate as repo_generate
 from model.modeling_attnlab import AttnlabForCausalLM
@@ -24,7 +25,7 @@ from model.sampling import Sampler
 from training.checkpoint import load_checkpoint_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 97
 
 
@@ -53,6 +54,7 @@ def test_config_exposes_the_standard_names_and_validates_through_the_model_confi
     cfg.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, AttnlabConfig) and loaded.to_model_config() == cfg.to_model_config()
+    assert AttnlabConfig().to_model_config() == ModelConfig()  # the model's defaults, declared once
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         AttnlabConfig(attention="nope")
     with pytest.raises(ValueError, match="divisible"):
@@ -109,6 +111,10 @@ def test_forward_logits_and_loss_match_the_model():
     torch.testing.assert_close(out.logits, model.model(ids)[0])
     targets = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
     torch.testing.assert_close(out.loss, model.model(ids, targets)[1], atol=1e-5, rtol=1e-5)
+    labels = ids.clone()
+    labels[:, ::3] = -100  # transformers' label of the positions without a target
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+    torch.testing.assert_close(model(ids, labels=labels).loss, expected, atol=1e-6, rtol=1e-6)
 
 
 def test_padding_and_embeddings_input_are_refused_with_a_message():
