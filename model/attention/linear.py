@@ -285,6 +285,13 @@ def chunked_linear_attention(
     return _ChunkedLinearAttention.apply(q, k, v, kernel, eps, chunk)
 
 
+@dataclass
+class QuadraticKernelState(LinearAttentionState):
+    """`[S | z]` of the quadratic kernel's features, and how many tokens they hold."""
+
+    length: int = 0  # tokens folded into the state: the absolute position of the next one
+
+
 @dataclass(frozen=True)
 class QuadraticKernelAttention(AttentionBackend):
     """A backend whose weight is `kernel(d)(q·k)`: direct tiled form below `crossover` tokens, chunked above.
@@ -324,21 +331,21 @@ class QuadraticKernelAttention(AttentionBackend):
             y = chunked_linear_attention(qf, kf, vf, kernel, eps=self.eps, chunk=self.chunk_size)
         return unfold_heads(y, q)
 
-    def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> LinearAttentionState:
+    def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> QuadraticKernelState:
         size = self.kernel(d).feature_dim(d)
-        return LinearAttentionState(
-            torch.zeros(batch, heads, size, d_v + 1, dtype=accumulation_dtype(dtype), device=device)
-        )
+        kv = torch.zeros(batch, heads, size, d_v + 1, dtype=accumulation_dtype(dtype), device=device)
+        return QuadraticKernelState(kv)
 
     @torch.no_grad()  # decoding only: the state is updated in place, which autograd cannot follow
-    def step(self, q, k, v, state: LinearAttentionState):
-        b, h, _, d = q.shape
+    def step(self, q, k, v, state: QuadraticKernelState):
+        b, h, t, d = q.shape
         kv = state.kv.view(b * h, *state.kv.shape[2:])  # a view: updated in place
         out = _attend_and_fold(
             fold_heads(q), fold_heads(k), with_ones_column(fold_heads(v)), self.kernel(d), self.chunk_size, kv
         )
         y = out[..., :-1] / (out[..., -1:] + self.eps)
+        state.length += t
         return unfold_heads(y, q), state
 
-    def state_nbytes(self, state: LinearAttentionState) -> int:
+    def state_nbytes(self, state: QuadraticKernelState) -> int:
         return state.kv.numel() * state.kv.element_size()

@@ -9,6 +9,15 @@ causal: the direct tiled O(n² d) form below `crossover` tokens, above it the ch
 φ_q = [c | b q | a·pairs(q)], φ_k = [1 | k | pairs(k)], D = 1 + d + d(d+1)/2 (model/attention/linear.py), whose
 decode state is S: D × d_v, z: D per head, constant in the context length. The paper puts the crossover of the two
 forms at N0 = d² + d + 1 tokens by FLOPs; where it lies on our CPU is measured in results/bench_attention.md.
+
+With `output_normalized`, the output of a query that attends N tokens is multiplied by sqrt(N / d), as the
+official training code does in both forms (`output_normalized=True` in its ViT and Transformer models); causal,
+N is the query's own count of visible tokens:
+
+    y_i = sqrt(N_i / d) · sum_{j <= i} w_ij v_j / sum_{j <= i} w_ij,   N_i = i + 1 (positions from 0).
+
+An average of N independent values has about 1/sqrt(N) of their norm, so without the factor the output's scale
+falls with the context length.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention.linear import QuadraticKernel, QuadraticKernelAttention
+from model.attention.linear import QuadraticKernel, QuadraticKernelAttention, QuadraticKernelState
 from model.attention.options import check_option, check_positive_real, is_real
 
 
@@ -35,6 +44,12 @@ class TaylorQKTransform(nn.Module):
         return q, F.normalize(k, dim=-1)
 
 
+def output_scale(first: int, t: int, d: int, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """sqrt(N_i / d) for the queries at positions i = first .. first + t - 1, which attend N_i = i + 1 tokens: (t, 1)."""
+    attended = torch.arange(first + 1, first + t + 1, dtype=torch.float64, device=device)
+    return (attended / d).sqrt_().to(dtype)[:, None]
+
+
 @dataclass(frozen=True)
 class TaylorAttention(QuadraticKernelAttention):
     """TaylorShift attention, causal: direct below `crossover` tokens, chunked linear form with a constant state above."""
@@ -45,6 +60,9 @@ class TaylorAttention(QuadraticKernelAttention):
     b: float = 1.0
     c: float = 1.0  # c >= b² / (4a), so that w >= 0
     temperature_init: float = 1.0  # initial τ_h (the official code starts at 1: s = cos(q, k) in [-1, 1])
+    # Multiply the output of a query that attends N tokens by sqrt(N / d) (d = head size), as the official training
+    # code does; off, the output is the plain weighted average of the values.
+    output_normalized: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -55,9 +73,27 @@ class TaylorAttention(QuadraticKernelAttention):
             f"a finite number >= b²/(4a) = {self.b**2 / (4 * self.a) if is_real(self.b) else 'b²/(4a)'}",
         )
         check_positive_real(self.name, "temperature_init", self.temperature_init)
+        check_option(self.name, "output_normalized", self.output_normalized,
+                     isinstance(self.output_normalized, bool), "True or False")
 
     def kernel(self, d: int) -> QuadraticKernel:
         return QuadraticKernel(self.a, self.b, self.c)
 
     def make_qk_transform(self, n_head: int, head_dim: int) -> nn.Module:
         return TaylorQKTransform(n_head, self.temperature_init)
+
+    def reference(self, q, k, v):
+        return self._normalize_output(super().reference(q, k, v), first=0, d=q.shape[-1])
+
+    def forward(self, q, k, v):
+        return self._normalize_output(super().forward(q, k, v), first=0, d=q.shape[-1])
+
+    def step(self, q, k, v, state: QuadraticKernelState):
+        first = state.length  # the absolute position of the first new query
+        y, state = super().step(q, k, v, state)
+        return self._normalize_output(y, first=first, d=q.shape[-1]), state
+
+    def _normalize_output(self, y: torch.Tensor, *, first: int, d: int) -> torch.Tensor:
+        if not self.output_normalized:
+            return y
+        return y * output_scale(first, y.shape[-2], d, dtype=y.dtype, device=y.device)

@@ -21,6 +21,8 @@ CASES = [(name, {}) for name in BACKENDS] + [
     ("logexp", {"chunk_size": 16}),
     ("taylor", {"crossover": 1, "chunk_size": 16}),
     ("taylor", {"crossover": 10**9, "block_size": 16}),
+    ("taylor", {"output_normalized": True}),
+    ("taylor", {"crossover": 1, "chunk_size": 16, "output_normalized": True}),
 ]
 CASE_IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in CASES]
 LENGTHS = [1, 2, 17, 64, 257]

@@ -82,6 +82,51 @@ def test_the_crossover_switches_from_the_direct_to_the_linear_form(t, form, form
     torch.testing.assert_close(y, backend.reference(q, k, v), atol=1e-12, rtol=1e-12)
 
 
+def _normalized_by_hand(q, k, v, a=0.5, b=1.0, c=1.0):
+    """The definition: the causal average of the values under w = a s² + b s + c, times sqrt((i + 1) / d)."""
+    s = q @ k.transpose(-1, -2)
+    w = (a * s**2 + b * s + c).tril()
+    attended = torch.arange(1, q.shape[2] + 1, dtype=q.dtype)[:, None]  # N_i = i + 1
+    return (w @ v) / w.sum(-1, keepdim=True) * torch.sqrt(attended / q.shape[-1])
+
+
+@pytest.mark.parametrize("crossover", [1, 10**9], ids=["linear", "direct"])
+def test_output_normalized_multiplies_each_row_by_sqrt_of_its_attended_tokens_over_d(crossover, forms_run):
+    q, k, v = _transformed_qkv(37)
+    backend = get_backend("taylor", output_normalized=True, crossover=crossover, chunk_size=8, block_size=8)
+    expected = _normalized_by_hand(q, k, v)
+    torch.testing.assert_close(backend.reference(q, k, v), expected, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(backend.forward(q, k, v), expected, atol=1e-12, rtol=1e-12)
+    assert forms_run == ["linear" if crossover == 1 else "direct"]
+
+
+@pytest.mark.parametrize("crossover", [1, 10**9], ids=["linear", "direct"])
+def test_output_normalized_gradients_match_the_definition(crossover):
+    q, k, v = (x.requires_grad_() for x in _transformed_qkv(21))
+    backend = get_backend("taylor", output_normalized=True, crossover=crossover, chunk_size=4, block_size=4)
+    dy = torch.randn(2, 3, 21, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = torch.autograd.grad(backend.forward(q, k, v), (q, k, v), dy)
+    expected = torch.autograd.grad(_normalized_by_hand(q, k, v), (q, k, v), dy)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("prefill", [1, 5, 8, 9, 30])
+def test_output_normalized_decoding_counts_the_tokens_already_in_the_state(prefill):
+    # After a prefill of any length (within a chunk, on a chunk boundary, across several), each new token's
+    # factor is that of its absolute position: the tokens folded into the state count.
+    q, k, v = _transformed_qkv(40)
+    backend = get_backend("taylor", output_normalized=True, chunk_size=8)
+    state = backend.init_state(2, 3, 6, 5, dtype=torch.float64, device="cpu")
+    y, state = backend.step(q[:, :, :prefill], k[:, :, :prefill], v[:, :, :prefill], state)
+    outputs = [y]
+    for i in range(prefill, 40):
+        y, state = backend.step(q[:, :, i : i + 1], k[:, :, i : i + 1], v[:, :, i : i + 1], state)
+        outputs.append(y)
+    assert state.length == 40
+    torch.testing.assert_close(torch.cat(outputs, dim=2), _normalized_by_hand(q, k, v), atol=1e-12, rtol=1e-12)
+
+
 def test_decode_state_is_D_by_d_v_plus_one_with_D_from_the_taylor_features():
     backend = get_backend("taylor")
     assert backend.constant_memory
@@ -98,3 +143,7 @@ def test_coefficients_must_keep_the_polynomial_non_negative(option, value):
         get_backend("taylor", **{option: value})
     get_backend("taylor", a=0.5, b=1.0, c=0.5)  # the boundary c = b²/(4a) is allowed
 
+
+def test_output_normalized_must_be_a_bool():
+    with pytest.raises(ValueError, match="output_normalized=1.*allowed"):
+        get_backend("taylor", output_normalized=1)

@@ -28,10 +28,11 @@ def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-# Every backend, plus the linear ones with crossover=1, whose training form is then the chunked one too.
+# Every backend, plus the linear ones with crossover=1, whose training form is then the chunked one too, and taylor
+# with its output scaled by the count of attended tokens (which the decode state must carry).
 DECODE_CASES = [pytest.param(name, {}, id=name) for name in BACKENDS] + [
     pytest.param(name, {"crossover": 1}, id=f"{name}-crossover=1") for name in ("taylor", "expressive_sq")
-]
+] + [pytest.param("taylor", {"output_normalized": True}, id="taylor-output_normalized")]
 
 
 @pytest.mark.parametrize("position", ["learned", "rope", "none"])

@@ -266,7 +266,7 @@ def test_import_refuses_what_the_model_cannot_represent(tmp_path, capsys):
     assert code == 2 and "no config.json" in err
     code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "relu"), "--out", str(tmp_path / "r"),
                            "--attention-option", "crossover")
-    assert code == 2 and "NAME=NUMBER" in err
+    assert code == 2 and "NAME=VALUE" in err
 
 
 def test_import_does_not_overwrite_a_run(tmp_path, capsys):
