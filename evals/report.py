@@ -12,9 +12,6 @@ Files written into the report directory (each written to a temporary name, then 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -24,8 +21,9 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from data.files import write_text_atomic
 from evals.solve import DIRECT
+from fileio.atomic import write_text_atomic
+from fileio.tables import cell, csv_text, markdown_table
 
 REFERENCE_METHOD = {"gram_power": "qr", "a_gram_power": "qr", "exp_kernel": "cholesky"}
 INSTANCE_KEYS = ("source", "label", "layer", "head", "problem", "j")
@@ -105,7 +103,8 @@ def write(out: Path, rows: list[dict[str, Any]], timing: list[dict[str, Any]], *
     records = aggregate(rows)
     texts = {"solvers.md": markdown(records, timing, manifest=manifest, eps=eps, threads=threads, seeds=seeds,
                                     success_factor=success_factor),
-             "solvers.csv": _csv(records), "solvers_runs.csv": _csv(rows), "time_vs_n.csv": _csv(timing)}
+             "solvers.csv": csv_text(records), "solvers_runs.csv": csv_text(rows),
+             "time_vs_n.csv": csv_text(timing)}
     paths = []
     for name, text in texts.items():
         write_text_atomic(out / name, text)
@@ -113,36 +112,6 @@ def write(out: Path, rows: list[dict[str, Any]], timing: list[dict[str, Any]], *
     paths.append(plot_iterations_vs_kappa(records, out / "iterations_vs_kappa.png"))
     paths.append(plot_time_vs_n(timing, out / "time_vs_n.png"))
     return paths
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns)
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in r.items()})
-    return buffer.getvalue()
-
-
-def _fmt(value: Any, kind: str = "g") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if kind == "e":
-        return f"{value:.1e}"
-    if kind == "pct":
-        return f"{100 * value:.0f}%"
-    if kind == "x":
-        return f"{value:.2f}×"
-    if kind == "int":
-        return f"{value:.0f}"
-    return f"{value:.3g}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def markdown(records: list[dict[str, Any]], timing: list[dict[str, Any]], *, manifest: dict[str, Any], eps: float,
@@ -164,10 +133,10 @@ def markdown(records: list[dict[str, Any]], timing: list[dict[str, Any]], *, man
     ]
     header = ["problem", "j", "method", "instances", "scored", "all seeds ok", "success", "median score",
               "median iters", "median ms", "speed-up"]
-    parts.append(_table(header, [[s["problem"], str(s["j"]), s["method"], str(s["instances"]), str(s["scored"]),
-                                  str(s["all_succeeded"]), _fmt(s["success_rate"], "pct"), _fmt(s["median_score"], "e"),
-                                  _fmt(s["median_iterations"], "int"), _fmt(s["median_time_ms"]),
-                                  _fmt(s["median_speedup"], "x")] for s in summarise(records, "checkpoint")]))
+    parts.append(markdown_table(header, [
+        [s["problem"], s["j"], s["method"], s["instances"], s["scored"], s["all_succeeded"],
+         cell(s["success_rate"], "pct"), cell(s["median_score"], "e"), cell(s["median_iterations"], "int"),
+         cell(s["median_time_ms"]), cell(s["median_speedup"], "x")] for s in summarise(records, "checkpoint")]))
     parts += ["", "## Checkpoint matrices: conditioning", ""]
     seen, cond_rows = set(), []
     for r in records:
@@ -175,26 +144,26 @@ def markdown(records: list[dict[str, Any]], timing: list[dict[str, Any]], *, man
         if r["source"] == "checkpoint" and key not in seen:
             seen.add(key)
             kappa = r["kappa_KG"] if r["problem"] == "exp_kernel" else r["kappa_A"]
-            cond_rows.append([r["label"], r["problem"], str(r["j"]), f"{r['n']}×{r['d']}", _fmt(kappa, "e"),
-                              _fmt(r["kappa_M"], "e"), _fmt(r["row_norm_sq_min"]), _fmt(r["row_norm_sq_max"]),
+            cond_rows.append([r["label"], r["problem"], str(r["j"]), f"{r['n']}×{r['d']}", cell(kappa, "e"),
+                              cell(r["kappa_M"], "e"), cell(r["row_norm_sq_min"]), cell(r["row_norm_sq_max"]),
                               r["status"]])
-    parts.append(_table(["matrix", "problem", "j", "n×d", "κ(A) (c: κ(K_G))", "κ(M)", "min ‖a‖²", "max ‖a‖²",
-                         "status"], cond_rows))
+    parts.append(markdown_table(["matrix", "problem", "j", "n×d", "κ(A) (c: κ(K_G))", "κ(M)", "min ‖a‖²",
+                                 "max ‖a‖²", "status"], cond_rows))
     parts += ["", "## Synthetic controls", ""]
     synth = [r for r in records if r["source"] == "synthetic"]
-    parts.append(_table(
+    parts.append(markdown_table(
         ["instance", "problem", "j", "κ(A) (c: κ(K_G))", "κ(M)", "status", "method", "success", "median score",
          "worst", "iters", "ms", "κ(AR⁻¹)", "speed-up"],
         [[r["label"], r["problem"], str(r["j"]),
-          _fmt(r["kappa_KG"] if r["problem"] == "exp_kernel" else r["kappa_A"], "e"), _fmt(r["kappa_M"], "e"),
-          r["status"], r["method"], _fmt(r.get("success_rate"), "pct"), _fmt(r.get("median_score"), "e"),
-          _fmt(r.get("worst_score"), "e"), _fmt(r.get("median_iterations"), "int"),
-          _fmt(1e3 * r["time_total"] if r.get("time_total") is not None else None), _fmt(r.get("kappa_precond")),
-          _fmt(r["speedup_vs_reference"], "x")] for r in synth]))
+          cell(r["kappa_KG"] if r["problem"] == "exp_kernel" else r["kappa_A"], "e"), cell(r["kappa_M"], "e"),
+          r["status"], r["method"], cell(r.get("success_rate"), "pct"), cell(r.get("median_score"), "e"),
+          cell(r.get("worst_score"), "e"), cell(r.get("median_iterations"), "int"),
+          cell(1e3 * r["time_total"] if r.get("time_total") is not None else None), cell(r.get("kappa_precond")),
+          cell(r["speedup_vs_reference"], "x")] for r in synth]))
     parts += ["", "## Time against n (first checkpoint head's keys; median of 3)", ""]
-    parts.append(_table(["problem", "method", "n", "d", "ms", "iterations", "relres", "converged"],
-                        [[t["problem"], t["method"], str(t["n"]), str(t["d"]), _fmt(1e3 * t["time"]),
-                          str(t["iterations"]), _fmt(t["relres"], "e"), str(t["converged"])] for t in timing]))
+    parts.append(markdown_table(["problem", "method", "n", "d", "ms", "iterations", "relres", "converged"],
+                                [[t["problem"], t["method"], t["n"], t["d"], cell(1e3 * t["time"]), t["iterations"],
+                                  cell(t["relres"], "e"), t["converged"]] for t in timing]))
     parts += ["", "![iterations against κ](iterations_vs_kappa.png)", "", "![time against n](time_vs_n.png)", ""]
     return "\n".join(parts)
 

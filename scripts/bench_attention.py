@@ -1,6 +1,6 @@
 """Benchmark the attention backends' training forms and decode steps on CPU.
 
-    python scripts/bench_attention.py                       # full grid, one thread (as docs/anchors.md)
+    python scripts/bench_attention.py                       # full grid, one thread (as docs/benchmarks.md)
     python scripts/bench_attention.py --lengths 1024 4096 --dtypes float32 --backends softmax taylor:crossover=1
 
 Training form: forward and forward+backward time (median of the timed repetitions after one untimed run) and
@@ -17,7 +17,6 @@ time exceeds --max-case-seconds are skipped (reported as such). Writes <out>.csv
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import re
@@ -31,9 +30,12 @@ sys.path.insert(0, str(REPO))  # runnable as a plain script from anywhere
 
 import torch  # noqa: E402
 
+from experiments.log_axes import style_log_axes  # noqa: E402
+from fileio.pages import command_line, opening, this_machine, today  # noqa: E402
+from fileio.tables import csv_text, markdown_table  # noqa: E402
 from model.attention import BACKENDS, get_backend  # noqa: E402
 
-# docs/anchors.md: one thread, B=1, H=12, d=64, causal; seconds (fwd, fwd+bwd) and extra MB of fwd+bwd.
+# docs/benchmarks.md: one thread, B=1, H=12, d=64, causal; seconds (fwd, fwd+bwd).
 ANCHORS = {
     "SDPA fp32": {1024: (0.036, 0.14), 4096: (0.43, 1.71), 8192: (1.7, 7.7), 16384: (6.9, 21.8)},
     "SDPA bf16": {1024: (0.033, 0.093), 4096: (0.40, 1.15), 8192: (1.6, 5.0), 16384: (6.3, 17.1)},
@@ -45,7 +47,7 @@ ANCHOR_OURS = {
     "SDPA fp32": ("softmax", "float32"), "SDPA bf16": ("softmax", "bfloat16"),
     "official Heinsen fp32": ("logexp", "float32"), "official TaylorShift efficient fp32": ("taylor", "float32"),
 }
-LINEAR = ("expressive_sq", "logexp", "taylor")  # issue target: time(16384) / time(1024) <= 20
+LINEAR = ("expressive_sq", "logexp", "taylor")  # linear in n: time(16384) / time(1024) <= 20 (16x the tokens + slack)
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -233,33 +235,29 @@ def crossover(rows, efficient: str, direct: str, dtype: str, mode: str) -> str:
 
 
 def markdown(args, train_rows, decode_rows) -> str:
-    lines = [f"# Attention benchmark ({args.threads} thread(s), B={args.batch}, H={args.heads}, d={args.head_dim}, "
-             f"causal, torch {torch.__version__})", "",
-             "Seconds, median; fwd / fwd+bwd; peak extra MB of fwd+bwd in parentheses; `skip` = predicted over "
+    measured = ("time and peak extra memory of each backend's training form (forward, forward+backward) and time of "
+                "its decode step")
+    config = (f"{args.threads} thread(s), B={args.batch}, H={args.heads}, d={args.head_dim}, causal, "
+              f"torch {torch.__version__}")
+    page = opening("Attention benchmark", measured, command_line(__file__), config, this_machine(), today())
+    lines = ["Seconds, median; fwd / fwd+bwd; peak extra MB of fwd+bwd in parentheses; `skip` = predicted over "
              f"{args.max_case_seconds:.0f} s.", ""]
     backends = list(dict.fromkeys(r["backend"] for r in train_rows))
     lengths = sorted({r["n"] for r in train_rows})
     for dtype in args.dtypes:
-        lines += [f"## Training form, {dtype}", "", "| n | " + " | ".join(backends) + " |",
-                  "|---|" + "---|" * len(backends)]
-        for n in lengths:
-            cells = []
-            for b in backends:
-                f, fb = lookup(train_rows, b, dtype, n, "fwd"), lookup(train_rows, b, dtype, n, "fwd+bwd")
-                cell = (f"{f['time_s']:.3g}" if f else "skip") + " / " + (f"{fb['time_s']:.3g}" if fb else "skip")
-                cells.append(cell + (f" ({fb['peak_extra_mb']:.0f})" if fb else ""))
-            lines.append(f"| {n} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["## Against the anchors (anchor time / our time; > 1 means ours is faster)", "",
-              "| anchor | ours | n | fwd | fwd+bwd |", "|---|---|---|---|---|"]
+        rows = [[n, *(training_cell(train_rows, b, dtype, n) for b in backends)] for n in lengths]
+        lines += [f"## Training form, {dtype}", "", markdown_table(["n", *backends], rows), ""]
+    anchor_rows = []
     for anchor, table in ANCHORS.items():
         ours, dtype = ANCHOR_OURS[anchor]
         for n, (af, afb) in table.items():
             f, fb = lookup(train_rows, ours, dtype, n, "fwd"), lookup(train_rows, ours, dtype, n, "fwd+bwd")
             if f or fb:
-                lines.append(f"| {anchor} | {ours} {dtype} | {n} | " + (f"{af / f['time_s']:.1f}x" if f else "-")
-                             + " | " + (f"{afb / fb['time_s']:.1f}x" if fb else "-") + " |")
-    lines += ["", "## Issue targets (measured in this run)", ""]
+                anchor_rows.append([anchor, f"{ours} {dtype}", n, f"{af / f['time_s']:.1f}x" if f else "-",
+                                    f"{afb / fb['time_s']:.1f}x" if fb else "-"])
+    lines += ["## Against the anchors (anchor time / our time; > 1 means ours is faster)", "",
+              markdown_table(["anchor", "ours", "n", "fwd", "fwd+bwd"], anchor_rows)]
+    lines += ["", "## Targets (measured in this run)", ""]
     for dtype in args.dtypes:
         for mode in ("fwd", "fwd+bwd"):
             # The linear backends' scaling, as configured and (where measured) for the linear form alone: with the
@@ -298,15 +296,24 @@ def markdown(args, train_rows, decode_rows) -> str:
                              f"{crossover(train_rows, efficient[0], direct[0], dtype, mode)}")
     if decode_rows:
         contexts = sorted({r["context"] for r in decode_rows})
+        rows = [[b, dtype, *(decode_cell(decode_rows, b, dtype, c) for c in contexts)]
+                for b in dict.fromkeys(r["backend"] for r in decode_rows) for dtype in args.dtypes]
         lines += ["", "## Decode: ms per token (state MiB) after a prefill of the context", "",
-                  "| backend | dtype | " + " | ".join(map(str, contexts)) + " |", "|---|---|" + "---|" * len(contexts)]
-        for b in dict.fromkeys(r["backend"] for r in decode_rows):
-            for dtype in args.dtypes:
-                cells = [next((f"{r['step_ms']:.2f} ({r['state_bytes'] / 2**20:.2f})" for r in decode_rows
-                               if r["backend"] == b and r["dtype"] == dtype and r["context"] == c), "-")
-                         for c in contexts]
-                lines.append(f"| {b} | {dtype} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+                  markdown_table(["backend", "dtype", *contexts], rows)]
+    return page + "\n".join(lines) + "\n"
+
+
+def training_cell(rows, backend: str, dtype: str, n: int) -> str:
+    """`fwd / fwd+bwd (extra MB)` seconds of one backend at one length; `skip` where not measured."""
+    f, fb = lookup(rows, backend, dtype, n, "fwd"), lookup(rows, backend, dtype, n, "fwd+bwd")
+    cell = (f"{f['time_s']:.3g}" if f else "skip") + " / " + (f"{fb['time_s']:.3g}" if fb else "skip")
+    return cell + (f" ({fb['peak_extra_mb']:.0f})" if fb else "")
+
+
+def decode_cell(rows, backend: str, dtype: str, context: int) -> str:
+    """`ms per token (state MiB)` of one backend after a prefill of `context` tokens; `-` where not measured."""
+    r = next((r for r in rows if r["backend"] == backend and r["dtype"] == dtype and r["context"] == context), None)
+    return f"{r['step_ms']:.2f} ({r['state_bytes'] / 2**20:.2f})" if r else "-"
 
 
 def plot(path: Path, args, train_rows, decode_rows) -> None:
@@ -334,14 +341,9 @@ def plot(path: Path, args, train_rows, decode_rows) -> None:
         if pts:
             c, t = zip(*pts)
             axes[2].plot(c, t, marker="o", color=colors.get(b), label=b)
-    titles = ["fwd+bwd time (s)", "fwd+bwd peak extra memory (MB)", f"decode step (ms/token), {args.dtypes[0]}"]
-    for ax, title in zip(axes, titles):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(title)
-        ax.set_xlabel("sequence length" if ax is not axes[2] else "context length")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+    style_log_axes(axes[0], "fwd+bwd time (s)", "sequence length", legend_fontsize=7)
+    style_log_axes(axes[1], "fwd+bwd peak extra memory (MB)", "sequence length", legend_fontsize=7)
+    style_log_axes(axes[2], f"decode step (ms/token), {args.dtypes[0]}", "context length", legend_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -375,15 +377,8 @@ def main() -> None:
     train_rows, decode_rows = benchmark(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["kind", "backend", "name", "dtype", "n", "mode", "time_s", "first_s", "reps", "peak_extra_mb",
-              "peak_exact", "skipped", "failed", "context", "step_ms", "state_bytes", "prefill_s"]
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in train_rows:
-            writer.writerow({"kind": "training"} | r)
-        for r in decode_rows:
-            writer.writerow({"kind": "decode"} | r)
+    out.with_suffix(".csv").write_text(csv_text([{"kind": "training"} | r for r in train_rows]
+                                                + [{"kind": "decode"} | r for r in decode_rows]))
     out.with_suffix(".md").write_text(markdown(args, train_rows, decode_rows))
     plot(out.with_suffix(".png"), args, train_rows, decode_rows)
     print(f"wrote {out}.csv, {out}.md, {out}.png")

@@ -12,14 +12,13 @@ to --kv-max-position; the constant-memory backends take every position. Writes <
 On the 2-core reference machine, positions 128 .. 16,384 of all five backends take about 13 minutes; 65,536 adds
 several minutes of prefill per constant-memory backend.
 
-Target (issue 4): for the constant-memory backends, latency at 16,384 within 1.15x of that at 128 and identical
-state bytes at every position.
+Target: a constant-memory backend keeps its latency at 16,384 within 1.15x of that at 128 and its state bytes
+identical at every position, since its decode state, and so the work of a step, does not grow with the context.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import time
@@ -27,6 +26,9 @@ from pathlib import Path
 
 import torch
 
+from experiments.log_axes import style_log_axes
+from fileio.pages import command_line, opening, this_machine, today
+from fileio.tables import csv_text, markdown_table
 from model.attention import BACKENDS, get_backend
 from model.config import ModelConfig
 from model.gpt import GPT
@@ -81,7 +83,7 @@ def lookup(rows: list[dict], backend: str, position: int) -> dict | None:
 
 
 def target_lines(rows: list[dict]) -> list[str]:
-    """The issue's targets for the constant-memory backends, as measured."""
+    """The targets of the constant-memory backends (see the module docstring), as measured."""
     lines = []
     lo, hi = TARGET_POSITIONS
     for backend in dict.fromkeys(r["backend"] for r in rows if r["constant_memory"]):
@@ -101,26 +103,28 @@ def target_lines(rows: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict], args: argparse.Namespace, load: tuple[float, float]) -> str:
     positions = sorted({r["position"] for r in rows})
+    config = (f"125M shape, random weights, position {args.position}, {args.dtype}, batch 1, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} of {os.cpu_count()} CPU thread(s)")
+    page = opening("Decode benchmark", "per-token decode latency and decode-state bytes at growing context positions",
+                   command_line(__file__), config, this_machine(), today())
+    table = [[backend, "constant" if get_backend(backend).constant_memory else "KV cache",
+              *(position_cell(rows, backend, p) for p in positions)]
+             for backend in dict.fromkeys(r["backend"] for r in rows)]
     lines = [
-        f"# Decode benchmark: 125M shape, random weights, position {args.position}, {args.dtype}, batch 1",
-        "",
-        f"torch {torch.__version__}, {torch.get_num_threads()} of {os.cpu_count()} CPU thread(s); load average "
-        f"{load[0]:.2f} at the start, {load[1]:.2f} at the end (other processes share the machine). Median of "
-        f"{args.steps} single-token steps, round-robin over the positions, after a prefill (chunks of "
+        f"Load average {load[0]:.2f} at the start, {load[1]:.2f} at the end (other processes share the machine). "
+        f"Median of {args.steps} single-token steps, round-robin over the positions, after a prefill (chunks of "
         f"{args.prefill_chunk}) to the position. Cells: ms per token (decode-state MiB); `-` = not run.",
         "",
-        "| backend | state | " + " | ".join(f"{p:,}" for p in positions) + " |",
-        "|---|---|" + "---|" * len(positions),
+        markdown_table(["backend", "state", *(f"{p:,}" for p in positions)], table),
+        "", "## Targets (constant-memory backends)", "", *target_lines(rows), "",
     ]
-    for backend in dict.fromkeys(r["backend"] for r in rows):
-        kind = "constant" if get_backend(backend).constant_memory else "KV cache"
-        cells = []
-        for p in positions:
-            r = lookup(rows, backend, p)
-            cells.append(f"{r['step_ms']:.1f} ({r['state_bytes'] / 2**20:.1f})" if r else "-")
-        lines.append(f"| {backend} | {kind} | " + " | ".join(cells) + " |")
-    lines += ["", "## Targets (constant-memory backends)", "", *target_lines(rows), ""]
-    return "\n".join(lines)
+    return page + "\n".join(lines)
+
+
+def position_cell(rows: list[dict], backend: str, position: int) -> str:
+    """`ms per token (state MiB)` of one backend at one position; `-` where not run."""
+    r = lookup(rows, backend, position)
+    return f"{r['step_ms']:.1f} ({r['state_bytes'] / 2**20:.1f})" if r else "-"
 
 
 def plot(path: Path, rows: list[dict]) -> None:
@@ -134,13 +138,8 @@ def plot(path: Path, rows: list[dict]) -> None:
         style = "-" if get_backend(backend).constant_memory else "--"
         latency.plot(x, ms, style, marker="o", label=backend)
         memory.plot(x, mib, style, marker="o", label=backend)
-    for ax, title in ((latency, "decode latency (ms / token)"), (memory, "decode state (MiB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("context position")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    style_log_axes(latency, "decode latency (ms / token)", "context position")
+    style_log_axes(memory, "decode state (MiB)", "context position")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -167,12 +166,8 @@ def main() -> None:
     rows = [row for name in args.backends for row in bench_backend(name, args)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*rows[0], "threads", "dtype", "position_encoding"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row | {"threads": torch.get_num_threads(), "dtype": args.dtype,
-                                   "position_encoding": args.position})
+    settings = {"threads": torch.get_num_threads(), "dtype": args.dtype, "position_encoding": args.position}
+    out.with_suffix(".csv").write_text(csv_text(row | settings for row in rows))
     out.with_suffix(".md").write_text(markdown(rows, args, (load_start, os.getloadavg()[0])))
     plot(out.with_suffix(".png"), rows)
     print("\n".join(target_lines(rows)))

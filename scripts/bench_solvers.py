@@ -1,4 +1,4 @@
-"""Benchmark the regression-proxy solvers against the targets of issue 6 (float64, pinned threads).
+"""Benchmark the regression-proxy solvers against their targets (float64, pinned threads).
 
     python scripts/bench_solvers.py                                   # all three parts, synthetic inputs
     python scripts/bench_solvers.py --extracted DIR                   # part 3 on a checkpoint's keys
@@ -22,7 +22,6 @@ Parts (results in <out>.md and <out>.csv):
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from evals.extract import load_extracted
 from evals.instances import distinct_rows
 from evals.run import KERNEL_METHODS, time_vs_n
 from evals.solve import least_squares
+from fileio.tables import cell, csv_text, markdown_table
 
 KAPPAS = (1e2, 1e4, 1e6, 1e8)
 ITERATION_TARGET = 40
@@ -121,18 +121,9 @@ def bench_kernel(A: torch.Tensor, source: str, sizes: list[int], maxiter: int) -
     return rows
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.3g}" if 1e-3 <= abs(v) < 1e5 or v == 0 else f"{v:.1e}"
-    return str(v)
-
-
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    """The `columns` of `rows` as a markdown table."""
+    return markdown_table(columns, [[cell(r.get(c), "auto") for c in columns] for r in rows])
 
 
 def markdown(args: argparse.Namespace, kappa: list, tall: list, kernel: list) -> str:
@@ -227,12 +218,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(markdown(args, kappa, tall, kernel))
-    everything = kappa + tall + kernel
-    columns = list(dict.fromkeys(k for r in everything for k in r))
-    with open(out.with_suffix(".csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(everything)
+    out.with_suffix(".csv").write_text(csv_text(kappa + tall + kernel))
     print(f"wrote {out}.md and {out}.csv in {time.perf_counter() - start:.0f} s")
 
 

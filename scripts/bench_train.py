@@ -1,4 +1,4 @@
-"""Training-step throughput (tokens/s) and MFU of the model, measured like the anchors (docs/anchors.md).
+"""Training-step throughput (tokens/s) and MFU of the model, measured like the anchors (docs/benchmarks.md).
 
     python scripts/bench_train.py                       # both anchor shapes, 1 and 2 threads, fp32 and bf16
     python scripts/bench_train.py --shapes small --threads 2 --dtypes bfloat16
@@ -11,13 +11,14 @@ same dtype and thread count (training.runtime.peak_flops, as train.py). Writes C
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from fileio.pages import command_line, opening, this_machine, today
+from fileio.tables import cell, csv_text, markdown_table
 from model.config import ModelConfig
 from model.gpt import GPT
 from training.config import OptimConfig
@@ -77,15 +78,16 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_suffix(".csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| shape | threads | dtype | tokens/s | MFU | step s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['shape']} | {r['threads']} | {r['dtype']} | {r['tokens_per_s']:.0f} | {100 * r['mfu']:.0f}% "
-              f"| {r['step_s']} |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    out.with_suffix(".csv").write_text(csv_text(rows))
+    table = markdown_table(["shape", "threads", "dtype", "tokens/s", "MFU", "step s"],
+                           [[r["shape"], r["threads"], r["dtype"], cell(r["tokens_per_s"], "int"),
+                             cell(r["mfu"], "pct"), r["step_s"]] for r in rows])
+    config = (f"attention {args.attention}, median of {args.steps} steps after {args.warmup} warm-up steps, "
+              f"torch {torch.__version__}")
+    page = opening("Training-step throughput", "tokens/s and MFU of a full training step (forward, backward, AdamW)",
+                   command_line(__file__), config, this_machine(), today())
+    out.with_suffix(".md").write_text(page + table + "\n")
+    print(table)
 
 
 if __name__ == "__main__":

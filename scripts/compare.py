@@ -1,60 +1,73 @@
-"""Compare runs by attention backend: a markdown + CSV table and a PNG of the val-loss curves.
+"""Compare runs, grouped by their settings: a markdown + CSV table and a PNG of the val-loss curves.
 
-    python scripts/compare.py runs/sweeps/shakespeare-cpu              # a sweep directory (scripts/sweep.py)
-    python scripts/compare.py runs/a runs/b runs/c --out results/abc   # or run directories
+    python scripts/compare.py runs/sweeps/shakespeare-cpu                    # a sweep directory (scripts/sweep.py)
+    python scripts/compare.py runs/a runs/b runs/c --out runs/compare-abc    # or run directories
 
-Per backend: final and best val loss and perplexity (and MQAR answer accuracy when logged) as mean ± std over the
-runs, tokens, wall time, train tokens/s and peak memory; see training/comparison.py for each definition. Prints
-the table and writes comparison.md, comparison.csv and comparison.png to --out (default: the directory that holds
-the runs). Runs trained on different data, evaluated on different val windows, with different token budgets or
-unfinished are refused (exit status 2).
+Runs whose settings are equal apart from the seed and bookkeeping (where a run was kept, how often it logged and
+checkpointed, wandb: experiments/run_identity.py) form one row, labelled by the backend and any other setting that
+sets it apart (`taylor position=rope`). Per row: final and best val loss and perplexity (and MQAR answer accuracy
+when logged) as mean ± std over the seeds, tokens, wall time, train tokens/s and peak memory; see
+experiments/comparison.py for each definition. Prints the table and writes comparison.md, comparison.csv and
+comparison.png to --out (default: a new runs/compare-<date>-<time>), which must not lie inside the compared
+directories. Runs trained on different data, evaluated on different val windows, with different token budgets or
+unfinished are refused (exit status 2); runs that differ in optimiser or training settings are compared with a
+warning on stderr, since the table then compares those settings too.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
-from training.comparison import (
-    ComparisonError, check_comparable, csv_rows, group_by_backend, load_run, markdown_table, run_dirs, summarise,
-    val_curve,
+from experiments.comparison import (
+    ComparisonError, check_comparable, check_out_dir, csv_rows, group_runs, load_run, run_dirs,
+    settings_beyond_model, summarise, summary_table, trained_dates, val_curve, varying_settings,
 )
-from training.comparison_plot import plot_val_curves
+from experiments.comparison_plot import plot_val_curves
+from fileio.pages import command_line, opening
+from fileio.tables import csv_text
+
+MEASURED = ("final and best val loss and perplexity, tokens, wall time, train tokens/s and peak memory of each group "
+            "of runs (mean ± std over seeds)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories, or a sweep directory that holds them")
-    parser.add_argument("--out", type=Path, help="where the table and figure go (default: the runs' parent)")
+    parser.add_argument("--out", type=Path, help="folder for the table and figure, outside the compared directories "
+                        "(default: runs/compare-<date>-<time>)")
     args = parser.parse_args(argv)
+    out = args.out or Path("runs") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     try:
-        runs = [load_run(path) for path in run_dirs(args.runs)]
+        paths = run_dirs(args.runs)
+        check_out_dir(out, [*map(Path, args.runs), *paths])
+        runs = [load_run(path) for path in paths]
         check_comparable(runs)
     except ComparisonError as exc:
         print(f"cannot compare: {exc}", file=sys.stderr)
         return 2
+    beyond_model = settings_beyond_model(runs)
+    if beyond_model:
+        print(f"warning: the runs also differ in {', '.join(beyond_model)}; each setting gets its own row, and the "
+              "table compares those settings as well as the models", file=sys.stderr)
 
     summaries = summarise(runs)
-    table = markdown_table(summaries)
+    table = summary_table(summaries)
     data = runs[0].config["data"]
-    header = (f"{len(runs)} runs on data.source={data['source']}, block_size {data['block_size']}, "
+    config = (f"the runs' config.yaml: data.source={data['source']}, block_size {data['block_size']}, "
               f"{runs[0].budget:,} training tokens each, val windows {runs[0].eval_lines[-1].get('val_windows')}; "
-              "mean ± std over seeds.\n")
-    print(header + "\n" + table, end="")
+              f"groups set apart by {', '.join(varying_settings(runs)) or 'nothing'}")
+    page = opening(f"Comparison of {len(runs)} runs on {data['source']}", MEASURED, command_line(__file__, argv),
+                   config, "not recorded in the run records", f"trained {trained_dates(runs)}")
+    print(table, end="")
 
-    out = args.out or Path(os.path.commonpath([run.path.resolve().parent for run in runs]))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.md").write_text(f"{header}\n{table}\n![val loss](comparison.png)\n")
-    rows = csv_rows(summaries)
-    with (out / "comparison.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    groups = group_by_backend(runs)
-    plot_val_curves({s.backend: val_curve(groups[s.backend]) for s in summaries}, out / "comparison.png")
+    (out / "comparison.md").write_text(f"{page}{table}\n![val loss](comparison.png)\n")
+    (out / "comparison.csv").write_text(csv_text(csv_rows(summaries)))
+    groups = group_runs(runs)
+    plot_val_curves({s.label: val_curve(groups[s.label]) for s in summaries}, out / "comparison.png")
     print(f"wrote {out / 'comparison.md'}, comparison.csv, comparison.png", file=sys.stderr)
     return 0
 

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from data.config import MQAR
 from data.mqar import elimination_accuracy
+from experiments.comparison import ComparisonError, check_comparable, load_run, run_dirs, summarise
 from model.attention import BACKENDS
-from training.comparison import ComparisonError, check_comparable, load_run, run_dirs, summarise
 from training.config import load_config
-from training.dataclass_parsing import ConfigError
+from typedconfig.parsing import ConfigError
 
 SWEEP = Path(__file__).resolve().parent / "sweep.py"
 
@@ -39,7 +40,7 @@ def accuracy_by_backend(sweep_dir: Path) -> dict[str, tuple[float, float, int]]:
     """backend -> (mean, std, runs) of the final val accuracy of the sweep's runs."""
     runs = [load_run(path) for path in run_dirs([sweep_dir])]
     check_comparable(runs)
-    return {s.backend: (*s.stats["final_val_accuracy"], s.runs) for s in summarise(runs)}
+    return {s.label: (*s.stats["final_val_accuracy"], s.runs) for s in summarise(runs)}
 
 
 def write_results(grid: dict[int, dict[str, tuple[float, float, int]]], results: Path) -> str:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ConfigError) as exc:  # ConfigError is a ValueError
         print(f"recall_grid: {exc}", file=sys.stderr)
         return 2
-    if base.data.source != "mqar":
+    if base.data.source != MQAR:
         print(f"recall_grid: {args.config} trains on {base.data.source!r}; set data.source=mqar", file=sys.stderr)
         return 2
     grid = {}

@@ -6,9 +6,10 @@
     python scripts/compare.py runs/sweeps/shakespeare-cpu          # then: the table and the curves
 
 Run directories are <out>/<backend>-seed<k> (train.seed = k); the overrides apply to every run. Running the same
-command again skips finished runs and resumes interrupted ones. With --nproc-per-node K each run is launched
-under torchrun with K processes. wandb (logging.wandb=offline|online) groups the runs under <out>'s name and tags
-each with its backend. See training/sweep.py.
+command again skips finished runs and resumes interrupted ones; a run directory that holds a run with other
+settings (another override, say) is refused with exit status 2 before anything trains. With --nproc-per-node K
+each run is launched under torchrun with K processes. wandb (logging.wandb=offline|online) groups the runs under
+<out>'s name and tags each with its backend. See experiments/sweep.py.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from experiments.sweep import Launcher, RunMismatch, check_reusable, is_finished, parse_backends, plan, train_command
 from model.attention import BACKENDS
-from training.dataclass_parsing import ConfigError
-from training.sweep import Launcher, is_finished, parse_backends, plan, train_command
+from typedconfig.parsing import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("runs/sweeps") / Path(args.config).stem
     try:
         runs = plan(args.config, parse_backends(args.backends), args.seeds, out, args.overrides)
+        for run in runs:
+            check_reusable(run)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except RunMismatch as exc:
+        print(f"cannot reuse: {exc}", file=sys.stderr)
         return 2
 
     launcher, failed = Launcher(), []

@@ -1,2 +1,1 @@
-"""Helpers of the training loop in train.py: config, runtime, optimiser and schedule, checkpoints, metrics; and
-of the runs it writes: backend sweeps (sweep.py) and their comparison (comparison.py, comparison_plot.py)."""
+"""Helpers of the training loop in train.py: config, runtime, optimiser and schedule, checkpoints, metrics."""

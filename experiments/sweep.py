@@ -5,9 +5,11 @@
 Run k of backend B is `train.py CONFIG <overrides> model.attention=B train.seed=k train.out_dir=<out>/B-seed<k>
 logging.wandb_group=<out's name> logging.wandb_tags=[B] train.resume=auto`: the same data, val windows and token
 budget for every run, an interrupted run continues from its last checkpoint, and a finished one (its last
-checkpoint, or for a kept run record its last evaluation, is at train.max_steps) is skipped. The wall time of a
-run is the `elapsed` of its metrics (seconds spent in training steps, carried across resumes), so a sweep writes
-nothing beyond the run directories.
+checkpoint, or for a kept run record its last evaluation, is at train.max_steps) is skipped. A run directory is
+reused (resumed or skipped) only when the config.yaml it holds has the settings this sweep asks for, bookkeeping
+aside (experiments/run_identity.py); any other is refused before the first run starts, so a changed override never
+hides behind an old run. The wall time of a run is the `elapsed` of its metrics (seconds spent in training steps,
+carried across resumes), so a sweep writes nothing beyond the run directories.
 """
 
 from __future__ import annotations
@@ -18,15 +20,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.run_identity import describe, differences, read_run_config, settings
 from model.attention import BACKENDS
 from training import checkpoint as ckpt
-from training.config import RunConfig, load_config
-from training.dataclass_parsing import ConfigError
+from training.config import RunConfig, config_to_dict, load_config
 from training.metrics import read_metrics
+from typedconfig.parsing import ConfigError
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 SWEEP_KEYS = ("model.attention", "train.seed", "train.out_dir", "train.resume", "logging.wandb_group",
               "logging.wandb_tags")  # set by the sweep for each run, so not overridable
+
+
+class RunMismatch(ValueError):
+    """A run directory of the sweep that holds a run with other settings than the sweep asks for."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,24 @@ def plan(config: str, backends: list[str], seeds: int, out_dir: Path, overrides:
             )
             runs.append(SweepRun(run_overrides, load_config(config, list(run_overrides))))
     return runs
+
+
+def check_reusable(run: SweepRun) -> None:
+    """Raise RunMismatch unless the run directory is new or its config.yaml has the settings of `run`, bookkeeping
+    aside (experiments/run_identity.py), so that resuming or skipping it gives the run the sweep asks for."""
+    recorded = run.run_dir / "config.yaml"
+    if not recorded.is_file():
+        return
+    try:
+        there = settings(read_run_config(recorded))
+    except ConfigError as exc:
+        raise RunMismatch(f"{recorded} is not a usable run config ({exc}); move {run.run_dir} away") from None
+    requested = settings(config_to_dict(run.config))
+    differing = differences(there, requested)
+    if differing:
+        what = describe(differing, there, requested, ("there", "requested"))
+        raise RunMismatch(f"{run.run_dir} holds a run with other settings ({what}); use another --out, or move the "
+                          "run away to train it anew")
 
 
 def train_command(config: str, run: SweepRun, nproc_per_node: int) -> list[str]:

@@ -1,7 +1,10 @@
-"""Compare finished runs by attention backend at equal data, val windows and token budget.
+"""Compare finished runs at equal data, val windows and token budget, grouped by what they were run with.
 
-A run is a run directory (config.yaml + metrics.jsonl, as train.py writes them). Runs are grouped by
-model.attention; per backend every number is the mean and sample standard deviation over its runs (seeds):
+A run is a run directory (config.yaml + metrics.jsonl, as train.py writes them). Runs whose settings are equal apart
+from the seed form a group (settings: the resolved config less its bookkeeping keys, experiments/run_identity.py).
+A group is labelled by its backend and by every other setting in which the runs differ, e.g. `taylor position=rope`
+beside `softmax position=learned`, so no two settings ever share a row. Per group every number is the mean and
+sample standard deviation over its runs (seeds):
 
     final / best val loss and perplexity   the last evaluation, and the best one, of each run
     final / best val accuracy              MQAR answer accuracy, when the runs log `val_accuracy`
@@ -10,25 +13,30 @@ model.attention; per backend every number is the mean and sample standard deviat
     tokens/s                               tokens / wall time
     peak memory                            the largest `peak_mem_mb` logged (CUDA allocated, or the process's RSS)
 
-Runs that differ in their data, their val windows or their token budget, or that have not finished, are refused
-with a ComparisonError: their val losses would not measure the same thing.
+Refused with a ComparisonError, since their val losses would not measure the same thing: runs that differ in their
+data (data.*), their val windows or their token budget, and unfinished runs. Runs that differ in other settings
+outside the model (optim.*, train.*) are compared, each setting in its own group; `settings_beyond_model` names
+those keys so that the caller can warn that the table compares them too.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from data.config import MQAR
+from experiments.run_identity import SEED, describe, differences, read_run_config, settings
+from fileio.tables import markdown_table, mean_std_cell
 from training.metrics import read_metrics
+from typedconfig.parsing import ConfigError
 
-WHERE_NOT_WHAT = ("prepared_dir",)  # data keys that say where the data lives, not what it is
+BACKEND = "model.attention"
 
 
 class ComparisonError(ValueError):
@@ -42,9 +50,10 @@ class Run:
     train_lines: list[dict[str, Any]]  # metrics lines with train_loss, one per step, by step
     eval_lines: list[dict[str, Any]]  # metrics lines with val_loss, one per step, by step
 
-    @property
-    def backend(self) -> str:
-        return self.config["model"]["attention"]
+    @cached_property
+    def settings(self) -> dict[str, Any]:
+        """What the run was run with, seed included (run_identity.settings)."""
+        return settings(self.config)
 
     @property
     def budget(self) -> int:
@@ -59,14 +68,14 @@ class Run:
 
 @dataclass
 class Summary:
-    backend: str
+    label: str  # the group's backend and the settings that set it apart, e.g. "taylor position=rope"
     runs: int
     stats: dict[str, tuple[float, float]]  # metric -> (mean, standard deviation) over the runs
 
 
 @dataclass
 class Curve:
-    """Val loss of one backend at each evaluation step its runs share: mean, min and max over the runs."""
+    """Val loss of one group at each evaluation step its runs share: mean, min and max over the runs."""
 
     tokens: list[int]
     elapsed: list[float]  # mean over the runs
@@ -90,13 +99,25 @@ def run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+def check_out_dir(out: Path, inputs: Iterable[Path]) -> None:
+    """Raise ComparisonError if `out` is one of `inputs` (the run and sweep directories compared) or lies inside
+    one: a comparison gets a folder of its own and never writes among the runs, which may be committed records."""
+    for path in inputs:
+        if out.resolve().is_relative_to(path.resolve()):
+            raise ComparisonError(f"--out {out} is inside {path}, one of the compared directories; write the "
+                                  "comparison to a folder of its own")
+
+
 def load_run(path: Path) -> Run:
     """A run directory's config and metrics. Where a resumed run logged a step twice, the last line wins."""
     lines = read_metrics(path)
     if not lines:
         raise ComparisonError(f"{path} has no metrics.jsonl yet; train it first")
-    run = Run(path, yaml.safe_load((path / "config.yaml").read_text()),
-              _last_per_step(line for line in lines if "train_loss" in line),
+    try:
+        config = read_run_config(path / "config.yaml")
+    except ConfigError as exc:
+        raise ComparisonError(f"{path / 'config.yaml'} is not a usable run config ({exc})") from None
+    run = Run(path, config, _last_per_step(line for line in lines if "train_loss" in line),
               _last_per_step(line for line in lines if "val_loss" in line))
     if not run.eval_lines:
         raise ComparisonError(f"{path} has no evaluation in its metrics.jsonl yet")
@@ -109,15 +130,12 @@ def check_comparable(runs: list[Run]) -> None:
     if not runs:
         raise ComparisonError("no runs to compare")
     first = runs[0]
-    reference = _flat(data_identity(first.config), "data.")
     for run in runs[1:]:
-        data = _flat(data_identity(run.config), "data.")
-        for key in [*reference, *(key for key in data if key not in reference)]:
-            if reference.get(key) != data.get(key):
-                raise ComparisonError(
-                    f"runs differ in {key}: {reference.get(key)!r} in {first.path} but {data.get(key)!r} in "
-                    f"{run.path}; compare runs trained on the same data"
-                )
+        data = [key for key in differences(first.settings, run.settings) if key.startswith("data.")]
+        if data:
+            where = (f"in {first.path}", f"in {run.path}")
+            raise ComparisonError(f"runs differ in {describe(data, first.settings, run.settings, where)}; compare "
+                                  "runs trained on the same data")
     expected = _val_windows(first)
     for run in runs:
         if _val_windows(run) != expected:
@@ -138,12 +156,26 @@ def check_comparable(runs: list[Run]) -> None:
             )
 
 
-def data_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a run's data section that decides what it trains and evaluates on."""
-    data = {key: value for key, value in config["data"].items() if key not in WHERE_NOT_WHAT}
-    if data.get("source") != MQAR:
-        data.pop("mqar", None)
-    return data
+def varying_settings(runs: list[Run]) -> list[str]:
+    """The settings, seed aside, whose values are not the same in every run, in order of first appearance."""
+    keys = list(dict.fromkeys(key for run in runs[1:] for key in differences(runs[0].settings, run.settings)))
+    return [key for key in keys if key != SEED]
+
+
+def settings_beyond_model(runs: list[Run]) -> list[str]:
+    """The varying settings outside the model section: a table of these runs compares them too."""
+    return [key for key in varying_settings(runs) if not key.startswith("model.")]
+
+
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """label -> the runs whose settings are equal apart from the seed, groups in order of first appearance. The label
+    is the backend, then `key=value` for each other varying setting the group has (key without its section)."""
+    varying = [key for key in varying_settings(runs) if key != BACKEND]
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        shown = [f"{key.partition('.')[2]}={_shown(run.settings[key])}" for key in varying if key in run.settings]
+        groups.setdefault(" ".join([run.config["model"]["attention"], *shown]), []).append(run)
+    return groups
 
 
 def run_metrics(run: Run) -> dict[str, float]:
@@ -163,27 +195,19 @@ def run_metrics(run: Run) -> dict[str, float]:
     return metrics
 
 
-def group_by_backend(runs: list[Run]) -> dict[str, list[Run]]:
-    """backend -> its runs, backends in order of first appearance."""
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.backend, []).append(run)
-    return groups
-
-
 def summarise(runs: list[Run]) -> list[Summary]:
-    """Mean and standard deviation of every run metric per backend, best final val loss first. A metric that only
-    some runs have (val accuracy) is left out."""
+    """Mean and standard deviation of every run metric per group, best final val loss first. A metric that only
+    some runs of a group have (val accuracy) is left out."""
     summaries = []
-    for backend, group in group_by_backend(runs).items():
+    for label, group in group_runs(runs).items():
         per_run = [run_metrics(run) for run in group]
         keys = [key for key in per_run[0] if all(key in metrics for metrics in per_run)]
-        summaries.append(Summary(backend, len(group), {key: _mean_std([m[key] for m in per_run]) for key in keys}))
+        summaries.append(Summary(label, len(group), {key: _mean_std([m[key] for m in per_run]) for key in keys}))
     return sorted(summaries, key=lambda s: s.stats["final_val_loss"][0])
 
 
 def val_curve(runs: list[Run]) -> Curve:
-    """The val-loss curve of one backend's runs over the evaluation steps they all have."""
+    """The val-loss curve of one group's runs over the evaluation steps they all have."""
     by_step = [{line["step"]: line for line in run.eval_lines} for run in runs]
     steps = sorted(set.intersection(*(set(lines) for lines in by_step)))
     losses = [[lines[step]["val_loss"] for lines in by_step] for step in steps]
@@ -196,6 +220,15 @@ def val_curve(runs: list[Run]) -> Curve:
     )
 
 
+def trained_dates(runs: list[Run]) -> str:
+    """The UTC dates of the runs' first and last metrics lines ('2026-12-01 to 2026-12-02'), or 'not recorded'."""
+    times = [line["time"] for run in runs for line in run.train_lines + run.eval_lines if "time" in line]
+    if not times:
+        return "not recorded"
+    first, last = (datetime.fromtimestamp(t, timezone.utc).date().isoformat() for t in (min(times), max(times)))
+    return first if first == last else f"{first} to {last}"
+
+
 # column: (header, digits); a metric absent from every summary gets no column
 COLUMNS = {
     "final_val_loss": ("final val loss", 4), "best_val_loss": ("best val loss", 4),
@@ -206,23 +239,22 @@ COLUMNS = {
 }
 
 
-def markdown_table(summaries: list[Summary]) -> str:
+def summary_table(summaries: list[Summary]) -> str:
     """The summaries as a markdown table, `mean ± std` per cell (the ± part only where the runs differ)."""
     keys = _columns(summaries)
-    lines = ["| backend | runs | " + " | ".join(COLUMNS[key][0] for key in keys) + " |",
-             "|---|---:|" + "---:|" * len(keys)]
-    for summary in summaries:
-        cells = [_cell(*summary.stats[key], COLUMNS[key][1]) if key in summary.stats else "" for key in keys]
-        lines.append(f"| {summary.backend} | {summary.runs} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    header = ["backend", "runs", *(COLUMNS[key][0] for key in keys)]
+    rows = [[summary.label, summary.runs,
+             *(mean_std_cell(*summary.stats[key], COLUMNS[key][1]) if key in summary.stats else "" for key in keys)]
+            for summary in summaries]
+    return markdown_table(header, rows, right=header[1:]) + "\n"
 
 
 def csv_rows(summaries: list[Summary]) -> list[dict[str, Any]]:
-    """One dict per backend: backend, runs and <metric>_mean / <metric>_std for every column."""
+    """One dict per group: its label (column `backend`), runs and <metric>_mean / <metric>_std for every column."""
     keys = _columns(summaries)
     rows = []
     for summary in summaries:
-        row: dict[str, Any] = {"backend": summary.backend, "runs": summary.runs}
+        row: dict[str, Any] = {"backend": summary.label, "runs": summary.runs}
         for key in keys:
             mean, std = summary.stats.get(key, (math.nan, math.nan))
             row.update({f"{key}_mean": mean, f"{key}_std": std})
@@ -234,10 +266,8 @@ def _columns(summaries: list[Summary]) -> list[str]:
     return [key for key in COLUMNS if any(key in summary.stats for summary in summaries)]
 
 
-def _cell(mean: float, std: float, digits: int) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:,.{digits}f}" + (f" ± {std:,.{digits}f}" if std else "")
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -253,14 +283,3 @@ def _val_windows(run: Run) -> str:
 def _last_per_step(lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     by_step = {line["step"]: line for line in lines}
     return [by_step[step] for step in sorted(by_step)]
-
-
-def _flat(mapping: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """{'mqar': {'num_pairs': 8}} -> {'<prefix>mqar.num_pairs': 8}."""
-    flat = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

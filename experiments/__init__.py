@@ -1,0 +1,2 @@
+"""Experiments over many runs: backend sweeps (sweep.py), their comparison (comparison.py, run_identity.py,
+comparison_plot.py), and the axes the benchmark figures share (log_axes.py)."""

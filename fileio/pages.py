@@ -1,0 +1,42 @@
+"""The opening of every generated results page: a heading, then one line that says what was measured, the command,
+the config, the machine and the date, so that a page read on its own says what it is."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def opening(title: str, measured: str, command: str, config: str, machine: str, when: str) -> str:
+    """`# title`, a blank line, the one-line description and a blank line."""
+    return (f"# {title}\n\nMeasured: {measured}. Command: `{command}`. Config: {config}. Machine: {machine}. "
+            f"Date: {when}.\n\n")
+
+
+def command_line(script: str | Path, argv: Sequence[str] | None = None) -> str:
+    """`python scripts/x.py ARGS` as typed from the repository root; `argv` defaults to this process's arguments."""
+    path = Path(script).resolve()
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return shlex.join(["python", str(shown), *(sys.argv[1:] if argv is None else argv)])
+
+
+def this_machine() -> str:
+    """The CPU model as lscpu names it (the model name of /proc/cpuinfo) and the logical CPUs the OS reports."""
+    model = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.partition(":")[2].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} logical CPUs"
+
+
+def today() -> str:
+    return date.today().isoformat()

@@ -1,0 +1,164 @@
+"""compare averages the seeds of each group of runs (runs equal apart from the seed) into a table and a figure, labels
+each group by what sets it apart, refuses runs that did not train and evaluate on the same footing, and writes
+to a folder of its own."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from experiments.comparison import ComparisonError, check_comparable, csv_rows, load_run, summarise, summary_table
+from model.attention import BACKENDS
+
+SECOND = next(name for name in BACKENDS if name != "softmax")
+TINY_BUDGET = 20 * 4 * 2 * 32  # configs/tiny.yaml: max_steps x batch_size x grad_accum x block_size
+
+
+@pytest.fixture
+def compare(script_main):
+    return script_main("compare")
+
+
+def test_the_table_averages_the_seeds_of_each_backend(tmp_path, fake_run):
+    runs = [
+        load_run(fake_run(tmp_path / "softmax-0", "train.seed=0", losses=(5.0, 4.0, 4.3), seconds=8.0)),
+        load_run(fake_run(tmp_path / "softmax-1", "train.seed=1", losses=(5.0, 4.2, 4.5), seconds=12.0)),
+        load_run(fake_run(tmp_path / "other-0", f"model.attention={SECOND}", losses=(5.0, 3.0, 3.5))),
+    ]
+    check_comparable(runs)
+    first, second = summarise(runs)  # best final val loss first
+    assert (first.label, first.runs, second.label, second.runs) == (SECOND, 1, "softmax", 2)
+    assert second.stats["final_val_loss"] == pytest.approx((4.4, math.sqrt(0.02)))
+    assert second.stats["best_val_ppl"][0] == pytest.approx((math.exp(4.0) + math.exp(4.2)) / 2)
+    assert first.stats["final_val_loss"] == (3.5, 0.0) and first.stats["best_val_loss"] == (3.0, 0.0)
+    assert second.stats["tokens"] == (TINY_BUDGET, 0.0)
+    assert second.stats["wall_time_s"] == (10.0, pytest.approx(math.sqrt(8.0)))
+    assert second.stats["tokens_per_s"][0] == pytest.approx((TINY_BUDGET / 8 + TINY_BUDGET / 12) / 2)
+    assert second.stats["peak_mem_mb"] == (503.0, 0.0)
+    table = summary_table([first, second])
+    assert table.splitlines()[1] == "|---|---:|" + "---:|" * 8  # numbers right-aligned
+    assert "| softmax | 2 | 4.4000 ± 0.1414 | 4.1000 ± 0.1414 |" in table
+    assert f"| {SECOND} | 1 | 3.5000 | 3.0000 |" in table
+    assert "acc" not in table  # no run logged val_accuracy
+    assert csv_rows([first, second])[1]["final_val_loss_std"] == pytest.approx(math.sqrt(0.02))
+
+
+def test_mqar_accuracy_gets_columns_when_every_run_logs_it(tmp_path, fake_run):
+    path = fake_run(tmp_path / "run", losses=(2.0, 1.0))
+    lines = [json.loads(text) for text in (path / "metrics.jsonl").read_text().splitlines()]
+    for line, accuracy in zip((line for line in lines if "val_loss" in line), (0.5, 0.25)):
+        line["val_accuracy"] = accuracy
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (summary,) = summarise([load_run(path)])
+    assert summary.stats["final_val_accuracy"] == (0.25, 0.0) and summary.stats["best_val_accuracy"] == (0.5, 0.0)
+    assert "| final val acc | best val acc |" in summary_table([summary])
+
+
+def test_a_step_logged_twice_by_a_resumed_run_counts_once(tmp_path, fake_run):
+    path = fake_run(tmp_path / "run", losses=(6.0, 5.0))
+    with (path / "metrics.jsonl").open("a") as handle:  # resumed from step 10: steps 10 .. 20 are written again
+        handle.write(json.dumps({"step": 20, "val_loss": 4.5, "tokens": TINY_BUDGET, "elapsed": 11.0,
+                                 "val_windows": "f" * 16}) + "\n")
+    run = load_run(path)
+    assert [line["val_loss"] for line in run.eval_lines] == [6.0, 4.5]
+    assert summarise([run])[0].stats["final_val_loss"] == (4.5, 0.0)
+
+
+@pytest.mark.parametrize(
+    "overrides, kwargs, message",
+    [
+        (["data.block_size=16"], {}, "runs differ in data.block_size: 32 in .*, 16 in "),
+        (["data.source=other.txt"], {}, "runs differ in data.source: 'shakespeare' in .*, 'other.txt' in "),
+        ([], {"fingerprint": "e" * 16}, f"different val windows: {'f' * 16} in .* but {'e' * 16} in "),
+        (["train.max_steps=10"], {}, f"different token budgets: {TINY_BUDGET:,} tokens in .* but {TINY_BUDGET // 2:,}"),
+        ([], {"finished": False}, f"is unfinished \\({TINY_BUDGET // 2:,} of {TINY_BUDGET:,} tokens\\)"),
+    ],
+)
+def test_compare_refuses_runs_that_are_not_comparable(tmp_path, fake_run, overrides, kwargs, message):
+    runs = [load_run(fake_run(tmp_path / "a")), load_run(fake_run(tmp_path / "b", *overrides, **kwargs))]
+    with pytest.raises(ComparisonError, match=message):
+        check_comparable(runs)
+
+
+def test_where_the_data_lives_and_unused_mqar_knobs_do_not_matter(tmp_path, fake_run):
+    runs = [load_run(fake_run(tmp_path / "a")),
+            load_run(fake_run(tmp_path / "b", "data.prepared_dir=elsewhere", "data.mqar.num_pairs=9",
+                              "data.mqar.num_queries=3", "train.seed=7", f"model.attention={SECOND}"))]
+    check_comparable(runs)
+    mqar = ["data.source=mqar", "model.vocab_size=8192", "data.mqar.num_queries=2"]
+    runs = [load_run(fake_run(tmp_path / "c", *mqar)),
+            load_run(fake_run(tmp_path / "d", *mqar, "data.mqar.num_pairs=9"))]
+    with pytest.raises(ComparisonError, match="runs differ in data.mqar.num_pairs: 8 in .*, 9 in "):
+        check_comparable(runs)
+
+
+# --- the compare CLI -----------------------------------------------------------------------------------------------
+
+
+def test_the_cli_writes_the_page_the_csv_and_the_figure_to_its_own_folder(tmp_path, fake_run, compare, capsys):
+    fake_run(tmp_path / "sweep" / "softmax-seed0", "train.seed=0")
+    fake_run(tmp_path / "sweep" / "softmax-seed1", "train.seed=1", losses=(6.0, 4.0))
+    fake_run(tmp_path / "sweep" / f"{SECOND}-seed0", "train.seed=0", f"model.attention={SECOND}")
+    out = tmp_path / "comparison"
+    assert compare([str(tmp_path / "sweep"), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "| softmax | 2 | 4.5000 ± 0.7071 |" in captured.out and "warning" not in captured.err
+    page = (out / "comparison.md").read_text().splitlines()
+    assert page[0] == "# Comparison of 3 runs on shakespeare"
+    assert page[2].startswith("Measured: final and best val loss") and "Machine: not recorded" in page[2]
+    assert f"Command: `python scripts/compare.py {tmp_path / 'sweep'} --out {out}`" in page[2]
+    assert "groups set apart by model.attention." in page[2] and page[2].endswith("Date: trained 2026-12-01.")
+    with open(out / "comparison.csv", newline="") as handle:
+        assert [(row["backend"], row["runs"]) for row in csv.DictReader(handle)] == [("softmax", "2"), (SECOND, "1")]
+    assert (out / "comparison.png").read_bytes().startswith(b"\x89PNG")
+    assert not list((tmp_path / "sweep").glob("comparison.*"))
+
+
+def test_the_cli_writes_to_a_new_folder_under_runs_by_default(tmp_path, fake_run, compare, monkeypatch):
+    fake_run(tmp_path / "sweep" / "softmax-seed0")
+    monkeypatch.chdir(tmp_path)
+    assert compare(["sweep"]) == 0
+    (written,) = (tmp_path / "runs").iterdir()
+    assert written.name.startswith("compare-") and (written / "comparison.md").is_file()
+
+
+@pytest.mark.parametrize("inside", ["sweep", "sweep/softmax-seed0", "sweep/softmax-seed0/cmp"])
+def test_the_cli_never_writes_among_the_runs(tmp_path, fake_run, compare, capsys, inside):
+    fake_run(tmp_path / "sweep" / "softmax-seed0")
+    assert compare([str(tmp_path / "sweep"), "--out", str(tmp_path / inside)]) == 2
+    assert capsys.readouterr().err.startswith(f"cannot compare: --out {tmp_path / inside} is inside ")
+    assert not list(tmp_path.rglob("comparison.*"))
+
+
+def test_the_cli_refuses_runs_on_other_data_with_exit_status_2(tmp_path, fake_run, compare, capsys):
+    fake_run(tmp_path / "sweep" / "softmax-seed0")
+    fake_run(tmp_path / "short", "data.block_size=16")
+    assert compare([str(tmp_path / "sweep"), str(tmp_path / "short"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("cannot compare: runs differ in data.block_size")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_run_and_a_sweep_run_are_not_pooled_into_one_row(tmp_path, fake_run, compare, capsys):
+    """The demo (seed 1337, torch's default threads, evaluations every 10 steps) beside a sweep's run (seed 0, one
+    thread, every 5): same backend, but their wall times and evaluations are not the same measurement."""
+    fake_run(tmp_path / "demo", "train.threads=0")
+    fake_run(tmp_path / "sweep" / "softmax-seed0", "train.seed=0", "train.eval_interval=5", "train.threads=1")
+    assert compare([str(tmp_path / "demo"), str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "| softmax eval_interval=10 threads=0 | 1 |" in captured.out
+    assert "| softmax eval_interval=5 threads=1 | 1 |" in captured.out
+    assert captured.err.startswith("warning: the runs also differ in train.eval_interval, train.threads;")
+
+
+def test_a_group_is_labelled_by_every_model_setting_that_sets_it_apart(tmp_path, fake_run, compare, capsys):
+    fake_run(tmp_path / "softmax", "train.seed=0")
+    fake_run(tmp_path / "taylor-rope-0", "train.seed=0", "model.attention=taylor", "model.position=rope")
+    fake_run(tmp_path / "taylor-rope-1", "train.seed=1", "model.attention=taylor", "model.position=rope")
+    assert compare([str(tmp_path / name) for name in ("softmax", "taylor-rope-0", "taylor-rope-1")]
+                   + ["--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "| taylor position=rope | 2 |" in captured.out and "| softmax position=learned | 1 |" in captured.out
+    assert "warning" not in captured.err  # the runs differ only in their model: what a comparison is for

@@ -1,0 +1,66 @@
+"""metrics.jsonl is the run's record: one JSON object per log call, appended, read back in order; wandb only mirrors
+it, under one run id per run directory so that a resumed run continues its wandb run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+from training.config import LoggingConfig
+from training.metrics import METRICS_FILE, WANDB_ID_FILE, MetricsLog, read_metrics
+
+
+def test_a_run_without_metrics_yet_reads_as_empty(tmp_path):
+    assert read_metrics(tmp_path) == []
+
+
+def test_each_call_appends_one_record_with_its_step_and_time(tmp_path, monkeypatch):
+    monkeypatch.setattr("training.metrics.time.time", lambda: 1796083200.0)
+    log = MetricsLog(tmp_path, LoggingConfig(), config={})
+    log.log(10, train_loss=6.5, lr=1e-3)
+    log.log(10, val_loss=6.0, val_windows="f" * 16)
+    log.close()
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"step": 10, "time": 1796083200.0, "train_loss": 6.5, "lr": 1e-3},
+        {"step": 10, "time": 1796083200.0, "val_loss": 6.0, "val_windows": "f" * 16},
+    ]
+    assert log.wandb_run is None and not (tmp_path / WANDB_ID_FILE).exists()  # wandb off: nothing but the file
+
+
+def test_records_read_back_in_order_with_repeated_steps_and_blank_lines(tmp_path):
+    """A resumed run writes steps again after the ones it already logged; readers pick what they need."""
+    records = [{"step": 20, "val_loss": 5.0}, {"step": 10, "train_loss": 6.0}, {"step": 20, "val_loss": 4.5}]
+    (tmp_path / METRICS_FILE).write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    assert read_metrics(tmp_path) == records
+    MetricsLog(tmp_path, LoggingConfig(), config={}).log(30, train_loss=4.0)
+    assert read_metrics(tmp_path)[:3] == records and read_metrics(tmp_path)[3]["step"] == 30
+
+
+def test_wandb_mirrors_the_numbers_under_one_run_id_per_run_directory(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeRun:
+        def log(self, values, step):
+            calls.append(("log", values, step))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    def init(**kwargs):
+        calls.append(("init", kwargs))
+        return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    cfg = LoggingConfig(wandb="offline", wandb_group="sweep", wandb_tags=["taylor"])
+    first = MetricsLog(tmp_path, cfg, config={"model": {"attention": "taylor"}})
+    first.log(5, train_loss=6.0, note="text is not mirrored")
+    first.close()
+    MetricsLog(tmp_path, cfg, config={}).close()  # resumed: the same wandb run
+    (_, started), (_, resumed) = [call for call in calls if call[0] == "init"]
+    assert started["id"] == resumed["id"] == (tmp_path / WANDB_ID_FILE).read_text()
+    assert (started["mode"], started["group"], started["tags"], started["name"]) == ("offline", "sweep",
+                                                                                      ["taylor"], tmp_path.name)
+    assert ("log", {"train_loss": 6.0}, 5) in calls and ("finish",) in calls
+    assert read_metrics(tmp_path)[0]["note"] == "text is not mirrored"
