@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from data.errors import DataError
 from data.tokenizer import load_tokenizer
+from fileio.pages import this_machine
 from model.generation import ContextLimitReached, generate
 from model.gpt import GPT
 from model.sampling import Sampler
@@ -177,6 +178,10 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     log = MetricsLog(run_dir, cfg.logging, resolved) if runtime.is_main else None
+    if log is not None:  # where this stretch of the run trained: speeds are only comparable on the same machine
+        log.log(state.step, event="start", machine=this_machine(), device=str(runtime.device),
+                dtype=str(runtime.dtype).removeprefix("torch."), processes=runtime.world_size,
+                threads=torch.get_num_threads(), torch=torch.__version__)
 
     forward_model = torch.compile(model) if tc.compile else model  # evaluation uses it too
     train_model = forward_model

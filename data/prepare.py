@@ -206,10 +206,12 @@ def _split_documents(
 
 
 def _read_meta(path: Path) -> dict | None:
+    """meta.json's contents, or None when there is none or it is unusable (prepare then writes the directory anew)."""
     try:
-        return json.loads((path / META).read_text())
-    except FileNotFoundError:
+        meta = json.loads((path / META).read_text())
+    except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) and {"dtype", "train_tokens", "val_tokens"} <= set(meta) else None
 
 
 def _files_match(path: Path, meta: dict) -> bool:

@@ -76,8 +76,8 @@ def import_gpt2(source: Path, attention: str, attention_options: dict[str, str],
     """Our model with the GPT-2 weights at `source` (see the module docstring)."""
     if not (source / "config.json").is_file():
         raise GPT2ImportError(f"{source} holds no config.json; pass a folder written by GPT2LMHeadModel.save_pretrained")
+    cfg = model_config(GPT2Config.from_pretrained(source), attention, attention_options)  # checked before the weights
     hf_model = GPT2LMHeadModel.from_pretrained(source, dtype=torch.float32)
-    cfg = model_config(hf_model.config, attention, attention_options)
     torch.manual_seed(seed)  # the backend's new parameters, if any
     model = GPT(cfg)
     missing, unexpected = model.load_state_dict(converted_state_dict(hf_model.state_dict()), strict=False)
@@ -90,10 +90,16 @@ def import_gpt2(source: Path, attention: str, attention_options: dict[str, str],
     return model.eval()
 
 
-def write_run(model: GPT, out: Path, source: Path) -> Path:
-    """A run directory holding `model` as a weights-only step-0 checkpoint."""
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise GPT2ImportError(f"--out {out} is an existing file; name a run directory to create")
     if latest_checkpoint(out) is not None:
         raise GPT2ImportError(f"{out} already holds checkpoints; choose another --out")
+
+
+def write_run(model: GPT, out: Path, source: Path) -> Path:
+    """A run directory holding `model` as a weights-only step-0 checkpoint."""
+    check_out(out)
     data = DataConfig(block_size=model.config.n_positions)  # a placeholder: a weights-only resume takes the run's data
     cfg = RunConfig(model=model.config, data=data, train=TrainConfig(out_dir=str(out)))
     state = TrainState(kind="weights_only", source=str(source))
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1337, help="initialises the backend's new parameters")
     args = parser.parse_args(argv)
     try:
+        check_out(args.out)  # before minutes of loading
         model = import_gpt2(args.source, args.attention, parse_options(args.attention_option), args.seed)
         path = write_run(model, args.out, args.source)
     except (ValueError, OSError) as exc:  # GPT2ImportError, ModelConfig's checks (a bad option), unreadable files

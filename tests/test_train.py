@@ -242,3 +242,18 @@ def test_mqar_runs_train_and_report_answer_accuracy(tmp_path):
     assert train.main(args) == 0
     accuracy = metrics(tmp_path, "val_accuracy")
     assert [step for step, _ in accuracy] == [4] and 0.0 <= accuracy[0][1] <= 1.0
+
+
+def test_backend_options_from_the_command_line_keep_their_types(capsys):
+    args = ["configs/tiny.yaml", "model.attention=taylor", "model.attention_options={crossover: 1, chunk_size: 16.0}",
+            "--dry-run"]
+    assert train.main(args) == 0
+    assert "attention_options:\n    crossover: 1\n    chunk_size: 16\n" in capsys.readouterr().out
+
+
+def test_each_start_records_the_machine(tmp_path, prepared_dir):
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2")) == 0
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=3", "--resume")) == 0
+    starts = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"start"' in line]
+    assert [s["step"] for s in starts] == [0, 2]
+    assert all(s["machine"] and s["device"] == "cpu" and s["threads"] == 1 for s in starts)

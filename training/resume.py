@@ -60,11 +60,10 @@ def resume_path(cfg: RunConfig, run_dir: Path, say: Callable[[str], None]) -> Pa
                 "or choose another train.out_dir"
             )
         return None
+    warn = lambda message: say(f"warning: {message}")  # noqa: E731 - the run log, like every other line of the run
     if cfg.train.resume == "auto":
-        if ckpt.latest_checkpoint(run_dir) is None:
-            return None
-        return ckpt.find_checkpoint(run_dir, on_skip=lambda message: say(f"warning: {message}"))
-    return ckpt.find_checkpoint(cfg.train.resume)  # named explicitly: a run directory skips, a checkpoint must verify
+        return ckpt.find_checkpoint(run_dir, warn) if ckpt.latest_checkpoint(run_dir) is not None else None
+    return ckpt.find_checkpoint(cfg.train.resume, warn)  # a run directory skips damaged ones, a checkpoint must verify
 
 
 def check_resumable(cfg: RunConfig, saved: dict, sections: tuple[str, ...]) -> None:

@@ -17,7 +17,7 @@ from data.loader import TrainWindows, eval_batches, val_windows, windows_fingerp
 from data.prepare import load_prepared, prepare
 from training import runtime as rt
 from training.config import RunConfig
-from training.dataclass_parsing import ConfigError
+from typedconfig.parsing import ConfigError
 
 
 class TextData:

@@ -102,7 +102,7 @@ def barrier(runtime: Runtime) -> None:
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     """Peak FLOP/s for MFU: a table for known GPUs; on CPU the best of a few 2048² matmuls in the training dtype
-    (as in docs/anchors.md; on a loaded machine this underestimates the peak and so overstates MFU)."""
+    (as in docs/benchmarks.md; on a loaded machine this underestimates the peak and so overstates MFU)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, flops in _GPU_PEAK_BF16.items():

@@ -10,7 +10,7 @@ from data.mqar import (
     FILLER, IGNORE_INDEX, MQARBatches, MQARConfig, answer_accuracy, elimination_accuracy, val_fingerprint, val_set,
 )
 from training.config import load_config
-from training.dataclass_parsing import ConfigError
+from typedconfig.parsing import ConfigError
 
 CFG = MQARConfig(vocab_size=64, num_pairs=6, num_queries=4)
 SEQ_LEN = 40

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from training.config import RunConfig, config_from_dict, config_to_dict, load_config, parse_override
-from training.dataclass_parsing import ConfigError
+from typedconfig.parsing import ConfigError
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 
@@ -77,3 +77,50 @@ def test_missing_or_malformed_file(tmp_path):
 def test_override_parsing():
     assert parse_override("train.lr=3e-4") == {"train": {"lr": "3e-4"}}
     assert parse_override("--model.attention_options.eps=1e-6") == {"model": {"attention_options": {"eps": "1e-6"}}}
+
+
+def test_extends_cycles_are_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nmodel:\n  n_layer: 1\n")
+    with pytest.raises(ConfigError, match=r"extends: forms a cycle \(.*a.yaml -> .*b.yaml -> .*a.yaml\)"):
+        load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize(
+    "backend, written, expected",
+    [
+        ("taylor", "{crossover: 1}", {"crossover": 1}),
+        ("taylor", "{crossover: 4096.0, chunk_size: '32'}", {"crossover": 4096, "chunk_size": 32}),
+        ("taylor", "{a: 1}", {"a": 1.0}),
+        ("expressive", "{temperature: null, block_size: 64}", {"temperature": None, "block_size": 64}),
+        ("expressive", "{temperature: 2}", {"temperature": 2.0}),
+        ("logexp", "{chunk_size: 16}", {"chunk_size": 16}),
+    ],
+)
+def test_backend_options_take_the_type_their_backend_declares(tmp_path, backend, written, expected):
+    """Through a YAML file and through a command-line override, each option ends up with its declared type."""
+    (tmp_path / "run.yaml").write_text(
+        f"extends: {Path('configs/tiny.yaml').resolve()}\nmodel:\n  attention: {backend}\n"
+        f"  attention_options: {written}\n")
+    from_file = load_config(tmp_path / "run.yaml").model.attention_options
+    from_cli = load_config("configs/tiny.yaml", [f"model.attention={backend}",
+                                                  f"model.attention_options={written}"]).model.attention_options
+    for options in (from_file, from_cli):
+        assert options == expected
+        assert [type(v) for v in options.values()] == [type(v) for v in expected.values()]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.attention_options.crossover=1.5", r"model.attention_options.crossover: expected an integer, got 1.5"),
+        ("model.attention_options.crossover=many", r"model.attention_options.crossover: expected int, got 'many'"),
+        ("model.attention_options.crossover=0", r"crossover=0 is invalid \(allowed: an integer >= 1\)"),
+        ("model.attention_options.radius=2", r"unknown option\(s\) radius for attention backend 'taylor'"),
+        ("model.attention_options=7", r"model.attention_options: expected a mapping"),
+    ],
+)
+def test_bad_backend_options_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config("configs/tiny.yaml", ["model.attention=taylor", override])
+    assert "\n" not in str(info.value)
