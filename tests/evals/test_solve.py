@@ -23,7 +23,7 @@ def _instance(problem, kappa, n=600, d=20, seed=0):
 @pytest.mark.parametrize("method", METHODS["gram_power"])
 def test_gram_power_matches_the_svd_reference(method, j):
     A, b = _instance("gram_power", kappa=10.0)
-    assert P.feasibility(P.conditioning("gram_power", A, j)["kappa_M"], EPS) == "ok"
+    assert P.float64_predicted_ok(P.conditioning("gram_power", A, j)["kappa_M"], EPS)
     x, info = solve("gram_power", A, b, j=j, method=method, eps=EPS)
     m = P.metrics("gram_power", A, b, x, P.reference_solution("gram_power", A, b, j), j)
     assert info.converged and m["relres"] <= 2 * EPS, (m, info)
@@ -82,10 +82,12 @@ def test_gram_cholesky_breaks_where_qr_does_not():
     assert errors["gram_cholesky"] > 1e-2 or math.isnan(errors["gram_cholesky"])
 
 
-def test_the_gate_labels_instances_beyond_float64():
+def test_the_float64_bound_predicts_from_kappa_m():
+    """eps >= 100 u κ(M): κ(A) = 1e8 gives κ(M) = 1e16 for j = 1, far above 1e-8 / (100 u) ~ 9e5; κ(A) = 10 not."""
     A = syn.conditioned(400, 10, 1e8, 0)
-    assert P.feasibility(P.conditioning("gram_power", A, 1)["kappa_M"], EPS) == "beyond float64"
-    assert P.feasibility(P.conditioning("gram_power", syn.conditioned(400, 10, 10.0), 1)["kappa_M"], EPS) == "ok"
+    assert not P.float64_predicted_ok(P.conditioning("gram_power", A, 1)["kappa_M"], EPS)
+    assert P.float64_predicted_ok(P.conditioning("gram_power", syn.conditioned(400, 10, 10.0), 1)["kappa_M"], EPS)
+    assert P.float64_predicted_ok(9e5, EPS) and not P.float64_predicted_ok(1e6, EPS)
 
 
 # ---------------------------------------------------------------------------------------------------- exp kernel
@@ -141,9 +143,9 @@ def test_exp_kernel_stays_finite_near_the_overflow_limit():
     assert P.conditioning("exp_kernel", A)["kappa_K"] > 1e6  # exp(spread) alone
 
 
-def test_exp_kernel_beyond_the_overflow_limit_is_labelled_not_scored():
+def test_exp_kernel_beyond_the_overflow_limit_is_predicted_beyond_float64():
     A = syn.exp_rows(50, 8, 700.0, 800.0)
-    assert P.feasibility(P.conditioning("exp_kernel", A)["kappa_M"], EPS) == "beyond float64"
+    assert not P.float64_predicted_ok(P.conditioning("exp_kernel", A)["kappa_M"], EPS)
 
 
 # ------------------------------------------------------------------------------------------------------- errors
