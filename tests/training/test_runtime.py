@@ -1,0 +1,49 @@
+"""Device and dtype choice, autocast, and the CPU peak used for MFU."""
+
+import pytest
+import torch
+
+from training import runtime as rt
+
+
+def test_device_names_are_checked():
+    assert rt.pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"train.device: 'gpu0' is not a device"):
+        rt.pick_device("gpu0")
+    if not torch.cuda.is_available():
+        assert rt.pick_device("auto") == torch.device("cpu") or rt.pick_device("auto").type == "mps"
+        with pytest.raises(ValueError, match="no CUDA device is visible"):
+            rt.pick_device("cuda")
+
+
+def test_dtypes_follow_the_hardware():
+    cpu = torch.device("cpu")
+    expected = torch.bfloat16 if rt.cpu_supports_bf16() else torch.float32
+    assert rt.pick_dtype("auto", cpu) == expected
+    assert rt.pick_dtype("float32", cpu) == torch.float32
+    with pytest.raises(ValueError, match="float16 is not supported on CPU"):
+        rt.pick_dtype("float16", cpu, option="--dtype")
+
+
+def test_autocast_is_off_in_float32_and_on_in_bfloat16():
+    x = torch.randn(4, 4)
+    with rt.Runtime(torch.device("cpu"), torch.float32).autocast():
+        assert (x @ x).dtype == torch.float32
+    with rt.Runtime(torch.device("cpu"), torch.bfloat16).autocast():
+        assert (x @ x).dtype == torch.bfloat16
+
+
+def test_a_single_process_runtime():
+    runtime = rt.start("cpu", "float32")
+    assert (runtime.rank, runtime.world_size, runtime.distributed, runtime.is_main) == (0, 1, False, True)
+    rt.barrier(runtime)  # a no-op without a process group
+    rt.stop(runtime)
+
+
+def test_the_cpu_peak_is_a_plausible_flop_rate_and_leaves_the_rng_alone():
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    peak = rt.peak_flops(torch.device("cpu"), torch.float32)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert 1e9 < peak < 1e14  # between 1 GFLOP/s and 100 TFLOP/s on any CPU
+    assert rt.peak_memory_mb(torch.device("cpu")) > 10
