@@ -99,6 +99,22 @@ def say(message: str) -> None:
     sys.stdout.flush()
 
 
+def accumulate_gradients(train_model: torch.nn.Module, data: TextData | RecallData, step: int, accum: int,
+                         scaler: torch.amp.GradScaler, runtime: rt.Runtime) -> torch.Tensor:
+    """Forward and backward over this process's `accum` micro-batches of optimiser step `step`; the mean loss, kept
+    on the device (no host sync per micro-batch). Under DDP the gradients are all-reduced once, on the last one."""
+    step_loss = torch.zeros((), device=runtime.device)
+    for micro in range(accum):
+        index = (step * accum + micro) * runtime.world_size + runtime.rank  # global micro-batch index
+        x, y = (t.to(runtime.device, non_blocking=True) for t in data.batch(index))
+        sync = nullcontext() if (not runtime.distributed or micro == accum - 1) else train_model.no_sync()
+        with sync, runtime.autocast():
+            _, loss = train_model(x, y)
+        scaler.scale(loss / accum).backward()
+        step_loss += loss.detach() / accum
+    return step_loss
+
+
 def evaluate(data: TextData | RecallData, model: torch.nn.Module) -> dict[str, float]:
     model.eval()
     scores = data.evaluate(model)
@@ -210,15 +226,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
                            warmup_steps=oc.warmup_steps, decay_steps=state.schedule_end - state.schedule_start)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_loss = torch.zeros((), device=runtime.device)  # summed on the device: no host sync per micro-batch
-        for micro in range(accum):
-            index = (state.step * accum + micro) * runtime.world_size + runtime.rank  # global micro-batch index
-            x, y = (t.to(runtime.device, non_blocking=True) for t in data.batch(index))
-            sync = nullcontext() if (not runtime.distributed or micro == accum - 1) else train_model.no_sync()
-            with sync, runtime.autocast():
-                _, loss = train_model(x, y)
-            scaler.scale(loss / accum).backward()
-            step_loss += loss.detach() / accum
+        step_loss = accumulate_gradients(train_model, data, state.step, accum, scaler, runtime)
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip or float("inf"))
         scaler.step(optimizer)

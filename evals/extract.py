@@ -51,6 +51,7 @@ from training import runtime as rt
 from training.checkpoint import CheckpointError, checkpoint_step, load_checkpoint_model, replace_dir
 from training.config import RunConfig
 from training.run_data import RecallData, TextData, open_run_data
+from typedconfig.cli import ArgumentParser
 
 FORMAT = "attnlab-extract/1"
 MANIFEST = "manifest.json"
@@ -284,12 +285,11 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m evals.extract", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m evals.extract", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="run directory, its checkpoints/ folder, or a checkpoint dir")
-    parser.add_argument("--layers", default="all", help="all, or comma-separated layer indices (default: all)")
-    parser.add_argument("--heads", default="all", help="all, or comma-separated head indices (default: all)")
-    parser.add_argument("--windows", type=int, default=64, help="val windows (MQAR: val sequences); default 64")
+    parser.add_argument("--layers", default="all", help="all, or comma-separated layer indices")
+    parser.add_argument("--heads", default="all", help="all, or comma-separated head indices")
+    parser.add_argument("--windows", type=int, default=64, help="val windows (MQAR: val sequences)")
     parser.add_argument("--out", required=True, help="output directory (new, empty, or an extraction with --force)")
     parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per forward (default: the run's "

@@ -36,6 +36,7 @@ from evals.solve import METHODS, NotApplicable, solve
 from fileio.atomic import write_text_atomic
 from fileio.pages import opening, this_machine, today
 from training.checkpoint import CheckpointError
+from typedconfig.cli import ArgumentParser
 
 LOOSE_FACTOR = 10.0  # success_10eps: score <= 10 eps
 SETTINGS = "report.json"  # the run's settings, beside the report
@@ -149,25 +150,24 @@ def _warm_up() -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m evals.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m evals.run", description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--extracted", type=Path, help="an extraction directory (python -m evals.extract)")
     source.add_argument("--ckpt", help="a run or checkpoint directory: extract first, into OUT/extracted")
     source.add_argument("--rescore", type=Path, help="a report directory: score its per-seed rows again with its eps "
                                                      "and the current scoring (no solving), and write the report")
-    parser.add_argument("--layers", default="all", help="with --ckpt: layers to extract (default: all)")
-    parser.add_argument("--heads", default="all", help="with --ckpt: heads to extract (default: all)")
-    parser.add_argument("--windows", type=int, default=64, help="with --ckpt: val windows to extract (default 64)")
+    parser.add_argument("--layers", default="all", help="with --ckpt: layers to extract")
+    parser.add_argument("--heads", default="all", help="with --ckpt: heads to extract")
+    parser.add_argument("--windows", type=int, default=64, help="with --ckpt: val windows to extract")
     parser.add_argument("--out", type=Path, required=True, help="report directory (created; files are replaced)")
     parser.add_argument("--seeds", type=int, default=3, help="right-hand sides and sketches per instance (>= 1)")
-    parser.add_argument("--eps", type=float, default=1e-8, help="target relative accuracy (default 1e-8)")
-    parser.add_argument("--j", default="1,2", help="powers j for gram_power and a_gram_power (default 1,2)")
-    parser.add_argument("--maxiter", type=int, default=500, help="iterations per Krylov stage (default 500)")
+    parser.add_argument("--eps", type=float, default=1e-8, help="target relative accuracy")
+    parser.add_argument("--j", default="1,2", help="powers j for gram_power and a_gram_power")
+    parser.add_argument("--maxiter", type=int, default=500, help="iterations per Krylov stage")
     parser.add_argument("--max-rows", type=int, default=None, help="use at most this many stacked rows of K and X")
     parser.add_argument("--no-hidden-states", action="store_true", help="skip the X (hidden state) instances")
     parser.add_argument("--no-synthetic", action="store_true", help="skip the synthetic controls")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads while solving (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads while solving")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.maxiter < 1 or args.threads < 1 or not args.eps > 0:
         parser.error("--seeds, --maxiter and --threads must be >= 1 and --eps > 0")

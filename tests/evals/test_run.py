@@ -144,3 +144,10 @@ def test_errors_name_the_problem(args, message, capsys, tmp_path, monkeypatch):
         code = exc.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: 3)" in out and "(default: 1e-08)" in out and "(default: 1,2)" in out
