@@ -6,7 +6,12 @@ import argparse
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and "(default: ...)" after every option that has one."""
+    """The module docstring as written, and "(default: ...)" after every option that has one (None is no default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 class ArgumentParser(argparse.ArgumentParser):

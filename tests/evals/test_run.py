@@ -149,5 +149,6 @@ def test_errors_name_the_problem(args, message, capsys, tmp_path, monkeypatch):
 def test_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert "(default: 3)" in out and "(default: 1e-08)" in out and "(default: 1,2)" in out
+    assert "(default: None)" not in out and "(default: False)" not in out
