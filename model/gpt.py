@@ -97,33 +97,36 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied input and output embeddings
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # tied input and output embeddings
         self.apply(self._init_weights)
         # GPT-2: scale the init of projections into the residual stream by 1/sqrt(2 * n_layer).
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                nn.init.normal_(param, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
     def num_params(self) -> int:
-        """All parameters, counting the tied embedding once (GPT-2 small: 124,439,808)."""
+        """All parameters, counting a tied embedding once (GPT-2 small: 124,439,808)."""
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6 N for the matmuls + 12 L C T for attention scores.
 
-        The attention term is the softmax count (PaLM appendix B); the linear backends differ, so MFU for them is
-        an approximation.
+        N counts the parameters that multiply: not the position table, nor an untied token embedding (a lookup;
+        tied, it is the LM head's matmul). The attention term is the softmax count (PaLM appendix B); the linear
+        backends differ, so MFU for them is an approximation.
         """
         cfg = self.config
-        wpe = cfg.n_positions * cfg.n_embd if cfg.position == "learned" else 0
-        return 6 * (self.num_params() - wpe) + 12 * cfg.n_layer * cfg.n_embd * seq_len
+        lookups = cfg.n_positions * cfg.n_embd if cfg.position == "learned" else 0
+        if not cfg.tie_word_embeddings:
+            lookups += cfg.vocab_size * cfg.n_embd
+        return 6 * (self.num_params() - lookups) + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None

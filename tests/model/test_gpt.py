@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
+from data.config import DataConfig
 from model.attention import BACKENDS
 from model.config import ModelConfig
 from model.gpt import GPT
-from training.config import load_config
+from training.checkpoint import TrainState, load_checkpoint_model, save_checkpoint
+from training.config import RunConfig, config_to_dict, load_config
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -122,3 +124,48 @@ def test_every_backend_trains_under_bf16_autocast(attention):
     loss.backward()
     assert math.isfinite(loss.item()) and abs(loss.item() - math.log(97)) < 0.5
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_init_std_sets_the_std_of_every_weight_and_scales_the_residual_projections():
+    torch.manual_seed(0)
+    model = GPT(tiny(n_layer=8, n_embd=256, n_head=4, init_std=0.1))
+    block = model.transformer.h[0]
+    for weight in (model.transformer.wte.weight, model.transformer.wpe.weight, block.attn.c_attn.weight,
+                   block.mlp.c_fc.weight):
+        assert weight.std().item() == pytest.approx(0.1, rel=0.05)
+    assert block.mlp.c_proj.weight.std().item() == pytest.approx(0.1 / math.sqrt(2 * 8), rel=0.05)
+    assert block.attn.c_attn.bias.abs().max().item() == 0.0
+
+
+def test_an_untied_head_has_its_own_weight_and_its_own_gradient():
+    torch.manual_seed(0)
+    tied, untied = GPT(tiny()), GPT(tiny(tie_word_embeddings=False))
+    head, wte = untied.lm_head.weight, untied.transformer.wte.weight
+    assert head is not wte and head.data_ptr() != wte.data_ptr()
+    assert untied.num_params() == tied.num_params() + 97 * 32
+    assert head.std().item() == pytest.approx(0.02, rel=0.1)
+    idx = torch.randint(1, 4, (2, 16))  # only tokens 1..3 are looked up
+    _, loss = untied(idx, torch.randint(0, 97, (2, 16)))
+    loss.backward()
+    looked_up = torch.zeros(97, dtype=torch.bool)
+    looked_up[1:4] = True
+    assert wte.grad[~looked_up].abs().max().item() == 0.0  # an embedding's gradient reaches the rows looked up only
+    assert (head.grad.abs().sum(dim=1) > 0).all()  # the head's reaches every row (the softmax spans the vocabulary)
+
+
+def test_an_untied_head_counts_the_same_matmul_flops_as_a_tied_one():
+    assert GPT(tiny(tie_word_embeddings=False)).flops_per_token(64) == GPT(tiny()).flops_per_token(64)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_a_checkpoint_keeps_the_head_tied_or_untied(tmp_path, tie):
+    torch.manual_seed(0)
+    cfg = RunConfig(model=tiny(tie_word_embeddings=tie, init_std=0.1), data=DataConfig(block_size=64))
+    model = GPT(cfg.model)
+    save_checkpoint(tmp_path, model, TrainState(step=1), config_to_dict(cfg), keep=1)
+    loaded, loaded_cfg, _ = load_checkpoint_model(tmp_path)
+    assert loaded_cfg.model.tie_word_embeddings is tie and loaded_cfg.model.init_std == 0.1
+    shared = loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    assert shared is tie
+    idx = torch.randint(0, 97, (2, 16))
+    torch.testing.assert_close(loaded(idx)[0], model.eval()(idx)[0], rtol=0, atol=0)
