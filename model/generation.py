@@ -1,5 +1,7 @@
 """Autoregressive generation with the backends' decode states: the prompt is prefilled in one parallel chunk, then
-every sampled token is fed back as a one-token step.
+every sampled token is fed back as a one-token step. Prompts of different lengths form one batch, left-padded
+(`left_pad`): the padding takes no part in attention and each row's positions count its own tokens, so a row
+generates what its prompt generates alone.
 
 Context limit: the most tokens a decode state may hold (`context_limit`).
 - learned positions: the n_positions rows of the position table (max_context may only lower it);
@@ -8,7 +10,8 @@ Context limit: the most tokens a decode state may hold (`context_limit`).
   generation runs on at the memory of the first token.
 A prompt longer than the limit is an error unless a window is given (then its last `window` tokens are used).
 When the state is full, generation stops with ContextLimitReached, or, with a window, re-prefills the last `window`
-tokens into a fresh state (positions restart at 0) and goes on.
+tokens into a fresh state (positions restart at 0) and goes on. A padded batch counts its columns: it reaches the
+limit when its longest row does.
 
 KV caches are preallocated for every token the state will take (the prompt plus the new tokens, capped at the
 limit), so decoding never reallocates them.
@@ -40,7 +43,7 @@ class ContextLimit:
 class DecodeStats:
     """Work and time of prefill and decode steps, accumulated over generate calls."""
 
-    prefill_tokens: int = 0  # prompt (and window) tokens run through parallel prefills
+    prefill_tokens: int = 0  # prompt (and window) tokens run through parallel prefills, padding not counted
     prefill_s: float = 0.0
     decode_tokens: int = 0  # tokens sampled, counting every row of the batch
     decode_s: float = 0.0  # sampling plus the one-token decode steps
@@ -77,11 +80,26 @@ def context_limit(model: GPT, max_context: int | None = None) -> ContextLimit:
     return ContextLimit(max_context, "max_context")
 
 
+def left_pad(prompts: list[list[int]], *, pad_id: int = 0, device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists of any lengths as one batch for generate(): ids (B, T) and mask (B, T), each prompt at the right
+    end of its row after `pad_id`s (mask False)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, -len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, -len(prompt):] = True
+    return ids.to(device), mask.to(device)
+
+
 def generate(
     model: GPT,
     prompt: torch.Tensor,
     max_new_tokens: int,
     *,
+    mask: torch.Tensor | None = None,
     sampler: Sampler = Sampler(),
     generator: torch.Generator | None = None,
     stop_id: int | None = None,
@@ -91,11 +109,18 @@ def generate(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), up to max_new_tokens times after the prompt ids (B, T).
 
+    `mask` (B, T), False at the left padding of the shorter prompts (see `left_pad`); None when every row is full.
     Ends early once every row has produced `stop_id` (a row's tokens after its first stop_id are to be ignored).
     Arguments are checked here, before the first token; ContextLimitReached is raised by the iteration.
     """
     if prompt.ndim != 2 or prompt.shape[1] == 0:
         raise ValueError("the prompt must hold at least one token")
+    if mask is not None:
+        mask = mask.bool()
+        if mask.shape != prompt.shape:
+            raise ValueError(f"the mask has shape {tuple(mask.shape)}, the prompt {tuple(prompt.shape)}")
+        if not bool(mask[:, -1].all()) or bool((mask[:, 1:] < mask[:, :-1]).any()):
+            raise ValueError("prompts must be left-padded, each with at least one token (mask 0 ... 0 1 ... 1)")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     limit = context_limit(model, max_context)
@@ -110,17 +135,19 @@ def generate(
                 f"({limit.reason}); shorten it or slide a window"
             )
         prompt = prompt[:, -window:]
-    return _generate(model, prompt, max_new_tokens, sampler, generator, stop_id, window, limit,
+        mask = None if mask is None else mask[:, -window:]
+    return _generate(model, prompt, mask, max_new_tokens, sampler, generator, stop_id, window, limit,
                      DecodeStats() if stats is None else stats)
 
 
 @torch.no_grad()
 def _generate(
-    model: GPT, context: torch.Tensor, max_new_tokens: int, sampler: Sampler, generator: torch.Generator | None,
-    stop_id: int | None, window: int | None, limit: ContextLimit, stats: DecodeStats,
+    model: GPT, context: torch.Tensor, mask: torch.Tensor | None, max_new_tokens: int, sampler: Sampler,
+    generator: torch.Generator | None, stop_id: int | None, window: int | None, limit: ContextLimit,
+    stats: DecodeStats,
 ) -> Iterator[torch.Tensor]:
     device, rows = context.device, context.shape[0]
-    logits, state = _prefill(model, context, max_new_tokens, limit, stats)
+    logits, state = _prefill(model, context, mask, max_new_tokens, limit, stats)
     stopped = torch.zeros(rows, dtype=torch.bool, device=device)
     for i in range(max_new_tokens):
         start = _synced_clock(device)
@@ -135,10 +162,12 @@ def _generate(
             return
         if window is not None:
             context = torch.cat([context, token], dim=1)[:, -window:]
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones_like(token, dtype=torch.bool)], dim=1)[:, -window:]
         if state.position == limit.tokens:
             if window is None:
                 raise ContextLimitReached(f"stopped at the context limit of {limit.tokens} tokens ({limit.reason})")
-            logits, state = _prefill(model, context, remaining, limit, stats)
+            logits, state = _prefill(model, context, mask, remaining, limit, stats)
             continue
         start = _synced_clock(device)
         logits, state = model.decode(token, state)
@@ -147,18 +176,20 @@ def _generate(
 
 
 def _prefill(
-    model: GPT, context: torch.Tensor, new_tokens: int, limit: ContextLimit, stats: DecodeStats
+    model: GPT, context: torch.Tensor, mask: torch.Tensor | None, new_tokens: int, limit: ContextLimit,
+    stats: DecodeStats,
 ) -> tuple[torch.Tensor, DecodeState]:
-    """A fresh decode state holding `context`, with room for the `new_tokens` to come, and its last logits."""
+    """A fresh decode state holding `context` (`mask`: its padding), with room for the `new_tokens` to come, and
+    its last logits."""
     capacity = context.shape[1] + new_tokens
     if limit.tokens is not None:
         capacity = min(capacity, limit.tokens)
     dtype = next(model.parameters()).dtype
     state = model.init_decode_state(context.shape[0], dtype=dtype, device=context.device, capacity=capacity)
     start = _synced_clock(context.device)
-    logits, state = model.decode(context, state, last_only=True)
+    logits, state = model.decode(context, state, mask=mask, last_only=True)
     stats.prefill_s += _synced_clock(context.device) - start
-    stats.prefill_tokens += context.numel()
+    stats.prefill_tokens += context.numel() if mask is None else int(mask.sum())
     stats.state_bytes = max(stats.state_bytes, model.decode_state_nbytes(state))
     return logits, state
 
@@ -168,12 +199,3 @@ def _synced_clock(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-def length_groups(lengths: list[int]) -> list[list[int]]:
-    """Indices of equal lengths, grouped in order of first appearance: prompts of one group decode as one batch
-    (the decode states have no padding mask, so ragged prompts never share a batch)."""
-    groups: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        groups.setdefault(n, []).append(i)
-    return list(groups.values())

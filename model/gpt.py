@@ -17,7 +17,7 @@ from torch import nn
 from model.attention import get_backend
 from model.config import ModelConfig
 from model.loss import linear_cross_entropy
-from model.position import apply_rotary, rotary_angles
+from model.position import apply_rotary, padding_count, rotary_angles, token_positions
 
 
 @dataclass
@@ -25,7 +25,8 @@ class DecodeState:
     """Per-layer attention states plus the number of tokens already consumed."""
 
     layers: list[Any]
-    position: int = 0
+    position: int = 0  # tokens consumed by every row, padding included
+    pads: torch.Tensor | None = None  # (B,) padding tokens among them, per row; None while there was none
 
 
 class CausalSelfAttention(nn.Module):
@@ -39,19 +40,21 @@ class CausalSelfAttention(nn.Module):
         self.rope_base = cfg.rope_base if cfg.position == "rope" else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, position: int = 0, state: Any = None) -> tuple[torch.Tensor, Any]:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, state: Any = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        """positions: (T,) or, per row, (B, T); mask: (B, T), False for padding, or None."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if self.rope_base is not None:
-            positions = torch.arange(position, position + T, device=x.device)
             cos, sin = rotary_angles(positions, self.head_dim, self.rope_base)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k = self.qk_transform(q, k)
         if state is None:
-            y = self.backend.forward(q, k, v)
+            y = self.backend.forward(q, k, v, mask)
         else:
-            y, state = self.backend.step(q, k, v, state)
+            y, state = self.backend.step(q, k, v, state, mask)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y)), state
 
@@ -77,8 +80,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, position: int = 0, state: Any = None) -> tuple[torch.Tensor, Any]:
-        attn_out, state = self.attn(self.ln_1(x), position, state)
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, state: Any = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        attn_out, state = self.attn(self.ln_1(x), positions, state, mask)
         x = x + attn_out
         return x + self.mlp(self.ln_2(x)), state
 
@@ -129,13 +134,19 @@ class GPT(nn.Module):
         return 6 * (self.num_params() - lookups) + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Full-sequence forward: idx (B, T) -> (logits (B, T, vocab), None) without targets; with targets
-        (B, T) (-100 = ignore) -> (None, mean cross-entropy), computed chunk by chunk without the logits."""
-        x = self._embed(idx, position=0)
+        (B, T) (-100 = ignore) -> (None, mean cross-entropy), computed chunk by chunk without the logits.
+
+        `mask` (B, T), False (0) for padding, anywhere in a row: the padding tokens take no part in attention, and
+        each row's positions count its real tokens only, so its logits are those of the row without the padding
+        (a padding position's logits mean nothing; give its target -100)."""
+        mask = None if mask is None else mask.bool()
+        positions = token_positions(0, None, mask, idx.shape[1], idx.device)
+        x = self._embed(idx, positions)
         for block in self.transformer.h:
-            x, _ = block(x)
+            x, _ = block(x, positions, mask=mask)
         x = self.transformer.ln_f(x)  # (B, T, C)
         if targets is None:
             return self.lm_head(x), None
@@ -155,25 +166,30 @@ class GPT(nn.Module):
         return DecodeState(layers=layers)
 
     def decode(
-        self, idx: torch.Tensor, state: DecodeState, *, last_only: bool = False
+        self, idx: torch.Tensor, state: DecodeState, *, mask: torch.Tensor | None = None, last_only: bool = False
     ) -> tuple[torch.Tensor, DecodeState]:
         """Consume t >= 1 new tokens (a prompt chunk or one sampled token) after the state; logits (B, t, vocab),
-        or (B, 1, vocab) for the last token only with `last_only` (a long prefill never holds t x vocab logits)."""
+        or (B, 1, vocab) for the last token only with `last_only` (a long prefill never holds t x vocab logits).
+
+        `mask` (B, t), False (0) for padding (a left-padded batch of prompts): as in forward(), and the state
+        remembers it, so each row's later tokens continue from its own count of real tokens."""
         position = state.position
+        mask = None if mask is None else mask.bool()
         if self.config.position == "learned" and position + idx.shape[1] > self.config.n_positions:
             raise ValueError(
                 f"cannot decode past position {self.config.n_positions}: the model has learned position embeddings "
                 "for that many tokens only (use a sliding window, or train with model.position=rope or none)"
             )
-        x = self._embed(idx, position)
+        positions = token_positions(position, state.pads, mask, idx.shape[1], idx.device)
+        x = self._embed(idx, positions)
         layers = []
         for block, layer_state in zip(self.transformer.h, state.layers):
-            x, layer_state = block(x, position, layer_state)
+            x, layer_state = block(x, positions, layer_state, mask)
             layers.append(layer_state)
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(self.transformer.ln_f(x))
-        return logits, DecodeState(layers=layers, position=position + idx.shape[1])
+        return logits, DecodeState(layers, position + idx.shape[1], padding_count(state.pads, mask))
 
     @property
     def constant_memory_decoding(self) -> bool:
@@ -184,9 +200,8 @@ class GPT(nn.Module):
         """Bytes held by the decode state of all layers (a KV cache counts its whole preallocated capacity)."""
         return sum(block.attn.backend.state_nbytes(s) for block, s in zip(self.transformer.h, state.layers))
 
-    def _embed(self, idx: torch.Tensor, position: int) -> torch.Tensor:
+    def _embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.transformer.wte(idx)  # (B, T, C)
         if self.transformer.wpe is not None:
-            positions = torch.arange(position, position + idx.shape[1], device=idx.device)
-            x = x + self.transformer.wpe(positions)
+            x = x + self.transformer.wpe(positions)  # positions (T,) or (B, T)
         return self.transformer.drop(x)

@@ -7,8 +7,10 @@
 The wrapper holds the project's GPT (no second copy of the architecture). `generate()` carries the backend's
 own decode state as its cache (`AttnlabCache`): a fixed-size recurrent state for the linear backends, a KV cache
 for softmax and expressive. Each step consumes only the tokens the state has not seen, so decoding costs the
-same as scripts/generate.py. Padding is not supported: the attention backends have no notion of masked keys, so
-an attention_mask with zeros is refused rather than silently ignored.
+same as scripts/generate.py. Padding (an attention_mask with zeros; left padding for generate(), as with every
+decoder-only model) is masked in every backend: padding tokens take no part in attention, the positions of each
+row count its real tokens (transformers' GPT-2 derives position_ids from the mask the same way), and the cache
+remembers the padding, so a padded row gives the logits and the tokens it gives alone.
 
 `scripts/export_hf.py` copies this file (with the model package) into an exported folder, so it must import only
 torch, transformers and the model package.
@@ -37,18 +39,19 @@ class AttnlabCache:
         return self.state.position
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Keep the batch rows `beam_idx` of every layer's state, in that order (beam search)."""
+        """Keep the batch rows `beam_idx` of the state and of every layer's state, in that order (beam search)."""
+        self.state = _select_rows(self.state, beam_idx)
         self.state.layers = [_select_rows(layer, beam_idx) for layer in self.state.layers]
 
 
-def _select_rows(layer_state, rows: torch.LongTensor):
-    """A layer state (a dataclass of batch-first tensors and counters) restricted to `rows`."""
+def _select_rows(state, rows: torch.LongTensor):
+    """A state (a dataclass of batch-first tensors, counters and other fields) restricted to `rows`."""
     changes = {
         f.name: value.index_select(0, rows.to(value.device))
-        for f in dataclasses.fields(layer_state)
-        if isinstance(value := getattr(layer_state, f.name), torch.Tensor)
+        for f in dataclasses.fields(state)
+        if isinstance(value := getattr(state, f.name), torch.Tensor)
     }
-    return dataclasses.replace(layer_state, **changes)
+    return dataclasses.replace(state, **changes)
 
 
 class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
@@ -107,23 +110,24 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         """Logits for `input_ids` (B, T). With a cache (or use_cache outside training and without labels) the tokens
         continue the cache's state; `logits_to_keep=1` keeps only the last position's logits. With `labels` (B, T)
         the loss is the mean next-token cross-entropy (labels shifted inside, negative labels such as transformers'
-        -100 ignored)."""
+        -100 ignored; give padding positions -100). `attention_mask` covers the cached tokens and the new ones
+        (B, past + T), as generate() passes it; zeros mark padding."""
         if input_ids is None:
             raise ValueError("attnlab models take input_ids (token ids); inputs_embeds is not supported")
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError(
-                "attnlab models do not support padding (attention_mask has zeros): generate prompts of equal "
-                "length together, or one prompt per call"
-            )
         use_cache = self.config.use_cache if use_cache is None else use_cache
         last_only = logits_to_keep == 1
-        if past_key_values is not None or (use_cache and labels is None and not self.training):
+        cached = past_key_values is not None or (use_cache and labels is None and not self.training)
+        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        mask = _padding_mask(attention_mask, input_ids.shape, past)
+        if cached:
             if past_key_values is None:
                 state = self.model.init_decode_state(input_ids.shape[0], dtype=self.dtype, device=input_ids.device)
                 past_key_values = AttnlabCache(state)
-            logits, past_key_values.state = self.model.decode(input_ids, past_key_values.state, last_only=last_only)
+            logits, past_key_values.state = self.model.decode(
+                input_ids, past_key_values.state, mask=mask, last_only=last_only
+            )
         else:
-            logits, _ = self.model(input_ids)
+            logits, _ = self.model(input_ids, mask=mask)
             past_key_values = None
             if last_only:
                 logits = logits[:, -1:]
@@ -133,6 +137,19 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
                 raise ValueError("labels need the logits of every position; do not combine them with logits_to_keep=1")
             loss = cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
+
+
+def _padding_mask(attention_mask: torch.Tensor | None, shape: torch.Size, past: int) -> torch.Tensor | None:
+    """The new tokens' part of `attention_mask` (B, past + T) as a bool mask, or None when it holds no padding."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != (shape[0], past + shape[1]):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; expected {(shape[0], past + shape[1])} "
+            f"(the {past} cached tokens and the {shape[1]} new ones)"
+        )
+    mask = attention_mask[:, past:].bool()
+    return None if bool(mask.all()) else mask
 
 
 AutoConfig.register(AttnlabConfig.model_type, AttnlabConfig, exist_ok=True)

@@ -7,15 +7,15 @@
 
 Prompts: each --prompt TEXT and each --prompt-file PATH (the whole file, verbatim, newlines included) is one prompt,
 in command-line order; without either, all of stdin is one prompt. One prompt is echoed and its continuation is
-streamed to stdout token by token. Several prompts form a batch: prompts of equal token length decode together
-(there is no padding), and each prompt's text is printed whole, under a `--- prompt N ---` header, in the order
-given, as soon as it and the ones before it are complete.
+streamed to stdout token by token. Several prompts, of any lengths, form one batch (left-padded: one prefill, then
+one decode step per token for all of them; each continues as it would alone), and each prompt's text is printed
+whole, under a `--- prompt N ---` header, in the order given, when the batch is done.
 
 Generation stops after --max-new-tokens, at <|endoftext|> (unless --no-stop), or at the context limit: the
 learned positions of the model, the KV cache's limit (n_positions unless --max-context raises it; rope/none
-only), nothing for a constant-memory backend with rope/none positions. There it stops with a message, or, with
---window N, re-prefills the last N tokens into a fresh state and goes on. At the end, stderr gets one line with
-prefill and decode tokens/s and the bytes of the largest decode state held.
+only), nothing for a constant-memory backend with rope/none positions; a batch reaches it with its longest prompt.
+There it stops with a message, or, with --window N, re-prefills the last N tokens into a fresh state and goes on.
+At the end, stderr gets one line with prefill and decode tokens/s and the bytes of the largest decode state held.
 
 Exit status: 0 (also when stopped at the context limit), 2 for unusable arguments, checkpoint or prompts (one line
 on stderr, no output), 130 on Ctrl-C (after the stats line).
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from data.tokenizer import StreamDecoder, TextTokenizer, load_tokenizer
-from model.generation import ContextLimitReached, DecodeStats, generate, length_groups
+from model.generation import ContextLimitReached, DecodeStats, generate, left_pad
 from model.gpt import GPT
 from model.sampling import Sampler
 from training.checkpoint import CheckpointError, load_checkpoint_model
@@ -113,50 +113,42 @@ def main(argv: list[str] | None = None) -> int:
         seed = None if sampler.temperature == 0 else secrets.randbits(63) if args.seed is None else args.seed
         generator = torch.Generator(device=device).manual_seed(seed or 0)
         stats = DecodeStats()
-        groups = length_groups([len(p) for p in prompts])
-        # generate checks its arguments eagerly: every group is checked before any text is printed
-        runs = [
-            generate(model, torch.tensor([prompts[i] for i in group], device=device), args.max_new_tokens,
-                     sampler=sampler, generator=generator, stop_id=stop_id, window=args.window,
-                     max_context=args.max_context, stats=stats)
-            for group in groups
-        ]
+        ids, mask = left_pad(prompts, device=device)
+        # generate checks its arguments eagerly, before any text is printed
+        run = generate(model, ids, args.max_new_tokens, mask=None if bool(mask.all()) else mask, sampler=sampler,
+                       generator=generator, stop_id=stop_id, window=args.window, max_context=args.max_context,
+                       stats=stats)
     except (ValueError, CheckpointError) as exc:  # DataError and ConfigError are ValueErrors
         print(f"generate: {exc}", file=sys.stderr)
         return 2
     try:
-        notes = print_completions(texts, groups, runs, tokenizer, stop_id)
+        note = print_completions(texts, run, tokenizer, stop_id)
     except KeyboardInterrupt:
         print(f"\n{stats_line(stats, model, seed)}\ngenerate: interrupted", file=sys.stderr)
         return 130
-    for note in notes:
+    if note:
         print(f"generate: {note}; pass --window N to go on with a sliding window", file=sys.stderr)
     print(stats_line(stats, model, seed), file=sys.stderr)
     return 0
 
 
-def print_completions(texts: list[str], groups: list[list[int]], runs: list[Iterator[torch.Tensor]],
-                      tokenizer: TextTokenizer, stop_id: int | None) -> list[str]:
-    """Run every group and print its text (see the module docstring); the context-limit messages of the runs."""
+def print_completions(texts: list[str], run: Iterator[torch.Tensor], tokenizer: TextTokenizer,
+                      stop_id: int | None) -> str | None:
+    """Run the batch and print its text (see the module docstring); the context-limit message, if it hit it."""
     if len(texts) == 1:
         print(texts[0], end="", flush=True)
-        _, note = complete_group(runs[0], 1, tokenizer, stop_id, lambda row, piece: print(piece, end="", flush=True))
+        _, note = complete(run, 1, tokenizer, stop_id, lambda row, piece: print(piece, end="", flush=True))
         print()
-        return [note] if note else []
-    notes, completed, printed = [], {}, 0
-    for group, run in zip(groups, runs):
-        continuations, note = complete_group(run, len(group), tokenizer, stop_id, lambda row, piece: None)
-        notes += [note] if note else []
-        completed.update(zip(group, continuations))
-        while printed in completed:
-            print(f"--- prompt {printed + 1} ---\n{texts[printed]}{completed.pop(printed)}", flush=True)
-            printed += 1
-    return list(dict.fromkeys(notes))
+        return note
+    continuations, note = complete(run, len(texts), tokenizer, stop_id, lambda row, piece: None)
+    for i, (text, continuation) in enumerate(zip(texts, continuations)):
+        print(f"--- prompt {i + 1} ---\n{text}{continuation}", flush=True)
+    return note
 
 
-def complete_group(run: Iterator[torch.Tensor], rows: int, tokenizer: TextTokenizer, stop_id: int | None,
-                   on_text: Callable[[int, str], None]) -> tuple[list[str], str | None]:
-    """The continuation of every row of one generate run, each piece of text passed to on_text(row, piece) as soon
+def complete(run: Iterator[torch.Tensor], rows: int, tokenizer: TextTokenizer, stop_id: int | None,
+             on_text: Callable[[int, str], None]) -> tuple[list[str], str | None]:
+    """The continuation of every row of a generate run, each piece of text passed to on_text(row, piece) as soon
     as it is complete; a row ends before its first stop_id. Also the message if the run hit the context limit."""
     decoders = [StreamDecoder(tokenizer) for _ in range(rows)]
     pieces: list[list[str]] = [[] for _ in range(rows)]

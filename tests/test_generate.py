@@ -1,5 +1,6 @@
-"""scripts/generate.py on tiny random-weight checkpoints: prompts from flags, files and stdin, batches, greedy and
-seeded sampling, the context limit and the window, the stats line, and one-line errors."""
+"""scripts/generate.py on tiny random-weight checkpoints: prompts from flags, files and stdin, batches of prompts of
+any lengths (one left-padded batch), greedy and seeded sampling, the context limit and the window, the stats line,
+and one-line errors."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from data.config import DataConfig
+from model.attention import BACKENDS
 from model.config import ModelConfig
 from model.gpt import GPT
 from training.checkpoint import TrainState, save_checkpoint
@@ -101,13 +103,16 @@ def test_stdin_is_the_prompt_when_none_is_given(runs, capsys, monkeypatch):
     assert code == 0 and out.startswith("To be,\nor not") and STATS.match(err.strip())
 
 
-def test_a_batch_prints_each_prompt_as_it_would_alone(runs, capsys, tmp_path):
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_a_batch_prints_each_prompt_as_it_would_alone(attention, capsys, tmp_path):
+    run = write_checkpoint(tmp_path / "run", attention=attention, position="learned")
     (tmp_path / "scene.txt").write_text("JULIET:\nO Romeo,")
-    prompts = ["ROMEO:", "Hi", "JULIET:\nO Romeo,", "To be,"]  # 3, 1, 9 and 3 tokens: three batches
-    options = ["--ckpt", str(runs["rope"]), "--max-new-tokens", "6", "--temperature", "0"]
-    code, out, _ = generate(capsys, *options, "--prompt", prompts[0], "--prompt", prompts[1],
-                            "--prompt-file", str(tmp_path / "scene.txt"), "--prompt", prompts[3])
+    prompts = ["ROMEO:", "Hi", "JULIET:\nO Romeo,", "To be,"]  # 3, 1, 9 and 3 tokens: one left-padded batch
+    options = ["--ckpt", str(run), "--max-new-tokens", "6", "--temperature", "0"]
+    code, out, err = generate(capsys, *options, "--prompt", prompts[0], "--prompt", prompts[1],
+                              "--prompt-file", str(tmp_path / "scene.txt"), "--prompt", prompts[3])
     assert code == 0
+    assert "prefill: 16 tokens" in err and "decode: 24 tokens" in err  # one batch: the padding is not counted
     alone = [generate(capsys, *options, "--prompt", p)[1] for p in prompts]
     assert out == "".join(f"--- prompt {i + 1} ---\n{text}" for i, text in enumerate(alone))
 

@@ -9,6 +9,11 @@ functions of tensors: no parameters and no hidden state live on it. Shapes, per 
 for its own weight function `w`, in three forms that must agree: `reference` (naive O(n^2), the definition and
 the test oracle), `forward` (the causal training form) and `step` (decoding t >= 1 new tokens after the tokens
 already folded into a state).
+
+Padding: each form takes `mask` (B, T), True for the real tokens of the T new ones and False for padding (left,
+right or anywhere). A padding key takes no part in any query's sum: not in a numerator, not in a normaliser, not in
+a recurrent state (a KV cache keeps it, marked invalid); a padding query's output is 0. `mask=None` means no padding
+and runs the unmasked code unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +23,15 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+# (B, T) bool, False for padding; None when there is none.
+Mask = torch.Tensor | None
+
+
+def zero_masked_queries(y: torch.Tensor, mask: Mask) -> torch.Tensor:
+    """y (B, H, T, d_v) with the outputs of the padding queries set to 0 (finite whatever they were)."""
+    return y if mask is None else y.masked_fill(~mask[:, None, :, None], 0.0)
 
 
 class QKIdentity(nn.Module):
@@ -39,11 +53,11 @@ class AttentionBackend:
         """The module applied to (q, k) after the projections and before the kernel (learnable parts included)."""
         return QKIdentity()
 
-    def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask = None) -> torch.Tensor:
         """Naive O(n^2) causal attention: the definition of the mechanism."""
         raise NotImplementedError
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask = None) -> torch.Tensor:
         """Causal training form."""
         raise NotImplementedError
 
@@ -54,8 +68,11 @@ class AttentionBackend:
         """An empty decode state. `capacity` preallocates a KV cache; recurrent states ignore it."""
         raise NotImplementedError
 
-    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        """Attend t >= 1 new tokens (a prefill chunk or one token) after the state's tokens; returns (y, new state)."""
+    def step(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: Any, mask: Mask = None
+    ) -> tuple[torch.Tensor, Any]:
+        """Attend t >= 1 new tokens (a prefill chunk or one token) after the state's tokens; returns (y, new state).
+        The state remembers which of its tokens were padding."""
         raise NotImplementedError
 
     def state_nbytes(self, state: Any) -> int:

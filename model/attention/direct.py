@@ -8,7 +8,9 @@ running max, so each (query block, key block) tile adds its weighted values and 
 accumulators, and tiles above the diagonal are skipped. The backward pass recomputes the tiles instead of storing
 the n × n weights (as FlashAttention does, Dao et al. 2022, arXiv 2205.14135), so training memory stays O(n·block).
 The causal mask is applied to the weights, after the nonlinearity: masking the scores first (-inf, -1e20) and then
-squaring gives NaN or weight 1 on future tokens.
+squaring gives NaN or weight 1 on future tokens. Padding keys are masked the same way (their weights set to 0);
+a padding query, which may see no key at all, divides by 1 instead of its sum so that its discarded output stays
+finite.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Protocol
 
 import torch
 
-from model.attention.kv_cache import causal_mask
+from model.attention.base import zero_masked_queries
+from model.attention.kv_cache import causal_mask, padded_causal_mask
 
 
 class PointwiseWeight(Protocol):
@@ -31,11 +34,22 @@ class PointwiseWeight(Protocol):
         ...
 
 
-def naive_causal_average(weights: torch.Tensor, v: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """The reference normalisation: mask the (B, H, T, T) weights causally, then average the values by them."""
+def naive_causal_average(
+    weights: torch.Tensor, v: torch.Tensor, eps: float = 0.0, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The reference normalisation: mask the (B, H, T, T) weights causally and, with `mask` (B, T), the padding
+    keys, then average the values by them; padding queries give 0."""
     t = weights.shape[-1]
-    weights = weights.masked_fill(~causal_mask(t, 0, weights.device), 0.0)  # after the nonlinearity
-    return (weights @ v) / (weights.sum(-1, keepdim=True) + eps)
+    visible = causal_mask(t, 0, weights.device) if mask is None else padded_causal_mask(t, 0, mask, mask)
+    weights = weights.masked_fill(~visible, 0.0)  # after the nonlinearity
+    return zero_masked_queries((weights @ v) / (weights.sum(-1, keepdim=True) + eps), mask)
+
+
+def safe_denominator(den: torch.Tensor, eps: float, queries_valid: torch.Tensor | None) -> torch.Tensor:
+    """den + eps, with 1 for the padding queries (False in queries_valid): they may see no key, and their output,
+    discarded, must stay finite (a NaN there would reach the next layer's keys)."""
+    den = den + eps
+    return den if queries_valid is None else den.masked_fill_(~queries_valid, 1.0)
 
 
 def _tiles(t: int, past: int, block: int) -> Iterator[tuple[int, int, list[tuple[int, int, int | None]]]]:
@@ -53,18 +67,28 @@ def _tiles(t: int, past: int, block: int) -> Iterator[tuple[int, int, list[tuple
         yield i0, i1, keys
 
 
-def _causal_(w: torch.Tensor, diagonal: int | None) -> torch.Tensor:
-    """Zero the weights of the future keys in place (after the nonlinearity, so inf or NaN there is harmless)."""
-    return w if diagonal is None else w.tril_(diagonal)
+def _causal_(
+    w: torch.Tensor, diagonal: int | None, padding: torch.Tensor | None = None, j0: int = 0
+) -> torch.Tensor:
+    """Zero the weights of the future keys in place (after the nonlinearity, so inf or NaN there is harmless), and
+    those of the padding keys (True in `padding` (BH, keys), of which the tile holds keys j0 ..)."""
+    if diagonal is not None:
+        w.tril_(diagonal)
+    if padding is not None:
+        w.masked_fill_(padding[:, None, j0 : j0 + w.shape[-1]], 0.0)
+    return w
 
 
 def tiled_numerator_and_denominator(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: PointwiseWeight, past: int, block: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: PointwiseWeight, past: int, block: int,
+    keys_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_j w_ij v_j and sum_j w_ij for queries at positions past..past+T-1 over keys 0..past+T-1.
+    """sum_j w_ij v_j and sum_j w_ij for queries at positions past..past+T-1 over keys 0..past+T-1, the padding
+    keys (False in keys_valid (BH, past + T)) left out.
 
     q: (BH, T, d), k: (BH, past + T, d), v: (BH, past + T, d_v); returns (BH, T, d_v), (BH, T).
     """
+    padding = None if keys_valid is None else ~keys_valid
     num = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
     den = q.new_empty(q.shape[0], q.shape[1])
     for i0, i1, keys in _tiles(q.shape[1], past, block):
@@ -72,7 +96,7 @@ def tiled_numerator_and_denominator(
         num_i = q.new_zeros(q.shape[0], i1 - i0, v.shape[-1])
         den_i = q.new_zeros(q.shape[0], i1 - i0)
         for j0, j1, diagonal in keys:
-            w = _causal_(weight(torch.bmm(q[:, i0:i1], k[:, j0:j1].transpose(1, 2))), diagonal)
+            w = _causal_(weight(torch.bmm(q[:, i0:i1], k[:, j0:j1].transpose(1, 2))), diagonal, padding, j0)
             num_i.baddbmm_(w, v[:, j0:j1])
             den_i += w.sum(-1)
         num[:, i0:i1], den[:, i0:i1] = num_i, den_i
@@ -91,16 +115,16 @@ def _unblocked(x: torch.Tensor, t: int) -> torch.Tensor:
 
 class _TiledCausalAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, weight: PointwiseWeight, eps: float, block: int):
+    def forward(ctx, q, k, v, weight: PointwiseWeight, eps: float, block: int, valid: torch.Tensor | None):
         with torch.autocast(q.device.type, enabled=False):  # the caller chose the dtype; autocast would mix them
-            return _TiledCausalAttention._forward(ctx, q, k, v, weight, eps, block)
+            return _TiledCausalAttention._forward(ctx, q, k, v, weight, eps, block, valid)
 
     @staticmethod
-    def _forward(ctx, q, k, v, weight: PointwiseWeight, eps: float, block: int):
-        num, den = tiled_numerator_and_denominator(q, k, v, weight, 0, block)
-        den += eps
+    def _forward(ctx, q, k, v, weight: PointwiseWeight, eps: float, block: int, valid: torch.Tensor | None):
+        num, den = tiled_numerator_and_denominator(q, k, v, weight, 0, block, valid)
+        den = safe_denominator(den, eps, valid)
         y = num / den[..., None]
-        ctx.save_for_backward(q, k, v, y, den)
+        ctx.save_for_backward(q, k, v, y, den, valid)
         ctx.weight, ctx.block = weight, block
         return y
 
@@ -111,8 +135,9 @@ class _TiledCausalAttention(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, dy):
-        q, k, v, y, den = ctx.saved_tensors
+        q, k, v, y, den, valid = ctx.saved_tensors
         block = ctx.block
+        padding = None if valid is None else ~valid
         # y_i = num_i / den_i, so dL/dw_ij = (dy_i · v_j - dy_i · y_i) / den_i = g_i · v_j - h_i.
         g = dy / den[..., None]  # (BH, T, d_v)
         h = (g * y).sum(-1, keepdim=True)  # (BH, T, 1)
@@ -122,20 +147,22 @@ class _TiledCausalAttention(torch.autograd.Function):
             dq_i = q.new_zeros(q.shape[0], i1 - i0, q.shape[2])
             for j0, j1, diagonal in keys:
                 w, dw_ds = ctx.weight.with_derivative(torch.bmm(q[:, i0:i1], k[:, j0:j1].transpose(1, 2)))
-                _causal_(w, diagonal)
+                _causal_(w, diagonal, padding, j0)
                 ds = torch.baddbmm(h[:, i0:i1], g[:, i0:i1], v[:, j0:j1].transpose(1, 2), beta=-1).mul_(dw_ds)
-                _causal_(ds, diagonal)
+                _causal_(ds, diagonal, padding, j0)
                 dq_i.baddbmm_(ds, k[:, j0:j1])
                 jb = j0 // block
                 dk[jb, :, : j1 - j0].baddbmm_(ds.transpose(1, 2), q[:, i0:i1])
                 dv[jb, :, : j1 - j0].baddbmm_(w.transpose(1, 2), g[:, i0:i1])
             dq[:, i0:i1] = dq_i
         t = q.shape[1]
-        return dq, _unblocked(dk, t), _unblocked(dv, t), None, None, None
+        return dq, _unblocked(dk, t), _unblocked(dv, t), None, None, None, None
 
 
 def tiled_causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: PointwiseWeight, *, eps: float, block: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: PointwiseWeight, *, eps: float, block: int,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Differentiable causal attention (BH, T, d) x 3 -> (BH, T, d_v) in O(T·block) memory; `q` carries any scale."""
-    return _TiledCausalAttention.apply(q, k, v, weight, eps, block)
+    """Differentiable causal attention (BH, T, d) x 3 -> (BH, T, d_v) in O(T·block) memory; `q` carries any scale.
+    `valid` (BH, T): False for padding (keys left out; the queries' outputs are finite, for the caller to zero)."""
+    return _TiledCausalAttention.apply(q, k, v, weight, eps, block, valid)

@@ -15,11 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
-from model.attention.base import AttentionBackend
-from model.attention.direct import naive_causal_average, tiled_causal_attention, tiled_numerator_and_denominator
+from model.attention.base import AttentionBackend, zero_masked_queries
+from model.attention.direct import (
+    naive_causal_average,
+    safe_denominator,
+    tiled_causal_attention,
+    tiled_numerator_and_denominator,
+)
 from model.attention.kv_cache import KVCache, append_kv, empty_kv_cache, kv_cache_bytes
 from model.attention.linear import QuadraticKernel, QuadraticKernelAttention
-from model.attention.numerics import accumulation_dtype, fold_heads, unfold_heads
+from model.attention.numerics import accumulation_dtype, fold_heads, fold_mask, unfold_heads
 from model.attention.options import check_count, check_non_negative_real, check_option, is_real
 
 
@@ -64,16 +69,17 @@ class ExpressiveAttention(AttentionBackend):
         check_non_negative_real(self.name, "eps", self.eps)
         check_count(self.name, "block_size", self.block_size)
 
-    def reference(self, q, k, v):
+    def reference(self, q, k, v, mask=None):
         s = _temperature(self.temperature, q.shape[-1]) * (q @ k.transpose(-2, -1))  # (B, H, T, T)
-        return naive_causal_average(s**2 / (1 + s**2), v, self.eps)
+        return naive_causal_average(s**2 / (1 + s**2), v, self.eps, mask)
 
-    def forward(self, q, k, v):
+    def forward(self, q, k, v, mask=None):
         tau = _temperature(self.temperature, q.shape[-1])
         y = tiled_causal_attention(
-            fold_heads(q) * tau, fold_heads(k), fold_heads(v), SaturatingSquare(), eps=self.eps, block=self.block_size
+            fold_heads(q) * tau, fold_heads(k), fold_heads(v), SaturatingSquare(), eps=self.eps, block=self.block_size,
+            valid=None if mask is None else fold_mask(mask, q.shape[1]),
         )
-        return unfold_heads(y, q)
+        return zero_masked_queries(unfold_heads(y, q), mask)
 
     def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> KVCache:
         # Cached in the accumulation dtype, so a step never re-converts the whole cache.
@@ -81,15 +87,20 @@ class ExpressiveAttention(AttentionBackend):
             batch, heads, d, d_v, dtype=accumulation_dtype(dtype), device=device, capacity=capacity
         )
 
-    def step(self, q, k, v, state: KVCache):
+    def step(self, q, k, v, state: KVCache, mask=None):
         past = state.length
-        state = append_kv(state, k, v)
+        state = append_kv(state, k, v, mask)
         b, h, t, d = q.shape
         keys = state.keys().reshape(b * h, past + t, d)
         values = state.values().reshape(b * h, past + t, v.shape[-1])
+        keys_valid = state.valid_keys()
         q_scaled = fold_heads(q) * _temperature(self.temperature, d)
-        num, den = tiled_numerator_and_denominator(q_scaled, keys, values, SaturatingSquare(), past, self.block_size)
-        return unfold_heads(num / (den[..., None] + self.eps), q), state
+        num, den = tiled_numerator_and_denominator(
+            q_scaled, keys, values, SaturatingSquare(), past, self.block_size,
+            None if keys_valid is None else fold_mask(keys_valid, h),
+        )
+        den = safe_denominator(den, self.eps, None if mask is None else fold_mask(mask, h))
+        return zero_masked_queries(unfold_heads(num / den[..., None], q), mask), state
 
     def state_nbytes(self, state: KVCache) -> int:
         return kv_cache_bytes(state)

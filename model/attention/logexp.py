@@ -18,6 +18,11 @@ V > 0; here V is signed and everything runs in the linear domain with shifts tha
 Only the keys already folded into the state set m: shifting the intra-chunk part by a max over future keys would let
 one huge masked key underflow everything else. The backward pass recomputes the states (forward sweep) and runs
 their adjoint (reverse sweep), so training memory is O(n (d + d_v + C)). Decoding is the same code from a state.
+
+Padding: a padding key enters as -1e30 in every feature, a log-weight whose exp(q + k) against any real key, and
+against a state holding one, is exactly 0 in fp32 and fp64, while every shift stays finite (-inf would give
+inf - inf = NaN where a row or a state holds nothing else). So it never sets m beside a real key; a state that
+has seen only padding has m = -1e30 and is wiped (scaled by exp(-1e30 - m') = 0) by the first real key.
 """
 
 from __future__ import annotations
@@ -27,20 +32,30 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model.attention.base import AttentionBackend
-from model.attention.kv_cache import causal_mask
+from model.attention.base import AttentionBackend, zero_masked_queries
+from model.attention.kv_cache import causal_mask, padded_causal_mask
 from model.attention.linear_state import LinearAttentionState
 from model.attention.numerics import (
     accumulation_dtype,
     chunk_bounds,
     chunk_groups,
     fold_heads,
+    fold_mask,
     merge_chunks,
     split_chunks,
     unfold_heads,
     with_ones_column,
 )
 from model.attention.options import check_count
+
+PADDING_KEY = -1e30  # every feature of a padding key (see the module docstring)
+
+
+def _keys(k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The folded keys (B*H, T, d) in the accumulation dtype, with the padding keys (False in mask (B, T)) at
+    PADDING_KEY (after the cast: fp16 cannot hold it)."""
+    kf = fold_heads(k)
+    return kf if mask is None else kf.masked_fill(~fold_mask(mask, k.shape[1])[..., None], PADDING_KEY)
 
 
 @dataclass
@@ -205,13 +220,16 @@ class LogExpAttention(AttentionBackend):
     def __post_init__(self):
         check_count(self.name, "chunk_size", self.chunk_size)
 
-    def reference(self, q, k, v):
+    def reference(self, q, k, v, mask=None):
         logits = torch.logsumexp(q[..., :, None, :] + k[..., None, :, :], dim=-1)  # (B, H, T, T)
-        logits = logits.masked_fill(~causal_mask(q.shape[2], 0, q.device), float("-inf"))
-        return torch.softmax(logits, dim=-1) @ v
+        t = q.shape[2]
+        visible = causal_mask(t, 0, q.device) if mask is None else padded_causal_mask(t, 0, mask, mask)
+        logits = logits.masked_fill(~visible, float("-inf"))
+        return zero_masked_queries(torch.softmax(logits, dim=-1) @ v, mask)
 
-    def forward(self, q, k, v):
-        return unfold_heads(_ChunkedLogExpAttention.apply(fold_heads(q), fold_heads(k), fold_heads(v), self.chunk_size), q)
+    def forward(self, q, k, v, mask=None):
+        y = _ChunkedLogExpAttention.apply(fold_heads(q), _keys(k, mask), fold_heads(v), self.chunk_size)
+        return zero_masked_queries(unfold_heads(y, q), mask)
 
     def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> LogExpState:
         acc = accumulation_dtype(dtype)
@@ -221,12 +239,12 @@ class LogExpAttention(AttentionBackend):
         )
 
     @torch.no_grad()  # decoding only: the state is updated in place, which autograd cannot follow
-    def step(self, q, k, v, state: LogExpState):
+    def step(self, q, k, v, state: LogExpState, mask=None):
         b, h = q.shape[:2]
         kv = state.kv.view(b * h, *state.kv.shape[2:])  # views: updated in place
         m = state.m.view(b * h, -1)
-        y, _ = _attend_and_fold(fold_heads(q), fold_heads(k), with_ones_column(fold_heads(v)), self.chunk_size, kv, m)
-        return unfold_heads(y, q), state
+        y, _ = _attend_and_fold(fold_heads(q), _keys(k, mask), with_ones_column(fold_heads(v)), self.chunk_size, kv, m)
+        return zero_masked_queries(unfold_heads(y, q), mask), state
 
     def state_nbytes(self, state: LogExpState) -> int:
         return sum(x.numel() * x.element_size() for x in (state.kv, state.m))

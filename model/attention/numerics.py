@@ -22,6 +22,11 @@ def fold_heads(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(b * h, t, d).to(accumulation_dtype(x.dtype))
 
 
+def fold_mask(mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """A (B, T) token mask for the folded layout: (B*H, T), each row repeated for its heads."""
+    return mask[:, None].expand(mask.shape[0], heads, mask.shape[1]).reshape(-1, mask.shape[1])
+
+
 def unfold_heads(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B*H, T, d_v) -> (B, H, T, d_v) in the dtype of `like` (the input queries)."""
     b, h = like.shape[:2]

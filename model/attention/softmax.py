@@ -8,36 +8,52 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model.attention.base import AttentionBackend
-from model.attention.kv_cache import KVCache, append_kv, causal_mask, empty_kv_cache, kv_cache_bytes
+from model.attention.base import AttentionBackend, zero_masked_queries
+from model.attention.kv_cache import (
+    KVCache,
+    append_kv,
+    causal_mask,
+    empty_kv_cache,
+    kv_cache_bytes,
+    padded_causal_mask,
+)
 
 
 @dataclass(frozen=True)
 class SoftmaxAttention(AttentionBackend):
-    """softmax(q kᵀ / sqrt(d) + causal mask) v. Training uses torch SDPA (flash / memory-efficient kernels)."""
+    """softmax(q kᵀ / sqrt(d) + causal mask) v. Training uses torch SDPA (flash / memory-efficient kernels); padding
+    is an explicit boolean mask."""
 
     name = "softmax"
 
-    def reference(self, q, k, v):
+    def reference(self, q, k, v, mask=None):
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, T)
         t = q.shape[-2]
-        scores = scores.masked_fill(~causal_mask(t, 0, q.device), float("-inf"))
-        return torch.softmax(scores, dim=-1) @ v
+        visible = causal_mask(t, 0, q.device) if mask is None else padded_causal_mask(t, 0, mask, mask)
+        scores = scores.masked_fill(~visible, float("-inf"))
+        return zero_masked_queries(torch.softmax(scores, dim=-1) @ v, mask)
 
-    def forward(self, q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    def forward(self, q, k, v, mask=None):
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        visible = padded_causal_mask(q.shape[-2], 0, mask, mask)
+        return zero_masked_queries(F.scaled_dot_product_attention(q, k, v, attn_mask=visible), mask)
 
     def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> KVCache:
         return empty_kv_cache(batch, heads, d, d_v, dtype=dtype, device=device, capacity=capacity)
 
-    def step(self, q, k, v, state: KVCache):
+    def step(self, q, k, v, state: KVCache, mask=None):
         past = state.length
-        state = append_kv(state, k, v)
+        state = append_kv(state, k, v, mask)
         t = q.shape[-2]
-        # is_causal=True would align the mask top-left, wrong when the queries come after cached keys.
-        mask = None if t == 1 else causal_mask(t, past, q.device)
-        y = F.scaled_dot_product_attention(q, state.keys(), state.values(), attn_mask=mask)
-        return y, state
+        keys_valid = state.valid_keys()
+        if keys_valid is None:
+            # is_causal=True would align the mask top-left, wrong when the queries come after cached keys.
+            visible = None if t == 1 else causal_mask(t, past, q.device)
+        else:
+            visible = padded_causal_mask(t, past, keys_valid, mask)
+        y = F.scaled_dot_product_attention(q, state.keys(), state.values(), attn_mask=visible)
+        return zero_masked_queries(y, mask), state
 
     def state_nbytes(self, state: KVCache) -> int:
         return kv_cache_bytes(state)

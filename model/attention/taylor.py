@@ -14,7 +14,9 @@ With `output_normalized`, the output of a query that attends N tokens is multipl
 official training code does in both forms (`output_normalized=True` in its ViT and Transformer models); causal,
 N is the query's own count of visible tokens:
 
-    y_i = sqrt(N_i / d) · sum_{j <= i} w_ij v_j / sum_{j <= i} w_ij,   N_i = i + 1 (positions from 0).
+    y_i = sqrt(N_i / d) · sum_{j <= i} w_ij v_j / sum_{j <= i} w_ij,   N_i = i + 1 (positions from 0),
+
+and under padding N_i counts only the real tokens up to i (the padding ones are not attended).
 
 An average of N independent values has about 1/sqrt(N) of their norm, so without the factor the output's scale
 falls with the context length.
@@ -30,6 +32,7 @@ from torch import nn
 
 from model.attention.linear import QuadraticKernel, QuadraticKernelAttention, QuadraticKernelState
 from model.attention.options import check_option, check_positive_real, is_real
+from model.position import token_positions
 
 
 class TaylorQKTransform(nn.Module):
@@ -44,10 +47,11 @@ class TaylorQKTransform(nn.Module):
         return q, F.normalize(k, dim=-1)
 
 
-def output_scale(first: int, t: int, d: int, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """sqrt(N_i / d) for the queries at positions i = first .. first + t - 1, which attend N_i = i + 1 tokens: (t, 1)."""
-    attended = torch.arange(first + 1, first + t + 1, dtype=torch.float64, device=device)
-    return (attended / d).sqrt_().to(dtype)[:, None]
+def output_scale(attended: torch.Tensor, d: int, *, dtype: torch.dtype) -> torch.Tensor:
+    """sqrt(N_i / d) for queries that attend N_i tokens, to multiply y (B, H, t, d_v): (t,) -> (t, 1), or per row
+    (B, t) -> (B, 1, t, 1)."""
+    scale = (attended.to(torch.float64) / d).sqrt_().to(dtype)[..., None]
+    return scale if attended.ndim == 1 else scale[:, None]
 
 
 @dataclass(frozen=True)
@@ -82,18 +86,22 @@ class TaylorAttention(QuadraticKernelAttention):
     def make_qk_transform(self, n_head: int, head_dim: int) -> nn.Module:
         return TaylorQKTransform(n_head, self.temperature_init)
 
-    def reference(self, q, k, v):
-        return self._normalize_output(super().reference(q, k, v), first=0, d=q.shape[-1])
+    def reference(self, q, k, v, mask=None):
+        return self._normalize_output(super().reference(q, k, v, mask), q.shape[-1], mask)
 
-    def forward(self, q, k, v):
-        return self._normalize_output(super().forward(q, k, v), first=0, d=q.shape[-1])
+    def forward(self, q, k, v, mask=None):
+        return self._normalize_output(super().forward(q, k, v, mask), q.shape[-1], mask)
 
-    def step(self, q, k, v, state: QuadraticKernelState):
-        first = state.length  # the absolute position of the first new query
-        y, state = super().step(q, k, v, state)
-        return self._normalize_output(y, first=first, d=q.shape[-1]), state
+    def step(self, q, k, v, state: QuadraticKernelState, mask=None):
+        start, pads = state.length, state.pads  # the tokens before the new ones
+        y, state = super().step(q, k, v, state, mask)
+        return self._normalize_output(y, q.shape[-1], mask, start, pads), state
 
-    def _normalize_output(self, y: torch.Tensor, *, first: int, d: int) -> torch.Tensor:
+    def _normalize_output(
+        self, y: torch.Tensor, d: int, mask: torch.Tensor | None, start: int = 0, pads: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """y times sqrt(N_i / d), N_i the real tokens up to query i after `start` tokens (`pads` of them padding)."""
         if not self.output_normalized:
             return y
-        return y * output_scale(first, y.shape[-2], d, dtype=y.dtype, device=y.device)
+        attended = token_positions(start, pads, mask, y.shape[-2], y.device) + 1
+        return y * output_scale(attended, d, dtype=y.dtype)

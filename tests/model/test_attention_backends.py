@@ -220,3 +220,88 @@ def test_backends_are_frozen_dataclasses_whose_fields_are_the_options(name):
     assert get_backend(name, **options) == backend
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(backend, "name", "other")
+
+
+# --- padding: `mask` (B, T), False for padding, in every form ---
+
+
+def padding_mask(t: int) -> torch.Tensor:
+    """Three rows: left padding longer than a chunk of 16, right padding, padding scattered through the row."""
+    mask = torch.ones(3, t, dtype=torch.bool)
+    mask[0, : 2 * t // 3] = False
+    mask[1, t // 2 :] = False
+    mask[2] = torch.rand(t, generator=torch.Generator().manual_seed(5)) > 0.4
+    return mask
+
+
+def padded_inputs(name: str, options: dict, t: int):
+    """The backend, q, k, v for a batch of 3 rows, and their padding mask."""
+    backend = get_backend(name, **options)
+    return (backend, *kernel_inputs(backend, t, batch=3), padding_mask(t))
+
+
+def garbage_at_padding(x: torch.Tensor, mask: torch.Tensor, scale: float = 1e3) -> torch.Tensor:
+    """x with large random values at the padding positions: whatever sits there must not matter."""
+    noise = scale * torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=x.dtype)
+    return torch.where(mask[:, None, :, None], x, noise)
+
+
+@pytest.mark.parametrize("t", [17, 70])
+@pytest.mark.parametrize(("name", "options"), CASES, ids=CASE_IDS)
+def test_padded_forward_matches_the_padded_reference_fp64(name, options, t):
+    backend, q, k, v, mask = padded_inputs(name, options, t)
+    y = backend.forward(q, k, v, mask)
+    torch.testing.assert_close(y, backend.reference(q, k, v, mask), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=CASE_IDS)
+def test_padding_changes_nothing_for_the_real_tokens_and_padding_queries_give_zero(name, options):
+    # Each row's real tokens, attended alone (no padding at all), against the padded batch whose padding positions
+    # hold large garbage: a padding key adds nothing to a numerator, a normaliser or a state.
+    backend, q, k, v, mask = padded_inputs(name, options, 70)
+    y = backend.forward(*(garbage_at_padding(x, mask) for x in (q, k, v)), mask)
+    for row in range(3):
+        real = mask[row].nonzero()[:, 0]
+        alone = backend.forward(q[row : row + 1, :, real], k[row : row + 1, :, real], v[row : row + 1, :, real])
+        torch.testing.assert_close(y[row : row + 1, :, real], alone, atol=1e-10, rtol=1e-10)
+    assert (y.masked_select(~mask[:, None, :, None]) == 0).all()
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=CASE_IDS)
+def test_padded_prefill_then_ragged_chunks_then_single_tokens_match_the_padded_forward(name, options):
+    # Padding also in the decode steps (the right-padded and scattered rows): the state remembers it.
+    backend, q, k, v, mask = padded_inputs(name, options, 45)
+    state = backend.init_state(3, H, D, D_V, dtype=q.dtype, device=q.device, capacity=4)  # the cache must grow
+    outputs, t0 = [], 0
+    with torch.no_grad():
+        for size in [17, 3, 1, 5, 2] + [1] * 17:
+            chunk = slice(t0, t0 + size)
+            y, state = backend.step(q[:, :, chunk], k[:, :, chunk], v[:, :, chunk], state, mask[:, chunk])
+            outputs.append(y)
+            t0 += size
+    torch.testing.assert_close(torch.cat(outputs, dim=2), backend.forward(q, k, v, mask), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=CASE_IDS)
+def test_padded_gradients_pass_gradcheck_fp64(name, options):
+    backend = get_backend(name, **options)
+    backend = dataclasses.replace(backend, **{f: 4 for f in ("chunk_size", "block_size") if hasattr(backend, f)})
+    q, k, v = (x.requires_grad_() for x in kernel_inputs(backend, 9, batch=3, heads=1, d=4, d_v=3))
+    mask = padding_mask(9)
+    assert torch.autograd.gradcheck(lambda q, k, v: backend.forward(q, k, v, mask), (q, k, v))
+
+
+@pytest.mark.parametrize("name", [name for name in BACKENDS if get_backend(name).constant_memory])
+def test_left_padding_leaves_a_constant_size_state_as_the_real_tokens_alone_make_it(name):
+    backend = get_backend(name, chunk_size=16)
+    q, k, v = kernel_inputs(backend, 40, batch=1)
+    mask = torch.arange(40)[None] >= 25  # 25 padding tokens, then 15 real ones
+    padded = backend.init_state(1, H, D, D_V, dtype=q.dtype, device="cpu")
+    alone = backend.init_state(1, H, D, D_V, dtype=q.dtype, device="cpu")
+    with torch.no_grad():
+        _, padded = backend.step(*(garbage_at_padding(x, mask) for x in (q, k, v)), padded, mask)
+        _, alone = backend.step(q[:, :, 25:], k[:, :, 25:], v[:, :, 25:], alone)
+    assert backend.state_nbytes(padded) == backend.state_nbytes(alone)
+    torch.testing.assert_close(padded.kv, alone.kv, atol=1e-12, rtol=1e-12)  # S and z
+    if name == "logexp":  # the running key max ignores the padding keys
+        torch.testing.assert_close(padded.m, alone.m, atol=0, rtol=0)

@@ -1,12 +1,13 @@
 """Generation with decode states: decoding == the full forward for every backend, constant memory for the recurrent
-states, preallocated KV caches, the context limit and the sliding window, seeds, batches."""
+states, preallocated KV caches, the context limit and the sliding window, seeds, batches of prompts of any
+lengths (left-padded)."""
 
 import pytest
 import torch
 
 from model.attention import BACKENDS, get_backend
 from model.config import ModelConfig
-from model.generation import ContextLimitReached, DecodeStats, generate, length_groups
+from model.generation import ContextLimitReached, DecodeStats, generate, left_pad
 from model.gpt import GPT
 from model.sampling import Sampler
 
@@ -186,14 +187,53 @@ def test_the_same_seed_gives_the_same_tokens():
     assert sample(3) != sample(4)
 
 
-@pytest.mark.parametrize("backend", ["softmax", "taylor"])
-def test_a_batch_generates_what_its_rows_generate_alone(backend):
-    model = tiny_model(torch.float64, attention=backend)
-    prompts = random_ids(3, 6)
-    batch = torch.stack(list(generate(model, prompts, 10, sampler=GREEDY)), dim=1)
-    for row in range(3):
-        alone = torch.stack(list(generate(model, prompts[row : row + 1], 10, sampler=GREEDY)), dim=1)
-        assert batch[row].tolist() == alone[0].tolist()
+def ragged_prompts() -> list[list[int]]:
+    return [random_ids(1, n, seed=n)[0].tolist() for n in (6, 1, 13, 6)]
+
+
+def greedy_tokens(model: GPT, prompt: torch.Tensor, steps: int, **options) -> list[list[int]]:
+    return torch.stack(list(generate(model, prompt, steps, sampler=GREEDY, **options)), dim=1).tolist()
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_left_padded_batch_generates_what_its_prompts_generate_alone(backend, position):
+    model = tiny_model(torch.float64, attention=backend, position=position)
+    prompts = ragged_prompts()
+    ids, mask = left_pad(prompts, pad_id=VOCAB - 1)
+    batch = greedy_tokens(model, ids, 10, mask=mask)
+    assert batch == [greedy_tokens(model, torch.tensor([prompt]), 10)[0] for prompt in prompts]
+
+
+@pytest.mark.parametrize("backend", ["softmax", "logexp"])
+def test_a_left_padded_batch_slides_its_window_as_its_prompts_do_alone(backend):
+    # The window keeps the last columns; the longest prompt sets when the batch reaches the context limit.
+    model = tiny_model(torch.float64, attention=backend, position="learned", n_positions=16)
+    prompts = [random_ids(1, 5, seed=1)[0].tolist(), random_ids(1, 5, seed=2)[0].tolist()[2:]]
+    ids, mask = left_pad(prompts)
+    batch = greedy_tokens(model, ids, 30, mask=mask, window=8)
+    assert batch[0] == greedy_reference(model, prompts[0], 30, limit=16, window=8)
+    assert batch[1][:12] == greedy_reference(model, prompts[1], 12, limit=16, window=8)  # before the first slide
+
+
+def test_left_pad_puts_each_prompt_at_the_right_end_of_its_row():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[True, True, True], [False, False, True]]
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        ([[1, 1, 1], [1, 1, 0]], "left-padded"),  # right padding: the last token would be padding
+        ([[1, 1, 1], [0, 1, 0]], "left-padded"),
+        ([[1, 1, 1], [0, 0, 0]], "at least one token"),
+        ([[1, 1], [1, 1]], "shape"),
+    ],
+)
+def test_generate_takes_left_padded_prompts_only(mask, message):
+    with pytest.raises(ValueError, match=message):
+        generate(tiny_model(), random_ids(2, 3), 3, mask=torch.tensor(mask))
 
 
 def test_stats_count_prefill_and_decode_tokens():
@@ -202,7 +242,6 @@ def test_stats_count_prefill_and_decode_tokens():
     list(generate(model, random_ids(2, 5), 7, stats=stats))
     assert (stats.prefill_tokens, stats.decode_tokens) == (10, 14)
     assert stats.prefill_s > 0 and stats.decode_s > 0 and stats.decode_tokens_per_s > 0
-
-
-def test_prompts_are_grouped_by_length_in_order_of_first_appearance():
-    assert length_groups([3, 5, 3, 2, 5]) == [[0, 2], [1, 4], [3]]
+    ids, mask = left_pad([[1, 2, 3], [4]])
+    list(generate(model, ids, 2, mask=mask, stats=stats))
+    assert (stats.prefill_tokens, stats.decode_tokens) == (14, 18)  # the padding is not counted

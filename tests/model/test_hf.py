@@ -1,6 +1,7 @@
 """The transformers integration: AttnlabConfig / AttnlabForCausalLM through the Auto classes, generate() with the
-backends' own decode states as the cache, save/load with tied embeddings, export to a self-contained folder that
-loads in a process without this repository, and the import of GPT-2 weights (no downloads: random GPT-2s)."""
+backends' own decode states as the cache, padded batches (attention_mask with zeros), save/load with tied
+embeddings, export to a self-contained folder that loads in a process without this repository, and the import of
+GPT-2 weights (no downloads: random GPT-2s)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
@@ -20,6 +22,7 @@ from model.attention import BACKENDS
 from model.config import ModelConfig
 from model.configuration_attnlab import AttnlabConfig
 from model.generation import generate as repo_generate
+from model.generation import left_pad
 from model.modeling_attnlab import AttnlabForCausalLM
 from model.sampling import Sampler
 from training.checkpoint import load_checkpoint_model
@@ -117,13 +120,79 @@ def test_forward_logits_and_loss_match_the_model():
     torch.testing.assert_close(model(ids, labels=labels).loss, expected, atol=1e-6, rtol=1e-6)
 
 
-def test_padding_and_embeddings_input_are_refused_with_a_message():
+def test_embeddings_input_and_a_mask_of_the_wrong_shape_are_refused_with_a_message():
     model = tiny_model("softmax")
     with pytest.raises(ValueError, match="inputs_embeds is not supported"):
         model(inputs_embeds=torch.zeros(1, 4, 32))
-    mask = torch.tensor([[0, 1, 1, 1]])
-    with pytest.raises(ValueError, match="do not support padding"):
-        model.generate(torch.ones(1, 4, dtype=torch.long), attention_mask=mask, max_new_tokens=2, pad_token_id=0)
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 3\); expected \(1, 4\)"):
+        model(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 3, dtype=torch.long))
+
+
+# --- padding: prompts of different lengths in one batch, as lm-evaluation-harness and pipelines send them ---
+
+PROMPT_LENGTHS = (5, 9, 2)
+
+
+def ragged_prompts() -> list[list[int]]:
+    gen = torch.Generator().manual_seed(6)
+    return [torch.randint(1, VOCAB, (n,), generator=gen).tolist() for n in PROMPT_LENGTHS]
+
+
+def padded(prompts: list[list[int]], side: str = "left", extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids and attention_mask (0/1 ints, as a tokenizer returns them) padded with id 0 on `side`, `extra` columns
+    wider than needed."""
+    ids, mask = left_pad(prompts)
+    ids, mask = F.pad(ids, (extra, 0)), F.pad(mask, (extra, 0))
+    if side == "right":
+        ids, mask = torch.stack([row.roll(-int((~m).sum())) for row, m in zip(ids, mask)]), mask.flip(1)
+    return ids, mask.long()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("attention", BACKENDS)
+@torch.no_grad()
+def test_a_padded_batch_gives_each_prompt_its_unpadded_logits_with_and_without_the_cache(attention, side):
+    model = tiny_model(attention, position="rope")
+    prompts = ragged_prompts()
+    ids, mask = padded(prompts, side)
+    for use_cache in (True, False):
+        logits = model(ids, attention_mask=mask, use_cache=use_cache).logits
+        for row, prompt in enumerate(prompts):
+            alone = model(torch.tensor([prompt])).logits[0]
+            torch.testing.assert_close(logits[row][mask[row].bool()], alone, atol=1e-5, rtol=0)
+
+
+def generate_padded(model, prompts, new_tokens, extra: int = 0, **options) -> list[list[int]]:
+    """The tokens generate() appends to each prompt of the left-padded batch (the padded prompt columns dropped)."""
+    ids, mask = padded(prompts, extra=extra)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, pad_token_id=0, **options)
+    return out[:, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_generate_on_a_left_padded_batch_equals_each_prompt_alone(attention):
+    model = tiny_model(attention, position="learned")
+    prompts = ragged_prompts()
+    for options in (dict(do_sample=False), dict(do_sample=False, num_beams=3)):
+        batch = generate_padded(model, prompts, 12, **options)
+        assert batch == [generate_padded(model, [prompt], 12, **options)[0] for prompt in prompts], options
+    assert len(set(batch[0])) > 2  # a non-trivial continuation
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_seeded_sampling_of_a_padded_batch_does_not_depend_on_the_padding_or_the_cache(attention):
+    # Rows of a batch draw from one generator, so a row's samples depend on its batch; within the batch they
+    # depend neither on how much padding there is nor on the cache.
+    model = tiny_model(attention, position="rope")
+    prompts = ragged_prompts()
+
+    def sample(extra: int, use_cache: bool) -> list[list[int]]:
+        torch.manual_seed(7)
+        return generate_padded(model, prompts, 12, extra=extra, do_sample=True, top_k=20, use_cache=use_cache)
+
+    reference = sample(0, True)
+    assert sample(3, True) == reference
+    assert sample(0, False) == reference
 
 
 def test_tied_embeddings_survive_save_and_load(tmp_path):
