@@ -11,8 +11,10 @@ x and y are the sequence and the sequence shifted by one, as for text, but y is 
 except at the answer positions, so the loss and `answer_accuracy` score recall only. Keys and values come from
 disjoint halves of the token ids 1 .. vocab_size - 1 and are distinct within a sequence.
 
-Training batches are a pure function of (seed, index), like data.loader.TrainWindows; the val set is drawn from a
-separate random stream that no training seed reaches, so it is the same for every run with the same knobs.
+Training batches are a pure function of (seed, index), like data.loader.TrainWindows; the val set and the holdout
+set are drawn from two more random streams that no training seed reaches, so each is the same for every run with the
+same knobs. The holdout set stays out of choices made on val accuracy (scripts/recall_grid.py picks each backend's
+learning rate on val and reports holdout accuracy).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from data.errors import DataError
 
 IGNORE_INDEX = -100  # target of the positions that are not answers: negative, so the model's loss skips them
 FILLER = 0  # token id of the gaps between queries
-_TRAIN_STREAM, _VAL_STREAM = 0, 1  # first word of the random seed: training and val draws never share a stream
+_TRAIN_STREAM, _VAL_STREAM, _HOLDOUT_STREAM = 0, 1, 2  # first word of the random seed: the three never share a stream
 
 
 @dataclass
@@ -118,6 +120,11 @@ def val_set(cfg: MQARConfig, seq_len: int, count: int) -> tuple[torch.Tensor, to
     """The fixed val sequences (x, y), each (count, seq_len) int64: the same for every run with the same knobs,
     seq_len and count, and drawn from a stream that training batches never use."""
     return sequences(np.random.default_rng([_VAL_STREAM]), cfg, seq_len, count)
+
+
+def holdout_set(cfg: MQARConfig, seq_len: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed holdout sequences (x, y), like val_set's but from a stream of their own."""
+    return sequences(np.random.default_rng([_HOLDOUT_STREAM]), cfg, seq_len, count)
 
 
 def val_fingerprint(cfg: MQARConfig, seq_len: int, count: int) -> str:

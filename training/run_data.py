@@ -66,29 +66,34 @@ class RecallData:
         self.runtime, self.eval_batch_size = runtime, cfg.train.eval_batch_size
         self.windows = mqar.MQARBatches(task, block_size, cfg.train.batch_size, seed=cfg.train.seed)
         self.val_x, self.val_y = mqar.val_set(task, block_size, cfg.data.eval_windows)
+        self.holdout_x, self.holdout_y = mqar.holdout_set(task, block_size, cfg.data.eval_windows)
         self.fingerprint = mqar.val_fingerprint(task, block_size, cfg.data.eval_windows)
         self.description = (f"MQAR, {task.num_pairs} pairs, {task.num_queries} queries, vocabulary {task.vocab_size}, "
-                            f"length {block_size} ({cfg.data.eval_windows} val sequences)")
+                            f"length {block_size} ({cfg.data.eval_windows} val and as many holdout sequences)")
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.windows.batch(index)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        """Mean loss and accuracy over the answers of the fixed val set (sharded over ranks, all_reduce'd)."""
+        """Mean loss and accuracy over the answers of the fixed val set, and of the holdout set (data/mqar.py),
+        each sharded over ranks and all_reduce'd: val_loss, val_accuracy, holdout_loss, holdout_accuracy."""
         runtime = self.runtime
-        total = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss sum, correct, answers
-        rows = slice(runtime.rank, None, runtime.world_size)
-        for x, y in zip(self.val_x[rows].split(self.eval_batch_size), self.val_y[rows].split(self.eval_batch_size)):
-            x, y = x.to(runtime.device), y.to(runtime.device)
-            with runtime.autocast():
-                logits, _ = model(x)  # (B, T, vocab): recall tasks keep the vocabulary small
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=mqar.IGNORE_INDEX,
-                                   reduction="sum")
-            correct, answers = mqar.answer_accuracy(logits, y)
-            total += torch.tensor([loss.item(), correct, answers], dtype=torch.float64, device=runtime.device)
-        loss_sum, correct, answers = _summed_over_ranks(total, runtime)
-        return {"val_loss": loss_sum / answers, "val_accuracy": correct / answers}
+        scores = {}
+        for name, set_x, set_y in (("val", self.val_x, self.val_y), ("holdout", self.holdout_x, self.holdout_y)):
+            total = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss sum, correct, answers
+            rows = slice(runtime.rank, None, runtime.world_size)
+            for x, y in zip(set_x[rows].split(self.eval_batch_size), set_y[rows].split(self.eval_batch_size)):
+                x, y = x.to(runtime.device), y.to(runtime.device)
+                with runtime.autocast():
+                    logits, _ = model(x)  # (B, T, vocab): recall tasks keep the vocabulary small
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=mqar.IGNORE_INDEX,
+                                       reduction="sum")
+                correct, answers = mqar.answer_accuracy(logits, y)
+                total += torch.tensor([loss.item(), correct, answers], dtype=torch.float64, device=runtime.device)
+            loss_sum, correct, answers = _summed_over_ranks(total, runtime)
+            scores.update({f"{name}_loss": loss_sum / answers, f"{name}_accuracy": correct / answers})
+        return scores
 
 
 def open_run_data(cfg: RunConfig, runtime: rt.Runtime) -> TextData | RecallData:

@@ -7,7 +7,8 @@ import torch
 
 from data.config import DataConfig
 from data.mqar import (
-    FILLER, IGNORE_INDEX, MQARBatches, MQARConfig, answer_accuracy, elimination_accuracy, val_fingerprint, val_set,
+    FILLER, IGNORE_INDEX, MQARBatches, MQARConfig, answer_accuracy, elimination_accuracy, holdout_set, val_fingerprint,
+    val_set,
 )
 from training.config import load_config
 from typedconfig.parsing import ConfigError
@@ -77,6 +78,18 @@ def test_the_val_set_is_fixed_and_apart_from_training():
         for index in range(8):
             train_x, _ = MQARBatches(CFG, SEQ_LEN, batch_size=16, seed=seed).batch(index)
             assert val_rows.isdisjoint(tuple(row) for row in train_x.tolist())
+
+
+def test_the_holdout_set_is_fixed_and_apart_from_val_and_training():
+    x, y = holdout_set(CFG, SEQ_LEN, count=16)
+    again_x, again_y = holdout_set(CFG, SEQ_LEN, count=16)
+    assert torch.equal(x, again_x) and torch.equal(y, again_y)
+    holdout_rows = {tuple(row) for row in x.tolist()}
+    assert holdout_rows.isdisjoint(tuple(row) for row in val_set(CFG, SEQ_LEN, count=16)[0].tolist())
+    for seed in range(4):
+        for index in range(8):
+            train_x, _ = MQARBatches(CFG, SEQ_LEN, batch_size=16, seed=seed).batch(index)
+            assert holdout_rows.isdisjoint(tuple(row) for row in train_x.tolist())
 
 
 @pytest.mark.parametrize("change", [{"num_pairs": 5}, {"num_queries": 3}, {"vocab_size": 65}])
