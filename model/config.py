@@ -25,7 +25,7 @@ class ModelConfig:
     dropout: float = 0.0  # dropout on embeddings and residual branches (0 for pre-training)
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
     layer_norm_eps: float = 1e-5  # GPT-2's LayerNorm epsilon
-    init_std: float = 0.02  # std of the normal init of Linear and Embedding weights (GPT-2: 0.02; see results/mqar.md)
+    init_std: float = 0.02  # std of the normal init of Linear and Embedding weights (GPT-2: 0.02; results/mqar_init.md)
     tie_word_embeddings: bool = True  # the LM head is the token embedding (GPT-2); false: lm_head has its own weight
 
     def __post_init__(self) -> None:

@@ -1,122 +1,305 @@
-"""Associative-recall (MQAR) accuracy of every backend over a grid of difficulty: one sweep per number of pairs.
+"""Associative-recall (MQAR) answer accuracy of every backend over a grid of difficulty, each backend at its best
+learning rate, beside the accuracy that needs no recall.
 
-    python scripts/recall_grid.py configs/mqar-cpu.yaml --pairs 2,4,8 --out runs/sweeps/mqar-grid \\
-        --results results/mqar
-    python scripts/recall_grid.py configs/mqar-cpu.yaml --pairs 4,16 --seeds 3 data.mqar.vocab_size=512 ...
+    python scripts/recall_grid.py configs/mqar-cpu.yaml --settings 4x32,8x32,16x64 --lrs 1e-3,3e-3 --seeds 3 \\
+        --out runs/sweeps/mqar-grid --results results/mqar
 
-For each P in --pairs it runs `scripts/sweep.py CONFIG` into <out>/pairs<P> with data.mqar.num_pairs = P, as many
-queries as pairs, and data.block_size = max(the config's, 8 P) (pairs, queries and gaps fit); re-running skips
-finished runs and resumes interrupted ones, as sweep.py does. Then it writes <results>.md / .csv / .png: final
-answer accuracy per backend (mean ± std over seeds) per P, beside the accuracy that needs no recall at all
-(data.mqar.elimination_accuracy: guessing among the context's values not yet asked for).
+A setting PxT is P key-value pairs, each queried once (data.mqar.num_pairs = num_queries = P), in sequences of T
+tokens (data.block_size); more pairs, and more filler between the queries, make recall harder. For each setting and
+learning rate it runs `scripts/sweep.py CONFIG` into <out>/pairs<P>-len<T>/lr<lr> with optim.lr = lr and
+optim.min_lr = lr / 10; running the same command again skips finished runs and resumes interrupted ones, as sweep.py
+does.
+
+Each (setting, backend) gets the learning rate with the best mean final val accuracy over the seeds; the results
+report the final accuracy on the holdout set (data/mqar.py), which that choice never saw, as mean ± std over the
+seeds, beside elimination_accuracy(P, P): what guessing among the context's values not yet asked for scores, with no
+recall at all. <results>.md is the page (the best-lr table, every learning rate's val accuracy, and expressive
+against softmax per setting for Gros's claim, arXiv 2407.18601), <results>.csv has every (setting, backend, lr) and
+<results>.png plots the best-lr table.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import math
+import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from matplotlib.figure import Figure
 
 from data.config import MQAR
 from data.mqar import elimination_accuracy
-from experiments.comparison import ComparisonError, check_comparable, load_run, run_dirs, summarise
+from experiments.comparison import ComparisonError, Run, check_comparable, load_run, run_dirs, trained_dates
+from fileio.pages import command_line, opening
+from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
-from training.config import load_config
+from training.config import RunConfig, load_config
+from training.metrics import read_metrics
 from typedconfig.parsing import ConfigError
 
 SWEEP = Path(__file__).resolve().parent / "sweep.py"
+MIN_LR_FRACTION = 0.1  # optim.min_lr = lr * this, for every learning rate of the sweep
+CLEAR_GAP = 0.02  # a difference in accuracy counts when it exceeds this and twice its standard error
 
 
-def grid_overrides(pairs: int, base_block: int) -> list[str]:
-    return [f"data.mqar.num_pairs={pairs}", f"data.mqar.num_queries={pairs}",
-            f"data.block_size={max(base_block, 8 * pairs)}"]
+class Setting(NamedTuple):
+    """One difficulty: `pairs` key-value pairs, each queried once, in sequences of `length` tokens."""
+
+    pairs: int
+    length: int
+
+    @classmethod
+    def parse(cls, text: str) -> Setting:
+        """'8x32' -> Setting(pairs=8, length=32)."""
+        pairs, sep, length = text.strip().partition("x")
+        if not sep:
+            raise ValueError(f"--settings: {text!r} is not PAIRSxLENGTH, e.g. 8x32")
+        return cls(int(pairs), int(length))
+
+    @property
+    def label(self) -> str:
+        return f"{self.pairs}×{self.length}"
+
+    @property
+    def no_recall(self) -> float:
+        return elimination_accuracy(self.pairs, self.pairs)
 
 
-def accuracy_by_backend(sweep_dir: Path) -> dict[str, tuple[float, float, int]]:
-    """backend -> (mean, std, runs) of the final val accuracy of the sweep's runs."""
-    runs = [load_run(path) for path in run_dirs([sweep_dir])]
+@dataclass
+class Cell:
+    """The runs of one (setting, lr, backend): final val and holdout answer accuracy, one value per seed."""
+
+    val: list[float]
+    holdout: list[float]
+
+    def mean_std(self, split: str) -> tuple[float, float]:
+        values = getattr(self, split)
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+Grid = dict[Setting, dict[float, dict[str, Cell]]]  # setting -> lr -> backend -> cell
+
+
+def grid_overrides(setting: Setting, lr: float) -> list[str]:
+    return [f"data.mqar.num_pairs={setting.pairs}", f"data.mqar.num_queries={setting.pairs}",
+            f"data.block_size={setting.length}", f"optim.lr={lr}", f"optim.min_lr={lr * MIN_LR_FRACTION}"]
+
+
+def sweep_dir(out: Path, setting: Setting, lr: float) -> Path:
+    return out / f"pairs{setting.pairs}-len{setting.length}" / f"lr{lr:g}"
+
+
+def read_cells(directory: Path) -> tuple[dict[str, Cell], list[Run]]:
+    """backend -> its cell, from the finished runs of one sweep; and the runs."""
+    runs = [load_run(path) for path in run_dirs([directory])]
     check_comparable(runs)
-    return {s.label: (*s.stats["final_val_accuracy"], s.runs) for s in summarise(runs)}
+    cells: dict[str, Cell] = {}
+    for run in runs:
+        final = run.eval_lines[-1]
+        if "holdout_accuracy" not in final:
+            raise ComparisonError(f"{run.path} logged no holdout_accuracy; train it again with this version")
+        cell = cells.setdefault(run.config["model"]["attention"], Cell([], []))
+        cell.val.append(final["val_accuracy"])
+        cell.holdout.append(final["holdout_accuracy"])
+    return cells, runs
 
 
-def write_results(grid: dict[int, dict[str, tuple[float, float, int]]], results: Path) -> str:
-    """The markdown table (also written to <results>.md), the CSV and the PNG."""
-    pairs = sorted(grid)
-    backends = [b for b in BACKENDS if any(b in grid[p] for p in pairs)]
-    header = "| backend | " + " | ".join(f"{p} pairs" for p in pairs) + " |"
-    lines = [header, "|---|" + "---:|" * len(pairs)]
-    rows = []
-    for backend in backends:
+Chosen = dict[tuple[Setting, str], float]  # (setting, backend) -> learning rate
+
+
+def best_lrs(grid: Grid) -> Chosen:
+    """(setting, backend) -> the learning rate with the best mean final val accuracy (the smaller lr on a tie)."""
+    chosen = {}
+    for setting, by_lr in grid.items():
+        for backend in {b for cells in by_lr.values() for b in cells}:
+            tried = sorted(lr for lr, cells in by_lr.items() if backend in cells)
+            chosen[setting, backend] = max(tried, key=lambda lr: by_lr[lr][backend].mean_std("val")[0])
+    return chosen
+
+
+def compare(first: Cell, second: Cell) -> tuple[float, float, str]:
+    """Holdout accuracy of `second` minus `first` (means over seeds), the standard error of that difference, and
+    'level', 'ahead' or 'behind' (second against first: a gap counts above CLEAR_GAP and twice the error)."""
+    (m1, s1), (m2, s2) = first.mean_std("holdout"), second.mean_std("holdout")
+    gap, error = m2 - m1, math.sqrt(s1**2 / len(first.holdout) + s2**2 / len(second.holdout))
+    if abs(gap) <= max(CLEAR_GAP, 2 * error):
+        return gap, error, "level"
+    return gap, error, "ahead" if gap > 0 else "behind"
+
+
+def gros_section(grid: Grid, chosen: Chosen) -> str:
+    """Expressive against softmax (each at its best lr) per setting, and whether that supports Gros (arXiv
+    2407.18601): level on the easiest setting (the first), ahead on some harder one, behind on none."""
+    settings = [s for s in grid if (s, "softmax") in chosen and (s, "expressive") in chosen]
+    if not settings:
+        return ""
+    rows, readings = [], {}
+    for s in settings:
+        soft, expr = (grid[s][chosen[s, b]][b] for b in ("softmax", "expressive"))
+        gap, error, readings[s] = compare(soft, expr)
+        rows.append([s.label, mean_std_cell(*soft.mean_std("holdout"), 3),
+                     mean_std_cell(*expr.mean_std("holdout"), 3), f"{gap:+.3f}", f"{error:.3f}", readings[s]])
+    easiest, harder = settings[0], settings[1:]
+    ahead = [s.label for s in harder if readings[s] == "ahead"]
+    behind = [s.label for s in settings if readings[s] == "behind"]
+    supported = readings[easiest] == "level" and bool(ahead) and not behind
+    verdict = (f"Gros's claim, expressive attention level with softmax on easy tasks and ahead as difficulty rises, "
+               f"is {'supported' if supported else 'not supported'} by this grid: level at {easiest.label}: "
+               f"{'yes' if readings[easiest] == 'level' else 'no'}; ahead at {', '.join(ahead) or 'none'} of "
+               f"{', '.join(s.label for s in harder) or 'no harder setting'}; behind at {', '.join(behind) or 'none'}.")
+    numbers = ["softmax", "expressive", "expressive − softmax", "std error"]
+    table = markdown_table(["pairs×length", *numbers, "expressive is"], rows, right=numbers)
+    return (f"## Expressive against softmax (Gros, arXiv 2407.18601)\n\nHoldout accuracy, each backend at its best "
+            f"lr. A gap counts when it exceeds {CLEAR_GAP} and twice its standard error (from the seeds' spread).\n\n"
+            f"{table}\n\n{verdict}\n")
+
+
+def write_results(grid: Grid, results: Path, page_opening: str) -> str:
+    """The page (also written to <results>.md), the CSV and the PNG; returns the page. Settings appear in the
+    grid's order, the easiest first."""
+    chosen = best_lrs(grid)
+    backends = [b for b in BACKENDS if any((s, b) in chosen for s in grid)]
+    lrs = sorted({lr for by_lr in grid.values() for lr in by_lr})
+
+    best_rows = []
+    for s in grid:
         cells = []
-        for p in pairs:
-            mean, std, runs = grid[p].get(backend, (float("nan"),) * 3)
-            cells.append(f"{mean:.3f}" + (f" ± {std:.3f}" if runs and runs > 1 else ""))
-            rows.append({"backend": backend, "num_pairs": p, "accuracy_mean": mean, "accuracy_std": std,
-                         "runs": runs, "elimination_accuracy": elimination_accuracy(p, p)})
-        lines.append(f"| {backend} | " + " | ".join(cells) + " |")
-    lines.append("| *no recall (elimination)* | " + " | ".join(f"{elimination_accuracy(p, p):.3f}" for p in pairs)
-                 + " |")
-    table = "\n".join(lines) + "\n"
+        for backend in backends:
+            lr = chosen.get((s, backend))
+            cells.append("–" if lr is None else
+                         f"{mean_std_cell(*grid[s][lr][backend].mean_std('holdout'), 3)} (lr {lr:g})")
+        best_rows.append([s.pairs, s.length, f"{s.no_recall:.3f}", *cells])
+    best = markdown_table(["pairs", "length", "no recall", *backends], best_rows,
+                          right={"pairs", "length", "no recall", *backends})
+
+    every_rows, records = [], []
+    for s in grid:
+        for backend in backends:
+            cells = []
+            for lr in lrs:
+                cell = grid[s].get(lr, {}).get(backend)
+                if cell is None:
+                    cells.append("–")
+                    continue
+                shown = mean_std_cell(*cell.mean_std("val"), 3)
+                cells.append(f"**{shown}**" if chosen[s, backend] == lr else shown)
+                records.append({"num_pairs": s.pairs, "block_size": s.length, "backend": backend, "lr": lr,
+                                "chosen": chosen[s, backend] == lr, "runs": len(cell.val),
+                                "val_accuracy_mean": cell.mean_std("val")[0],
+                                "val_accuracy_std": cell.mean_std("val")[1],
+                                "holdout_accuracy_mean": cell.mean_std("holdout")[0],
+                                "holdout_accuracy_std": cell.mean_std("holdout")[1],
+                                "elimination_accuracy": s.no_recall})
+            every_rows.append([s.label, backend, *cells])
+    every = markdown_table(["pairs×length", "backend", *(f"lr {lr:g}" for lr in lrs)], every_rows,
+                           right={f"lr {lr:g}" for lr in lrs})
+
+    page = (f"{page_opening}Answer accuracy on the holdout set, mean ± std over seeds, each backend at the learning "
+            f"rate with the best mean val accuracy (in brackets); *no recall* is what guessing among the context's "
+            f"values not yet asked for scores (data.mqar.elimination_accuracy).\n\n{best}\n\n![holdout accuracy "
+            f"per setting]({results.with_suffix('.png').name})\n\n{gros_section(grid, chosen)}\n"
+            f"## Every learning rate\n\nFinal val accuracy (the basis of the choice, chosen in bold).\n\n{every}\n")
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.with_suffix(".md").write_text(table)
-    with open(results.with_suffix(".csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    results.with_suffix(".md").write_text(page)
+    results.with_suffix(".csv").write_text(csv_text(records))
+    plot(grid, chosen, backends, results.with_suffix(".png"))
+    return page
+
+
+def plot(grid: Grid, chosen: Chosen, backends: list[str], path: Path) -> None:
+    """Holdout accuracy (best lr) per setting, one line per backend, the no-recall accuracy dashed."""
+    settings = list(grid)
     figure = Figure(figsize=(6.5, 4.2), layout="constrained")
     axes = figure.subplots()
     for backend in backends:
-        points = [(p, grid[p][backend]) for p in pairs if backend in grid[p]]
-        axes.errorbar([p for p, _ in points], [m for _, (m, _, _) in points], yerr=[s for _, (_, s, _) in points],
+        points = [(i, grid[s][chosen[s, backend]][backend].mean_std("holdout"))
+                  for i, s in enumerate(settings) if (s, backend) in chosen]
+        axes.errorbar([i for i, _ in points], [m for _, (m, _) in points], yerr=[e for _, (_, e) in points],
                       marker="o", capsize=3, label=backend)
-    axes.plot(pairs, [elimination_accuracy(p, p) for p in pairs], "k--", label="no recall (elimination)")
-    axes.set(xscale="log", xticks=pairs, xticklabels=[str(p) for p in pairs], ylim=(0, 1.02),
-             xlabel="key-value pairs (queries = pairs)", ylabel="answer accuracy (val)")
+    axes.plot(range(len(settings)), [s.no_recall for s in settings], "k--", label="no recall (elimination)")
+    axes.set(xticks=range(len(settings)), xticklabels=[s.label for s in settings], ylim=(0, 1.02),
+             xlabel="key-value pairs × sequence length (queries = pairs)", ylabel="answer accuracy (holdout, best lr)")
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.savefig(results.with_suffix(".png"), dpi=120)
-    return table
+    figure.savefig(path, dpi=120)
+
+
+def describe_config(path: str, cfg: RunConfig, seeds: int, lrs: list[float]) -> str:
+    m, d, t = cfg.model, cfg.data, cfg.train
+    tried = ", ".join(f"{lr:g}" for lr in lrs)
+    return (f"{path} ({m.n_layer} layers × {m.n_embd}, {m.n_head} heads, {m.position} positions, init_std "
+            f"{m.init_std}, {'tied' if m.tie_word_embeddings else 'untied'} head; vocabulary {d.mqar.vocab_size}; "
+            f"{t.max_steps:,} steps of {t.batch_size} sequences; lr {tried} (min_lr lr / 10), {seeds} seeds; "
+            f"{d.eval_windows} val and {d.eval_windows} holdout sequences)")
+
+
+def machines_and_time(runs: list[Run]) -> tuple[str, str]:
+    """The machines the runs' starts recorded, and the grid's wall time: its first to its last metrics line, with
+    the seconds in training steps summed over the runs."""
+    lines = [line for run in runs for line in read_metrics(run.path)]
+    names = sorted({line["machine"] for line in lines if line.get("event") == "start" and "machine" in line})
+    times = [line["time"] for line in lines if "time" in line]
+    steps = sum(max(line["elapsed"] for line in run.train_lines + run.eval_lines) for run in runs)
+    span = (max(times) - min(times)) / 3600 if times else math.nan
+    return "; ".join(names) or "not recorded", f"{span:.2f} h wall time ({steps / 3600:.2f} h in training steps)"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="an MQAR run config (data.source: mqar), e.g. configs/mqar-cpu.yaml")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides for every run")
-    parser.add_argument("--pairs", default="2,4,8", help="comma-separated numbers of key-value pairs")
+    parser.add_argument("--settings", default="4x32,8x32,16x64",
+                        help="comma-separated PAIRSxLENGTH difficulties, easiest first")
+    parser.add_argument("--lrs", default="1e-3,3e-3", help="comma-separated peak learning rates to try")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated attention backends")
-    parser.add_argument("--seeds", type=int, default=1, help="runs per backend and difficulty")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per backend, setting and learning rate")
     parser.add_argument("--out", type=Path, default=Path("runs/sweeps/mqar-grid"), help="where the sweeps go")
-    parser.add_argument("--results", type=Path, default=Path("results/mqar"), help="table/CSV/PNG path stem")
+    parser.add_argument("--results", type=Path, default=Path("results/mqar"), help="page/CSV/PNG path stem")
     args = parser.parse_intermixed_args(argv)
     try:
-        pairs = [int(p) for p in args.pairs.split(",")]
+        settings = [Setting.parse(text) for text in args.settings.split(",")]
+        lrs = [float(lr) for lr in args.lrs.split(",")]
         base = load_config(args.config, args.overrides)
+        for setting in settings:  # every setting must load before the first run starts
+            for lr in lrs:
+                load_config(args.config, [*args.overrides, *grid_overrides(setting, lr)])
     except (ValueError, ConfigError) as exc:  # ConfigError is a ValueError
         print(f"recall_grid: {exc}", file=sys.stderr)
         return 2
     if base.data.source != MQAR:
         print(f"recall_grid: {args.config} trains on {base.data.source!r}; set data.source=mqar", file=sys.stderr)
         return 2
-    grid = {}
-    for p in pairs:
-        sweep_dir = args.out / f"pairs{p}"
-        command = [sys.executable, str(SWEEP), args.config, *args.overrides, *grid_overrides(p, base.data.block_size),
-                   "--backends", args.backends, "--seeds", str(args.seeds), "--out", str(sweep_dir)]
-        print(f"== {p} pairs: {sweep_dir}", flush=True)
-        status = subprocess.run(command).returncode
-        if status:
-            print(f"recall_grid: the sweep for {p} pairs failed (exit status {status})", file=sys.stderr)
-            return status
-        try:
-            grid[p] = accuracy_by_backend(sweep_dir)
-        except ComparisonError as exc:
-            print(f"recall_grid: cannot compare the {p}-pair runs: {exc}", file=sys.stderr)
-            return 2
-    print(write_results(grid, args.results), end="")
+    grid: Grid = {}
+    runs: list[Run] = []
+    for setting in settings:
+        for lr in lrs:
+            directory = sweep_dir(args.out, setting, lr)
+            command = [sys.executable, str(SWEEP), args.config, *args.overrides, *grid_overrides(setting, lr),
+                       "--backends", args.backends, "--seeds", str(args.seeds), "--out", str(directory)]
+            print(f"== {setting.label}, lr {lr:g}: {directory}", flush=True)
+            status = subprocess.run(command).returncode
+            if status:
+                print(f"recall_grid: the sweep for {setting.label} at lr {lr:g} failed (exit status {status})",
+                      file=sys.stderr)
+                return status
+            try:
+                cells, sweep_runs = read_cells(directory)
+            except ComparisonError as exc:
+                print(f"recall_grid: cannot compare the runs of {directory}: {exc}", file=sys.stderr)
+                return 2
+            grid.setdefault(setting, {})[lr] = cells
+            runs += sweep_runs
+    machine, wall = machines_and_time(runs)
+    measured = (f"final answer accuracy of {len(runs)} runs, each backend at its best learning rate per difficulty "
+                f"(key-value pairs × sequence length), beside the accuracy that needs no recall; {wall}")
+    page_opening = opening("Associative recall (MQAR) by backend and difficulty", measured,
+                           command_line(__file__, argv), describe_config(args.config, base, args.seeds, lrs), machine,
+                           trained_dates(runs))
+    print(write_results(grid, args.results, page_opening), end="")
     return 0
 
 
