@@ -1,18 +1,33 @@
-"""Cross-entropy of the LM head without materialising the (tokens × vocab) logits.
+"""Cross-entropy of the LM head, in the form that is fastest for the device and dtype.
 
 For hidden states h (N, C), head W (V, C) and targets t, the loss is
     L = (1 / N') sum_{i: t_i >= 0} [ logsumexp_v (h_i · W_v) - h_i · W_{t_i} ]      (N' = number of targets >= 0)
 with gradients dL/dh_i = (softmax(h_i Wᵀ) - e_{t_i}) W / N' and dL/dW = sum_i (softmax(h_i Wᵀ) - e_{t_i})ᵀ h_i / N'.
 A negative target marks a position without one (torch and transformers write -100 there): it adds nothing, and a
-batch without any target has loss 0. Rows are processed in chunks and the gradients are formed during the forward
-pass, so peak memory holds one chunk of logits (in fp32) instead of all of them (GPT-2 small, 16 × 1024 tokens:
-3.3 GB of fp32 logits).
+batch without any target has loss 0.
+
+Two forms compute it:
+- full: the logits of all N rows, then their cross-entropy (`linear_cross_entropy_reference`, nanoGPT's form);
+- chunked: rows are processed in chunks and the gradients are formed during the forward pass, so peak memory holds
+  one chunk of logits instead of all of them (GPT-2 small, 16 × 1024 tokens: 3.3 GB of fp32 logits). Each chunk
+  makes one pass for its log-softmax (fp32), one for its exponential and one for the cast to the matmul dtype; the
+  scale 1/N' and the mask of rows without a target are applied to the (n, C) side, never to the (n, V) logits.
+`LOSS_FORMS` picks one by device type and autocast dtype, from the measurements in results/bench_loss.md.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+# (device type, autocast dtype or None) -> rows per chunk of the chunked form, or None where the full form is faster.
+# Chosen from scripts/bench_loss.py (results/bench_loss.md: on the CPU the chunked form was faster in fp32 and bf16,
+# 2048 rows a little more than 1024). Pairs not measured take DEFAULT_CHUNK_ROWS: the chunked form's memory.
+LOSS_FORMS: dict[tuple[str, torch.dtype | None], int | None] = {
+    ("cpu", None): 2048,
+    ("cpu", torch.bfloat16): 2048,
+}
+DEFAULT_CHUNK_ROWS = 1024
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -25,35 +40,43 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def linear_cross_entropy_reference(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The definition: full logits, then their cross-entropy."""
+    """The definition, and the full form: all logits, then their cross-entropy."""
     return cross_entropy(h @ weight.T, targets)
+
+
+def chunk_rows(device_type: str, autocast_dtype: torch.dtype | None) -> int | None:
+    """Rows per chunk of the chunked form for this device and autocast dtype (None: the full form is faster)."""
+    return LOSS_FORMS.get((device_type, autocast_dtype), DEFAULT_CHUNK_ROWS)
 
 
 def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
     """Mean loss and, if asked, its gradients with respect to h and weight, one chunk of rows at a time."""
+    device = h.device.type
+    matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    softmax_dtype = torch.promote_types(matmul_dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
     valid = targets >= 0
-    count = valid.sum().clamp(min=1)
-    grad_h = torch.zeros_like(h) if with_grads else None
-    grad_w = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32)) if with_grads else None
-    total = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
-    autocast = torch.is_autocast_enabled(h.device.type)
-    for start in range(0, h.shape[0], chunk_size):
-        rows = slice(start, start + chunk_size)
-        h_chunk, t_chunk, v_chunk = h[rows], targets[rows].clamp(min=0), valid[rows]
-        logits = h_chunk @ weight.T  # (n, V) in the autocast dtype; softmax in fp32 (or fp64 for fp64 inputs)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        lse = torch.logsumexp(logits, dim=-1)
-        target_logit = logits.gather(1, t_chunk[:, None]).squeeze(1)
-        total += ((lse - target_logit) * v_chunk).sum()
-        if with_grads:
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place over the logits buffer
+    row_scale = valid.to(softmax_dtype) / valid.sum().clamp(min=1)  # 1/N' where a target is, else 0
+    w = weight.to(matmul_dtype)
+    total = torch.zeros((), dtype=softmax_dtype, device=h.device)
+    grad_h = torch.empty_like(h) if with_grads else None
+    grad_w = None
+    with torch.autocast(device, enabled=False):  # the dtypes are set explicitly below
+        for start in range(0, h.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            h_chunk, t_chunk, scale = h[rows], targets[rows].clamp(min=0), row_scale[rows]
+            log_probs = torch.log_softmax(h_chunk.to(matmul_dtype) @ w.T, dim=-1, dtype=softmax_dtype)  # (n, V)
+            total -= (log_probs.gather(1, t_chunk[:, None]).squeeze(1) * scale).sum()
+            if not with_grads:
+                continue
+            probs = log_probs.exp_()  # softmax, in place
             probs[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
-            probs.mul_((v_chunk / count)[:, None])
-            # cast once for the two matmuls below
-            probs = probs.to(torch.get_autocast_dtype(h.device.type) if autocast else weight.dtype)
-            grad_h[rows] = probs @ weight
-            grad_w += probs.T @ h_chunk
-    return total / count, grad_h, grad_w
+            probs = probs.to(matmul_dtype)  # (n, V): softmax - one-hot, cast once for the two matmuls
+            grad_h[rows] = (probs @ w).to(h.dtype) * scale[:, None].to(h.dtype)
+            part = probs.T @ (h_chunk * scale[:, None]).to(matmul_dtype)  # (V, C)
+            grad_w = part.to(softmax_dtype) if grad_w is None else grad_w.add_(part)
+    if with_grads and grad_w is None:  # no rows
+        grad_w = torch.zeros_like(weight, dtype=softmax_dtype)
+    return total, grad_h, grad_w
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -69,13 +92,20 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_h * grad_loss, grad_w * grad_loss, None, None
 
 
-def linear_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024
+def chunked_linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int
 ) -> torch.Tensor:
-    """Mean cross-entropy of logits h @ weightᵀ against the targets >= 0, computed chunk by chunk.
-
-    h: (N, C), weight: (V, C), targets: (N,) int64. Equal to `linear_cross_entropy_reference` up to rounding.
-    """
+    """The chunked form: `chunk_size` rows of logits at a time, gradients formed during the forward pass."""
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _ChunkedLinearCrossEntropy.apply(h, weight, targets, chunk_size)
     return _loss_and_grads(h, weight, targets, chunk_size, with_grads=False)[0]
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits h @ weightᵀ against the targets >= 0, in the form `LOSS_FORMS` picks for the
+    device and autocast dtype. h: (N, C), weight: (V, C), targets: (N,) int64."""
+    device = h.device.type
+    rows = chunk_rows(device, torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
+    if rows is None:
+        return linear_cross_entropy_reference(h, weight, targets)
+    return chunked_linear_cross_entropy(h, weight, targets, rows)

@@ -1,11 +1,13 @@
-"""The chunked LM-head cross-entropy equals full-logits cross-entropy, in value and gradients; negative targets
-(torch's and transformers' -100) mark positions without a target."""
+"""Both forms of the LM-head cross-entropy equal the definition (full logits, then cross-entropy), in value and
+gradients; negative targets (torch's and transformers' -100) mark positions without a target; the form is chosen by
+device and autocast dtype."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model.loss import linear_cross_entropy, linear_cross_entropy_reference
+from model import loss as loss_module
+from model.loss import chunked_linear_cross_entropy, linear_cross_entropy, linear_cross_entropy_reference
 
 
 def inputs(n=37, c=16, v=101, dtype=torch.float64, seed=0):
@@ -21,7 +23,7 @@ def test_loss_and_gradients_match_the_reference(chunk_size):
     h, w, t = inputs()
     t[::5] = -100
     t[1::7] = -1
-    loss = linear_cross_entropy(h, w, t, chunk_size)
+    loss = chunked_linear_cross_entropy(h, w, t, chunk_size)
     gh, gw = torch.autograd.grad(3.0 * loss, (h, w))
     ref = linear_cross_entropy_reference(h, w, t)
     rh, rw = torch.autograd.grad(3.0 * ref, (h, w))
@@ -33,7 +35,7 @@ def test_loss_and_gradients_match_the_reference(chunk_size):
 def test_bf16_autocast_is_close_to_fp32():
     h, w, t = inputs(n=64, c=32, v=500, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = linear_cross_entropy(h, w, t, 16)
+        loss = chunked_linear_cross_entropy(h, w, t, 16)
     gh, gw = torch.autograd.grad(loss, (h, w))
     ref = linear_cross_entropy_reference(h, w, t)
     rh, rw = torch.autograd.grad(ref, (h, w))
@@ -45,7 +47,7 @@ def test_bf16_autocast_is_close_to_fp32():
 def test_without_grad_it_only_computes_the_loss():
     h, w, t = inputs()
     with torch.no_grad():
-        loss = linear_cross_entropy(h, w, t, 8)
+        loss = chunked_linear_cross_entropy(h, w, t, 8)
     assert not loss.requires_grad
     assert loss.item() == pytest.approx(linear_cross_entropy_reference(h, w, t).item(), rel=1e-9)
 
@@ -59,4 +61,32 @@ def test_the_reference_is_torch_cross_entropy_with_its_ignore_index():
 
 def test_all_targets_ignored_gives_zero_not_nan():
     h, w, t = inputs()
-    assert linear_cross_entropy(h, w, torch.full_like(t, -100)).item() == 0.0
+    assert chunked_linear_cross_entropy(h, w, torch.full_like(t, -100), 8).item() == 0.0
+    assert linear_cross_entropy_reference(h, w, torch.full_like(t, -100)).item() == 0.0
+
+
+def test_no_rows_gives_zero_loss_and_zero_gradients():
+    h, w, t = inputs(n=0)
+    loss = chunked_linear_cross_entropy(h, w, t, 8)
+    gh, gw = torch.autograd.grad(loss, (h, w))
+    assert loss.item() == 0.0 and gh.shape == (0, 16) and not gw.any()
+
+
+@pytest.mark.parametrize("rows", [None, 8])
+def test_linear_cross_entropy_runs_the_form_the_table_names(monkeypatch, rows):
+    ran = []
+    monkeypatch.setitem(loss_module.LOSS_FORMS, ("cpu", None), rows)
+    for name in ("linear_cross_entropy_reference", "chunked_linear_cross_entropy"):
+        original = getattr(loss_module, name)
+        monkeypatch.setattr(loss_module, name, lambda *args, _f=original, _n=name: ran.append((_n, args[3:])) or _f(*args))
+    h, w, t = inputs()
+    loss = linear_cross_entropy(h, w, t)
+    torch.testing.assert_close(loss, linear_cross_entropy_reference(h, w, t), rtol=1e-9, atol=1e-9)
+    assert ran[0] == (("linear_cross_entropy_reference", ()) if rows is None else ("chunked_linear_cross_entropy", (8,)))
+
+
+def test_the_table_is_read_by_device_and_autocast_dtype(monkeypatch):
+    monkeypatch.setattr(loss_module, "LOSS_FORMS", {("cpu", torch.bfloat16): None, ("cpu", None): 64})
+    assert loss_module.chunk_rows("cpu", torch.bfloat16) is None
+    assert loss_module.chunk_rows("cpu", None) == 64
+    assert loss_module.chunk_rows("cuda", torch.float16) == loss_module.DEFAULT_CHUNK_ROWS
