@@ -74,15 +74,19 @@ def test_no_rows_gives_zero_loss_and_zero_gradients():
 
 @pytest.mark.parametrize("rows", [None, 8])
 def test_linear_cross_entropy_runs_the_form_the_table_names(monkeypatch, rows):
-    ran = []
+    ran = []  # (form, its arguments after h, weight, targets)
     monkeypatch.setitem(loss_module.LOSS_FORMS, ("cpu", None), rows)
     for name in ("linear_cross_entropy_reference", "chunked_linear_cross_entropy"):
-        original = getattr(loss_module, name)
-        monkeypatch.setattr(loss_module, name, lambda *args, _f=original, _n=name: ran.append((_n, args[3:])) or _f(*args))
+        def spy(*args, _form=getattr(loss_module, name), _name=name):
+            ran.append((_name, args[3:]))
+            return _form(*args)
+
+        monkeypatch.setattr(loss_module, name, spy)
     h, w, t = inputs()
     loss = linear_cross_entropy(h, w, t)
     torch.testing.assert_close(loss, linear_cross_entropy_reference(h, w, t), rtol=1e-9, atol=1e-9)
-    assert ran[0] == (("linear_cross_entropy_reference", ()) if rows is None else ("chunked_linear_cross_entropy", (8,)))
+    expected = ("linear_cross_entropy_reference", ()) if rows is None else ("chunked_linear_cross_entropy", (8,))
+    assert ran[0] == expected
 
 
 def test_the_table_is_read_by_device_and_autocast_dtype(monkeypatch):
