@@ -1,4 +1,5 @@
 """Tests never touch the network: Hugging Face libraries run offline (set before they are imported), wandb quietly.
+They never spend time measuring either: taylor's and expressive_sq's crossover takes its default value.
 End-to-end tests share one prepared copy of the Shakespeare corpus (`prepared_dir`)."""
 
 import os
@@ -8,6 +9,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ["ATTNLAB_CROSSOVER"] = "default"  # inherited by the command-line tools the tests start
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,147 @@
+"""The length from which taylor and expressive_sq use their linear form, measured on the machine that runs them.
+
+The direct form costs O(n² d) and the linear form O(n D d) with D ≈ d²/2 features, but where one overtakes the
+other depends on the machine (cache sizes, GEMM versus elementwise speed), the dtype and the head size. The
+`crossover` option of these backends (model/attention/linear.py) is decided by this rule:
+
+1. an integer set in the config wins;
+2. None (the default) is looked up in the cache file `$ATTNLAB_CACHE_DIR/crossover.json` (default directory
+   ~/.cache/attnlab) under the key machine | device type | dtype | head size | backend and its tile sizes;
+3. a key not yet there is measured once, like cuDNN's benchmark mode: forward+backward of both forms on one head,
+   at lengths chosen by bisection on a grid of GRID tokens between MIN_LENGTH and MAX_LENGTH (about 10-20 s on a
+   2-core CPU); the first length where the linear form is at least as fast is stored (MAX_LENGTH when none is);
+4. with `ATTNLAB_CROSSOVER=default` nothing is measured or read: DEFAULT_CROSSOVER (the test suite sets this).
+
+The choice is made once per process and key, in eager code: the measurement runs on its own random tensors (its
+own generator, so the run's random stream is untouched), outside the model's autograd graph; under torch.compile
+it runs while the model is traced, and the graph keeps the number as a constant (no graph break).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+DEFAULT_CROSSOVER = 6144  # where the linear form overtook the direct one on the first benchmark CPU (d = 64)
+GRID, MIN_LENGTH, MAX_LENGTH = 512, 512, 16384
+MODE_VARIABLE, CACHE_VARIABLE = "ATTNLAB_CROSSOVER", "ATTNLAB_CACHE_DIR"
+MODES = ("measure", "default")
+
+_chosen: dict[tuple, int] = {}  # (backend, tiles, d, dtype, device type) -> crossover, for this process
+
+
+def mode() -> str:
+    """`measure` (the default) or `default`, from $ATTNLAB_CROSSOVER."""
+    value = os.environ.get(MODE_VARIABLE, "measure")
+    if value not in MODES:
+        raise ValueError(f"{MODE_VARIABLE}={value!r} is invalid (allowed: {', '.join(MODES)})")
+    return value
+
+
+def cache_file() -> Path:
+    return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "attnlab") / "crossover.json"
+
+
+def machine_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model as lscpu names it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cache_key(backend, d: int, dtype: torch.dtype, device: torch.device) -> str:
+    """`machine | device type | dtype | d=head size | backend[tile sizes]`, the key of the cache file."""
+    tiles = f"chunk_size={backend.chunk_size},block_size={backend.block_size}"
+    dtype_name = str(dtype).removeprefix("torch.")
+    return f"{machine_name(device)} | {device.type} | {dtype_name} | d={d} | {backend.name}[{tiles}]"
+
+
+def bisect_crossover(linear_is_faster: Callable[[int], bool], low: int = MIN_LENGTH, high: int = MAX_LENGTH,
+                     grid: int = GRID) -> int:
+    """The smallest multiple of `grid` in [low, high] at which `linear_is_faster`, assuming that once the linear form
+    is faster it stays faster; `high` when it is not faster anywhere below."""
+    lo, hi = low // grid, high // grid  # in grid units; the answer lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if linear_is_faster(mid * grid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo * grid
+
+
+def form_timer(backend, d: int, dtype: torch.dtype, device: torch.device, reps: int = 2,
+               clock: Callable[[], float] = time.perf_counter) -> Callable[[int], bool]:
+    """`linear_is_faster(n)`: whether the backend's linear form runs forward+backward on one head of n tokens at
+    least as fast as its direct form (the faster of `reps` runs of each, after one untimed run)."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    direct, linear = dataclasses.replace(backend, crossover=1 << 62), dataclasses.replace(backend, crossover=1)
+
+    def seconds(form, n: int) -> float:
+        q, k, v = (torch.randn(1, 1, n, d, generator=generator, device=device, dtype=dtype).requires_grad_()
+                   for _ in range(3))
+        times = []
+        for _ in range(reps + 1):
+            start = clock()
+            form.forward(q, k, v).sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(clock() - start)
+        return min(times[1:])
+
+    def linear_is_faster(n: int) -> bool:
+        with torch.inference_mode(False), torch.enable_grad():
+            return seconds(linear, n) <= seconds(direct, n)
+
+    return linear_is_faster
+
+
+def read_cache(path: Path) -> dict[str, int]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def write_cache(path: Path, key: str, value: int) -> None:
+    """Add `key` to the cache file (written whole to a temporary file, then renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = {**read_cache(path), key: value}
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        json.dump(entries, handle, indent=1, sort_keys=True)
+    os.replace(handle.name, path)
+
+
+@torch._dynamo.assume_constant_result  # torch.compile calls it while tracing (eagerly) and keeps the number
+def measured_crossover(backend, d: int, dtype: torch.dtype, device: torch.device) -> int:
+    """The crossover of `backend` for head size d, by the rule in this module's docstring (steps 2-4)."""
+    key = (backend.name, backend.chunk_size, backend.block_size, d, dtype, device.type)
+    if key not in _chosen:
+        _chosen[key] = _choose(backend, d, dtype, device)
+    return _chosen[key]
+
+
+def _choose(backend, d: int, dtype: torch.dtype, device: torch.device) -> int:
+    if mode() == "default":
+        return DEFAULT_CROSSOVER
+    path, key = cache_file(), cache_key(backend, d, dtype, device)
+    cached = read_cache(path).get(key)
+    if isinstance(cached, int) and cached >= 1:
+        return cached
+    measured = bisect_crossover(form_timer(backend, d, dtype, device))
+    write_cache(path, key, measured)
+    return measured

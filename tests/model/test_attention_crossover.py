@@ -1,0 +1,155 @@
+"""The crossover of taylor and expressive_sq: a configured value wins; otherwise it is measured once per machine,
+device, dtype, head size and backend, cached in a file, and skipped (the default) with ATTNLAB_CROSSOVER=default.
+Measuring is tested on tiny sizes, with fake timings."""
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from model.attention import crossover, get_backend
+
+
+@pytest.fixture
+def measuring(monkeypatch, tmp_path):
+    """Measuring mode, a cache file under tmp_path, nothing chosen yet in this process."""
+    monkeypatch.setenv(crossover.MODE_VARIABLE, "measure")
+    monkeypatch.setenv(crossover.CACHE_VARIABLE, str(tmp_path))
+    monkeypatch.setattr(crossover, "_chosen", {})
+    return tmp_path / "crossover.json"
+
+
+@pytest.fixture
+def fake_measurement(monkeypatch) -> list[int]:
+    """Measuring returns 32 (the tiny backend's switch); the list counts the measurements."""
+    runs = []
+    monkeypatch.setattr(crossover, "form_timer", lambda *args, **kwargs: None)
+    monkeypatch.setattr(crossover, "bisect_crossover", lambda linear_is_faster: runs.append(32) or 32)
+    return runs
+
+
+def tiny(**options):
+    return get_backend("taylor", chunk_size=8, block_size=8, **options)
+
+
+def qkv(t, d=4, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(1, 2, t, d, generator=g, dtype=dtype) for _ in range(3)]
+
+
+def test_bisection_finds_the_first_grid_length_where_the_linear_form_wins():
+    asked = []
+
+    def linear_is_faster(n):  # direct n², linear 3000 n: equal at n = 3000
+        asked.append(n)
+        return 3000 * n <= n * n
+
+    assert crossover.bisect_crossover(linear_is_faster, low=512, high=16384, grid=512) == 3072
+    assert len(asked) <= 5 and all(n % 512 == 0 for n in asked)
+
+
+def test_bisection_stays_within_its_range():
+    assert crossover.bisect_crossover(lambda n: True, low=512, high=16384, grid=512) == 512
+    assert crossover.bisect_crossover(lambda n: False, low=512, high=16384, grid=512) == 16384
+
+
+def test_the_timer_runs_both_forms_forward_and_backward_on_its_own_tensors(forms_run):
+    ticks = itertools.count()  # every run takes one tick: a tie, which counts for the linear form
+    rng = torch.get_rng_state()
+    with torch.no_grad():
+        linear_is_faster = crossover.form_timer(tiny(), 4, torch.float32, torch.device("cpu"), reps=2,
+                                                clock=lambda: float(next(ticks)))
+        assert linear_is_faster(24) is True
+    assert sorted(forms_run) == ["direct"] * 3 + ["linear"] * 3  # one untimed run and two timed runs each
+    assert torch.equal(torch.get_rng_state(), rng)  # the run's random stream is untouched
+
+
+def test_the_timer_compares_the_two_forms_times(monkeypatch):
+    slow = {"linear": 5.0, "direct": 1.0}
+    now = [0.0]
+    monkeypatch.setattr(crossover, "dataclasses", _Replace(slow, now))
+    linear_is_faster = crossover.form_timer(tiny(), 4, torch.float32, torch.device("cpu"), reps=1,
+                                            clock=lambda: now[0])
+    assert linear_is_faster(16) is False
+    slow["linear"] = 0.5
+    assert linear_is_faster(16) is True
+
+
+class _Replace:
+    """Stands in for `dataclasses` in the crossover module: replace() gives a form whose run advances a fake clock by
+    its time (crossover=1: the linear form's, else the direct form's)."""
+
+    def __init__(self, seconds, now):
+        self.seconds, self.now = seconds, now
+
+    def replace(self, backend, crossover):
+        outer = self
+
+        class Form:
+            def forward(self, q, k, v):
+                outer.now[0] += outer.seconds["linear" if crossover == 1 else "direct"]
+                return q * k * v
+
+        return Form()
+
+
+def test_default_mode_measures_nothing_and_reads_no_file(monkeypatch, measuring, fake_measurement):
+    monkeypatch.setenv(crossover.MODE_VARIABLE, "default")
+    assert crossover.measured_crossover(tiny(), 4, torch.float32, torch.device("cpu")) == crossover.DEFAULT_CROSSOVER
+    assert fake_measurement == [] and not measuring.exists()
+
+
+def test_an_unknown_mode_is_an_error_that_names_the_variable(monkeypatch, measuring):
+    monkeypatch.setenv(crossover.MODE_VARIABLE, "sometimes")
+    with pytest.raises(ValueError, match="ATTNLAB_CROSSOVER='sometimes' is invalid"):
+        crossover.measured_crossover(tiny(), 4, torch.float32, torch.device("cpu"))
+
+
+def test_measured_once_then_read_from_the_cache_file(monkeypatch, measuring, fake_measurement):
+    cpu = torch.device("cpu")
+    assert crossover.measured_crossover(tiny(), 4, torch.float32, cpu) == 32
+    assert crossover.measured_crossover(tiny(), 4, torch.float32, cpu) == 32  # this process: no second look
+    key = crossover.cache_key(tiny(), 4, torch.float32, cpu)
+    assert json.loads(measuring.read_text()) == {key: 32}
+    monkeypatch.setattr(crossover, "_chosen", {})  # a new process on the same machine reads the file
+    assert crossover.measured_crossover(tiny(), 4, torch.float32, cpu) == 32
+    assert fake_measurement == [32]
+    crossover.measured_crossover(tiny(), 8, torch.float32, cpu)  # another head size is another key
+    crossover.measured_crossover(tiny(), 4, torch.bfloat16, cpu)  # and so is another dtype
+    assert fake_measurement == [32] * 3 and len(json.loads(measuring.read_text())) == 3
+
+
+def test_the_key_names_machine_device_dtype_head_size_and_backend():
+    key = crossover.cache_key(tiny(), 64, torch.bfloat16, torch.device("cpu"))
+    machine, device, dtype, head, backend = key.split(" | ")
+    assert machine == crossover.machine_name(torch.device("cpu")) and machine
+    assert (device, dtype, head, backend) == ("cpu", "bfloat16", "d=64", "taylor[chunk_size=8,block_size=8]")
+
+
+def test_an_unreadable_cache_file_is_measured_again(measuring, fake_measurement):
+    measuring.write_text("{not json")
+    assert crossover.measured_crossover(tiny(), 4, torch.float32, torch.device("cpu")) == 32
+    assert fake_measurement == [32] and len(json.loads(measuring.read_text())) == 1
+
+
+@pytest.mark.parametrize("name", ["taylor", "expressive_sq"])
+def test_the_backend_switches_at_the_measured_length(measuring, fake_measurement, forms_run, name):
+    backend = get_backend(name, chunk_size=8, block_size=8)
+    assert backend.crossover is None
+    backend.forward(*qkv(31))
+    backend.forward(*qkv(32))
+    assert forms_run == ["direct", "linear"] and fake_measurement == [32]
+
+
+def test_a_configured_crossover_wins(measuring, fake_measurement, forms_run):
+    tiny(crossover=1).forward(*qkv(16))
+    assert forms_run == ["linear"] and fake_measurement == [] and not measuring.exists()
+
+
+def test_torch_compile_takes_the_crossover_as_a_constant_without_a_graph_break(measuring, fake_measurement):
+    backend = tiny()
+    explained = torch._dynamo.explain(backend.forward)(*qkv(24))  # below 32: the direct form, one graph
+    torch._dynamo.reset()
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    assert fake_measurement == [32]  # measured once, while tracing
