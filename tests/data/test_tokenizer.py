@@ -1,8 +1,12 @@
-"""GPT-2 tokenizer: GPT-2's exact ids offline, lossless round trips, and piece splitting that never changes ids."""
+"""GPT-2 tokenizer: GPT-2's exact ids offline, the same ids from tiktoken (which encodes) and `tokenizers` (which
+decodes), lossless round trips, and piece splitting that never changes ids."""
 
 import importlib.resources
+import sys
+import unicodedata
 
 import pytest
+import tiktoken.load
 from transformers import GPT2Tokenizer
 
 from data.config import DataConfig
@@ -12,6 +16,8 @@ from data.tokenizer import (
     PIECE_CHARS,
     StreamDecoder,
     TextTokenizer,
+    gpt2_encoding,
+    gpt2_files,
     gpt2_tokenizer,
     load_tokenizer,
     split_at_safe_boundaries,
@@ -30,12 +36,23 @@ TRICKY = [
     "\n",
     "",
     "odd spaces:\u00a0\u2003\u3000\u2028\u2029\x85\x0b\x0c\x1c|",
+    "runs:          x\t\t\t\ty\n \n \n z    \r\n\r\n    ",
+    "zero width\u200b\u200c\u200djoiners\ufeff, combining e\u0301\u0308 marks, "
+    "RTL \u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627",
 ]
+# transformers' GPT2Tokenizer (the reference below) reads the marker as the special token; ours as ordinary text
+WITH_MARKER = [*TRICKY, "<|endoftext|> at the start, <|endoftext|><|endoftext|>in the middle, at the end<|endoftext|>"]
 
 
 @pytest.fixture(scope="module")
 def tok() -> TextTokenizer:
     return load_tokenizer("gpt2")
+
+
+@pytest.fixture(scope="module")
+def tokenizers_path() -> TextTokenizer:
+    """The same vocabulary encoded by `tokenizers` (what data.prepare used before tiktoken)."""
+    return TextTokenizer("gpt2", 50256, 50257, gpt2_tokenizer, None, PIECE_CHARS)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +86,7 @@ def test_ids_equal_gpt2_reference_implementation(tok, reference, text):
     assert tok.encode(text) == reference.encode(text)
 
 
-@pytest.mark.parametrize("text", TRICKY)
+@pytest.mark.parametrize("text", WITH_MARKER)
 def test_round_trip_is_lossless(tok, text):
     assert tok.decode(tok.encode(text)) == text
 
@@ -107,12 +124,42 @@ def test_cuts_next_to_other_whitespace_can_change_ids(tok, text, unsafe_cut):
     assert split_at_safe_boundaries(text, 1) == [text]
 
 
-def test_whole_shakespeare_corpus_encodes_exactly_as_whole_documents(tok):
+def test_whole_shakespeare_corpus_encodes_exactly_as_whole_documents_by_tokenizers(tok):
     plays = [path.read_text() for path in resolve_source(DataConfig(source="shakespeare")).files]
     assert len(plays) == 42
     assert sum(len(split_at_safe_boundaries(play, PIECE_CHARS)) for play in plays) > 500  # really cut into pieces
-    whole = TextTokenizer(gpt2_tokenizer(), "gpt2", 50256, piece_chars=None)
+    whole = TextTokenizer("gpt2", 50256, 50257, gpt2_tokenizer, None, piece_chars=None)
     assert tok.encode_batch(plays) == whole.encode_batch(plays)
+
+
+@pytest.mark.parametrize("text", WITH_MARKER)
+def test_tiktoken_and_tokenizers_give_the_same_ids(tok, tokenizers_path, text):
+    assert tok.encode(text) == tokenizers_path.encode(text)
+
+
+def test_tiktoken_and_tokenizers_agree_on_whitespace_controls_and_a_sample_of_all_unicode(tok, tokenizers_path):
+    # the pre-tokenizer regexes run on two engines (fancy-regex, Oniguruma): their \s, \p{L} and \p{N} must agree
+    # (checked once over every code point outside the surrogates; here the likeliest disagreements and a sample)
+    chars = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c < 0xE000
+             and (chr(c).isspace() or unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cc", "Cf") or c % 1009 == 0)]
+    texts = [f"x{c} {c}{c}\n{c}y {c}  {c}z\n\n{c}'s 1{c}2" for c in chars]
+    assert len(texts) > 1000
+    assert tok.encode_batch(texts) == tokenizers_path.encode_batch(texts)
+
+
+def test_the_tiktoken_ranks_follow_the_merge_order_of_vocab_bpe(monkeypatch):
+    # tiktoken applies merges by the rank of their result; that is GPT-2's merge priority only if the ids follow
+    # vocab.bpe's order, which tiktoken's own loader asserts (its cache switched off: it would copy the files)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
+    encoder, merges = gpt2_files()
+    assert gpt2_encoding()._mergeable_ranks == tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(merges), str(encoder))
+
+
+def test_the_tokenizers_backend_is_built_only_when_needed():
+    fresh = load_tokenizer.__wrapped__("gpt2")
+    fresh.encode_batch(["no backend needed"])
+    assert "backend" not in fresh.__dict__
+    assert fresh.decode(fresh.encode("built now")) == "built now" and "backend" in fresh.__dict__
 
 
 def test_unknown_hub_tokenizer_offline_is_a_clear_error():
