@@ -32,6 +32,7 @@ from model.gpt import GPT
 from model.sampling import Sampler
 from training import checkpoint as ckpt
 from training import runtime as rt
+from training.compile import maybe_compile
 from training.config import RunConfig, config_to_dict, load_config
 from training.metrics import MetricsLog
 from training.optim import make_optimizer
@@ -199,7 +200,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
                 dtype=str(runtime.dtype).removeprefix("torch."), processes=runtime.world_size,
                 threads=torch.get_num_threads(), torch=torch.__version__)
 
-    forward_model = torch.compile(model) if tc.compile else model  # evaluation uses it too
+    forward_model = maybe_compile(model, tc.compile, runtime.device, log_line)  # evaluation uses it too
     train_model = forward_model
     if runtime.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None

@@ -57,7 +57,9 @@ class TrainConfig:
     seed: int = 1337  # seeds the init, the data order and dropout
     device: str = "auto"  # auto (cuda if present, else mps, else cpu), cpu, cuda, cuda:N, mps
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # autocast dtype; auto: bf16 where supported
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model. auto: on CUDA only (on the CPU it pays only on long runs: results/bench_compile.md);
+    # a compile that fails leaves a one-line warning and trains without it
+    compile: Literal["auto", "true", "false"] = "auto"
     threads: int = 0  # torch CPU threads (0: torch's default)
     resume: str = "never"  # never, auto (latest checkpoint in out_dir if any), or a checkpoint path
     sample_tokens: int = 0  # after training, print a sample of this many tokens

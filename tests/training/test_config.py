@@ -50,7 +50,7 @@ def test_yaml_booleans_are_read_as_the_literal_they_spell():
         (["modle.n_layer=3"], r"unknown key modle \(allowed in config: model, data, optim, train, logging\)"),
         (["train.max_steps=abc"], r"train.max_steps: expected int, got 'abc'"),
         (["train.max_steps=2.5"], r"train.max_steps: expected an integer, got 2.5"),
-        (["train.compile=maybe"], r"train.compile: expected true or false"),
+        (["train.compile=maybe"], r"train.compile: 'maybe' is not allowed \(allowed: auto, true, false\)"),
         (["train.dtype=fp8"], r"train.dtype: 'fp8' is not allowed \(allowed: auto, float32, bfloat16, float16\)"),
         (["model.n_head=5"], r"model.n_embd \(64\) must be divisible by model.n_head \(5\)"),
         (["model.attention=flash"], r"model.attention: unknown backend 'flash' \(allowed: softmax"),

@@ -1,0 +1,88 @@
+"""train.compile: auto compiles on CUDA only; a compile that fails, when compiling or at a call, leaves one warning
+line and the model running eagerly with the same parameters."""
+
+import pytest
+import torch
+from torch import nn
+
+from training.compile import CompiledOrEager, compile_wanted, maybe_compile
+
+
+@pytest.mark.parametrize("choice, device, wanted", [
+    ("auto", "cuda", True), ("auto", "cpu", False), ("auto", "mps", False),
+    ("true", "cpu", True), ("false", "cuda", False),
+])
+def test_auto_compiles_on_cuda_only(choice, device, wanted):
+    assert compile_wanted(choice, torch.device(device)) is wanted
+
+
+def test_not_wanted_means_the_model_itself():
+    model = nn.Linear(3, 2)
+    assert maybe_compile(model, "false", torch.device("cpu"), print) is model
+
+
+def raising_at_compile(model):
+    raise RuntimeError("Dynamo is not supported on this Python\nsecond line")
+
+
+class RaisingAtCall:
+    def __init__(self, model):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("inductor: C++ compile error\nlong log")
+
+
+@pytest.mark.parametrize("at", ["compile", "call"])
+def test_a_failing_compile_falls_back_to_eager_with_one_warning(monkeypatch, at):
+    monkeypatch.setattr(torch, "compile", raising_at_compile if at == "compile" else RaisingAtCall)
+    lines = []
+    model = nn.Linear(3, 2)
+    wrapped = maybe_compile(model, "true", torch.device("cpu"), lines.append)
+    x = torch.randn(4, 3)
+    for _ in range(3):
+        torch.testing.assert_close(wrapped(x), model(x), rtol=0, atol=0)
+    assert len(lines) == 1
+    reason = "Dynamo is not supported on this Python" if at == "compile" else "inductor: C++ compile error"
+    assert lines[0] == f"warning: torch.compile failed (RuntimeError: {reason}); training without it"
+    assert list(wrapped.parameters()) == list(model.parameters())
+
+
+def test_a_working_compile_is_called_and_the_parameters_are_the_models(monkeypatch):
+    calls = []
+
+    class Compiled:
+        def __init__(self, model):
+            self.model = model
+
+        def __call__(self, *args):
+            calls.append(len(args))
+            return self.model(*args)
+
+    monkeypatch.setattr(torch, "compile", Compiled)
+    lines = []
+    model = nn.Linear(3, 2)
+    wrapped = CompiledOrEager(model, lines.append)
+    wrapped(torch.randn(1, 3))
+    assert calls == [1] and lines == []
+    assert [name for name, _ in wrapped.named_parameters()] == ["model.weight", "model.bias"]
+    wrapped.eval()
+    assert not model.training
+
+
+def test_a_backend_that_fails_at_the_first_call_falls_back(monkeypatch):
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=broken_backend))
+    lines = []
+    model = nn.Linear(3, 2)
+    wrapped = CompiledOrEager(model, lines.append)
+    x = torch.randn(4, 3)
+    try:
+        torch.testing.assert_close(wrapped(x), model(x), rtol=0, atol=0)
+    finally:
+        torch._dynamo.reset()
+    assert lines == ["warning: torch.compile failed (BackendCompilerFailed: RuntimeError: no C++ compiler found); "
+                     "training without it"]

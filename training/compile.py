@@ -1,0 +1,67 @@
+"""`train.compile`: torch.compile where it is measured faster, and eager training where compiling fails.
+
+auto compiles on CUDA. On the CPU it stays eager: on the CPU demo config compiling made the 250-step run 9-14%
+shorter, compile time included (results/bench_compile.md), but it costs 50-90 s before the first step, which short
+CPU runs (the tests, sweeps and recall grids that train one small model per setting) never earn back; a long CPU
+run opts in with train.compile=true.
+torch.compile is lazy: it traces and compiles at the first call (and again when a new input shape or mode needs
+it), so a failure shows there; the model then falls back to eager for the rest of the run, with one warning line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+
+CompileChoice = Literal["auto", "true", "false"]
+
+
+def compile_wanted(choice: CompileChoice, device: torch.device) -> bool:
+    """Whether to compile: `true` and `false` say so; `auto` compiles on CUDA, where it is measured faster."""
+    return choice == "true" or (choice == "auto" and device.type == "cuda")
+
+
+class CompiledOrEager(nn.Module):
+    """`model` through torch.compile until compiling raises, then `model` itself (the same parameters)."""
+
+    def __init__(self, model: nn.Module, warn: Callable[[str], None]) -> None:
+        super().__init__()
+        self.model = model
+        self._warn = warn
+        self.compiled: Callable | None = None
+        try:  # a bound method, so that the compiled wrapper is not registered as a second submodule
+            self.compiled = torch.compile(model).__call__
+        except Exception as exc:  # noqa: BLE001 - e.g. a Python version dynamo does not support
+            self._fall_back(exc)
+
+    def forward(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - dynamo, inductor and the C++ compiler raise many types
+                self._fall_back(exc)
+        return self.model(*args, **kwargs)
+
+    def _fall_back(self, exc: Exception) -> None:
+        self._warn(f"warning: torch.compile failed ({failure_reason(exc)}); training without it")
+        self.compiled = None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """`Type: first line`, naming the root cause too when the error wraps one (dynamo's BackendCompilerFailed keeps
+    it as `inner_exception`)."""
+    root = exc
+    while (inner := root.__cause__ or getattr(root, "inner_exception", None)) is not None:
+        root = inner
+    lines = str(root).strip().splitlines()
+    kind = type(exc).__name__ if root is exc else f"{type(exc).__name__}: {type(root).__name__}"
+    return f"{kind}: {lines[0] if lines else 'no message'}"
+
+
+def maybe_compile(model: nn.Module, choice: CompileChoice, device: torch.device,
+                  warn: Callable[[str], None]) -> nn.Module:
+    """`model` compiled (with the eager fallback) when `compile_wanted`, else `model` itself."""
+    return CompiledOrEager(model, warn) if compile_wanted(choice, device) else model
