@@ -21,6 +21,9 @@ n × D features and the n × D × d_v states are never formed. The sweeps run ov
 backward pass recomputes the states in a forward sweep and runs their adjoint in a reverse sweep, so training
 memory is O(n (d + d_v + C)) beyond the fixed D × (d_v + 1). Decoding is the same code from a stored state: one
 constant-size `[S|z]` per head.
+
+Padding: a padding key's row of [v | 1] is zeroed, so it adds nothing to a chunk's weighted sums nor to [S | z]
+(w_ij · 0 = 0 exactly), and the state keeps its size.
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from model.attention.base import AttentionBackend
-from model.attention.direct import naive_causal_average, tiled_causal_attention
+from model.attention.base import AttentionBackend, zero_masked_queries
+from model.attention.crossover import measured_crossover
+from model.attention.direct import naive_causal_average, safe_denominator, tiled_causal_attention
 from model.attention.linear_state import LinearAttentionState
 from model.attention.numerics import (
     accumulation_dtype,
     chunk_groups,
     fold_heads,
+    fold_mask,
     head_groups,
     merge_chunks,
     split_chunks,
@@ -45,6 +50,7 @@ from model.attention.numerics import (
     with_ones_column,
 )
 from model.attention.options import check_count
+from model.position import padding_count
 
 
 def pair_feature_dim(d: int) -> int:
@@ -241,30 +247,32 @@ def _inter_chunk_backward(q, k, v1, dout, kernel: QuadraticKernel, chunk: int, d
         d_kv.baddbmm_(fq.transpose(1, 2), doutc)
 
 
-def _values_for_gemm(v: torch.Tensor) -> torch.Tensor:
-    """[v | 1 | 0 ...] with a width rounded up to a multiple of 16: GEMMs with 65 columns run far slower than 80."""
+def _values_for_gemm(v: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """[v | 1 | 0 ...] with a width rounded up to a multiple of 16: GEMMs with 65 columns run far slower than 80.
+    The rows of the padding tokens (False in valid (BH, T)) are 0: those keys add nothing to any sum."""
     width = -(-(v.shape[-1] + 1) // 16) * 16
-    return F.pad(with_ones_column(v), (0, width - v.shape[-1] - 1))
+    v1 = F.pad(with_ones_column(v), (0, width - v.shape[-1] - 1))
+    return v1 if valid is None else v1.masked_fill_(~valid[..., None], 0.0)
 
 
 class _ChunkedLinearAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, kernel: QuadraticKernel, eps: float, chunk: int):
-        v1 = _values_for_gemm(v)
+    def forward(ctx, q, k, v, kernel: QuadraticKernel, eps: float, chunk: int, valid: torch.Tensor | None):
+        v1 = _values_for_gemm(v, valid)
         kv = q.new_zeros(q.shape[0], kernel.feature_dim(q.shape[-1]), v1.shape[-1])
         out = _attend_and_fold(q, k, v1, kernel, chunk, kv)
         d_v = v.shape[-1]
-        den = out[..., d_v] + eps
+        den = safe_denominator(out[..., d_v], eps, valid)
         y = out[..., :d_v] / den[..., None]
-        ctx.save_for_backward(q, k, v, y, den)
+        ctx.save_for_backward(q, k, v, y, den, valid)
         ctx.kernel, ctx.chunk = kernel, min(chunk, q.shape[1])
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        q, k, v, y, den = ctx.saved_tensors
+        q, k, v, y, den, valid = ctx.saved_tensors
         kernel, chunk = ctx.kernel, ctx.chunk
-        v1 = _values_for_gemm(v)
+        v1 = _values_for_gemm(v, valid)
         # Gradient w.r.t. [num | den]: y = num / den gives d/dnum = dy / den and d/dden = -(dy · y) / den.
         g = dy / den[..., None]
         dout = torch.cat([g, -(g * y).sum(-1, keepdim=True)], dim=-1)
@@ -275,21 +283,25 @@ class _ChunkedLinearAttention(torch.autograd.Function):
             _inter_chunk_backward(
                 q[heads], k[heads], v1[heads], dout[heads], kernel, chunk, dq[heads], dk[heads], dv1[heads]
             )
-        return dq, dk, dv1[..., : v.shape[-1]], None, None, None
+        dv = dv1[..., : v.shape[-1]]
+        return dq, dk, dv if valid is None else dv.masked_fill(~valid[..., None], 0.0), None, None, None, None
 
 
 def chunked_linear_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: QuadraticKernel, *, eps: float, chunk: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: QuadraticKernel, *, eps: float, chunk: int,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Differentiable causal attention with weights kernel(q·k), (BH, T, d) x 3 -> (BH, T, d_v), O(T) memory."""
-    return _ChunkedLinearAttention.apply(q, k, v, kernel, eps, chunk)
+    """Differentiable causal attention with weights kernel(q·k), (BH, T, d) x 3 -> (BH, T, d_v), O(T) memory.
+    `valid` (BH, T): False for padding (keys left out; the queries' outputs are finite, for the caller to zero)."""
+    return _ChunkedLinearAttention.apply(q, k, v, kernel, eps, chunk, valid)
 
 
 @dataclass
 class QuadraticKernelState(LinearAttentionState):
     """`[S | z]` of the quadratic kernel's features, and how many tokens they hold."""
 
-    length: int = 0  # tokens folded into the state: the absolute position of the next one
+    length: int = 0  # tokens stepped through, padding included: the absolute position of the next one
+    pads: torch.Tensor | None = None  # (B,) padding tokens among them, per row; None while there was none
 
 
 @dataclass(frozen=True)
@@ -304,32 +316,35 @@ class QuadraticKernelAttention(AttentionBackend):
     eps: ClassVar[float] = 0.0
 
     chunk_size: int = 64  # tokens per chunk of the linear form
-    # Linear form from this length on: about where it starts to beat the direct form on the benchmark CPU at d = 64
-    # (results/bench_attention.md), later than the paper's FLOP count d² + d + 1, as the feature maps add work.
-    crossover: int = 6144
+    # Linear form from this length on. None: measured once on this machine and cached per machine, device, dtype and
+    # head size (the rule: model/attention/crossover.py); ATTNLAB_CROSSOVER=default takes 6144 without measuring.
+    crossover: int | None = None
     block_size: int = 128  # query/key tile of the direct form
 
     def __post_init__(self):
         check_count(self.name, "chunk_size", self.chunk_size)
-        check_count(self.name, "crossover", self.crossover)
+        if self.crossover is not None:
+            check_count(self.name, "crossover", self.crossover)
         check_count(self.name, "block_size", self.block_size)
 
     def kernel(self, d: int) -> QuadraticKernel:
         raise NotImplementedError
 
-    def reference(self, q, k, v):
+    def reference(self, q, k, v, mask=None):
         kernel = self.kernel(q.shape[-1])
         s = q @ k.transpose(-2, -1)  # (B, H, T, T)
-        return naive_causal_average(kernel.a * s**2 + kernel.b * s + kernel.c, v, self.eps)
+        return naive_causal_average(kernel.a * s**2 + kernel.b * s + kernel.c, v, self.eps, mask)
 
-    def forward(self, q, k, v):
+    def forward(self, q, k, v, mask=None):
         kernel = self.kernel(q.shape[-1])
         qf, kf, vf = fold_heads(q), fold_heads(k), fold_heads(v)
-        if q.shape[2] < self.crossover:
-            y = tiled_causal_attention(qf, kf, vf, kernel, eps=self.eps, block=self.block_size)
+        valid = None if mask is None else fold_mask(mask, q.shape[1])
+        crossover = self.crossover or measured_crossover(self, q.shape[-1], q.dtype, q.device)
+        if q.shape[2] < crossover:
+            y = tiled_causal_attention(qf, kf, vf, kernel, eps=self.eps, block=self.block_size, valid=valid)
         else:
-            y = chunked_linear_attention(qf, kf, vf, kernel, eps=self.eps, chunk=self.chunk_size)
-        return unfold_heads(y, q)
+            y = chunked_linear_attention(qf, kf, vf, kernel, eps=self.eps, chunk=self.chunk_size, valid=valid)
+        return zero_masked_queries(unfold_heads(y, q), mask)
 
     def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> QuadraticKernelState:
         size = self.kernel(d).feature_dim(d)
@@ -337,15 +352,18 @@ class QuadraticKernelAttention(AttentionBackend):
         return QuadraticKernelState(kv)
 
     @torch.no_grad()  # decoding only: the state is updated in place, which autograd cannot follow
-    def step(self, q, k, v, state: QuadraticKernelState):
+    def step(self, q, k, v, state: QuadraticKernelState, mask=None):
         b, h, t, d = q.shape
         kv = state.kv.view(b * h, *state.kv.shape[2:])  # a view: updated in place
-        out = _attend_and_fold(
-            fold_heads(q), fold_heads(k), with_ones_column(fold_heads(v)), self.kernel(d), self.chunk_size, kv
-        )
-        y = out[..., :-1] / (out[..., -1:] + self.eps)
+        valid = None if mask is None else fold_mask(mask, h)
+        v1 = with_ones_column(fold_heads(v))
+        if valid is not None:
+            v1.masked_fill_(~valid[..., None], 0.0)  # a padding key adds nothing to [S | z]
+        out = _attend_and_fold(fold_heads(q), fold_heads(k), v1, self.kernel(d), self.chunk_size, kv)
+        y = out[..., :-1] / safe_denominator(out[..., -1], self.eps, valid)[..., None]
         state.length += t
-        return unfold_heads(y, q), state
+        state.pads = padding_count(state.pads, mask)
+        return zero_masked_queries(unfold_heads(y, q), mask), state
 
     def state_nbytes(self, state: QuadraticKernelState) -> int:
         return state.kv.numel() * state.kv.element_size()
