@@ -38,6 +38,7 @@ def test_each_backend_gets_the_lr_best_on_val_and_reports_holdout_beside_the_no_
     page = recall_grid.write_results(GRID, tmp_path / "mqar", "# Title\n\n")
     # softmax at 4 pairs: lr 1e-3 has the better val mean (0.95 against 0.6), so its holdout (0.96) is reported,
     # not the better holdout of lr 3e-3 (0.99): the choice never sees the holdout set
+    assert "Sanity check (softmax at 4×32 reaches 0.95): passes, 0.960 ± 0.014 against 0.521 with no recall." in page
     assert "| 4 | 32 | 0.521 | 0.960 ± 0.014 (lr 0.001) | 0.970 ± 0.014 (lr 0.003) |" in page
     assert "| 8 | 64 | 0.340 | 0.320 ± 0.028 (lr 0.001) | 0.620 ± 0.028 (lr 0.001) |" in page
     assert "| 4×32 | softmax | **0.950 ± 0.071** | 0.600 |" in page
@@ -55,6 +56,12 @@ def test_gros_claim_needs_expressive_level_on_the_easiest_setting_and_ahead_on_a
     level_everywhere = {p: {lr: {b: recall_grid.Cell(c.val, [0.3, 0.3]) for b, c in by_b.items()}
                             for lr, by_b in by_lr.items()} for p, by_lr in GRID.items()}
     assert "is not supported" in recall_grid.write_results(level_everywhere, tmp_path / "level", "")
+    assert "Gros" not in recall_grid.write_results({EASY: GRID[EASY]}, tmp_path / "easy", "")  # nothing to compare
+
+
+def test_a_grid_whose_softmax_misses_the_easiest_setting_says_it_measures_nothing(tmp_path):
+    page = recall_grid.write_results({HARD: GRID[HARD]}, tmp_path / "mqar", "")
+    assert "Sanity check (softmax at 8×64 reaches 0.95): FAILS" in page and "0.320 ± 0.028 against 0.340" in page
 
 
 def test_a_setting_is_pairs_x_length():
