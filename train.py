@@ -194,6 +194,8 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    # from the first file a watcher can see, a signal means: finish this step, checkpoint, exit
+    stop = StopRequest()
     log = MetricsLog(run_dir, cfg.logging, resolved) if runtime.is_main else None
     if log is not None:  # where this stretch of the run trained: speeds are only comparable on the same machine
         log.log(state.step, event="start", machine=this_machine(), device=str(runtime.device),
@@ -216,7 +218,6 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
     meter = Throughput(model.flops_per_token(cfg.data.block_size),
                        rt.peak_flops(runtime.device, runtime.dtype) if runtime.is_main else float("nan"))
-    stop = StopRequest()
     bar = tqdm(total=tc.max_steps, initial=state.step, disable=not (runtime.is_main and cfg.logging.progress),
                dynamic_ncols=True, file=sys.stderr)
     val_loss, interrupted = float("nan"), False
