@@ -38,7 +38,6 @@ class AttnlabConfig(PreTrainedConfig, _ModelConfigFields):
     use_cache: bool = True
     bos_token_id: int | None = 50256
     eos_token_id: int | None = 50256
-    tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

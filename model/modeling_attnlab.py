@@ -73,7 +73,8 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         return hf.to(next(gpt.parameters()).dtype).eval()
 
     def _init_weights(self, module: torch.nn.Module) -> None:
-        """GPT initialises its own weights in its constructor (GPT-2 scheme); nothing to add here."""
+        """GPT initialises its own weights in its constructor (normal, std model.init_std; residual projections scaled
+        by 1/sqrt(2 n_layer)); nothing to add here."""
 
     def get_input_embeddings(self) -> torch.nn.Embedding:
         return self.model.transformer.wte

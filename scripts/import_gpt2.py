@@ -47,17 +47,17 @@ def model_config(hf: GPT2Config, attention: str, attention_options: dict[str, st
         "scale_attn_weights": not hf.scale_attn_weights,
         "scale_attn_by_inverse_layer_idx": hf.scale_attn_by_inverse_layer_idx,
         "add_cross_attention": hf.add_cross_attention,
-        "tie_word_embeddings": not hf.tie_word_embeddings,
     }
     if bad := [name for name, flag in unsupported.items() if flag]:
         raise GPT2ImportError(
             f"the GPT-2 config sets {bad[0]}={getattr(hf, bad[0])!r}, which this model does not implement "
-            f"(it is GPT-2: tanh GELU, 4x MLP, 1/sqrt(d) scores, tied embeddings)"
+            f"(it is GPT-2: tanh GELU, 4x MLP, 1/sqrt(d) scores)"
         )
     return ModelConfig(
         vocab_size=hf.vocab_size, n_positions=hf.n_positions, n_layer=hf.n_layer, n_head=hf.n_head, n_embd=hf.n_embd,
         attention=attention, attention_options=attention_options, position="learned",
-        layer_norm_eps=hf.layer_norm_epsilon, dropout=0.0, bias=True,
+        layer_norm_eps=hf.layer_norm_epsilon, dropout=0.0, bias=True, init_std=hf.initializer_range,
+        tie_word_embeddings=hf.tie_word_embeddings,
     )
 
 
@@ -82,7 +82,9 @@ def import_gpt2(source: Path, attention: str, attention_options: dict[str, str],
     model = GPT(cfg)
     missing, unexpected = model.load_state_dict(converted_state_dict(hf_model.state_dict()), strict=False)
     own = {name for name, _ in model.named_parameters() if ".attn.qk_transform." in name}
-    if unexpected or set(missing) - own - {"lm_head.weight"}:
+    if cfg.tie_word_embeddings:  # the head is the token embedding, whether or not the file repeats it
+        own.add("lm_head.weight")
+    if unexpected or set(missing) - own:
         raise GPT2ImportError(
             f"{source}: weights do not map onto the model (unexpected {sorted(unexpected)[:3]}, "
             f"missing {sorted(set(missing) - own)[:3]})"

@@ -296,14 +296,17 @@ def random_gpt2(folder: Path, **config) -> GPT2LMHeadModel:
     return model
 
 
-def test_imported_gpt2_reproduces_transformers_logits(tmp_path, capsys):
-    reference = random_gpt2(tmp_path / "gpt2")
+@pytest.mark.parametrize("tied", [True, False])
+def test_imported_gpt2_reproduces_transformers_logits(tmp_path, capsys, tied):
+    reference = random_gpt2(tmp_path / "gpt2", tie_word_embeddings=tied, initializer_range=0.05)
     code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "gpt2"), "--out", str(tmp_path / "run"))
     assert code == 0, err
     gpt, cfg, _ = load_checkpoint_model(tmp_path / "run")
     ids = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(gpt(ids)[0], reference(ids).logits, atol=1e-5, rtol=1e-5)
     assert cfg.model.attention == "softmax" and gpt.num_params() == reference.num_parameters()
+    assert cfg.model.tie_word_embeddings == tied and cfg.model.init_std == 0.05
+    assert (gpt.lm_head.weight is gpt.transformer.wte.weight) == tied
 
 
 @pytest.mark.slow
