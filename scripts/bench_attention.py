@@ -12,6 +12,13 @@ Decode: per-token step time and state bytes after prefilling several context len
 A backend spec is a registry name with optional options, e.g. `taylor:crossover=1` (always the linear form) or
 `taylor:crossover=1000000` (always the direct form); those two measure taylor's crossover. Cases whose predicted
 time exceeds --max-case-seconds are skipped (reported as such). Writes <out>.csv, <out>.md and <out>.png.
+
+Paired mode (`--against softmax`): forward+backward of each backend and of the reference backend take turns in
+one process, round after round, and the median of the per-round time ratios is reported, so load from other jobs
+slows both alike. `--baseline-rev REV` runs every case also from REV's tree (git archive), taking turns with this
+tree; `--profile` adds where one forward+backward of each backend spends its time (torch.profiler, self time of
+each op, grouped by kind), and the time of one tile's GEMMs in float32, bfloat16 and float16. Writes <out>.csv and
+<out>.md.
 """
 
 from __future__ import annotations
@@ -19,14 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # runnable as a plain script from anywhere
+# Runnable as a plain script from anywhere; a paired case of --baseline-rev imports the model from that tree.
+sys.path.insert(0, os.environ.get("BENCH_ATTENTION_TREE", str(REPO)))
 
 import torch  # noqa: E402
 
@@ -85,21 +96,27 @@ def make_inputs(name, options, b, h, n, d, dtype, requires_grad):
     return backend, q, k, v
 
 
+def training_step(backend, q, k, v, backward: bool):
+    """One forward (and backward, against a fixed random output gradient) of the training form, as a closure."""
+    grad_out = torch.randn(q.shape, dtype=q.dtype)
+
+    def run():
+        y = backend.forward(q, k, v)
+        if backward:
+            torch.autograd.backward(y, grad_out)
+            for x in (q, k, v):
+                x.grad = None
+
+    return run
+
+
 def run_training_case(case: dict) -> dict:
     """Child process: time and peak memory of one (backend, dtype, n, mode)."""
     torch.set_num_threads(case["threads"])
     dtype = getattr(torch, case["dtype"])
     backend, q, k, v = make_inputs(case["name"], case["options"], case["batch"], case["heads"], case["n"],
                                    case["head_dim"], dtype, requires_grad=True)
-    grad_out = torch.randn(q.shape, dtype=dtype)
-
-    def run():
-        y = backend.forward(q, k, v)
-        if case["mode"] == "fwd+bwd":
-            torch.autograd.backward(y, grad_out)
-            for x in (q, k, v):
-                x.grad = None
-
+    run = training_step(backend, q, k, v, backward=case["mode"] == "fwd+bwd")
     baseline = rss_kib("VmRSS")
     exact_peak = reset_peak_rss()
     start = time.perf_counter()
@@ -147,9 +164,90 @@ def run_decode_case(case: dict) -> list[dict]:
     return rows
 
 
-def in_subprocess(kind: str, case: dict) -> dict | list | None:
+# Profiled aten ops by what they do; the rest (views, autograd bookkeeping) counts as "other ops".
+OP_KINDS = {
+    "GEMM": {"bmm", "baddbmm", "baddbmm_", "mm", "addmm", "matmul", "addbmm"},
+    "pointwise": {"mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_", "reciprocal", "reciprocal_", "square",
+                  "square_", "pow", "pow_", "neg", "rsub"},
+    "masking": {"tril", "tril_", "masked_fill", "masked_fill_", "where"},
+    "casts, copies": {"copy_", "_to_copy", "clone", "cat", "constant_pad_nd"},
+    "allocation, fill": {"empty", "empty_strided", "empty_like", "zeros", "zeros_like", "new_zeros", "new_empty",
+                         "fill_", "zero_"},
+    "reductions": {"sum"},
+}
+PROFILE_COLUMNS = [*OP_KINDS, "other ops", "outside ops"]
+
+
+def profile_by_kind(run) -> dict:
+    """Seconds of one run of `run` per kind of op (self time under torch.profiler); "outside ops" is the wall time
+    that no aten op accounts for (Python, autograd, the profiler itself)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        run()
+        wall = time.perf_counter() - start
+    seconds = dict.fromkeys(PROFILE_COLUMNS, 0.0)
+    for event in prof.key_averages():
+        if event.key.startswith("aten::"):
+            op = event.key.removeprefix("aten::")
+            kind = next((kind for kind, ops in OP_KINDS.items() if op in ops), "other ops")
+            seconds[kind] += event.self_cpu_time_total / 1e6
+    seconds["outside ops"] = wall - sum(seconds.values())
+    return seconds | {"profiled_s": wall}
+
+
+def run_paired_case(case: dict) -> dict:
+    """Child process: forward+backward of the backend and of the reference backend (`against`) taking turns for
+    `rounds` rounds after an untimed run of each; with `profile`, one more run of the backend under the profiler."""
+    torch.set_num_threads(case["threads"])
+    dtype = getattr(torch, case["dtype"])
+    shape = (case["batch"], case["heads"], case["n"], case["head_dim"])
+    runs = {}
+    for side, name, options in (("ours", case["name"], case["options"]), ("reference", case["against"], {})):
+        backend, q, k, v = make_inputs(name, options, *shape, dtype, requires_grad=True)
+        runs[side] = training_step(backend, q, k, v, backward=True)
+        runs[side]()
+    times = {side: [] for side in runs}
+    for _ in range(case["rounds"]):
+        for side, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[side].append(time.perf_counter() - start)
+    result = times | {"load": os.getloadavg()[0]}
+    return result | ({"profile": profile_by_kind(runs["ours"])} if case["profile"] else {})
+
+
+def run_tile_gemm_case(case: dict) -> list[dict]:
+    """Child process: the direct forms' two tile GEMMs, scores (BH, block, d) x (BH, d, block) and weighted values
+    (BH, block, block) x (BH, block, d), in each dtype in turn; median seconds over `rounds` rounds."""
+    torch.set_num_threads(case["threads"])
+    bh, block, d = case["batch"] * case["heads"], case["block"], case["head_dim"]
+    gen = torch.Generator().manual_seed(0)
+    products = {}
+    for dtype in case["dtypes"]:
+        q, k, v = (torch.randn(bh, block, d, generator=gen).to(getattr(torch, dtype)) for _ in range(3))
+        w = torch.randn(bh, block, block, generator=gen).to(q.dtype)
+        products[dtype, "scores q kᵀ"] = lambda q=q, k=k: torch.bmm(q, k.transpose(1, 2))
+        products[dtype, "weighted values w v"] = lambda w=w, v=v: torch.bmm(w, v)
+    times = {key: [] for key in products}
+    for product in products.values():
+        product()
+    for _ in range(case["rounds"]):
+        for key, product in products.items():
+            start = time.perf_counter()
+            product()
+            times[key].append(time.perf_counter() - start)
+    flops = 2 * bh * block * block * d
+    return [{"dtype": dtype, "product": name, "time_s": statistics.median(t), "gflops": flops / statistics.median(t) / 1e9}
+            for (dtype, name), t in times.items()]
+
+
+def in_subprocess(kind: str, case: dict, tree: Path = REPO) -> dict | list | None:
+    """Run one case in a fresh process, importing the model from `tree` (this repository or a baseline's)."""
     command = [sys.executable, str(Path(__file__).resolve()), f"--{kind}-case", json.dumps(case)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    env = os.environ | {"BENCH_ATTENTION_TREE": str(tree)}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tree, env=env)
     if result.returncode != 0:
         print(f"  failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")
         return None
@@ -205,6 +303,95 @@ def benchmark(args) -> tuple[list[dict], list[dict]]:
                     print(f"{name:<32} {dtype:<9} decode   ctx={r['context']:<6} {r['step_ms']:8.2f} ms/token "
                           f"state {r['state_bytes'] / 2**20:8.2f} MiB", flush=True)
     return train_rows, decode_rows
+
+
+def paired(args) -> tuple[list[dict], list[dict]]:
+    """Paired mode: every (backend, dtype, n) case in `turns` fresh processes per tree, the trees taking turns."""
+    from experiments.revision import extract_revision  # here: a baseline tree's child may predate the module
+
+    specs = [parse_spec(s) for s in args.backends]
+    common = {"threads": args.threads, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
+              "rounds": args.rounds}
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        trees = {"this tree": REPO}
+        if args.baseline_rev:
+            trees[f"baseline {args.baseline_rev}"] = extract_revision(args.baseline_rev, Path(scratch))
+        for name, options in specs:
+            for dtype in args.dtypes:
+                for n in sorted(args.lengths):
+                    case = common | {"name": name, "options": options, "against": args.against, "dtype": dtype,
+                                     "n": n}
+                    results = {tree: [] for tree in trees}
+                    for turn in range(args.turns):
+                        for tree, path in trees.items():
+                            result = in_subprocess("paired", case | {"profile": args.profile and turn == 0}, path)
+                            if result is not None:
+                                results[tree].append(result)
+                    for tree, found in results.items():
+                        if found:
+                            rows.append(paired_row(label(name, options), dtype, n, tree, found))
+                            print(f"{rows[-1]['backend']:<32} {dtype:<9} n={n:<6} {tree:<20} "
+                                  f"{rows[-1]['ratio']:.2f}x {args.against}", flush=True)
+        gemm_rows = []
+        if args.profile:
+            gemm_case = common | {"block": args.block, "dtypes": ["float32", "bfloat16", "float16"]}
+            gemm_rows = in_subprocess("tile-gemm", gemm_case) or []
+    return rows, gemm_rows
+
+
+def paired_row(backend: str, dtype: str, n: int, tree: str, results: list[dict]) -> dict:
+    """Medians over every round of every turn; the ratio is the median of the rounds' ours / reference ratios."""
+    ours = [t for r in results for t in r["ours"]]
+    reference = [t for r in results for t in r["reference"]]
+    ratios = [o / ref for o, ref in zip(ours, reference)]
+    profile = next((r["profile"] for r in results if "profile" in r), {})
+    return {"backend": backend, "dtype": dtype, "n": n, "tree": tree, "rounds": len(ratios),
+            "ours_s": statistics.median(ours), "reference_s": statistics.median(reference),
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "load": statistics.mean(r["load"] for r in results)} | profile
+
+
+def paired_markdown(args, rows: list[dict], gemm_rows: list[dict], loads: tuple[float, float]) -> str:
+    measured = (f"forward+backward time of each backend's training form over that of {args.against} in the same "
+                "process, the two taking turns round after round (ratio: median of the rounds' ratios)"
+                + (f"; each case also from the tree of {args.baseline_rev}, the trees taking turns"
+                   if args.baseline_rev else "")
+                + ("; where one forward+backward spends its time" if args.profile else ""))
+    config = (f"{args.threads} thread(s), B={args.batch}, H={args.heads}, d={args.head_dim}, causal, {args.turns} "
+              f"process(es) per tree x {args.rounds} rounds after an untimed run, torch {torch.__version__}")
+    page = opening("Paired attention benchmark", measured, command_line(__file__), config, this_machine(), today())
+    lines = [f"Load average (1 min) {loads[0]:.2f} at the start, {loads[1]:.2f} at the end, on "
+             f"{os.cpu_count()} logical CPUs; per case in the `load` column of the CSV.", "",
+             f"## Time / {args.against}'s time, forward+backward", ""]
+    trees = list(dict.fromkeys(r["tree"] for r in rows))
+    cases = list(dict.fromkeys((r["backend"], r["dtype"], r["n"]) for r in rows))
+    by_key = {(r["backend"], r["dtype"], r["n"], r["tree"]): r for r in rows}
+    table = []
+    for backend, dtype, n in cases:
+        found = [by_key.get((backend, dtype, n, tree)) for tree in trees]
+        table.append([backend, dtype, n, *(
+            f"{r['ratio']:.2f}× ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}); {r['ours_s']:.3g} s / "
+            f"{r['reference_s']:.3g} s" if r else "–" for r in found)])
+    lines += [markdown_table(["backend", "dtype", "n", *trees], table), "",
+              "Each cell: median ratio (range over the rounds); median seconds of the backend / of "
+              f"{args.against}.", ""]
+    profiled = [r for r in rows if "profiled_s" in r]
+    if profiled:
+        lines += ["## Where the time goes (one profiled forward+backward)", "",
+                  "Milliseconds of self time per kind of aten op, share of the profiled run in parentheses; "
+                  "`outside ops`: wall time no op accounts for (Python, autograd, profiler).", ""]
+        table = [[r["backend"], r["dtype"], r["n"], r["tree"],
+                  *(f"{1e3 * r[c]:.0f} ({r[c] / r['profiled_s']:.0%})" for c in PROFILE_COLUMNS),
+                  f"{1e3 * r['profiled_s']:.0f}"]
+                 for r in sorted(profiled, key=lambda r: (r["backend"], r["dtype"], r["n"], r["tree"]))]
+        lines += [markdown_table(["backend", "dtype", "n", "tree", *PROFILE_COLUMNS, "total"], table), ""]
+    if gemm_rows:
+        lines += [f"## One tile's GEMMs (block {args.block}, {args.batch * args.heads} heads batched)", "",
+                  markdown_table(["dtype", "product", "µs", "GFLOP/s"],
+                                 [[r["dtype"], r["product"], f"{1e6 * r['time_s']:.0f}", f"{r['gflops']:.0f}"]
+                                  for r in gemm_rows]), ""]
+    return page + "\n".join(lines)
 
 
 def lookup(rows, backend, dtype, n, mode):
@@ -367,14 +554,32 @@ def main() -> None:
     parser.add_argument("--decode-contexts", type=int, nargs="*", default=[256, 1024, 4096, 16384])
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--out", default="results/bench_attention", help="output prefix (.csv, .md, .png)")
-    parser.add_argument("--training-case", help=argparse.SUPPRESS)
-    parser.add_argument("--decode-case", help=argparse.SUPPRESS)
+    parser.add_argument("--against", help="paired mode: the reference backend timed in turn with each backend")
+    parser.add_argument("--baseline-rev", help="paired mode: also time each case from this git revision's tree")
+    parser.add_argument("--profile", action="store_true",
+                        help="paired mode: where the time goes (torch.profiler), and one tile's GEMMs per dtype")
+    parser.add_argument("--rounds", type=int, default=5, help="paired mode: rounds per process")
+    parser.add_argument("--turns", type=int, default=2, help="paired mode: processes per case and tree")
+    parser.add_argument("--block", type=int, default=128, help="paired mode: tile size of the GEMM timings")
+    for kind in ("training", "decode", "paired", "tile-gemm"):
+        parser.add_argument(f"--{kind}-case", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.training_case:
-        print(json.dumps(run_training_case(json.loads(args.training_case))))
-        return
-    if args.decode_case:
-        print(json.dumps(run_decode_case(json.loads(args.decode_case))))
+    children = {"training_case": run_training_case, "decode_case": run_decode_case, "paired_case": run_paired_case,
+                "tile_gemm_case": run_tile_gemm_case}
+    for option, child in children.items():
+        if getattr(args, option):
+            print(json.dumps(child(json.loads(getattr(args, option)))))
+            return
+    if args.against:
+        loads = [os.getloadavg()[0]]
+        rows, gemm_rows = paired(args)
+        loads.append(os.getloadavg()[0])
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".csv").write_text(csv_text([{"kind": "paired"} | r for r in rows]
+                                                    + [{"kind": "tile gemm"} | r for r in gemm_rows]))
+        out.with_suffix(".md").write_text(paired_markdown(args, rows, gemm_rows, tuple(loads)))
+        print(f"wrote {out}.csv, {out}.md")
         return
 
     train_rows, decode_rows = benchmark(args)

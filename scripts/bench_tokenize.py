@@ -19,7 +19,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 from data.config import DataConfig
 from data.sources import iter_documents, resolve_source
 from data.tokenizer import PIECE_CHARS, TextTokenizer, gpt2_tokenizer, load_tokenizer
+from experiments.revision import extract_revision
 from fileio.pages import REPO, command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 
@@ -45,15 +45,6 @@ def prepare_once(tree: Path, source: str) -> tuple[int, float, float]:
     return int(tokens.replace(",", "")), float(seconds), wall
 
 
-def extract(rev: str, into: Path) -> Path:
-    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO, capture_output=True, check=True).stdout
-    path = into / "baseline.tar"
-    path.write_bytes(archive)
-    with tarfile.open(path) as tar:
-        tar.extractall(into / "tree", filter="data")
-    return into / "tree"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="shakespeare")
@@ -64,7 +55,8 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        trees = {"this tree": REPO, f"baseline {args.baseline_rev}": extract(args.baseline_rev, Path(scratch))}
+        baseline = extract_revision(args.baseline_rev, Path(scratch))
+        trees = {"this tree": REPO, f"baseline {args.baseline_rev}": baseline}
         runs: dict[str, list[tuple[int, float, float]]] = {name: [] for name in trees}
         for _ in range(args.rounds):
             for name, tree in trees.items():

@@ -36,6 +36,21 @@ def test_bench_attention_times_every_case_and_the_decode_step(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+def test_bench_attention_paired_mode_times_each_tree_against_the_reference_and_profiles(tmp_path):
+    out = tmp_path / "paired"
+    run_script("scripts/bench_attention.py", "--against", "softmax", "--backends", "expressive", "--lengths", "32",
+               "--dtypes", "bfloat16", "--heads", "2", "--rounds", "2", "--turns", "1", "--baseline-rev", "HEAD",
+               "--profile", "--block", "16", "--out", str(out))
+    rows = read_rows(out.with_suffix(".csv"))
+    paired = [r for r in rows if r["kind"] == "paired"]
+    assert {r["tree"] for r in paired} == {"this tree", "baseline HEAD"}
+    assert all(float(r["ratio"]) > 0 and int(r["rounds"]) == 2 and float(r["GEMM"]) > 0 for r in paired)
+    gemms = {r["dtype"] for r in rows if r["kind"] == "tile gemm"}
+    assert gemms == {"float32", "bfloat16", "float16"}
+    page = out.with_suffix(".md").read_text()
+    assert "Load average" in page and "| expressive | bfloat16 | 32 |" in page
+
+
 def test_bench_decode_reports_latency_and_state_bytes_per_position(tmp_path):
     out = tmp_path / "decode"
     run_script("scripts/bench_decode.py", "--backends", "softmax", "taylor", "--positions", "8", "24", "--steps", "2",
@@ -46,4 +61,37 @@ def test_bench_decode_reports_latency_and_state_bytes_per_position(tmp_path):
     kv_cache, state = ([int(r["state_bytes"]) for r in by_backend[b]] for b in ("softmax", "taylor"))
     assert kv_cache[0] < kv_cache[1]  # the KV cache grows with the context
     assert state[0] == state[1]  # taylor's state does not
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_bench_decode_batches_report_throughput_and_state_bytes_per_batch(tmp_path):
+    out = tmp_path / "batch"
+    run_script("scripts/bench_decode.py", "--config", "configs/tiny.yaml", "--backends", "softmax", "logexp",
+               "--positions", "24", "--batches", "1", "4", "--steps", "2", "--prefill-chunk", "16", "--out", str(out))
+    rows = read_rows(out.with_suffix(".csv"))
+    assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("softmax", "logexp") for n in ("1", "4")}
+    assert all(float(r["tokens_per_s"]) > 0 and not r["skipped"] for r in rows)
+    for backend in ("softmax", "logexp"):
+        one, four = (int(r["state_bytes"]) for n in ("1", "4") for r in rows if (r["backend"], r["batch"]) ==
+                     (backend, n))
+        assert four == 4 * one  # the batch-1 state repeated four times
+    page = out.with_suffix(".md").read_text()
+    assert page.startswith("# Decode benchmark\n\nMeasured: ") and "Machine: " in page
+    assert "| backend | state | batch 1 | batch 4 |" in page
+
+
+def test_bench_decode_long_reports_latency_and_memory_per_bucket(tmp_path):
+    out = tmp_path / "long"
+    run_script("scripts/bench_decode_long.py", "--config", "configs/tiny.yaml", "--backends", "logexp", "taylor",
+               "--tokens", "25", "--bucket", "10", "--out", str(out))
+    rows = read_rows(out.with_suffix(".csv"))
+    for backend in ("logexp", "taylor"):
+        own = [r for r in rows if r["backend"] == backend]
+        assert [int(r["position"]) for r in own] == [10, 20, 25]  # the last bucket holds the rest
+        assert [int(r["tokens"]) for r in own] == [10, 10, 5]
+        assert all(float(r["p99_ms"]) >= float(r["median_ms"]) > 0 and float(r["rss_mib"]) > 0 for r in own)
+        assert len({r["state_bytes"] for r in own}) == 1  # a constant-size state
+    page = out.with_suffix(".md").read_text()
+    assert page.startswith("# Decoding a long stream\n\nMeasured: ") and "Machine: " in page
+    assert "Run finished" in page and "- **taylor**: 25 of 25 tokens" in page
     assert out.with_suffix(".png").stat().st_size > 0
