@@ -11,10 +11,18 @@ The causal mask is applied to the weights, after the nonlinearity: masking the s
 squaring gives NaN or weight 1 on future tokens. Padding keys are masked the same way (their weights set to 0);
 a padding query, which may see no key at all, divides by 1 instead of its sum so that its discarded output stays
 finite.
+
+Precision (`gemm_dtype`): bf16 inputs keep bf16 GEMM operands where the device multiplies bf16 natively, as
+FlashAttention does: scores from bf16 q, k; the weights, cast to bf16, times v; the same for the backward products.
+Each tile's product is added into fp32 accumulators (num, den, dq, dk, dv), and the weight and its derivative are
+evaluated in fp32 from the scores. Other dtypes run every step in their accumulation dtype (fp32, fp64), and so does
+fp16: g = dy / den of a row whose weights nearly vanish would overflow its 65504 range. Where the time goes, and the
+error against the fp64 reference: results/bench_direct_bf16.md, tests/model/test_attention_direct.py.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -22,6 +30,7 @@ import torch
 
 from model.attention.base import zero_masked_queries
 from model.attention.kv_cache import causal_mask, padded_causal_mask
+from model.attention.numerics import accumulation_dtype, fold_heads, fold_mask, unfold_heads
 
 
 class PointwiseWeight(Protocol):
@@ -50,6 +59,35 @@ def safe_denominator(den: torch.Tensor, eps: float, queries_valid: torch.Tensor 
     discarded, must stay finite (a NaN there would reach the next layer's keys)."""
     den = den + eps
     return den if queries_valid is None else den.masked_fill_(~queries_valid, 1.0)
+
+
+@functools.cache
+def _cpu_multiplies_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 GEMMs several times faster than fp32 ones (without them, far slower)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def gemm_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype of the tiles' GEMM operands for inputs of `dtype` on `device` (the module docstring says why)."""
+    if dtype == torch.bfloat16 and (device.type != "cpu" or _cpu_multiplies_bf16()):
+        return dtype
+    return accumulation_dtype(dtype)
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """q kᵀ of one tile (BH, queries, keys), a fresh tensor in `dtype` for the weight to overwrite."""
+    return torch.bmm(q, k.transpose(1, 2)).to(dtype)
+
+
+def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """out += a @ b: fused where all three share a dtype; else the tile's product, in the operands' dtype, is added
+    into `out` (fp32), so that sums over many tiles accumulate in fp32."""
+    return out.baddbmm_(a, b) if a.dtype == out.dtype else out.add_(torch.bmm(a, b))
+
+
+def _product_minus(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b - h, in h's dtype (fp32 from bf16 operands)."""
+    return torch.baddbmm(h, a, b, beta=-1) if a.dtype == h.dtype else torch.sub(torch.bmm(a, b), h)
 
 
 def _tiles(t: int, past: int, block: int) -> Iterator[tuple[int, int, list[tuple[int, int, int | None]]]]:
@@ -84,29 +122,31 @@ def tiled_numerator_and_denominator(
     keys_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sum_j w_ij v_j and sum_j w_ij for queries at positions past..past+T-1 over keys 0..past+T-1, the padding
-    keys (False in keys_valid (BH, past + T)) left out.
+    keys (False in keys_valid (BH, past + T)) left out. The GEMMs run in the inputs' dtype, the weights and the sums
+    in its accumulation dtype.
 
     q: (BH, T, d), k: (BH, past + T, d), v: (BH, past + T, d_v); returns (BH, T, d_v), (BH, T).
     """
+    acc = accumulation_dtype(q.dtype)
     padding = None if keys_valid is None else ~keys_valid
-    num = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
-    den = q.new_empty(q.shape[0], q.shape[1])
+    num = q.new_empty(q.shape[0], q.shape[1], v.shape[-1], dtype=acc)
+    den = q.new_empty(q.shape[0], q.shape[1], dtype=acc)
     for i0, i1, keys in _tiles(q.shape[1], past, block):
         # Per-block accumulators: baddbmm_ into a strided slice would fall back to one GEMM per head.
-        num_i = q.new_zeros(q.shape[0], i1 - i0, v.shape[-1])
-        den_i = q.new_zeros(q.shape[0], i1 - i0)
+        num_i = q.new_zeros(q.shape[0], i1 - i0, v.shape[-1], dtype=acc)
+        den_i = q.new_zeros(q.shape[0], i1 - i0, dtype=acc)
         for j0, j1, diagonal in keys:
-            w = _causal_(weight(torch.bmm(q[:, i0:i1], k[:, j0:j1].transpose(1, 2))), diagonal, padding, j0)
-            num_i.baddbmm_(w, v[:, j0:j1])
+            w = _causal_(weight(_scores(q[:, i0:i1], k[:, j0:j1], acc)), diagonal, padding, j0)
+            _add_product(num_i, w.to(v.dtype), v[:, j0:j1])
             den_i += w.sum(-1)
         num[:, i0:i1], den[:, i0:i1] = num_i, den_i
     return num, den
 
 
-def _blocked(x: torch.Tensor, block: int) -> torch.Tensor:
+def _blocked(x: torch.Tensor, block: int, dtype: torch.dtype) -> torch.Tensor:
     """Zeros shaped (n_blocks, BH, block, f): one contiguous accumulator per key block."""
     n_blocks = -(-x.shape[1] // block)
-    return x.new_zeros(n_blocks, x.shape[0], block, x.shape[2])
+    return x.new_zeros(n_blocks, x.shape[0], block, x.shape[2], dtype=dtype)
 
 
 def _unblocked(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -136,27 +176,30 @@ class _TiledCausalAttention(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, dy):
         q, k, v, y, den, valid = ctx.saved_tensors
-        block = ctx.block
+        block, acc = ctx.block, y.dtype
         padding = None if valid is None else ~valid
         # y_i = num_i / den_i, so dL/dw_ij = (dy_i · v_j - dy_i · y_i) / den_i = g_i · v_j - h_i.
-        g = dy / den[..., None]  # (BH, T, d_v)
-        h = (g * y).sum(-1, keepdim=True)  # (BH, T, 1)
-        dq = torch.empty_like(q)
-        dk, dv = _blocked(k, block), _blocked(v, block)
+        g_op = (dy / den[..., None]).to(v.dtype)  # (BH, T, d_v), the GEMM operand
+        # h from the operand itself, so that g·v_j - h cancels exactly as far as the products' rounding allows.
+        h = (g_op * y).sum(-1, keepdim=True)  # (BH, T, 1), in y's dtype
+        dq = q.new_empty(q.shape, dtype=acc)
+        dk, dv = _blocked(k, block, acc), _blocked(v, block, acc)
         for i0, i1, keys in _tiles(q.shape[1], 0, block):
-            dq_i = q.new_zeros(q.shape[0], i1 - i0, q.shape[2])
+            dq_i = q.new_zeros(q.shape[0], i1 - i0, q.shape[2], dtype=acc)
             for j0, j1, diagonal in keys:
-                w, dw_ds = ctx.weight.with_derivative(torch.bmm(q[:, i0:i1], k[:, j0:j1].transpose(1, 2)))
+                w, dw_ds = ctx.weight.with_derivative(_scores(q[:, i0:i1], k[:, j0:j1], acc))
                 _causal_(w, diagonal, padding, j0)
-                ds = torch.baddbmm(h[:, i0:i1], g[:, i0:i1], v[:, j0:j1].transpose(1, 2), beta=-1).mul_(dw_ds)
+                ds = _product_minus(h[:, i0:i1], g_op[:, i0:i1], v[:, j0:j1].transpose(1, 2)).mul_(dw_ds)
                 _causal_(ds, diagonal, padding, j0)
-                dq_i.baddbmm_(ds, k[:, j0:j1])
+                ds, w = ds.to(q.dtype), w.to(v.dtype)
+                _add_product(dq_i, ds, k[:, j0:j1])
                 jb = j0 // block
-                dk[jb, :, : j1 - j0].baddbmm_(ds.transpose(1, 2), q[:, i0:i1])
-                dv[jb, :, : j1 - j0].baddbmm_(w.transpose(1, 2), g[:, i0:i1])
+                _add_product(dk[jb, :, : j1 - j0], ds.transpose(1, 2), q[:, i0:i1])
+                _add_product(dv[jb, :, : j1 - j0], w.transpose(1, 2), g_op[:, i0:i1])
             dq[:, i0:i1] = dq_i
         t = q.shape[1]
-        return dq, _unblocked(dk, t), _unblocked(dv, t), None, None, None, None
+        dk, dv = _unblocked(dk, t), _unblocked(dv, t)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
 
 
 def tiled_causal_attention(
@@ -164,5 +207,23 @@ def tiled_causal_attention(
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Differentiable causal attention (BH, T, d) x 3 -> (BH, T, d_v) in O(T·block) memory; `q` carries any scale.
+    The GEMMs run in the inputs' dtype (see `gemm_dtype`), the output is in its accumulation dtype.
     `valid` (BH, T): False for padding (keys left out; the queries' outputs are finite, for the caller to zero)."""
     return _TiledCausalAttention.apply(q, k, v, weight, eps, block, valid)
+
+
+def tiled_direct_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: PointwiseWeight, *, scale: float, eps: float,
+    block: int, mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention with weights w(scale · q·k), (B, H, T, d) x 3 -> (B, H, T, d_v) in q's dtype, through the
+    tiled kernel with its GEMMs in `gemm_dtype`. `mask` (B, T): False for padding (keys left out; the queries'
+    outputs are finite, for the caller to zero)."""
+    dtype = gemm_dtype(q.dtype, q.device)
+    qf = fold_heads(q, dtype)
+    if scale != 1.0:
+        qf = qf * scale
+    valid = None if mask is None else fold_mask(mask, q.shape[1])
+    y = tiled_causal_attention(qf, fold_heads(k, dtype), fold_heads(v, dtype), weight, eps=eps, block=block,
+                               valid=valid)
+    return unfold_heads(y, q)

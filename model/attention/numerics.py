@@ -3,7 +3,8 @@
 Kernels fold the batch and head dimensions into one (`(B, H, T, d) -> (B*H, T, d)`, so every product is one batched
 GEMM over all heads) and compute in the accumulation dtype: float32 for float32/bfloat16/float16 inputs (sums of
 squared scores overflow half precision, and states summed over thousands of tokens need fp32), float64 for float64
-(the tests' exact mode).
+(the tests' exact mode). The direct forms' tiles are the exception: their GEMMs take bf16 operands where the device
+multiplies bf16 natively, summed in fp32 (model/attention/direct.py).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def fold_heads(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, d) in any float dtype -> (B*H, T, d) in the accumulation dtype."""
+def fold_heads(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(B, H, T, d) in any float dtype -> (B*H, T, d) in `dtype`, by default the accumulation dtype."""
     b, h, t, d = x.shape
-    return x.reshape(b * h, t, d).to(accumulation_dtype(x.dtype))
+    return x.reshape(b * h, t, d).to(dtype or accumulation_dtype(x.dtype))
 
 
 def fold_mask(mask: torch.Tensor, heads: int) -> torch.Tensor:
