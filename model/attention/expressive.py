@@ -19,7 +19,7 @@ from model.attention.base import AttentionBackend, zero_masked_queries
 from model.attention.direct import (
     naive_causal_average,
     safe_denominator,
-    tiled_causal_attention,
+    tiled_direct_attention,
     tiled_numerator_and_denominator,
 )
 from model.attention.kv_cache import KVCache, append_kv, empty_kv_cache, kv_cache_bytes
@@ -74,12 +74,11 @@ class ExpressiveAttention(AttentionBackend):
         return naive_causal_average(s**2 / (1 + s**2), v, self.eps, mask)
 
     def forward(self, q, k, v, mask=None):
-        tau = _temperature(self.temperature, q.shape[-1])
-        y = tiled_causal_attention(
-            fold_heads(q) * tau, fold_heads(k), fold_heads(v), SaturatingSquare(), eps=self.eps, block=self.block_size,
-            valid=None if mask is None else fold_mask(mask, q.shape[1]),
+        y = tiled_direct_attention(
+            q, k, v, SaturatingSquare(), scale=_temperature(self.temperature, q.shape[-1]), eps=self.eps,
+            block=self.block_size, mask=mask,
         )
-        return zero_masked_queries(unfold_heads(y, q), mask)
+        return zero_masked_queries(y, mask)
 
     def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> KVCache:
         # Cached in the accumulation dtype, so a step never re-converts the whole cache.

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from model.attention.base import AttentionBackend, zero_masked_queries
 from model.attention.crossover import measured_crossover
-from model.attention.direct import naive_causal_average, safe_denominator, tiled_causal_attention
+from model.attention.direct import naive_causal_average, safe_denominator, tiled_direct_attention
 from model.attention.linear_state import LinearAttentionState
 from model.attention.numerics import (
     accumulation_dtype,
@@ -337,13 +337,14 @@ class QuadraticKernelAttention(AttentionBackend):
 
     def forward(self, q, k, v, mask=None):
         kernel = self.kernel(q.shape[-1])
-        qf, kf, vf = fold_heads(q), fold_heads(k), fold_heads(v)
-        valid = None if mask is None else fold_mask(mask, q.shape[1])
         crossover = self.crossover or measured_crossover(self, q.shape[-1], q.dtype, q.device)
         if q.shape[2] < crossover:
-            y = tiled_causal_attention(qf, kf, vf, kernel, eps=self.eps, block=self.block_size, valid=valid)
-        else:
-            y = chunked_linear_attention(qf, kf, vf, kernel, eps=self.eps, chunk=self.chunk_size, valid=valid)
+            y = tiled_direct_attention(q, k, v, kernel, scale=1.0, eps=self.eps, block=self.block_size, mask=mask)
+            return zero_masked_queries(y, mask)
+        valid = None if mask is None else fold_mask(mask, q.shape[1])
+        y = chunked_linear_attention(
+            fold_heads(q), fold_heads(k), fold_heads(v), kernel, eps=self.eps, chunk=self.chunk_size, valid=valid
+        )
         return zero_masked_queries(unfold_heads(y, q), mask)
 
     def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> QuadraticKernelState:

@@ -11,7 +11,7 @@ from model.attention import linear
 def forms_run(monkeypatch) -> list[str]:
     """The forms the quadratic-kernel backends run, in call order: 'direct' (tiled) or 'linear' (chunked)."""
     ran = []
-    for function, form in (("tiled_causal_attention", "direct"), ("chunked_linear_attention", "linear")):
+    for function, form in (("tiled_direct_attention", "direct"), ("chunked_linear_attention", "linear")):
         original = getattr(linear, function)
 
         def spy(*args, _original=original, _form=form, **kwargs):
