@@ -16,12 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from model.attention.base import AttentionBackend, zero_masked_queries
-from model.attention.direct import (
-    naive_causal_average,
-    safe_denominator,
-    tiled_direct_attention,
-    tiled_numerator_and_denominator,
-)
+from model.attention.direct import naive_causal_average, safe_denominator, tiled_numerator_and_denominator
+from model.attention.flex import WEIGHT_FLOOR, direct_form
 from model.attention.kv_cache import KVCache, append_kv, empty_kv_cache, kv_cache_bytes
 from model.attention.linear import QuadraticKernel, QuadraticKernelAttention
 from model.attention.numerics import accumulation_dtype, fold_heads, fold_mask, unfold_heads
@@ -41,6 +37,12 @@ class SaturatingSquare:
         s2 = s.square()
         t = (s2 + 1.0).reciprocal_()  # 1 / (1 + s²)
         return s2.reciprocal_().add_(1.0).reciprocal_(), s.mul_(t).mul_(t).mul_(2.0)  # w, w' = 2 s / (1 + s²)²
+
+    def log(self, s: torch.Tensor) -> torch.Tensor:
+        """log w = log u - log(1 + u), u = s² floored at WEIGHT_FLOOR: its derivative 1/u - 1/(1 + u) stays finite
+        (the form -log(1 + 1/u) would square 1/u on the way back, past fp32's range)."""
+        u = (s * s).clamp(min=WEIGHT_FLOOR)
+        return u.log() - u.log1p()
 
 
 def _check_temperature(backend: str, temperature: float | None) -> None:
@@ -74,7 +76,7 @@ class ExpressiveAttention(AttentionBackend):
         return naive_causal_average(s**2 / (1 + s**2), v, self.eps, mask)
 
     def forward(self, q, k, v, mask=None):
-        y = tiled_direct_attention(
+        y = direct_form(
             q, k, v, SaturatingSquare(), scale=_temperature(self.temperature, q.shape[-1]), eps=self.eps,
             block=self.block_size, mask=mask,
         )

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from model.attention.base import AttentionBackend, zero_masked_queries
 from model.attention.crossover import measured_crossover
-from model.attention.direct import naive_causal_average, safe_denominator, tiled_direct_attention
+from model.attention.direct import naive_causal_average, safe_denominator
+from model.attention.flex import WEIGHT_FLOOR, direct_form
 from model.attention.linear_state import LinearAttentionState
 from model.attention.numerics import (
     accumulation_dtype,
@@ -145,6 +146,10 @@ class QuadraticKernel:
         """(w(s), w'(s)); may overwrite s."""
         slope = torch.mul(s, 2 * self.a).add_(self.b)
         return self(s), slope
+
+    def log(self, s: torch.Tensor) -> torch.Tensor:
+        """log w(s), w floored at WEIGHT_FLOOR (w = 0 at s = 0 for a pure square, or at one s when c = b²/(4a))."""
+        return ((self.a * s + self.b) * s + self.c).clamp(min=WEIGHT_FLOOR).log()
 
     def _block_sizes(self, d: int) -> tuple[int, int]:
         """Sizes of the constant and linear feature blocks."""
@@ -339,7 +344,7 @@ class QuadraticKernelAttention(AttentionBackend):
         kernel = self.kernel(q.shape[-1])
         crossover = self.crossover or measured_crossover(self, q.shape[-1], q.dtype, q.device)
         if q.shape[2] < crossover:
-            y = tiled_direct_attention(q, k, v, kernel, scale=1.0, eps=self.eps, block=self.block_size, mask=mask)
+            y = direct_form(q, k, v, kernel, scale=1.0, eps=self.eps, block=self.block_size, mask=mask)
             return zero_masked_queries(y, mask)
         valid = None if mask is None else fold_mask(mask, q.shape[1])
         y = chunked_linear_attention(

@@ -8,15 +8,26 @@ from model.attention import linear
 
 
 @pytest.fixture
-def forms_run(monkeypatch) -> list[str]:
-    """The forms the quadratic-kernel backends run, in call order: 'direct' (tiled) or 'linear' (chunked)."""
-    ran = []
-    for function, form in (("tiled_direct_attention", "direct"), ("chunked_linear_attention", "linear")):
-        original = getattr(linear, function)
+def record_calls(monkeypatch):
+    """record_calls(module, {function name: label}): spies on those functions of the module for the test, and
+    returns the list to which each call appends its label, in call order."""
 
-        def spy(*args, _original=original, _form=form, **kwargs):
-            ran.append(_form)
-            return _original(*args, **kwargs)
+    def record(module, labels: dict[str, str]) -> list[str]:
+        ran = []
+        for function, label in labels.items():
+            original = getattr(module, function)
 
-        monkeypatch.setattr(linear, function, spy)
-    return ran
+            def spy(*args, _original=original, _label=label, **kwargs):
+                ran.append(_label)
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(module, function, spy)
+        return ran
+
+    return record
+
+
+@pytest.fixture
+def forms_run(record_calls) -> list[str]:
+    """The forms the quadratic-kernel backends run, in call order: 'direct' (tiled or flex) or 'linear' (chunked)."""
+    return record_calls(linear, {"direct_form": "direct", "chunked_linear_attention": "linear"})
