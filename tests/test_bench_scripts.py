@@ -88,6 +88,7 @@ def test_bench_decode_long_reports_latency_and_memory_per_bucket(tmp_path):
     assert [int(r["position"]) for r in rows] == [10, 20, 25]  # the last bucket holds the rest
     assert [int(r["tokens"]) for r in rows] == [10, 10, 5]
     assert all(float(r["p99_ms"]) >= float(r["median_ms"]) > 0 and float(r["rss_mib"]) > 0 for r in rows)
+    assert all(float(r["cpu_median_ms"]) > 0 for r in rows)
     assert len({r["state_bytes"] for r in rows}) == 1  # a constant-size state
     page = out.with_suffix(".md").read_text()
     assert page.startswith("# Decoding a long stream\n\nMeasured: ") and "Machine: " in page
