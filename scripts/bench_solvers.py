@@ -35,6 +35,7 @@ from evals.extract import load_extracted
 from evals.instances import distinct_rows
 from evals.run import KERNEL_METHODS, time_vs_n
 from evals.solve import least_squares
+from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 
 KAPPAS = (1e2, 1e4, 1e6, 1e8)
@@ -127,7 +128,11 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def markdown(args: argparse.Namespace, kappa: list, tall: list, kernel: list) -> str:
-    parts = [f"# Solver benchmarks (float64, {args.threads} thread(s), `python scripts/bench_solvers.py`)", ""]
+    measured = [what for what, rows in (("iterations and accuracy of sketch + LSQR over κ", kappa),
+                                         ("wall time of the least-squares solvers on a tall matrix", tall),
+                                         ("iterations and wall time of the exp(A Aᵀ) solvers", kernel)) if rows]
+    parts = [opening("Solver benchmarks", ", and ".join(measured), command_line(__file__),
+                     f"float64, {args.threads} thread(s)", this_machine(), today()).rstrip("\n"), ""]
     if kappa:
         summary = []
         for key in sorted({(r["n"], r["coherent"], r["kappa"], r["method"], r["refine"]) for r in kappa}):

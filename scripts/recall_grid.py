@@ -311,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     machine, wall = machines_and_time(runs)
     measured = (f"final answer accuracy of {len(runs)} runs, each backend at its best learning rate per difficulty "
                 f"(key-value pairs × sequence length), beside the accuracy that needs no recall; {wall}")
-    page_opening = opening("Associative recall (MQAR) by backend and difficulty", measured,
+    title = "Associative recall (MQAR) by backend and difficulty"
+    if args.overrides:  # a variant of the config: the title tells its page from the main one
+        title += f", with {' '.join(args.overrides)}"
+    page_opening = opening(title, measured,
                            command_line(__file__, argv), describe_config(args.config, base, args.seeds, lrs), machine,
                            trained_dates(runs))
     print(write_results(grid, args.results, page_opening), end="")

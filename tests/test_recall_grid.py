@@ -92,6 +92,7 @@ def test_the_recall_grid_runs_a_sweep_per_difficulty(tmp_path):
         (b, p, lr) for b in ("softmax", SECOND) for p in "12" for lr in ("0.001", "0.002")}
     assert all(0.0 <= float(r["holdout_accuracy_mean"]) <= 1.0 for r in rows)
     page = (tmp_path / "results" / "mqar.md").read_text()
-    assert page.startswith("# Associative recall (MQAR) by backend and difficulty\n\nMeasured: ")
+    title = "# Associative recall (MQAR) by backend and difficulty, with train.max_steps=3 train.eval_interval=3 "
+    assert page.startswith(title + "data.eval_windows=16\n\nMeasured: ")
     assert "Machine: " in page and "Machine: not recorded" not in page
     assert (tmp_path / "results" / "mqar.png").is_file()

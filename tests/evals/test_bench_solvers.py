@@ -16,6 +16,8 @@ def test_bench_solvers_writes_every_part(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     text = out.with_suffix(".md").read_text()
+    assert text.startswith("# Solver benchmarks\n\nMeasured: iterations and accuracy of sketch + LSQR over κ, and ")
+    assert "Command: `python scripts/bench_solvers.py --kappa-n 512" in text and "Machine: " in text
     for heading in ("## κ sweep", "## Tall least squares, 2048 × 32", "## exp(A Aᵀ) x = b"):
         assert heading in text
     with open(out.with_suffix(".csv"), newline="") as handle:
