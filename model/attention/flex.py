@@ -61,8 +61,7 @@ class LogPointwiseWeight(PointwiseWeight, Protocol):
         ...
 
 
-# Static: a float of a weight (taylor's a, b, c) that dynamo made dynamic after a recompile fails to lower on the CPU.
-_compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+_compiled_flex_attention: Callable | None = None  # built on first use: torch.compile costs ~1 s of imports
 _flex_failed = False  # set once flex has raised: the direct form runs tiled from then on
 
 
@@ -99,7 +98,7 @@ def flex_causal_attention(
     (keys left out; the queries' outputs are finite, for the caller to zero). Runs the module's compiled
     flex_attention, or flex_attention itself while the caller is being compiled.
     """
-    kernel = flex_attention if torch.compiler.is_compiling() else _compiled_flex_attention
+    kernel = flex_attention if torch.compiler.is_compiling() else _compiled_kernel()
     score_dtype = torch.promote_types(q.dtype, torch.float32)
 
     def log_w(score, b, h, q_idx, kv_idx):
@@ -110,6 +109,15 @@ def flex_causal_attention(
         return kernel(q, k, v, score_mod=log_w, block_mask=block_mask, scale=scale)
     y, aux = kernel(q, k, v, score_mod=log_w, block_mask=block_mask, scale=scale, return_aux=AuxRequest(lse=True))
     return y * torch.sigmoid(aux.lse - math.log(eps)).to(y.dtype)[..., None]  # sum / (sum + eps)
+
+
+def _compiled_kernel() -> Callable:
+    global _compiled_flex_attention
+    if _compiled_flex_attention is None:
+        # Static: a float of a weight (taylor's a, b, c) that dynamo made dynamic after a recompile fails to lower
+        # on the CPU.
+        _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex_attention
 
 
 def direct_form_for(device: torch.device, dtype: torch.dtype) -> DirectForm:
