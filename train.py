@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from data.errors import DataError
 from data.tokenizer import load_tokenizer
-from fileio.pages import this_machine
+from fileio.pages import code_revision, this_machine
 from model.generation import ContextLimitReached, generate
 from model.gpt import GPT
 from model.sampling import Sampler
@@ -200,7 +200,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     if log is not None:  # where this stretch of the run trained: speeds are only comparable on the same machine
         log.log(state.step, event="start", machine=this_machine(), device=str(runtime.device),
                 dtype=str(runtime.dtype).removeprefix("torch."), processes=runtime.world_size,
-                threads=torch.get_num_threads(), torch=torch.__version__)
+                threads=torch.get_num_threads(), torch=torch.__version__, revision=code_revision())
 
     forward_model = maybe_compile(model, tc.compile, runtime.device, log_line)  # evaluation uses it too
     train_model = forward_model

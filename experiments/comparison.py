@@ -49,6 +49,7 @@ class Run:
     config: dict[str, Any]  # the resolved config (config.yaml)
     train_lines: list[dict[str, Any]]  # metrics lines with train_loss, one per step, by step
     eval_lines: list[dict[str, Any]]  # metrics lines with val_loss, one per step, by step
+    start_lines: list[dict[str, Any]]  # one per start or resume: machine, threads, torch, code revision
 
     @cached_property
     def settings(self) -> dict[str, Any]:
@@ -118,7 +119,8 @@ def load_run(path: Path) -> Run:
     except ConfigError as exc:
         raise ComparisonError(f"{path / 'config.yaml'} is not a usable run config ({exc})") from None
     run = Run(path, config, _last_per_step(line for line in lines if "train_loss" in line),
-              _last_per_step(line for line in lines if "val_loss" in line))
+              _last_per_step(line for line in lines if "val_loss" in line),
+              [line for line in lines if line.get("event") == "start"])
     if not run.eval_lines:
         raise ComparisonError(f"{path} has no evaluation in its metrics.jsonl yet")
     return run
@@ -218,6 +220,12 @@ def val_curve(runs: list[Run]) -> Curve:
         low=[min(values) for values in losses],
         high=[max(values) for values in losses],
     )
+
+
+def recorded(runs: list[Run], key: str) -> list[str]:
+    """The distinct values of `key` (e.g. "machine", "revision") in the runs' start records, sorted; runs trained
+    before the record had the key add nothing."""
+    return sorted({str(line[key]) for run in runs for line in run.start_lines if key in line})
 
 
 def trained_dates(runs: list[Run]) -> str:

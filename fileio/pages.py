@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -36,6 +37,19 @@ def this_machine() -> str:
                  if line.startswith("model name")]
         model = names[0] if names else model
     return f"{model}, {os.cpu_count()} logical CPUs"
+
+
+def code_revision(repo: Path = REPO) -> str:
+    """The git commit of the checkout at `repo` (12 hex digits), with `+dirty` when tracked files differ from it;
+    'not a git checkout' for an installed copy. Runs record it because any change to the code can move a seed's loss."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    return f"{commit}+dirty" if dirty else commit
 
 
 def today() -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from experiments.comparison import (
     ComparisonError, check_comparable, check_out_dir, csv_rows, group_runs, load_run, run_dirs,
-    settings_beyond_model, summarise, summary_table, trained_dates, val_curve, varying_settings,
+    recorded, settings_beyond_model, summarise, summary_table, trained_dates, val_curve, varying_settings,
 )
 from experiments.comparison_plot import plot_val_curves
 from fileio.pages import command_line, opening
@@ -53,14 +53,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: the runs also differ in {', '.join(beyond_model)}; each setting gets its own row, and the "
               "table compares those settings as well as the models", file=sys.stderr)
 
+    revisions = recorded(runs, "revision")
+    if len(revisions) > 1:
+        print(f"warning: the runs were trained by {len(revisions)} code revisions ({', '.join(revisions)}); a change "
+              "of code can move a seed's loss at floating-point level, so small differences may be the code's",
+              file=sys.stderr)
+
     summaries = summarise(runs)
     table = summary_table(summaries)
     data = runs[0].config["data"]
     config = (f"the runs' config.yaml: data.source={data['source']}, block_size {data['block_size']}, "
               f"{runs[0].budget:,} training tokens each, val windows {runs[0].eval_lines[-1].get('val_windows')}; "
-              f"groups set apart by {', '.join(varying_settings(runs)) or 'nothing'}")
+              f"groups set apart by {', '.join(varying_settings(runs)) or 'nothing'}; code "
+              f"{', '.join(revisions) or 'revision not recorded'}")
     page = opening(f"Comparison of {len(runs)} runs on {data['source']}", MEASURED, command_line(__file__, argv),
-                   config, "not recorded in the run records", f"trained {trained_dates(runs)}")
+                   config, "; ".join(recorded(runs, "machine")) or "not recorded in the run records",
+                   f"trained {trained_dates(runs)}")
     print(table, end="")
 
     out.mkdir(parents=True, exist_ok=True)

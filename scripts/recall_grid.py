@@ -34,12 +34,11 @@ from matplotlib.figure import Figure
 
 from data.config import MQAR
 from data.mqar import elimination_accuracy
-from experiments.comparison import ComparisonError, Run, check_comparable, load_run, run_dirs, trained_dates
+from experiments.comparison import ComparisonError, Run, check_comparable, load_run, recorded, run_dirs, trained_dates
 from fileio.pages import command_line, opening
 from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
 from training.config import RunConfig, load_config
-from training.metrics import read_metrics
 from typedconfig.parsing import ConfigError
 
 SWEEP = Path(__file__).resolve().parent / "sweep.py"
@@ -255,12 +254,12 @@ def describe_config(path: str, cfg: RunConfig, seeds: int, lrs: list[float]) -> 
 def machines_and_time(runs: list[Run]) -> tuple[str, str]:
     """The machines the runs' starts recorded, and the grid's wall time: its first to its last metrics line, with
     the seconds in training steps summed over the runs."""
-    lines = [line for run in runs for line in read_metrics(run.path)]
-    names = sorted({line["machine"] for line in lines if line.get("event") == "start" and "machine" in line})
-    times = [line["time"] for line in lines if "time" in line]
+    times = [line["time"] for run in runs for line in run.start_lines + run.train_lines + run.eval_lines
+             if "time" in line]
     steps = sum(max(line["elapsed"] for line in run.train_lines + run.eval_lines) for run in runs)
     span = (max(times) - min(times)) / 3600 if times else math.nan
-    return "; ".join(names) or "not recorded", f"{span:.2f} h wall time ({steps / 3600:.2f} h in training steps)"
+    return "; ".join(recorded(runs, "machine")) or "not recorded", \
+        f"{span:.2f} h wall time ({steps / 3600:.2f} h in training steps)"
 
 
 def main(argv: list[str] | None = None) -> int:

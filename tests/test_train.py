@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from fileio.pages import code_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_SILENT": "true",
@@ -251,9 +252,10 @@ def test_backend_options_from_the_command_line_keep_their_types(capsys):
     assert "attention_options:\n    crossover: 1\n    chunk_size: 16\n" in capsys.readouterr().out
 
 
-def test_each_start_records_the_machine(tmp_path, prepared_dir):
+def test_each_start_records_the_machine_and_the_code(tmp_path, prepared_dir):
     assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2")) == 0
     assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=3", "--resume")) == 0
     starts = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"start"' in line]
     assert [s["step"] for s in starts] == [0, 2]
     assert all(s["machine"] and s["device"] == "cpu" and s["threads"] == 1 for s in starts)
+    assert all(s["revision"] == code_revision() for s in starts)

@@ -18,15 +18,16 @@ STARTED = 1796083200.0  # 2026-12-01 00:00 UTC: when every fake run starts train
 
 
 def write_run(path: Path, *overrides: str, losses=(6.0, 5.0), fingerprint="f" * 16, seconds=10.0,
-              finished=True) -> Path:
+              finished=True, start: dict | None = None) -> Path:
     """A run directory of configs/tiny.yaml with `overrides`, evaluated at evenly spaced steps with `losses`, the
-    last at train.max_steps (or at half of it when not `finished`), taking `seconds` of training in all."""
+    last at train.max_steps (or at half of it when not `finished`), taking `seconds` of training in all; `start`:
+    the fields of the start record train.py writes first (none when not given, as in runs that predate it)."""
     cfg = load_config(ROOT / "configs/tiny.yaml", [f"train.out_dir={path}", *overrides])
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     steps = cfg.train.max_steps if finished else cfg.train.max_steps // 2
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.block_size
-    lines = []
+    lines = [] if start is None else [{"step": 0, "time": STARTED, "event": "start", **start}]
     for i, loss in enumerate(losses, 1):
         step = steps * i // len(losses)
         elapsed = seconds * step / steps

@@ -110,11 +110,23 @@ def test_the_cli_writes_the_page_the_csv_and_the_figure_to_its_own_folder(tmp_pa
     assert page[0] == "# Comparison of 3 runs on shakespeare"
     assert page[2].startswith("Measured: final and best val loss") and "Machine: not recorded" in page[2]
     assert f"Command: `python scripts/compare.py {tmp_path / 'sweep'} --out {out}`" in page[2]
-    assert "groups set apart by model.attention." in page[2] and page[2].endswith("Date: trained 2026-12-01.")
+    assert "groups set apart by model.attention; code revision not recorded." in page[2] and page[2].endswith("Date: trained 2026-12-01.")
     with open(out / "comparison.csv", newline="") as handle:
         assert [(row["backend"], row["runs"]) for row in csv.DictReader(handle)] == [("softmax", "2"), (SECOND, "1")]
     assert (out / "comparison.png").read_bytes().startswith(b"\x89PNG")
     assert not list((tmp_path / "sweep").glob("comparison.*"))
+
+
+def test_the_page_names_the_machines_and_code_revisions_the_runs_recorded(tmp_path, fake_run, compare, capsys):
+    machine = "AMD EPYC, 2 logical CPUs"
+    fake_run(tmp_path / "sweep" / "softmax-seed0", "train.seed=0", start={"machine": machine, "revision": "a" * 12})
+    fake_run(tmp_path / "sweep" / "softmax-seed1", "train.seed=1", start={"machine": machine, "revision": "b" * 12})
+    fake_run(tmp_path / "sweep" / "softmax-seed2", "train.seed=2")  # predates the start record
+    out = tmp_path / "comparison"
+    assert compare([str(tmp_path / "sweep"), "--out", str(out)]) == 0
+    assert f"trained by 2 code revisions ({'a' * 12}, {'b' * 12})" in capsys.readouterr().err
+    line = (out / "comparison.md").read_text().splitlines()[2]
+    assert f"; code {'a' * 12}, {'b' * 12}. Machine: {machine}. Date:" in line
 
 
 def test_the_cli_writes_to_a_new_folder_under_runs_by_default(tmp_path, fake_run, compare, monkeypatch):

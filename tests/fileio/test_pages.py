@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
-from fileio.pages import REPO, command_line, opening, this_machine
+from fileio.pages import REPO, code_revision, command_line, opening, this_machine
 
 
 def test_the_opening_is_a_heading_and_one_line():
@@ -23,3 +25,20 @@ def test_the_command_is_shown_as_typed_from_the_repository_root():
 def test_the_machine_names_a_cpu_and_counts_its_logical_cpus():
     model, _, count = this_machine().rpartition(", ")
     assert model and count.endswith(" logical CPUs") and int(count.split()[0]) >= 1
+
+
+def test_the_code_revision_is_the_commit_marked_dirty_by_uncommitted_changes(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+    assert code_revision(tmp_path) == "not a git checkout"
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("a\n")
+    git("add", "train.py")
+    git("commit", "-q", "-m", "one")
+    clean = code_revision(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{12}", clean)
+    (tmp_path / "notes.txt").write_text("untracked files do not change what runs\n")
+    assert code_revision(tmp_path) == clean
+    (tmp_path / "train.py").write_text("b\n")
+    assert code_revision(tmp_path) == f"{clean}+dirty"
