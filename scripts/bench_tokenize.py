@@ -54,6 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         baseline = extract_revision(args.baseline_rev, Path(scratch))
         trees = {"this tree": REPO, f"baseline {args.baseline_rev}": baseline}
@@ -97,7 +98,8 @@ def main() -> None:
                            right=("tokens", "seconds", "M tokens/s", "M tokens/s, process wall time"))
     config = (f"source {args.source} ({len(texts)} documents, {sum(map(len, texts)):,} characters), GPT-2 BPE, "
               f"{os.cpu_count()} CPUs, medians of {args.rounds} alternating rounds (encoders: after an untimed one); "
-              "prepare's seconds: reading, tokenising and writing, as it reports them")
+              "prepare's seconds: reading, tokenising and writing, as it reports them; load average "
+              f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (other processes share the machine)")
     page = opening("Data preparation speed",
                    "tokens/s of `python -m data.prepare` end to end (this tree and a baseline revision, taking turns) "
                    "and of the GPT-2 tokenizer's tiktoken and tokenizers encoders on the same texts",

@@ -3,6 +3,8 @@ val_every-th document, and an up-to-date dataset is reused without reading the s
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -155,3 +157,13 @@ def test_the_command_line_prepares_shakespeare_and_then_reuses_it(tmp_path, caps
 def test_the_command_line_reports_errors_in_one_line(tmp_path, capsys):
     assert main(["--source", str(tmp_path / "missing.txt"), "--prepared-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: data.source")
+
+
+def test_preparing_text_files_imports_neither_torch_nor_datasets(tmp_path):
+    # their imports took longer than tokenising the whole Shakespeare corpus (results/bench_tokenize.md)
+    (tmp_path / "a.txt").write_text("one document\n")
+    (tmp_path / "b.txt").write_text("another\n")
+    argv = ["--source", str(tmp_path), "--val-every", "2", "--prepared-dir", str(tmp_path / "prepared")]
+    check = (f"import sys; from data.prepare import main; assert main({argv!r}) == 0; "
+             "assert not {'torch', 'datasets'} & set(sys.modules), sorted({'torch', 'datasets'} & set(sys.modules))")
+    subprocess.run([sys.executable, "-c", check], check=True, capture_output=True)

@@ -1,4 +1,5 @@
-"""Sources: every kind of source is read through `datasets` as a stream of document strings, in a fixed order."""
+"""Sources: every kind of source is a stream of document strings in a fixed order; rows of .jsonl/.json/.parquet and
+hub datasets through `datasets`, .txt files directly, as `datasets`' text builder would read them."""
 
 import json
 
@@ -36,6 +37,21 @@ def test_a_directory_of_text_files_gives_one_whole_document_per_file_in_sorted_o
     (tmp_path / "sub" / "c.txt").write_text("third")
     (tmp_path / "notes.md").write_text("ignored: not a data file")
     assert documents(str(tmp_path)) == ["first", "second\n\n  with   spaces \t\n", "third"]
+
+
+def test_text_files_read_as_the_datasets_text_builder_reads_documents(tmp_path):
+    from datasets import load_dataset
+
+    contents = [b"dos\r\nline\r\n", b"old mac\rline", b"bad \xff\xfe bytes \xe2\x82 cut", b"",
+                "caf\u00e9 \u2028 na\u00efve\n\n".encode()]
+    for i, content in enumerate(contents):
+        (tmp_path / f"{i}.txt").write_bytes(content)
+    files = [str(tmp_path / f"{i}.txt") for i in range(len(contents))]
+    builder = load_dataset("text", data_files={"train": files}, split="train", streaming=True,
+                           sample_by="document", encoding_errors="replace")
+    expected = [row["text"] for row in builder]
+    assert "dos\nline\n" in expected and "bad \ufffd\ufffd bytes \ufffd cut" in expected
+    assert documents(str(tmp_path)) == expected
 
 
 def test_jsonl_rows_are_documents_and_text_field_picks_the_column(tmp_path):
