@@ -6,7 +6,8 @@ other depends on the machine (cache sizes, GEMM versus elementwise speed), the d
 
 1. an integer set in the config wins;
 2. None (the default) is looked up in the cache file `$ATTNLAB_CACHE_DIR/crossover.json` (default directory
-   ~/.cache/attnlab) under the key machine | device type | dtype | head size | backend and its tile sizes;
+   ~/.cache/attnlab) under the key machine | device type | dtype | head size | backend and its tile sizes |
+   torch version | a hash of this package's source (new kernels or a new torch make old entries stale);
 3. a key not yet there is measured once, like cuDNN's benchmark mode: forward+backward of both forms on one head,
    at lengths chosen by bisection on a grid of GRID tokens between MIN_LENGTH and MAX_LENGTH (about 10-20 s on a
    2-core CPU); the first length where the linear form is at least as fast is stored (MAX_LENGTH when none is);
@@ -20,6 +21,8 @@ it runs while the model is traced, and the graph keeps the number as a constant 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -62,11 +65,23 @@ def machine_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+@functools.cache
+def code_version() -> str:
+    """12 hex digits of a hash of the attention package's source files: any change to the forms timed here, or to
+    what they call, can move the crossover."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def cache_key(backend, d: int, dtype: torch.dtype, device: torch.device) -> str:
-    """`machine | device type | dtype | d=head size | backend[tile sizes]`, the key of the cache file."""
+    """`machine | device type | dtype | d=head size | backend[tile sizes] | torch version | code version`, the key
+    of the cache file."""
     tiles = f"chunk_size={backend.chunk_size},block_size={backend.block_size}"
     dtype_name = str(dtype).removeprefix("torch.")
-    return f"{machine_name(device)} | {device.type} | {dtype_name} | d={d} | {backend.name}[{tiles}]"
+    return (f"{machine_name(device)} | {device.type} | {dtype_name} | d={d} | {backend.name}[{tiles}] | "
+            f"torch {torch.__version__} | code {code_version()}")
 
 
 def bisect_crossover(linear_is_faster: Callable[[int], bool], low: int = MIN_LENGTH, high: int = MAX_LENGTH,

@@ -4,6 +4,7 @@ Measuring is tested on tiny sizes, with fake timings."""
 
 import itertools
 import json
+import re
 
 import pytest
 import torch
@@ -120,11 +121,25 @@ def test_measured_once_then_read_from_the_cache_file(monkeypatch, measuring, fak
     assert fake_measurement == [32] * 3 and len(json.loads(measuring.read_text())) == 3
 
 
-def test_the_key_names_machine_device_dtype_head_size_and_backend():
+def test_the_key_names_machine_device_dtype_head_size_backend_torch_and_code():
     key = crossover.cache_key(tiny(), 64, torch.bfloat16, torch.device("cpu"))
-    machine, device, dtype, head, backend = key.split(" | ")
+    machine, device, dtype, head, backend, torch_version, code = key.split(" | ")
     assert machine == crossover.machine_name(torch.device("cpu")) and machine
     assert (device, dtype, head, backend) == ("cpu", "bfloat16", "d=64", "taylor[chunk_size=8,block_size=8]")
+    assert torch_version == f"torch {torch.__version__}" and re.fullmatch(r"code [0-9a-f]{12}", code)
+
+
+def test_a_change_to_the_attention_code_makes_cached_crossovers_stale(tmp_path, monkeypatch):
+    package = tmp_path / "attention"
+    package.mkdir()
+    (package / "direct.py").write_text("tiles = 128\n")
+    monkeypatch.setattr(crossover, "__file__", str(package / "crossover.py"))
+    crossover.code_version.cache_clear()
+    before = crossover.code_version()
+    (package / "direct.py").write_text("tiles = 64\n")
+    crossover.code_version.cache_clear()
+    assert crossover.code_version() != before
+    crossover.code_version.cache_clear()
 
 
 def test_an_unreadable_cache_file_is_measured_again(measuring, fake_measurement):
