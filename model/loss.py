@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 # (device type, autocast dtype or None) -> rows per chunk of the chunked form, or None where the full form is faster.
-# Chosen from scripts/bench_loss.py (results/bench_loss.md: on the CPU the chunked form was faster in fp32 and bf16,
-# 2048 rows a little more than 1024). Pairs not measured take DEFAULT_CHUNK_ROWS: the chunked form's memory.
+# Chosen from scripts/bench_loss.py; the measurements are in results/bench_loss.md. Pairs not measured take
+# DEFAULT_CHUNK_ROWS: the chunked form's memory.
 LOSS_FORMS: dict[tuple[str, torch.dtype | None], int | None] = {
     ("cpu", None): 2048,
     ("cpu", torch.bfloat16): 2048,

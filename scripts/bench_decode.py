@@ -15,8 +15,8 @@ every position, round-robin (median and best ms per step; tokens/s = B / median 
 state recorded. A batch whose states would not fit in the memory available now is skipped, with the reason. KV
 caches (softmax, expressive) are preallocated and only go up to --kv-max-position; the constant-memory backends take
 every position. Writes <out>.csv, <out>.md and <out>.png (the png: batch 1, when there are several positions).
-On the 2-core reference machine, positions 128 .. 16,384 of all five backends take about 13 minutes; 65,536 adds
-several minutes of prefill per constant-memory backend.
+A full run takes minutes on a CPU, mostly prefill, which grows with the position: pass fewer --backends and
+--positions for a quick look.
 
 Target: a constant-memory backend keeps its latency at 16,384 within 1.15x of that at 128 and its state bytes
 identical at every position, since its decode state, and so the work of a step, does not grow with the context.

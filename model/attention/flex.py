@@ -61,7 +61,7 @@ class LogPointwiseWeight(PointwiseWeight, Protocol):
         ...
 
 
-_compiled_flex_attention: Callable | None = None  # built on first use: torch.compile costs ~1 s of imports
+_compiled_flex_attention: Callable | None = None  # built on first use: importing torch.compile's machinery is slow, and most machines never run flex
 _flex_failed = False  # set once flex has raised: the direct form runs tiled from then on
 
 
