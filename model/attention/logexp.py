@@ -3,8 +3,9 @@
     Softmax(log(exp(Q) exp(K)ᵀ)) V,   i.e.   w_ij = sum_l exp(q_il + k_jl),   y_i = sum_{j<=i} w_ij v_j / sum_{j<=i} w_ij
 
 (linear attention with the elementwise feature map exp; the author accepted this reading in the official
-repository's issue #1). It is not exp(q·k). The paper evaluates it in log space with log V, which only works for
-V > 0; here V is signed and everything runs in the linear domain with shifts that keep every exponent <= 0:
+repository, https://github.com/glassroom/heinsen_attention/issues/1). It is not exp(q·k). The paper evaluates it in
+log space with log V, which only works for V > 0; here V is signed and everything runs in the linear domain with
+shifts that keep every exponent <= 0:
 
 - the state per head is `S = sum_j exp(k_j - m) v_jᵀ` (d × d_v), `z = sum_j exp(k_j - m)` (d) and the running
   per-feature key max `m` (d), which starts at -inf (an empty state, not the paper's phantom key H_0 = 0);
