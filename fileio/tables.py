@@ -1,6 +1,6 @@
 """The one writer of markdown and CSV tables, for results pages and reports.
 
-    markdown_table(header, rows)    rows of cells under a header; `right` names the right-aligned columns
+    markdown_table(header, rows)    rows of cells under a header (`|` escaped); `right` names the right-aligned columns
     cell(value, style)              a number as a cell: 3 significant digits, 1.2e-05, 42%, 1.50×, ...
     mean_std_cell(mean, std, d)     `mean ± std` with d decimals
     csv_text(records)               dicts as CSV, one column per key
@@ -20,8 +20,9 @@ NUMBER_FORMATS = {"g": "{:.3g}", "e": "{:.1e}", "int": "{:.0f}", "pct": "{:.0%}"
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], right: Collection[str] = ()) -> str:
-    """A markdown table (no trailing newline): `header`, then one line per row of cells (each shown with str()).
-    The columns named in `right` are right-aligned, as numbers read best."""
+    """A markdown table (no trailing newline): `header`, then one line per row of cells (each shown with str(), a `|`
+    in it escaped as `\\|` so that it stays inside its cell). The columns named in `right` are right-aligned, as
+    numbers read best."""
     rule = "|" + "|".join("---:" if name in right else "---" for name in header) + "|"
     return "\n".join([_line(header), rule, *(_line(row) for row in rows)])
 
@@ -62,4 +63,4 @@ def csv_text(records: Iterable[dict[str, Any]]) -> str:
 
 
 def _line(cells: Sequence[Any]) -> str:
-    return "| " + " | ".join(map(str, cells)) + " |"
+    return "| " + " | ".join(str(text).replace("|", "\\|") for text in cells) + " |"

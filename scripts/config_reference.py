@@ -14,6 +14,7 @@ import inspect
 import re
 from pathlib import Path
 
+from fileio.tables import markdown_table
 from training.config import RunConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -33,29 +34,28 @@ def field_comments(cls: type) -> dict[str, tuple[str, str]]:
     return found
 
 
-def table_rows(cls: type, prefix: str = "") -> list[str]:
-    """One markdown row per field of config dataclass `cls`; a nested config's fields follow as `prefix.key`."""
+def table_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """One row of cells (key, type, default, meaning) per field of config dataclass `cls`; a nested config's fields
+    follow as `prefix.key`."""
     comments = field_comments(cls)
     defaults = dataclasses.asdict(cls())
-    lines = []
+    rows = []
     for f in dataclasses.fields(cls):
         type_text, comment = comments.get(f.name, (str(f.type), ""))
         nested = dataclasses.is_dataclass(f.default_factory)
         default = defaults[f.name]
         shown = "null" if default is None else repr(default) if isinstance(default, str) else str(default)
-        cells = (f"`{prefix}{f.name}`", f"`{type_text}`", "" if nested else f"`{shown}`", comment)
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        rows.append((f"`{prefix}{f.name}`", f"`{type_text}`", "" if nested else f"`{shown}`", comment))
         if nested:
-            lines += table_rows(f.default_factory, f"{prefix}{f.name}.")
-    return lines
+            rows += table_rows(f.default_factory, f"{prefix}{f.name}.")
+    return rows
 
 
 def reference() -> str:
     lines = []
     for section in dataclasses.fields(RunConfig):
-        lines += [f"**`{section.name}`**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        lines += table_rows(section.default_factory)
-        lines.append("")
+        rows = table_rows(section.default_factory)
+        lines += [f"**`{section.name}`**", "", markdown_table(["key", "type", "default", "meaning"], rows), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -21,6 +21,13 @@ def test_a_markdown_table_has_a_header_a_rule_and_a_line_per_row():
     assert markdown_table(["n"], []) == "| n |\n|---|"
 
 
+def test_a_bar_in_a_cell_is_escaped_so_the_cell_keeps_its_column():
+    table = markdown_table(["key", "max |a - b|"], [["`mode`", "`Literal['a'] | None`"]])
+    assert table == ("| key | max \\|a - b\\| |\n"
+                     "|---|---|\n"
+                     "| `mode` | `Literal['a'] \\| None` |")
+
+
 @pytest.mark.parametrize("value, style, expected", [
     (0.012345, "g", "0.0123"), (1234.5, "g", "1.23e+03"), (3.2e-7, "e", "3.2e-07"), (41.6, "int", "42"),
     (0.425, "pct", "42%"), (1.5, "x", "1.50×"), (7, "auto", "7"), (0.5, "auto", "0.5"), (0.0, "auto", "0"),
