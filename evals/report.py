@@ -24,6 +24,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from evals.solve import DIRECT
+from experiments.log_axes import style_log_axes
 from fileio.atomic import write_text_atomic
 from fileio.tables import cell, csv_text, markdown_table
 
@@ -240,11 +241,8 @@ def plot_iterations_vs_kappa(records: list[dict[str, Any]], path: Path) -> Path:
         for method, points in sorted(by_method.items()):
             xs, ys = zip(*sorted(points))
             axes.scatter(xs, ys, s=14, label=method)
-        axes.set(xscale="log", yscale="log", title=f"{problem} (j = 1)", ylabel="iterations (median over seeds)",
-                 xlabel="κ(K_G)" if problem == "exp_kernel" else "κ(A)")
-        axes.grid(alpha=0.3)
-        if by_method:
-            axes.legend(fontsize=7)
+        style_log_axes(axes, f"{problem} (j = 1)", "κ(K_G)" if problem == "exp_kernel" else "κ(A)", 7,
+                       ylabel="iterations (median over seeds)", xbase=10)
     figure.savefig(path, dpi=110)
     return path
 
@@ -260,9 +258,6 @@ def plot_time_vs_n(timing: list[dict[str, Any]], path: Path) -> Path:
         for method, points in sorted(by_method.items()):
             xs, ys = zip(*sorted(points))
             axes.plot(xs, ys, marker="o", markersize=3, label=method)
-        axes.set(xscale="log", yscale="log", xlabel="n (rows)", ylabel="wall time (s)", title=problem)
-        axes.grid(alpha=0.3)
-        if by_method:
-            axes.legend(fontsize=7)
+        style_log_axes(axes, problem, "n (rows)", 7, ylabel="wall time (s)", xbase=10)
     figure.savefig(path, dpi=110)
     return path

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from data.prepare import load_prepared
 from evals.context import FORMS, ContextCurve, context_curve, ratio_to_first_bucket, records
+from experiments.log_axes import style_log_axes
 from fileio.atomic import write_text_atomic
 from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
@@ -58,12 +59,8 @@ def plot(curves: list[ContextCurve], path: Path) -> None:
         axes.plot(centres, c.loss, marker="o", label=c.label)
     for context in {c.train_context for c in curves}:
         axes.axvline(context, color="grey", linestyle=":", linewidth=1)
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel("position (bucket centre; dotted: training context)")
-    axes.set_ylabel("val loss (nats)")
-    axes.set_title("Loss against position")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    style_log_axes(axes, "Loss against position", "position (bucket centre; dotted: training context)",
+                   ylabel="val loss (nats)", yscale="linear")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
