@@ -13,6 +13,8 @@ from transformers import PreTrainedConfig
 
 from model.config import ModelConfig
 
+GPT2_END_OF_TEXT = 50256  # GPT-2's <|endoftext|> id, the bos/eos token of a model with the GPT-2 vocabulary
+
 # ModelConfig's fields, types and defaults as a dataclass base of the transformers config, so that the config
 # declares each of them by inheritance and a field added to ModelConfig needs no second declaration here.
 _ModelConfigFields = dataclasses.make_dataclass(
@@ -36,8 +38,8 @@ class AttnlabConfig(PreTrainedConfig, _ModelConfigFields):
     }
 
     use_cache: bool = True
-    bos_token_id: int | None = 50256
-    eos_token_id: int | None = 50256
+    bos_token_id: int | None = GPT2_END_OF_TEXT
+    eos_token_id: int | None = GPT2_END_OF_TEXT
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -50,8 +52,8 @@ class AttnlabConfig(PreTrainedConfig, _ModelConfigFields):
 
     @classmethod
     def from_model_config(cls, cfg: ModelConfig, **kwargs) -> AttnlabConfig:
-        """The config of `cfg`'s model; GPT-2's <|endoftext|> (50256) is the bos/eos token when the vocabulary has
-        it (export_hf.py sets the tokenizer's own)."""
-        end = 50256 if cfg.vocab_size > 50256 else None
+        """The config of `cfg`'s model; GPT-2's <|endoftext|> is the bos/eos token when the vocabulary has it
+        (export_hf.py sets the tokenizer's own)."""
+        end = GPT2_END_OF_TEXT if cfg.vocab_size > GPT2_END_OF_TEXT else None
         kwargs = {"bos_token_id": end, "eos_token_id": end, **kwargs}
         return cls(**dataclasses.asdict(cfg), **kwargs)
