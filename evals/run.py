@@ -32,6 +32,7 @@ from evals import report
 from evals import synthetic as syn
 from evals.extract import extract, load_extracted
 from evals.instances import Instance, distinct_rows, from_extraction, synthetic_controls
+from evals.methods import get_method
 from evals.solve import METHODS, NotApplicable, solve
 from fileio.atomic import write_text_atomic
 from fileio.pages import opening, this_machine, today
@@ -40,7 +41,8 @@ from typedconfig.cli import ArgumentParser
 
 LOOSE_FACTOR = 10.0  # success_10eps: score <= 10 eps
 SETTINGS = "report.json"  # the run's settings, beside the report
-KERNEL_METHODS = ("cholesky", "cg", "jacobi_pcg", "nystrom_pcg")  # timed against n (the Taylor sketch rarely applies)
+# the exp-kernel methods timed against n (KernelMethod.timed_against_n)
+KERNEL_METHODS = tuple(name for name in METHODS["exp_kernel"] if get_method("exp_kernel", name).timed_against_n)
 
 
 def rhs_for(instance: Instance, seed: int) -> torch.Tensor:
