@@ -3,7 +3,8 @@
 import importlib.util
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location("config_reference", Path("scripts/config_reference.py"))
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("config_reference", ROOT / "scripts" / "config_reference.py")
 config_reference = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(config_reference)
 

@@ -23,7 +23,7 @@ from training.checkpoint import TrainState, save_checkpoint
 from training.config import RunConfig, config_to_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("generate_cli", ROOT / "scripts" / "generate.py")
 cli = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cli)

@@ -14,7 +14,7 @@ import pytest
 
 from model.attention import BACKENDS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECOND = next(name for name in BACKENDS if name != "softmax")
 
 spec = importlib.util.spec_from_file_location("recall_grid_cli", ROOT / "scripts" / "recall_grid.py")
