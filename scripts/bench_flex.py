@@ -143,8 +143,10 @@ def main() -> None:
               f"flex / tiled: median over rounds of the ratio in the same round; first flex call: torch.compile "
               f"with its caches off, compile included; load average {load_before:.1f} before and "
               f"{os.getloadavg()[0]:.1f} after (other jobs on the machine); torch {torch.__version__}")
+    *others, last = args.backends
+    measured = f"{', '.join(others)} and {last}" if others else last
     page = opening("Direct attention form: tiled kernel and compiled flex_attention",
-                   "forward seconds of the direct form of expressive, expressive_sq and taylor, tiled "
+                   f"forward seconds of the direct form of {measured}, tiled "
                    "(model/attention/direct.py) and through compiled flex_attention (model/attention/flex.py), "
                    "alternating in one process",
                    command_line(__file__), config, this_machine(), today())

@@ -1,4 +1,5 @@
-"""scripts/bench_attention.py and scripts/bench_decode.py run end to end at toy sizes and write their outputs.
+"""scripts/bench_attention.py, bench_decode.py, bench_decode_long.py and bench_flex.py run end to end at toy sizes
+and write their outputs.
 
 Smoke tests only: the numbers they print are measurements, never asserted."""
 
@@ -6,6 +7,8 @@ import csv
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,3 +97,23 @@ def test_bench_decode_long_reports_latency_and_memory_per_bucket(tmp_path):
     assert page.startswith("# Decoding a long stream\n\nMeasured: ") and "Machine: " in page
     assert "Run finished" in page and "- **taylor**: 25 of 25 tokens" in page
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow  # compiling flex_attention (caches off, as the script sets them) is most of the run on a CPU
+def test_bench_flex_times_both_forms_and_reports_the_backward_on_the_cpu(tmp_path):
+    out = tmp_path / "flex"
+    # one backend, length and dtype: each further one compiles flex again
+    run_script("scripts/bench_flex.py", "--tokens", "64", "--heads", "1", "--head-dim", "16", "--dtypes", "float32",
+               "--backends", "taylor", "--reps", "1", "--out", str(out))
+    rows = read_rows(out.with_suffix(".csv"))
+    assert [(r["backend"], r["dtype"], r["tokens"]) for r in rows] == [("taylor", "float32", "64")]
+    assert all(float(r["tiled_s"]) > 0 and float(r["flex_s"]) > 0 and float(r["first_call_s"]) > 0 for r in rows)
+    page = out.with_suffix(".md").read_text()
+    assert page.startswith("# Direct attention form: tiled kernel and compiled flex_attention\n\nMeasured: forward "
+                           "seconds of the direct form of taylor, tiled ")
+    assert "Command: `python scripts/bench_flex.py --tokens 64" in page and "Machine: " in page
+    table = [line for line in page.splitlines() if line.startswith("| ")]
+    assert table[0] == ("| backend | dtype | tokens | tiled s | flex s | flex / tiled | first flex call s | "
+                        "max \\|flex - tiled\\| |")
+    assert [line.split(" | ")[:3] for line in table[1:]] == [["| taylor", "float32", "64"]]
+    assert "Forward+backward of the compiled flex" in page
