@@ -1,5 +1,5 @@
-"""scripts/bench_attention.py, bench_decode.py, bench_decode_long.py and bench_flex.py run end to end at toy sizes
-and write their outputs.
+"""scripts/bench_attention.py, bench_decode.py, bench_decode_long.py, bench_flex.py, bench_optim.py and
+bench_nanogpt.py run end to end at toy sizes and write their outputs.
 
 Smoke tests only: the numbers they print are measurements, never asserted."""
 
@@ -117,3 +117,58 @@ def test_bench_flex_times_both_forms_and_reports_the_backward_on_the_cpu(tmp_pat
                         "max \\|flex - tiled\\| |")
     assert [line.split(" | ")[:3] for line in table[1:]] == [["| taylor", "float32", "64"]]
     assert "Forward+backward of the compiled flex" in page
+
+
+def test_bench_optim_times_both_adamw_forms(tmp_path):
+    out = tmp_path / "optim"
+    run_script("scripts/bench_optim.py", "--shapes", "demo", "--threads", "1", "--rounds", "1", "--out", str(out))
+    (row,) = read_rows(out.with_suffix(".csv"))
+    assert row["shape"] == "demo" and float(row["foreach_s"]) > 0 and float(row["fused_s"]) > 0
+    page = out.with_suffix(".md").read_text()
+    assert page.startswith("# AdamW step: foreach and fused\n\nMeasured: ") and "| demo | 1 |" in page
+
+
+# what scripts/bench_nanogpt.py needs of nanoGPT's model.py (GPTConfig, GPT, configure_optimizers), on our model
+NANOGPT_STAND_IN = """
+from dataclasses import dataclass
+import torch
+from model.config import ModelConfig
+from model.gpt import GPT as Ours
+
+@dataclass
+class GPTConfig:
+    block_size: int
+    vocab_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float
+    bias: bool
+
+class GPT(Ours):
+    def __init__(self, c):
+        super().__init__(ModelConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_positions=c.block_size,
+                                     vocab_size=c.vocab_size))
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas, weight_decay=weight_decay)
+"""
+
+
+@pytest.mark.slow  # four training steps of a 50,257-word model, two of them under the profiler
+def test_bench_nanogpt_alternates_the_two_models_and_profiles_them(tmp_path):
+    (tmp_path / "model.py").write_text(NANOGPT_STAND_IN)
+    out = tmp_path / "nanogpt"
+    run_script("scripts/bench_nanogpt.py", "--nanogpt", str(tmp_path / "model.py"), "--shape", "small", "--dtype",
+               "float32", "--warmup", "0", "--steps", "1", "--profile", "--out", str(out))
+    (row,) = read_rows(out.with_suffix(".csv"))
+    assert float(row["ours_tokens_per_s"]) > 0 and float(row["nanogpt_tokens_per_s"]) > 0 and float(row["speedup"]) > 0
+    page = out.with_suffix(".md").read_text()
+    assert page.startswith("# Training step beside nanoGPT\n\nMeasured: ") and "## Where the time goes" in page
+    assert "| mm |" in page and "| all aten ops |" in page
+
+
+def test_bench_nanogpt_names_a_missing_model_file(tmp_path):
+    result = subprocess.run([sys.executable, "scripts/bench_nanogpt.py", "--nanogpt", str(tmp_path / "nope.py")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "no such file; give the path of nanoGPT's model.py" in result.stderr
