@@ -131,7 +131,8 @@ def direct_form(
     """Exact causal attention with weights w(scale · q·k), by the form DIRECT_FORMS names for q's device and dtype:
     (B, H, T, d) x 3 -> (B, H, T, d_v) in q's dtype, the padding queries' outputs finite (the caller zeros them)."""
     if direct_form_for(q.device, q.dtype) == "flex" and not _flex_failed:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():  # no try here: dynamo cannot trace it; a failure inside a compiled model
+            # surfaces when the model compiles, where training/compile.py falls back to eager
             return flex_causal_attention(q, k, v, weight.log, scale=scale, eps=eps, mask=mask)
         try:
             return flex_causal_attention(q, k, v, weight.log, scale=scale, eps=eps, mask=mask)
