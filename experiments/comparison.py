@@ -75,6 +75,36 @@ class Summary:
 
 
 @dataclass
+class Paired:
+    """One group's final val loss minus the reference group's, seed by seed, over the seeds both have."""
+
+    label: str
+    seeds: list[int]
+    differences: list[float]  # group - reference, per seed in `seeds`
+    spread: float  # the larger of the two groups' standard deviations of final val loss over these seeds
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.differences)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.differences) if len(self.differences) > 1 else 0.0
+
+    @property
+    def lower(self) -> int:
+        """Seeds where the group ends below the reference."""
+        return sum(difference < 0 for difference in self.differences)
+
+    @property
+    def beyond_spread(self) -> bool:
+        """Every seed's difference has the same sign and the mean difference is larger than the seed spread: the
+        two groups are told apart by these seeds (with one seed there is no spread, and no verdict)."""
+        same_sign = self.lower in (0, len(self.differences))
+        return len(self.differences) > 1 and same_sign and abs(self.mean) > self.spread
+
+
+@dataclass
 class Curve:
     """Val loss of one group at each evaluation step its runs share: mean, min and max over the runs."""
 
@@ -206,6 +236,33 @@ def summarise(runs: list[Run]) -> list[Summary]:
         keys = [key for key in per_run[0] if all(key in metrics for metrics in per_run)]
         summaries.append(Summary(label, len(group), {key: _mean_std([m[key] for m in per_run]) for key in keys}))
     return sorted(summaries, key=lambda s: s.stats["final_val_loss"][0])
+
+
+def paired_with(runs: list[Run], reference: str) -> list[Paired]:
+    """Each other group's final val loss against the group labelled `reference`, seed by seed (runs of the same
+    seed share the data order and the initial weights' random stream), best mean difference first; [] when no
+    group has that label."""
+    groups = group_runs(runs)
+    if reference not in groups:
+        return []
+    final = {label: {run.settings[SEED]: run_metrics(run)["final_val_loss"] for run in group}
+             for label, group in groups.items()}
+    paired = []
+    for label in groups:
+        seeds = sorted(set(final[label]) & set(final[reference]))
+        if label == reference or not seeds:
+            continue
+        spread = max(_mean_std([final[name][seed] for seed in seeds])[1] for name in (label, reference))
+        paired.append(Paired(label, seeds, [final[label][seed] - final[reference][seed] for seed in seeds], spread))
+    return sorted(paired, key=lambda p: p.mean)
+
+
+def paired_table(paired: list[Paired], reference: str) -> str:
+    """The paired differences as a markdown table."""
+    header = ["backend", "seeds", f"final val loss − {reference}", "seeds lower", "seed spread", "told apart"]
+    rows = [[p.label, len(p.seeds), mean_std_cell(p.mean, p.std, 4), f"{p.lower} of {len(p.seeds)}",
+             f"{p.spread:.4f}", "yes" if p.beyond_spread else "no"] for p in paired]
+    return markdown_table(header, rows, right=header[1:5]) + "\n"
 
 
 def val_curve(runs: list[Run]) -> Curve:

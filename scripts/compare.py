@@ -12,6 +12,11 @@ comparison.png to --out (default: a new runs/compare-<date>-<time>), which must 
 directories. Runs trained on different data, evaluated on different val windows, with different token budgets or
 unfinished are refused (exit status 2); runs that differ in optimiser or training settings are compared with a
 warning on stderr, since the table then compares those settings too.
+
+Below the table, each row's final val loss minus the reference row's (--reference, default softmax), seed by seed:
+the mean ± std of those paired differences, on how many seeds the row ends lower, the seed spread (the larger of
+the two rows' std over those seeds) and whether the seeds tell the two apart (every seed's difference has the same
+sign and the mean exceeds the spread). Also written as comparison_paired.csv.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from datetime import datetime
 from pathlib import Path
 
 from experiments.comparison import (
-    ComparisonError, check_comparable, check_out_dir, csv_rows, group_runs, load_run, run_dirs,
-    recorded, settings_beyond_model, summarise, summary_table, trained_dates, val_curve, varying_settings,
+    ComparisonError, check_comparable, check_out_dir, csv_rows, group_runs, load_run, paired_table, paired_with,
+    recorded, run_dirs, settings_beyond_model, summarise, summary_table, trained_dates, val_curve, varying_settings,
 )
 from experiments.comparison_plot import plot_val_curves
 from fileio.pages import command_line, opening
@@ -38,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="run directories, or a sweep directory that holds them")
     parser.add_argument("--out", type=Path, help="folder for the table and figure, outside the compared directories "
                         "(default: runs/compare-<date>-<time>)")
+    parser.add_argument("--reference", default="softmax",
+                        help="the row the others are paired with, seed by seed (a row label, e.g. softmax)")
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     try:
@@ -69,11 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     page = opening(f"Comparison of {len(runs)} runs on {data['source']}", MEASURED, command_line(__file__, argv),
                    config, "; ".join(recorded(runs, "machine")) or "not recorded in the run records",
                    f"trained {trained_dates(runs)}")
-    print(table, end="")
+    paired = paired_with(runs, args.reference)
+    pairs = (f"\n## Paired with {args.reference}, seed by seed\n\nFinal val loss minus {args.reference}'s on the "
+             "same seed (mean ± std over seeds); *told apart*: every seed's difference has the same sign and the mean "
+             "exceeds the seed spread (the larger std of final val loss of the two rows).\n\n"
+             f"{paired_table(paired, args.reference)}") if paired else ""
+    print(table + pairs, end="")
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.md").write_text(f"{page}{table}\n![val loss](comparison.png)\n")
+    (out / "comparison.md").write_text(f"{page}{table}\n![val loss](comparison.png)\n{pairs}")
     (out / "comparison.csv").write_text(csv_text(csv_rows(summaries)))
+    if paired:
+        (out / "comparison_paired.csv").write_text(csv_text(
+            {"backend": p.label, "seeds": " ".join(map(str, p.seeds)), "mean_difference": p.mean, "std": p.std,
+             "seeds_lower": p.lower, "seed_spread": p.spread, "told_apart": p.beyond_spread} for p in paired))
     groups = group_runs(runs)
     plot_val_curves({s.label: val_curve(groups[s.label]) for s in summaries}, out / "comparison.png")
     print(f"wrote {out / 'comparison.md'}, comparison.csv, comparison.png", file=sys.stderr)

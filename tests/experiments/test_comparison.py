@@ -7,10 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 
 import pytest
 
-from experiments.comparison import ComparisonError, check_comparable, csv_rows, load_run, summarise, summary_table
+from experiments.comparison import (
+    ComparisonError, check_comparable, csv_rows, load_run, paired_table, paired_with, summarise, summary_table,
+)
 from model.attention import BACKENDS
 
 SECOND = next(name for name in BACKENDS if name != "softmax")
@@ -95,6 +98,29 @@ def test_where_the_data_lives_and_unused_mqar_knobs_do_not_matter(tmp_path, fake
         check_comparable(runs)
 
 
+# --- paired with a reference, seed by seed ---
+
+
+def test_paired_differences_tell_rows_apart_only_when_every_seed_agrees_beyond_the_spread(tmp_path, fake_run):
+    finals = {"softmax": (5.00, 5.10, 4.95), "logexp": (4.80, 4.92, 4.70), "taylor": (5.05, 5.00, 4.97)}
+    runs = [load_run(fake_run(tmp_path / f"{name}-seed{seed}", f"model.attention={name}", f"train.seed={seed}",
+                              losses=(6.0, loss)))
+            for name, losses in finals.items() for seed, loss in enumerate(losses)]
+    runs.append(load_run(fake_run(tmp_path / "expressive-seed7", "model.attention=expressive", "train.seed=7")))
+    by_label = {p.label: p for p in paired_with(runs, "softmax")}
+    assert set(by_label) == {"logexp", "taylor"}  # expressive shares no seed with softmax
+    logexp = by_label["logexp"]
+    assert logexp.seeds == [0, 1, 2] and logexp.differences == pytest.approx([-0.20, -0.18, -0.25])
+    assert logexp.mean == pytest.approx(-0.21) and logexp.lower == 3
+    assert logexp.spread == pytest.approx(statistics.stdev(finals["logexp"]))  # larger than softmax's
+    assert logexp.beyond_spread  # 3 of 3 lower, and 0.21 > 0.11
+    taylor = by_label["taylor"]
+    assert taylor.lower == 1 and not taylor.beyond_spread  # the seeds disagree on the sign
+    table = paired_table(list(by_label.values()), "softmax")
+    assert "| logexp | 3 | -0.2100 ± 0.0361 | 3 of 3 | 0.1102 | yes |" in table and "| no |" in table
+    assert paired_with(runs, "nonexistent") == []
+
+
 # --- the compare CLI -----------------------------------------------------------------------------------------------
 
 
@@ -106,6 +132,7 @@ def test_the_cli_writes_the_page_the_csv_and_the_figure_to_its_own_folder(tmp_pa
     assert compare([str(tmp_path / "sweep"), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "| softmax | 2 | 4.5000 ± 0.7071 |" in captured.out and "warning" not in captured.err
+    assert (out / "comparison_paired.csv").is_file() and "## Paired with softmax, seed by seed" in captured.out and f"| {SECOND} | 1 | 0.0000 | 0 of 1 |" in captured.out
     page = (out / "comparison.md").read_text().splitlines()
     assert page[0] == "# Comparison of 3 runs on shakespeare"
     assert page[2].startswith("Measured: final and best val loss") and "Machine: not recorded" in page[2]
