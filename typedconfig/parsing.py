@@ -18,7 +18,9 @@ class ConfigError(ValueError):
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """An instance of dataclass `cls` with fields from `data` (missing ones keep their defaults)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(
+            f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys to values, got {type(data).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [key for key in data if key not in fields]

@@ -1,0 +1,199 @@
+"""typedconfig.parsing builds config dataclasses from plain dicts (YAML files, command-line values given as text),
+converting and checking every value; each error is one line naming the dotted key, what was expected and, where the
+choice is finite, what is allowed."""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import pytest
+import yaml
+
+from typedconfig.parsing import ConfigError, coerce, from_dict, to_dict
+
+
+@dataclass
+class Inner:
+    width: int = 4
+    scale: float = 1.0
+    mode: Literal["fast", "exact"] = "fast"
+
+    def __post_init__(self) -> None:
+        if self.width < 1:
+            raise ValueError(f"inner.width must be >= 1, got {self.width}")
+
+
+@dataclass
+class Outer:
+    name: str = "run"
+    inner: Inner = field(default_factory=Inner)
+    limit: Optional[int] = None
+    tags: list[str] = field(default_factory=list)
+    shape: tuple[int, ...] = (1, 1)
+    options: dict[str, Any] = field(default_factory=dict)
+    flag: bool = False
+    logging: Literal["off", "on", "auto"] = "auto"
+
+
+def check(tp, value, key="k"):
+    return coerce(tp, value, key)
+
+
+def fails(tp, value, key="k") -> str:
+    with pytest.raises(ConfigError) as info:
+        coerce(tp, value, key)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_keys_and_sections_keep_their_defaults():
+    assert from_dict(Outer, {}) == Outer()
+    assert from_dict(Outer, {"inner": {"scale": 2}}).inner == Inner(width=4, scale=2.0, mode="fast")
+    assert from_dict(Outer, {"inner": None}).inner == Inner()  # an empty YAML section
+
+
+def test_a_yaml_document_becomes_nested_typed_sections():
+    text = """
+name: demo
+inner:
+  width: 8
+  scale: 3.0e-4
+  mode: exact
+limit: null
+tags: [a, b]
+shape: [2, 3]
+options: {eps: 1.0e-6, depth: 2}
+flag: yes
+logging: off
+"""
+    cfg = from_dict(Outer, yaml.safe_load(text))
+    assert cfg == Outer(name="demo", inner=Inner(8, 3e-4, "exact"), limit=None, tags=["a", "b"], shape=(2, 3),
+                        options={"eps": 1e-6, "depth": 2}, flag=True, logging="off")
+    assert isinstance(cfg.inner.scale, float) and isinstance(cfg.shape, tuple)
+
+
+def test_to_dict_gives_plain_nested_dicts_that_build_the_same_config():
+    cfg = Outer(name="x", inner=Inner(2, 0.5, "exact"), limit=3, tags=["t"], options={"a": 1})
+    plain = to_dict(cfg)
+    assert plain["inner"] == {"width": 2, "scale": 0.5, "mode": "exact"}
+    assert not any(dataclasses.is_dataclass(v) for v in plain.values())
+    assert from_dict(Outer, plain) == cfg
+    assert from_dict(Outer, yaml.safe_load(yaml.safe_dump(plain))) == cfg
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"nmae": "x"}, "unknown key nmae (allowed in config: name, inner, limit, tags, shape, options, flag, logging)"),
+    ({"inner": {"widht": 2}}, "unknown key inner.widht (allowed in inner: width, scale, mode)"),
+])
+def test_unknown_keys_are_named_with_the_allowed_ones(data, message):
+    with pytest.raises(ConfigError) as info:
+        from_dict(Outer, data)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("data, message", [
+    ([1, 2], "config: expected a mapping of keys to values, got list"),
+    ({"inner": 5}, "inner: expected a mapping of keys to values, got int"),
+])
+def test_a_section_that_is_not_a_mapping_is_named(data, message):
+    with pytest.raises(ConfigError) as info:
+        from_dict(Outer, data)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"inner": {"width": "wide"}}, "inner.width: expected int, got 'wide'"),
+    ({"inner": {"mode": "slow"}}, "inner.mode: 'slow' is not allowed (allowed: fast, exact)"),
+    ({"tags": 5}, "tags: expected a list, got 5"),
+    ({"shape": [1, "x"]}, "shape[1]: expected int, got 'x'"),
+    ({"flag": "maybe"}, "flag: expected true or false, got 'maybe'"),
+    ({"limit": 2.5}, "limit: expected an integer, got 2.5"),
+    ({"options": 7}, "options: expected a mapping, got 7"),
+    ({"name": {"a": 1}}, "name: expected a string, got {'a': 1}"),
+])
+def test_type_errors_name_the_dotted_key_and_what_was_expected(data, message):
+    with pytest.raises(ConfigError) as info:
+        from_dict(Outer, data)
+    assert str(info.value) == message
+
+
+def test_a_dataclass_validation_error_becomes_a_config_error_with_its_message():
+    with pytest.raises(ConfigError) as info:
+        from_dict(Outer, {"inner": {"width": 0}})
+    assert str(info.value) == "inner.width must be >= 1, got 0"
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize("tp, value, expected", [
+    (float, "3e-4", 3e-4),  # YAML 1.1 reads 3e-4 (no dot) as a string
+    (float, 2, 2.0),
+    (int, "12", 12),
+    (int, "1e3", 1000),
+    (int, 4.0, 4),
+    (bool, "Yes", True),
+    (bool, "0", False),
+    (bool, False, False),
+    (str, 5, "5"),
+])
+def test_text_and_numbers_convert_to_the_declared_scalar_type(tp, value, expected):
+    converted = check(tp, value)
+    assert converted == expected and type(converted) is tp
+
+
+@pytest.mark.parametrize("tp, value, message", [
+    (int, True, "k: expected int, got True"),  # a bool is not a number here
+    (float, False, "k: expected float, got False"),
+    (int, "0x10", "k: expected int, got '0x10'"),
+    (int, "2.5", "k: expected an integer, got 2.5"),
+    (float, [1.0], "k: expected float, got [1.0]"),
+    (bool, 1, "k: expected true or false, got 1"),
+    (str, [1], "k: expected a string, got [1]"),
+    (set[int], {1}, "k: unsupported config type set[int]"),
+])
+def test_values_of_the_wrong_type_are_refused(tp, value, message):
+    assert fails(tp, value) == message
+
+
+@pytest.mark.parametrize("value", [None, "null", "None", "NONE"])
+def test_optional_accepts_none_and_its_spellings(value):
+    assert check(Optional[int], value) is None
+    assert check(int | None, value) is None
+
+
+def test_optional_converts_other_values_and_reports_the_inner_error():
+    assert check(Optional[int], "7") == 7
+    assert fails(Optional[int], "x", "train.limit") == "train.limit: expected int, got 'x'"
+    assert fails(int, None) == "k: expected int, got None"  # None only where the type allows it
+
+
+def test_a_union_takes_the_first_type_that_fits_and_names_the_union_when_none_does():
+    assert check(int | str, "5") == 5
+    assert check(int | str, "five") == "five"
+    assert fails(int | bool, "abc") == "k: 'abc' matches none of int | bool"
+
+
+def test_a_yaml_boolean_becomes_the_literal_it_spells():
+    """YAML 1.1 reads off/on/no/yes as booleans; a Literal that holds such a word gets the word back."""
+    assert check(Literal["off", "on", "auto"], False) == "off"
+    assert check(Literal["off", "on", "auto"], True) == "on"
+    assert check(Literal["no", "yes"], False) == "no"
+    assert check(Literal["auto", "true", "false"], True) == "true"
+    assert fails(Literal["fast", "exact"], True) == "k: True is not allowed (allowed: fast, exact)"
+
+
+def test_lists_and_tuples_accept_comma_separated_text():
+    assert check(list[str], "a, b,,c ") == ["a", "b", "c"]
+    assert check(list[int], ["1", 2]) == [1, 2]
+    assert check(tuple[int, ...], "3,4") == (3, 4)
+    assert check(list[str], "") == []
+
+
+def test_mappings_convert_keys_and_values_and_name_the_entry_at_fault():
+    assert check(dict[str, float], {"a": "1e-3", "b": 2}) == {"a": 1e-3, "b": 2.0}
+    assert fails(dict[str, int], {"a": "x"}, "model.options") == "model.options.a: expected int, got 'x'"
+
+
+def test_any_is_passed_through_for_its_owner_to_check():
+    value = {"nested": [1, "two"]}
+    assert check(Any, value) is value
