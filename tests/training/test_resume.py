@@ -1,0 +1,335 @@
+"""Where a run starts: resume_path picks the checkpoint (or refuses), start_state restores what the checkpoint holds,
+schedule decides what a longer resumed run does with its learning rate, gather_rng snapshots the RNG streams."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from model.gpt import GPT
+from training import checkpoint as ckpt
+from training import runtime as rt
+from training.checkpoint import TrainState
+from training.config import config_to_dict, load_config
+from training.resume import check_resumable, gather_rng, restore_rng, resume_path, schedule, start_state
+from typedconfig.parsing import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "tiny.yaml"
+CPU = rt.Runtime(torch.device("cpu"), torch.float32)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
+
+
+def config(run_dir: Path, *overrides: str):
+    """The tiny config with a small vocabulary (fast to build and save), writing to `run_dir`."""
+    return load_config(TINY, [f"train.out_dir={run_dir}", "model.vocab_size=64", *overrides])
+
+
+def parts(cfg, seed: int = 0, scale: float = 2.0**16):
+    """A model, its optimiser and an enabled scaler, as train.py builds them (the scaler enabled so it has state)."""
+    torch.manual_seed(seed)
+    model = GPT(cfg.model)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3), torch.amp.GradScaler("cpu", init_scale=scale)
+
+
+def save_trained(cfg, step: int, **state) -> tuple[Path, GPT, torch.optim.Optimizer]:
+    """One optimiser step of a model, checkpointed in cfg.train.out_dir as step `step` (scale 1024, RNG now)."""
+    model, optimizer, scaler = parts(cfg, seed=step, scale=1024.0)
+    for index, parameter in enumerate(model.parameters()):
+        parameter.grad = torch.full_like(parameter, 0.01 * (index + 1))
+    optimizer.step()
+    full = TrainState(step=step, tokens_seen=step * 100, elapsed=step * 0.5, best_val_loss=4.25, schedule_end=5,
+                      optimizer=optimizer.state_dict(), grad_scaler=scaler.state_dict(), rng=gather_rng(CPU))
+    for name, value in state.items():
+        setattr(full, name, value)
+    path = ckpt.save_checkpoint(cfg.train.out_dir, model, full, config_to_dict(cfg), keep=5)
+    return path, model, optimizer
+
+
+def damage(path: Path) -> None:
+    weights = path / ckpt.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:100])
+
+
+def draws() -> tuple:
+    return torch.rand(3).tolist(), np.random.rand(), random.random()
+
+
+# resume_path: which checkpoint, if any
+
+
+def test_a_fresh_run_directory_starts_fresh_and_says_nothing(tmp_path):
+    said = []
+    assert resume_path(config(tmp_path / "run"), tmp_path / "run", said.append) is None
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("{}\n")  # a run that stopped before its first checkpoint
+    assert resume_path(config(tmp_path / "run"), tmp_path / "run", said.append) is None
+    assert said == []
+
+
+def test_a_run_with_checkpoints_is_not_overwritten_without_resume(tmp_path):
+    cfg = config(tmp_path)
+    save_trained(cfg, 3)
+    save_trained(cfg, 6)
+    with pytest.raises(ConfigError) as info:
+        resume_path(cfg, tmp_path, print)
+    assert str(info.value) == (
+        f"{tmp_path} already holds checkpoints (step_000006); pass --resume to continue it or choose another "
+        "train.out_dir")
+
+
+@pytest.mark.parametrize("resume", ["never", "auto"])
+def test_an_out_dir_that_is_a_file_is_refused(tmp_path, resume):
+    out = tmp_path / "run"
+    out.write_text("not a run")
+    with pytest.raises(ConfigError, match=r"train.out_dir=.*run is an existing file, not a directory; choose another "
+                                          r"out_dir"):
+        resume_path(config(out, f"train.resume={resume}"), out, print)
+
+
+def test_auto_picks_the_newest_checkpoint_and_starts_fresh_without_one(tmp_path):
+    cfg = config(tmp_path, "train.resume=auto")
+    assert resume_path(cfg, tmp_path, print) is None
+    save_trained(cfg, 3)
+    newest, _, _ = save_trained(cfg, 6)
+    assert resume_path(cfg, tmp_path, print) == newest
+
+
+def test_auto_skips_a_damaged_newest_checkpoint_with_a_warning_in_the_run_log(tmp_path):
+    cfg = config(tmp_path, "train.resume=auto")
+    older, _, _ = save_trained(cfg, 3)
+    damage(save_trained(cfg, 6)[0])
+    said = []
+    assert resume_path(cfg, tmp_path, said.append) == older
+    assert len(said) == 1
+    assert said[0].startswith("warning: skipping step_000006: ")
+    assert "model.safetensors fails its checksum" in said[0] and said[0].endswith("use another checkpoint of the run")
+
+
+def test_auto_stops_when_no_checkpoint_verifies(tmp_path):
+    cfg = config(tmp_path, "train.resume=auto")
+    damage(save_trained(cfg, 3)[0])
+    with pytest.raises(ckpt.CheckpointError, match=r"no checkpoint in .*checkpoints verifies \(1 damaged\); "
+                                                   r"the run cannot continue"):
+        resume_path(cfg, tmp_path, lambda message: None)
+
+
+def test_an_explicit_checkpoint_is_used_even_when_newer_ones_exist(tmp_path):
+    source = config(tmp_path / "source")
+    older, _, _ = save_trained(source, 3)
+    save_trained(source, 6)
+    cfg = config(tmp_path / "new", f"train.resume={older}")
+    assert resume_path(cfg, tmp_path / "new", print) == older
+    cfg = config(tmp_path / "new", f"train.resume={tmp_path / 'source'}")  # a run directory: its newest
+    assert resume_path(cfg, tmp_path / "new", print).name == "step_000006"
+
+
+@pytest.mark.parametrize("flag, expected", [("--resume", "step_000006"), ("--resume={older}", "step_000003")])
+def test_the_resume_flag_with_and_without_a_checkpoint(tmp_path, flag, expected):
+    """`--resume` alone continues the run directory's newest checkpoint; `--resume=CHECKPOINT` that checkpoint."""
+    cfg = config(tmp_path)
+    older, _, _ = save_trained(cfg, 3)
+    save_trained(cfg, 6)
+    args = train.parse_args([str(TINY), f"train.out_dir={tmp_path}", "model.vocab_size=64",
+                             flag.format(older=older)])
+    cfg = load_config(args.config, args.overrides)
+    assert resume_path(cfg, tmp_path, print).name == expected
+
+
+def test_an_explicit_checkpoint_that_does_not_exist_names_the_path_and_what_to_pass(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(ckpt.CheckpointError) as info:
+        resume_path(config(tmp_path / "run", f"train.resume={missing}"), tmp_path / "run", print)
+    assert str(info.value) == f"checkpoint path {missing} does not exist (pass a run directory or a checkpoint dir)"
+
+
+def test_an_explicit_directory_without_checkpoints_says_what_it_expected(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ckpt.CheckpointError, match=r"no checkpoint in .*empty \(expected model.safetensors or "
+                                                   r"checkpoints/step_N\)"):
+        resume_path(config(tmp_path / "run", f"train.resume={tmp_path / 'empty'}"), tmp_path / "run", print)
+
+
+def test_an_explicit_damaged_checkpoint_stops_without_falling_back(tmp_path):
+    source = config(tmp_path / "source")
+    save_trained(source, 3)
+    damaged, _, _ = save_trained(source, 6)
+    damage(damaged)
+    said = []
+    with pytest.raises(ckpt.CheckpointError, match=r"step_000006/model.safetensors fails its checksum .*"
+                                                   r"use another checkpoint of the run"):
+        resume_path(config(tmp_path / "run", f"train.resume={damaged}"), tmp_path / "run", said.append)
+    assert said == []
+
+
+# start_state: what the loop starts from
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_fresh_start_seeds_each_rank_and_follows_the_configured_schedule(tmp_path, rank):
+    cfg = config(tmp_path, "train.seed=40", "train.max_steps=12")
+    model, optimizer, scaler = parts(cfg)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    said = []
+    state = start_state(cfg, rt.Runtime(torch.device("cpu"), torch.float32, rank=rank, world_size=2), None, model,
+                        optimizer, scaler, said.append)
+    after = torch.rand(4)
+    torch.manual_seed(40 + rank)
+    assert torch.equal(after, torch.rand(4))  # dropout streams differ per rank
+    assert (state.kind, state.step, state.tokens_seen, state.schedule_start, state.schedule_end) == (
+        "full", 0, 0, 0, 12)
+    assert state.optimizer is None and optimizer.state_dict()["state"] == {}
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert said == []
+    cfg = config(tmp_path, "optim.decay_steps=7")
+    assert start_state(cfg, CPU, None, model, optimizer, scaler, said.append).schedule_end == 7
+
+
+def test_resuming_restores_counters_weights_optimiser_scaler_and_rng(tmp_path):
+    cfg = config(tmp_path, "train.max_steps=5")
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    path, saved_model, saved_optimizer = save_trained(cfg, 3)
+    expected = draws()  # what the streams give right after the checkpoint's RNG snapshot
+    model, optimizer, scaler = parts(cfg, seed=99)
+    draws()  # move every stream on
+    said = []
+    state = start_state(cfg, CPU, path, model, optimizer, scaler, said.append)
+    assert draws() == expected
+    assert (state.step, state.tokens_seen, state.elapsed, state.best_val_loss) == (3, 300, 1.5, 4.25)
+    assert (state.schedule_start, state.schedule_end) == (0, 5)
+    for name, value in saved_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    restored, original = optimizer.state_dict(), saved_optimizer.state_dict()
+    assert restored["state"].keys() == original["state"].keys()
+    for index, entry in original["state"].items():
+        assert torch.equal(restored["state"][index]["exp_avg_sq"], entry["exp_avg_sq"])
+        assert float(restored["state"][index]["step"]) == 1.0
+    assert scaler.get_scale() == 1024.0
+    assert said == [f"resuming from {path} (step 3)"]
+
+
+@pytest.mark.parametrize("rank, stream", [(0, 0), (1, 1), (3, 1)])
+def test_each_rank_restores_its_own_rng_stream_or_the_last_one(tmp_path, rank, stream):
+    """A run resumed on more processes than it saved gives the extra ranks the last saved stream."""
+    cfg = config(tmp_path)
+    streams = []
+    for seed in (10, 11):
+        torch.manual_seed(seed)
+        streams.append(gather_rng(CPU)[0])
+    path, _, _ = save_trained(cfg, 3, rng=streams)
+    model, optimizer, scaler = parts(cfg)
+    start_state(cfg, rt.Runtime(torch.device("cpu"), torch.float32, rank=rank, world_size=4), path, model,
+                optimizer, scaler, lambda message: None)
+    after = torch.rand(4)
+    torch.manual_seed(10 + stream)
+    assert torch.equal(after, torch.rand(4))
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path):
+    cfg = config(tmp_path, "train.max_steps=3", "optim.on_extend=restart")
+    path, _, _ = save_trained(cfg, 3, schedule_end=8)
+    said = []
+    state = start_state(cfg, CPU, path, *parts(cfg), said.append)
+    assert said == [f"resuming from {path} (step 3)",
+                    "nothing to train: the checkpoint is at step 3 and train.max_steps=3; "
+                    "raise train.max_steps to train further"]  # and no word about the schedule
+    assert (state.schedule_start, state.schedule_end) == (0, 8)
+
+
+@pytest.mark.parametrize("on_extend, schedule_span, message", [
+    ("continue", (0, 5), "train.max_steps=10 but the run's schedule ends at step 5: it continues "
+                         "(optim.on_extend=continue; min_lr 0.0003 after step 5); set optim.on_extend=restart to "
+                         "warm-restart it, or optim.decay_steps to choose the end"),
+    ("restart", (3, 10), "optim.on_extend=restart: warm restart of the learning rate at step 3: 2 warm-up steps to "
+                         "0.003, cosine to 0.0003 at step 10"),
+])
+def test_extending_a_resumed_run_says_what_happens_to_its_schedule(tmp_path, on_extend, schedule_span, message):
+    cfg = config(tmp_path, "train.max_steps=10", f"optim.on_extend={on_extend}")
+    path, _, _ = save_trained(cfg, 3)
+    said = []
+    state = start_state(cfg, CPU, path, *parts(cfg), said.append)
+    assert said == [f"resuming from {path} (step 3)", message]
+    assert (state.schedule_start, state.schedule_end) == schedule_span
+
+
+@pytest.mark.parametrize("overrides, kept_end", [
+    (["train.max_steps=5"], 5),  # the schedule it started with
+    (["train.max_steps=10", "optim.decay_steps=8"], 8),  # decay_steps chooses the end, whatever max_steps is
+])
+def test_schedule_continues_silently_when_nothing_changed_or_the_end_is_chosen(tmp_path, overrides, kept_end):
+    saved = TrainState(step=3, schedule_start=2, schedule_end=5)
+    assert schedule(config(tmp_path, *overrides), saved) == (2, kept_end, None)
+
+
+def test_restart_cannot_move_the_schedule_behind_the_checkpoint(tmp_path):
+    """A restart needs steps left to warm up in: max_steps at or below the checkpoint keeps the old schedule."""
+    cfg = config(tmp_path, "train.max_steps=3", "optim.on_extend=restart")
+    start, end, _ = schedule(cfg, TrainState(step=4, schedule_start=1, schedule_end=6))
+    assert (start, end) == (1, 6)
+
+
+@pytest.mark.parametrize("change, message", [
+    ("model.n_layer=3", "cannot resume: model.n_layer is 3 here but 2 in the checkpoint; use the checkpoint's config"),
+    ("data.block_size=16", "cannot resume: data.block_size is 16 here but 32 in the checkpoint; use the checkpoint's "
+                           "config"),
+])
+def test_resuming_refuses_another_model_or_other_data(tmp_path, change, message):
+    path, _, _ = save_trained(config(tmp_path), 3)
+    cfg = config(tmp_path, change)
+    model, optimizer, scaler = parts(config(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        start_state(cfg, CPU, path, model, optimizer, scaler, print)
+    assert str(info.value) == message
+
+
+def test_keys_a_checkpoint_predates_count_as_their_defaults(tmp_path):
+    cfg = config(tmp_path)
+    saved = config_to_dict(cfg)
+    del saved["model"]["position"]  # at its default here: the same model
+    check_resumable(cfg, saved, ("model", "data"))
+    with pytest.raises(ConfigError, match=r"cannot resume: model.position is 'rope' here but 'learned' in the "):
+        check_resumable(config(tmp_path, "model.position=rope"), saved, ("model",))
+
+
+def test_a_weights_only_checkpoint_starts_a_new_run_from_its_weights(tmp_path):
+    source = config(tmp_path / "imported")
+    path, imported, _ = save_trained(source, 7, kind="weights_only", optimizer=None, rng=[])
+    cfg = config(tmp_path / "run", "data.block_size=16", "train.seed=5", "train.max_steps=9")  # other data is fine
+    model, optimizer, scaler = parts(cfg, seed=99)
+    said = []
+    state = start_state(cfg, CPU, path, model, optimizer, scaler, said.append)
+    assert said == [f"starting from the weights of {path} (fresh optimiser, schedule and data order)"]
+    for name, value in imported.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert (state.kind, state.step, state.tokens_seen, state.schedule_start, state.schedule_end) == (
+        "full", 0, 0, 0, 9)
+    assert optimizer.state_dict()["state"] == {} and scaler.get_scale() == 2.0**16
+    after = torch.rand(4)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(4))
+    with pytest.raises(ConfigError, match="cannot resume: model.n_embd is 32 here but 64 in the checkpoint"):
+        start_state(config(tmp_path / "run", "model.n_embd=32"), CPU, path, *parts(cfg), print)
+
+
+# gather_rng
+
+
+def test_gather_rng_on_one_process_is_a_snapshot_of_every_stream():
+    torch.manual_seed(1)
+    np.random.seed(1)
+    random.seed(1)
+    states = gather_rng(CPU)
+    assert len(states) == 1
+    expected_keys = {"torch", "numpy", "python"} | ({"cuda"} if torch.cuda.is_available() else set())
+    assert set(states[0]) == expected_keys
+    first = draws()
+    assert draws() != first  # the streams moved on; the snapshot did not
+    restore_rng(states[0])
+    assert draws() == first
