@@ -52,7 +52,7 @@ class Source:
 
     def open(self) -> Iterator[dict] | IterableDataset:
         """The source's rows, streamed."""
-        if self.dataset == "text":
+        if self.files and self.dataset == "text":  # (a hub dataset could be named 'text')
             # one document per file; a stray byte should not cost a whole preparation: invalid UTF-8 becomes U+FFFD,
             # and prepare() counts the replacements per file (invalid_utf8) and reports them
             return ({"text": _read_text(path)} for path in self.files)
