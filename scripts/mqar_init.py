@@ -22,8 +22,8 @@ the token embedding, so with `default` it keeps the embedding's N(0, 1).
 The independent model (`Reference`) is written here from torch primitives alone, so that the stall cannot come from
 a quirk of model/: PyTorch's default init, untied head, exact GELU, attention written out.
 
-<out>.md gets the tables (results/mqar_init.md adds the reading of them), <out>.csv one line per run with its
-accuracy at every evaluation.
+<out>.md gets the tables and <out>.csv one line per run with its accuracy at every evaluation; results/mqar_init.md
+is these tables with the reading of them written around them, so the default --out (runs/mqar_init) leaves it alone.
 """
 
 from __future__ import annotations
@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=100, help="steps between val accuracy checks")
     parser.add_argument("--rows", help=f"comma-separated run ids (default: all {len(ALL_RUNS)}), e.g. "
                                        f"{ALL_RUNS[0].id},{ALL_RUNS[3].id}")
-    parser.add_argument("--out", type=Path, default=Path("results/mqar_init"), help="page/CSV path stem")
+    parser.add_argument("--out", type=Path, default=Path("runs/mqar_init"),
+                        help="page/CSV path stem (not results/mqar_init, whose reading of the tables would be lost)")
     args = parser.parse_args(argv)
     by_id = {run.id: run for run in ALL_RUNS}
     wanted = [name.strip() for name in args.rows.split(",")] if args.rows else list(by_id)
