@@ -1,7 +1,7 @@
 """Training step of our GPT beside nanoGPT's, taking turns step by step in one process.
 
     python scripts/bench_nanogpt.py --nanogpt path/to/nanoGPT/model.py                  # GPT-2 small, bf16, 1 thread
-    python scripts/bench_nanogpt.py --nanogpt model.py --shape small --dtype float32 --threads 2
+    python scripts/bench_nanogpt.py --nanogpt model.py --shape demo --dtype float32 --threads 2
 
 nanoGPT is not a dependency: give the path of its `model.py` (https://github.com/karpathy/nanoGPT). Both models get
 the same shape, GPT-2's vocabulary (50,257), no dropout, biases on, and the same random batch; each is trained as
@@ -25,17 +25,14 @@ from pathlib import Path
 
 import torch
 
+from experiments.bench_shapes import SHAPES
 from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
-from model.config import ModelConfig
 from model.gpt import GPT
 from training.config import OptimConfig
 from training.optim import make_optimizer
 from training.runtime import peak_flops
 
-# name: (n_layer, n_embd, batch, seq_len)
-SHAPES = {"gpt2-small": (12, 768, 1, 1024), "small": (4, 256, 8, 256)}
-VOCAB = 50257
 
 
 def load_nanogpt(path: Path):
@@ -50,13 +47,14 @@ def load_nanogpt(path: Path):
 
 def sides(nanogpt, shape: str) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
     """(model, optimizer) of ours and of nanoGPT, same shape, each initialised and configured by its own code."""
-    n_layer, n_embd, _, seq = SHAPES[shape]
+    config = SHAPES[shape].model_config()
     cfg = OptimConfig()
     torch.manual_seed(0)
-    ours = GPT(ModelConfig(n_layer=n_layer, n_head=n_embd // 64, n_embd=n_embd, n_positions=seq, vocab_size=VOCAB))
+    ours = GPT(config)
     torch.manual_seed(0)
-    theirs = nanogpt.GPT(nanogpt.GPTConfig(block_size=seq, vocab_size=VOCAB, n_layer=n_layer, n_head=n_embd // 64,
-                                           n_embd=n_embd, dropout=0.0, bias=True))
+    theirs = nanogpt.GPT(nanogpt.GPTConfig(block_size=config.n_positions, vocab_size=config.vocab_size,
+                                           n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                                           dropout=0.0, bias=True))
     their_optimizer = theirs.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), "cpu")
     return {"ours": (ours, make_optimizer(ours, cfg, "cpu")), "nanoGPT": (theirs, their_optimizer)}
 
@@ -111,9 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     models = sides(load_nanogpt(args.nanogpt), args.shape)
-    _, _, batch, seq = SHAPES[args.shape]
+    shape = SHAPES[args.shape]
+    batch, seq, vocab = shape.batch, shape.seq_len, models["ours"][0].config.vocab_size
     generator = torch.Generator().manual_seed(0)
-    x, y = (torch.randint(0, VOCAB, (batch, seq), generator=generator) for _ in range(2))
+    x, y = (torch.randint(0, vocab, (batch, seq), generator=generator) for _ in range(2))
     load_start = os.getloadavg()[0]
     times: dict[str, list[float]] = {name: [] for name in models}
     for round_ in range(args.warmup + args.steps):
@@ -136,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table(headers, [[args.shape, args.dtype, args.threads, cell(row["ours_tokens_per_s"]),
                                       cell(row["nanogpt_tokens_per_s"]), cell(speedup), cell(mfu, "pct")]],
                            right=headers[2:])
-    n_layer, n_embd, _, _ = SHAPES[args.shape]
-    config = (f"{n_layer} layers x {n_embd}, batch {batch} x {seq} tokens, vocabulary {VOCAB}, {args.dtype}, "
+    config = (f"{shape.n_layer} layers x {shape.n_embd}, batch {batch} x {seq} tokens, vocabulary {vocab}, {args.dtype}, "
               f"{args.threads} thread(s), medians of {args.steps} alternating steps after {args.warmup} warm-up; "
               f"torch {torch.__version__}; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at "
               "the end")

@@ -18,22 +18,19 @@ from pathlib import Path
 
 import torch
 
+from experiments.bench_shapes import SHAPES
 from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
-from model.config import ModelConfig
 from model.gpt import GPT
 from training.config import OptimConfig
 from training.optim import parameter_groups
 
-# name: (n_layer, n_embd, n_positions): GPT-2 small and configs/shakespeare-cpu.yaml's model
-SHAPES = {"gpt2-small": (12, 768, 1024), "demo": (4, 256, 256)}
 FORMS = {"foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
 def step_seconds(shape: str, rounds: int) -> dict[str, float]:
     """Median seconds of one step of each form, the forms taking turns for `rounds` rounds after an untimed one."""
-    n_layer, n_embd, n_positions = SHAPES[shape]
-    model = GPT(ModelConfig(n_layer=n_layer, n_head=n_embd // 64, n_embd=n_embd, n_positions=n_positions))
+    model = GPT(SHAPES[shape].model_config())
     for param in model.parameters():
         param.grad = torch.randn_like(param) * 1e-3
     cfg = OptimConfig()
@@ -74,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                            [[r["shape"], r["threads"], cell(r["foreach_s"]), cell(r["fused_s"]), cell(r["ratio"])]
                             for r in rows], right=("threads", "foreach, s", "fused, s", "fused / foreach"))
     config = (f"AdamW over the parameters of {', '.join(args.shapes.split(','))} "
-              f"({'; '.join(f'{s}: {SHAPES[s][0]} layers x {SHAPES[s][1]}' for s in args.shapes.split(','))}), "
+              f"({'; '.join(f'{s}: {SHAPES[s].n_layer} layers x {SHAPES[s].n_embd}' for s in args.shapes.split(','))}), "
               f"fp32, random gradients, medians of {args.rounds} alternating rounds after an untimed one; torch "
               f"{torch.__version__}; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     page = opening("AdamW step: foreach and fused", "seconds of one optimizer step of each form, taking turns",

@@ -1,7 +1,7 @@
 """Training-step throughput (tokens/s) and MFU of the model, measured like the anchors (docs/benchmarks.md).
 
     python scripts/bench_train.py                       # both anchor shapes, 1 and 2 threads, fp32 and bf16
-    python scripts/bench_train.py --shapes small --threads 2 --dtypes bfloat16
+    python scripts/bench_train.py --shapes demo --threads 2 --dtypes bfloat16
 
 One step = forward + backward + AdamW update on random tokens; the median of `--steps` timed steps after
 `--warmup` untimed ones. MFU = 6N + 12LCT FLOPs per token × tokens/s ÷ the peak of a 2048² torch.mm in the
@@ -17,24 +17,23 @@ from pathlib import Path
 
 import torch
 
+from experiments.bench_shapes import SHAPES
 from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
-from model.config import ModelConfig
 from model.gpt import GPT
 from training.config import OptimConfig
 from training.optim import make_optimizer
 from training.runtime import peak_flops
 
-# name: (n_layer, n_embd, batch, seq_len) — the two shapes of the anchor table
-SHAPES = {"gpt2-small": (12, 768, 1, 1024), "small": (4, 256, 8, 256)}
 
 
 def step_time(shape: str, dtype: torch.dtype, attention: str, warmup: int, steps: int) -> tuple[float, GPT]:
-    n_layer, n_embd, batch, seq = SHAPES[shape]
+    config = SHAPES[shape].model_config(attention=attention)
     torch.manual_seed(0)
-    model = GPT(ModelConfig(n_layer=n_layer, n_head=n_embd // 64, n_embd=n_embd, attention=attention))
+    model = GPT(config)
     optimizer = make_optimizer(model, OptimConfig(), "cpu")
-    x, y = torch.randint(0, 50257, (batch, seq)), torch.randint(0, 50257, (batch, seq))
+    size = (SHAPES[shape].batch, SHAPES[shape].seq_len)
+    x, y = torch.randint(0, config.vocab_size, size), torch.randint(0, config.vocab_size, size)
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
@@ -50,7 +49,7 @@ def step_time(shape: str, dtype: torch.dtype, attention: str, warmup: int, steps
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="gpt2-small,small", help=f"comma list of {', '.join(SHAPES)}")
+    parser.add_argument("--shapes", default="gpt2-small,demo", help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--attention", default="softmax")
@@ -67,9 +66,8 @@ def main() -> None:
             peak = peak_flops(torch.device("cpu"), dtype)
             for shape in args.shapes.split(","):
                 seconds, model = step_time(shape, dtype, args.attention, args.warmup, args.steps)
-                _, _, batch, seq = SHAPES[shape]
-                tokens_per_s = batch * seq / seconds
-                mfu = model.flops_per_token(seq) * tokens_per_s / peak
+                tokens_per_s = SHAPES[shape].tokens / seconds
+                mfu = model.flops_per_token(SHAPES[shape].seq_len) * tokens_per_s / peak
                 row = dict(shape=shape, attention=args.attention, threads=threads, dtype=dtype_name,
                            step_s=round(seconds, 4), tokens_per_s=round(tokens_per_s, 1), mfu=round(mfu, 3),
                            peak_gflops=round(peak / 1e9, 1))
