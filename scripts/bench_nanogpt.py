@@ -34,7 +34,6 @@ from training.optim import make_optimizer
 from training.runtime import peak_flops
 
 
-
 def load_nanogpt(path: Path):
     """nanoGPT's model module, loaded from its file."""
     if not path.is_file():
@@ -135,8 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table(headers, [[args.shape, args.dtype, args.threads, cell(row["ours_tokens_per_s"]),
                                       cell(row["nanogpt_tokens_per_s"]), cell(speedup), cell(mfu, "pct")]],
                            right=headers[2:])
-    config = (f"{shape.n_layer} layers x {shape.n_embd}, batch {batch} x {seq} tokens, vocabulary {vocab}, {args.dtype}, "
-              f"{args.threads} thread(s), medians of {args.steps} alternating steps after {args.warmup} warm-up; "
+    config = (f"{shape.n_layer} layers x {shape.n_embd}, batch {batch} x {seq} tokens, vocabulary {vocab}, "
+              f"{args.dtype}, {args.threads} thread(s), medians of {args.steps} alternating steps after "
+              f"{args.warmup} warm-up; "
               f"torch {torch.__version__}; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at "
               "the end")
     page = opening("Training step beside nanoGPT", "seconds of a full training step of each model, taking turns",

@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table(["shape", "threads", "foreach, s", "fused, s", "fused / foreach"],
                            [[r["shape"], r["threads"], cell(r["foreach_s"]), cell(r["fused_s"]), cell(r["ratio"])]
                             for r in rows], right=("threads", "foreach, s", "fused, s", "fused / foreach"))
-    config = (f"AdamW over the parameters of {', '.join(args.shapes.split(','))} "
-              f"({'; '.join(f'{s}: {SHAPES[s].n_layer} layers x {SHAPES[s].n_embd}' for s in args.shapes.split(','))}), "
+    shapes = args.shapes.split(",")
+    config = (f"AdamW over the parameters of {', '.join(shapes)} "
+              f"({'; '.join(f'{s}: {SHAPES[s].n_layer} layers x {SHAPES[s].n_embd}' for s in shapes)}), "
               f"fp32, random gradients, medians of {args.rounds} alternating rounds after an untimed one; torch "
               f"{torch.__version__}; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     page = opening("AdamW step: foreach and fused", "seconds of one optimizer step of each form, taking turns",
