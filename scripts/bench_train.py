@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.bench_shapes import SHAPES
+from experiments.bench_shapes import SHAPES, BenchShape
 from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 from model.gpt import GPT
@@ -26,13 +26,12 @@ from training.optim import make_optimizer
 from training.runtime import peak_flops
 
 
-
-def step_time(shape: str, dtype: torch.dtype, attention: str, warmup: int, steps: int) -> tuple[float, GPT]:
-    config = SHAPES[shape].model_config(attention=attention)
+def step_time(shape: BenchShape, dtype: torch.dtype, attention: str, warmup: int, steps: int) -> tuple[float, GPT]:
+    config = shape.model_config(attention=attention)
     torch.manual_seed(0)
     model = GPT(config)
     optimizer = make_optimizer(model, OptimConfig(), "cpu")
-    size = (SHAPES[shape].batch, SHAPES[shape].seq_len)
+    size = (shape.batch, shape.seq_len)
     x, y = torch.randint(0, config.vocab_size, size), torch.randint(0, config.vocab_size, size)
     times = []
     for i in range(warmup + steps):
@@ -64,11 +63,12 @@ def main() -> None:
         for dtype_name in args.dtypes.split(","):
             dtype = getattr(torch, dtype_name)
             peak = peak_flops(torch.device("cpu"), dtype)
-            for shape in args.shapes.split(","):
+            for name in args.shapes.split(","):
+                shape = SHAPES[name]
                 seconds, model = step_time(shape, dtype, args.attention, args.warmup, args.steps)
-                tokens_per_s = SHAPES[shape].tokens / seconds
-                mfu = model.flops_per_token(SHAPES[shape].seq_len) * tokens_per_s / peak
-                row = dict(shape=shape, attention=args.attention, threads=threads, dtype=dtype_name,
+                tokens_per_s = shape.tokens / seconds
+                mfu = model.flops_per_token(shape.seq_len) * tokens_per_s / peak
+                row = dict(shape=name, attention=args.attention, threads=threads, dtype=dtype_name,
                            step_s=round(seconds, 4), tokens_per_s=round(tokens_per_s, 1), mfu=round(mfu, 3),
                            peak_gflops=round(peak / 1e9, 1))
                 rows.append(row)

@@ -16,9 +16,9 @@ def test_gpt2_small_shape_is_the_gpt2_config():
 
 def test_demo_shape_is_the_demo_config():
     config = load_config(ROOT / "configs" / "shakespeare-cpu.yaml")
-    shape = SHAPES["demo"]
-    assert (shape.n_layer, shape.n_embd, shape.n_embd // config.model.n_head) == (
-        config.model.n_layer, config.model.n_embd, 64)
+    shape, demo = SHAPES["demo"], SHAPES["demo"].model_config()
+    sizes = ("vocab_size", "n_layer", "n_head", "n_embd", "n_positions")
+    assert [getattr(demo, key) for key in sizes] == [getattr(config.model, key) for key in sizes]
     assert (shape.batch, shape.seq_len) == (config.train.batch_size, config.model.n_positions)
 
 
