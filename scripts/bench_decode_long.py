@@ -4,7 +4,8 @@
     python scripts/bench_decode_long.py --backends logexp --tokens 20000 --bucket 1000 --out /tmp/decode_20k
 
 The model is the CPU demo's shape (configs/shakespeare-cpu.yaml: 4 layers, 256 wide, 4 heads, GPT-2 vocabulary)
-with random weights and position `rope` (or `none`), fp32, batch 1, one thread. Every backend runs in its own
+with random weights and position `rope` (or `none`), fp32 or bf16 weights (`--dtype`; the recurrent states
+accumulate in fp32 either way), batch 1, one thread. Every backend runs in its own
 process (all at once), so its resident memory is its own: from an empty state, each token is one `GPT.decode` step
 (the step generate() takes) whose greedy next token (`next_token` at temperature 0, as `--temperature 0` picks it)
 is fed back. Per bucket of `--bucket` tokens it records the median, p99 and mean milliseconds per token (the decode
@@ -42,6 +43,7 @@ from training.config import load_config
 TARGET_RATIO = 1.15  # median latency of the last bucket / the first, at most this (as scripts/bench_decode.py)
 RSS_GROWTH_MIB = 16  # resident memory may move this much between the first and the last bucket (allocator noise)
 GREEDY = Sampler(temperature=0.0)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def resident_mib() -> float:
@@ -55,7 +57,7 @@ def resident_mib() -> float:
 def demo_model(args: argparse.Namespace, backend: str) -> GPT:
     overrides = [f"model.attention={backend}", f"model.position={args.position}"]
     torch.manual_seed(0)
-    return GPT(load_config(args.config, overrides).model).eval()
+    return GPT(load_config(args.config, overrides).model).eval().to(DTYPES[args.dtype])
 
 
 @torch.no_grad()
@@ -63,7 +65,7 @@ def decode_stream(backend: str, args: argparse.Namespace, rows: multiprocessing.
     """Decode args.tokens tokens one at a time (in a process of its own) and put one row per bucket on `rows`."""
     torch.set_num_threads(args.threads)
     model = demo_model(args, backend)
-    state = model.init_decode_state(1, dtype=torch.float32, device="cpu")
+    state = model.init_decode_state(1, dtype=DTYPES[args.dtype], device="cpu")
     token = torch.zeros(1, 1, dtype=torch.long)  # the first input; every later one is the greedy choice
     start, times, cpu_times = time.perf_counter(), [], []
     for position in range(1, args.tokens + 1):
@@ -111,7 +113,7 @@ def summary_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
 
 
 def markdown(rows: list[dict], args: argparse.Namespace, load_start: float, status: str) -> str:
-    config = (f"{args.config} model shape, random weights, position {args.position}, fp32, batch 1, greedy tokens "
+    config = (f"{args.config} model shape, random weights, position {args.position}, {args.dtype} weights, batch 1, greedy tokens "
               f"fed back, torch {torch.__version__}, {args.threads} thread per backend, one process per backend, "
               f"buckets of {args.bucket:,} tokens")
     page = opening("Decoding a long stream", "per-token decode latency, resident memory and decode-state bytes "
@@ -178,6 +180,8 @@ def main() -> None:
     parser.add_argument("--bucket", type=int, default=10_000, help="tokens per latency bucket")
     parser.add_argument("--config", default="configs/shakespeare-cpu.yaml", help="the model shape (its model section)")
     parser.add_argument("--position", default="rope", choices=["rope", "none"], help="position encoding")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                        help="weights and activations (bfloat16 halves the LM head's memory traffic, which dominates a step)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each backend's process")
     parser.add_argument("--redraw-s", type=float, default=60, help="rewrite the page at most this often")
     parser.add_argument("--out", default="results/decode_1m", help="output prefix (.csv, .md, .png)")

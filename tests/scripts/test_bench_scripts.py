@@ -86,7 +86,7 @@ def test_bench_decode_batches_report_throughput_and_state_bytes_per_batch(tmp_pa
 def test_bench_decode_long_reports_latency_and_memory_per_bucket(tmp_path):
     out = tmp_path / "long"
     run_script("scripts/bench_decode_long.py", "--config", "configs/tiny.yaml", "--backends", "taylor",
-               "--tokens", "25", "--bucket", "10", "--out", str(out))
+               "--tokens", "25", "--bucket", "10", "--dtype", "bfloat16", "--out", str(out))
     rows = read_rows(out.with_suffix(".csv"))
     assert [int(r["position"]) for r in rows] == [10, 20, 25]  # the last bucket holds the rest
     assert [int(r["tokens"]) for r in rows] == [10, 10, 5]
@@ -95,7 +95,7 @@ def test_bench_decode_long_reports_latency_and_memory_per_bucket(tmp_path):
     assert len({r["state_bytes"] for r in rows}) == 1  # a constant-size state
     page = out.with_suffix(".md").read_text()
     assert page.startswith("# Decoding a long stream\n\nMeasured: ") and "Machine: " in page
-    assert "Run finished" in page and "- **taylor**: 25 of 25 tokens" in page
+    assert "Run finished" in page and "- **taylor**: 25 of 25 tokens" in page and "bfloat16 weights" in page
     assert out.with_suffix(".png").stat().st_size > 0
 
 
