@@ -2,7 +2,7 @@
 names (num_hidden_layers, hidden_size, ...) through `attribute_map`.
 
 `scripts/export_hf.py` copies this file (with the model package) into an exported folder, so it must import only
-torch, transformers and the model package.
+torch, transformers, the model package and typedconfig.parsing (which imports only the standard library).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ row count its real tokens (transformers' GPT-2 derives position_ids from the mas
 remembers the padding, so a padded row gives the logits and the tokens it gives alone.
 
 `scripts/export_hf.py` copies this file (with the model package) into an exported folder, so it must import only
-torch, transformers and the model package.
+torch, transformers, the model package and typedconfig.parsing (which imports only the standard library).
 """
 
 from __future__ import annotations

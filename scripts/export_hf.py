@@ -6,9 +6,11 @@
     model = AutoModelForCausalLM.from_pretrained("exports/shakespeare-cpu", trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained("exports/shakespeare-cpu")
 
-The modelling code travels in the folder, as on the Hub: model/modeling_attnlab.py and every module of the model
-package it imports, flattened into one directory with their `from model.x.y import` lines rewritten to relative
-imports (`from .x_y import`), which is what transformers' remote-code loader resolves. config.json maps
+The modelling code travels in the folder, as on the Hub: model/modeling_attnlab.py and every module of our
+packages it imports (the model package and typedconfig's parsing, which the model config checks its options with),
+flattened into one directory with their `from model.x.y import` lines rewritten to relative imports (`from .x_y
+import`; `from typedconfig.parsing import` to `from .typedconfig_parsing import`), which is what transformers'
+remote-code loader resolves. config.json maps
 AutoConfig / AutoModelForCausalLM to them (`auto_map`). The folder is written under a temporary name and renamed,
 and an existing --out is replaced only with --force.
 """
@@ -29,7 +31,7 @@ from model.modeling_attnlab import AttnlabForCausalLM
 from training.checkpoint import checkpoint_step, load_checkpoint_model, replace_dir
 from typedconfig.cli import ArgumentParser
 
-PACKAGE = "model"
+PACKAGES = ("model", "typedconfig")  # ours, imported by the modelling code; the rest is the standard library and torch
 ENTRY_MODULES = ("model.configuration_attnlab", "model.modeling_attnlab")
 
 
@@ -40,17 +42,18 @@ def module_file(module: str, root: Path) -> Path:
 
 
 def flat_name(module: str) -> str:
-    """model.attention.base -> attention_base; model.attention -> attention; model.gpt -> gpt."""
-    return "_".join(module.split(".")[1:])
+    """model.attention.base -> attention_base; model.gpt -> gpt; typedconfig.parsing -> typedconfig_parsing."""
+    parts = module.split(".")
+    return "_".join(parts[1:] if parts[0] == "model" else parts)
 
 
 def package_imports(source: str) -> list[str]:
-    """The modules of our package that `source` imports (`from model.x import ...`)."""
+    """The modules of our packages that `source` imports (`from model.x import ...`)."""
     tree = ast.parse(source)
     return [
         node.module
         for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == PACKAGE
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in PACKAGES
     ]
 
 
@@ -67,11 +70,11 @@ def module_closure(entries: tuple[str, ...], root: Path) -> list[str]:
 
 
 def flatten_source(source: str) -> str:
-    """Rewrite absolute imports of our package into relative imports of the flattened modules."""
+    """Rewrite absolute imports of our packages into relative imports of the flattened modules."""
     lines = []
     for line in source.splitlines(keepends=True):
         stripped = line.lstrip()
-        if stripped.startswith(f"from {PACKAGE}.") or stripped.startswith(f"from {PACKAGE} "):
+        if stripped.startswith(tuple(f"from {package}{end}" for package in PACKAGES for end in ". ")):
             module, rest = stripped[len("from "):].split(" ", 1)
             line = f"{line[: len(line) - len(stripped)]}from .{flat_name(module)} {rest}"
         lines.append(line)

@@ -215,7 +215,7 @@ import sys, torch
 class NoRepository:  # the repository is installed in this venv: make sure nothing of it is used
     @staticmethod
     def find_spec(name, path=None, target=None):
-        if name.split(".")[0] in ("model", "data", "training", "evals"):
+        if name.split(".")[0] in ("model", "data", "training", "evals", "typedconfig", "fileio", "experiments"):
             raise ImportError(f"the exported folder imported {name} from the repository")
 sys.meta_path.insert(0, NoRepository)
 from transformers import AutoModelForCausalLM, AutoTokenizer
