@@ -63,11 +63,13 @@ def cpu_supports_bf16() -> bool:
 
 
 def pick_dtype(name: str, device: torch.device, option: str = "train.dtype") -> torch.dtype:
-    """'auto' -> bfloat16 where the device computes it natively (recent GPUs, bf16 CPUs), else float32.
-    Errors name the setting `option`."""
+    """'auto' -> bfloat16 where the device computes it natively (Ampere and later GPUs, bf16 CPUs), float16 on
+    older GPUs, else float32. Errors name the setting `option`."""
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # the default including_emulation=True also says yes on pre-Ampere GPUs, where bf16 is emulated and slow
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+            return torch.bfloat16 if native else torch.float16
         if device.type == "cpu" and cpu_supports_bf16():
             return torch.bfloat16
         return torch.float32

@@ -47,3 +47,15 @@ def test_the_cpu_peak_is_a_plausible_flop_rate_and_leaves_the_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
     assert 1e9 < peak < 1e14  # between 1 GFLOP/s and 100 TFLOP/s on any CPU
     assert rt.peak_memory_mb(torch.device("cpu")) > 10
+
+
+def _fake_bf16_check(emulated: bool):
+    """torch.cuda.is_bf16_supported as on a GPU that computes bf16 natively (emulated=False) or only emulates it
+    (compute capability 7.x: V100, T4)."""
+    return lambda including_emulation=True: including_emulation or not emulated
+
+
+@pytest.mark.parametrize("emulated, expected", [(False, torch.bfloat16), (True, torch.float16)])
+def test_auto_dtype_on_cuda_is_bf16_only_where_native(monkeypatch, emulated, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", _fake_bf16_check(emulated))
+    assert rt.pick_dtype("auto", torch.device("cuda", 0)) == expected
