@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,6 +51,10 @@ class ModelConfig:
             get_backend(self.attention, **self.attention_options)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model.attention_options: {exc}") from None
+        if self.position not in typing.get_args(PositionEncoding):
+            raise ValueError(
+                f"model.position: unknown encoding {self.position!r} (allowed: {', '.join(typing.get_args(PositionEncoding))})"
+            )
         if self.position == "rope" and self.head_dim % 2:
             raise ValueError(f"model.position=rope needs an even head size, got n_embd/n_head = {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:

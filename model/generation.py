@@ -123,10 +123,12 @@ def generate(
             raise ValueError("prompts must be left-padded, each with at least one token (mask 0 ... 0 1 ... 1)")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
     limit = context_limit(model, max_context)
     if limit.tokens is None:
         window = None  # the state never fills up
-    elif window is not None and not 1 <= window < limit.tokens:
+    elif window is not None and window >= limit.tokens:
         raise ValueError(f"window must be in [1, {limit.tokens}) (the context limit: {limit.reason}), got {window}")
     if limit.tokens is not None and prompt.shape[1] > limit.tokens:
         if window is None:

@@ -66,5 +66,8 @@ def next_token(logits: torch.Tensor, sampler: Sampler, generator: torch.Generato
     logits = logits[..., : sampler.vocab_size].float()
     if sampler.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    probs = torch.softmax(filter_logits(logits / sampler.temperature, sampler.top_k, sampler.top_p), dim=-1)
+    # Shifted so that the largest logit is 0 before dividing: the same distribution, but a tiny temperature sends
+    # the others to -inf instead of every logit to +-inf (whose softmax is NaN).
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    probs = torch.softmax(filter_logits(shifted / sampler.temperature, sampler.top_k, sampler.top_p), dim=-1)
     return torch.multinomial(probs, 1, generator=generator)

@@ -157,11 +157,18 @@ def test_a_prompt_longer_than_the_context_needs_a_window():
     assert tokens == greedy_reference(model, prompt[0, -8:].tolist(), 3, limit=16, window=8)
 
 
-@pytest.mark.parametrize("window", [0, 16, 20])
+@pytest.mark.parametrize("window", [16, 20])
 def test_a_window_must_fit_in_the_context(window):
     model = tiny_model(position="learned", n_positions=16)
     with pytest.raises(ValueError, match=r"window must be in \[1, 16\)"):
         generate(model, random_ids(1, 5), 3, window=window)
+
+
+@pytest.mark.parametrize("window", [0, -5])
+@pytest.mark.parametrize("model_options", [{"position": "learned"}, {"attention": "logexp", "position": "rope"}])
+def test_a_window_below_one_is_rejected_even_where_the_state_never_fills(window, model_options):
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        generate(tiny_model(**model_options), random_ids(1, 5), 3, window=window)
 
 
 def test_an_empty_prompt_is_rejected():

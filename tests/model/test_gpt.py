@@ -106,6 +106,7 @@ def test_rope_scores_depend_only_on_relative_position():
         ({"attention_options": {"nope": 1.0}}, "model.attention_options: unknown option"),
         ({"position": "rope", "n_embd": 30, "n_head": 2}, "even head size"),
         ({"n_layer": 0}, "model.n_layer must be >= 1"),
+        ({"position": "rotary"}, "model.position: unknown encoding 'rotary' .allowed: learned, rope, none"),
     ],
 )
 def test_impossible_model_configs_are_rejected(overrides, message):

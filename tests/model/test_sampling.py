@@ -65,6 +65,13 @@ def test_temperature_zero_is_greedy():
     assert next_token(logits, Sampler(temperature=0)).tolist() == [[1], [0]]
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1e-40])  # logits / T overflows to inf in fp32
+def test_a_tiny_temperature_samples_the_argmax_instead_of_failing(temperature):
+    logits = torch.tensor([[0.1, 2.0, 1.9, float("-inf")], [3.0, -1.0, 0.0, 2.5]])
+    generator = torch.Generator().manual_seed(0)
+    assert next_token(logits, Sampler(temperature=temperature), generator).tolist() == [[1], [0]]
+
+
 def test_samples_come_only_from_the_kept_tokens():
     logits = torch.tensor([log_probs([0.05, 0.5, 0.3, 0.15])]).expand(2000, 4)
     generator = torch.Generator().manual_seed(0)
