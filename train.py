@@ -212,7 +212,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         """Checkpoint on the main process; every rank takes part (its RNG state is gathered)."""
         state.optimizer, state.grad_scaler, state.rng = optimizer.state_dict(), scaler.state_dict(), gather_rng(runtime)
         if runtime.is_main:
-            log_line(f"saved {ckpt.save_checkpoint(run_dir, model, state, resolved, tc.keep_checkpoints)}")
+            log_line(f"saved {ckpt.save_checkpoint(run_dir, model, state, resolved, tc.keep_checkpoints, log_line)}")
         rt.barrier(runtime)
 
     tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum

@@ -5,10 +5,17 @@ never destroys the last good checkpoint and a damaged file is found before it is
                                  /state.pt            the TrainState: optimiser, schedule, RNG states, data position
                                  /config.json         the fully resolved run config
                                  /checksums.json      sha256 and size of the three files above
-    <run>/checkpoints/latest                          name of the newest checkpoint written
+    <run>/checkpoints/latest                          name of the checkpoint the run stands at
 
-Every load verifies the checksums first. A run directory resolves to its newest checkpoint that verifies (damaged
-newer ones are reported and skipped); a checkpoint directory named explicitly must verify or the load stops.
+A run directory holds one line of training, and `latest` says where it stands: a run directory resolves to the
+checkpoint `latest` names, or, if that one fails to verify, to the highest-numbered one below it that does (each
+damaged one is reported and skipped); without `latest`, to the highest-numbered one that verifies. A checkpoint
+directory named explicitly must verify or the load stops.
+
+Resuming from an earlier checkpoint of the run (`--resume <run>/checkpoints/step_000200` while step_000300 exists)
+branches the run, as in nanoGPT, whose single ckpt.pt the new branch overwrites: the first save of the new branch
+removes the checkpoints numbered above it (saying so), so the directory never mixes the two branches. Only folders
+named step_ and digits are checkpoints; anything else (a user's step_000100.bak) is left alone.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -38,10 +46,15 @@ from typedconfig.parsing import ConfigError
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 WEIGHTS, STATE, CONFIG, CHECKSUMS = "model.safetensors", "state.pt", "config.json", "checksums.json"
+STEP_NAME = re.compile(r"step_([0-9]+)")
 
 
 class CheckpointError(FileNotFoundError):
     """A checkpoint path that does not hold a usable checkpoint."""
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -78,8 +91,10 @@ class TrainState:
 
 
 def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, config: dict[str, Any],
-                    keep: int) -> Path:
-    """Write the checkpoint of `state.step` atomically, point `latest` at it, and keep only the newest `keep`."""
+                    keep: int, say: Callable[[str], None] = _warn) -> Path:
+    """Write the checkpoint of `state.step` atomically and point `latest` at it; then remove the checkpoints
+    numbered above it (an abandoned branch, reported through `say`) and all but the newest `keep` (>= 1) of the
+    rest, never the one just written."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{state.step:06d}"
@@ -95,10 +110,22 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, co
     for path in tmp.iterdir():
         fsync_file(path)
     replace_dir(tmp, final)  # re-saving the same step (e.g. after a resume) swaps, never leaves a gap
-    write_text_atomic(root / LATEST, final.name)
-    for old in step_dirs(root)[keep:]:
+    write_text_atomic(root / LATEST, final.name)  # before any removal: `latest` never names a missing checkpoint
+    abandoned, expired = checkpoints_to_remove(step_dirs(root), state.step, keep)
+    if abandoned:
+        say(f"removed {', '.join(p.name for p in abandoned)} of the abandoned branch: this run continued from an "
+            f"earlier step and saved {final.name}")
+    for old in abandoned + expired:
         shutil.rmtree(old)
     return final
+
+
+def checkpoints_to_remove(existing: list[Path], step: int, keep: int) -> tuple[list[Path], list[Path]]:
+    """(abandoned, expired) among the `existing` checkpoints (highest step first) once the one of `step` is saved:
+    those numbered above `step`, then those below it beyond the `keep` - 1 newest."""
+    abandoned = [p for p in existing if checkpoint_step(p) > step]
+    older = [p for p in existing if checkpoint_step(p) < step]
+    return abandoned, older[keep - 1:]
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -142,17 +169,34 @@ def verify(ckpt: Path) -> None:
 
 
 def step_dirs(root: Path) -> list[Path]:
-    """The step_N directories under `root`, newest first."""
-    return sorted((p for p in root.glob("step_*") if p.is_dir()), key=checkpoint_step, reverse=True)
+    """The checkpoint directories (step_ and digits) under `root`, highest step first."""
+    found = (p for p in root.glob("step_*") if STEP_NAME.fullmatch(p.name) and p.is_dir())
+    return sorted(found, key=checkpoint_step, reverse=True)
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+def resolution_order(root: Path, on_skip: Callable[[str], None] = _warn) -> list[Path]:
+    """The checkpoints of a checkpoints/ folder in the order a run directory resolves them: the one `latest` names,
+    then those below it, highest first (those above it belong to an abandoned branch). Without a usable `latest`
+    (`on_skip` hears why, when it names no checkpoint), all of them, highest first."""
+    existing = step_dirs(root)
+    try:
+        name = (root / LATEST).read_text().strip()
+    except FileNotFoundError:
+        return existing
+    except (OSError, ValueError):
+        on_skip(f"{root / LATEST} cannot be read; taking the highest-numbered checkpoint that verifies")
+        return existing
+    named = root / name
+    if named not in existing:
+        on_skip(f"{root / LATEST} names {name!r}, which is not a checkpoint there; "
+                "taking the highest-numbered checkpoint that verifies")
+        return existing
+    return [named, *(p for p in existing if checkpoint_step(p) < checkpoint_step(named))]
 
 
 def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) -> Path:
     """The verified checkpoint directory meant by `path`: a checkpoint itself (which must verify), or a run directory
-    or its checkpoints/ folder (its newest checkpoint that verifies; `on_skip` hears of each damaged newer one)."""
+    or its checkpoints/ folder (the first of `resolution_order` that verifies; `on_skip` hears of each damaged one)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist (pass a run directory or a checkpoint dir)")
@@ -160,7 +204,7 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
         verify(path)
         return path
     root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-    candidates = step_dirs(root)
+    candidates = resolution_order(root, on_skip)
     if not candidates:
         raise CheckpointError(f"no checkpoint in {path} (expected {WEIGHTS} or {CHECKPOINTS}/step_N)")
     for ckpt in candidates:
@@ -173,14 +217,17 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint directory of a run (verified or not), or None if it has none yet."""
-    found = step_dirs(Path(run_dir) / CHECKPOINTS)
+    """The checkpoint directory a run stands at (verified or not; see resolution_order), or None if it has none."""
+    found = resolution_order(Path(run_dir) / CHECKPOINTS, on_skip=lambda message: None)
     return found[0] if found else None
 
 
 def checkpoint_step(ckpt: Path) -> int:
     """The optimiser step a checkpoint directory holds, from its name (step_000100 -> 100)."""
-    return int(Path(ckpt).name.removeprefix("step_"))
+    match = STEP_NAME.fullmatch(Path(ckpt).name)
+    if match is None:
+        raise CheckpointError(f"{ckpt} is not named step_N, so its step is unknown; keep the name it was saved with")
+    return int(match.group(1))
 
 
 def read_config(ckpt: Path) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Checkpoints are atomic, checksummed directories; a damaged one is found before use and a run directory falls back
-to its newest checkpoint that verifies."""
+"""Checkpoints are atomic, checksummed directories; a damaged one is found before use. A run directory resolves
+through `latest` (falling back to the checkpoints below it that verify), and a save from an earlier step removes the
+abandoned branch's later checkpoints."""
 
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -141,3 +143,96 @@ def test_weights_of_another_shape_are_refused(tmp_path):
     wider = GPT(ModelConfig(vocab_size=50, n_positions=16, n_layer=1, n_head=2, n_embd=32))
     with pytest.raises(ckpt.CheckpointError, match="does not fit this model"):
         ckpt.load_weights(path, wider)
+
+
+def names(run_dir):
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_a_run_directory_resolves_through_latest_not_the_highest_step(tmp_path):
+    """A run resumed from step 1 of a run that reached step 3 stands at step 1, whatever the folder numbers say."""
+    model = small_model()
+    first = save(tmp_path, 1, model)
+    save(tmp_path, 3, model)
+    (tmp_path / "checkpoints" / "latest").write_text("step_000001")  # as a crash right after the save of step 1 left it
+    assert ckpt.find_checkpoint(tmp_path) == first
+    assert ckpt.latest_checkpoint(tmp_path) == first
+
+
+def test_a_damaged_latest_falls_back_below_it_never_to_an_abandoned_branch(tmp_path):
+    model = small_model()
+    for step in (1, 2, 3):
+        save(tmp_path, step, model)
+    (tmp_path / "checkpoints" / "latest").write_text("step_000002")
+    (tmp_path / "checkpoints" / "step_000002" / ckpt.STATE).write_bytes(b"garbage")
+    skipped = []
+    assert ckpt.find_checkpoint(tmp_path, on_skip=skipped.append).name == "step_000001"
+    assert len(skipped) == 1 and "skipping step_000002" in skipped[0] and "state.pt" in skipped[0]
+
+
+@pytest.mark.parametrize("latest", ["step_000009", "../elsewhere", "", None])
+def test_without_a_usable_latest_the_highest_step_that_verifies_is_taken(tmp_path, latest):
+    model = small_model()
+    save(tmp_path, 1, model)
+    highest = save(tmp_path, 2, model)
+    if latest is None:
+        (tmp_path / "checkpoints" / "latest").unlink()
+    else:
+        (tmp_path / "checkpoints" / "latest").write_text(latest)
+    skipped = []
+    assert ckpt.find_checkpoint(tmp_path, on_skip=skipped.append) == highest
+    assert ckpt.latest_checkpoint(tmp_path) == highest
+    if latest is None:
+        assert skipped == []
+    else:
+        assert len(skipped) == 1 and "checkpoints/latest names" in skipped[0] and "not a checkpoint" in skipped[0]
+
+
+def test_saving_an_earlier_step_removes_the_abandoned_branch_and_says_so(tmp_path):
+    """--resume <run>/checkpoints/step_000002 of a run at step 6, then a save at step 3: steps 4 and 6 belonged to
+    the run it branched from; step 2, below the save, stays (keep=3)."""
+    model = small_model()
+    for step in (2, 4, 6):
+        save(tmp_path, step, model)
+    said = []
+    path = ckpt.save_checkpoint(tmp_path, model, TrainState(step=3), {}, keep=3, say=said.append)
+    assert names(tmp_path) == ["latest", "step_000002", "step_000003"]
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000003"
+    assert ckpt.find_checkpoint(tmp_path) == path
+    assert len(said) == 1 and "removed step_000006, step_000004" in said[0] and "step_000003" in said[0]
+
+
+def test_keep_1_never_removes_the_checkpoint_it_just_wrote(tmp_path):
+    model = small_model()
+    for step in (2, 3):
+        save(tmp_path, step, model)
+    path = ckpt.save_checkpoint(tmp_path, model, TrainState(step=2), {}, keep=1, say=lambda message: None)
+    assert names(tmp_path) == ["latest", "step_000002"]
+    ckpt.verify(path)
+    assert ckpt.find_checkpoint(tmp_path) == path
+
+
+def test_a_save_in_order_reports_nothing(tmp_path):
+    model, said = small_model(), []
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(tmp_path, model, TrainState(step=step), {}, keep=2, say=said.append)
+    assert said == [] and names(tmp_path) == ["latest", "step_000002", "step_000003"]
+
+
+def test_folders_that_are_not_step_and_digits_are_left_alone(tmp_path):
+    """A user's backup step_000001.bak neither breaks saves and loads nor counts as a checkpoint to prune."""
+    model = small_model()
+    first = save(tmp_path, 1, model)
+    backup = tmp_path / "checkpoints" / "step_000001.bak"
+    shutil.copytree(first, backup)
+    (tmp_path / "checkpoints" / "step_final").mkdir()
+    for step in (2, 3, 4):
+        save(tmp_path, step, model, keep=1)
+    assert names(tmp_path) == ["latest", "step_000001.bak", "step_000004", "step_final"]
+    assert ckpt.find_checkpoint(tmp_path).name == "step_000004"
+    (tmp_path / "checkpoints" / "latest").unlink()
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_000004"
+    ckpt.verify(backup)  # still usable when named explicitly
+    assert ckpt.find_checkpoint(backup) == backup
+    with pytest.raises(ckpt.CheckpointError, match="not named step_N"):
+        ckpt.checkpoint_step(backup)
