@@ -9,7 +9,11 @@ from training import runtime as rt
 
 
 class Throughput:
-    """Sums step losses as a device tensor (no host sync per step), tokens and seconds; `read` syncs once."""
+    """Sums step losses as a device tensor (no host sync per step), tokens and seconds; `read` syncs once.
+
+    `add` takes a step's tokens over all processes (train.grad_accum is the total), so tokens/s is the whole job's,
+    and `peak_flops` is one device's: MFU divides the job's FLOP/s by the peak of all its devices.
+    """
 
     def __init__(self, flops_per_token: float, peak_flops: float):
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
@@ -24,13 +28,14 @@ class Throughput:
         self.steps, self.tokens, self.seconds = self.steps + 1, self.tokens + tokens, self.seconds + seconds
 
     def read(self, runtime: rt.Runtime) -> dict[str, float]:
-        """Mean train loss (over ranks too), tokens/s and MFU of the window; starts a new window."""
+        """Mean train loss (over ranks too), tokens/s (all ranks) and MFU (per device) of the window; starts a new
+        window."""
         loss = torch.as_tensor(self.loss_sum, dtype=torch.float32, device=runtime.device) / self.steps
         if runtime.distributed:
             dist.all_reduce(loss)
             loss /= runtime.world_size
         tokens_per_s = self.tokens / self.seconds
         window = {"train_loss": loss.item(), "tokens_per_s": tokens_per_s,
-                  "mfu": self.flops_per_token * tokens_per_s / self.peak_flops}
+                  "mfu": self.flops_per_token * tokens_per_s / (self.peak_flops * runtime.world_size)}
         self._reset()
         return window

@@ -63,7 +63,7 @@ def test_a_rank_without_a_peak_reports_mfu_as_nan(no_collectives):
 
 def test_the_loss_is_averaged_over_ranks_under_torchrun(monkeypatch):
     """With several processes the window's loss is all-reduced (summed) and divided by the number of ranks; the
-    speed stays this rank's."""
+    speed is the one the loop handed in (it counts every rank's tokens)."""
     summed = []
 
     def all_reduce(tensor):  # the other rank's window mean is 1.0
@@ -78,3 +78,17 @@ def test_the_loss_is_averaged_over_ranks_under_torchrun(monkeypatch):
     assert summed == [3.0]  # this rank's mean goes in
     assert window["train_loss"] == 2.0  # (3 + 1) / 2
     assert window["tokens_per_s"] == 10.0
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 8])
+def test_mfu_is_per_device_while_tokens_per_second_is_the_whole_jobs(monkeypatch, world_size):
+    """train.py hands every step's tokens over all ranks (train.grad_accum is the total) and one device's peak: 8
+    devices each at 40% of their peak push 8 x 0.4 x peak FLOP/s through the job, and that is 40% MFU, not 320%."""
+    monkeypatch.setattr("training.throughput.dist.all_reduce", lambda tensor: tensor.mul_(world_size))
+    peak, flops_per_token = 1e6, 1000.0
+    job_tokens_per_s = world_size * 0.4 * peak / flops_per_token
+    meter = Throughput(flops_per_token=flops_per_token, peak_flops=peak)
+    meter.add(torch.tensor(1.0), tokens=int(job_tokens_per_s), seconds=1.0)
+    window = meter.read(rt.Runtime(torch.device("cpu"), torch.float32, rank=0, world_size=world_size))
+    assert window["tokens_per_s"] == job_tokens_per_s
+    assert window["mfu"] == pytest.approx(0.4)
