@@ -23,27 +23,66 @@ from training.config import RunConfig, config_to_dict
 from typedconfig.parsing import ConfigError
 
 
-def capture_rng() -> dict:
+def capture_rng(device: torch.device) -> dict:
+    """This process's RNG streams: torch, numpy, python, and the training device's CUDA stream when it is a GPU
+    (only that one, so a machine with fewer GPUs can restore it)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict) -> None:
+def restore_rng(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda_rng_entry(state["cuda"], device.index), device)
+
+
+def cuda_rng_entry(saved: torch.Tensor | list[torch.Tensor], device_index: int) -> torch.Tensor:
+    """The CUDA RNG state for GPU `device_index`: checkpoints hold the training device's state, older ones a list
+    with one entry per GPU visible then."""
+    if not isinstance(saved, list):
+        return saved
+    if device_index >= len(saved):
+        raise ckpt.CheckpointError(
+            f"the checkpoint holds CUDA RNG states for {len(saved)} GPU(s), none for cuda:{device_index}; "
+            f"resume with at most {len(saved)} GPU(s) per machine"
+        )
+    return saved[device_index]
+
+
+def seed_fresh(cfg: RunConfig, runtime: rt.Runtime) -> None:
+    torch.manual_seed(cfg.train.seed + runtime.rank)  # dropout streams differ per rank
+
+
+def unsaved_ranks_message(saved_ranks: int, world_size: int) -> str | None:
+    """What a resume on more processes than the checkpoint saved does with the RNG streams of the new ranks."""
+    if world_size <= saved_ranks:
+        return None
+    ranks = str(saved_ranks) if world_size == saved_ranks + 1 else f"{saved_ranks}..{world_size - 1}"
+    return (f"the checkpoint holds RNG streams of {saved_ranks} process(es): rank(s) {ranks} seed theirs as a fresh "
+            "start does (train.seed + rank)")
+
+
+def resume_scaler(scaler: torch.amp.GradScaler, saved: dict | None) -> str | None:
+    """Load the checkpoint's loss-scaler state; one that is empty (saved by a disabled scaler: a bf16 or fp32 run)
+    leaves `scaler` fresh, and the returned line says so when `scaler` is enabled."""
+    if saved:
+        scaler.load_state_dict(saved)
+        return None
+    if scaler.is_enabled():
+        return "the checkpoint has no fp16 loss-scaler state (saved in bf16 or fp32): the loss scale starts fresh"
+    return None
 
 
 def gather_rng(runtime: rt.Runtime) -> list[dict]:
     """Every rank's RNG state, in rank order (collective: all ranks call it)."""
     if not runtime.distributed:
-        return [capture_rng()]
+        return [capture_rng(runtime.device)]
     states: list = [None] * runtime.world_size
-    dist.all_gather_object(states, capture_rng())
+    dist.all_gather_object(states, capture_rng(runtime.device))
     return states
 
 
@@ -111,15 +150,21 @@ def start_state(cfg: RunConfig, runtime: rt.Runtime, path: Path | None, model: t
             check_resumable(cfg, ckpt.read_config(path), ("model",))
             ckpt.load_weights(path, model)
             say(f"starting from the weights of {path} (fresh optimiser, schedule and data order)")
-        torch.manual_seed(cfg.train.seed + runtime.rank)  # dropout streams differ per rank
+        seed_fresh(cfg, runtime)
         start, end, _ = schedule(cfg, None)
         return ckpt.TrainState(schedule_start=start, schedule_end=end)
     check_resumable(cfg, ckpt.read_config(path), ("model", "data"))
     ckpt.load_weights(path, model)
     optimizer.load_state_dict(saved.optimizer)
-    scaler.load_state_dict(saved.grad_scaler)
-    restore_rng(saved.rng[min(runtime.rank, len(saved.rng) - 1)])
+    scaler_message = resume_scaler(scaler, saved.grad_scaler)
+    if runtime.rank < len(saved.rng):
+        restore_rng(saved.rng[runtime.rank], runtime.device)
+    else:
+        seed_fresh(cfg, runtime)
     say(f"resuming from {path} (step {saved.step})")
+    for message in (scaler_message, unsaved_ranks_message(len(saved.rng), runtime.world_size)):
+        if message:
+            say(message)
     if saved.step >= cfg.train.max_steps:
         say(f"nothing to train: the checkpoint is at step {saved.step} and train.max_steps={cfg.train.max_steps}; "
             "raise train.max_steps to train further")

@@ -16,7 +16,8 @@ from training import checkpoint as ckpt
 from training import runtime as rt
 from training.checkpoint import TrainState
 from training.config import config_to_dict, load_config
-from training.resume import check_resumable, gather_rng, restore_rng, resume_path, schedule, start_state
+from training.resume import (check_resumable, cuda_rng_entry, gather_rng, restore_rng, resume_path, resume_scaler,
+                             schedule, start_state, unsaved_ranks_message)
 from typedconfig.parsing import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,21 +216,56 @@ def test_resuming_restores_counters_weights_optimiser_scaler_and_rng(tmp_path):
     assert said == [f"resuming from {path} (step 3)"]
 
 
-@pytest.mark.parametrize("rank, stream", [(0, 0), (1, 1), (3, 1)])
-def test_each_rank_restores_its_own_rng_stream_or_the_last_one(tmp_path, rank, stream):
-    """A run resumed on more processes than it saved gives the extra ranks the last saved stream."""
-    cfg = config(tmp_path)
+@pytest.mark.parametrize("rank", [0, 1, 2, 3])
+def test_each_rank_restores_its_own_rng_stream_and_new_ranks_seed_as_a_fresh_start(tmp_path, rank):
+    """A run resumed on more processes than it saved seeds the new ranks with train.seed + rank, as a fresh start
+    would, so no two ranks share a dropout stream."""
+    cfg = config(tmp_path, "train.seed=40", "train.max_steps=5")
     streams = []
     for seed in (10, 11):
         torch.manual_seed(seed)
         streams.append(gather_rng(CPU)[0])
     path, _, _ = save_trained(cfg, 3, rng=streams)
     model, optimizer, scaler = parts(cfg)
+    said = []
     start_state(cfg, rt.Runtime(torch.device("cpu"), torch.float32, rank=rank, world_size=4), path, model,
-                optimizer, scaler, lambda message: None)
+                optimizer, scaler, said.append)
     after = torch.rand(4)
-    torch.manual_seed(10 + stream)
+    torch.manual_seed(10 + rank if rank < 2 else 40 + rank)
     assert torch.equal(after, torch.rand(4))
+    assert said == [f"resuming from {path} (step 3)",
+                    "the checkpoint holds RNG streams of 2 process(es): rank(s) 2..3 seed theirs as a fresh start "
+                    "does (train.seed + rank)"]
+
+
+@pytest.mark.parametrize("saved_ranks, world_size, message", [
+    (2, 2, None),
+    (4, 2, None),  # fewer processes: the extra streams go unused
+    (2, 3, "the checkpoint holds RNG streams of 2 process(es): rank(s) 2 seed theirs as a fresh start does "
+           "(train.seed + rank)"),
+])
+def test_the_log_names_the_ranks_without_a_saved_stream(saved_ranks, world_size, message):
+    assert unsaved_ranks_message(saved_ranks, world_size) == message
+
+
+def test_an_fp16_resume_of_a_bf16_checkpoint_starts_a_fresh_loss_scale_and_says_so(tmp_path):
+    """A bf16 or fp32 run saves its disabled scaler's empty state; an enabled scaler cannot load it."""
+    cfg = config(tmp_path, "train.max_steps=5")
+    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    path, _, _ = save_trained(cfg, 3, grad_scaler=disabled.state_dict())
+    model, optimizer, _ = parts(cfg)
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0)
+    said = []
+    start_state(cfg, CPU, path, model, optimizer, scaler, said.append)
+    assert scaler.get_scale() == 512.0
+    assert said == [f"resuming from {path} (step 3)",
+                    "the checkpoint has no fp16 loss-scaler state (saved in bf16 or fp32): the loss scale starts "
+                    "fresh"]
+
+
+def test_a_disabled_scaler_resumes_any_checkpoint_silently():
+    assert resume_scaler(torch.amp.GradScaler("cpu", enabled=False), {}) is None
+    assert resume_scaler(torch.amp.GradScaler("cpu", enabled=False), {"scale": 1024.0}) is None
 
 
 def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path):
@@ -327,9 +363,42 @@ def test_gather_rng_on_one_process_is_a_snapshot_of_every_stream():
     random.seed(1)
     states = gather_rng(CPU)
     assert len(states) == 1
-    expected_keys = {"torch", "numpy", "python"} | ({"cuda"} if torch.cuda.is_available() else set())
-    assert set(states[0]) == expected_keys
+    assert set(states[0]) == {"torch", "numpy", "python"}  # no CUDA stream when training on the CPU
     first = draws()
     assert draws() != first  # the streams moved on; the snapshot did not
-    restore_rng(states[0])
+    restore_rng(states[0], CPU.device)
     assert draws() == first
+
+
+class FakeCudaRng:
+    """torch.cuda's per-device RNG calls on a machine with `gpus` GPUs, each state a one-element tensor."""
+
+    def __init__(self, gpus: int):
+        self.states = [torch.tensor([index]) for index in range(gpus)]
+
+    def get_rng_state(self, device):
+        return self.states[torch.device(device).index].clone()
+
+    def set_rng_state(self, state, device):
+        self.states[torch.device(device).index] = state.clone()
+
+
+def test_a_gpu_run_saves_only_its_own_cuda_stream_and_restores_it_on_a_machine_with_fewer_gpus(monkeypatch):
+    saved_on = FakeCudaRng(gpus=8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", saved_on.get_rng_state)
+    state = gather_rng(rt.Runtime(torch.device("cuda", 5), torch.bfloat16))[0]
+    assert torch.equal(state["cuda"], torch.tensor([5]))
+    restored_on = FakeCudaRng(gpus=1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", restored_on.set_rng_state)
+    restore_rng(state, torch.device("cuda", 0))
+    assert restored_on.states == [torch.tensor([5])]
+
+
+def test_older_checkpoints_with_every_gpus_cuda_stream_restore_the_training_gpus_entry():
+    saved = [torch.tensor([0]), torch.tensor([1])]
+    assert torch.equal(cuda_rng_entry(saved, 1), torch.tensor([1]))
+    assert torch.equal(cuda_rng_entry(torch.tensor([7]), 3), torch.tensor([7]))
+    with pytest.raises(ckpt.CheckpointError) as info:
+        cuda_rng_entry(saved, 2)
+    assert str(info.value) == ("the checkpoint holds CUDA RNG states for 2 GPU(s), none for cuda:2; resume with at "
+                               "most 2 GPU(s) per machine")
