@@ -6,8 +6,9 @@
 The .bin files are flat token ids (uint16 when the vocabulary fits, else uint32); every document is followed by the
 end-of-text id. Document i (counted from 0 in source order) goes to val iff i % val_every == val_every - 1.
 Documents are streamed, tokenised in batches and appended to the files, so a source need not fit in memory.
-Outputs are written under temporary names and renamed, and a directory whose meta.json records the same input
-fingerprint (config, local files' sizes and mtimes, FORMAT_VERSION) is reused without reading the source again.
+Outputs are written under temporary names and renamed (the next preparation deletes those of a killed one), and a
+directory whose meta.json records the same input fingerprint (config, local files' sizes and mtimes, FORMAT_VERSION)
+is reused without reading the source again.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
 BATCH_DOCUMENTS = 256  # documents tokenised per call (the tokenizer parallelises within a call)
 META = "meta.json"
 SPLITS = ("train", "val")
+TEMP_NAME = re.compile(rf"\.(?:{'|'.join(SPLITS)})\.bin\.(?P<pid>\d+)\.tmp")  # _TokenWriter's, with its pid
 INPUT_FIELDS = ("source", "subset", "split", "text_field", "tokenizer", "val_every", "max_documents", "max_tokens")
 
 
@@ -75,9 +77,10 @@ def prepare(cfg: DataConfig) -> PreparedData:
     """Tokenise `cfg.source` into the dataset directory, unless it already holds this exact input."""
     source = resolve_source(cfg)
     path = dataset_dir(cfg)
+    remove_stale_temp_files(path)
     fingerprint = input_fingerprint(cfg, source)
-    meta = _read_meta(path)
-    if meta is not None and meta.get("fingerprint") == fingerprint and _files_match(path, meta):
+    meta = _current_meta(path, fingerprint)
+    if meta is not None:
         return PreparedData(path, meta, reused=True, seconds=0.0)
 
     start = time.perf_counter()
@@ -124,16 +127,32 @@ def prepare(cfg: DataConfig) -> PreparedData:
     return PreparedData(path, meta, reused=False, seconds=time.perf_counter() - start)
 
 
+def is_prepared(cfg: DataConfig) -> bool:
+    """Whether the dataset directory of `cfg` holds this exact input, complete (what `prepare` would reuse)."""
+    return _current_meta(dataset_dir(cfg), input_fingerprint(cfg, resolve_source(cfg))) is not None
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Delete the temporary token files in `path` whose writing process is gone (killed before it could clean up,
+    e.g. by SIGTERM), since each can be gigabytes; returns what it deleted."""
+    names = (TEMP_NAME.fullmatch(tmp.name) for tmp in path.glob(".*.tmp"))
+    stale = [path / name[0] for name in names if name and not _process_alive(int(name["pid"]))]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def replaced_bytes(source: Source) -> dict[str, dict[str, int]]:
     """Per text file with invalid UTF-8: how many sequences become U+FFFD and the first one's byte offset; each is
-    reported on stderr (and recorded in meta.json), so a stray byte neither stops the preparation nor passes silently."""
+    reported on stdout with the run's other warnings (and recorded in meta.json), so a stray byte neither stops the
+    preparation nor passes silently."""
     found = {}
     for path in source.files if source.dataset == "text" else ():
         count, first = invalid_utf8(path)
         if count:
             found[str(path)] = {"count": count, "first_byte": first}
             print(f"warning: {path}: {count} invalid UTF-8 byte sequence(s) replaced with U+FFFD "
-                  f"(first at byte {first})", file=sys.stderr, flush=True)
+                  f"(first at byte {first})", flush=True)
     return found
 
 
@@ -203,6 +222,24 @@ def _split_documents(
         yield ("val" if i % val_every == val_every - 1 else "train"), ids
         if max_tokens is not None and total >= max_tokens:
             return
+
+
+def _current_meta(path: Path, fingerprint: str) -> dict | None:
+    """meta.json of dataset directory `path` when it records `fingerprint` and both token files match it."""
+    meta = _read_meta(path)
+    if meta is None or meta.get("fingerprint") != fingerprint or not _files_match(path, meta):
+        return None
+    return meta
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 checks only that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True
 
 
 def _read_meta(path: Path) -> dict | None:

@@ -3,6 +3,8 @@ val_every-th document, and an up-to-date dataset is reused without reading the s
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ import pytest
 
 from data.config import DataConfig
 from data.errors import DataError
-from data.prepare import dataset_dir, load_prepared, main, prepare, token_dtype
+from data.prepare import dataset_dir, is_prepared, load_prepared, main, prepare, token_dtype
 from data.tokenizer import load_tokenizer
 
 DOCS = [f"Document {i}: {'Lorem ipsum dolor sit amet. ' * i}\n\nÆsop's 🐢 line\tend  " for i in range(7)]
@@ -138,6 +140,46 @@ def test_loading_what_was_not_prepared_or_was_damaged_is_an_error(tmp_path):
     with pytest.raises(DataError, match="token files do not match meta.json"):
         load_prepared(path)
     assert not prepare(config(tmp_path, tmp_path / "docs.jsonl")).reused  # damaged files are never reused
+
+
+def test_is_prepared_only_when_prepare_would_reuse_the_directory(tmp_path):
+    cfg = config(tmp_path, write_source(tmp_path, "jsonl", DOCS))
+    assert not is_prepared(cfg)
+    path = prepare(cfg).path
+    assert is_prepared(cfg)
+    with open(path / "val.bin", "r+b") as f:
+        f.truncate(10)
+    assert not is_prepared(cfg)
+
+
+def test_a_preparation_killed_by_sigterm_leaves_temp_files_that_the_next_one_deletes(tmp_path):
+    """SIGTERM ends the process without running its cleanup; the next prepare of the directory removes what it
+    left, and keeps the temporary files of a process that is still writing and files that are not token files."""
+    cfg = config(tmp_path, write_source(tmp_path, "jsonl", DOCS))
+    path = prepare(cfg).path
+    killed = ("import os, signal; import numpy as np; from pathlib import Path; from data.prepare import _TokenWriter; "
+              f"[_TokenWriter(Path({str(path)!r}) / f'{{s}}.bin', np.dtype('uint16')).append([1, 2]) "
+              "for s in ('train', 'val')]; os.kill(os.getpid(), signal.SIGTERM)")
+    assert subprocess.run([sys.executable, "-c", killed]).returncode == -signal.SIGTERM
+    left = sorted(p.name for p in path.glob(".*.tmp"))
+    assert len(left) == 2 and left[0].startswith(".train.bin.") and left[1].startswith(".val.bin.")
+    writing, unrelated = path / f".train.bin.{os.getpid()}.tmp", path / ".notes.tmp"
+    writing.write_bytes(b"\0\0")
+    unrelated.write_text("not a token file")
+    assert prepare(cfg).reused
+    assert sorted(path.glob(".*.tmp")) == sorted([writing, unrelated])
+
+
+def test_invalid_utf8_is_a_warning_on_stdout_with_the_rest_of_the_run_log(tmp_path, capsys):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i, doc in enumerate(DOCS[:3]):
+        (folder / f"{i}.txt").write_bytes(doc.encode() + (b"\xff tail" if i == 1 else b""))
+    prepare(config(tmp_path, folder))
+    captured = capsys.readouterr()
+    assert captured.out == (f"warning: {folder / '1.txt'}: 1 invalid UTF-8 byte sequence(s) replaced with U+FFFD "
+                            f"(first at byte {len(DOCS[1].encode())})\n")
+    assert "warning" not in captured.err
 
 
 def test_token_files_are_uint16_while_the_vocabulary_fits():
