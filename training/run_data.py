@@ -7,26 +7,34 @@ the seed and the index, so resume and rank sharding need no iterator state), `ev
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from data import mqar
-from data.config import MQAR
+from data.config import MQAR, DataConfig
 from data.loader import TrainWindows, eval_batches, val_windows, windows_fingerprint
-from data.prepare import load_prepared, prepare
+from data.prepare import dataset_dir, is_prepared, load_prepared, prepare
 from training import runtime as rt
 from training.config import RunConfig
 from typedconfig.parsing import ConfigError
 
 
 class TextData:
-    """Windows of a prepared token corpus (prepared once by the main process, memory-mapped by every process)."""
+    """Windows of a prepared token corpus (prepared once by the main process while the others wait for its files,
+    memory-mapped by every process)."""
 
     def __init__(self, cfg: RunConfig, runtime: rt.Runtime):
         if runtime.is_main:
+            message = preparing_message(cfg.data, runtime.world_size)
+            if message:
+                print(message, flush=True)
             prepare(cfg.data)
-        rt.barrier(runtime)
+        else:
+            wait_until_prepared(cfg.data, runtime.rank)
         meta, train_tokens, self.val_tokens = load_prepared(cfg.data)
         if meta["vocab_size"] > cfg.model.vocab_size:
             raise ConfigError(
@@ -94,6 +102,30 @@ class RecallData:
             loss_sum, correct, answers = _summed_over_ranks(total, runtime)
             scores.update({f"{name}_loss": loss_sum / answers, f"{name}_accuracy": correct / answers})
         return scores
+
+
+def preparing_message(data: DataConfig, world_size: int) -> str | None:
+    """The run log's explanation of a wait: the main process is about to tokenise while the other ranks wait."""
+    if world_size == 1 or is_prepared(data):
+        return None
+    others = "rank 1 waits" if world_size == 2 else f"ranks 1..{world_size - 1} wait"
+    return (f"preparing {dataset_dir(data)} before training; {others} for it "
+            "(run python -m data.prepare first to start training at once)")
+
+
+def wait_until_prepared(data: DataConfig, rank: int, poll_s: float = 5.0, remind_s: float = 600.0,
+                        sleep: Callable[[float], None] = time.sleep) -> None:
+    """Block until the main process has prepared `data`, saying every `remind_s` why this rank still waits.
+    Polling the files, not a collective barrier: a large corpus takes longer to tokenise than a collective's timeout
+    (NCCL's default: 10 minutes). If the main process fails, torchrun stops this one."""
+    remind_every = max(1, round(remind_s / poll_s))
+    polls = 0
+    while not is_prepared(data):
+        if polls and polls % remind_every == 0:
+            print(f"rank {rank}: waited {polls * poll_s:.0f} s for rank 0 to prepare {dataset_dir(data)} "
+                  "(every machine must see that directory: a shared filesystem)", flush=True)
+        sleep(poll_s)
+        polls += 1
 
 
 def open_run_data(cfg: RunConfig, runtime: rt.Runtime) -> TextData | RecallData:

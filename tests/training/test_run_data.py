@@ -8,10 +8,21 @@ import torch
 from data import mqar
 from training import runtime as rt
 from training.config import load_config
-from training.run_data import RecallData, TextData, open_run_data
+from data.config import DataConfig
+from data.prepare import dataset_dir, prepare
+from training.run_data import RecallData, TextData, open_run_data, preparing_message, wait_until_prepared
 from typedconfig.parsing import ConfigError
 
 CPU = rt.Runtime(torch.device("cpu"), torch.float32)
+
+
+def small_text(tmp_path) -> DataConfig:
+    """Three short text files, quick to prepare."""
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.txt").write_text(f"document {i} " * 50)
+    return DataConfig(source=str(folder), prepared_dir=str(tmp_path / "prepared"), val_every=3)
 
 
 class Uniform(torch.nn.Module):
@@ -55,3 +66,38 @@ def test_a_vocabulary_smaller_than_the_tokenizers_is_refused(prepared_dir):
     cfg = load_config("configs/tiny.yaml", [f"data.prepared_dir={prepared_dir}", "model.vocab_size=1000"])
     with pytest.raises(ConfigError, match=r"model.vocab_size \(1000\) is smaller than the tokenizer's vocabulary"):
         open_run_data(cfg, CPU)
+
+
+def test_ranks_other_than_0_open_prepared_data_without_a_collective(prepared_dir):
+    """No process group exists here, so a barrier would fail: the rank waits for the files instead."""
+    cfg = load_config("configs/tiny.yaml", [f"data.prepared_dir={prepared_dir}"])
+    rank1 = rt.Runtime(torch.device("cpu"), torch.float32, rank=1, world_size=2)
+    assert TextData(cfg, rank1).fingerprint == TextData(cfg, CPU).fingerprint
+
+
+def test_a_waiting_rank_polls_until_the_data_is_prepared_and_says_why_it_waits(tmp_path, capsys):
+    data = small_text(tmp_path)
+    sleeps = []
+
+    def sleep(seconds):  # rank 0 finishes preparing during the fifth poll
+        sleeps.append(seconds)
+        if len(sleeps) == 5:
+            prepare(data)
+
+    wait_until_prepared(data, rank=3, poll_s=2.0, remind_s=4.0, sleep=sleep)
+    assert sleeps == [2.0] * 5
+    reminder = ("rank 3: waited {} s for rank 0 to prepare " + str(dataset_dir(data)) +
+                " (every machine must see that directory: a shared filesystem)\n")
+    assert capsys.readouterr().out == reminder.format(4) + reminder.format(8)
+
+
+def test_the_main_rank_says_the_others_wait_while_it_prepares(tmp_path):
+    data = small_text(tmp_path)
+    assert preparing_message(data, world_size=4) == (
+        f"preparing {dataset_dir(data)} before training; ranks 1..3 wait for it (run python -m data.prepare first "
+        "to start training at once)")
+    assert preparing_message(data, world_size=2).endswith("rank 1 waits for it (run python -m data.prepare first "
+                                                          "to start training at once)")
+    assert preparing_message(data, world_size=1) is None  # nobody waits
+    prepare(data)
+    assert preparing_message(data, world_size=4) is None  # nothing to prepare
