@@ -1,6 +1,8 @@
 """Build typed config dataclasses from plain dicts (YAML files, command-line overrides), checking every key and type.
 
 Errors are one line and name the dotted key, what was expected and, where the set is finite, the allowed values.
+YAML read with `load_yaml` gives a `str` field the text as written: YAML 1.1 reads the unquoted `no`, `on` and `0755`
+as false, true and 493, which only a bool or number field should receive.
 """
 
 from __future__ import annotations
@@ -10,9 +12,44 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+import yaml
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key and the fix."""
+
+
+class YamlScalar(str):
+    """An unquoted YAML scalar that YAML 1.1 reads as a bool or a number: the text as written, and in `value` that
+    reading."""
+
+    value: bool | int | float
+
+
+class _TextKeepingLoader(yaml.SafeLoader):
+    """yaml.SafeLoader, but bools and numbers written unquoted come as YamlScalar."""
+
+
+def _keep_text(construct: Any) -> Any:
+    def constructor(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        value = construct(loader, node)
+        if node.style is not None:  # quoted with an explicit tag (!!int "5"): no text to keep
+            return value
+        scalar = YamlScalar(node.value)
+        scalar.value = value
+        return scalar
+    return constructor
+
+
+for _tag, _construct in (("bool", yaml.SafeLoader.construct_yaml_bool), ("int", yaml.SafeLoader.construct_yaml_int),
+                         ("float", yaml.SafeLoader.construct_yaml_float)):
+    _TextKeepingLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _keep_text(_construct))
+
+
+def load_yaml(text: str) -> Any:
+    """`text` parsed as yaml.safe_load does, except that unquoted bools and numbers are YamlScalar, so `coerce` can
+    give a str field their text; raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_TextKeepingLoader)
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -38,6 +75,8 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def coerce(tp: Any, value: Any, key: str) -> Any:
     """`value` converted to type `tp` (accepting numeric strings such as '3e-4' for numbers), or a ConfigError."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(value, YamlScalar) and tp is not str and origin not in (Union, types.UnionType, Literal):
+        value = value.value  # where a bool or number is expected, YAML's reading of the text
     if tp is Any:  # checked later by whoever declares the real type (e.g. a backend's option fields)
         return value
     if dataclasses.is_dataclass(tp):
@@ -55,6 +94,8 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
     if origin is Literal:
+        if isinstance(value, YamlScalar):
+            value = str(value) if value in args else value.value
         if isinstance(value, bool) and value not in args:  # YAML 1.1 reads off/on/no/yes as booleans
             spellings = ("on", "yes", "true") if value else ("off", "no", "false")
             value = next((a for a in args if str(a).lower() in spellings), value)

@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional
 import pytest
 import yaml
 
-from typedconfig.parsing import ConfigError, coerce, from_dict, to_dict
+from typedconfig.parsing import ConfigError, YamlScalar, coerce, from_dict, load_yaml, to_dict
 
 
 @dataclass
@@ -71,6 +71,40 @@ logging: off
     assert cfg == Outer(name="demo", inner=Inner(8, 3e-4, "exact"), limit=None, tags=["a", "b"], shape=(2, 3),
                         options={"eps": 1e-6, "depth": 2}, flag=True, logging="off")
     assert isinstance(cfg.inner.scale, float) and isinstance(cfg.shape, tuple)
+
+
+@pytest.mark.parametrize("raw, name", [("no", "no"), ("on", "on"), ("0755", "0755"), ("1.50", "1.50"), ("'no'", "no")])
+def test_a_str_field_from_an_override_gets_the_text_as_written(raw, name):
+    """`key=no` on the command line is read with load_yaml; YAML 1.1 alone would make it 'False' (0755: '493')."""
+    assert from_dict(Outer, {"name": load_yaml(raw)}).name == name
+
+
+def test_a_yaml_file_gives_str_fields_their_text_and_typed_fields_yaml_reading():
+    text = """
+name: no
+inner:
+  width: 0x10
+  scale: 1.5
+  mode: exact
+limit: 0755
+tags: [on, 1, '0755']
+options: {on: 1.0e-6, quoted: 'yes', tagged: !!int "7"}
+flag: on
+logging: off
+"""
+    cfg = from_dict(Outer, load_yaml(text))
+    assert cfg == Outer(name="no", inner=Inner(16, 1.5, "exact"), limit=493, tags=["on", "1", "0755"],
+                        options={"on": 1e-6, "quoted": "yes", "tagged": 7}, flag=True, logging="off")
+    assert type(cfg.name) is str and type(cfg.options["on"]) is float  # no YamlScalar is left in the config
+
+
+def test_load_yaml_keeps_the_text_of_unquoted_bools_and_numbers_only():
+    data = load_yaml("a: off\nb: 0755\nc: '0755'\nd: null\ne: text")
+    assert isinstance(data["a"], YamlScalar) and (data["a"], data["a"].value) == ("off", False)
+    assert isinstance(data["b"], YamlScalar) and (data["b"], data["b"].value) == ("0755", 493)
+    assert [type(data[k]) for k in "cde"] == [str, type(None), str]
+    with pytest.raises(yaml.YAMLError):
+        load_yaml("a: [unclosed")
 
 
 def test_to_dict_gives_plain_nested_dicts_that_build_the_same_config():
