@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import signal
 import sys
 import time
@@ -44,6 +45,9 @@ from typedconfig.cli import ArgumentParser
 from typedconfig.parsing import ConfigError
 
 
+OVERRIDE = re.compile(r"(--)?[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")  # section.key=value or --section.key=value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(prog="train.py", description=__doc__)
     parser.add_argument("config", nargs="?", help="YAML config (see configs/); omitted: all defaults")
@@ -54,18 +58,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved config and the parameter count, then exit (no data, no training)")
-    args, unknown = parser.parse_known_args(argv)
-    # allow --section.key=value as well as section.key=value
-    bad = [u for u in unknown if not (u.startswith("--") and "=" in u)]
-    if bad:
-        parser.error(f"unrecognised arguments: {' '.join(bad)}")
-    args.overrides += unknown
-    if args.config and "=" in args.config:  # first positional was an override, not a file
+    argv = sys.argv[1:] if argv is None else argv
+    # overrides are set aside first: argparse would take one after a bare --resume as its CHECKPOINT, and refuses
+    # positionals that follow an option
+    overrides = [token for token in argv if is_override(token)]
+    args = parser.parse_args([token for token in argv if not is_override(token)])
+    if args.config and "=" in args.config:  # not a file: an override parse_override will explain
         args.overrides.insert(0, args.config)
         args.config = None
+    args.overrides = overrides + args.overrides
     if args.resume is not None:
         args.overrides.append(f"train.resume={args.resume}")
     return args
+
+
+def is_override(token: str) -> bool:
+    """Whether a command-line token is a `section.key=value` override rather than a path (an existing path wins)."""
+    return OVERRIDE.match(token) is not None and not Path(token).exists()
 
 
 class StopRequest:
@@ -165,6 +174,14 @@ def print_plan(cfg: RunConfig) -> None:
           f"tokens in total: {tokens * cfg.train.max_steps:,}")
 
 
+def divergence_message(loss: float, first: int, last: int, run_dir: Path) -> str:
+    """The one-line error for a non-finite mean loss over steps `first`..`last`. Checkpoints saved in those steps
+    may hold the damage, so the fix resumes from one before them."""
+    return (f"the training loss is {loss} over steps {first}-{last} (diverged); lower optim.lr (or, in float16, "
+            f"set train.dtype=float32) and restart from scratch or from a checkpoint saved before step "
+            f"{first} (--resume {run_dir / ckpt.CHECKPOINTS}/step_N)")
+
+
 def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     """Run the training loop; returns the final metrics (val loss, steps, tokens)."""
     tc, oc = cfg.train, cfg.optim
@@ -243,10 +260,10 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
 
         is_log = state.step % tc.log_interval == 0 or state.step == tc.max_steps
         if is_log:
+            first = state.step - meter.steps + 1
             window = meter.read(runtime)  # the one host sync of the window: loss and grad norm come back here
             if not math.isfinite(window["train_loss"]):
-                raise FloatingPointError(f"loss is {window['train_loss']} by step {state.step}; "
-                                         "lower optim.lr or use train.dtype=float32")
+                raise FloatingPointError(divergence_message(window["train_loss"], first, state.step, run_dir))
             if log is not None:
                 log.log(state.step, **window, lr=lr, grad_norm=grad_norm.item(), tokens=state.tokens_seen,
                         elapsed=state.elapsed, peak_mem_mb=rt.peak_memory_mb(runtime.device))
@@ -264,16 +281,15 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         if interrupted:
             break
     bar.close()
-    if math.isnan(val_loss):  # resumed a run that had already finished: report where it stands
-        val_loss = evaluate(data, forward_model)["val_loss"]
-
-    if runtime.is_main and not interrupted and tc.sample_tokens:
-        print_sample(model, cfg, runtime)
     if log is not None:
         log.close()
-    if interrupted:
+    if interrupted:  # straight out: no evaluation or sample stands between the signal and the exit
         log_line(f"interrupted at step {state.step}; checkpoint saved, continue with --resume")
         raise SystemExit(128 + stop.signal if stop.signal else 1)
+    if math.isnan(val_loss):  # resumed a run that had already finished: report where it stands
+        val_loss = evaluate(data, forward_model)["val_loss"]
+    if runtime.is_main and tc.sample_tokens:
+        print_sample(model, cfg, runtime)
     return {"val_loss": val_loss, "best_val_loss": state.best_val_loss, "step": state.step,
             "tokens": state.tokens_seen}
 
@@ -295,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = train(cfg, runtime)
-    except (ConfigError, DataError, OSError) as exc:  # CheckpointError is an OSError; all name the file and the fix
+    except (ConfigError, DataError, OSError, FloatingPointError) as exc:  # each names the problem and the fix
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -32,3 +32,58 @@ def test_resuming_from_an_earlier_checkpoint_branches_the_run(tmp_path, prepared
     assert again.returncode == 0, again.stderr
     assert "step_000003 (step 3)" in again.stdout
     assert [step for step, _ in metrics(tmp_path, "train_loss")] == [1, 2, 3, 4, 5, 6, 3, 4]
+
+
+def test_a_diverged_run_stops_with_one_line_naming_the_fix(tmp_path, prepared_dir):
+    """A learning rate of 1e8 (no warm-up, no clipping) makes the loss nan within the first log window: exit status
+    2, one line naming the steps and the fix, and nothing saved from the damaged weights."""
+    result = run_cli(tiny_args(tmp_path, prepared_dir, "train.max_steps=6", "train.log_interval=2", "optim.lr=1e8",
+                               "optim.warmup_steps=0", "optim.grad_clip=0"))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: the training loss is nan over steps 1-2 (diverged); lower optim.lr")
+    assert "before step 1 (--resume " in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_an_interrupt_before_any_evaluation_exits_without_evaluating(tmp_path, prepared_dir, monkeypatch, capsys):
+    """SIGTERM during step 1 of 10 (evaluations due at 5 and 10): the checkpoint of step 1 is saved and the run
+    exits with 128 + SIGTERM, spending no evaluation on the way out."""
+
+    class SignalledDuringStep1(train.StopRequest):
+        def __init__(self):  # as if the handler had already run; installs none in the test process
+            self.signal = signal.SIGTERM
+
+    evaluations = []
+    evaluate = train.evaluate
+    monkeypatch.setattr(train, "StopRequest", SignalledDuringStep1)
+    monkeypatch.setattr(train, "evaluate", lambda data, model: evaluations.append(1) or evaluate(data, model))
+    with pytest.raises(SystemExit) as stopped:
+        train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=10", "train.eval_interval=5"))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert evaluations == []
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000001"
+    assert "interrupted at step 1; checkpoint saved" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, overrides", [
+    (["c.yaml", "--resume", "train.max_steps=20"], ["train.max_steps=20", "train.resume=auto"]),
+    (["c.yaml", "--resume", "runs/x", "train.max_steps=20"], ["train.max_steps=20", "train.resume=runs/x"]),
+    (["c.yaml", "a.b=1", "--resume", "c.d=2", "--e.f=3"], ["a.b=1", "c.d=2", "--e.f=3", "train.resume=auto"]),
+    (["c.yaml", "--dry-run", "a.b=1"], ["a.b=1"]),
+])
+def test_an_override_is_never_taken_for_the_resume_checkpoint(argv, overrides):
+    args = train.parse_args(argv)
+    assert args.config == "c.yaml" and args.overrides == overrides
+
+
+def test_an_existing_path_that_looks_like_an_override_is_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.lr=3").mkdir()
+    assert train.parse_args(["c.yaml", "--resume", "run.lr=3"]).overrides == ["train.resume=run.lr=3"]
+
+
+def test_resume_followed_by_an_override_continues_the_run(tmp_path, prepared_dir):
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2")) == 0
+    assert train.main([*tiny_args(tmp_path, prepared_dir), "--resume", "train.max_steps=4"]) == 0
+    assert metrics(tmp_path, "val_loss")[-1][0] == 4
