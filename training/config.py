@@ -14,7 +14,7 @@ import yaml
 
 from data.config import MQAR, DataConfig
 from model.config import ModelConfig
-from typedconfig.parsing import ConfigError, from_dict, to_dict
+from typedconfig.parsing import ConfigError, from_dict, load_yaml, to_dict
 
 
 @dataclass
@@ -119,7 +119,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
         raise ConfigError(f"{path}: extends: forms a cycle ({chain}); remove one of the extends: lines")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -150,7 +150,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if not sep or not key or "." not in key:
         raise ConfigError(f"bad override {text!r}: write section.key=value, e.g. train.max_steps=100")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     nested: dict[str, Any] = {}

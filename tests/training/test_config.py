@@ -79,6 +79,14 @@ def test_override_parsing():
     assert parse_override("--model.attention_options.eps=1e-6") == {"model": {"attention_options": {"eps": "1e-6"}}}
 
 
+def test_text_fields_keep_what_yaml_1_1_would_read_as_a_bool_or_a_number(tmp_path):
+    (tmp_path / "run.yaml").write_text("extends: " + str(Path("configs/tiny.yaml").resolve()) + "\n"
+                                       "data:\n  subset: no\nlogging:\n  wandb: off\n  progress: no\n")
+    cfg = load_config(tmp_path / "run.yaml", ["train.sample_prompt=0755", "logging.run_name=on", "train.max_steps=0x10"])
+    assert (cfg.data.subset, cfg.train.sample_prompt, cfg.logging.run_name) == ("no", "0755", "on")
+    assert (cfg.logging.wandb, cfg.logging.progress, cfg.train.max_steps) == ("off", False, 16)
+
+
 def test_extends_cycles_are_named(tmp_path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\nmodel:\n  n_layer: 1\n")
