@@ -52,12 +52,15 @@ def cg(matvec: Operator, b: torch.Tensor, *, tol: float, maxiter: int, x0: torch
 
 
 def lsqr(matvec: Operator, rmatvec: Operator, b: torch.Tensor, *, tol: float, maxiter: int,
-         x0: torch.Tensor | None = None) -> KrylovResult:
+         x0: torch.Tensor | None = None, sigma_min: float | None = None) -> KrylovResult:
     """LSQR for min ||A x - b|| (Paige & Saunders 1982, Golub-Kahan bidiagonalisation), warm-started at x0.
 
-    Stops when the normal-equations residual ||Aᵀ r|| <= tol ||A|| ||b|| (||A|| estimated by the bidiagonal's
-    Frobenius norm as LSQR runs) or when ||r|| <= tol ||b|| (a consistent system): with A well conditioned,
-    ||A (x - x*)|| is then of order tol ||b||."""
+    Stops when ||r|| <= tol ||b|| (then ||A (x - x*)|| <= ||r|| <= tol ||b||, since ||r||² = OPT² + ||A (x - x*)||²)
+    or when the normal-equations residual ||Aᵀ r|| is small. With `sigma_min`, a lower bound on A's smallest
+    singular value, that test is ||Aᵀ r|| <= tol sigma_min ||b||, which guarantees ||A (x - x*)|| <= tol ||b||:
+    Aᵀ r = AᵀA (x* - x), so ||A (x - x*)||² <= ||x - x*|| ||Aᵀ r|| and ||A (x - x*)|| <= ||Aᵀ r|| / σ_min(A).
+    Without it, Paige & Saunders' scale-free test ||Aᵀ r|| <= tol ||A||_F ||b|| (||A||_F estimated from the
+    bidiagonal as LSQR runs), which bounds nothing once κ(A) is large."""
     u = b.clone() if x0 is None else b - matvec(x0)
     bnorm = torch.linalg.vector_norm(b)
     beta = torch.linalg.vector_norm(u)
@@ -91,7 +94,8 @@ def lsqr(matvec: Operator, rmatvec: Operator, b: torch.Tensor, *, tol: float, ma
         x.add_(w, alpha=phi / rho)
         w = v - (theta / rho) * w
         normal_residual = phibar * alpha * c.abs()  # ||Aᵀ r_k||
-        if phibar <= tol * bnorm or normal_residual <= tol * torch.sqrt(anorm_sq) * bnorm:
+        scale = torch.sqrt(anorm_sq) if sigma_min is None else sigma_min
+        if phibar <= tol * bnorm or normal_residual <= tol * scale * bnorm:
             return KrylovResult(x, it, True)
     return KrylovResult(x, maxiter, False)
 

@@ -30,7 +30,9 @@ class GramMethod(Method):
         return self.gram_levels(y, j, bnorm, extra_power=1)
 
     def least_squares(self, b: torch.Tensor, tol: float) -> torch.Tensor:
-        """y ~ argmin ||A y - b||; an iterative method stops at ||Bᵀ(b - A y)|| <= tol ||b|| (B = A R^-1 or A)."""
+        """y ~ argmin ||A y - b|| with ||A (y - y*)|| <= tol ||b||: exactly (to rounding) for a direct method, by a
+        stopping test that bounds it for a sketch-preconditioned one, and by Paige & Saunders' test, which does not
+        bound it when κ(A) is large, for plain LSQR."""
         raise NotImplementedError
 
     def gram_levels(self, c: torch.Tensor, levels: int, bnorm: float, *, extra_power: int) -> torch.Tensor:

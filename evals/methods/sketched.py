@@ -21,6 +21,10 @@ from evals.methods.gram import IterativeMethod, TriangularFactor, relative_toler
 from evals.methods.operators import UpperTriangular, cholesky_upper
 from evals.sketch import SKETCHES, Sketch
 
+# A lower bound on σ_min(B), B = A R^-1: for z = R y, ||z|| = ||S A y|| <= (1 + e0) ||A y|| = (1 + e0) ||B z|| for an
+# e0-subspace embedding, so σ_min(B) >= 1 / (1 + e0) > 1/2 whatever e0 < 1
+SIGMA_MIN_B = 0.5
+
 
 def sketch_factor(A: torch.Tensor, info: SolveInfo, options: SolveOptions) -> tuple[Sketch, torch.Tensor, torch.Tensor]:
     """S (options.sketch with options.sketch_rows rows, 4d by default) and the QR factors (Q_s, R_s) of SA."""
@@ -88,9 +92,10 @@ class SketchPreconditioned(IterativeMethod):
         return y
 
     def preconditioned_ls(self, b: torch.Tensor, z0: torch.Tensor, tol: float, stage: str) -> torch.Tensor:
-        """z ~ argmin ||B z - b|| from z0, until ||Bᵀ(b - B z)|| <= tol ||b||: the normal equations BᵀB z = Bᵀb
-        (κ(B)² is small)."""
-        res = self.normal_solve(self.Bt(b), z0, tol * float(torch.linalg.vector_norm(b)))
+        """z ~ argmin ||B z - b|| from z0 with ||B (z - z*)|| <= tol ||b||, by the normal equations BᵀB z = Bᵀb
+        (κ(B)² is small). Bᵀr = BᵀB (z* - z) for r = b - B z gives ||B (z - z*)|| <= ||Bᵀr|| / σ_min(B), so the
+        stage stops at ||Bᵀr|| <= SIGMA_MIN_B tol ||b||."""
+        res = self.normal_solve(self.Bt(b), z0, SIGMA_MIN_B * tol * float(torch.linalg.vector_norm(b)))
         self.info.record(stage, res)
         return res.x
 
@@ -109,7 +114,7 @@ class SketchPCG(SketchPreconditioned):
 
 class SketchLSQR(SketchPCG):
     def preconditioned_ls(self, b: torch.Tensor, z0: torch.Tensor, tol: float, stage: str) -> torch.Tensor:
-        res = lsqr(self.B, self.Bt, b, tol=tol, maxiter=self.options.maxiter, x0=z0)
+        res = lsqr(self.B, self.Bt, b, tol=tol, maxiter=self.options.maxiter, x0=z0, sigma_min=SIGMA_MIN_B)
         self.info.record(stage, res)
         return res.x
 

@@ -7,6 +7,7 @@ import torch
 
 from evals import problems as P
 from evals import synthetic as syn
+from evals.krylov import lsqr
 from evals.sketch import SKETCHES
 from evals.solve import LEAST_SQUARES_METHODS, METHODS, NotApplicable, least_squares, solve
 
@@ -41,6 +42,43 @@ def test_a_gram_power_matches_the_reference_on_an_inconsistent_system(method, j)
     m = P.metrics("a_gram_power", A, b, x, P.reference_solution("a_gram_power", A, b, j), j, opt)
     assert info.converged and m["pred_err"] <= 5 * EPS, (m, info)
     assert m["subopt"] <= 1e-10  # the residual is OPT, up to rounding
+
+
+@pytest.mark.parametrize("method", ["sketch_pcg", "sketch_lsqr", "sketch_gd"])
+def test_a_converged_sketched_solve_meets_eps_on_every_seed(method):
+    """κ(A) = 100, j = 1: κ(M) = 1e6 is well inside float64 at eps = 1e-8, so a solve that reports convergence has
+    met its stopping tests and must score <= eps; the least-squares stage's share eps / 2 needs ||A (y - y*)||, not
+    ||Bᵀr|| scaled by the growing ||B||_F estimate, below it."""
+    A = syn.conditioned(4096, 64, 1e2, 0)
+    reference = P.Reference("a_gram_power", A)
+    for seed in range(3):
+        b = syn.rhs(4096, seed)
+        x, info = solve("a_gram_power", A, b, j=1, method=method, eps=EPS, seed=seed)
+        pred_err = P.metrics("a_gram_power", A, b, x, reference.solution(b, 1), 1)["pred_err"]
+        assert info.converged and pred_err <= EPS, (seed, pred_err, info.iterations)
+
+
+@pytest.mark.parametrize("method", ["sketch_pcg", "sketch_lsqr", "sketch_gd"])
+def test_the_sketched_least_squares_stage_meets_its_tolerance(method):
+    A, b = _instance("a_gram_power", kappa=1e4, n=4096, d=64, seed=1)
+    y, info = least_squares(A, b, method=method, eps=1e-9)
+    y_ref = torch.linalg.pinv(A) @ b
+    assert info.converged
+    assert float(torch.linalg.vector_norm(A @ (y - y_ref)) / torch.linalg.vector_norm(b)) <= 1e-9
+
+
+def test_lsqr_with_a_smallest_singular_value_bounds_the_prediction_error():
+    """σ_min(A) = 0.1 given: LSQR stops at ||Aᵀr|| <= tol σ_min ||b||, which bounds ||A (x - x*)|| by tol ||b||."""
+    A, b = _instance("a_gram_power", kappa=10.0, n=400, d=20, seed=2)
+    x_ref = torch.linalg.pinv(A) @ b
+    tol = 1e-7
+    res = lsqr(lambda v: A @ v, lambda u: A.T @ u, b, tol=tol, maxiter=500, sigma_min=0.1)
+    bnorm = float(torch.linalg.vector_norm(b))
+    assert res.converged
+    assert float(torch.linalg.vector_norm(A.T @ (b - A @ res.x))) <= tol * 0.1 * bnorm
+    assert float(torch.linalg.vector_norm(A @ (res.x - x_ref))) <= tol * bnorm
+    stopped_early = lsqr(lambda v: A @ v, lambda u: A.T @ u, b, tol=tol, maxiter=res.iterations - 1, sigma_min=0.1)
+    assert not stopped_early.converged  # the test is met first at res.iterations, not before
 
 
 def test_sketch_preconditioner_is_well_conditioned_and_flat_in_kappa():
