@@ -25,6 +25,7 @@ PROBLEMS = ("gram_power", "a_gram_power", "exp_kernel")
 UNIT_ROUNDOFF = torch.finfo(torch.float64).eps / 2
 EXP_OVERFLOW = math.log(torch.finfo(torch.float64).max)  # 709.78: exp(t) overflows float64 beyond this
 GATE = 100.0  # float64 is predicted to reach eps where eps >= GATE * u * κ(M)
+SCORED_AGAINST_REFERENCE = frozenset({"a_gram_power"})  # score = pred_err, which needs x*
 
 
 class SolverError(ValueError):
@@ -224,4 +225,11 @@ def score(problem: str, m: dict[str, float]) -> float:
     """The accuracy a solve is judged by, from its metrics: relres for gram_power and exp_kernel (Song, Yin & Zhang,
     arXiv 2308.14304: ||M x - b|| <= eps ||b||); pred_err for a_gram_power, whose residual cannot go below OPT
     (||M x - b||² = OPT² + (pred_err ||b||)²)."""
-    return m["pred_err"] if problem == "a_gram_power" else m["relres"]
+    return m["pred_err"] if problem in SCORED_AGAINST_REFERENCE else m["relres"]
+
+
+def scored_independently(problem: str, shares_reference: bool) -> bool:
+    """Whether a method's score measures it against something it did not compute: false for a method built on the
+    reference's own factorisation (Method.shares_reference) where the score needs x* (pred_err), since the rounding
+    of the shared factor then cancels between x and x*."""
+    return not (shares_reference and problem in SCORED_AGAINST_REFERENCE)

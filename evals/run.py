@@ -51,9 +51,12 @@ def rhs_for(instance: Instance, seed: int) -> torch.Tensor:
 
 
 def scoring(row: dict[str, Any], eps: float) -> dict[str, Any]:
-    """The scoring columns of one solve from its row (problem, kappa_M, and for an applicable method its metrics):
-    the float64 prediction, the score, success (score <= eps) and success_10eps."""
-    out = {"float64_predicted_ok": P.float64_predicted_ok(row["kappa_M"], eps)}
+    """The scoring columns of one solve from its row (problem, method, kappa_M, and for an applicable method its
+    metrics): the float64 prediction, whether the score is independent of the method (P.scored_independently), the
+    score, success (score <= eps) and success_10eps."""
+    shares_reference = get_method(row["problem"], row["method"]).shares_reference
+    out = {"float64_predicted_ok": P.float64_predicted_ok(row["kappa_M"], eps),
+           "scored_independently": P.scored_independently(row["problem"], shares_reference)}
     if row["applicable"]:
         value = P.score(row["problem"], row)
         out.update(score=value, success=value <= eps, success_10eps=value <= LOOSE_FACTOR * eps)

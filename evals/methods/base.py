@@ -91,6 +91,9 @@ class Method:
     """Base class: a solver of one or more problems for one A (float64), built by solve() with its options."""
 
     direct = False  # True where a factorisation solves (no iterations)
+    # True where the method solves with the factorisation the float64 reference x* is built from (evals/problems.py
+    # Reference): where the score is measured against x*, the factor's rounding cancels and the score flatters it
+    shares_reference = False
 
     def __init__(self, A: torch.Tensor, info: SolveInfo, options: SolveOptions) -> None:
         self.A, self.info, self.options = A, info, options

@@ -1,7 +1,7 @@
 """The dense methods for (a), (b) and least squares: one factorisation of A, then exact solves.
 
     qr             Householder QR (LAPACK geqrf / ormqr): the reference
-    svd            the thin SVD: the other reference
+    svd            the thin SVD, the factor of the problems' reference x* (so never judged against it)
     lstsq          torch.linalg.lstsq (LAPACK gelsy on the CPU): least squares only, a further reference
     gram_cholesky  Cholesky of AᵀA: fast, but its error grows as u·κ(A)² (the fragile baseline)
 """
@@ -25,6 +25,8 @@ class HouseholderQR(TriangularFactor):
 
 
 class SVD(DirectMethod):
+    shares_reference = True
+
     def factor(self, A: torch.Tensor) -> None:
         self.U, self.s, self.Vh = torch.linalg.svd(A, full_matrices=False)
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from evals import report
+from evals import synthetic as syn
 from evals.instances import Instance, distinct_rows, synthetic_controls
 from evals.run import evaluate, main, scoring, time_vs_n
 from evals.solve import METHODS
@@ -113,10 +114,35 @@ def test_a_solve_that_misses_eps_is_a_failure():
     ("exp_kernel", {"relres": 5e-8, "pred_err": 1e-12}, (False, True)),
 ])
 def test_scoring_is_the_paper_criterion_whatever_the_bound_predicts(problem, metrics, expected):
-    row = {"problem": problem, "kappa_M": 1e12, "applicable": True, **metrics}
+    row = {"problem": problem, "method": METHODS[problem][0], "kappa_M": 1e12, "applicable": True, **metrics}
     columns = scoring(row, 1e-8)
     assert not columns["float64_predicted_ok"]  # 100 u 1e12 ~ 1e-2 > 1e-8
     assert (columns["success"], columns["success_10eps"]) == expected
+
+
+def test_svd_is_never_best_where_it_is_scored_against_its_own_factor():
+    """a_gram_power's x* is V Σ^-2j-1 Uᵀ b from the SVD of A, the svd method's own factor: at κ(A) = 1e3, j = 2
+    (κ(M) = 1e15) its shared rounding makes it score several times lower than qr, but it is not an independent
+    measurement, so the instance's best method is another one and svd alone never makes it solved."""
+    A = syn.conditioned(512, 16, 1e3, 0)
+    rows = evaluate(Instance("synthetic", "kappa=1e3", "a_gram_power", A, (2,)), seeds=1, eps=1e-8, maxiter=300)
+    score = {r["method"]: r["score"] for r in rows}
+    assert score["svd"] < min(s for m, s in score.items() if m != "svd")
+    assert {r["method"] for r in rows if not r["scored_independently"]} == {"svd"}
+    (best,) = report.best_methods(report.aggregate(rows)).values()
+    assert best["method"] != "svd" and best["worst_score"] == min(s for m, s in score.items() if m != "svd")
+
+    only_svd_meets_eps = [{**r, **scoring({**r, "pred_err": 1e-9 if r["method"] == "svd" else 1e-6}, 1e-8)}
+                          for r in rows]
+    (check,) = report.gate_check(report.aggregate(only_svd_meets_eps))
+    assert check["solved"] == check["solved_10eps"] == 0
+
+
+def test_svd_stays_eligible_where_its_score_is_its_own_residual():
+    """gram_power is scored by relres = ||M x - b|| / ||b||, which needs no reference."""
+    row = {"problem": "gram_power", "method": "svd", "kappa_M": 1e4, "applicable": True, "relres": 1e-12,
+           "pred_err": 0.0}
+    assert scoring(row, 1e-8)["scored_independently"]
 
 
 def test_time_vs_n_records_every_method_and_size():
