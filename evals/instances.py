@@ -61,6 +61,24 @@ def from_extraction(extraction: Extraction, *, js: tuple[int, ...], max_rows: in
                 yield Instance("checkpoint", f"L{layer} X", problem, x, js, layer, None)
 
 
+def check_rows(manifest: dict, max_rows: int | None, *, hidden_states: bool) -> None:
+    """Raise ValueError unless the stacked rows (every window's tokens, at most max_rows) leave each Gram instance
+    tall, as (AᵀA)^j needs: K has head_dim columns, X has n_embd."""
+    windows = manifest["windows"]
+    rows = windows["count"] * windows["block_size"]
+    if max_rows is not None:
+        rows = min(rows, max_rows)
+    widths = {"the keys K": ("head_dim", manifest["model"]["head_dim"])}
+    if hidden_states:
+        widths["the hidden states X"] = ("n_embd", manifest["model"]["n_embd"])
+    for what, (name, columns) in widths.items():
+        if rows < columns:
+            skip = " or pass --no-hidden-states" if what == "the hidden states X" else ""
+            raise ValueError(f"{rows} stacked rows (--max-rows {max_rows}, {windows['count']} windows of "
+                             f"{windows['block_size']} tokens) leave {what} wide ({name} = {columns} columns), and "
+                             f"the Gram problems need n >= d: use --max-rows >= {columns} (or more windows){skip}")
+
+
 def synthetic_controls(*, js: tuple[int, ...], n: int = 4096, d: int = 64, kernel_n: int = 512) -> Iterator[Instance]:
     for kappa in (1e2, 1e4, 1e6, 1e8):
         for problem in GRAM_PROBLEMS:

@@ -53,7 +53,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                       scored_independently=first["scored_independently"],
                       kappa_A=_number(first, "kappa_A"), kappa_KG=_number(first, "kappa_KG"),
                       kappa_M=first["kappa_M"], row_norm_sq_min=first["row_norm_sq_min"],
-                      row_norm_sq_max=first["row_norm_sq_max"], seeds=len(runs))
+                      row_norm_sq_max=first["row_norm_sq_max"], seeds=len(runs),
+                      errors="; ".join(sorted({r["error"] for r in runs if r.get("error")})))
         if solved:
             scores = [r["score"] for r in solved]
             record.update(success_rate=sum(r["success"] for r in solved) / len(solved),
@@ -61,13 +62,13 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                           median_score=_median(scores), worst_score=_worst(scores),
                           median_relres=_median(r["relres"] for r in solved),
                           median_fwd_err=_median(r["fwd_err"] for r in solved),
-                          median_iterations=_median(r["iterations"] for r in solved),
-                          median_passes=_median(r["passes"] for r in solved),
-                          time_sketch=_median(r["time_sketch"] for r in solved),
-                          time_factor=_median(r["time_factor"] for r in solved),
-                          time_iterate=_median(r["time_iterate"] for r in solved),
-                          time_total=_median(r["time_total"] for r in solved),
-                          kappa_precond=_median(r["kappa_precond"] for r in solved))
+                          median_iterations=_median(r.get("iterations") for r in solved),
+                          median_passes=_median(r.get("passes") for r in solved),
+                          time_sketch=_median(r.get("time_sketch") for r in solved),
+                          time_factor=_median(r.get("time_factor") for r in solved),
+                          time_iterate=_median(r.get("time_iterate") for r in solved),
+                          time_total=_median(r.get("time_total") for r in solved),
+                          kappa_precond=_median(r.get("kappa_precond") for r in solved))
         out.append(record)
     reference_time = {tuple(r[k] for k in INSTANCE_KEYS): r.get("time_total") for r in out
                       if r["method"] == REFERENCE_METHOD[r["problem"]]}
@@ -202,6 +203,7 @@ def markdown(records: list[dict[str, Any]], timing: list[dict[str, Any]], *, ope
          s["all_succeeded_10eps"], cell(s["success_rate"], "pct"), cell(s["median_score"], "e"),
          cell(s["median_iterations"], "int"), cell(s["median_time_ms"]), cell(s["median_speedup"], "x")]
         for s in summarise(records, "checkpoint")]))
+    parts += _failed_solves(records)
     parts += ["", "## Checkpoint matrices: conditioning", ""]
     cond_rows = []
     for r in best_methods(records).values():
@@ -230,6 +232,17 @@ def markdown(records: list[dict[str, Any]], timing: list[dict[str, Any]], *, ope
                                   cell(t["relres"], "e"), t["converged"]] for t in timing]))
     parts += ["", "![iterations against κ](iterations_vs_kappa.png)", "", "![time against n](time_vs_n.png)", ""]
     return "\n".join(parts)
+
+
+def _failed_solves(records: list[dict[str, Any]]) -> list[str]:
+    """A section listing the (instance, method) pairs whose solves raised, with the reasons; none where none did."""
+    failed = [r for r in records if r["errors"]]
+    if not failed:
+        return []
+    return ["", "## Solves that raised an error (scored as failures)", "",
+            markdown_table(["source", "matrix", "problem", "j", "method", "reason"],
+                           [[r["source"], r["label"], r["problem"], r["j"], r["method"], r["errors"]]
+                            for r in failed])]
 
 
 def plot_iterations_vs_kappa(records: list[dict[str, Any]], path: Path) -> Path:

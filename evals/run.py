@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -31,7 +32,7 @@ from evals import problems as P
 from evals import report
 from evals import synthetic as syn
 from evals.extract import extract, load_extracted
-from evals.instances import Instance, distinct_rows, from_extraction, synthetic_controls
+from evals.instances import Instance, check_rows, distinct_rows, from_extraction, synthetic_controls
 from evals.methods import get_method
 from evals.solve import METHODS, NotApplicable, solve
 from fileio.atomic import write_text_atomic
@@ -75,21 +76,31 @@ def evaluate(instance: Instance, *, seeds: int, eps: float, maxiter: int) -> lis
                 row = {"source": instance.source, "label": instance.label, "layer": instance.layer,
                        "head": instance.head, "problem": instance.problem, "j": j, "method": method, "seed": seed,
                        "n": instance.A.shape[0], "d": instance.A.shape[1], **cond}
-                try:
-                    x, info = solve(instance.problem, instance.A, b, j=j, eps=eps, method=method, seed=seed,
-                                    maxiter=maxiter)
-                except NotApplicable:
-                    row["applicable"] = False
-                    rows.append({**row, **scoring(row, eps)})
-                    continue
-                row.update(applicable=True, **P.metrics(instance.problem, instance.A, b, x, x_ref, j, opt))
-                rows.append({**row, **scoring(row, eps), "converged": info.converged,
-                             "iterations": info.as_dict()["iterations_total"],
-                             "iterations_per_stage": info.iterations, "passes": info.passes,
-                             "time_sketch": info.time_sketch, "time_factor": info.time_factor,
-                             "time_iterate": info.time_iterate, "time_total": info.time_total,
-                             "kappa_precond": info.kappa_precond})
+                rows.append(solve_row(row, instance.A, b, x_ref, opt, eps=eps, maxiter=maxiter))
     return rows
+
+
+def solve_row(row: dict[str, Any], A: torch.Tensor, b: torch.Tensor, x_ref: torch.Tensor, opt: float, *,
+              eps: float, maxiter: int) -> dict[str, Any]:
+    """`row` (the instance's columns, method and seed) completed by one solve. A method that does not apply gets
+    applicable = False; one that raises a solver or LAPACK error (a rank-deficient A, say) a failed solve with the
+    reason in `error`, so that one bad instance costs its own rows and never the report."""
+    problem, j = row["problem"], row["j"]
+    try:
+        x, info = solve(problem, A, b, j=j, eps=eps, method=row["method"], seed=row["seed"], maxiter=maxiter)
+    except NotApplicable:
+        row = {**row, "applicable": False}
+        return {**row, **scoring(row, eps)}
+    except (P.SolverError, torch.linalg.LinAlgError) as exc:
+        row = {**row, "applicable": True, "relres": math.nan, "pred_err": math.nan, "fwd_err": math.nan,
+               "subopt": math.nan}
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        return {**row, **scoring(row, eps), "converged": False, "error": reason}
+    row = {**row, "applicable": True, **P.metrics(problem, A, b, x, x_ref, j, opt)}
+    return {**row, **scoring(row, eps), "converged": info.converged,
+            "iterations": info.as_dict()["iterations_total"], "iterations_per_stage": info.iterations,
+            "passes": info.passes, "time_sketch": info.time_sketch, "time_factor": info.time_factor,
+            "time_iterate": info.time_iterate, "time_total": info.time_total, "kappa_precond": info.kappa_precond}
 
 
 def rescore(rows: list[dict[str, Any]], eps: float) -> list[dict[str, Any]]:
@@ -176,6 +187,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.maxiter < 1 or args.threads < 1 or not args.eps > 0:
         parser.error("--seeds, --maxiter and --threads must be >= 1 and --eps > 0")
+    if args.max_rows is not None and args.max_rows < 1:
+        parser.error(f"--max-rows must be >= 1, got {args.max_rows}")
     try:
         args.js = tuple(sorted({int(v) for v in args.j.split(",")}))
     except ValueError:
@@ -197,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             extracted = extract(args.ckpt, args.out / "extracted", layers=args.layers, heads=args.heads,
                                 windows=args.windows, force=True)
         manifest, extraction = load_extracted(extracted)
+        check_rows(manifest, args.max_rows, hidden_states=not args.no_hidden_states)
     except (ValueError, CheckpointError) as exc:
         print(f"evals.run: {exc}", file=sys.stderr)
         return 2

@@ -52,6 +52,7 @@ def solve(problem: str, A: torch.Tensor, b: torch.Tensor, *, j: int = 1, eps: fl
     info = SolveInfo(problem, method, A.shape[0], A.shape[1], j, eps)
     solver = cls(A, info, options)
     x = solver.solve(problem, b, j)
+    info.converged &= bool(torch.isfinite(x).all())  # a factor with a zero pivot gives inf or nan, never a solution
     if diagnostics:
         info.kappa_precond = solver.kappa_precond()
     info.relres = P.relres(problem, A, x, b, j)
@@ -71,6 +72,7 @@ def least_squares(A: torch.Tensor, b: torch.Tensor, *, eps: float = 1e-10, metho
     info = SolveInfo("least_squares", method, A.shape[0], A.shape[1], 0, eps)
     solver = cls(A, info, options)
     y = solver.least_squares(b, eps)
+    info.converged &= bool(torch.isfinite(y).all())
     if diagnostics:
         info.kappa_precond = solver.kappa_precond()
     info.relres = float(torch.linalg.vector_norm(A @ y - b) / torch.linalg.vector_norm(b))

@@ -12,6 +12,8 @@ one R; the iteration on BᵀB z = R^-T c is the subclass's (CG here, the paper's
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from evals import problems as P
@@ -58,8 +60,11 @@ class SketchPreconditioned(IterativeMethod):
         return self.R.norm()
 
     def kappa_precond(self) -> float | None:
-        s = torch.linalg.svdvals(self.R.right_solve(self.A))
-        return float(s[0] / s[-1])
+        B = self.R.right_solve(self.A)
+        if not torch.isfinite(B).all():
+            return math.inf  # R is singular: SA, and so A, is rank-deficient
+        s = torch.linalg.svdvals(B)
+        return float(s[0] / s[-1]) if s[-1] > 0 else math.inf
 
     def B(self, z: torch.Tensor) -> torch.Tensor:
         return self.op.matvec(self.R.solve(z))

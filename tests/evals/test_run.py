@@ -145,6 +145,62 @@ def test_svd_stays_eligible_where_its_score_is_its_own_residual():
     assert scoring(row, 1e-8)["scored_independently"]
 
 
+def _zero_column(n=512, d=8):
+    A = syn.conditioned(n, d, 10.0, 0)
+    A[:, 3] = 0.0
+    return A
+
+
+@pytest.mark.parametrize("problem", ["gram_power", "a_gram_power"])
+def test_a_rank_deficient_matrix_fails_its_rows_without_aborting(problem):
+    """A zero column makes AᵀA singular: R from qr(SA) has a zero pivot, Householder QR divides by one. Every solve
+    gets a row and none counts as a success (svd's pred_err against its own SVD is not scored independently)."""
+    rows = evaluate(Instance("synthetic", "zero column", problem, _zero_column(), (1,)), seeds=1, eps=1e-8,
+                    maxiter=100)
+    assert [r["method"] for r in rows] == list(METHODS[problem])
+    assert not any(r["success"] for r in rows if r["scored_independently"])
+    by_method = {r["method"]: r for r in rows}
+    assert not by_method["qr"]["converged"] and math.isnan(by_method["qr"]["score"])
+    assert by_method["sketch_pcg"]["kappa_precond"] == math.inf and not by_method["sketch_pcg"]["converged"]
+    assert rows[0]["kappa_M"] > 1e30  # the float64 bound calls it beyond float64
+    (check,) = report.gate_check(report.aggregate(rows))
+    assert check["solved"] == 0
+
+
+def test_a_solve_that_raises_is_a_failed_row_with_its_reason():
+    """A wide A (8 x 16) is refused by every Gram method: the rows say why, and the report lists them."""
+    A = syn.conditioned(16, 8, 10.0, 0).T.contiguous()
+    rows = evaluate(Instance("synthetic", "wide", "gram_power", A, (1,)), seeds=2, eps=1e-8, maxiter=50)
+    assert len(rows) == 2 * len(METHODS["gram_power"])
+    assert all(r["applicable"] and not r["converged"] and not r["success"] for r in rows)
+    assert all(r["error"] == "SolverError: gram_power needs a tall A (n >= d), got 8 x 16; stack more rows or "
+                             "transpose" for r in rows)
+    records = report.aggregate(rows)
+    assert all(math.isnan(r["worst_score"]) and "tall A" in r["errors"] for r in records)
+    page = report.markdown(records, [], opening="", eps=1e-8)
+    assert "## Solves that raised an error (scored as failures)" in page
+    assert "| synthetic | wide | gram_power | 1 | qr | SolverError: gram_power needs a tall A" in page
+
+
+def test_a_report_without_errors_has_no_error_section():
+    rows = evaluate(Instance("synthetic", "easy", "gram_power", syn.conditioned(64, 4, 10.0), (1,)), seeds=1,
+                    eps=1e-8, maxiter=50)
+    assert "raised" not in report.markdown(report.aggregate(rows), [], opening="", eps=1e-8)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-rows", "16"], "16 stacked rows (--max-rows 16, 4 windows of 32 tokens) leave the hidden states X wide "
+                           "(n_embd = 32 columns), and the Gram problems need n >= d: use --max-rows >= 32 (or more "
+                           "windows) or pass --no-hidden-states"),
+    (["--max-rows", "8", "--no-hidden-states"], "leave the keys K wide (head_dim = 16 columns)"),
+])
+def test_max_rows_that_leave_a_matrix_wide_is_a_clear_error(extra, message, softmax_run, tmp_path, capsys):
+    code = main(["--ckpt", str(softmax_run), "--windows", "4", "--out", str(tmp_path / "r"), *extra])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evals.run: ") and message in err and "Traceback" not in err
+
+
 def test_time_vs_n_records_every_method_and_size():
     A = next(i.A for i in synthetic_controls(js=(1,), n=512, d=8, kernel_n=64) if i.problem == "a_gram_power")
     rows = time_vs_n(A, "a_gram_power", [128, 512], eps=1e-8, repeats=1)
@@ -161,6 +217,7 @@ def test_distinct_rows_keeps_the_first_copy_of_each_row_in_order():
     (["--extracted", "nowhere", "--out", "x"], "not an extraction directory"),
     (["--extracted", "nowhere", "--out", "x", "--j", "0"], "--j takes integers >= 1"),
     (["--extracted", "nowhere", "--out", "x", "--seeds", "0"], "--seeds"),
+    (["--extracted", "nowhere", "--out", "x", "--max-rows", "0"], "--max-rows must be >= 1, got 0"),
 ])
 def test_errors_name_the_problem(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
