@@ -238,13 +238,29 @@ def summarise(runs: list[Run]) -> list[Summary]:
     return sorted(summaries, key=lambda s: s.stats["final_val_loss"][0])
 
 
+def reference_label(labels: list[str], reference: str) -> str:
+    """The group label that `reference` names: itself, or else the one label whose backend (its first word) it is,
+    since labels carry `key=value` for every other varying setting ('softmax threads=1'). Raises ComparisonError
+    listing the labels where it names none or several."""
+    if reference in labels:
+        return reference
+    matches = [label for label in labels if label.split(" ")[0] == reference]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ComparisonError(f"reference {reference!r} is the backend of {len(matches)} rows "
+                              f"({', '.join(map(repr, matches))}); pass one of them in full")
+    raise ComparisonError(f"no row is labelled {reference!r}; the rows are {', '.join(map(repr, labels))}: pass "
+                          "one of them as the reference")
+
+
 def paired_with(runs: list[Run], reference: str) -> list[Paired]:
-    """Each other group's final val loss against the group labelled `reference`, seed by seed (runs of the same
-    seed share the data order and the initial weights' random stream), best mean difference first; [] when no
-    group has that label."""
+    """Each other group's final val loss against the group labelled `reference` (see reference_label), seed by seed
+    (runs of the same seed share the data order and the initial weights' random stream), best mean difference
+    first."""
     groups = group_runs(runs)
     if reference not in groups:
-        return []
+        raise ComparisonError(f"no row is labelled {reference!r}; the rows are {', '.join(map(repr, groups))}")
     final = {label: {run.settings[SEED]: run_metrics(run)["final_val_loss"] for run in group}
              for label, group in groups.items()}
     paired = []

@@ -13,10 +13,11 @@ directories. Runs trained on different data, evaluated on different val windows,
 unfinished are refused (exit status 2); runs that differ in optimiser or training settings are compared with a
 warning on stderr, since the table then compares those settings too.
 
-Below the table, each row's final val loss minus the reference row's (--reference, default softmax), seed by seed:
-the mean ± std of those paired differences, on how many seeds the row ends lower, the seed spread (the larger of
-the two rows' std over those seeds) and whether the seeds tell the two apart (every seed's difference has the same
-sign and the mean exceeds the spread). Also written as comparison_paired.csv.
+Below the table, each row's final val loss minus the reference row's (--reference: a row label, or a backend that
+labels one row; default softmax), seed by seed: the mean ± std of those paired differences, on how many seeds the
+row ends lower, the seed spread (the larger of the two rows' std over those seeds) and whether the seeds tell the
+two apart (every seed's difference has the same sign and the mean exceeds the spread). Also written as
+comparison_paired.csv. A --reference that names no row, or several, is an error that lists the rows.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from pathlib import Path
 
 from experiments.comparison import (
     ComparisonError, check_comparable, check_out_dir, csv_rows, group_runs, load_run, paired_table, paired_with,
-    recorded, run_dirs, settings_beyond_model, summarise, summary_table, trained_dates, val_curve, varying_settings,
+    recorded, reference_label, run_dirs, settings_beyond_model, summarise, summary_table, trained_dates, val_curve,
+    varying_settings,
 )
 from experiments.comparison_plot import plot_val_curves
 from fileio.pages import command_line, opening
 from fileio.tables import csv_text
 
+DEFAULT_REFERENCE = "softmax"
 MEASURED = ("final and best val loss and perplexity, tokens, wall time, train tokens/s and peak memory of each group "
             "of runs (mean ± std over seeds)")
 
@@ -43,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="run directories, or a sweep directory that holds them")
     parser.add_argument("--out", type=Path, help="folder for the table and figure, outside the compared directories "
                         "(default: runs/compare-<date>-<time>)")
-    parser.add_argument("--reference", default="softmax",
-                        help="the row the others are paired with, seed by seed (a row label, e.g. softmax)")
+    parser.add_argument("--reference", help="the row the others are paired with, seed by seed: a row label, or a "
+                        "backend that labels exactly one row (default: softmax, where it labels one row)")
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     try:
@@ -76,11 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     page = opening(f"Comparison of {len(runs)} runs on {data['source']}", MEASURED, command_line(__file__, argv),
                    config, "; ".join(recorded(runs, "machine")) or "not recorded in the run records",
                    f"trained {trained_dates(runs)}")
-    paired = paired_with(runs, args.reference)
-    pairs = (f"\n## Paired with {args.reference}, seed by seed\n\nFinal val loss minus {args.reference}'s on the "
+    try:
+        reference = reference_label(list(group_runs(runs)), args.reference or DEFAULT_REFERENCE)
+    except ComparisonError as exc:
+        if args.reference:
+            print(f"cannot compare: {exc}", file=sys.stderr)
+            return 2
+        print(f"note: no paired table: {exc} (--reference)", file=sys.stderr)
+        reference = None
+    paired = paired_with(runs, reference) if reference else []
+    pairs = (f"\n## Paired with {reference}, seed by seed\n\nFinal val loss minus {reference}'s on the "
              "same seed (mean ± std over seeds); *told apart*: every seed's difference has the same sign and the mean "
              "exceeds the seed spread (the larger std of final val loss of the two rows).\n\n"
-             f"{paired_table(paired, args.reference)}") if paired else ""
+             f"{paired_table(paired, reference)}") if paired else ""
     print(table + pairs, end="")
 
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ import statistics
 import pytest
 
 from experiments.comparison import (
-    ComparisonError, check_comparable, csv_rows, load_run, paired_table, paired_with, summarise, summary_table,
+    ComparisonError, check_comparable, csv_rows, load_run, paired_table, paired_with, reference_label, summarise,
+    summary_table,
 )
 from model.attention import BACKENDS
 
@@ -118,7 +119,26 @@ def test_paired_differences_tell_rows_apart_only_when_every_seed_agrees_beyond_t
     assert taylor.lower == 1 and not taylor.beyond_spread  # the seeds disagree on the sign
     table = paired_table(list(by_label.values()), "softmax")
     assert "| logexp | 3 | -0.2100 ± 0.0361 | 3 of 3 | 0.1102 | yes |" in table and "| no |" in table
-    assert paired_with(runs, "nonexistent") == []
+    with pytest.raises(ComparisonError, match="no row is labelled 'nonexistent'; the rows are 'softmax', "):
+        paired_with(runs, "nonexistent")
+
+
+@pytest.mark.parametrize("reference, expected", [
+    ("softmax threads=1", "softmax threads=1"),  # a label
+    ("taylor", "taylor threads=1"),  # the backend of exactly one row
+    ("softmax", "cannot compare: reference 'softmax' is the backend of 2 rows ('softmax threads=1', "
+                "'softmax threads=2'); pass one of them in full"),
+    ("logexp", "cannot compare: no row is labelled 'logexp'; the rows are 'softmax threads=1', 'softmax threads=2', "
+               "'taylor threads=1': pass one of them as the reference"),
+])
+def test_reference_names_a_label_or_the_backend_of_one_row(reference, expected):
+    labels = ["softmax threads=1", "softmax threads=2", "taylor threads=1"]
+    if expected.startswith("cannot compare: "):
+        with pytest.raises(ComparisonError) as error:
+            reference_label(labels, reference)
+        assert f"cannot compare: {error.value}" == expected
+    else:
+        assert reference_label(labels, reference) == expected
 
 
 # --- the compare CLI -----------------------------------------------------------------------------------------------
@@ -190,6 +210,37 @@ def test_the_demo_run_and_a_sweep_run_are_not_pooled_into_one_row(tmp_path, fake
     assert "| softmax eval_interval=10 threads=0 | 1 |" in captured.out
     assert "| softmax eval_interval=5 threads=1 | 1 |" in captured.out
     assert captured.err.startswith("warning: the runs also differ in train.eval_interval, train.threads;")
+
+
+def test_the_default_reference_pairs_with_the_one_softmax_row_whatever_its_label(tmp_path, fake_run, compare,
+                                                                                 capsys):
+    """Runs that differ in threads are labelled 'softmax threads=1': softmax still names that one row."""
+    for name, threads in (("softmax", 1), (SECOND, 2)):
+        fake_run(tmp_path / "sweep" / name, "train.seed=0", f"model.attention={name}", f"train.threads={threads}")
+    assert compare([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "## Paired with softmax threads=1, seed by seed" in captured.out
+    assert f"| {SECOND} threads=2 | 1 | 0.0000 | 0 of 1 |" in captured.out
+    assert (tmp_path / "out" / "comparison_paired.csv").is_file()
+
+
+def test_an_explicit_reference_that_names_no_row_is_an_error_listing_the_rows(tmp_path, fake_run, compare, capsys):
+    fake_run(tmp_path / "sweep" / "1-softmax", "train.seed=0")
+    fake_run(tmp_path / "sweep" / "2-second", "train.seed=0", f"model.attention={SECOND}")
+    assert compare([str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), "--reference", "softmax2"]) == 2
+    assert capsys.readouterr().err == (f"cannot compare: no row is labelled 'softmax2'; the rows are 'softmax', "
+                                       f"'{SECOND}': pass one of them as the reference\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_a_softmax_row_the_default_reference_only_skips_the_paired_table(tmp_path, fake_run, compare,
+                                                                                capsys):
+    fake_run(tmp_path / "sweep" / f"{SECOND}-seed0", "train.seed=0", f"model.attention={SECOND}")
+    assert compare([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "Paired with" not in captured.out
+    assert f"note: no paired table: no row is labelled 'softmax'; the rows are '{SECOND}'" in captured.err
+    assert not (tmp_path / "out" / "comparison_paired.csv").exists()
 
 
 def test_a_group_is_labelled_by_every_model_setting_that_sets_it_apart(tmp_path, fake_run, compare, capsys):
