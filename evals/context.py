@@ -5,9 +5,10 @@
 Each checkpoint is scored on the same val sequences of `max_length` + 1 tokens (spread evenly over the val split,
 like the training run's val windows): the mean next-token loss in buckets one training context wide, so the first
 bucket is the trained regime and the others are extrapolation. Models with `rope` or `none` positions take any
-length; a model with learned positions has no embedding past `n_positions` and is scored up to there (the page
-says so). The full sequence goes through the backend's own training form (`model(x)`); a constant-memory backend
-can also be scored chunk by chunk through its decode state (`form="decode"`), which must give the same losses.
+length; a model with learned positions has no embedding past `n_positions` and is scored on the first
+`n_positions` tokens of the same sequences (the page says so). The full sequence goes through the backend's own
+training form (`model(x)`); a constant-memory backend can also be scored chunk by chunk through its decode state
+(`form="decode"`), which must give the same losses.
 """
 
 from __future__ import annotations
@@ -72,11 +73,14 @@ def token_losses(model: GPT, x: torch.Tensor, y: torch.Tensor, form: str = "forw
 
 def context_curve(model: GPT, val_tokens: np.ndarray, *, label: str, train_context: int, max_length: int,
                   sequences: int, form: str = "forward", batch_size: int = 1) -> ContextCurve:
-    """The mean loss per bucket over `sequences` val sequences of the scored length."""
+    """The mean loss per bucket over `sequences` val sequences, each the first `length` (+ 1) tokens of the
+    sequence of `max_length` + 1 tokens at the same start for every model: a model scored up to n_positions reads
+    the same text as the others, only less of it."""
     length, note = scored_length(model, max_length)
-    if len(val_tokens) < length + 2:
-        raise ValueError(f"the val split holds {len(val_tokens):,} tokens, fewer than --max-length {length} + 1")
-    starts = val_windows(val_tokens, length, sequences)
+    if len(val_tokens) < max_length + 1:
+        raise ValueError(f"the val split holds {len(val_tokens):,} tokens, fewer than --max-length {max_length} + 1; "
+                         "lower --max-length")
+    starts = val_windows(val_tokens, max_length, sequences)
     total = torch.zeros(length, dtype=torch.float64)
     for i in range(0, len(starts), batch_size):
         x, y = gather_windows(val_tokens, starts[i : i + batch_size], length)

@@ -69,6 +69,28 @@ def test_learned_positions_are_scored_up_to_n_positions_and_say_so():
     assert scored_length(tiny(position="none"), 64) == (64, "")
 
 
+def test_a_learned_position_model_reads_the_same_sequences_as_the_others_only_shorter():
+    """max_length 48 over 400 tokens: every model's sequences start at 0, (400 - 49) // 2 and 400 - 49; a model with
+    n_positions = 16 scores the first 16 positions of each."""
+    model = tiny(position="learned")
+    tokens = np.random.default_rng(1).integers(0, 97, size=400).astype(np.uint16)
+    curve = context_curve(model, tokens, label="x", train_context=8, max_length=48, sequences=3)
+    starts = [0, (400 - 49) // 2, 400 - 49]
+    x = torch.stack([torch.from_numpy(tokens[s : s + 16].astype(np.int64)) for s in starts])
+    y = torch.stack([torch.from_numpy(tokens[s + 1 : s + 17].astype(np.int64)) for s in starts])
+    per_token = token_losses(model, x, y).mean(dim=0)
+    assert curve.length == 16 and curve.edges == (0, 8, 16)
+    assert curve.loss == pytest.approx((per_token[:8].mean().item(), per_token[8:].mean().item()), rel=1e-6)
+
+
+def test_a_val_split_of_max_length_plus_one_tokens_is_enough():
+    tokens = np.arange(49, dtype=np.uint16) % 97
+    assert context_curve(tiny(), tokens, label="x", train_context=16, max_length=48, sequences=1).sequences == 1
+    with pytest.raises(ValueError, match=r"^the val split holds 48 tokens, fewer than --max-length 48 \+ 1; lower "
+                                         r"--max-length$"):
+        context_curve(tiny(), tokens[:48], label="x", train_context=16, max_length=48, sequences=1)
+
+
 def test_the_cli_writes_a_page_a_csv_and_a_plot(tmp_path, prepared_dir, capsys):
     runs = []
     for attention in ("softmax", "logexp"):
