@@ -41,6 +41,13 @@ def nystrom_preconditioner(K: torch.Tensor, rank: int, seed: int) -> Preconditio
     return apply
 
 
+def degree_seed(seed: int, degree: int) -> int:
+    """The TensorSketch seed of one degree of one solve's features: distinct for every (seed, degree) with
+    0 <= degree <= MAX_TAYLOR_DEGREE, so no two solves' sketches share a factor (seed + degree would give seed 0's
+    degree 3 and seed 1's degree 2 the same hashes)."""
+    return seed * (MAX_TAYLOR_DEGREE + 1) + degree
+
+
 def taylor_features(A: torch.Tensor, seed: int) -> torch.Tensor:
     """Φ with Φ Φᵀ ~ Σ_{l<=q} (A Aᵀ)^{∘l} / l! ~ exp(A Aᵀ) (Song, Yin & Zhang, arXiv 2308.14304): TensorSketches
     of degree 0 .. q, 2d features each, with q the smallest degree whose Taylor tail at t = max ||a_i||² is <= 1e-6
@@ -51,7 +58,8 @@ def taylor_features(A: torch.Tensor, seed: int) -> torch.Tensor:
         raise NotApplicable(f"the Taylor-polynomial sketch needs degree {q} > {MAX_TAYLOR_DEGREE} for max ||a_i||² = "
                             f"{t:.3g} (the degree grows ~2x the squared row norm); use jacobi_pcg or nystrom_pcg")
     m = 2 * A.shape[1]
-    return torch.cat([tensor_sketch(A, ell, m, seed + ell) / math.sqrt(math.factorial(ell)) for ell in range(q + 1)], 1)
+    return torch.cat([tensor_sketch(A, ell, m, degree_seed(seed, ell)) / math.sqrt(math.factorial(ell))
+                      for ell in range(q + 1)], 1)
 
 
 def woodbury_inverse(features: torch.Tensor, shift: float) -> Preconditioner:
