@@ -48,14 +48,18 @@ def test_the_decode_form_gives_the_training_forms_losses(attention):
     torch.testing.assert_close(forward, expected)
 
 
+def losses_by_hand(model, tokens: np.ndarray, starts: list[int], length: int) -> torch.Tensor:
+    """Per-position loss of the windows of `length` tokens at `starts`, averaged over the windows."""
+    x = torch.stack([torch.from_numpy(tokens[s : s + length].astype(np.int64)) for s in starts])
+    y = torch.stack([torch.from_numpy(tokens[s + 1 : s + length + 1].astype(np.int64)) for s in starts])
+    return token_losses(model, x, y).mean(dim=0)
+
+
 def test_bucket_means_are_the_mean_of_the_per_token_losses():
     model = tiny()
     tokens = np.random.default_rng(0).integers(0, 97, size=400).astype(np.uint16)
     curve = context_curve(model, tokens, label="x", train_context=16, max_length=48, sequences=3)
-    starts = [0, (400 - 49) // 2, 400 - 49]
-    x = torch.stack([torch.from_numpy(tokens[s : s + 48].astype(np.int64)) for s in starts])
-    y = torch.stack([torch.from_numpy(tokens[s + 1 : s + 49].astype(np.int64)) for s in starts])
-    per_token = token_losses(model, x, y).mean(dim=0)
+    per_token = losses_by_hand(model, tokens, [0, (400 - 49) // 2, 400 - 49], length=48)
     assert curve.edges == (0, 16, 32, 48) and curve.sequences == 3
     for i, (a, b) in enumerate(zip(curve.edges, curve.edges[1:])):
         assert curve.loss[i] == pytest.approx(per_token[a:b].mean().item(), rel=1e-6)
@@ -75,10 +79,7 @@ def test_a_learned_position_model_reads_the_same_sequences_as_the_others_only_sh
     model = tiny(position="learned")
     tokens = np.random.default_rng(1).integers(0, 97, size=400).astype(np.uint16)
     curve = context_curve(model, tokens, label="x", train_context=8, max_length=48, sequences=3)
-    starts = [0, (400 - 49) // 2, 400 - 49]
-    x = torch.stack([torch.from_numpy(tokens[s : s + 16].astype(np.int64)) for s in starts])
-    y = torch.stack([torch.from_numpy(tokens[s + 1 : s + 17].astype(np.int64)) for s in starts])
-    per_token = token_losses(model, x, y).mean(dim=0)
+    per_token = losses_by_hand(model, tokens, [0, (400 - 49) // 2, 400 - 49], length=16)
     assert curve.length == 16 and curve.edges == (0, 8, 16)
     assert curve.loss == pytest.approx((per_token[:8].mean().item(), per_token[8:].mean().item()), rel=1e-6)
 
