@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/shakespeare-cpu.yaml", help="the model shape (its model section)")
     parser.add_argument("--position", default="rope", choices=["rope", "none"], help="position encoding")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
-                        help="weights and activations (bfloat16 halves the LM head's memory traffic, which dominates a step)")
+                        help="weights and activations (bfloat16 halves the bytes every step reads for the weights)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each backend's process")
     parser.add_argument("--redraw-s", type=float, default=60, help="rewrite the page at most this often")
     parser.add_argument("--out", default="results/decode_1m", help="output prefix (.csv, .md, .png)")
