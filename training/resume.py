@@ -37,7 +37,8 @@ def restore_rng(state: dict, device: torch.device) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda_rng_entry(state["cuda"], device.index), device)
+        index = torch.cuda.current_device() if device.index is None else device.index  # plain "cuda": the current GPU
+        torch.cuda.set_rng_state(cuda_rng_entry(state["cuda"], index), device)
 
 
 def cuda_rng_entry(saved: torch.Tensor | list[torch.Tensor], device_index: int) -> torch.Tensor:

@@ -394,6 +394,16 @@ def test_a_gpu_run_saves_only_its_own_cuda_stream_and_restores_it_on_a_machine_w
     assert restored_on.states == [torch.tensor([5])]
 
 
+def test_an_older_checkpoints_cuda_streams_restore_the_current_gpus_entry_for_a_device_without_index(monkeypatch):
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.update(state=state, device=device))
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+             "cuda": [torch.tensor([0]), torch.tensor([1])]}
+    restore_rng(state, torch.device("cuda"))
+    assert torch.equal(restored["state"], torch.tensor([1]))
+
+
 def test_older_checkpoints_with_every_gpus_cuda_stream_restore_the_training_gpus_entry():
     saved = [torch.tensor([0]), torch.tensor([1])]
     assert torch.equal(cuda_rng_entry(saved, 1), torch.tensor([1]))
