@@ -6,6 +6,9 @@ small model per setting) never earn it back (measurements: results/bench_compile
 train.compile=true.
 torch.compile is lazy: it traces and compiles at the first call (and again when a new input shape or mode needs
 it), so a failure shows there; the model then falls back to eager for the rest of the run, with one warning line.
+AOTAutograd would compile the backward graph lazily too, at the first loss.backward(), where a failure would escape
+the fallback after the forward had run compiled; the calls here have it compile the backward before the forward
+returns.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch._functorch import config as aot_autograd_config
 
 CompileChoice = Literal["auto", "true", "false"]
 
@@ -40,7 +44,8 @@ class CompiledOrEager(nn.Module):
     def forward(self, *args, **kwargs):
         if self.compiled is not None:
             try:
-                return self.compiled(*args, **kwargs)
+                with aot_autograd_config.patch(force_non_lazy_backward_lowering=True):
+                    return self.compiled(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - dynamo, inductor and the C++ compiler raise many types
                 self._fall_back(exc)
         return self.model(*args, **kwargs)

@@ -86,3 +86,27 @@ def test_a_backend_that_fails_at_the_first_call_falls_back(monkeypatch):
         torch._dynamo.reset()
     assert lines == ["warning: torch.compile failed (BackendCompilerFailed: RuntimeError: no C++ compiler found); "
                      "training without it"]
+
+
+def test_a_backward_that_fails_to_compile_falls_back_at_the_forward_call(monkeypatch):
+    """The backward graph compiles before the forward returns, so its failure reaches the fallback too instead of
+    raising from loss.backward() outside it."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    def broken_backward(graph_module, example_inputs):
+        raise RuntimeError("backward: C++ compile error")
+
+    backend = aot_autograd(fw_compiler=lambda graph_module, example_inputs: graph_module, bw_compiler=broken_backward)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=backend))
+    lines = []
+    model = nn.Linear(3, 2)
+    wrapped = CompiledOrEager(model, lines.append)
+    x = torch.randn(4, 3)
+    try:
+        wrapped(x).sum().backward()
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(model.weight.grad, torch.ones(2, 1) * x.sum(0), rtol=1e-6, atol=1e-6)
+    assert lines == ["warning: torch.compile failed (BackendCompilerFailed: RuntimeError: backward: C++ compile "
+                     "error); training without it"]
