@@ -35,6 +35,7 @@ from training import checkpoint as ckpt
 from training import runtime as rt
 from training.compile import maybe_compile
 from training.config import RunConfig, config_to_dict, load_config
+from training.malloc import keep_freed_memory
 from training.metrics import MetricsLog
 from training.optim import make_optimizer
 from training.resume import gather_rng, resume_path, start_state
@@ -195,6 +196,8 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     resume_from = resume_path(cfg, run_dir, log_line)
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    if runtime.device.type == "cpu":
+        keep_freed_memory()  # each step's large tensors reuse the last step's pages (training/malloc.py)
     data = open_run_data(cfg, runtime)  # prepares text data once (main process), checks the val set is usable
 
     torch.manual_seed(tc.seed)

@@ -10,8 +10,9 @@ Two forms compute it:
 - full: the logits of all N rows, then their cross-entropy (`linear_cross_entropy_reference`, nanoGPT's form);
 - chunked: rows are processed in chunks and the gradients are formed during the forward pass, so peak memory holds
   one chunk of logits instead of all of them (GPT-2 small, 16 × 1024 tokens: 3.3 GB of fp32 logits). Each chunk
-  makes one pass for its log-softmax (fp32), one for its exponential and one for the cast to the matmul dtype; the
-  scale 1/N' and the mask of rows without a target are applied to the (n, C) side, never to the (n, V) logits.
+  makes one pass for the cast of its logits to fp32, one for its log-softmax, one for its exponential and one for
+  the cast to the matmul dtype; the scale 1/N' and the mask of rows without a target are applied to the (n, C)
+  side, never to the (n, V) logits.
 `LOSS_FORMS` picks one by device type and autocast dtype, from the measurements in results/bench_loss.md.
 """
 
@@ -64,7 +65,8 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
         for start in range(0, h.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             h_chunk, t_chunk, scale = h[rows], targets[rows].clamp(min=0), row_scale[rows]
-            log_probs = torch.log_softmax(h_chunk.to(matmul_dtype) @ w.T, dim=-1, dtype=softmax_dtype)  # (n, V)
+            # log_softmax(dtype=fp32) of bf16 logits converts far slower on the CPU than a cast before it
+            log_probs = torch.log_softmax((h_chunk.to(matmul_dtype) @ w.T).to(softmax_dtype), dim=-1)  # (n, V)
             total -= (log_probs.gather(1, t_chunk[:, None]).squeeze(1) * scale).sum()
             if not with_grads:
                 continue

@@ -1,5 +1,5 @@
-"""scripts/bench_attention.py, bench_decode.py, bench_decode_long.py, bench_flex.py, bench_optim.py and
-bench_nanogpt.py run end to end at toy sizes and write their outputs.
+"""scripts/bench_attention.py, bench_decode.py, bench_decode_long.py, bench_flex.py, bench_optim.py,
+bench_nanogpt.py and bench_malloc.py run end to end at toy sizes and write their outputs.
 
 Smoke tests only: the numbers they print are measurements, never asserted."""
 
@@ -172,3 +172,14 @@ def test_bench_nanogpt_names_a_missing_model_file(tmp_path):
     result = subprocess.run([sys.executable, "scripts/bench_nanogpt.py", "--nanogpt", str(tmp_path / "nope.py")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "no such file; give the path of nanoGPT's model.py" in result.stderr
+
+
+def test_bench_malloc_runs_both_settings_in_fresh_processes(tmp_path):
+    out = tmp_path / "malloc"
+    run_script("scripts/bench_malloc.py", "--shapes", "demo", "--rounds", "1", "--warmup", "0", "--steps", "1",
+               "--out", str(out))
+    rows = read_rows(out.with_suffix(".csv"))
+    assert [r["malloc"] for r in rows] == ["glibc", "kept"]
+    assert all(float(r["step_s"]) > 0 and int(r["peak_rss_mib"]) > 100 for r in rows)
+    assert rows[0]["time_vs_glibc"] == "1.0"
+    assert "freed memory kept (train.py)" in out.with_suffix(".md").read_text()

@@ -1,0 +1,98 @@
+"""Training steps with glibc's malloc unchanged against training/malloc.py's settings (train.py's on the CPU).
+
+    python scripts/bench_malloc.py                                  # the demo and GPT-2 small shapes, bf16, 1 thread
+    python scripts/bench_malloc.py --shapes demo --threads 2 --rounds 5
+
+malloc's settings hold for a whole process, so each measurement is a fresh run of scripts/bench_train.py with
+`--malloc kept` or `--malloc glibc`; the two take turns in every round, so that load from other processes slows
+both alike. Reports per shape and setting the median step time over the rounds, tokens/s, the kept/unchanged
+ratio of step times (median over rounds of the ratio within a round), and the peak resident memory of the
+process (ru_maxrss, largest over the rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from experiments.bench_shapes import SHAPES
+from fileio.pages import command_line, opening, this_machine, today
+from fileio.tables import cell, csv_text, markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = ("glibc", "kept")
+
+
+def run_bench_train(shape: str, setting: str, args: argparse.Namespace, out: Path) -> tuple[dict, int]:
+    """One bench_train.py process: its CSV row and its peak resident memory in bytes."""
+    command = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--shapes", shape, "--threads",
+               str(args.threads), "--dtypes", args.dtype, "--warmup", str(args.warmup), "--steps", str(args.steps),
+               "--malloc", setting, "--out", str(out)]
+    log = out.with_suffix(".log")
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)  # the child's own rusage: its peak resident memory
+    if status:
+        sys.exit(f"bench_train.py failed for {shape} with --malloc {setting}:\n{log.read_text()[-2000:]}")
+    with open(out.with_suffix(".csv"), newline="") as handle:
+        row = next(csv.DictReader(handle))
+    return row, usage.ru_maxrss * 1024  # kilobytes on Linux
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=["demo", "gpt2-small"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--out", default="results/bench_malloc")
+    args = parser.parse_args(argv)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for shape in args.shapes:
+            found = {setting: [] for setting in SETTINGS}
+            for round_ in range(args.rounds):
+                for setting in SETTINGS:
+                    row, rss = run_bench_train(shape, setting, args, Path(scratch) / f"{shape}-{setting}")
+                    if row["malloc"] != ("kept" if setting == "kept" else "unchanged"):
+                        sys.exit(f"malloc could not be set up here (bench_train.py reports {row['malloc']!r})")
+                    found[setting].append((float(row["step_s"]), rss))
+                    print(shape, setting, f"round {round_}: step {row['step_s']} s, peak RSS {rss / 2**20:.0f} MiB",
+                          flush=True)
+            ratio = statistics.median(kept[0] / glibc[0] for kept, glibc in zip(found["kept"], found["glibc"]))
+            for setting in SETTINGS:
+                step_s = statistics.median(step for step, _ in found[setting])
+                rows.append(dict(shape=shape, malloc=setting, threads=args.threads, dtype=args.dtype,
+                                 step_s=round(step_s, 4), tokens_per_s=round(SHAPES[shape].tokens / step_s, 1),
+                                 time_vs_glibc=round(ratio if setting == "kept" else 1.0, 3),
+                                 peak_rss_mib=round(max(rss for _, rss in found[setting]) / 2**20)))
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".csv").write_text(csv_text(rows))
+    table = markdown_table(
+        ["shape", "malloc", "step s", "tokens/s", "step time / glibc's", "peak RSS MiB"],
+        [[r["shape"], "glibc, unchanged" if r["malloc"] == "glibc" else "freed memory kept (train.py)", r["step_s"],
+          cell(r["tokens_per_s"], "int"), f"{r['time_vs_glibc']:.2f}×", f"{r['peak_rss_mib']:,}"] for r in rows])
+    config = (f"{args.dtype}, {args.threads} thread(s), {args.rounds} rounds of one process per setting, each the "
+              f"median of {args.steps} steps after {args.warmup} warm-up steps; torch {torch.__version__}")
+    page = opening("Training steps with freed memory kept", "seconds of a training step (forward, backward, AdamW) "
+                   "and peak resident memory, glibc's malloc unchanged against training/malloc.py's settings",
+                   command_line(__file__, argv), config, this_machine(), today())
+    out.with_suffix(".md").write_text(page + table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
