@@ -7,8 +7,9 @@ One process builds the config's model twice from the same seed: one runs eagerly
 The first compiled training step and the first compiled evaluation batch carry the compile time (their time less a
 compiled step's), with the compile caches off, as a first run pays it. Then eager and compiled training steps
 (forward, backward, AdamW on random tokens of the config's shape) take turns `--pairs` times, so load from other
-processes slows both alike, and so do evaluation batches. The run's total is extrapolated from these medians to
-the config's train.max_steps and its evaluations (training/compile.py says what compile=auto makes of this).
+processes slows both alike, and so do evaluation batches; malloc keeps freed memory, as train.py on the CPU.
+The run's total is extrapolated from these medians to the config's train.max_steps and its evaluations
+(training/compile.py says what compile=auto makes of this).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fileio.tables import cell, csv_text, markdown_table
 from model.gpt import GPT
 from training import runtime as rt
 from training.config import load_config
+from training.malloc import keep_freed_memory
 from training.optim import make_optimizer
 
 
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench_compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as train.py on the CPU
     torch.compiler.config.force_disable_caches = True  # the compile time a first run pays
 
     cfg = load_config(args.config, [])

@@ -6,8 +6,8 @@
 The full form (all logits, then cross-entropy: nanoGPT's `F.linear` + `F.cross_entropy`) is timed beside the
 chunked form at each `--chunks` row count; the forms take turns round after round, so load from other processes
 slows them alike, and each form's time is divided by the full form's of the same round (the median of these
-ratios is reported). `model.loss.LOSS_FORMS`
-records the choice these measurements support.
+ratios is reported). malloc keeps freed memory, as train.py on the CPU (training/malloc.py).
+`model.loss.LOSS_FORMS` records the choice these measurements support.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 from model.loss import chunked_linear_cross_entropy, linear_cross_entropy_reference
+from training.malloc import keep_freed_memory
 
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench_loss")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as train.py on the CPU
 
     rows = []
     for dtype_name in args.dtypes:
