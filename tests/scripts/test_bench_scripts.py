@@ -160,12 +160,13 @@ def test_bench_nanogpt_alternates_the_two_models_and_profiles_them(tmp_path):
     (tmp_path / "model.py").write_text(NANOGPT_STAND_IN)
     out = tmp_path / "nanogpt"
     run_script("scripts/bench_nanogpt.py", "--nanogpt", str(tmp_path / "model.py"), "--shape", "demo", "--dtype",
-               "float32", "--warmup", "0", "--steps", "1", "--profile", "--out", str(out))
+               "float32", "--warmup", "0", "--steps", "1", "--profile", "--malloc", "kept", "--out", str(out))
     (row,) = read_rows(out.with_suffix(".csv"))
     assert float(row["ours_tokens_per_s"]) > 0 and float(row["nanogpt_tokens_per_s"]) > 0 and float(row["speedup"]) > 0
     page = out.with_suffix(".md").read_text()
     assert page.startswith("# Training step beside nanoGPT\n\nMeasured: ") and "## Where the time goes" in page
     assert "| mm |" in page and "| all aten ops |" in page
+    assert "malloc freed memory kept for both" in page
 
 
 def test_bench_nanogpt_names_a_missing_model_file(tmp_path):
