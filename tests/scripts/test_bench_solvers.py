@@ -1,11 +1,16 @@
-"""scripts/bench_solvers.py runs its three parts end to end at toy sizes and writes its tables."""
+"""scripts/bench_solvers.py runs its three parts end to end at toy sizes and writes its tables; its verdict on the
+exp-kernel solvers names each size as measured."""
 
 import csv
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("bench_solvers_cli", ROOT / "scripts" / "bench_solvers.py")
+bench_solvers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_solvers)
 
 
 def test_bench_solvers_writes_every_part(tmp_path):
@@ -23,3 +28,23 @@ def test_bench_solvers_writes_every_part(tmp_path):
     with open(out.with_suffix(".csv"), newline="") as handle:
         parts = {row["part"] for row in csv.DictReader(handle)}
     assert parts == {"kappa", "tall", "kernel"}
+
+
+
+def kernel_rows(times: dict[int, dict[str, tuple[float, bool]]]) -> list[dict]:
+    return [{"n": n, "method": method, "time": time, "converged": converged}
+            for n, by_method in times.items() for method, (time, converged) in by_method.items()]
+
+
+def test_the_kernel_verdict_names_each_size_where_an_iterative_solver_paid_and_where_it_did_not():
+    rows = kernel_rows({256: {"cholesky": (0.007, True), "cg": (0.006, True)},
+                        512: {"cholesky": (0.007, True), "cg": (0.02, True), "nystrom_pcg": (0.05, True)},
+                        1024: {"cholesky": (0.05, True), "cg": (0.01, False), "nystrom_pcg": (0.04, True)}})
+    assert bench_solvers.kernel_verdict(rows, 3) == (
+        "A converged iterative solver took less time than dense Cholesky at n = 256, 1024; Cholesky was faster at "
+        "n = 512 (median of 3 timings each).")
+
+
+def test_the_kernel_verdict_ignores_an_iterative_solver_that_did_not_converge():
+    rows = kernel_rows({64: {"cholesky": (0.01, True), "cg": (0.001, False)}})
+    assert bench_solvers.kernel_verdict(rows, 1) == "Dense Cholesky was fastest at every n measured (one timing each)."
