@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/bench_malloc")
     args = parser.parse_args(argv)
 
+    load_start = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for shape in args.shapes:
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         [[r["shape"], "glibc, unchanged" if r["malloc"] == "glibc" else "freed memory kept (train.py)", r["step_s"],
           cell(r["tokens_per_s"], "int"), f"{r['time_vs_glibc']:.2f}×", f"{r['peak_rss_mib']:,}"] for r in rows])
     config = (f"{args.dtype}, {args.threads} thread(s), {args.rounds} rounds of one process per setting, each the "
-              f"median of {args.steps} steps after {args.warmup} warm-up steps; torch {torch.__version__}")
+              f"median of {args.steps} steps after {args.warmup} warm-up steps; torch {torch.__version__}; load "
+              f"average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     page = opening("Training steps with freed memory kept", "seconds of a training step (forward, backward, AdamW) "
                    "and peak resident memory, glibc's malloc unchanged against training/malloc.py's settings",
                    command_line(__file__, argv), config, this_machine(), today())
