@@ -1,8 +1,8 @@
 """`train.compile`: torch.compile where it is measured faster, and eager training where compiling fails.
 
-auto compiles on CUDA. On the CPU it stays eager: compiling shortens the CPU demo's run, compile time included, but
-the compile itself comes before the first step, and short CPU runs (the tests, sweeps and recall grids that train one
-small model per setting) never earn it back (measurements: results/bench_compile.md); a long CPU run opts in with
+auto compiles on CUDA. On the CPU it stays eager: compiled steps are faster there too, but the compile comes before
+the first step, and neither the CPU demo's run nor the shorter ones (the tests, sweeps and recall grids that train
+one small model per setting) earn it back (measurements: results/bench_compile.md); a long CPU run opts in with
 train.compile=true.
 torch.compile is lazy: it traces and compiles at the first call (and again when a new input shape or mode needs
 it), so a failure shows there; the model then falls back to eager for the rest of the run, with one warning line.
