@@ -35,7 +35,7 @@ from training import checkpoint as ckpt
 from training import runtime as rt
 from training.compile import maybe_compile
 from training.config import RunConfig, config_to_dict, load_config
-from training.malloc import keep_freed_memory
+from training.malloc import malloc_setting
 from training.metrics import MetricsLog
 from training.optim import make_optimizer
 from training.resume import gather_rng, resume_path, start_state
@@ -196,8 +196,6 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     resume_from = resume_path(cfg, run_dir, log_line)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    if runtime.device.type == "cpu":
-        keep_freed_memory()  # each step's large tensors reuse the last step's pages (training/malloc.py)
     data = open_run_data(cfg, runtime)  # prepares text data once (main process), checks the val set is usable
 
     torch.manual_seed(tc.seed)
@@ -216,11 +214,14 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     # from the first file a watcher can see, a signal means: finish this step, checkpoint, exit
     stop = StopRequest()
+    # after data preparation and the checkpoint load, whose freed memory goes back to the system as usual: from here
+    # each step's large tensors reuse the last step's pages (training/malloc.py)
+    malloc = malloc_setting(runtime.device.type == "cpu")
     log = MetricsLog(run_dir, cfg.logging, resolved) if runtime.is_main else None
     if log is not None:  # where this stretch of the run trained: speeds are only comparable on the same machine
         log.log(state.step, event="start", machine=this_machine(), device=str(runtime.device),
                 dtype=str(runtime.dtype).removeprefix("torch."), processes=runtime.world_size,
-                threads=torch.get_num_threads(), torch=torch.__version__, revision=code_revision())
+                threads=torch.get_num_threads(), malloc=malloc, torch=torch.__version__, revision=code_revision())
 
     forward_model = maybe_compile(model, tc.compile, runtime.device, log_line)  # evaluation uses it too
     train_model = forward_model

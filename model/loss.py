@@ -10,9 +10,9 @@ Two forms compute it:
 - full: the logits of all N rows, then their cross-entropy (`linear_cross_entropy_reference`, nanoGPT's form);
 - chunked: rows are processed in chunks and the gradients are formed during the forward pass, so peak memory holds
   one chunk of logits instead of all of them (GPT-2 small, 16 × 1024 tokens: 3.3 GB of fp32 logits). Each chunk
-  makes one pass for the cast of its logits to fp32, one for its log-softmax, one for its exponential and one for
-  the cast to the matmul dtype; the scale 1/N' and the mask of rows without a target are applied to the (n, C)
-  side, never to the (n, V) logits.
+  makes one pass for its log-softmax, one for its exponential and, under autocast, one for the cast of its logits
+  to fp32 and one for the cast back to the matmul dtype; the scale 1/N' and the mask of rows without a target are
+  applied to the (n, C) side, never to the (n, V) logits.
 `LOSS_FORMS` picks one by device type and autocast dtype, from the measurements in results/bench_loss.md.
 """
 

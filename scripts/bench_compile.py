@@ -27,7 +27,7 @@ from fileio.tables import cell, csv_text, markdown_table
 from model.gpt import GPT
 from training import runtime as rt
 from training.config import load_config
-from training.malloc import keep_freed_memory
+from training.malloc import malloc_setting
 from training.optim import make_optimizer
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench_compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as train.py on the CPU
+    malloc = malloc_setting(True)  # as train.py on the CPU
     torch.compiler.config.force_disable_caches = True  # the compile time a first run pays
 
     cfg = load_config(args.config, [])
@@ -111,7 +111,8 @@ def main() -> None:
                f"(steps alone: {median['train', 'compiled'] / median['train', 'eager']:.2f}×).")
     config = (f"{args.config} ({cfg.model.n_layer} layers × {cfg.model.n_embd}, {cfg.model.attention}, batch "
               f"{tc.batch_size} × {cfg.data.block_size}, {str(runtime.dtype).removeprefix('torch.')}), "
-              f"{args.threads} thread(s), medians of {args.pairs} alternating pairs, torch {torch.__version__}")
+              f"{args.threads} thread(s), medians of {args.pairs} alternating pairs, malloc {malloc} "
+              f"(training/malloc.py), torch {torch.__version__}")
     page = opening("torch.compile on a training run",
                    "compile time, training-step and evaluation-batch times eager and compiled, alternating in one "
                    "process, and the run's total extrapolated from them",

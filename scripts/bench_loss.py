@@ -23,7 +23,7 @@ import torch
 from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 from model.loss import chunked_linear_cross_entropy, linear_cross_entropy_reference
-from training.malloc import keep_freed_memory
+from training.malloc import malloc_setting
 
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench_loss")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as train.py on the CPU
+    malloc = malloc_setting(True)  # as train.py on the CPU
 
     rows = []
     for dtype_name in args.dtypes:
@@ -93,7 +93,7 @@ def main() -> None:
     config = (f"hidden {args.hidden}, vocabulary {args.vocab}, fp32 weights (bfloat16: autocast), {args.threads} "
               f"thread(s), {args.reps} rounds after an untimed one, the forms taking turns in each round; seconds: "
               f"median; ratio: median over rounds of the time / the full form's time in the same round, "
-              f"torch {torch.__version__}")
+              f"malloc {malloc} (training/malloc.py), torch {torch.__version__}")
     page = opening("LM-head loss: full and chunked forms",
                    "forward+backward seconds of the LM-head cross-entropy (model/loss.py) in the full form "
                    "(F.linear + cross-entropy) and the chunked form, alternating in one process",

@@ -4,10 +4,10 @@
     python scripts/bench_malloc.py --shapes demo --threads 2 --rounds 5
 
 malloc's settings hold for a whole process, so each measurement is a fresh run of scripts/bench_train.py with
-`--malloc kept` or `--malloc glibc`; the two take turns in every round, so that load from other processes slows
+`--malloc kept` or `--malloc unchanged`; the two take turns in every round, so that load from other processes slows
 both alike. Reports per shape and setting the median step time over the rounds, tokens/s, the kept/unchanged
 ratio of step times (median over rounds of the ratio within a round), and the peak resident memory of the
-process (ru_maxrss, largest over the rounds).
+bench_train.py process (VmHWM, largest over the rounds).
 """
 
 from __future__ import annotations
@@ -28,23 +28,19 @@ from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = ("glibc", "kept")
+SETTINGS = ("unchanged", "kept")
 
 
-def run_bench_train(shape: str, setting: str, args: argparse.Namespace, out: Path) -> tuple[dict, int]:
-    """One bench_train.py process: its CSV row and its peak resident memory in bytes."""
+def run_bench_train(shape: str, setting: str, args: argparse.Namespace, out: Path) -> dict:
+    """One bench_train.py process; its CSV row (with the process's peak resident memory)."""
     command = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--shapes", shape, "--threads",
                str(args.threads), "--dtypes", args.dtype, "--warmup", str(args.warmup), "--steps", str(args.steps),
                "--malloc", setting, "--out", str(out)]
-    log = out.with_suffix(".log")
-    with open(log, "w") as output:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)  # the child's own rusage: its peak resident memory
-    if status:
-        sys.exit(f"bench_train.py failed for {shape} with --malloc {setting}:\n{log.read_text()[-2000:]}")
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"bench_train.py failed for {shape} with --malloc {setting}:\n{result.stderr[-2000:]}")
     with open(out.with_suffix(".csv"), newline="") as handle:
-        row = next(csv.DictReader(handle))
-    return row, usage.ru_maxrss * 1024  # kilobytes on Linux
+        return next(csv.DictReader(handle))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,27 +61,30 @@ def main(argv: list[str] | None = None) -> None:
             found = {setting: [] for setting in SETTINGS}
             for round_ in range(args.rounds):
                 for setting in SETTINGS:
-                    row, rss = run_bench_train(shape, setting, args, Path(scratch) / f"{shape}-{setting}")
-                    if row["malloc"] != ("kept" if setting == "kept" else "unchanged"):
-                        sys.exit(f"malloc could not be set up here (bench_train.py reports {row['malloc']!r})")
-                    found[setting].append((float(row["step_s"]), rss))
-                    print(shape, setting, f"round {round_}: step {row['step_s']} s, peak RSS {rss / 2**20:.0f} MiB",
-                          flush=True)
-            ratio = statistics.median(kept[0] / glibc[0] for kept, glibc in zip(found["kept"], found["glibc"]))
+                    row = run_bench_train(shape, setting, args, Path(scratch) / f"{shape}-{setting}")
+                    if row["malloc"] != setting:
+                        sys.exit(f"malloc could not be set up here (bench_train.py reports {row['malloc']!r}; "
+                                 "training/malloc.py says where it is left alone)")
+                    found[setting].append((float(row["step_s"]), int(row["peak_rss_mib"])))
+                    print(shape, setting, f"round {round_}: step {row['step_s']} s, peak RSS {row['peak_rss_mib']} "
+                          "MiB", flush=True)
+            ratio = statistics.median(kept[0] / unchanged[0]
+                                      for kept, unchanged in zip(found["kept"], found["unchanged"]))
             for setting in SETTINGS:
                 step_s = statistics.median(step for step, _ in found[setting])
                 rows.append(dict(shape=shape, malloc=setting, threads=args.threads, dtype=args.dtype,
                                  step_s=round(step_s, 4), tokens_per_s=round(SHAPES[shape].tokens / step_s, 1),
-                                 time_vs_glibc=round(ratio if setting == "kept" else 1.0, 3),
-                                 peak_rss_mib=round(max(rss for _, rss in found[setting]) / 2**20)))
+                                 time_vs_unchanged=round(ratio if setting == "kept" else 1.0, 3),
+                                 peak_rss_mib=max(rss for _, rss in found[setting])))
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".csv").write_text(csv_text(rows))
     table = markdown_table(
-        ["shape", "malloc", "step s", "tokens/s", "step time / glibc's", "peak RSS MiB"],
-        [[r["shape"], "glibc, unchanged" if r["malloc"] == "glibc" else "freed memory kept (train.py)", r["step_s"],
-          cell(r["tokens_per_s"], "int"), f"{r['time_vs_glibc']:.2f}×", f"{r['peak_rss_mib']:,}"] for r in rows])
+        ["shape", "malloc", "step s", "tokens/s", "step time / unchanged's", "peak RSS MiB"],
+        [[r["shape"], "glibc's, unchanged" if r["malloc"] == "unchanged" else "freed memory kept (train.py)",
+          r["step_s"], cell(r["tokens_per_s"], "int"), f"{r['time_vs_unchanged']:.2f}×", f"{r['peak_rss_mib']:,}"]
+         for r in rows])
     config = (f"{args.dtype}, {args.threads} thread(s), {args.rounds} rounds of one process per setting, each the "
               f"median of {args.steps} steps after {args.warmup} warm-up steps; torch {torch.__version__}; load "
               f"average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")

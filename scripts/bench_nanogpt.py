@@ -10,10 +10,10 @@ the full logits, ours through training/optim.py and model/loss.py. One step = fo
 (when the dtype is not fp32), gradient clipping at 1.0, the optimizer step. The two take turns, so load from other
 processes slows both alike; the page gives each side's median step and the median of the per-round ratios, and
 our MFU (6N + 12LCT FLOPs per token against the peak of a 2048² torch.mm in the same dtype, as train.py reports it).
-Both run under one malloc: glibc's unchanged, or with `--malloc kept` as train.py sets it on the CPU
-(training/malloc.py; scripts/bench_malloc.py measures what that alone changes). With --profile, one more step of
-each runs under torch.profiler and the page lists where the time goes: self time
-per aten op, the ops that take the most in either model.
+Both run under one malloc: glibc's unchanged, or with `--malloc kept` freed memory kept as train.py keeps it on
+the CPU (training/malloc.py; scripts/bench_malloc.py measures what that alone changes). With --profile, one more
+step of each runs under torch.profiler and the page lists where the time goes: self time per aten op, the ops that
+take the most in either model.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 from model.gpt import GPT
 from training.config import OptimConfig
-from training.malloc import keep_freed_memory
+from training.malloc import malloc_setting
 from training.optim import make_optimizer
 from training.runtime import peak_flops
 
@@ -105,13 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--profile", action="store_true", help="also list each model's self time per aten op")
-    parser.add_argument("--malloc", choices=("glibc", "kept"), default="glibc",
+    parser.add_argument("--malloc", choices=("unchanged", "kept"), default="unchanged",
                         help="kept: freed memory kept for reuse, for both models (as train.py on the CPU)")
     parser.add_argument("--out", default="results/bench_nanogpt")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    malloc = "freed memory kept" if args.malloc == "kept" and keep_freed_memory() else "unchanged"
+    malloc = malloc_setting(args.malloc == "kept")
     dtype = getattr(torch, args.dtype)
     models = sides(load_nanogpt(args.nanogpt), args.shape)
     shape = SHAPES[args.shape]
@@ -136,13 +136,14 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".csv").write_text(csv_text([row]))
-    headers = ["shape", "dtype", "threads", "ours, tokens/s", "nanoGPT, tokens/s", "ours / nanoGPT speed", "our MFU"]
-    table = markdown_table(headers, [[args.shape, args.dtype, args.threads, cell(row["ours_tokens_per_s"]),
-                                      cell(row["nanogpt_tokens_per_s"]), cell(speedup), cell(mfu, "pct")]],
+    headers = ["shape", "dtype", "threads", "ours, tokens/s", "nanoGPT, tokens/s",
+               "ours / nanoGPT speed (median of rounds)", "our MFU"]
+    table = markdown_table(headers, [[args.shape, args.dtype, args.threads, cell(row["ours_tokens_per_s"], "int"),
+                                      cell(row["nanogpt_tokens_per_s"], "int"), cell(speedup), cell(mfu, "pct")]],
                            right=headers[2:])
     config = (f"{shape.n_layer} layers x {shape.n_embd}, batch {batch} x {seq} tokens, vocabulary {vocab}, "
               f"{args.dtype}, {args.threads} thread(s), medians of {args.steps} alternating steps after "
-              f"{args.warmup} warm-up; malloc {malloc} for both; "
+              f"{args.warmup} warm-up; malloc {malloc} for both (training/malloc.py); "
               f"torch {torch.__version__}; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at "
               "the end")
     page = opening("Training step beside nanoGPT", "seconds of a full training step of each model, taking turns",

@@ -5,13 +5,15 @@
 
 One step = forward + backward + AdamW update on random tokens; the median of `--steps` timed steps after
 `--warmup` untimed ones. MFU = 6N + 12LCT FLOPs per token × tokens/s ÷ the peak of a 2048² torch.mm in the
-same dtype and thread count (training.runtime.peak_flops, as train.py). malloc is set up as train.py sets it on
-the CPU (training/malloc.py) unless `--malloc glibc`. Writes CSV and markdown to --out.
+same dtype and thread count (training.runtime.peak_flops, as train.py). malloc keeps freed memory as train.py does
+on the CPU (training/malloc.py) unless `--malloc unchanged`; peak RSS is the process's so far. Writes CSV and
+markdown to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,9 +25,9 @@ from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 from model.gpt import GPT
 from training.config import OptimConfig
-from training.malloc import keep_freed_memory
+from training.malloc import malloc_setting
 from training.optim import make_optimizer
-from training.runtime import peak_flops
+from training.runtime import peak_flops, peak_memory_mb
 
 
 def step_time(shape: BenchShape, dtype: torch.dtype, attention: str, warmup: int, steps: int) -> tuple[float, GPT]:
@@ -56,11 +58,12 @@ def main() -> None:
     parser.add_argument("--attention", default="softmax")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--malloc", choices=("kept", "glibc"), default="kept",
-                        help="kept: freed memory kept for reuse, as train.py does on the CPU; glibc: malloc unchanged")
+    parser.add_argument("--malloc", choices=("kept", "unchanged"), default="kept",
+                        help="kept: freed memory kept for reuse, as train.py does on the CPU")
     parser.add_argument("--out", default="results/bench_train")
     args = parser.parse_args()
-    malloc = "kept" if args.malloc == "kept" and keep_freed_memory() else "unchanged"
+    malloc = malloc_setting(args.malloc == "kept")
+    load_start = os.getloadavg()[0]
 
     rows = []
     for threads in map(int, args.threads.split(",")):
@@ -75,7 +78,8 @@ def main() -> None:
                 mfu = model.flops_per_token(shape.seq_len) * tokens_per_s / peak
                 row = dict(shape=name, attention=args.attention, malloc=malloc, threads=threads, dtype=dtype_name,
                            step_s=round(seconds, 4), tokens_per_s=round(tokens_per_s, 1), mfu=round(mfu, 3),
-                           peak_gflops=round(peak / 1e9, 1))
+                           peak_gflops=round(peak / 1e9, 1),
+                           peak_rss_mib=round(peak_memory_mb(torch.device("cpu"))))
                 rows.append(row)
                 print(row, flush=True)
 
@@ -86,7 +90,8 @@ def main() -> None:
                            [[r["shape"], r["threads"], r["dtype"], cell(r["tokens_per_s"], "int"),
                              cell(r["mfu"], "pct"), r["step_s"]] for r in rows])
     config = (f"attention {args.attention}, median of {args.steps} steps after {args.warmup} warm-up steps, "
-              f"malloc {malloc}, torch {torch.__version__}")
+              f"malloc {malloc}, torch {torch.__version__}, load average {load_start:.2f} at the start, "
+              f"{os.getloadavg()[0]:.2f} at the end")
     page = opening("Training-step throughput", "tokens/s and MFU of a full training step (forward, backward, AdamW)",
                    command_line(__file__), config, this_machine(), today())
     out.with_suffix(".md").write_text(page + table + "\n")

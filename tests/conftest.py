@@ -33,3 +33,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def env_without_malloc_setup() -> dict[str, str]:
+    """This process's environment less whatever sets up malloc (a developer's LD_PRELOAD of jemalloc, say), for the
+    tools whose tests need training/malloc.py to take effect."""
+    from training.malloc import user_chose_malloc
+
+    return {name: value for name, value in os.environ.items() if not user_chose_malloc({name: value})}

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import train
 from fileio.pages import code_revision
+from training.malloc import is_glibc, user_chose_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_SILENT": "true",
@@ -259,3 +260,6 @@ def test_each_start_records_the_machine_and_the_code(tmp_path, prepared_dir):
     assert [s["step"] for s in starts] == [0, 2]
     assert all(s["machine"] and s["device"] == "cpu" and s["threads"] == 1 for s in starts)
     assert all(s["revision"] == code_revision() for s in starts)
+    # a CPU run keeps freed memory unless the environment sets up malloc itself or the C library is not glibc
+    expected = "kept" if is_glibc() and not user_chose_malloc(dict(os.environ)) else "unchanged"
+    assert all(s["malloc"] == expected for s in starts)

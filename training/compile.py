@@ -8,12 +8,13 @@ torch.compile is lazy: it traces and compiles at the first call (and again when 
 it), so a failure shows there; the model then falls back to eager for the rest of the run, with one warning line.
 AOTAutograd would compile the backward graph lazily too, at the first loss.backward(), where a failure would escape
 the fallback after the forward had run compiled; the calls here have it compile the backward before the forward
-returns.
+returns, on torch releases that offer that.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
@@ -21,6 +22,10 @@ from torch import nn
 from torch._functorch import config as aot_autograd_config
 
 CompileChoice = Literal["auto", "true", "false"]
+
+# torch releases before the flag compile the backward lazily whatever is asked; the fallback then covers the forward
+EAGER_BACKWARD_COMPILE = (aot_autograd_config.patch(force_non_lazy_backward_lowering=True)
+                          if hasattr(aot_autograd_config, "force_non_lazy_backward_lowering") else nullcontext())
 
 
 def compile_wanted(choice: CompileChoice, device: torch.device) -> bool:
@@ -44,7 +49,7 @@ class CompiledOrEager(nn.Module):
     def forward(self, *args, **kwargs):
         if self.compiled is not None:
             try:
-                with aot_autograd_config.patch(force_non_lazy_backward_lowering=True):
+                with EAGER_BACKWARD_COMPILE:
                     return self.compiled(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - dynamo, inductor and the C++ compiler raise many types
                 self._fall_back(exc)

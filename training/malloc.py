@@ -7,8 +7,9 @@ thresholds keeps those pages in the process from one step to the next, as jemall
 price is resident memory that stays at its peak instead of shrinking between steps. What either costs:
 results/bench_malloc.md.
 
-Left alone: other C libraries, and processes whose malloc the user set up (MALLOC_*_ variables, GLIBC_TUNABLES,
-an allocator in LD_PRELOAD).
+Left alone: other C libraries, glibc releases that refuse a threshold above 32 MiB (mallopt(3) documents that
+limit; 2.36 accepts it), and processes whose malloc the environment sets up: any of USER_SETTINGS, a glibc.malloc
+tunable in GLIBC_TUNABLES, or an allocator (a library named *malloc*) in LD_PRELOAD.
 """
 
 from __future__ import annotations
@@ -22,26 +23,39 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 30  # heap allocations up to 1 GiB: a chunk of GPT-2 logits in fp32 is 0.4 GB
 TRIM_THRESHOLD = 2**31 - 1  # the largest its int argument takes: freed memory is kept
 
-USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
+                 "MALLOC_ARENA_MAX")
+
+
+def is_glibc() -> bool:
+    """Whether this process runs on glibc (its version string is empty or missing elsewhere)."""
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (AttributeError, ValueError, OSError):  # no confstr, or no such name
+        return False
 
 
 def user_chose_malloc(environ: dict[str, str]) -> bool:
-    """Whether the environment sets up malloc itself (glibc's variables or tunables, or a preloaded allocator)."""
+    """Whether the environment sets up malloc itself (the module docstring lists what counts)."""
     return (any(name in environ for name in USER_SETTINGS) or "glibc.malloc" in environ.get("GLIBC_TUNABLES", "")
             or "malloc" in environ.get("LD_PRELOAD", ""))
 
 
 def keep_freed_memory(environ: dict[str, str] | None = None) -> bool:
     """Raise glibc's mmap and trim thresholds for this process (the module docstring says why). Returns whether it
-    did: False on other C libraries and where the environment already sets up malloc."""
+    did; where it does not (see the module docstring), malloc is left as it was."""
     environ = os.environ if environ is None else environ
-    if user_chose_malloc(environ):
+    if user_chose_malloc(environ) or not is_glibc():
         return False
     try:
-        glibc = os.confstr("CS_GNU_LIBC_VERSION")
-    except (AttributeError, ValueError, OSError):  # no confstr, or no such name: not glibc
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
         return False
-    if not glibc:
-        return False
-    libc = ctypes.CDLL("libc.so.6")
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    # the threshold first: a glibc that refuses it returns 0 before anything has changed
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def malloc_setting(keep: bool) -> str:
+    """For benchmarks that offer both: `kept` when asked to and keep_freed_memory did, else `unchanged`."""
+    return "kept" if keep and keep_freed_memory() else "unchanged"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -126,7 +128,16 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: allocated tensor memory on CUDA, the process's maximum resident set size on CPU."""
+    """Peak memory so far: allocated tensor memory on CUDA, the process's maximum resident set size on CPU.
+
+    On Linux the resident peak is VmHWM, which starts afresh at exec; ru_maxrss there carries over the peak of the
+    process that forked this one (a benchmark driver that has imported torch, say)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere

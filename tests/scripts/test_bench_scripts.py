@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from training.malloc import is_glibc
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -160,13 +162,13 @@ def test_bench_nanogpt_alternates_the_two_models_and_profiles_them(tmp_path):
     (tmp_path / "model.py").write_text(NANOGPT_STAND_IN)
     out = tmp_path / "nanogpt"
     run_script("scripts/bench_nanogpt.py", "--nanogpt", str(tmp_path / "model.py"), "--shape", "demo", "--dtype",
-               "float32", "--warmup", "0", "--steps", "1", "--profile", "--malloc", "kept", "--out", str(out))
+               "float32", "--warmup", "0", "--steps", "1", "--profile", "--out", str(out))
     (row,) = read_rows(out.with_suffix(".csv"))
     assert float(row["ours_tokens_per_s"]) > 0 and float(row["nanogpt_tokens_per_s"]) > 0 and float(row["speedup"]) > 0
     page = out.with_suffix(".md").read_text()
     assert page.startswith("# Training step beside nanoGPT\n\nMeasured: ") and "## Where the time goes" in page
     assert "| mm |" in page and "| all aten ops |" in page
-    assert "malloc freed memory kept for both" in page
+    assert "malloc unchanged for both" in page
 
 
 def test_bench_nanogpt_names_a_missing_model_file(tmp_path):
@@ -175,12 +177,14 @@ def test_bench_nanogpt_names_a_missing_model_file(tmp_path):
     assert result.returncode != 0 and "no such file; give the path of nanoGPT's model.py" in result.stderr
 
 
-def test_bench_malloc_runs_both_settings_in_fresh_processes(tmp_path):
+@pytest.mark.skipif(not is_glibc(), reason="training/malloc.py sets up glibc's malloc only")
+def test_bench_malloc_runs_both_settings_in_fresh_processes(tmp_path, env_without_malloc_setup):
     out = tmp_path / "malloc"
     run_script("scripts/bench_malloc.py", "--shapes", "demo", "--rounds", "1", "--warmup", "0", "--steps", "1",
-               "--out", str(out))
+               "--out", str(out), env=env_without_malloc_setup)
     rows = read_rows(out.with_suffix(".csv"))
-    assert [r["malloc"] for r in rows] == ["glibc", "kept"]
-    assert all(float(r["step_s"]) > 0 and int(r["peak_rss_mib"]) > 100 for r in rows)
-    assert rows[0]["time_vs_glibc"] == "1.0"
+    assert [r["malloc"] for r in rows] == ["unchanged", "kept"]
+    # the peak of the bench_train.py process itself: the demo model and its optimiser hold ~190 MiB on their own
+    assert all(float(r["step_s"]) > 0 and int(r["peak_rss_mib"]) > 300 for r in rows)
+    assert rows[0]["time_vs_unchanged"] == "1.0"
     assert "freed memory kept (train.py)" in out.with_suffix(".md").read_text()

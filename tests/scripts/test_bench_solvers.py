@@ -30,7 +30,6 @@ def test_bench_solvers_writes_every_part(tmp_path):
     assert parts == {"kappa", "tall", "kernel"}
 
 
-
 def kernel_rows(times: dict[int, dict[str, tuple[float, bool]]]) -> list[dict]:
     return [{"n": n, "method": method, "time": time, "converged": converged}
             for n, by_method in times.items() for method, (time, converged) in by_method.items()]
