@@ -1,6 +1,6 @@
 """Decode a very long stream one token at a time and record latency and memory against the position.
 
-    python scripts/bench_decode_long.py --tokens 1000000 --dtype bfloat16   # logexp and taylor, 1M tokens, results/decode_1m
+    python scripts/bench_decode_long.py --tokens 1000000 --dtype bfloat16    # logexp and taylor: results/decode_1m
     python scripts/bench_decode_long.py --backends logexp --tokens 20000 --bucket 1000 --out /tmp/decode_20k
 
 The model is the CPU demo's shape (configs/shakespeare-cpu.yaml: 4 layers, 256 wide, 4 heads, GPT-2 vocabulary)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import torch
 
 from experiments.bench_shapes import SHAPES
 from fileio.pages import command_line, opening, this_machine, today
@@ -83,11 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table(
         ["shape", "malloc", "step s", "tokens/s", "step time / unchanged's", "peak RSS MiB"],
         [[r["shape"], "glibc's, unchanged" if r["malloc"] == "unchanged" else "freed memory kept (train.py)",
-          r["step_s"], cell(r["tokens_per_s"], "int"), f"{r['time_vs_unchanged']:.2f}×", f"{r['peak_rss_mib']:,}"]
+          r["step_s"], cell(r["tokens_per_s"], "int"), cell(r["time_vs_unchanged"], "x"), f"{r['peak_rss_mib']:,}"]
          for r in rows])
     config = (f"{args.dtype}, {args.threads} thread(s), {args.rounds} rounds of one process per setting, each the "
-              f"median of {args.steps} steps after {args.warmup} warm-up steps; torch {torch.__version__}; load "
-              f"average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+              f"median of {args.steps} steps after {args.warmup} warm-up steps; torch "
+              f"{importlib.metadata.version('torch')}; load average {load_start:.2f} at the start, "
+              f"{os.getloadavg()[0]:.2f} at the end")
     page = opening("Training steps with freed memory kept", "seconds of a training step (forward, backward, AdamW) "
                    "and peak resident memory, glibc's malloc unchanged against training/malloc.py's settings",
                    command_line(__file__, argv), config, this_machine(), today())

@@ -57,5 +57,6 @@ def keep_freed_memory(environ: dict[str, str] | None = None) -> bool:
 
 
 def malloc_setting(keep: bool) -> str:
-    """For benchmarks that offer both: `kept` when asked to and keep_freed_memory did, else `unchanged`."""
+    """The setting a run records: `kept` when asked to keep freed memory and keep_freed_memory did, else
+    `unchanged`."""
     return "kept" if keep and keep_freed_memory() else "unchanged"

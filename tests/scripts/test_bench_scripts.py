@@ -184,7 +184,7 @@ def test_bench_malloc_runs_both_settings_in_fresh_processes(tmp_path, env_withou
                "--out", str(out), env=env_without_malloc_setup)
     rows = read_rows(out.with_suffix(".csv"))
     assert [r["malloc"] for r in rows] == ["unchanged", "kept"]
-    # the peak of the bench_train.py process itself: the demo model and its optimiser hold ~190 MiB on their own
+    # the peak of each bench_train.py process itself (VmHWM), which a training step of the demo model takes past 300 MiB
     assert all(float(r["step_s"]) > 0 and int(r["peak_rss_mib"]) > 300 for r in rows)
     assert rows[0]["time_vs_unchanged"] == "1.0"
     assert "freed memory kept (train.py)" in out.with_suffix(".md").read_text()

@@ -70,15 +70,20 @@ def test_a_working_compile_is_called_and_the_parameters_are_the_models(monkeypat
     assert not model.training
 
 
+def wrapped_with_backend(monkeypatch, backend) -> tuple[nn.Linear, CompiledOrEager, list[str]]:
+    """A Linear(3, 2) through CompiledOrEager with torch.compile using `backend`, and the warning lines it writes."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=backend))
+    lines = []
+    model = nn.Linear(3, 2)
+    return model, CompiledOrEager(model, lines.append), lines
+
+
 def test_a_backend_that_fails_at_the_first_call_falls_back(monkeypatch):
     def broken_backend(graph_module, example_inputs):
         raise RuntimeError("no C++ compiler found")
 
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=broken_backend))
-    lines = []
-    model = nn.Linear(3, 2)
-    wrapped = CompiledOrEager(model, lines.append)
+    model, wrapped, lines = wrapped_with_backend(monkeypatch, broken_backend)
     x = torch.randn(4, 3)
     try:
         torch.testing.assert_close(wrapped(x), model(x), rtol=0, atol=0)
@@ -97,11 +102,7 @@ def test_a_backward_that_fails_to_compile_falls_back_at_the_forward_call(monkeyp
         raise RuntimeError("backward: C++ compile error")
 
     backend = aot_autograd(fw_compiler=lambda graph_module, example_inputs: graph_module, bw_compiler=broken_backward)
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=backend))
-    lines = []
-    model = nn.Linear(3, 2)
-    wrapped = CompiledOrEager(model, lines.append)
+    model, wrapped, lines = wrapped_with_backend(monkeypatch, backend)
     x = torch.randn(4, 3)
     try:
         wrapped(x).sum().backward()
