@@ -13,6 +13,10 @@ A backend spec is a registry name with optional options, e.g. `taylor:crossover=
 `taylor:crossover=1000000` (always the direct form); those two measure taylor's crossover. Cases whose predicted
 time exceeds --max-case-seconds are skipped (reported as such). Writes <out>.csv, <out>.md and <out>.png.
 
+Every case process keeps freed memory as train.py does on the CPU (training/malloc.py), unless `--malloc unchanged`:
+under glibc's defaults the kernels' large temporaries fault in fresh pages on every call, which slows the
+backends that cast or allocate more by another 10-50% and so ranks the allocator as much as the kernels.
+
 Paired mode (`--against softmax`): forward+backward of each backend and of the reference backend take turns in
 one process, round after round, and the median of the per-round time ratios is reported, so load from other jobs
 slows both alike. `--baseline-rev REV` runs every case also from REV's tree (git archive), taking turns with this
@@ -36,8 +40,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Runnable as a plain script from anywhere; a paired case of --baseline-rev imports the model from that tree.
-sys.path.insert(0, os.environ.get("BENCH_ATTENTION_TREE", str(REPO)))
+# Runnable as a plain script from anywhere; a paired case of --baseline-rev imports the model from that tree, and
+# what that tree lacks (a module added since) from this one.
+sys.path[:0] = dict.fromkeys([os.environ.get("BENCH_ATTENTION_TREE", str(REPO)), str(REPO)])
 
 import torch  # noqa: E402
 
@@ -46,6 +51,7 @@ from fileio.pages import command_line, opening, this_machine, today  # noqa: E40
 from fileio.tables import csv_text, markdown_table  # noqa: E402
 from model.attention import BACKENDS, get_backend  # noqa: E402
 from model.attention.crossover import measured_crossover  # noqa: E402
+from training.malloc import malloc_setting  # noqa: E402
 
 # docs/benchmarks.md: one thread, B=1, H=12, d=64, causal; seconds (fwd, fwd+bwd).
 ANCHORS = {
@@ -268,7 +274,8 @@ def growth(name: str, options: dict, n0: int, n1: int) -> float:
 
 def benchmark(args) -> tuple[list[dict], list[dict]]:
     specs = [parse_spec(s) for s in args.backends]
-    common = {"threads": args.threads, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim}
+    common = {"threads": args.threads, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
+              "malloc": args.malloc}
     train_rows, decode_rows = [], []
     for name, options in specs:
         for dtype in args.dtypes:
@@ -311,7 +318,7 @@ def paired(args) -> tuple[list[dict], list[dict]]:
 
     specs = [parse_spec(s) for s in args.backends]
     common = {"threads": args.threads, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
-              "rounds": args.rounds}
+              "malloc": args.malloc, "rounds": args.rounds}
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         trees = {"this tree": REPO}
@@ -349,7 +356,12 @@ def paired_row(backend: str, dtype: str, n: int, tree: str, results: list[dict])
     return {"backend": backend, "dtype": dtype, "n": n, "tree": tree, "rounds": len(ratios),
             "ours_s": statistics.median(ours), "reference_s": statistics.median(reference),
             "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "load": statistics.mean(r["load"] for r in results)} | profile
+            "load": statistics.mean(r["load"] for r in results), "malloc": results[0]["malloc"]} | profile
+
+
+def malloc_used(rows: list[dict]) -> str:
+    """The malloc setting the case processes recorded (training/malloc.py), for a page's config line."""
+    return "malloc " + "/".join(sorted({r["malloc"] for r in rows if "malloc" in r}) or ["not run"])
 
 
 def paired_markdown(args, rows: list[dict], gemm_rows: list[dict], loads: tuple[float, float]) -> str:
@@ -359,7 +371,8 @@ def paired_markdown(args, rows: list[dict], gemm_rows: list[dict], loads: tuple[
                    if args.baseline_rev else "")
                 + ("; where one forward+backward spends its time" if args.profile else ""))
     config = (f"{args.threads} thread(s), B={args.batch}, H={args.heads}, d={args.head_dim}, causal, {args.turns} "
-              f"process(es) per tree x {args.rounds} rounds after an untimed run, torch {torch.__version__}")
+              f"process(es) per tree x {args.rounds} rounds after an untimed run, {malloc_used(rows)}, "
+              f"torch {torch.__version__}")
     page = opening("Paired attention benchmark", measured, command_line(__file__), config, this_machine(), today())
     lines = [f"Load average (1 min) {loads[0]:.2f} at the start, {loads[1]:.2f} at the end, on "
              f"{os.cpu_count()} logical CPUs; per case in the `load` column of the CSV.", "",
@@ -426,7 +439,7 @@ def markdown(args, train_rows, decode_rows) -> str:
     measured = ("time and peak extra memory of each backend's training form (forward, forward+backward) and time of "
                 "its decode step")
     config = (f"{args.threads} thread(s), B={args.batch}, H={args.heads}, d={args.head_dim}, causal, "
-              f"torch {torch.__version__}")
+              f"{malloc_used(train_rows + decode_rows)}, torch {torch.__version__}")
     page = opening("Attention benchmark", measured, command_line(__file__), config, this_machine(), today())
     lines = ["Seconds, median; fwd / fwd+bwd; peak extra MB of fwd+bwd in parentheses; `skip` = predicted over "
              f"{args.max_case_seconds:.0f} s.", ""]
@@ -561,6 +574,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="paired mode: rounds per process")
     parser.add_argument("--turns", type=int, default=2, help="paired mode: processes per case and tree")
     parser.add_argument("--block", type=int, default=128, help="paired mode: tile size of the GEMM timings")
+    parser.add_argument("--malloc", choices=("kept", "unchanged"), default="kept",
+                        help="keep freed memory in every case process as train.py does (training/malloc.py), or "
+                             "leave glibc's defaults")
     for kind in ("training", "decode", "paired", "tile-gemm"):
         parser.add_argument(f"--{kind}-case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -568,7 +584,11 @@ def main() -> None:
                 "tile_gemm_case": run_tile_gemm_case}
     for option, child in children.items():
         if getattr(args, option):
-            print(json.dumps(child(json.loads(getattr(args, option)))))
+            case = json.loads(getattr(args, option))
+            malloc = malloc_setting(case["malloc"] == "kept")  # before the case allocates anything
+            result = child(case)
+            print(json.dumps([row | {"malloc": malloc} for row in result] if isinstance(result, list)
+                             else result | {"malloc": malloc}))
             return
     if args.against:
         loads = [os.getloadavg()[0]]

@@ -26,11 +26,11 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_bench_attention_times_every_case_and_the_decode_step(tmp_path):
+def test_bench_attention_times_every_case_and_the_decode_step(tmp_path, env_without_malloc_setup):
     out = tmp_path / "attention"
     run_script("scripts/bench_attention.py", "--lengths", "32", "64", "--dtypes", "float32", "--backends", "softmax",
                "taylor:crossover=1", "--heads", "2", "--reps", "1", "--decode-contexts", "16", "--decode-steps", "2",
-               "--out", str(out))
+               "--out", str(out), env=env_without_malloc_setup)
     rows = read_rows(out.with_suffix(".csv"))
     training = {(r["backend"], r["n"], r["mode"]) for r in rows if r["kind"] == "training" and r["time_s"]}
     assert training == {(name, n, mode) for name in ("softmax", "taylor[crossover=1]") for n in ("32", "64")
@@ -39,13 +39,14 @@ def test_bench_attention_times_every_case_and_the_decode_step(tmp_path):
     assert decode and all(float(r["step_ms"]) > 0 and int(r["state_bytes"]) > 0 for r in decode)
     assert "| 64 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
+    assert {r["malloc"] for r in rows} == {"kept" if is_glibc() else "unchanged"}
 
 
 def test_bench_attention_paired_mode_times_each_tree_against_the_reference_and_profiles(tmp_path):
     out = tmp_path / "paired"
     run_script("scripts/bench_attention.py", "--against", "softmax", "--backends", "expressive", "--lengths", "32",
                "--dtypes", "bfloat16", "--heads", "2", "--rounds", "2", "--turns", "1", "--baseline-rev", "HEAD",
-               "--profile", "--block", "16", "--out", str(out))
+               "--profile", "--block", "16", "--malloc", "unchanged", "--out", str(out))
     rows = read_rows(out.with_suffix(".csv"))
     paired = [r for r in rows if r["kind"] == "paired"]
     assert {r["tree"] for r in paired} == {"this tree", "baseline HEAD"}
@@ -54,6 +55,7 @@ def test_bench_attention_paired_mode_times_each_tree_against_the_reference_and_p
     assert gemms == {"float32", "bfloat16", "float16"}
     page = out.with_suffix(".md").read_text()
     assert "Load average" in page and "| expressive | bfloat16 | 32 |" in page
+    assert "malloc unchanged" in page and {r["malloc"] for r in rows} == {"unchanged"}
 
 
 def test_bench_decode_reports_latency_and_state_bytes_per_position(tmp_path):
