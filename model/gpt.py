@@ -142,6 +142,7 @@ class GPT(nn.Module):
         `mask` (B, T), False (0) for padding, anywhere in a row: the padding tokens take no part in attention, and
         each row's positions count its real tokens only, so its logits are those of the row without the padding
         (a padding position's logits mean nothing; give its target -100)."""
+        self._check_tokens(idx, 0)
         mask = None if mask is None else mask.bool()
         positions = token_positions(0, None, mask, idx.shape[1], idx.device)
         x = self._embed(idx, positions)
@@ -174,12 +175,8 @@ class GPT(nn.Module):
         `mask` (B, t), False (0) for padding (a left-padded batch of prompts): as in forward(), and the state
         remembers it, so each row's later tokens continue from its own count of real tokens."""
         position = state.position
+        self._check_tokens(idx, position)
         mask = None if mask is None else mask.bool()
-        if self.config.position == "learned" and position + idx.shape[1] > self.config.n_positions:
-            raise ValueError(
-                f"cannot decode past position {self.config.n_positions}: the model has learned position embeddings "
-                "for that many tokens only (use a sliding window, or train with model.position=rope or none)"
-            )
         positions = token_positions(position, state.pads, mask, idx.shape[1], idx.device)
         x = self._embed(idx, positions)
         layers = []
@@ -199,6 +196,19 @@ class GPT(nn.Module):
     def decode_state_nbytes(self, state: DecodeState) -> int:
         """Bytes held by the decode state of all layers (a KV cache counts its whole preallocated capacity)."""
         return sum(block.attn.backend.state_nbytes(s) for block, s in zip(self.transformer.h, state.layers))
+
+    def _check_tokens(self, idx: torch.Tensor, start: int) -> None:
+        """Shape checks of token ids (B, T) that follow `start` tokens, with errors that name the fix (the token ids'
+        values are left to the embedding: checking them would synchronise with the device on every call)."""
+        if idx.ndim != 2 or idx.shape[1] == 0:
+            raise ValueError(f"expected token ids of shape (batch, tokens) with at least one token, got shape "
+                             f"{tuple(idx.shape)}")
+        if self.config.position == "learned" and start + idx.shape[1] > self.config.n_positions:
+            raise ValueError(
+                f"cannot run past position {self.config.n_positions} (tokens {start} to {start + idx.shape[1]}): "
+                "the model has learned position embeddings for that many tokens only (use a sliding window, or "
+                "train with model.position=rope or none)"
+            )
 
     def _embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.transformer.wte(idx)  # (B, T, C)

@@ -36,7 +36,7 @@ class TallMatrix:
             self.info.passes += 2
             return A.T @ (A @ v)
         self.info.passes += 1
-        out = torch.zeros(A.shape[1], dtype=A.dtype)
+        out = A.new_zeros(A.shape[1])
         for start in range(0, A.shape[0], FUSED_BLOCK_ROWS):
             block = A[start:start + FUSED_BLOCK_ROWS]
             out.addmv_(block.T, block @ v)

@@ -8,6 +8,8 @@ import torch
 from evals import problems as P
 from evals import synthetic as syn
 from evals.krylov import lsqr
+from evals.methods.base import SolveInfo
+from evals.methods.operators import TallMatrix
 from evals.sketch import SKETCHES
 from evals.solve import LEAST_SQUARES_METHODS, METHODS, NotApplicable, least_squares, solve
 
@@ -238,6 +240,15 @@ def test_large_matrices_take_the_one_pass_gram_product():
     y_qr, _ = least_squares(A, b, method="qr")
     assert float(torch.linalg.vector_norm(A @ (y - y_qr)) / torch.linalg.vector_norm(b)) < 1e-9
     assert info.passes < 2 * info.iterations["ls"]
+
+
+def test_the_one_pass_gram_product_stays_on_the_matrix_device():
+    """The meta device stands in for a GPU: a product allocated on the CPU would fail against it."""
+    rows = 1 << 16  # 2^22 entries with 64 columns: the row-block path
+    A = torch.empty(rows, 64, dtype=torch.float64, device="meta")
+    info = SolveInfo("least_squares", "sketch_pcg", rows, 64, 1, 1e-10)
+    product = TallMatrix(A, info).gram(torch.empty(64, dtype=torch.float64, device="meta"))
+    assert product.device.type == "meta"
 
 
 # ----------------------------------------------------------------------------------------------------- registry

@@ -77,6 +77,24 @@ def test_learned_positions_refuse_to_decode_past_the_table():
         model.decode(torch.zeros(1, 1, dtype=torch.long), state)
 
 
+def test_learned_positions_refuse_a_forward_longer_than_the_table():
+    model = GPT(tiny(n_positions=8)).eval()
+    model(torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="cannot run past position 8 .tokens 0 to 9.*learned position embeddings"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_no_tokens_is_refused_with_the_shape_it_got(attention):
+    model = GPT(tiny(attention=attention)).eval()
+    state = model.init_decode_state(2, dtype=torch.float32, device="cpu")
+    for run in (lambda idx: model(idx), lambda idx: model.decode(idx, state)):
+        with pytest.raises(ValueError, match=r"at least one token, got shape \(2, 0\)"):
+            run(torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"shape \(5,\)"):
+        model(torch.zeros(5, dtype=torch.long))
+
+
 def test_rope_decodes_past_the_trained_context():
     model = GPT(tiny(n_positions=8, position="rope")).eval()
     state = model.init_decode_state(1, dtype=torch.float32, device="cpu")
