@@ -110,13 +110,14 @@ def say(message: str) -> None:
     sys.stdout.flush()
 
 
-def accumulate_gradients(train_model: torch.nn.Module, data: TextData | RecallData, step: int, accum: int,
+def accumulate_gradients(train_model: torch.nn.Module, data: TextData | RecallData, position: int, accum: int,
                          scaler: torch.amp.GradScaler, runtime: rt.Runtime) -> torch.Tensor:
-    """Forward and backward over this process's `accum` micro-batches of optimiser step `step`; the mean loss, kept
-    on the device (no host sync per micro-batch). Under DDP the gradients are all-reduced once, on the last one."""
+    """Forward and backward over this process's `accum` micro-batches of the optimiser step whose global
+    micro-batches start at `position`; the mean loss, kept on the device (no host sync per micro-batch). Under DDP
+    the gradients are all-reduced once, on the last one."""
     step_loss = torch.zeros((), device=runtime.device)
     for micro in range(accum):
-        index = (step * accum + micro) * runtime.world_size + runtime.rank  # global micro-batch index
+        index = position + micro * runtime.world_size + runtime.rank  # global micro-batch index
         x, y = (t.to(runtime.device, non_blocking=True) for t in data.batch(index))
         sync = nullcontext() if (not runtime.distributed or micro == accum - 1) else train_model.no_sync()
         with sync, runtime.autocast():
@@ -249,13 +250,14 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
                            warmup_steps=oc.warmup_steps, decay_steps=state.schedule_end - state.schedule_start)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_loss = accumulate_gradients(train_model, data, state.step, accum, scaler, runtime)
+        step_loss = accumulate_gradients(train_model, data, state.data_position, accum, scaler, runtime)
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip or float("inf"))
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        state.data_position += tc.grad_accum
         dt = time.perf_counter() - t0
         state.elapsed += dt
         state.tokens_seen += tokens_per_step

@@ -62,8 +62,8 @@ class TrainState:
     """Everything besides the weights and the config that a run needs to continue exactly where it stopped.
 
     A `weights_only` state (scripts/import_gpt2.py) starts a new run from the weights: fresh optimiser, schedule and
-    data order. The data position is implied: the loader's micro-batch `i` is a pure function of (seed, i), and a
-    run at `step` has consumed micro-batches 0 .. step * grad_accum - 1.
+    data order. The loader's micro-batch `i` is a pure function of (seed, i), and the run has consumed micro-batches
+    0 .. data_position - 1, so a resume with another train.grad_accum or batch_size continues with fresh ones.
     """
 
     kind: Literal["full", "weights_only"] = "full"
@@ -77,6 +77,8 @@ class TrainState:
     grad_scaler: dict[str, Any] | None = None  # GradScaler.state_dict() (fp16 only does anything)
     rng: list[dict[str, Any]] = field(default_factory=list)  # torch / numpy / python (/ cuda) RNG states, per rank
     source: str | None = None  # where the weights of a weights-only state came from
+    # global micro-batches consumed; None in checkpoints that predate it, where it was step * their grad_accum
+    data_position: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: no copy of the optimiser tensors

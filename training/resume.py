@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from training import checkpoint as ckpt
 from training import runtime as rt
-from training.config import RunConfig, config_to_dict
+from training.config import RunConfig, TrainConfig, config_to_dict
 from typedconfig.parsing import ConfigError
 
 
@@ -153,8 +153,11 @@ def start_state(cfg: RunConfig, runtime: rt.Runtime, path: Path | None, model: t
             say(f"starting from the weights of {path} (fresh optimiser, schedule and data order)")
         seed_fresh(cfg, runtime)
         start, end, _ = schedule(cfg, None)
-        return ckpt.TrainState(schedule_start=start, schedule_end=end)
-    check_resumable(cfg, ckpt.read_config(path), ("model", "data"))
+        return ckpt.TrainState(schedule_start=start, schedule_end=end, data_position=0)
+    saved_config = ckpt.read_config(path)
+    check_resumable(cfg, saved_config, ("model", "data"))
+    if saved.data_position is None:
+        saved.data_position = saved.step * saved_config.get("train", {}).get("grad_accum", TrainConfig().grad_accum)
     ckpt.load_weights(path, model)
     optimizer.load_state_dict(saved.optimizer)
     scaler_message = resume_scaler(scaler, saved.grad_scaler)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import train
+from data.loader import TrainWindows
 from model.gpt import GPT
 from training import checkpoint as ckpt
 from training import runtime as rt
@@ -214,6 +215,28 @@ def test_resuming_restores_counters_weights_optimiser_scaler_and_rng(tmp_path):
         assert float(restored["state"][index]["step"]) == 1.0
     assert scaler.get_scale() == 1024.0
     assert said == [f"resuming from {path} (step 3)"]
+
+
+@pytest.mark.parametrize("saved_position, expected", [(None, 3 * 4), (40, 40)])
+def test_resuming_continues_at_the_saved_data_position_or_the_one_an_older_checkpoint_implies(
+        tmp_path, saved_position, expected):
+    """An older checkpoint (no data_position) consumed step x its own grad_accum micro-batches, whatever the resumed
+    run's grad_accum is."""
+    path, _, _ = save_trained(config(tmp_path, "train.grad_accum=4"), 3, data_position=saved_position)
+    cfg = config(tmp_path, "train.grad_accum=2", "train.max_steps=5")
+    state = start_state(cfg, CPU, path, *parts(cfg), lambda message: None)
+    assert state.data_position == expected
+
+
+def test_a_resume_with_another_grad_accum_draws_fresh_micro_batches(tmp_path, prepared_dir, monkeypatch):
+    drawn = []
+    batch = TrainWindows.batch
+    monkeypatch.setattr(TrainWindows, "batch", lambda self, index: drawn.append(index) or batch(self, index))
+    common = [f"train.out_dir={tmp_path}", f"data.prepared_dir={prepared_dir}", "train.eval_interval=100",
+              "train.sample_tokens=0"]
+    assert train.main(["configs/tiny.yaml", *common, "train.grad_accum=4", "train.max_steps=2"]) == 0
+    assert train.main(["configs/tiny.yaml", *common, "train.grad_accum=2", "train.max_steps=3", "--resume"]) == 0
+    assert drawn == list(range(10))  # 2 steps x 4, then 1 x 2: none drawn twice
 
 
 @pytest.mark.parametrize("rank", [0, 1, 2, 3])
