@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from model.cpu import cpu_multiplies_bf16
+
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU; fp32 uses the TF32 figure on these parts.
 _GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
 
@@ -59,11 +61,6 @@ def pick_device(name: str, local_rank: int = 0, option: str = "train.device") ->
     return device
 
 
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matmuls (AVX512-BF16 or AMX), where bf16 autocast is faster than fp32."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def pick_dtype(name: str, device: torch.device, option: str = "train.dtype") -> torch.dtype:
     """'auto' -> bfloat16 where the device computes it natively (Ampere and later GPUs, bf16 CPUs), float16 on
     older GPUs, else float32. Errors name the setting `option`."""
@@ -72,7 +69,7 @@ def pick_dtype(name: str, device: torch.device, option: str = "train.dtype") -> 
             # the default including_emulation=True also says yes on pre-Ampere GPUs, where bf16 is emulated and slow
             native = torch.cuda.is_bf16_supported(including_emulation=False)
             return torch.bfloat16 if native else torch.float16
-        if device.type == "cpu" and cpu_supports_bf16():
+        if device.type == "cpu" and cpu_multiplies_bf16():
             return torch.bfloat16
         return torch.float32
     dtype = getattr(torch, name)

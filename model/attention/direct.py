@@ -22,12 +22,12 @@ error against the fp64 reference: results/bench_direct_bf16.md, tests/model/test
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import Protocol
 
 import torch
 
+from model import cpu
 from model.attention.base import zero_masked_queries
 from model.attention.kv_cache import causal_mask, padded_causal_mask
 from model.attention.numerics import accumulation_dtype, fold_heads, fold_mask, unfold_heads
@@ -61,15 +61,10 @@ def safe_denominator(den: torch.Tensor, eps: float, queries_valid: torch.Tensor 
     return den if queries_valid is None else den.masked_fill_(~queries_valid, 1.0)
 
 
-@functools.cache
-def _cpu_multiplies_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 GEMMs several times faster than fp32 ones (without them, far slower)."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def gemm_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype of the tiles' GEMM operands for inputs of `dtype` on `device` (the module docstring says why)."""
-    if dtype == torch.bfloat16 and (device.type != "cpu" or _cpu_multiplies_bf16()):
+    # with AVX512-BF16 or AMX, bf16 GEMMs are several times faster than fp32 ones; without them, far slower
+    if dtype == torch.bfloat16 and (device.type != "cpu" or cpu.cpu_multiplies_bf16()):
         return dtype
     return accumulation_dtype(dtype)
 

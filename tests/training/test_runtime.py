@@ -16,9 +16,10 @@ def test_device_names_are_checked():
             rt.pick_device("cuda")
 
 
-def test_dtypes_follow_the_hardware():
+@pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_dtypes_follow_the_hardware(monkeypatch, native_bf16, expected):
     cpu = torch.device("cpu")
-    expected = torch.bfloat16 if rt.cpu_supports_bf16() else torch.float32
+    monkeypatch.setattr(rt, "cpu_multiplies_bf16", lambda: native_bf16)
     assert rt.pick_dtype("auto", cpu) == expected
     assert rt.pick_dtype("float32", cpu) == torch.float32
     with pytest.raises(ValueError, match="float16 is not supported on CPU"):
