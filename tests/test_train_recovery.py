@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 
 import pytest
+import torch
 
 import train
 from tests.test_train import metrics, run_cli, tiny_args
@@ -44,6 +45,25 @@ def test_a_diverged_run_stops_with_one_line_naming_the_fix(tmp_path, prepared_di
     assert result.stderr.startswith("error: the training loss is nan over steps 1-2 (diverged); lower optim.lr")
     assert "before step 1 (--resume " in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_checkpoint_due_between_log_lines_is_not_saved_from_a_diverged_run(tmp_path, prepared_dir):
+    """Checkpoints every step, log lines every 100: the steps not yet logged are checked before each save, so the
+    run stops at step 2, whose loss is nan, keeping only the checkpoint of step 1."""
+    result = run_cli(tiny_args(tmp_path, prepared_dir, "train.max_steps=6", "train.log_interval=100",
+                               "train.ckpt_interval=1", "train.keep_checkpoints=1", "optim.lr=1e8",
+                               "optim.warmup_steps=0", "optim.grad_clip=0"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: the training loss is nan over steps 1-2 (diverged)")
+    assert checkpoint_names(tmp_path) == ["latest", "step_000001"]
+
+
+def test_weights_with_inf_or_nan_are_not_finite():
+    model = torch.nn.Linear(3, 2)
+    assert train.weights_finite(model)
+    with torch.no_grad():
+        model.bias[1] = float("inf")
+    assert not train.weights_finite(model)
 
 
 def test_an_interrupt_before_any_evaluation_exits_without_evaluating(tmp_path, prepared_dir, monkeypatch, capsys):

@@ -27,15 +27,19 @@ class Throughput:
         self.loss_sum = self.loss_sum + step_loss
         self.steps, self.tokens, self.seconds = self.steps + 1, self.tokens + tokens, self.seconds + seconds
 
-    def read(self, runtime: rt.Runtime) -> dict[str, float]:
-        """Mean train loss (over ranks too), tokens/s (all ranks) and MFU (per device) of the window; starts a new
-        window."""
+    def mean_loss(self, runtime: rt.Runtime) -> float:
+        """Mean train loss of the window so far, over ranks too (every rank must call it); the window goes on."""
         loss = torch.as_tensor(self.loss_sum, dtype=torch.float32, device=runtime.device) / self.steps
         if runtime.distributed:
             dist.all_reduce(loss)
             loss /= runtime.world_size
+        return loss.item()
+
+    def read(self, runtime: rt.Runtime) -> dict[str, float]:
+        """Mean train loss (over ranks too), tokens/s (all ranks) and MFU (per device) of the window; starts a new
+        window."""
         tokens_per_s = self.tokens / self.seconds
-        window = {"train_loss": loss.item(), "tokens_per_s": tokens_per_s,
+        window = {"train_loss": self.mean_loss(runtime), "tokens_per_s": tokens_per_s,
                   "mfu": self.flops_per_token * tokens_per_s / (self.peak_flops * runtime.world_size)}
         self._reset()
         return window
