@@ -46,7 +46,7 @@ def pick_device(name: str, local_rank: int = 0, option: str = "train.device") ->
     Errors name the setting `option`."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
+            return _visible_gpu(local_rank, f"{option}=auto")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -56,9 +56,19 @@ def pick_device(name: str, local_rank: int = 0, option: str = "train.device") ->
         raise ValueError(f"{option}: {name!r} is not a device (allowed: auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{option}=cuda but no CUDA device is visible; use {option}=auto or cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option}=mps but this machine has no usable MPS device; use {option}=auto or cpu")
+    if device.type == "cuda":
+        return _visible_gpu(local_rank if device.index is None else device.index, f"{option}={name}")
     return device
+
+
+def _visible_gpu(index: int, setting: str) -> torch.device:
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"{setting} asks for cuda:{index} but {count} CUDA device(s) are visible; with torchrun, "
+                         f"run at most {count} processes per node (--nproc_per_node)")
+    return torch.device("cuda", index)
 
 
 def pick_dtype(name: str, device: torch.device, option: str = "train.dtype") -> torch.dtype:
@@ -82,6 +92,9 @@ def start(device_name: str, dtype_name: str) -> Runtime:
     """Join the torchrun process group if launched by torchrun (NCCL on GPU, gloo on CPU), pick device and dtype."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size > 1 and device_name.startswith("cuda:"):
+        raise ValueError(f"train.device={device_name} under torchrun would put every process on that one GPU; use "
+                         "train.device=cuda or auto (each process takes the GPU of its local rank)")
     device = pick_device(device_name, local_rank)
     if world_size > 1:
         if device.type == "cuda":

@@ -16,6 +16,29 @@ def test_device_names_are_checked():
             rt.pick_device("cuda")
 
 
+def test_a_gpu_index_must_be_visible(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert rt.pick_device("cuda:1") == torch.device("cuda", 1)
+    assert rt.pick_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"train.device=cuda:2 asks for cuda:2 but 2 CUDA device\(s\) are visible"):
+        rt.pick_device("cuda:2")
+    with pytest.raises(ValueError, match=r"train.device=auto asks for cuda:3 .* at most 2 processes per node"):
+        rt.pick_device("auto", local_rank=3)
+
+
+def test_mps_must_be_available(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="train.device=mps but this machine has no usable MPS device"):
+        rt.pick_device("mps")
+
+
+def test_torchrun_refuses_one_gpu_index_for_every_process(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="train.device=cuda:0 under torchrun would put every process on that one"):
+        rt.start("cuda:0", "auto")
+
+
 @pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
 def test_dtypes_follow_the_hardware(monkeypatch, native_bf16, expected):
     cpu = torch.device("cpu")
