@@ -107,6 +107,12 @@ class RunConfig:
                 f"data.mqar.vocab_size ({self.data.mqar.vocab_size}) > model.vocab_size ({self.model.vocab_size}): "
                 "lower data.mqar.vocab_size or raise model.vocab_size"
             )
+        if self.train.sample_tokens and self.data.source == MQAR:
+            raise ValueError("train.sample_tokens: the mqar task has no tokenizer to sample text with; set "
+                             "train.sample_tokens=0")
+        if self.train.sample_tokens and not self.train.sample_prompt:
+            raise ValueError("train.sample_prompt is empty: a sample needs at least one prompt token (the default "
+                             "is a newline), or set train.sample_tokens=0")
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:

@@ -58,6 +58,9 @@ def test_yaml_booleans_are_read_as_the_literal_they_spell():
         (["optim.min_lr=1.0"], r"min_lr <= lr"),
         (["train.batch_size=0"], r"train.batch_size must be >= 1"),
         (["max_steps=3"], r"write section.key=value"),
+        (["train.sample_tokens=5", "train.sample_prompt="], r"train.sample_prompt is empty: .* or set train.sample"),
+        (["train.sample_tokens=5", "data.source=mqar", "model.vocab_size=64", "data.mqar.vocab_size=64"],
+         r"train.sample_tokens: the mqar task has no tokenizer .* set train.sample_tokens=0"),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_the_key(overrides, message):
