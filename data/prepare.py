@@ -32,7 +32,7 @@ from data.config import DataConfig
 from data.errors import DataError
 from data.sources import Source, invalid_utf8, iter_documents, resolve_source
 from data.tokenizer import TextTokenizer, load_tokenizer
-from fileio.atomic import write_text_atomic
+from fileio.atomic import process_alive, write_text_atomic
 from typedconfig.cli import ArgumentParser
 
 FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
@@ -136,7 +136,7 @@ def remove_stale_temp_files(path: Path) -> list[Path]:
     """Delete the temporary token files in `path` whose writing process is gone (killed before it could clean up,
     e.g. by SIGTERM), since each can be gigabytes; returns what it deleted."""
     names = (TEMP_NAME.fullmatch(tmp.name) for tmp in path.glob(".*.tmp"))
-    stale = [path / name[0] for name in names if name and not _process_alive(int(name["pid"]))]
+    stale = [path / name[0] for name in names if name and not process_alive(int(name["pid"]))]
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale
@@ -230,16 +230,6 @@ def _current_meta(path: Path, fingerprint: str) -> dict | None:
     if meta is None or meta.get("fingerprint") != fingerprint or not _files_match(path, meta):
         return None
     return meta
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0 checks only that the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's
-        pass
-    return True
 
 
 def _read_meta(path: Path) -> dict | None:

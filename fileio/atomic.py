@@ -22,3 +22,14 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (the writer of a temporary file named after it)."""
+    try:
+        os.kill(pid, 0)  # signal 0 checks only that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True

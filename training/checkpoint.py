@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from fileio.atomic import fsync_file, write_text_atomic
+from fileio.atomic import fsync_file, process_alive, write_text_atomic
 from model.gpt import GPT
 from training.config import RunConfig, config_from_dict
 from typedconfig.parsing import ConfigError
@@ -47,6 +47,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 WEIGHTS, STATE, CONFIG, CHECKSUMS = "model.safetensors", "state.pt", "config.json", "checksums.json"
 STEP_NAME = re.compile(r"step_([0-9]+)")
+PARTIAL_NAME = re.compile(r"\.(?:tmp|old)-step_[0-9]+-(?P<pid>[0-9]+)")  # a save under way, or killed
 
 
 class CheckpointError(FileNotFoundError):
@@ -102,6 +103,9 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, co
     final = root / f"step_{state.step:06d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    for stale in stale_partial_saves(root):
+        shutil.rmtree(stale, ignore_errors=True)
+        say(f"removed {stale.name}, left by a save that was killed before it finished")
     tmp.mkdir()
     save_model(model, str(tmp / WEIGHTS))
     torch.save(state.to_dict(), tmp / STATE)
@@ -120,6 +124,13 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, co
     for old in abandoned + expired:
         shutil.rmtree(old)
     return final
+
+
+def stale_partial_saves(root: Path) -> list[Path]:
+    """The temporary directories of saves (`.tmp-step_N-PID`, `.old-step_N-PID`) whose process is gone: killed
+    mid-save, each can hold a whole checkpoint."""
+    found = (PARTIAL_NAME.fullmatch(p.name) for p in root.glob(".*-step_*-*"))
+    return sorted(root / m[0] for m in found if m and not process_alive(int(m["pid"])))
 
 
 def checkpoints_to_remove(existing: list[Path], step: int, keep: int) -> tuple[list[Path], list[Path]]:

@@ -4,7 +4,10 @@ abandoned branch's later checkpoints."""
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -217,6 +220,24 @@ def test_a_save_in_order_reports_nothing(tmp_path):
     for step in (1, 2, 3):
         ckpt.save_checkpoint(tmp_path, model, TrainState(step=step), {}, keep=2, say=said.append)
     assert said == [] and names(tmp_path) == ["latest", "step_000002", "step_000003"]
+
+
+def test_a_save_removes_the_partial_saves_of_killed_processes_and_says_so(tmp_path):
+    """A save killed mid-write leaves .tmp-step_N-PID (or, swapping a re-saved step, .old-step_N-PID) behind; the
+    next save removes those whose process is gone and leaves a live process's alone."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(dead.stdout), os.getppid()  # the finished child, and pytest's parent
+    root = tmp_path / "checkpoints"
+    partial = [root / f".tmp-step_000004-{dead_pid}", root / f".old-step_000002-{dead_pid}",
+               root / f".tmp-step_000005-{live_pid}"]
+    for path in partial:
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"partial")
+    said = []
+    ckpt.save_checkpoint(tmp_path, small_model(), TrainState(step=3), {}, keep=2, say=said.append)
+    assert [p.exists() for p in partial] == [False, False, True]
+    assert said == [f"removed .old-step_000002-{dead_pid}, left by a save that was killed before it finished",
+                    f"removed .tmp-step_000004-{dead_pid}, left by a save that was killed before it finished"]
 
 
 def test_folders_that_are_not_step_and_digits_are_left_alone(tmp_path):
