@@ -266,9 +266,10 @@ def label(name: str, options: dict) -> str:
 
 def growth(name: str, options: dict, n0: int, n1: int) -> float:
     """Predicted time ratio from n0 to n1 tokens: linear for a recurrent form already past its crossover at n0,
-    quadratic otherwise."""
+    quadratic otherwise (also for a crossover left to be measured in the case's process: the slower prediction)."""
     backend = get_backend(name, **options)
-    linear = backend.constant_memory and getattr(backend, "crossover", 0) <= n0
+    crossover = getattr(backend, "crossover", 0)
+    linear = backend.constant_memory and crossover is not None and crossover <= n0
     return (n1 / n0) ** (1 if linear else 2)
 
 

@@ -29,12 +29,12 @@ def read_rows(path: Path) -> list[dict]:
 def test_bench_attention_times_every_case_and_the_decode_step(tmp_path, env_without_malloc_setup):
     out = tmp_path / "attention"
     run_script("scripts/bench_attention.py", "--lengths", "32", "64", "--dtypes", "float32", "--backends", "softmax",
-               "taylor:crossover=1", "--heads", "2", "--reps", "1", "--decode-contexts", "16", "--decode-steps", "2",
-               "--out", str(out), env=env_without_malloc_setup)
+               "taylor:crossover=1", "expressive_sq", "--heads", "2", "--reps", "1", "--decode-contexts", "16",
+               "--decode-steps", "2", "--out", str(out), env=env_without_malloc_setup)
     rows = read_rows(out.with_suffix(".csv"))
     training = {(r["backend"], r["n"], r["mode"]) for r in rows if r["kind"] == "training" and r["time_s"]}
-    assert training == {(name, n, mode) for name in ("softmax", "taylor[crossover=1]") for n in ("32", "64")
-                        for mode in ("fwd", "fwd+bwd")}
+    assert training == {(name, n, mode) for name in ("softmax", "taylor[crossover=1]", "expressive_sq")
+                        for n in ("32", "64") for mode in ("fwd", "fwd+bwd")}
     decode = [r for r in rows if r["kind"] == "decode"]
     assert decode and all(float(r["step_ms"]) > 0 and int(r["state_bytes"]) > 0 for r in decode)
     assert "| 64 |" in out.with_suffix(".md").read_text()
