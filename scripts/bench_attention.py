@@ -50,7 +50,7 @@ from experiments.log_axes import style_log_axes  # noqa: E402
 from fileio.pages import command_line, opening, this_machine, today  # noqa: E402
 from fileio.tables import csv_text, markdown_table  # noqa: E402
 from model.attention import BACKENDS, get_backend  # noqa: E402
-from model.attention.crossover import measured_crossover  # noqa: E402
+from model.attention.crossover import crossover_length  # noqa: E402
 from training.malloc import malloc_setting  # noqa: E402
 
 # docs/benchmarks.md: one thread, B=1, H=12, d=64, causal; seconds (fwd, fwd+bwd).
@@ -476,8 +476,8 @@ def markdown(args, train_rows, decode_rows) -> str:
                 lines.append(f"- expressive / softmax at n=1024, {dtype} {mode}: {ratio:.2f} "
                              f"({'met' if ratio <= 1.5 else 'NOT met'}, target <= 1.5)")
             # the crossover this machine uses for taylor (measured on first use and cached: model/attention/crossover.py)
-            crossover_n = measured_crossover(get_backend("taylor"), args.head_dim, getattr(torch, dtype),
-                                             torch.device("cpu"))
+            crossover_n = crossover_length(get_backend("taylor"), args.head_dim, args.heads, getattr(torch, dtype),
+                                           torch.device("cpu"))
             compared = [(n, t["time_s"] / s["time_s"]) for n in lengths if n >= crossover_n
                         and (t := lookup(train_rows, "taylor", dtype, n, mode))
                         and (s := lookup(train_rows, "softmax", dtype, n, mode))]

@@ -5,12 +5,17 @@ other depends on the machine (cache sizes, GEMM versus elementwise speed), the d
 `crossover` option of these backends (model/attention/linear.py) is decided by this rule:
 
 1. an integer set in the config wins;
-2. None (the default) is looked up in the cache file `$ATTNLAB_CACHE_DIR/crossover.json` (default directory
-   ~/.cache/attnlab) under the key machine | device type | dtype | head size | backend and its tile sizes |
-   torch version | a hash of this package's source (new kernels or a new torch make old entries stale);
-3. a key not yet there is measured once, like cuDNN's benchmark mode: forward+backward of both forms on one head,
-   at lengths chosen by bisection on a grid of GRID tokens between MIN_LENGTH and MAX_LENGTH (about 10-20 s on a
-   2-core CPU); the first length where the linear form is at least as fast is stored (MAX_LENGTH when none is);
+2. None (the default) runs the direct form below MIN_LENGTH tokens, where no measurement could choose the linear
+   one; from there on it is looked up in the cache file `$ATTNLAB_CACHE_DIR/crossover.json` (default directory
+   ~/.cache/attnlab) under the key machine | device type | dtype | head size | heads measured | backend and its
+   tile sizes | torch version | a hash of this package's source (new kernels or a new torch make old entries
+   stale);
+3. a key not yet there is measured once, like cuDNN's benchmark mode: forward+backward of both forms on the
+   layer's heads, at most MEASURED_HEADS of them, at lengths chosen by bisection on a grid of GRID tokens between
+   MIN_LENGTH and MAX_LENGTH; the first length where the linear form is at least as fast is stored (MAX_LENGTH when
+   none is). Both forms batch the heads into each GEMM, and the direct form's tiles gain more from it: timed on one
+   head, the direct form costs ~20% more per head than on 12 and the crossover lands thousands of tokens too low;
+   on 4 heads it is within a few percent of 12, at a third of the time;
 4. with `ATTNLAB_CROSSOVER=default` nothing is measured or read: DEFAULT_CROSSOVER (the test suite sets this).
 
 The choice is made once per process and key, in eager code: the measurement runs on its own random tensors (its
@@ -35,10 +40,11 @@ import torch
 
 DEFAULT_CROSSOVER = 6144  # where the linear form overtook the direct one on the first benchmark CPU (d = 64)
 GRID, MIN_LENGTH, MAX_LENGTH = 512, 512, 16384
+MEASURED_HEADS = 4  # at most this many heads are timed (the module docstring says why more than one)
 MODE_VARIABLE, CACHE_VARIABLE = "ATTNLAB_CROSSOVER", "ATTNLAB_CACHE_DIR"
 MODES = ("measure", "default")
 
-_chosen: dict[tuple, int] = {}  # (backend, tiles, d, dtype, device type) -> crossover, for this process
+_chosen: dict[tuple, int] = {}  # (backend, tiles, d, heads, dtype, device type) -> crossover, for this process
 
 
 def mode() -> str:
@@ -75,13 +81,13 @@ def code_version() -> str:
     return digest.hexdigest()[:12]
 
 
-def cache_key(backend, d: int, dtype: torch.dtype, device: torch.device) -> str:
-    """`machine | device type | dtype | d=head size | backend[tile sizes] | torch version | code version`, the key
-    of the cache file."""
+def cache_key(backend, d: int, heads: int, dtype: torch.dtype, device: torch.device) -> str:
+    """`machine | device type | dtype | d=head size | heads=heads timed | backend[tile sizes] | torch version | code
+    version`, the key of the cache file."""
     tiles = f"chunk_size={backend.chunk_size},block_size={backend.block_size}"
     dtype_name = str(dtype).removeprefix("torch.")
-    return (f"{machine_name(device)} | {device.type} | {dtype_name} | d={d} | {backend.name}[{tiles}] | "
-            f"torch {torch.__version__} | code {code_version()}")
+    return (f"{machine_name(device)} | {device.type} | {dtype_name} | d={d} | heads={heads} | "
+            f"{backend.name}[{tiles}] | torch {torch.__version__} | code {code_version()}")
 
 
 def bisect_crossover(linear_is_faster: Callable[[int], bool], low: int = MIN_LENGTH, high: int = MAX_LENGTH,
@@ -98,15 +104,15 @@ def bisect_crossover(linear_is_faster: Callable[[int], bool], low: int = MIN_LEN
     return lo * grid
 
 
-def form_timer(backend, d: int, dtype: torch.dtype, device: torch.device, reps: int = 2,
+def form_timer(backend, d: int, heads: int, dtype: torch.dtype, device: torch.device, reps: int = 2,
                clock: Callable[[], float] = time.perf_counter) -> Callable[[int], bool]:
-    """`linear_is_faster(n)`: whether the backend's linear form runs forward+backward on one head of n tokens at
-    least as fast as its direct form (the faster of `reps` runs of each, after one untimed run)."""
+    """`linear_is_faster(n)`: whether the backend's linear form runs forward+backward on `heads` heads of n tokens
+    at least as fast as its direct form (the faster of `reps` runs of each, after one untimed run)."""
     generator = torch.Generator(device=device).manual_seed(0)
     direct, linear = dataclasses.replace(backend, crossover=1 << 62), dataclasses.replace(backend, crossover=1)
 
     def seconds(form, n: int) -> float:
-        q, k, v = (torch.randn(1, 1, n, d, generator=generator, device=device, dtype=dtype).requires_grad_()
+        q, k, v = (torch.randn(1, heads, n, d, generator=generator, device=device, dtype=dtype).requires_grad_()
                    for _ in range(3))
         times = []
         for _ in range(reps + 1):
@@ -141,22 +147,39 @@ def write_cache(path: Path, key: str, value: int) -> None:
     os.replace(handle.name, path)
 
 
+def crossover_length(backend, d: int, heads: int, dtype: torch.dtype, device: torch.device) -> int:
+    """The length from which `backend` runs a layer of `heads` heads of size d in its linear form: its configured
+    crossover, else the rule in this module's docstring (steps 2-4)."""
+    if backend.crossover is not None:
+        return backend.crossover
+    return measured_crossover(backend, d, min(heads, MEASURED_HEADS), dtype, device)
+
+
+def uses_linear_form(backend, n: int, d: int, heads: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `backend` runs n tokens in its linear form (`crossover_length`); below MIN_LENGTH a crossover left to
+    measure is not measured: no measurement could choose the linear form there."""
+    if backend.crossover is None and n < MIN_LENGTH:
+        return False
+    return n >= crossover_length(backend, d, heads, dtype, device)
+
+
 @torch._dynamo.assume_constant_result  # torch.compile calls it while tracing (eagerly) and keeps the number
-def measured_crossover(backend, d: int, dtype: torch.dtype, device: torch.device) -> int:
-    """The crossover of `backend` for head size d, by the rule in this module's docstring (steps 2-4)."""
-    key = (backend.name, backend.chunk_size, backend.block_size, d, dtype, device.type)
+def measured_crossover(backend, d: int, heads: int, dtype: torch.dtype, device: torch.device) -> int:
+    """The crossover of `backend` for head size d, timed on `heads` heads, by the rule in this module's docstring
+    (steps 2-4)."""
+    key = (backend.name, backend.chunk_size, backend.block_size, d, heads, dtype, device.type)
     if key not in _chosen:
-        _chosen[key] = _choose(backend, d, dtype, device)
+        _chosen[key] = _choose(backend, d, heads, dtype, device)
     return _chosen[key]
 
 
-def _choose(backend, d: int, dtype: torch.dtype, device: torch.device) -> int:
+def _choose(backend, d: int, heads: int, dtype: torch.dtype, device: torch.device) -> int:
     if mode() == "default":
         return DEFAULT_CROSSOVER
-    path, key = cache_file(), cache_key(backend, d, dtype, device)
+    path, key = cache_file(), cache_key(backend, d, heads, dtype, device)
     cached = read_cache(path).get(key)
     if isinstance(cached, int) and cached >= 1:
         return cached
-    measured = bisect_crossover(form_timer(backend, d, dtype, device))
+    measured = bisect_crossover(form_timer(backend, d, heads, dtype, device))
     write_cache(path, key, measured)
     return measured

@@ -27,10 +27,10 @@ from typing import Protocol
 
 import torch
 
-from model import cpu
 from model.attention.base import zero_masked_queries
 from model.attention.kv_cache import causal_mask, padded_causal_mask
 from model.attention.numerics import accumulation_dtype, fold_heads, fold_mask, unfold_heads
+from model.cpu import cpu_multiplies_bf16
 
 
 class PointwiseWeight(Protocol):
@@ -64,7 +64,7 @@ def safe_denominator(den: torch.Tensor, eps: float, queries_valid: torch.Tensor 
 def gemm_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype of the tiles' GEMM operands for inputs of `dtype` on `device` (the module docstring says why)."""
     # with AVX512-BF16 or AMX, bf16 GEMMs are several times faster than fp32 ones; without them, far slower
-    if dtype == torch.bfloat16 and (device.type != "cpu" or cpu.cpu_multiplies_bf16()):
+    if dtype == torch.bfloat16 and (device.type != "cpu" or cpu_multiplies_bf16()):
         return dtype
     return accumulation_dtype(dtype)
 

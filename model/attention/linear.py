@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from model.attention.base import AttentionBackend, zero_masked_queries
-from model.attention.crossover import measured_crossover
+from model.attention.crossover import uses_linear_form
 from model.attention.direct import naive_causal_average, safe_denominator
 from model.attention.flex import WEIGHT_FLOOR, direct_form
 from model.attention.linear_state import LinearAttentionState
@@ -326,8 +326,8 @@ class QuadraticKernelAttention(AttentionBackend):
     eps: ClassVar[float] = 0.0
 
     chunk_size: int = 64  # tokens per chunk of the linear form
-    # Linear form from this length on. None: measured once on this machine and cached per machine, device, dtype and
-    # head size (the rule: model/attention/crossover.py); ATTNLAB_CROSSOVER=default takes 6144 without measuring.
+    # Linear form from this length on. None: measured once on this machine and cached per machine, device, dtype,
+    # head size and heads (the rule: model/attention/crossover.py); ATTNLAB_CROSSOVER=default takes 6144 unmeasured.
     crossover: int | None = None
     block_size: int = 128  # query/key tile of the direct form
 
@@ -347,8 +347,7 @@ class QuadraticKernelAttention(AttentionBackend):
 
     def forward(self, q, k, v, mask=None):
         kernel = self.kernel(q.shape[-1])
-        crossover = self.crossover or measured_crossover(self, q.shape[-1], q.dtype, q.device)
-        if q.shape[2] < crossover:
+        if not uses_linear_form(self, q.shape[2], q.shape[-1], q.shape[1], q.dtype, q.device):
             y = direct_form(q, k, v, kernel, scale=1.0, eps=self.eps, block=self.block_size, mask=mask)
             return zero_masked_queries(y, mask)
         valid = None if mask is None else fold_mask(mask, q.shape[1])

@@ -18,6 +18,7 @@ def measuring(monkeypatch, tmp_path):
     monkeypatch.setenv(crossover.MODE_VARIABLE, "measure")
     monkeypatch.setenv(crossover.CACHE_VARIABLE, str(tmp_path))
     monkeypatch.setattr(crossover, "_chosen", {})
+    monkeypatch.setattr(crossover, "MIN_LENGTH", 8)  # the tiny backend's lengths
     return tmp_path / "crossover.json"
 
 
@@ -59,7 +60,7 @@ def test_the_timer_runs_both_forms_forward_and_backward_on_its_own_tensors(forms
     ticks = itertools.count()  # every run takes one tick: a tie, which counts for the linear form
     rng = torch.get_rng_state()
     with torch.no_grad():
-        linear_is_faster = crossover.form_timer(tiny(), 4, torch.float32, torch.device("cpu"), reps=2,
+        linear_is_faster = crossover.form_timer(tiny(), 4, 2, torch.float32, torch.device("cpu"), reps=2,
                                                 clock=lambda: float(next(ticks)))
         assert linear_is_faster(24) is True
     assert sorted(forms_run) == ["direct"] * 3 + ["linear"] * 3  # one untimed run and two timed runs each
@@ -70,7 +71,7 @@ def test_the_timer_compares_the_two_forms_times(monkeypatch):
     slow = {"linear": 5.0, "direct": 1.0}
     now = [0.0]
     monkeypatch.setattr(crossover, "dataclasses", _Replace(slow, now))
-    linear_is_faster = crossover.form_timer(tiny(), 4, torch.float32, torch.device("cpu"), reps=1,
+    linear_is_faster = crossover.form_timer(tiny(), 4, 1, torch.float32, torch.device("cpu"), reps=1,
                                             clock=lambda: now[0])
     assert linear_is_faster(16) is False
     slow["linear"] = 0.5
@@ -97,35 +98,37 @@ class _Replace:
 
 def test_default_mode_measures_nothing_and_reads_no_file(monkeypatch, measuring, fake_measurement):
     monkeypatch.setenv(crossover.MODE_VARIABLE, "default")
-    assert crossover.measured_crossover(tiny(), 4, torch.float32, torch.device("cpu")) == crossover.DEFAULT_CROSSOVER
+    assert crossover.measured_crossover(tiny(), 4, 2, torch.float32, torch.device("cpu")) == crossover.DEFAULT_CROSSOVER
     assert fake_measurement == [] and not measuring.exists()
 
 
 def test_an_unknown_mode_is_an_error_that_names_the_variable(monkeypatch, measuring):
     monkeypatch.setenv(crossover.MODE_VARIABLE, "sometimes")
     with pytest.raises(ValueError, match="ATTNLAB_CROSSOVER='sometimes' is invalid"):
-        crossover.measured_crossover(tiny(), 4, torch.float32, torch.device("cpu"))
+        crossover.measured_crossover(tiny(), 4, 2, torch.float32, torch.device("cpu"))
 
 
 def test_measured_once_then_read_from_the_cache_file(monkeypatch, measuring, fake_measurement):
     cpu = torch.device("cpu")
-    assert crossover.measured_crossover(tiny(), 4, torch.float32, cpu) == 32
-    assert crossover.measured_crossover(tiny(), 4, torch.float32, cpu) == 32  # this process: no second look
-    key = crossover.cache_key(tiny(), 4, torch.float32, cpu)
+    assert crossover.measured_crossover(tiny(), 4, 2, torch.float32, cpu) == 32
+    assert crossover.measured_crossover(tiny(), 4, 2, torch.float32, cpu) == 32  # this process: no second look
+    key = crossover.cache_key(tiny(), 4, 2, torch.float32, cpu)
     assert json.loads(measuring.read_text()) == {key: 32}
     monkeypatch.setattr(crossover, "_chosen", {})  # a new process on the same machine reads the file
-    assert crossover.measured_crossover(tiny(), 4, torch.float32, cpu) == 32
+    assert crossover.measured_crossover(tiny(), 4, 2, torch.float32, cpu) == 32
     assert fake_measurement == [32]
-    crossover.measured_crossover(tiny(), 8, torch.float32, cpu)  # another head size is another key
-    crossover.measured_crossover(tiny(), 4, torch.bfloat16, cpu)  # and so is another dtype
-    assert fake_measurement == [32] * 3 and len(json.loads(measuring.read_text())) == 3
+    crossover.measured_crossover(tiny(), 8, 2, torch.float32, cpu)  # another head size is another key
+    crossover.measured_crossover(tiny(), 4, 2, torch.bfloat16, cpu)  # and so is another dtype
+    crossover.measured_crossover(tiny(), 4, 3, torch.float32, cpu)  # and another number of heads timed
+    assert fake_measurement == [32] * 4 and len(json.loads(measuring.read_text())) == 4
 
 
-def test_the_key_names_machine_device_dtype_head_size_backend_torch_and_code():
-    key = crossover.cache_key(tiny(), 64, torch.bfloat16, torch.device("cpu"))
-    machine, device, dtype, head, backend, torch_version, code = key.split(" | ")
+def test_the_key_names_machine_device_dtype_head_size_heads_backend_torch_and_code():
+    key = crossover.cache_key(tiny(), 64, 4, torch.bfloat16, torch.device("cpu"))
+    machine, device, dtype, head, heads, backend, torch_version, code = key.split(" | ")
     assert machine == crossover.machine_name(torch.device("cpu")) and machine
-    assert (device, dtype, head, backend) == ("cpu", "bfloat16", "d=64", "taylor[chunk_size=8,block_size=8]")
+    assert (device, dtype, head, heads, backend) == ("cpu", "bfloat16", "d=64", "heads=4",
+                                                     "taylor[chunk_size=8,block_size=8]")
     assert torch_version == f"torch {torch.__version__}" and re.fullmatch(r"code [0-9a-f]{12}", code)
 
 
@@ -144,7 +147,7 @@ def test_a_change_to_the_attention_code_makes_cached_crossovers_stale(tmp_path, 
 
 def test_an_unreadable_cache_file_is_measured_again(measuring, fake_measurement):
     measuring.write_text("{not json")
-    assert crossover.measured_crossover(tiny(), 4, torch.float32, torch.device("cpu")) == 32
+    assert crossover.measured_crossover(tiny(), 4, 2, torch.float32, torch.device("cpu")) == 32
     assert fake_measurement == [32] and len(json.loads(measuring.read_text())) == 1
 
 
@@ -155,6 +158,21 @@ def test_the_backend_switches_at_the_measured_length(measuring, fake_measurement
     backend.forward(*qkv(31))
     backend.forward(*qkv(32))
     assert forms_run == ["direct", "linear"] and fake_measurement == [32]
+
+
+def test_below_the_shortest_measured_length_nothing_is_measured(measuring, fake_measurement, forms_run):
+    tiny().forward(*qkv(crossover.MIN_LENGTH - 1))
+    assert forms_run == ["direct"] and fake_measurement == [] and not measuring.exists()
+
+
+def test_the_layers_heads_are_timed_up_to_the_cap(monkeypatch, measuring):
+    timed = []
+    monkeypatch.setattr(crossover, "form_timer", lambda backend, d, heads, *args: timed.append(heads))
+    monkeypatch.setattr(crossover, "bisect_crossover", lambda linear_is_faster: 32)
+    for heads in (2, 12):
+        g = torch.Generator().manual_seed(0)
+        tiny().forward(*(torch.randn(1, heads, 16, 4, generator=g) for _ in range(3)))
+    assert timed == [2, crossover.MEASURED_HEADS]
 
 
 def test_a_configured_crossover_wins(measuring, fake_measurement, forms_run):

@@ -13,8 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import cpu
-from model.attention import get_backend
+from model.attention import direct, get_backend
 from model.attention.direct import gemm_dtype, tiled_direct_attention
 from model.attention.expressive import SaturatingSquare
 
@@ -69,7 +68,7 @@ def test_bf16_gemms_run_on_bf16_operands_and_fp32_ones_on_fp32(monkeypatch):
         seen.append((a.dtype, b.dtype))
         return bmm(a, b, *args, **kwargs)
 
-    monkeypatch.setattr(cpu, "cpu_multiplies_bf16", lambda: True)
+    monkeypatch.setattr(direct, "cpu_multiplies_bf16", lambda: True)
     for dtype in (torch.bfloat16, torch.float32):
         seen.clear()
         q, k, v = (torch.randn(1, 2, 40, 8, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -96,5 +95,5 @@ def test_bf16_gemms_run_on_bf16_operands_and_fp32_ones_on_fp32(monkeypatch):
 def test_gemm_dtype_keeps_bf16_only_where_the_device_multiplies_it_natively(
     monkeypatch, dtype, device, native_bf16, expected
 ):
-    monkeypatch.setattr(cpu, "cpu_multiplies_bf16", lambda: native_bf16)
+    monkeypatch.setattr(direct, "cpu_multiplies_bf16", lambda: native_bf16)
     assert gemm_dtype(dtype, torch.device(device)) == expected
