@@ -1,8 +1,8 @@
 """Windows of block_size + 1 consecutive tokens from memory-mapped token files, as (x, y) with y = x shifted by one.
 
 Training windows are random but a pure function of (seed, index), where index is the global micro-batch number
-(step * grad_accum + micro) * world_size + rank: ranks draw different windows and a resumed run draws the same
-ones as an uninterrupted run, with no iterator state to save. Val windows are a fixed, evenly spaced set that
+data_position + micro * world_size + rank (data_position: the micro-batches the run has consumed, saved in its
+checkpoints): ranks draw different windows and a resumed run draws the same ones as an uninterrupted run. Val windows are a fixed, evenly spaced set that
 depends only on the val tokens, block_size and count, so every evaluation of every run on the same data agrees.
 """
 

@@ -28,6 +28,7 @@ each op, grouped by kind), and the time of one tile's GEMMs in float32, bfloat16
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -40,9 +41,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Runnable as a plain script from anywhere; a paired case of --baseline-rev imports the model from that tree, and
-# what that tree lacks (a module added since) from this one.
-sys.path[:0] = dict.fromkeys([os.environ.get("BENCH_ATTENTION_TREE", str(REPO)), str(REPO)])
+# Runnable as a plain script from anywhere; a paired case of --baseline-rev imports the model from that tree.
+sys.path.insert(0, os.environ.get("BENCH_ATTENTION_TREE", str(REPO)))
 
 import torch  # noqa: E402
 
@@ -50,8 +50,11 @@ from experiments.log_axes import style_log_axes  # noqa: E402
 from fileio.pages import command_line, opening, this_machine, today  # noqa: E402
 from fileio.tables import csv_text, markdown_table  # noqa: E402
 from model.attention import BACKENDS, get_backend  # noqa: E402
-from model.attention.crossover import crossover_length  # noqa: E402
-from training.malloc import malloc_setting  # noqa: E402
+
+# This tree's malloc setup, by path: a baseline tree may predate it, and it imports nothing of the repository.
+_spec = importlib.util.spec_from_file_location("attnlab_malloc", REPO / "training" / "malloc.py")
+malloc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(malloc)
 
 # docs/benchmarks.md: one thread, B=1, H=12, d=64, causal; seconds (fwd, fwd+bwd).
 ANCHORS = {
@@ -92,8 +95,21 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def this_tree_crossover(backend, d: int, heads: int, dtype: torch.dtype) -> int | None:
+    """The crossover `backend` uses for a layer of `heads` heads on the CPU (measured now when not cached), by the
+    rule of the tree that runs the case; None for a backend without one, or a baseline tree without that rule."""
+    try:
+        from model.attention.crossover import crossover_length
+    except ImportError:
+        return None
+    if not hasattr(backend, "crossover"):
+        return None
+    return crossover_length(backend, d, heads, dtype, torch.device("cpu"))
+
+
 def make_inputs(name, options, b, h, n, d, dtype, requires_grad):
     backend = get_backend(name, **options)
+    this_tree_crossover(backend, d, h, dtype)  # a measurement happens here, outside the timed runs and memory
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(b, h, n, d, generator=gen) for _ in range(3))
     with torch.no_grad():
@@ -476,8 +492,7 @@ def markdown(args, train_rows, decode_rows) -> str:
                 lines.append(f"- expressive / softmax at n=1024, {dtype} {mode}: {ratio:.2f} "
                              f"({'met' if ratio <= 1.5 else 'NOT met'}, target <= 1.5)")
             # the crossover this machine uses for taylor (measured on first use and cached: model/attention/crossover.py)
-            crossover_n = crossover_length(get_backend("taylor"), args.head_dim, args.heads, getattr(torch, dtype),
-                                           torch.device("cpu"))
+            crossover_n = this_tree_crossover(get_backend("taylor"), args.head_dim, args.heads, getattr(torch, dtype))
             compared = [(n, t["time_s"] / s["time_s"]) for n in lengths if n >= crossover_n
                         and (t := lookup(train_rows, "taylor", dtype, n, mode))
                         and (s := lookup(train_rows, "softmax", dtype, n, mode))]
@@ -586,10 +601,10 @@ def main() -> None:
     for option, child in children.items():
         if getattr(args, option):
             case = json.loads(getattr(args, option))
-            malloc = malloc_setting(case["malloc"] == "kept")  # before the case allocates anything
+            setting = malloc.malloc_setting(case["malloc"] == "kept")  # before the case allocates anything
             result = child(case)
-            print(json.dumps([row | {"malloc": malloc} for row in result] if isinstance(result, list)
-                             else result | {"malloc": malloc}))
+            print(json.dumps([row | {"malloc": setting} for row in result] if isinstance(result, list)
+                             else result | {"malloc": setting}))
             return
     if args.against:
         loads = [os.getloadavg()[0]]

@@ -46,7 +46,7 @@ def pick_device(name: str, local_rank: int = 0, option: str = "train.device") ->
     Errors name the setting `option`."""
     if name == "auto":
         if torch.cuda.is_available():
-            return _visible_gpu(local_rank, f"{option}=auto")
+            return _local_rank_gpu(local_rank, f"{option}=auto")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -58,17 +58,22 @@ def pick_device(name: str, local_rank: int = 0, option: str = "train.device") ->
         raise ValueError(f"{option}=cuda but no CUDA device is visible; use {option}=auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{option}=mps but this machine has no usable MPS device; use {option}=auto or cpu")
-    if device.type == "cuda":
-        return _visible_gpu(local_rank if device.index is None else device.index, f"{option}={name}")
+    if device.type == "cuda" and device.index is None:
+        return _local_rank_gpu(local_rank, f"{option}={name}")
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"{option}={name} but {count} CUDA device(s) are visible; choose one of cuda:0 to "
+                         f"cuda:{count - 1}, or {option}=cuda")
     return device
 
 
-def _visible_gpu(index: int, setting: str) -> torch.device:
+def _local_rank_gpu(local_rank: int, setting: str) -> torch.device:
+    """The GPU of this process's local rank (0 without torchrun)."""
     count = torch.cuda.device_count()
-    if index >= count:
-        raise ValueError(f"{setting} asks for cuda:{index} but {count} CUDA device(s) are visible; with torchrun, "
-                         f"run at most {count} processes per node (--nproc_per_node)")
-    return torch.device("cuda", index)
+    if local_rank >= count:
+        raise ValueError(f"{setting}: local rank {local_rank} has no GPU of its own ({count} visible); run at most "
+                         f"{count} processes per node (torchrun --nproc_per_node)")
+    return torch.device("cuda", local_rank)
 
 
 def pick_dtype(name: str, device: torch.device, option: str = "train.dtype") -> torch.dtype:
@@ -92,9 +97,10 @@ def start(device_name: str, dtype_name: str) -> Runtime:
     """Join the torchrun process group if launched by torchrun (NCCL on GPU, gloo on CPU), pick device and dtype."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size > 1 and device_name.startswith("cuda:"):
-        raise ValueError(f"train.device={device_name} under torchrun would put every process on that one GPU; use "
-                         "train.device=cuda or auto (each process takes the GPU of its local rank)")
+    # torchrun sets LOCAL_WORLD_SIZE; without it, assume every process shares this machine
+    if int(os.environ.get("LOCAL_WORLD_SIZE", world_size)) > 1 and device_name.startswith("cuda:"):
+        raise ValueError(f"train.device={device_name} under torchrun would put this machine's processes on that one "
+                         "GPU; use train.device=cuda or auto (each process takes the GPU of its local rank)")
     device = pick_device(device_name, local_rank)
     if world_size > 1:
         if device.type == "cuda":

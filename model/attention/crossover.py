@@ -13,9 +13,9 @@ other depends on the machine (cache sizes, GEMM versus elementwise speed), the d
 3. a key not yet there is measured once, like cuDNN's benchmark mode: forward+backward of both forms on the
    layer's heads, at most MEASURED_HEADS of them, at lengths chosen by bisection on a grid of GRID tokens between
    MIN_LENGTH and MAX_LENGTH; the first length where the linear form is at least as fast is stored (MAX_LENGTH when
-   none is). Both forms batch the heads into each GEMM, and the direct form's tiles gain more from it: timed on one
-   head, the direct form costs ~20% more per head than on 12 and the crossover lands thousands of tokens too low;
-   on 4 heads it is within a few percent of 12, at a third of the time;
+   none is). Both forms batch the heads into each GEMM, and the direct form's small tiles gain more from it, so
+   timing a single head overstates the direct form's cost and puts the crossover too low; a few heads come close
+   to a layer of 12 at a third of its measuring time;
 4. with `ATTNLAB_CROSSOVER=default` nothing is measured or read: DEFAULT_CROSSOVER (the test suite sets this).
 
 The choice is made once per process and key, in eager code: the measurement runs on its own random tensors (its

@@ -21,10 +21,13 @@ def test_a_gpu_index_must_be_visible(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert rt.pick_device("cuda:1") == torch.device("cuda", 1)
     assert rt.pick_device("cuda", local_rank=1) == torch.device("cuda", 1)
-    with pytest.raises(ValueError, match=r"train.device=cuda:2 asks for cuda:2 but 2 CUDA device\(s\) are visible"):
+    with pytest.raises(ValueError, match=r"train.device=cuda:2 but 2 CUDA device\(s\) are visible; choose one of "
+                                         r"cuda:0 to cuda:1, or train.device=cuda$"):
         rt.pick_device("cuda:2")
-    with pytest.raises(ValueError, match=r"train.device=auto asks for cuda:3 .* at most 2 processes per node"):
-        rt.pick_device("auto", local_rank=3)
+    for name in ("auto", "cuda"):
+        with pytest.raises(ValueError, match=rf"train.device={name}: local rank 3 has no GPU of its own \(2 visible\)"
+                                             r"; run at most 2 processes per node"):
+            rt.pick_device(name, local_rank=3)
 
 
 def test_mps_must_be_available(monkeypatch):
@@ -33,9 +36,17 @@ def test_mps_must_be_available(monkeypatch):
         rt.pick_device("mps")
 
 
-def test_torchrun_refuses_one_gpu_index_for_every_process(monkeypatch):
+def test_torchrun_refuses_one_gpu_index_for_the_processes_of_one_machine(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="train.device=cuda:0 under torchrun would put every process on that one"):
+    with pytest.raises(ValueError, match="train.device=cuda:0 under torchrun would put this machine's processes on"):
+        rt.start("cuda:0", "auto")  # no LOCAL_WORLD_SIZE: every process may be on this machine
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process per node (torchrun --nnodes=2 --nproc_per_node=1)
+
+    def reached(name, local_rank):
+        raise LookupError(name)
+
+    monkeypatch.setattr(rt, "pick_device", reached)
+    with pytest.raises(LookupError, match="cuda:0"):  # past the check, on to choosing the device
         rt.start("cuda:0", "auto")
 
 
