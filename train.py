@@ -176,16 +176,12 @@ def print_plan(cfg: RunConfig) -> None:
           f"tokens in total: {tokens * cfg.train.max_steps:,}")
 
 
-def divergence_message(what: str, first: int, run_dir: Path) -> str:
+def divergence(what: str, first: int, run_dir: Path) -> FloatingPointError:
     """The one-line error for a run that diverged (`what` went non-finite) from step `first` on: the fix resumes
     from a checkpoint before it."""
-    return (f"{what} (diverged); lower optim.lr (or, in float16, set train.dtype=float32) and restart from scratch "
-            f"or from a checkpoint saved before step {first} (--resume {run_dir / ckpt.CHECKPOINTS}/step_N)")
-
-
-def loss_divergence(loss: float, first: int, last: int, run_dir: Path) -> FloatingPointError:
-    return FloatingPointError(divergence_message(f"the training loss is {loss} over steps {first}-{last}", first,
-                                                 run_dir))
+    return FloatingPointError(
+        f"{what} (diverged); lower optim.lr (or, in float16, set train.dtype=float32) and restart from scratch or "
+        f"from a checkpoint saved before step {first} (--resume {run_dir / ckpt.CHECKPOINTS}/step_N)")
 
 
 def weights_finite(model: torch.nn.Module) -> bool:
@@ -242,11 +238,11 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     def save() -> None:
         """Checkpoint on the main process; every rank takes part (its RNG state is gathered). Steps not yet logged
         are checked first: weights from a diverged step must not become the run's latest checkpoint."""
+        first = state.step - meter.steps + 1
         if meter.steps and not math.isfinite(loss := meter.mean_loss(runtime)):
-            raise loss_divergence(loss, state.step - meter.steps + 1, state.step, run_dir)
+            raise divergence(f"the training loss is {loss} over steps {first}-{state.step}", first, run_dir)
         if not weights_finite(model):  # the loss was computed before the step's update
-            raise FloatingPointError(divergence_message(f"the weights hold inf or nan after step {state.step}",
-                                                        state.step, run_dir))
+            raise divergence(f"the weights hold inf or nan after step {state.step}", state.step, run_dir)
         state.optimizer, state.grad_scaler, state.rng = optimizer.state_dict(), scaler.state_dict(), gather_rng(runtime)
         if runtime.is_main:
             log_line(f"saved {ckpt.save_checkpoint(run_dir, model, state, resolved, tc.keep_checkpoints, log_line)}")
@@ -284,7 +280,8 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             first = state.step - meter.steps + 1
             window = meter.read(runtime)  # the one host sync of the window: loss and grad norm come back here
             if not math.isfinite(window["train_loss"]):
-                raise loss_divergence(window["train_loss"], first, state.step, run_dir)
+                raise divergence(f"the training loss is {window['train_loss']} over steps {first}-{state.step}",
+                                 first, run_dir)
             if log is not None:
                 log.log(state.step, **window, lr=lr, grad_norm=grad_norm.item(), tokens=state.tokens_seen,
                         elapsed=state.elapsed, peak_mem_mb=rt.peak_memory_mb(runtime.device))

@@ -2,8 +2,9 @@
 
 Training windows are random but a pure function of (seed, index), where index is the global micro-batch number
 data_position + micro * world_size + rank (data_position: the micro-batches the run has consumed, saved in its
-checkpoints): ranks draw different windows and a resumed run draws the same ones as an uninterrupted run. Val windows are a fixed, evenly spaced set that
-depends only on the val tokens, block_size and count, so every evaluation of every run on the same data agrees.
+checkpoints): ranks draw different windows and a resumed run draws the same ones as an uninterrupted run. Val
+windows are a fixed, evenly spaced set that depends only on the val tokens, block_size and count, so every
+evaluation of every run on the same data agrees.
 """
 
 from __future__ import annotations

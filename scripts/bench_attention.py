@@ -14,8 +14,8 @@ A backend spec is a registry name with optional options, e.g. `taylor:crossover=
 time exceeds --max-case-seconds are skipped (reported as such). Writes <out>.csv, <out>.md and <out>.png.
 
 Every case process keeps freed memory as train.py does on the CPU (training/malloc.py), unless `--malloc unchanged`:
-under glibc's defaults the kernels' large temporaries fault in fresh pages on every call, which slows the
-backends that cast or allocate more by another 10-50% and so ranks the allocator as much as the kernels.
+under glibc's defaults the kernels' large temporaries fault in fresh pages on every call, which slows most the
+backends that cast or allocate more, and so ranks the allocator as much as the kernels.
 
 Paired mode (`--against softmax`): forward+backward of each backend and of the reference backend take turns in
 one process, round after round, and the median of the per-round time ratios is reported, so load from other jobs

@@ -64,7 +64,7 @@ class TrainState:
 
     A `weights_only` state (scripts/import_gpt2.py) starts a new run from the weights: fresh optimiser, schedule and
     data order. The loader's micro-batch `i` is a pure function of (seed, i), and the run has consumed micro-batches
-    0 .. data_position - 1, so a resume with another train.grad_accum or batch_size continues with fresh ones.
+    0 .. data_position - 1, so a resume with another train.grad_accum continues with fresh ones.
     """
 
     kind: Literal["full", "weights_only"] = "full"
