@@ -10,9 +10,10 @@ Two forms compute it:
 - full: the logits of all N rows, then their cross-entropy (`linear_cross_entropy_reference`, nanoGPT's form);
 - chunked: rows are processed in chunks and the gradients are formed during the forward pass, so peak memory holds
   one chunk of logits instead of all of them (GPT-2 small, 16 × 1024 tokens: 3.3 GB of fp32 logits). Each chunk
-  makes one pass for its log-softmax, one for its exponential and, under autocast, one for the cast of its logits
-  to fp32 and one for the cast back to the matmul dtype; the scale 1/N' and the mask of rows without a target are
-  applied to the (n, C) side, never to the (n, V) logits.
+  makes two passes over its (n, V) logits: a softmax written straight in the matmul dtype (computed in fp32 inside
+  the kernel), which is the gradient's GEMM operand, and the row maximum of it, from which the targets' log
+  probabilities follow (`target_log_probs`); the scale 1/N' and the mask of rows without a target are applied to
+  the (n, C) side, never to the (n, V) logits.
 `LOSS_FORMS` picks one by device type and autocast dtype, from the measurements in results/bench_loss.md.
 """
 
@@ -50,35 +51,50 @@ def chunk_rows(device_type: str, autocast_dtype: torch.dtype | None) -> int | No
     return LOSS_FORMS.get((device_type, autocast_dtype), DEFAULT_CHUNK_ROWS)
 
 
+def target_log_probs(logits: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """log p_t of each row's target t, in `dtype`, from the logits x (n, V) and their softmax p.
+
+    log p_t = x_t - x_j + log p_j holds for every j; j is the row's most probable token (max x_j and max p_j: the
+    softmax and its rounding are monotone), so that p_j >= 1/V keeps its full relative precision where p_t itself
+    may underflow (a loss past ~87 nats in fp32 or bf16). In bf16, p_j's rounding moves log p_t by at most 2^-9,
+    less than the rounding of the bf16 logits themselves. Two max reductions: faster than one with indices.
+    """
+    x_t = logits.gather(1, targets[:, None]).squeeze(1).to(dtype)
+    return x_t - logits.amax(dim=-1).to(dtype) + probs.amax(dim=-1).to(dtype).log()
+
+
 def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
     """Mean loss and, if asked, its gradients with respect to h and weight, one chunk of rows at a time."""
     device = h.device.type
     matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    softmax_dtype = torch.promote_types(matmul_dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+    loss_dtype = torch.promote_types(matmul_dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+    # The softmax is written in the GEMM operands' dtype, except fp16, whose range would flush small probabilities.
+    probs_dtype = loss_dtype if matmul_dtype == torch.float16 else matmul_dtype
     valid = targets >= 0
-    row_scale = valid.to(softmax_dtype) / valid.sum().clamp(min=1)  # 1/N' where a target is, else 0
+    row_scale = valid.to(loss_dtype) / valid.sum().clamp(min=1)  # 1/N' where a target is, else 0
     w = weight.to(matmul_dtype)
-    total = torch.zeros((), dtype=softmax_dtype, device=h.device)
+    total = torch.zeros((), dtype=loss_dtype, device=h.device)
     grad_h = torch.empty_like(h) if with_grads else None
-    grad_w = None
+    grad_w_t = None  # dL/dWᵀ (C, V): h_chunkᵀ @ probs is faster than probsᵀ @ h_chunk, whose (V, n) side is strided
     with torch.autocast(device, enabled=False):  # the dtypes are set explicitly below
         for start in range(0, h.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             h_chunk, t_chunk, scale = h[rows], targets[rows].clamp(min=0), row_scale[rows]
-            # log_softmax(dtype=fp32) of bf16 logits converts far slower on the CPU than a cast before it
-            log_probs = torch.log_softmax((h_chunk.to(matmul_dtype) @ w.T).to(softmax_dtype), dim=-1)  # (n, V)
-            total -= (log_probs.gather(1, t_chunk[:, None]).squeeze(1) * scale).sum()
+            logits = h_chunk.to(matmul_dtype) @ w.T  # (n, V)
+            probs = torch.softmax(logits, dim=-1, dtype=probs_dtype)
+            total -= (target_log_probs(logits, probs, t_chunk, loss_dtype) * scale).sum()
             if not with_grads:
                 continue
-            probs = log_probs.exp_()  # softmax, in place
             probs[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
-            probs = probs.to(matmul_dtype)  # (n, V): softmax - one-hot, cast once for the two matmuls
+            probs = probs.to(matmul_dtype)  # (n, V): softmax - one-hot, the operand of the two matmuls
             grad_h[rows] = (probs @ w).to(h.dtype) * scale[:, None].to(h.dtype)
-            part = probs.T @ (h_chunk * scale[:, None]).to(matmul_dtype)  # (V, C)
-            grad_w = part.to(softmax_dtype) if grad_w is None else grad_w.add_(part)
-    if with_grads and grad_w is None:  # no rows
-        grad_w = torch.zeros_like(weight, dtype=softmax_dtype)
-    return total, grad_h, grad_w
+            part = (h_chunk * scale[:, None]).to(matmul_dtype).T @ probs  # (C, V)
+            grad_w_t = part.to(loss_dtype) if grad_w_t is None else grad_w_t.add_(part)
+    if not with_grads:
+        return total, None, None
+    grad_w = torch.zeros_like(weight, dtype=loss_dtype)  # (V, C), zero without rows
+    return total, grad_h, grad_w if grad_w_t is None else grad_w.copy_(grad_w_t.T)
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):

@@ -44,6 +44,24 @@ def test_bf16_autocast_is_close_to_fp32():
     assert (gh - rh).norm() / rh.norm() < 2e-2 and (gw - rw).norm() / rw.norm() < 2e-2
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_target_whose_probability_underflows_keeps_its_exact_loss(autocast):
+    # target logits 200 below the row's maximum: p_t = e^-200 underflows fp32 and bf16, its loss is ~200 nats
+    h, w, t = inputs(n=8, c=4, v=50, dtype=torch.float32)
+    with torch.no_grad():
+        w[:, 0] = 0.0
+        w[1:, 0] = 100.0  # logit 100 · h_i0 for every class but class 0
+        h[:, 0] = torch.tensor([2.0, -2.0] * 4)
+    t.fill_(0)
+    t[1::2] = 1  # the rows with h_i0 = -2 have class 1's logit 400 below class 0's
+    expected = F.cross_entropy((h @ w.T).double(), t)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = chunked_linear_cross_entropy(h, w, t, 3)
+    gh, gw = torch.autograd.grad(loss, (h, w))
+    assert expected.item() > 200 and loss.item() == pytest.approx(expected.item(), rel=1e-2 if autocast else 1e-6)
+    assert gh.isfinite().all() and gw.isfinite().all()
+
+
 def test_without_grad_it_only_computes_the_loss():
     h, w, t = inputs()
     with torch.no_grad():
