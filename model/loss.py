@@ -10,10 +10,10 @@ Two forms compute it:
 - full: the logits of all N rows, then their cross-entropy (`linear_cross_entropy_reference`, nanoGPT's form);
 - chunked: rows are processed in chunks and the gradients are formed during the forward pass, so peak memory holds
   one chunk of logits instead of all of them (GPT-2 small, 16 × 1024 tokens: 3.3 GB of fp32 logits). Each chunk
-  makes two passes over its (n, V) logits: a softmax written straight in the matmul dtype (computed in fp32 inside
-  the kernel), which is the gradient's GEMM operand, and the row maximum of it, from which the targets' log
-  probabilities follow (`target_log_probs`); the scale 1/N' and the mask of rows without a target are applied to
-  the (n, C) side, never to the (n, V) logits.
+  makes one softmax over its (n, V) logits, written straight in the matmul dtype (computed in fp32 inside the
+  kernel) as the gradient's GEMM operand, and two row maxima (of the logits and of the softmax), from which the
+  targets' log probabilities follow (`target_log_probs`); the scale 1/N' and the mask of rows without a target are
+  applied to the (n, C) side, never to the (n, V) logits.
 `LOSS_FORMS` picks one by device type and autocast dtype, from the measurements in results/bench_loss.md.
 """
 
@@ -76,7 +76,7 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
     w = weight.to(matmul_dtype)
     total = torch.zeros((), dtype=loss_dtype, device=h.device)
     grad_h = torch.empty_like(h) if with_grads else None
-    grad_w_t = None  # dL/dWᵀ (C, V): h_chunkᵀ @ probs is faster than probsᵀ @ h_chunk, whose (V, n) side is strided
+    grad_w = None
     with torch.autocast(device, enabled=False):  # the dtypes are set explicitly below
         for start in range(0, h.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
@@ -89,12 +89,11 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
             probs[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
             probs = probs.to(matmul_dtype)  # (n, V): softmax - one-hot, the operand of the two matmuls
             grad_h[rows] = (probs @ w).to(h.dtype) * scale[:, None].to(h.dtype)
-            part = (h_chunk * scale[:, None]).to(matmul_dtype).T @ probs  # (C, V)
-            grad_w_t = part.to(loss_dtype) if grad_w_t is None else grad_w_t.add_(part)
-    if not with_grads:
-        return total, None, None
-    grad_w = torch.zeros_like(weight, dtype=loss_dtype)  # (V, C), zero without rows
-    return total, grad_h, grad_w if grad_w_t is None else grad_w.copy_(grad_w_t.T)
+            part = probs.T @ (h_chunk * scale[:, None]).to(matmul_dtype)  # (V, C)
+            grad_w = part.to(loss_dtype) if grad_w is None else grad_w.add_(part)
+    if with_grads and grad_w is None:  # no rows
+        grad_w = torch.zeros_like(weight, dtype=loss_dtype)
+    return total, grad_h, grad_w
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
