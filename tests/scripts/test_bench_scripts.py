@@ -1,5 +1,5 @@
 """scripts/bench_attention.py, bench_decode.py, bench_decode_long.py, bench_flex.py, bench_optim.py,
-bench_nanogpt.py and bench_malloc.py run end to end at toy sizes and write their outputs.
+bench_nanogpt.py, bench_malloc.py and bench_demo.py run end to end at toy sizes and write their outputs.
 
 Smoke tests only: the numbers they print are measurements, never asserted."""
 
@@ -190,3 +190,24 @@ def test_bench_malloc_runs_both_settings_in_fresh_processes(tmp_path, env_withou
     assert all(float(r["step_s"]) > 0 and int(r["peak_rss_mib"]) > 300 for r in rows)
     assert rows[0]["time_vs_unchanged"] == "1.0"
     assert "freed memory kept (train.py)" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow  # four tiny training runs in fresh processes
+def test_bench_demo_runs_both_trees_in_turn_and_reports_their_runs(tmp_path, prepared_dir):
+    out = tmp_path / "demo"
+    run_script("scripts/bench_demo.py", "--baseline-rev", "HEAD", "--config", "configs/tiny.yaml", "--out", str(out),
+               "train.max_steps=15", f"data.prepared_dir={prepared_dir}")
+    rows = read_rows(out.with_suffix(".csv"))
+    assert [r["tree"] for r in rows] == ["this tree", "baseline HEAD"]
+    assert all(float(r["wall_s"]) > float(r["steps_s"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
+    assert all(float(r["tokens_per_s_min"]) <= float(r["tokens_per_s"]) <= float(r["tokens_per_s_max"]) for r in rows)
+    page = out.with_suffix(".md").read_text()
+    assert page.startswith("# The CPU demo end to end, beside a baseline revision\n\nMeasured: ")
+    assert "This tree / baseline" in page and "whole run" in page
+
+
+def test_bench_demo_says_which_run_failed(tmp_path):
+    result = subprocess.run([sys.executable, "scripts/bench_demo.py", "--baseline-rev", "HEAD", "--config",
+                             "configs/tiny.yaml", "--out", str(tmp_path / "demo"), "model.n_layer=0"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "train.py from" in result.stderr and "failed" in result.stderr
