@@ -7,9 +7,11 @@ thresholds keeps those pages in the process from one step to the next, as jemall
 price is resident memory that stays at its peak instead of shrinking between steps. What either costs:
 results/bench_malloc.md.
 
-Left alone: other C libraries, glibc releases that refuse a threshold above 32 MiB (mallopt(3) documents that
-limit; 2.36 accepts it), and processes whose malloc the environment sets up: any of USER_SETTINGS, a glibc.malloc
-tunable in GLIBC_TUNABLES, or an allocator (a library named *malloc*) in LD_PRELOAD.
+A glibc that refuses a threshold above 32 MiB (mallopt(3) documents that limit; 2.36 accepts 1 GiB) gets mmap
+turned off for allocations instead (M_MMAP_MAX 0, which every release takes): then even a tensor above 1 GiB comes
+from the heap and stays there. Left alone: other C libraries, and processes whose malloc the environment sets up:
+any of USER_SETTINGS, a glibc.malloc tunable in GLIBC_TUNABLES, or an allocator (a library named *malloc*) in
+LD_PRELOAD.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 MMAP_THRESHOLD = 1 << 30  # heap allocations up to 1 GiB: a chunk of GPT-2 logits in fp32 is 0.4 GB
 TRIM_THRESHOLD = 2**31 - 1  # the largest its int argument takes: freed memory is kept
 
@@ -52,8 +55,9 @@ def keep_freed_memory(environ: dict[str, str] | None = None) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    # the threshold first: a glibc that refuses it returns 0 before anything has changed
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    # the threshold first: a glibc that refuses it returns 0 before anything has changed, and takes the fallback
+    heap_only = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) or mallopt(M_MMAP_MAX, 0)
+    return bool(heap_only and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def malloc_setting(keep: bool) -> str:

@@ -1,5 +1,6 @@
 """training/malloc.py: glibc keeps freed large tensors for reuse, so the large tensors of later steps fault in no
-new pages; an environment that sets up malloc itself is left alone."""
+new pages, also where glibc refuses the raised mmap threshold; an environment that sets up malloc itself is left
+alone."""
 
 from __future__ import annotations
 
@@ -8,15 +9,23 @@ import sys
 
 import pytest
 
+from training import malloc as malloc_module
 from training.malloc import is_glibc, keep_freed_memory, user_chose_malloc
 
 # Page faults of the last 4 of 10 steps that each allocate, fill and free three large tensors (bf16 logits, their
 # fp32 copy, a gradient: 164 MiB in all).
 FAULTS = """
-import resource, sys, torch
-from training.malloc import keep_freed_memory
-if sys.argv[1] == "kept":
-    assert keep_freed_memory({})
+import ctypes, resource, sys, torch
+from training import malloc
+if sys.argv[1] == "refused":  # a glibc that refuses the 1 GiB threshold, as mallopt(3) allows
+    class Refusing:
+        def __init__(self, libc):
+            self.libc = libc
+        def mallopt(self, param, value):
+            return 0 if param == malloc.M_MMAP_THRESHOLD and value > 32 << 20 else self.libc.mallopt(param, value)
+    malloc.ctypes.CDLL = lambda name, _real=ctypes.CDLL: Refusing(_real(name))
+if sys.argv[1] != "unchanged":
+    assert malloc.keep_freed_memory({})
 faults = []
 for _ in range(10):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -45,7 +54,30 @@ def test_an_unrelated_environment_is_not_a_malloc_choice():
 def test_kept_memory_reuses_the_pages_of_freed_large_tensors(env_without_malloc_setup):
     faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True,
                                        check=True, env=env_without_malloc_setup).stdout)
-              for mode in ("unchanged", "kept")}
+              for mode in ("unchanged", "kept", "refused")}
     # glibc maps the freed tensors anew on every step (one fault per page, fewer with transparent huge pages)
     assert faults["unchanged"] > 0
     assert faults["kept"] < faults["unchanged"] / 50
+    assert faults["refused"] < faults["unchanged"] / 50  # the fallback, mmap turned off, keeps them as well
+
+
+class FakeLibc:
+    """mallopt of a glibc that takes every setting, or refuses the mmap threshold above 32 MiB; records the calls."""
+
+    def __init__(self, refuse_threshold: bool):
+        self.refuse_threshold, self.calls = refuse_threshold, []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append((param, value))
+        return int(not (self.refuse_threshold and param == malloc_module.M_MMAP_THRESHOLD and value > 32 << 20))
+
+
+@pytest.mark.parametrize("refuse_threshold", [False, True])
+def test_a_refused_threshold_turns_mmap_off_instead(monkeypatch, refuse_threshold):
+    libc = FakeLibc(refuse_threshold)
+    monkeypatch.setattr(malloc_module, "is_glibc", lambda: True)
+    monkeypatch.setattr(malloc_module.ctypes, "CDLL", lambda name: libc)
+    assert keep_freed_memory({}) is True
+    expected = [(malloc_module.M_MMAP_THRESHOLD, malloc_module.MMAP_THRESHOLD)]
+    expected += [(malloc_module.M_MMAP_MAX, 0)] if refuse_threshold else []
+    assert libc.calls == [*expected, (malloc_module.M_TRIM_THRESHOLD, malloc_module.TRIM_THRESHOLD)]
