@@ -10,10 +10,12 @@ Two forms compute it:
 - full: the logits of all N rows, then their cross-entropy (`linear_cross_entropy_reference`, nanoGPT's form);
 - chunked: rows are processed in chunks and the gradients are formed during the forward pass, so peak memory holds
   one chunk of logits instead of all of them (GPT-2 small, 16 × 1024 tokens: 3.3 GB of fp32 logits). Each chunk
-  makes one softmax over its (n, V) logits, written straight in the matmul dtype (computed in fp32 inside the
-  kernel) as the gradient's GEMM operand, and two row maxima (of the logits and of the softmax), from which the
-  targets' log probabilities follow (`target_log_probs`); the scale 1/N' and the mask of rows without a target are
-  applied to the (n, C) side, never to the (n, V) logits.
+  makes one softmax over its (n, V) logits, written straight in the GEMM operands' dtype under bf16 autocast
+  (computed in fp32 inside the kernel; in fp32 for fp16, whose subnormal range would take the largest probability's
+  precision) as the operand of the gradient's two products, and three row reductions (the maxima of the logits and
+  of the softmax, the softmax's sum), from which the targets' log probabilities and the one-hot's entries follow
+  (`target_log_probs`); the scale 1/N' and the mask of rows without a target are applied to the (n, C) side, never
+  to the (n, V) logits.
 `LOSS_FORMS` picks one by device type and autocast dtype, from the measurements in results/bench_loss.md.
 """
 
@@ -51,17 +53,20 @@ def chunk_rows(device_type: str, autocast_dtype: torch.dtype | None) -> int | No
     return LOSS_FORMS.get((device_type, autocast_dtype), DEFAULT_CHUNK_ROWS)
 
 
-def target_log_probs(logits: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor,
+def target_log_probs(logits: torch.Tensor, probs: torch.Tensor, sums: torch.Tensor, targets: torch.Tensor,
                      dtype: torch.dtype) -> torch.Tensor:
-    """log p_t of each row's target t, in `dtype`, from the logits x (n, V) and their softmax p.
+    """log p_t of each row's target t, in `dtype`, from the logits x (n, V), their softmax p as stored (its dtype's
+    rounding included) and its row sums `sums` (in `dtype`).
 
     log p_t = x_t - x_j + log p_j holds for every j; j is the row's most probable token (max x_j and max p_j: the
-    softmax and its rounding are monotone), so that p_j >= 1/V keeps its full relative precision where p_t itself
-    may underflow (a loss past ~87 nats in fp32 or bf16). In bf16, p_j's rounding moves log p_t by at most 2^-9,
-    less than the rounding of the bf16 logits themselves. Two max reductions: faster than one with indices.
+    softmax and its rounding are monotone), whose p_j >= 1/V does not underflow where p_t may (a loss past ~87 nats
+    in fp32 or bf16). Stored in bf16, p_j is off by up to 2^-8 of itself, which near p_j = 1 is all of 1 - p_j; so
+    where p_j >= 1/2 it is taken as 1 minus the others' sum instead, whose terms' rounding errors average out.
     """
     x_t = logits.gather(1, targets[:, None]).squeeze(1).to(dtype)
-    return x_t - logits.amax(dim=-1).to(dtype) + probs.amax(dim=-1).to(dtype).log()
+    top = probs.amax(dim=-1).to(dtype)
+    top = torch.where(top >= 0.5, 1.0 - (sums - top), top)
+    return x_t - logits.amax(dim=-1).to(dtype) + top.log()
 
 
 def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
@@ -69,7 +74,8 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
     device = h.device.type
     matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     loss_dtype = torch.promote_types(matmul_dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
-    # The softmax is written in the GEMM operands' dtype, except fp16, whose range would flush small probabilities.
+    # The softmax is written in the GEMM operands' dtype, except fp16: its largest probability may be as small as
+    # 1/V, in fp16's subnormal range, where target_log_probs would lose its precision.
     probs_dtype = loss_dtype if matmul_dtype == torch.float16 else matmul_dtype
     valid = targets >= 0
     row_scale = valid.to(loss_dtype) / valid.sum().clamp(min=1)  # 1/N' where a target is, else 0
@@ -83,10 +89,13 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
             h_chunk, t_chunk, scale = h[rows], targets[rows].clamp(min=0), row_scale[rows]
             logits = h_chunk.to(matmul_dtype) @ w.T  # (n, V)
             probs = torch.softmax(logits, dim=-1, dtype=probs_dtype)
-            total -= (target_log_probs(logits, probs, t_chunk, loss_dtype) * scale).sum()
+            sums = probs.sum(dim=-1, dtype=loss_dtype)
+            total -= (target_log_probs(logits, probs, sums, t_chunk, loss_dtype) * scale).sum()
             if not with_grads:
                 continue
-            probs[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
+            # p_t - 1 as minus the sum of the others, rounded once: p_t's own rounding would swamp 1 - p_t near 1
+            at_target = (torch.arange(len(t_chunk), device=h.device), t_chunk)
+            probs[at_target] = (probs[at_target].to(loss_dtype) - sums).to(probs.dtype)
             probs = probs.to(matmul_dtype)  # (n, V): softmax - one-hot, the operand of the two matmuls
             grad_h[rows] = (probs @ w).to(h.dtype) * scale[:, None].to(h.dtype)
             part = probs.T @ (h_chunk * scale[:, None]).to(matmul_dtype)  # (V, C)

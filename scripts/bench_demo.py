@@ -3,9 +3,9 @@
     python scripts/bench_demo.py --baseline-rev db67ac5                      # configs/shakespeare-cpu.yaml, 1 round
     python scripts/bench_demo.py --baseline-rev HEAD --rounds 2 train.max_steps=50
 
-Each run is `python train.py CONFIG logging.progress=false train.out_dir=FRESH [OVERRIDES]`, a fresh process, from
-this working tree and from the baseline's tree (git archive); the trees take turns round after round, so that load
-from other processes slows both alike. Before the timed rounds each tree prepares its data in an untimed one-step
+Each run is `python train.py CONFIG [OVERRIDES] logging.progress=false train.out_dir=FRESH`, a fresh process, from
+this working tree and from the baseline's tree (git archive); the trees take turns, in swapped order every other
+round, so that load from other processes slows both alike. Before the timed rounds each tree prepares its data in an untimed one-step
 run, so that neither pays for it. Per run: the process's wall time (start-up, evaluations, checkpoints and the sample
 included), the time in training steps (`elapsed` in the run's metrics.jsonl), the median tokens/s of its log windows
 after the first (warm-up) one, and the final val loss. The overrides go to both trees: use only keys the baseline's
@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from experiments.revision import extract_revision
 from fileio.pages import REPO, code_revision, command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
@@ -31,7 +33,8 @@ from fileio.tables import cell, csv_text, markdown_table
 
 def train_once(tree: Path, config: str, out_dir: Path, overrides: list[str]) -> float:
     """Wall seconds of one `python train.py` from `tree`; its output is kept in out_dir/stdout.txt."""
-    command = [sys.executable, "train.py", config, "logging.progress=false", f"train.out_dir={out_dir}", *overrides]
+    # the run's own settings last, so that no override moves its output or turns its progress bar on
+    command = [sys.executable, "train.py", config, *overrides, "logging.progress=false", f"train.out_dir={out_dir}"]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=tree, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(tree)})
@@ -60,7 +63,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/shakespeare-cpu.yaml")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", default="results/bench_demo")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may stand on either side of the options
 
     load_start = os.getloadavg()[0]
     records = []
@@ -68,8 +71,9 @@ def main() -> None:
         trees = {"this tree": REPO, f"baseline {args.baseline_rev}": extract_revision(args.baseline_rev, Path(scratch))}
         for index, tree in enumerate(trees.values()):  # untimed: prepares each tree's data
             train_once(tree, args.config, Path(scratch) / f"warm-{index}", [*args.overrides, "train.max_steps=1"])
+        turns = list(enumerate(trees.items()))
         for round_ in range(args.rounds):
-            for index, (name, tree) in enumerate(trees.items()):
+            for index, (name, tree) in turns[::-1] if round_ % 2 else turns:
                 out_dir = Path(scratch) / f"run-{round_}-{index}"
                 wall = train_once(tree, args.config, out_dir, args.overrides)
                 records.append(dict(tree=name, round=round_, wall_s=wall, **run_record(out_dir)))
@@ -88,15 +92,16 @@ def main() -> None:
                      ", ".join(f"{r['val_loss']:.4f}" for r in found)])
     header = ["tree", "whole run, s", "in steps, s", "tokens/s, median (range) of windows", "final val loss"]
     table = markdown_table(header, rows, right=header[1:4])
-    summary = ("This tree / baseline, median over rounds of the within-round ratio: "
+    summary = ("This tree's speed / the baseline's (tokens/s, or the baseline's time / this tree's), median over "
+               "rounds of the within-round ratio: "
                + "; ".join(f"{what} {cell(value, 'x')}" for what, value in speedups.items()) + ".")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".csv").write_text(csv_text(records))
     config = (f"{args.config}{' ' + ' '.join(args.overrides) if args.overrides else ''}, this tree at "
-              f"{code_revision()}, torch's default threads "
-              f"({os.cpu_count()} CPUs), {args.rounds} round(s), the trees taking turns after an untimed one-step run "
-              f"each; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+              f"{code_revision()}, torch's default threads ({torch.get_num_threads()} on {os.cpu_count()} CPUs) "
+              f"unless the config sets train.threads, {args.rounds} round(s), the trees taking turns after an untimed "
+              f"one-step run each; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     page = opening("The CPU demo end to end, beside a baseline revision",
                    "wall time of `python train.py` (whole run), its time in training steps, the median tokens/s of its "
                    "log windows after the first, and its final val loss, from this tree and from the baseline's",

@@ -195,15 +195,15 @@ def test_bench_malloc_runs_both_settings_in_fresh_processes(tmp_path, env_withou
 @pytest.mark.slow  # four tiny training runs in fresh processes
 def test_bench_demo_runs_both_trees_in_turn_and_reports_their_runs(tmp_path, prepared_dir):
     out = tmp_path / "demo"
-    run_script("scripts/bench_demo.py", "--baseline-rev", "HEAD", "--config", "configs/tiny.yaml", "--out", str(out),
-               "train.max_steps=15", f"data.prepared_dir={prepared_dir}")
+    run_script("scripts/bench_demo.py", "--baseline-rev", "HEAD", "train.max_steps=15", "--config", "configs/tiny.yaml",
+               f"data.prepared_dir={prepared_dir}", "--out", str(out), "train.out_dir=/nonexistent/ignored")
     rows = read_rows(out.with_suffix(".csv"))
     assert [r["tree"] for r in rows] == ["this tree", "baseline HEAD"]
     assert all(float(r["wall_s"]) > float(r["steps_s"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
     assert all(float(r["tokens_per_s_min"]) <= float(r["tokens_per_s"]) <= float(r["tokens_per_s_max"]) for r in rows)
     page = out.with_suffix(".md").read_text()
     assert page.startswith("# The CPU demo end to end, beside a baseline revision\n\nMeasured: ")
-    assert "This tree / baseline" in page and "whole run" in page
+    assert "This tree's speed / the baseline's" in page and "whole run" in page
 
 
 def test_bench_demo_says_which_run_failed(tmp_path):
