@@ -8,8 +8,9 @@ price is resident memory that stays at its peak instead of shrinking between ste
 results/bench_malloc.md.
 
 A glibc that refuses a threshold above 32 MiB (mallopt(3) documents that limit; 2.36 accepts 1 GiB) gets mmap
-turned off for allocations instead (M_MMAP_MAX 0, which every release takes): then even a tensor above 1 GiB comes
-from the heap and stays there. Left alone: other C libraries, and processes whose malloc the environment sets up:
+turned off for allocations instead (M_MMAP_MAX 0, which every release takes), so that the large tensors come from
+the heap there too. Either way this holds for the main thread's arena (other threads' arenas map allocations above
+64 MiB regardless), and freed space at the heap's top is kept up to the trim threshold, 2 GiB. Left alone: other C libraries, and processes whose malloc the environment sets up:
 any of USER_SETTINGS, a glibc.malloc tunable in GLIBC_TUNABLES, or an allocator (a library named *malloc*) in
 LD_PRELOAD.
 """
@@ -45,8 +46,9 @@ def user_chose_malloc(environ: dict[str, str]) -> bool:
 
 
 def keep_freed_memory(environ: dict[str, str] | None = None) -> bool:
-    """Raise glibc's mmap and trim thresholds for this process (the module docstring says why). Returns whether it
-    did; where it does not (see the module docstring), malloc is left as it was."""
+    """Raise glibc's mmap threshold (or turn mmap off where the threshold is refused) and its trim threshold for this
+    process (the module docstring says why). Returns whether it did; where it does not (see the module docstring),
+    malloc is left as it was."""
     environ = os.environ if environ is None else environ
     if user_chose_malloc(environ) or not is_glibc():
         return False
