@@ -5,8 +5,8 @@
 
 Each run is `python train.py CONFIG [OVERRIDES] logging.progress=false train.out_dir=FRESH`, a fresh process, from
 this working tree and from the baseline's tree (git archive); the trees take turns, in swapped order every other
-round, so that load from other processes slows both alike. Before the timed rounds each tree prepares its data in an untimed one-step
-run, so that neither pays for it. Per run: the process's wall time (start-up, evaluations, checkpoints and the sample
+round, so that load from other processes slows both alike. Before the timed rounds each tree prepares its data in
+an untimed one-step run, so that neither pays for it. Per run: the process's wall time (start-up, evaluations, checkpoints and the sample
 included), the time in training steps (`elapsed` in the run's metrics.jsonl), the median tokens/s of its log windows
 after the first (warm-up) one, and the final val loss. The overrides go to both trees: use only keys the baseline's
 config knows.
@@ -32,7 +32,7 @@ from fileio.tables import cell, csv_text, markdown_table
 
 
 def train_once(tree: Path, config: str, out_dir: Path, overrides: list[str]) -> float:
-    """Wall seconds of one `python train.py` from `tree`; its output is kept in out_dir/stdout.txt."""
+    """Wall seconds of one `python train.py` from `tree`, writing its run to out_dir."""
     # the run's own settings last, so that no override moves its output or turns its progress bar on
     command = [sys.executable, "train.py", config, *overrides, "logging.progress=false", f"train.out_dir={out_dir}"]
     start = time.perf_counter()
@@ -41,7 +41,6 @@ def train_once(tree: Path, config: str, out_dir: Path, overrides: list[str]) -> 
     wall = time.perf_counter() - start
     if result.returncode:
         raise SystemExit(f"train.py from {tree} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    (out_dir / "stdout.txt").write_text(result.stdout)
     return wall
 
 
@@ -85,10 +84,10 @@ def main() -> None:
                 "whole run": statistics.median(b["wall_s"] / a["wall_s"] for a, b in zip(ours, base))}
     rows = []
     for name, found in zip(trees, (ours, base)):
+        low, high = min(r["tokens_per_s_min"] for r in found), max(r["tokens_per_s_max"] for r in found)
         rows.append([name, cell(statistics.median(r["wall_s"] for r in found)),
                      cell(statistics.median(r["steps_s"] for r in found)),
-                     f"{statistics.median(r['tokens_per_s'] for r in found):,.0f} "
-                     f"({min(r['tokens_per_s_min'] for r in found):,.0f}–{max(r['tokens_per_s_max'] for r in found):,.0f})",
+                     f"{statistics.median(r['tokens_per_s'] for r in found):,.0f} ({low:,.0f}–{high:,.0f})",
                      ", ".join(f"{r['val_loss']:.4f}" for r in found)])
     header = ["tree", "whole run, s", "in steps, s", "tokens/s, median (range) of windows", "final val loss"]
     table = markdown_table(header, rows, right=header[1:4])

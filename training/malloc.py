@@ -10,9 +10,9 @@ results/bench_malloc.md.
 A glibc that refuses a threshold above 32 MiB (mallopt(3) documents that limit; 2.36 accepts 1 GiB) gets mmap
 turned off for allocations instead (M_MMAP_MAX 0, which every release takes), so that the large tensors come from
 the heap there too. Either way this holds for the main thread's arena (other threads' arenas map allocations above
-64 MiB regardless), and freed space at the heap's top is kept up to the trim threshold, 2 GiB. Left alone: other C libraries, and processes whose malloc the environment sets up:
-any of USER_SETTINGS, a glibc.malloc tunable in GLIBC_TUNABLES, or an allocator (a library named *malloc*) in
-LD_PRELOAD.
+64 MiB regardless), and freed space at the heap's top is kept up to the trim threshold, 2 GiB. Left alone: other C
+libraries, and processes whose malloc the environment sets up: any of USER_SETTINGS, a glibc.malloc tunable in
+GLIBC_TUNABLES, or an allocator (a library named *malloc*) in LD_PRELOAD.
 """
 
 from __future__ import annotations
