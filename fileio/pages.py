@@ -1,5 +1,6 @@
 """The opening of every generated results page: a heading, then one line that says what was measured, the command,
-the config, the machine and the date, so that a page read on its own says what it is."""
+the config, the machine and the date, so that a page read on its own says what it is; and `write_page`, which writes
+a page and the CSV of its numbers side by side."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import platform
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
+
+from fileio.tables import csv_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,6 +23,17 @@ def opening(title: str, measured: str, command: str, config: str, machine: str, 
     """`# title`, a blank line, the one-line description and a blank line."""
     return (f"# {title}\n\nMeasured: {measured}. Command: `{command}`. Config: {config}. Machine: {machine}. "
             f"Date: {when}.\n\n")
+
+
+def write_page(out: str | Path, records: Iterable[dict[str, Any]], *, title: str, measured: str, command: str,
+               config: str, body: str) -> None:
+    """A results page and its data: `out`.md (the opening, on this machine today, then `body`) and `out`.csv
+    (`records`), the folder made if need be."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".csv").write_text(csv_text(records))
+    page = opening(title, measured, command, config, this_machine(), today())
+    out.with_suffix(".md").write_text(page + body + "\n")
 
 
 def command_line(script: str | Path, argv: Sequence[str] | None = None) -> str:

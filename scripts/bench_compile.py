@@ -18,12 +18,11 @@ import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from fileio.pages import command_line, opening, this_machine, today
-from fileio.tables import cell, csv_text, markdown_table
+from fileio.pages import command_line, write_page
+from fileio.tables import cell, markdown_table
 from model.gpt import GPT
 from training import runtime as rt
 from training.config import load_config
@@ -102,9 +101,6 @@ def main() -> None:
                  eager=total["eager"], compiled=total["compiled"])]
     for row in rows:
         print(row, flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".csv").write_text(csv_text(rows))
     table = markdown_table(["", "eager", "torch.compile"], [[r["what"], cell(r["eager"]), cell(r["compiled"])]
                                                           for r in rows], right=("eager", "torch.compile"))
     verdict = (f"Compiled / eager over the run: {total['compiled'] / total['eager']:.2f}× "
@@ -113,11 +109,10 @@ def main() -> None:
               f"{tc.batch_size} × {cfg.data.block_size}, {str(runtime.dtype).removeprefix('torch.')}), "
               f"{args.threads} thread(s), medians of {args.pairs} alternating pairs, malloc {malloc} "
               f"(training/malloc.py), torch {torch.__version__}")
-    page = opening("torch.compile on a training run",
-                   "compile time, training-step and evaluation-batch times eager and compiled, alternating in one "
-                   "process, and the run's total extrapolated from them",
-                   command_line(__file__), config, this_machine(), today())
-    out.with_suffix(".md").write_text(page + table + "\n\n" + verdict + "\n")
+    write_page(args.out, rows, title="torch.compile on a training run",
+               measured="compile time, training-step and evaluation-batch times eager and compiled, alternating in "
+               "one process, and the run's total extrapolated from them",
+               command=command_line(__file__), config=config, body=table + "\n\n" + verdict)
     print(table, verdict, sep="\n")
 
 

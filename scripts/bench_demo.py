@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from experiments.revision import extract_revision
-from fileio.pages import REPO, code_revision, command_line, opening, this_machine, today
-from fileio.tables import cell, csv_text, markdown_table
+from fileio.pages import REPO, code_revision, command_line, write_page
+from fileio.tables import cell, markdown_table
 
 
 def train_once(tree: Path, config: str, out_dir: Path, overrides: list[str]) -> float:
@@ -94,18 +94,14 @@ def main() -> None:
     summary = ("This tree's speed / the baseline's (tokens/s, or the baseline's time / this tree's), median over "
                "rounds of the within-round ratio: "
                + "; ".join(f"{what} {cell(value, 'x')}" for what, value in speedups.items()) + ".")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".csv").write_text(csv_text(records))
     config = (f"{args.config}{' ' + ' '.join(args.overrides) if args.overrides else ''}, this tree at "
               f"{code_revision()}, torch's default threads ({torch.get_num_threads()} on {os.cpu_count()} CPUs) "
               f"unless the config sets train.threads, {args.rounds} round(s), the trees taking turns after an untimed "
               f"one-step run each; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
-    page = opening("The CPU demo end to end, beside a baseline revision",
-                   "wall time of `python train.py` (whole run), its time in training steps, the median tokens/s of its "
-                   "log windows after the first, and its final val loss, from this tree and from the baseline's",
-                   command_line(__file__), config, this_machine(), today())
-    out.with_suffix(".md").write_text(page + table + "\n\n" + summary + "\n")
+    write_page(args.out, records, title="The CPU demo end to end, beside a baseline revision",
+               measured="wall time of `python train.py` (whole run), its time in training steps, the median tokens/s "
+               "of its log windows after the first, and its final val loss, from this tree and from the baseline's",
+               command=command_line(__file__), config=config, body=table + "\n\n" + summary)
     print(table + "\n\n" + summary)
 
 

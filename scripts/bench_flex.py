@@ -23,13 +23,12 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from fileio.pages import command_line, opening, this_machine, today
-from fileio.tables import cell, csv_text, markdown_table
+from fileio.pages import command_line, write_page
+from fileio.tables import cell, markdown_table
 from model.attention.direct import tiled_direct_attention
 from model.attention.expressive import ExpressiveSquaredAttention, SaturatingSquare
 from model.attention.flex import LogPointwiseWeight, flex_causal_attention
@@ -125,9 +124,6 @@ def main() -> None:
 
     # Last: a call that raises while dynamo traces it leaves flex_attention to run eagerly (unfused) from then on.
     errors = {name: backward_error(*found[name][:2], d) for name in args.backends}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".csv").write_text(csv_text(rows))
     table = markdown_table(
         ["backend", "dtype", "tokens", "tiled s", "flex s", "flex / tiled", "first flex call s", "max |flex - tiled|"],
         [[r["backend"], r["dtype"], r["tokens"], cell(r["tiled_s"]), cell(r["flex_s"]), cell(r["flex_over_tiled"], "x"),
@@ -145,12 +141,10 @@ def main() -> None:
               f"{os.getloadavg()[0]:.1f} after (other jobs on the machine); torch {torch.__version__}")
     *others, last = args.backends
     measured = f"{', '.join(others)} and {last}" if others else last
-    page = opening("Direct attention form: tiled kernel and compiled flex_attention",
-                   f"forward seconds of the direct form of {measured}, tiled "
-                   "(model/attention/direct.py) and through compiled flex_attention (model/attention/flex.py), "
-                   "alternating in one process",
-                   command_line(__file__), config, this_machine(), today())
-    out.with_suffix(".md").write_text(page + table + "\n\n" + backward + "\n")
+    write_page(args.out, rows, title="Direct attention form: tiled kernel and compiled flex_attention",
+               measured=f"forward seconds of the direct form of {measured}, tiled (model/attention/direct.py) and "
+               "through compiled flex_attention (model/attention/flex.py), alternating in one process",
+               command=command_line(__file__), config=config, body=table + "\n\n" + backward)
     print(table)
     print(backward)
 

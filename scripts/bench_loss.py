@@ -16,12 +16,11 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from fileio.pages import command_line, opening, this_machine, today
-from fileio.tables import cell, csv_text, markdown_table
+from fileio.pages import command_line, write_page
+from fileio.tables import cell, markdown_table
 from model.loss import chunked_linear_cross_entropy, linear_cross_entropy_reference
 from training.malloc import malloc_setting
 
@@ -84,9 +83,6 @@ def main() -> None:
                 rows.append(row)
                 print(row, flush=True)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".csv").write_text(csv_text(rows))
     table = markdown_table(["dtype", "tokens", "form", "seconds", "time / full form's"],
                            [[r["dtype"], r["tokens"], r["form"], cell(r["seconds"]), cell(r["ratio_to_full"], "x")]
                             for r in rows], right=("tokens", "seconds", "time / full form's"))
@@ -94,11 +90,10 @@ def main() -> None:
               f"thread(s), {args.reps} rounds after an untimed one, the forms taking turns in each round; seconds: "
               f"median; ratio: median over rounds of the time / the full form's time in the same round, "
               f"malloc {malloc} (training/malloc.py), torch {torch.__version__}")
-    page = opening("LM-head loss: full and chunked forms",
-                   "forward+backward seconds of the LM-head cross-entropy (model/loss.py) in the full form "
-                   "(F.linear + cross-entropy) and the chunked form, alternating in one process",
-                   command_line(__file__), config, this_machine(), today())
-    out.with_suffix(".md").write_text(page + table + "\n")
+    write_page(args.out, rows, title="LM-head loss: full and chunked forms",
+               measured="forward+backward seconds of the LM-head cross-entropy (model/loss.py) in the full form "
+               "(F.linear + cross-entropy) and the chunked form, alternating in one process",
+               command=command_line(__file__), config=config, body=table)
     print(table)
 
 

@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 from experiments.bench_shapes import SHAPES
-from fileio.pages import command_line, opening, this_machine, today
-from fileio.tables import cell, csv_text, markdown_table
+from fileio.pages import command_line, write_page
+from fileio.tables import cell, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("unchanged", "kept")
@@ -76,9 +76,6 @@ def main(argv: list[str] | None = None) -> None:
                                  time_vs_unchanged=round(ratio if setting == "kept" else 1.0, 3),
                                  peak_rss_mib=max(rss for _, rss in found[setting])))
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".csv").write_text(csv_text(rows))
     table = markdown_table(
         ["shape", "malloc", "step s", "tokens/s", "step time / unchanged's", "peak RSS MiB"],
         [[r["shape"], "glibc's, unchanged" if r["malloc"] == "unchanged" else "freed memory kept (train.py)",
@@ -88,10 +85,10 @@ def main(argv: list[str] | None = None) -> None:
               f"median of {args.steps} steps after {args.warmup} warm-up steps; torch "
               f"{importlib.metadata.version('torch')}; load average {load_start:.2f} at the start, "
               f"{os.getloadavg()[0]:.2f} at the end")
-    page = opening("Training steps with freed memory kept", "seconds of a training step (forward, backward, AdamW) "
-                   "and peak resident memory, glibc's malloc unchanged against training/malloc.py's settings",
-                   command_line(__file__, argv), config, this_machine(), today())
-    out.with_suffix(".md").write_text(page + table + "\n")
+    write_page(args.out, rows, title="Training steps with freed memory kept",
+               measured="seconds of a training step (forward, backward, AdamW) and peak resident memory, glibc's "
+               "malloc unchanged against training/malloc.py's settings",
+               command=command_line(__file__, argv), config=config, body=table)
     print(table)
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from experiments.bench_shapes import SHAPES
-from fileio.pages import command_line, opening, this_machine, today
-from fileio.tables import cell, csv_text, markdown_table
+from fileio.pages import command_line, write_page
+from fileio.tables import cell, markdown_table
 from model.gpt import GPT
 from training.config import OptimConfig
 from training.malloc import malloc_setting
@@ -133,9 +133,6 @@ def main(argv: list[str] | None = None) -> None:
     mfu = models["ours"][0].flops_per_token(seq) * batch * seq / ours / peak_flops(torch.device("cpu"), dtype)
     row = dict(shape=args.shape, dtype=args.dtype, threads=args.threads, ours_tokens_per_s=batch * seq / ours,
                nanogpt_tokens_per_s=batch * seq / theirs, speedup=speedup, ours_mfu=mfu)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".csv").write_text(csv_text([row]))
     headers = ["shape", "dtype", "threads", "ours, tokens/s", "nanoGPT, tokens/s",
                "ours / nanoGPT speed (median of rounds)", "our MFU"]
     table = markdown_table(headers, [[args.shape, args.dtype, args.threads, cell(row["ours_tokens_per_s"], "int"),
@@ -146,11 +143,11 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.warmup} warm-up; malloc {malloc} for both (training/malloc.py); "
               f"torch {torch.__version__}; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at "
               "the end")
-    page = opening("Training step beside nanoGPT", "seconds of a full training step of each model, taking turns",
-                   command_line(__file__, argv), config, this_machine(), today())
     where = (f"\n## Where the time goes\n\nOne step of each under torch.profiler:\n\n{profile_table(profiles, 14)}"
              if profiles else "")
-    out.with_suffix(".md").write_text(page + table + where + "\n")
+    write_page(args.out, [row], title="Training step beside nanoGPT",
+               measured="seconds of a full training step of each model, taking turns",
+               command=command_line(__file__, argv), config=config, body=table + where)
     print(table + where)
 
 

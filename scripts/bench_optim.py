@@ -14,13 +14,12 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from experiments.bench_shapes import SHAPES
-from fileio.pages import command_line, opening, this_machine, today
-from fileio.tables import cell, csv_text, markdown_table
+from fileio.pages import command_line, write_page
+from fileio.tables import cell, markdown_table
 from model.gpt import GPT
 from training.config import OptimConfig
 from training.optim import parameter_groups
@@ -64,9 +63,6 @@ def main(argv: list[str] | None = None) -> None:
                              ratio=seconds["fused"] / seconds["foreach"]))
             print(rows[-1], flush=True)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".csv").write_text(csv_text(rows))
     table = markdown_table(["shape", "threads", "foreach, s", "fused, s", "fused / foreach"],
                            [[r["shape"], r["threads"], cell(r["foreach_s"]), cell(r["fused_s"]), cell(r["ratio"])]
                             for r in rows], right=("threads", "foreach, s", "fused, s", "fused / foreach"))
@@ -75,9 +71,9 @@ def main(argv: list[str] | None = None) -> None:
               f"({'; '.join(f'{s}: {SHAPES[s].n_layer} layers x {SHAPES[s].n_embd}' for s in shapes)}), "
               f"fp32, random gradients, medians of {args.rounds} alternating rounds after an untimed one; torch "
               f"{torch.__version__}; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
-    page = opening("AdamW step: foreach and fused", "seconds of one optimizer step of each form, taking turns",
-                   command_line(__file__, argv), config, this_machine(), today())
-    out.with_suffix(".md").write_text(page + table + "\n")
+    write_page(args.out, rows, title="AdamW step: foreach and fused",
+               measured="seconds of one optimizer step of each form, taking turns",
+               command=command_line(__file__, argv), config=config, body=table)
     print(table)
 
 

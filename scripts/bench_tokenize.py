@@ -27,8 +27,8 @@ from data.config import DataConfig
 from data.sources import iter_documents, resolve_source
 from data.tokenizer import PIECE_CHARS, TextTokenizer, gpt2_tokenizer, load_tokenizer
 from experiments.revision import extract_revision
-from fileio.pages import REPO, command_line, opening, this_machine, today
-from fileio.tables import cell, csv_text, markdown_table
+from fileio.pages import REPO, command_line, write_page
+from fileio.tables import cell, markdown_table
 
 REPORT = re.compile(r"([\d,]+) tokens in ([\d.]+) s")
 
@@ -89,9 +89,6 @@ def main() -> None:
     for row in rows:
         print(row, flush=True)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".csv").write_text(csv_text(rows))
     table = markdown_table(["", "tokens", "seconds", "M tokens/s", "M tokens/s, process wall time"],
                            [[r["what"], f"{r['tokens']:,}", cell(r["seconds"]), cell(r["m_tokens_per_s"]),
                              cell(r["wall_m_tokens_per_s"])] for r in rows],
@@ -100,11 +97,10 @@ def main() -> None:
               f"{os.cpu_count()} CPUs, medians of {args.rounds} alternating rounds (encoders: after an untimed one); "
               "prepare's seconds: reading, tokenising and writing, as it reports them; load average "
               f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (other processes share the machine)")
-    page = opening("Data preparation speed",
-                   "tokens/s of `python -m data.prepare` end to end (this tree and a baseline revision, taking turns) "
-                   "and of the GPT-2 tokenizer's tiktoken and tokenizers encoders on the same texts",
-                   command_line(__file__), config, this_machine(), today())
-    out.with_suffix(".md").write_text(page + table + "\n")
+    write_page(args.out, rows, title="Data preparation speed",
+               measured="tokens/s of `python -m data.prepare` end to end (this tree and a baseline revision, taking "
+               "turns) and of the GPT-2 tokenizer's tiktoken and tokenizers encoders on the same texts",
+               command=command_line(__file__), config=config, body=table)
     print(table)
 
 

@@ -16,13 +16,12 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from experiments.bench_shapes import SHAPES, BenchShape
-from fileio.pages import command_line, opening, this_machine, today
-from fileio.tables import cell, csv_text, markdown_table
+from fileio.pages import command_line, write_page
+from fileio.tables import cell, markdown_table
 from model.gpt import GPT
 from training.config import OptimConfig
 from training.malloc import malloc_setting
@@ -83,18 +82,15 @@ def main() -> None:
                 rows.append(row)
                 print(row, flush=True)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".csv").write_text(csv_text(rows))
     table = markdown_table(["shape", "threads", "dtype", "tokens/s", "MFU", "step s"],
                            [[r["shape"], r["threads"], r["dtype"], cell(r["tokens_per_s"], "int"),
                              cell(r["mfu"], "pct"), r["step_s"]] for r in rows])
     config = (f"attention {args.attention}, median of {args.steps} steps after {args.warmup} warm-up steps, "
               f"malloc {malloc}, torch {torch.__version__}, load average {load_start:.2f} at the start, "
               f"{os.getloadavg()[0]:.2f} at the end")
-    page = opening("Training-step throughput", "tokens/s and MFU of a full training step (forward, backward, AdamW)",
-                   command_line(__file__), config, this_machine(), today())
-    out.with_suffix(".md").write_text(page + table + "\n")
+    write_page(args.out, rows, title="Training-step throughput",
+               measured="tokens/s and MFU of a full training step (forward, backward, AdamW)",
+               command=command_line(__file__), config=config, body=table)
     print(table)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import subprocess
 from pathlib import Path
 
-from fileio.pages import REPO, code_revision, command_line, opening, this_machine
+from fileio.pages import REPO, code_revision, command_line, opening, this_machine, today, write_page
 
 
 def test_the_opening_is_a_heading_and_one_line():
@@ -14,6 +15,17 @@ def test_the_opening_is_a_heading_and_one_line():
                    "AMD EPYC, 2 logical CPUs", "2026-12-02")
     assert text == ("# Decode benchmark\n\nMeasured: latency per token. Command: `python scripts/bench_decode.py`. "
                     "Config: fp32, 1 thread. Machine: AMD EPYC, 2 logical CPUs. Date: 2026-12-02.\n\n")
+
+
+def test_a_page_and_its_csv_are_written_side_by_side_in_a_new_folder(tmp_path):
+    out = tmp_path / "new" / "bench_x"
+    write_page(out, [{"n": 1, "s": 0.5}, {"n": 2, "s": 0.25}], title="X", measured="seconds of x",
+               command="python scripts/bench_x.py", config="tiny", body="| a |\n|---|\n| 1 |")
+    page = (tmp_path / "new" / "bench_x.md").read_text()
+    assert page == opening("X", "seconds of x", "python scripts/bench_x.py", "tiny", this_machine(), today()) + (
+        "| a |\n|---|\n| 1 |\n")
+    with open(tmp_path / "new" / "bench_x.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == [{"n": "1", "s": "0.5"}, {"n": "2", "s": "0.25"}]
 
 
 def test_the_command_is_shown_as_typed_from_the_repository_root():
