@@ -153,6 +153,7 @@ def invalid_utf8(path: Path) -> tuple[int, int | None]:
             offset -= held
             decoder.decode(chunk)
             offset += held + len(chunk)
+        offset -= len(decoder.getstate()[0])  # a sequence cut off by the end of the file starts in the held bytes
         decoder.decode(b"", final=True)
     return len(found), (found[0] if found else None)
 

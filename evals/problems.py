@@ -34,7 +34,8 @@ class SolverError(ValueError):
 
 def check_problem(problem: str, A: torch.Tensor, b: torch.Tensor, j: int) -> None:
     """Raise SolverError unless (problem, A, b, j) is a well-posed instance: known problem, 2-D finite A with n >= d
-    for the Gram problems, 1-D finite b of the right length, integer j >= 1 (exp_kernel has no power: j = 1)."""
+    for the Gram problems, 1-D finite nonzero b of the right length, integer j >= 1 (exp_kernel has no power:
+    j = 1)."""
     if problem not in PROBLEMS:
         raise SolverError(f"unknown problem {problem!r}; choose one of {', '.join(PROBLEMS)}")
     if not isinstance(A, torch.Tensor) or A.ndim != 2 or not A.is_floating_point():
@@ -55,6 +56,8 @@ def check_problem(problem: str, A: torch.Tensor, b: torch.Tensor, j: int) -> Non
     for name, t in (("A", A), ("b", b)):
         if not torch.isfinite(t).all():
             raise SolverError(f"{name} has {int((~torch.isfinite(t)).sum())} non-finite entries; clean the input")
+    if not b.any():
+        raise SolverError("b is zero: x = 0 solves it exactly, and the relative scores divide by ||b||")
 
 
 def _describe(t: Any) -> str:

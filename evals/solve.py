@@ -80,8 +80,8 @@ def least_squares(A: torch.Tensor, b: torch.Tensor, *, eps: float = 1e-10, metho
 
 
 def _check_eps(eps: float) -> None:
-    if not eps > 0:
-        raise P.SolverError(f"eps must be > 0, got {eps}")
+    if not 0 < eps < 1:  # also rejects nan; eps >= 1 asks for nothing (x = 0 has relres 1)
+        raise P.SolverError(f"eps must be a relative accuracy in (0, 1), got {eps}")
 
 
 __all__ = ["DIRECT", "LEAST_SQUARES_METHODS", "METHODS", "NotApplicable", "SolveInfo", "least_squares", "solve"]

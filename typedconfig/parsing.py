@@ -134,6 +134,8 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
         return tp(value)
     if tp is str:
+        if value is None:  # YAML's `key:` or `key: ~`, which str() would make the word 'None'
+            raise ConfigError(f"{key}: expected a string, got nothing (null); give a value or leave the key out")
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)

@@ -53,7 +53,7 @@ def taylor_features(A: torch.Tensor, seed: int) -> torch.Tensor:
     of degree 0 .. q, 2d features each, with q the smallest degree whose Taylor tail at t = max ||a_i||² is <= 1e-6
     of exp(t) (a Poisson tail). NotApplicable where q would exceed MAX_TAYLOR_DEGREE."""
     t = float((A * A).sum(1).max())
-    q = int(poisson.isf(TAYLOR_TAIL, t)) + 1 if t > 0 else 0
+    q = int(poisson.isf(TAYLOR_TAIL, t)) if t > 0 else 0  # isf: the least q with P(X > q) <= TAYLOR_TAIL
     if q > MAX_TAYLOR_DEGREE:
         raise NotApplicable(f"the Taylor-polynomial sketch needs degree {q} > {MAX_TAYLOR_DEGREE} for max ||a_i||² = "
                             f"{t:.3g} (the degree grows ~2x the squared row norm); use jacobi_pcg or nystrom_pcg")

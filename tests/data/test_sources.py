@@ -9,7 +9,7 @@ import pytest
 
 from data.config import DataConfig
 from data.errors import DataError
-from data.sources import iter_documents, resolve_source
+from data.sources import invalid_utf8, iter_documents, resolve_source
 
 
 def documents(source: str, **fields) -> list[str]:
@@ -130,3 +130,15 @@ def test_subset_is_for_hub_sources_only(tmp_path):
 def test_an_unreachable_hub_dataset_is_a_clear_error():
     with pytest.raises(DataError, match=r"cannot open hub dataset 'no-such/dataset'.*need internet"):
         documents("hf:no-such/dataset")
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"abc\xe2\x82", (1, 3)),  # a sequence cut off by the end of the file
+    (b"hello\xf0", (1, 5)),
+    (b"ok\xffok\xfe", (2, 2)),
+    ("caf\u00e9 \u2603".encode(), (0, None)),
+])
+def test_invalid_utf8_counts_the_bad_sequences_and_finds_the_first_byte(tmp_path, data, expected):
+    path = tmp_path / "x.txt"
+    path.write_bytes(data)
+    assert invalid_utf8(path) == expected

@@ -201,12 +201,16 @@ def test_exp_kernel_beyond_the_overflow_limit_is_predicted_beyond_float64():
     (dict(problem="gram_power", A=torch.full((10, 3), math.nan), b=torch.zeros(3)), "non-finite"),
     (dict(problem="gram_power", A=torch.zeros(10, 3), b=torch.tensor([1.0, math.inf, 0.0])), "non-finite"),
     (dict(problem="ridge", A=torch.zeros(10, 3), b=torch.zeros(3)), "unknown problem"),
-    (dict(problem="gram_power", A=torch.zeros(10, 3), b=torch.zeros(3), method="lsqr"), "no method 'lsqr'"),
+    (dict(problem="gram_power", A=torch.ones(10, 3), b=torch.ones(3), method="lsqr"), "no method 'lsqr'"),
+    (dict(problem="a_gram_power", A=torch.ones(10, 3), b=torch.zeros(10)), "b is zero"),
     (dict(problem="gram_power", A=torch.ones(10, 3), b=torch.ones(3), method="sketch_pcg", sketch_rows=2),
      "sketch_rows"),
     (dict(problem="gram_power", A=torch.ones(10, 3), b=torch.ones(3), method="sketch_pcg", sketch="dct"),
      "unknown sketch"),
     (dict(problem="gram_power", A=torch.ones(10, 3), b=torch.ones(3), eps=0.0), "eps"),
+    (dict(problem="gram_power", A=torch.ones(10, 3), b=torch.ones(3), eps=math.inf), r"eps must be .* \(0, 1\)"),
+    (dict(problem="gram_power", A=torch.ones(10, 3), b=torch.ones(3), eps=math.nan), "eps"),
+    (dict(problem="exp_kernel", A=torch.ones(10, 3), b=torch.ones(10), eps=1.0), "eps"),
 ])
 def test_bad_input_gets_a_clear_error(kwargs, message):
     problem, A, b = kwargs.pop("problem"), kwargs.pop("A"), kwargs.pop("b")

@@ -183,6 +183,7 @@ def test_text_and_numbers_convert_to_the_declared_scalar_type(tp, value, expecte
     (float, [1.0], "k: expected float, got [1.0]"),
     (bool, 1, "k: expected true or false, got 1"),
     (str, [1], "k: expected a string, got [1]"),
+    (str, None, "k: expected a string, got nothing (null); give a value or leave the key out"),
     (set[int], {1}, "k: unsupported config type set[int]"),
 ])
 def test_values_of_the_wrong_type_are_refused(tp, value, message):
