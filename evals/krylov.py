@@ -23,14 +23,24 @@ class KrylovResult:
     converged: bool
 
 
+def _norm(r: torch.Tensor, weights: torch.Tensor | None) -> float:
+    """||r||, or ||weights ⊙ r||."""
+    return float(torch.linalg.vector_norm(r if weights is None else weights * r))
+
+
 def cg(matvec: Operator, b: torch.Tensor, *, tol: float, maxiter: int, x0: torch.Tensor | None = None,
-       precond: Operator | None = None) -> KrylovResult:
+       precond: Operator | None = None, weights: torch.Tensor | None = None) -> KrylovResult:
     """Preconditioned conjugate gradients for a symmetric positive definite M x = b (Hestenes & Stiefel 1952),
-    stopping when ||b - M x|| <= tol ||b||. `precond` applies P^-1 (P ~ M, symmetric positive definite)."""
+    stopping when ||b - M x|| <= tol ||b||, both norms weighted by `weights` when given (||w ⊙ r||: the norm a
+    scaled system's residual is scored in). `precond` applies P^-1 (P ~ M, symmetric positive definite).
+
+    The recurrence's residual drifts from b - M x by rounding, and further the smaller the target, so a stop is
+    confirmed on the true residual (one more application of M, not counted as an iteration); where that misses the
+    target, CG restarts from x with the true residual, until it meets the target or runs out of iterations."""
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - matvec(x) if x0 is not None else b.clone()
-    target = tol * torch.linalg.vector_norm(b)
-    if torch.linalg.vector_norm(r) <= target:
+    target = tol * _norm(b, weights)
+    if _norm(r, weights) <= target:
         return KrylovResult(x, 0, True)
     z = precond(r) if precond else r
     p, rz = z.clone(), torch.dot(r, z)
@@ -42,8 +52,13 @@ def cg(matvec: Operator, b: torch.Tensor, *, tol: float, maxiter: int, x0: torch
         alpha = rz / curvature
         x.add_(p, alpha=alpha)
         r.sub_(mp, alpha=alpha)
-        if torch.linalg.vector_norm(r) <= target:
-            return KrylovResult(x, it, True)
+        if _norm(r, weights) <= target:
+            r = b - matvec(x)
+            if _norm(r, weights) <= target:
+                return KrylovResult(x, it, True)
+            z = precond(r) if precond else r  # restart from the true residual
+            p, rz = z.clone(), torch.dot(r, z)
+            continue
         z = precond(r) if precond else r
         rz_next = torch.dot(r, z)
         p.mul_(rz_next / rz).add_(z)
@@ -101,23 +116,37 @@ def lsqr(matvec: Operator, rmatvec: Operator, b: torch.Tensor, *, tol: float, ma
 
 
 def preconditioned_gd(residual: Operator, x0: torch.Tensor, *, step: float, target: float, maxiter: int,
-                      precond: Operator | None = None) -> KrylovResult:
+                      precond: Operator | None = None, backtrack: bool = False,
+                      weights: torch.Tensor | None = None) -> KrylovResult:
     """Preconditioned gradient descent (Richardson iteration) x <- x + step · P^-1 g(x), where g(x) = b - M x is the
-    negative gradient of the quadratic whose minimiser solves M x = b; stops when ||g(x)|| <= target.
+    negative gradient of the quadratic whose minimiser solves M x = b; stops when ||g(x)|| <= target (the norm
+    weighted by `weights` when given, as in `cg`).
 
     This is the iteration of Song, Yin & Zhang (arXiv 2308.14304, Alg. 1-2): with P^-1 M's spectrum in
     [lo, hi] and step 2 / (lo + hi) the error contracts by (kappa - 1) / (kappa + 1) per step, kappa = hi / lo.
-    `residual(x)` returns g(x); one iteration costs one application of M."""
+    `residual(x)` returns g(x); one iteration costs one application of M.
+
+    `backtrack` is for a symmetric M without preconditioner: g <- (I - step M) g cannot grow in norm while
+    step <= 2 / λ_max(M), so a step after which ||g|| grew was too long for this spectrum (a step from a bound on
+    it, such as the subspace-embedding bound, that this instance exceeds). That step is undone and halved, and the
+    iteration goes on from where it was; the try counts as an iteration. Without it, an overlong step diverges."""
     x = x0.clone()
+    g = residual(x)
+    norm = _norm(g, weights)
     for it in range(maxiter):
-        g = residual(x)
-        norm = float(torch.linalg.vector_norm(g))
         if norm <= target:
             return KrylovResult(x, it, True)
         if not math.isfinite(norm):
             return KrylovResult(x, it, False)  # diverged: the step was too long for this spectrum
-        x.add_(precond(g) if precond else g, alpha=step)
-    return KrylovResult(x, maxiter, float(torch.linalg.vector_norm(residual(x))) <= target)
+        x_next = x + step * (precond(g) if precond else g)
+        g_next = residual(x_next)
+        norm_next = _norm(g_next, weights)
+        if backtrack and not norm_next <= norm:
+            step /= 2
+            continue
+        x, g, norm = x_next, g_next, norm_next
+    return KrylovResult(x, maxiter, norm <= target)
+
 
 
 def power_norm(matvec: Operator, n: int, *, dtype: torch.dtype, iterations: int = 20, seed: int = 0) -> float:

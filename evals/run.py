@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import shlex
 import statistics
 import sys
@@ -201,6 +202,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "evals.run", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        writable_folder(args.out)  # before the solves: a report that cannot be written would lose hours of them
+    except ValueError as exc:
+        print(f"evals.run: {exc}", file=sys.stderr)
+        return 2
     if args.rescore:
         return _rescore(args.rescore, args.out, command)
     torch.set_num_threads(args.threads)
@@ -239,13 +245,27 @@ def main(argv: list[str] | None = None) -> int:
 def _rescore(source: Path, out: Path, command: str) -> int:
     try:
         settings = json.loads((source / SETTINGS).read_text())
+        eps = settings["eps"]
         rows, timing = read_rows(source / "solvers_runs.csv"), read_rows(source / "time_vs_n.csv")
-    except OSError as exc:
-        print(f"evals.run: {source} is not a solver report with its {SETTINGS} ({exc})", file=sys.stderr)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError: JSON that does not parse
+        print(f"evals.run: {source} is not a solver report with its {SETTINGS} ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
         return 2
     settings["rescored"] = {"command": command, "machine": this_machine(), "date": today()}
-    _write(out, rescore(rows, settings["eps"]), timing, settings)
+    _write(out, rescore(rows, eps), timing, settings)
     return 0
+
+
+def writable_folder(out: Path) -> None:
+    """Make the report's folder, or raise ValueError saying why it cannot hold the report."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; give a folder for the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out} cannot be created ({exc.strerror}); give a writable folder") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} is not writable; give a writable folder")
 
 
 def _write(out: Path, rows: list[dict[str, Any]], timing: list[dict[str, Any]], settings: dict[str, Any]) -> None:

@@ -37,11 +37,11 @@ def solve(problem: str, A: torch.Tensor, b: torch.Tensor, *, j: int = 1, eps: fl
     """Solve `problem` (gram_power, a_gram_power, exp_kernel) for A (n, d) and b with `method` (default per
     problem: sketch_pcg, sketch_lsqr, jacobi_pcg) to relative accuracy eps; returns x and a SolveInfo.
 
-    sketch / sketch_rows: the embedding of the sketch methods (default sparse_sign with 4d rows); maxiter: per
-    Krylov stage; refine: refinement steps after an iterative sketched least-squares stage (each costs about as
-    many iterations again and brings the forward error in y towards Householder QR's; measured in
-    results/bench_solvers.md); rank: the Nyström rank (default min(n, 256)). Raises SolverError for bad input,
-    NotApplicable where a method cannot handle an instance."""
+    sketch / sketch_rows: the embedding of the sketch methods (default sparse_sign with 4d rows; at least 2d for
+    the iterative ones, d for sketch_cholqr); maxiter: per Krylov stage; refine: refinement steps after an
+    iterative sketched least-squares stage (each costs about as many iterations again and brings the forward error
+    in y towards Householder QR's; measured in results/bench_solvers.md); rank: the Nyström rank (default
+    min(n, 256)). Raises SolverError for bad input, NotApplicable where a method cannot handle an instance."""
     P.check_problem(problem, A, b, j)
     method = method or DEFAULT_METHOD[problem]
     cls = get_method(problem, method)

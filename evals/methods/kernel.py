@@ -52,6 +52,11 @@ class KernelMethod(Method):
         """z with K_G z = c."""
         raise NotImplementedError
 
+    def score_weights(self) -> torch.Tensor:
+        """D / max(D): the residual of K_G z = c enters the score as D (K_G z - c) (relres ||D (K_G z - c)|| / ||D c||,
+        D c = b), so the iterations stop on this weighted norm. Scaled by its largest entry, D cannot overflow."""
+        return torch.exp(self.half - self.half.max())
+
 
 class KernelCholesky(KernelMethod):
     direct = True
@@ -84,7 +89,8 @@ class JacobiPCG(KernelMethod):
         return None
 
     def iterate(self, c: torch.Tensor, precond: Preconditioner | None) -> KrylovResult:
-        return cg(self.kernel, c, tol=self.info.eps, maxiter=self.options.maxiter, precond=precond)
+        return cg(self.kernel, c, tol=self.info.eps, maxiter=self.options.maxiter, precond=precond,
+                  weights=self.score_weights())
 
     def solve_scaled(self, c: torch.Tensor) -> torch.Tensor:
         precond = self.preconditioner()
@@ -119,6 +125,7 @@ class TensorSketchGD(TensorSketchPCG):
     def iterate(self, c: torch.Tensor, precond: Preconditioner | None) -> KrylovResult:
         lam = power_norm(lambda v: precond(self.kernel(v)), self.A.shape[0], dtype=self.A.dtype, iterations=30,
                          seed=self.options.seed)
+        weights = self.score_weights()
         return preconditioned_gd(lambda z: c - self.kernel(z), precond(c), step=1.0 / (GD_MARGIN * lam),
-                                 target=self.info.eps * float(torch.linalg.vector_norm(c)),
-                                 maxiter=self.options.maxiter, precond=precond)
+                                 target=self.info.eps * float(torch.linalg.vector_norm(weights * c)),
+                                 maxiter=self.options.maxiter, precond=precond, weights=weights)

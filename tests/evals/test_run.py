@@ -235,3 +235,18 @@ def test_help_shows_every_default(capsys):
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert "(default: 3)" in out and "(default: 1e-08)" in out and "(default: 1,2)" in out
     assert "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_an_out_that_cannot_hold_the_report_is_refused_before_any_solve(tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    assert main(["--extracted", str(tmp_path / "nowhere"), "--out", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / 'taken'} is a file, not a folder" in err and "not an extraction" not in err
+
+
+def test_rescoring_a_damaged_report_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "report.json").write_text("{not json")
+    assert main(["--rescore", str(tmp_path / "old"), "--out", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"evals.run: {tmp_path / 'old'} is not a solver report") and "JSONDecodeError" in err

@@ -7,7 +7,7 @@ import torch
 
 from evals import problems as P
 from evals import synthetic as syn
-from evals.krylov import lsqr
+from evals.krylov import cg, lsqr, preconditioned_gd
 from evals.methods.base import SolveInfo
 from evals.methods.operators import TallMatrix
 from evals.sketch import SKETCHES
@@ -291,3 +291,83 @@ def test_an_unknown_least_squares_method_is_a_one_line_error_naming_the_allowed_
     with pytest.raises(P.SolverError, match=rf"^least_squares has no method 'newton' \(allowed: "
                                             rf"{', '.join(LEAST_SQUARES_METHODS)}\)$"):
         least_squares(*_small_instance("a_gram_power"), method="newton")
+
+
+# ------------------------------------------------------------------------------------- stopping tests that hold
+
+def _spd(n: int, kappa: float, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=gen))[0]
+    M = Q @ torch.diag(torch.logspace(0, math.log10(kappa), n, dtype=torch.float64)) @ Q.T
+    return (M + M.T) / 2
+
+
+@pytest.mark.parametrize("tol", [1e-4, 1e-9])
+def test_cg_reports_convergence_only_where_the_true_residual_meets_the_target(tol):
+    """An operator applied in float32 caps the true residual near 1e-6 while the recurrence's residual keeps falling:
+    CG must not call that converged."""
+    M32 = _spd(100, 100.0).float()
+    b = torch.randn(100, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def op(v):
+        return (M32 @ v.float()).double()
+
+    res = cg(op, b, tol=tol, maxiter=300)
+    true = float(torch.linalg.vector_norm(b - op(res.x)) / torch.linalg.vector_norm(b))
+    assert res.converged == (true <= tol)
+    assert res.converged == (tol > 1e-5)  # 1e-4 is reachable, 1e-9 is below the float32 floor
+
+
+def test_cg_stops_on_the_weighted_residual_when_given_weights():
+    M = _spd(50, 1000.0)
+    b = torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    weights = torch.ones(50, dtype=torch.float64)
+    weights[:3] = 1e4  # three entries dominate the weighted norm
+
+    def weighted_relres(x):
+        return float(torch.linalg.vector_norm(weights * (b - M @ x)) / torch.linalg.vector_norm(weights * b))
+
+    plain = cg(lambda v: M @ v, b, tol=1e-8, maxiter=500)
+    weighted = cg(lambda v: M @ v, b, tol=1e-8, maxiter=500, weights=weights)
+    assert weighted.converged and weighted_relres(weighted.x) <= 1e-8
+    assert weighted.iterations < plain.iterations  # the weighted test is met first here (93 against 97)
+
+
+def test_gradient_descent_backtracks_a_step_too_long_for_the_spectrum():
+    M = torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64))  # 2 / λ_max = 0.5
+    b = torch.ones(3, dtype=torch.float64)
+    kwargs = dict(step=0.6, target=1e-10, maxiter=200)
+    assert not preconditioned_gd(lambda x: b - M @ x, torch.zeros(3, dtype=torch.float64), **kwargs).converged
+    res = preconditioned_gd(lambda x: b - M @ x, torch.zeros(3, dtype=torch.float64), backtrack=True, **kwargs)
+    assert res.converged
+    torch.testing.assert_close(res.x, torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("sketch", ["sparse_sign", "gaussian", "countsketch"])
+def test_sketch_gd_converges_where_the_sketch_distorts_beyond_the_step_bound(sketch):
+    """The paper's step rests on the distortion sqrt(d / k); these seeds' sketches exceed it (without backtracking,
+    gradient descent diverged to ~1e150 on them)."""
+    A, b = syn.conditioned(600, 20, 100.0, 3), syn.rhs(600, 3)
+    reference = torch.linalg.lstsq(A, b[:, None]).solution[:, 0]
+    for seed in range(20):
+        y, info = least_squares(A, b, method="sketch_gd", sketch=sketch, eps=1e-12, seed=seed, diagnostics=False)
+        error = float(torch.linalg.vector_norm(A @ (y - reference)) / torch.linalg.vector_norm(b))
+        assert info.converged and error < 1e-11, (seed, error)
+
+
+def test_iterative_sketch_methods_need_two_rows_per_column_and_sketched_cholqr_one():
+    A, b = syn.conditioned(300, 10, 10.0), syn.rhs(300)
+    for method in ("sketch_pcg", "sketch_lsqr", "sketch_gd"):
+        with pytest.raises(P.SolverError, match=r"sketch_rows must be >= 2d = 20 for the stopping tests"):
+            least_squares(A, b, method=method, sketch_rows=15)
+    _, info = least_squares(A, b, method="sketch_cholqr", sketch_rows=10)
+    assert info.relres < 1
+
+
+def test_kernel_iterations_stop_on_the_residual_the_score_weights():
+    """exp(A Aᵀ) = D K_G D: the score weights K_G's residual by D, which spans e^2 .. e^40 here; stopping on the
+    unweighted residual reported convergence with relres ~5e-6 for eps = 1e-8."""
+    A, b = syn.exp_rows(200, 16, 2.0, 40.0, seed=0), syn.rhs(200, 0)
+    for method in ("jacobi_pcg", "nystrom_pcg"):
+        _, info = solve("exp_kernel", A, b, eps=1e-8, method=method)
+        assert info.converged and info.relres <= 1e-8, (method, info.relres)
