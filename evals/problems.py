@@ -126,8 +126,11 @@ def relres(problem: str, A: torch.Tensor, x: torch.Tensor, b: torch.Tensor, j: i
 
 class Reference:
     """Float64 references for one (problem, A), factored once and reused for many right-hand sides: the SVD of A for
-    problems a and b (x* = V Σ^{-2j} Vᵀ b, resp. V Σ^{-2j-1} Uᵀ b), the eigendecomposition of K_G for exp_kernel
-    (x* = D^-1 K_G^+ D^-1 b). The normal equations are never the reference: their error grows as u·κ(A)²."""
+    problems a and b (x* = V Σ^{-2j} Vᵀ b, resp. V Σ^{-2j-1} Uᵀ b, the singular values below n·u·σ_1 taken as zero:
+    the minimum-norm solution of a rank-deficient A instead of one ~1/u large); for exp_kernel the Cholesky factor
+    of K_G where K_G has full numerical rank (x* = D^-1 K_G^-1 D^-1 b; the eigenvector form's residual, weighted
+    by D in the score, came out ~1e6 times larger), else its eigendecomposition (x* = D^-1 K_G^+ D^-1 b). The
+    normal equations are never the reference: their error grows as u·κ(A)²."""
 
     def __init__(self, problem: str, A: torch.Tensor) -> None:
         self.problem, A64 = problem, A.double()
@@ -138,20 +141,28 @@ class Reference:
             self.floor = self.all_evals[-1] * A.shape[0] * UNIT_ROUNDOFF
             keep = self.all_evals > self.floor
             self.evals, self.evecs = self.all_evals[keep], evecs[:, keep]
+            self.cholesky = None
+            if bool(keep.all()):
+                factor, failed = torch.linalg.cholesky_ex(gaussian_kernel(A64))
+                self.cholesky = None if failed else factor
         else:
             self.U, self.s, self.Vh = torch.linalg.svd(A64, full_matrices=False)
+            self.s_inv = torch.where(self.s > self.s[0] * A.shape[0] * UNIT_ROUNDOFF, 1 / self.s, 0.0)
 
     def conditioning(self, j: int = 1) -> dict[str, float]:
         """Diagnostics of the instance: κ(A) and κ(M) = κ(A)^{2j} (a) or κ(A)^{2j+1} (b); for exp_kernel the row-norm
-        range, κ(K) (at least exp(max ||a||² - min ||a||²), inf when entries overflow), κ(K_G) after Jacobi scaling
-        and K_G's numerical rank. Eigenvalue-based κ above ~1/u is only a lower estimate."""
+        range, κ(K) (a lower bound: the larger of exp(max ||a||² - min ||a||²) and κ(K_G) / n; inf when entries
+        overflow), κ(K_G) after Jacobi scaling and K_G's numerical rank. Eigenvalue-based κ above ~1/u is only a
+        lower estimate."""
         out = {"row_norm_sq_min": float(self.norms_sq.min()), "row_norm_sq_max": float(self.norms_sq.max())}
         if self.problem == "exp_kernel":
             evals = self.all_evals
             kappa_g = float(evals[-1] / evals[0]) if evals[0] > self.floor else math.inf
             spread = out["row_norm_sq_max"] - out["row_norm_sq_min"]
+            # two lower bounds on κ(K), K = D K_G D: its diagonal's spread (λ_max >= max K_ii, λ_min <= min K_ii),
+            # and κ(K_G) / n (Jacobi scaling is within a factor n of the best diagonal scaling, van der Sluis 1969)
             kappa_k = (math.inf if out["row_norm_sq_max"] > EXP_OVERFLOW
-                       else max(math.exp(min(spread, EXP_OVERFLOW)), kappa_g))
+                       else max(math.exp(min(spread, EXP_OVERFLOW)), kappa_g / evals.shape[0]))
             out.update(kappa_M=kappa_k, kappa_K=kappa_k, kappa_KG=kappa_g, rank_KG=int((evals > self.floor).sum()))
             return out
         kappa = float(self.s[0] / self.s[-1]) if self.s[-1] > 0 else math.inf
@@ -163,10 +174,12 @@ class Reference:
         b64 = b.double()
         if self.problem == "exp_kernel":
             c = b64 * torch.exp(-self.half)
+            if self.cholesky is not None:
+                return torch.cholesky_solve(c[:, None], self.cholesky)[:, 0] * torch.exp(-self.half)
             return self.evecs @ ((self.evecs.T @ c) / self.evals) * torch.exp(-self.half)
         if self.problem == "gram_power":
-            return self.Vh.T @ ((self.Vh @ b64) / self.s ** (2 * j))
-        return self.Vh.T @ ((self.U.T @ b64) / self.s ** (2 * j + 1))
+            return self.Vh.T @ ((self.Vh @ b64) * self.s_inv ** (2 * j))
+        return self.Vh.T @ ((self.U.T @ b64) * self.s_inv ** (2 * j + 1))
 
     def optimum(self, b: torch.Tensor) -> float:
         """OPT = min ||M x - b||: ||(I - U Uᵀ) b|| for a_gram_power, else 0."""

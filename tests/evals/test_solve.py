@@ -371,3 +371,19 @@ def test_kernel_iterations_stop_on_the_residual_the_score_weights():
     for method in ("jacobi_pcg", "nystrom_pcg"):
         _, info = solve("exp_kernel", A, b, eps=1e-8, method=method)
         assert info.converged and info.relres <= 1e-8, (method, info.relres)
+
+
+def test_the_exp_kernel_reference_solves_to_float64_accuracy_in_the_scored_norm():
+    A, b = syn.exp_rows(400, 64, 2.0, 40.0, seed=0), syn.rhs(400, 1)  # D spans e^1 .. e^20
+    assert P.relres("exp_kernel", A, P.reference_solution("exp_kernel", A, b), b) < 1e-13
+
+
+@pytest.mark.parametrize("problem", ["gram_power", "a_gram_power"])
+def test_the_gram_reference_of_a_rank_deficient_matrix_is_the_minimum_norm_solution(problem):
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(300, 8, dtype=torch.float64, generator=gen)
+    A[:, 7] = A[:, 6]  # rank 7
+    b = torch.randn(8 if problem == "gram_power" else 300, dtype=torch.float64, generator=gen)
+    x = P.reference_solution(problem, A, b)
+    pinv = torch.linalg.pinv(A.T @ A) if problem == "gram_power" else torch.linalg.pinv(A @ A.T @ A)
+    torch.testing.assert_close(x, pinv @ b, rtol=1e-8, atol=0)
