@@ -5,7 +5,9 @@
 
 The .bin files are flat token ids (uint16 when the vocabulary fits, else uint32); every document is followed by the
 end-of-text id. Document i (counted from 0 in source order) goes to val iff i % val_every == val_every - 1.
-Documents are streamed, tokenised in batches and appended to the files, so a source need not fit in memory.
+Documents are streamed, tokenised in batches and appended to the files, so a source need not fit in memory; a
+document is held whole while it is tokenised (its text and its ids as Python ints, ~50 bytes a token), so one .txt
+file, which is one document, must: split a text of several GB into files first.
 Outputs are written under temporary names and renamed (the next preparation deletes those of a killed one), and a
 directory whose meta.json records the same input fingerprint (config, local files' sizes and mtimes, FORMAT_VERSION)
 is reused without reading the source again.
