@@ -38,7 +38,7 @@ from training.config import RunConfig, config_to_dict, load_config
 from training.malloc import malloc_setting
 from training.metrics import MetricsLog
 from training.optim import make_optimizer
-from training.resume import gather_rng, resume_path, start_state
+from training.resume import check_checkpoint_config, gather_rng, resume_path, start_state
 from training.run_data import RecallData, TextData, open_run_data
 from training.schedule import learning_rate
 from training.throughput import Throughput
@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # positionals that follow an option
     overrides = [token for token in argv if is_override(token)]
     args = parser.parse_args([token for token in argv if not is_override(token)])
-    if args.config and "=" in args.config:  # not a file: an override parse_override will explain
+    # a first positional with "=" that names no file is an override (parse_override explains a malformed one)
+    if args.config and "=" in args.config and not Path(args.config).exists():
         args.overrides.insert(0, args.config)
         args.config = None
     args.overrides = overrides + args.overrides
@@ -200,6 +201,9 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     accum = tc.grad_accum // runtime.world_size
     log_line = say if runtime.is_main else (lambda message: None)
     resume_from = resume_path(cfg, run_dir, log_line)
+    check_checkpoint_config(cfg, resume_from)  # before the data: preparing it can take hours
+    # checkpoints numbered above this run's saves belong to it only when it continued one of this directory
+    resumed_here = resume_from is not None and ckpt.in_run(resume_from, run_dir)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     data = open_run_data(cfg, runtime)  # prepares text data once (main process), checks the val set is usable
@@ -245,7 +249,9 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             raise divergence(f"the weights hold inf or nan after step {state.step}", state.step, run_dir)
         state.optimizer, state.grad_scaler, state.rng = optimizer.state_dict(), scaler.state_dict(), gather_rng(runtime)
         if runtime.is_main:
-            log_line(f"saved {ckpt.save_checkpoint(run_dir, model, state, resolved, tc.keep_checkpoints, log_line)}")
+            path = ckpt.save_checkpoint(run_dir, model, state, resolved, tc.keep_checkpoints, log_line,
+                                        resumed_here=resumed_here)
+            log_line(f"saved {path}")
         rt.barrier(runtime)
 
     tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
@@ -269,16 +275,18 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.data_position += tc.grad_accum
+        is_log = state.step % tc.log_interval == 0 or state.step == tc.max_steps
+        if is_log:  # a GPU may still be running queued steps: the window's time must include them (tokens/s, MFU)
+            rt.synchronize(runtime.device)
         dt = time.perf_counter() - t0
         state.elapsed += dt
         state.tokens_seen += tokens_per_step
         meter.add(step_loss, tokens_per_step, dt)
         bar.update(1)
 
-        is_log = state.step % tc.log_interval == 0 or state.step == tc.max_steps
         if is_log:
             first = state.step - meter.steps + 1
-            window = meter.read(runtime)  # the one host sync of the window: loss and grad norm come back here
+            window = meter.read(runtime)  # the window's loss and grad norm come back to the host here
             if not math.isfinite(window["train_loss"]):
                 raise divergence(f"the training loss is {window['train_loss']} over steps {first}-{state.step}",
                                  first, run_dir)

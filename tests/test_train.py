@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import train
 from fileio.pages import code_revision
+from training import runtime as rt
 from training.malloc import is_glibc, user_chose_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,8 +199,9 @@ def test_extending_a_finished_run_follows_optim_on_extend(tmp_path, prepared_dir
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path, prepared_dir):
-    """torchrun with 2 gloo processes (grad_accum 2 split 1 + 1) == 1 process accumulating 2 micro-batches."""
-    common = ["train.max_steps=4", "train.eval_interval=4"]
+    """torchrun with 2 gloo processes (grad_accum 4 split 2 + 2: each rank's first micro-batch under no_sync, its
+    second all-reduced) == 1 process accumulating 4 micro-batches."""
+    common = ["train.max_steps=4", "train.eval_interval=4", "train.grad_accum=4"]
     single = run_cli(tiny_args(tmp_path / "single", prepared_dir, *common))
     assert single.returncode == 0, single.stderr
     ddp = subprocess.run(
@@ -229,6 +231,31 @@ def test_wandb_offline_writes_a_run_and_resume_continues_it(tmp_path, prepared_d
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "wandb_id.txt").read_text().strip() == run_id
     assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # same id, continued
+
+
+def test_the_step_time_of_a_log_step_waits_for_the_device(tmp_path, prepared_dir, monkeypatch):
+    """On a GPU the host runs ahead of the queued kernels: the steps' time is read after waiting for them, on log
+    steps only (no wait per step), so tokens/s and MFU are not overstated."""
+    waits = []
+
+    def slow_device(device):  # a device still busy with queued steps for half a second
+        waits.append(device)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(rt, "synchronize", slow_device)
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=4", "train.log_interval=2")) == 0
+    assert waits == [torch.device("cpu")] * 2
+    assert dict(metrics(tmp_path, "elapsed"))[4] >= 1.0  # both waits count in the step time
+
+
+def test_a_config_file_whose_path_holds_an_equals_sign_is_a_config_not_an_override(tmp_path):
+    config = tmp_path / "lr=3e-4" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text(f"extends: {ROOT / 'configs' / 'tiny.yaml'}\n")
+    args = train.parse_args([str(config), "train.max_steps=2"])
+    assert (args.config, args.overrides) == (str(config), ["train.max_steps=2"])
+    args = train.parse_args([str(tmp_path / "lr=1e-3" / "config.yaml")])  # no such file: an override to explain
+    assert (args.config, args.overrides) == (None, [str(tmp_path / "lr=1e-3" / "config.yaml")])
 
 
 def test_dry_run_prints_the_gpt2_small_plan(capsys):

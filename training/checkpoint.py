@@ -14,8 +14,10 @@ directory named explicitly must verify or the load stops.
 
 Resuming from an earlier checkpoint of the run (`--resume <run>/checkpoints/step_000200` while step_000300 exists)
 branches the run, as in nanoGPT, whose single ckpt.pt the new branch overwrites: the first save of the new branch
-removes the checkpoints numbered above it (saying so), so the directory never mixes the two branches. Only folders
-named step_ and digits are checkpoints; anything else (a user's step_000100.bak) is left alone.
+removes the checkpoints numbered above it (saying so), so the directory never mixes the two branches. Only a run
+that continued from a checkpoint of its own run directory does that: above a fresh run or one resumed from
+elsewhere, checkpoints are another run's and stay. Only folders named step_ and digits are checkpoints; anything
+else (a user's step_000100.bak) is left alone.
 """
 
 from __future__ import annotations
@@ -94,18 +96,18 @@ class TrainState:
 
 
 def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, config: dict[str, Any],
-                    keep: int, say: Callable[[str], None] = _warn) -> Path:
-    """Write the checkpoint of `state.step` atomically and point `latest` at it; then remove the checkpoints
-    numbered above it (an abandoned branch, reported through `say`) and all but the newest `keep` (>= 1) of the
-    rest, never the one just written."""
+                    keep: int, say: Callable[[str], None] = _warn, *, resumed_here: bool = False) -> Path:
+    """Write the checkpoint of `state.step` atomically and point `latest` at it; then remove all but the newest
+    `keep` (>= 1) of those below it, never the one just written. `resumed_here`: the run continued from a checkpoint
+    of `run_dir`, so those numbered above it are its abandoned branch, removed too (reported through `say`)."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{state.step:06d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for stale in stale_partial_saves(root):
+    for stale in stale_partial_saves(root, writing=tmp):
         shutil.rmtree(stale, ignore_errors=True)
         say(f"removed {stale.name}, left by a save that was killed before it finished")
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed save of this step by a process with this PID
     tmp.mkdir()
     save_model(model, str(tmp / WEIGHTS))
     torch.save(state.to_dict(), tmp / STATE)
@@ -118,6 +120,7 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, co
     replace_dir(tmp, final)  # re-saving the same step (e.g. after a resume) swaps, never leaves a gap
     write_text_atomic(root / LATEST, final.name)  # before any removal: `latest` never names a missing checkpoint
     abandoned, expired = checkpoints_to_remove(step_dirs(root), state.step, keep)
+    abandoned = abandoned if resumed_here else []
     if abandoned:
         say(f"removed {', '.join(p.name for p in abandoned)} of the abandoned branch: this run continued from an "
             f"earlier step and saved {final.name}")
@@ -126,11 +129,18 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, co
     return final
 
 
-def stale_partial_saves(root: Path) -> list[Path]:
-    """The temporary directories of saves (`.tmp-step_N-PID`, `.old-step_N-PID`) whose process is gone: killed
-    mid-save, each can hold a whole checkpoint."""
+def stale_partial_saves(root: Path, writing: Path | None = None) -> list[Path]:
+    """The temporary directories of saves (`.tmp-step_N-PID`, `.old-step_N-PID`) that no save is writing: killed
+    mid-save, each can hold a whole checkpoint. Those of this process's PID count too, except `writing`: a process
+    saves one checkpoint at a time, and a restarted container often reuses the PID of the one killed (1 under
+    docker), which would keep its leftovers forever."""
     found = (PARTIAL_NAME.fullmatch(p.name) for p in root.glob(".*-step_*-*"))
-    return sorted(root / m[0] for m in found if m and not process_alive(int(m["pid"])))
+    return sorted(root / m[0] for m in found if m and root / m[0] != writing and writer_gone(int(m["pid"])))
+
+
+def writer_gone(pid: int) -> bool:
+    """Whether the process `pid` named in a partial save's folder can no longer be writing it."""
+    return pid == os.getpid() or not process_alive(pid)
 
 
 def checkpoints_to_remove(existing: list[Path], step: int, keep: int) -> tuple[list[Path], list[Path]]:
@@ -235,6 +245,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[0] if found else None
 
 
+def in_run(path: str | Path, run_dir: str | Path) -> bool:
+    """Whether `path` is the run directory `run_dir` itself or lies in its checkpoints/ folder."""
+    path, run = Path(path).resolve(), Path(run_dir).resolve()
+    return path == run or path.is_relative_to(run / CHECKPOINTS)
+
+
 def checkpoint_step(ckpt: Path) -> int:
     """The optimiser step a checkpoint directory holds, from its name (step_000100 -> 100)."""
     match = STEP_NAME.fullmatch(Path(ckpt).name)
@@ -254,15 +270,20 @@ def read_config(ckpt: Path) -> dict[str, Any]:
     return config
 
 
-def load_train_state(ckpt: Path) -> TrainState:
-    """The train state of a (verified) checkpoint."""
+def load_train_state(ckpt: Path, mmap: bool = False) -> TrainState:
+    """The train state of a (verified) checkpoint; with `mmap`, its tensors stay in the file until used."""
     try:
-        saved = torch.load(ckpt / STATE, map_location="cpu", weights_only=False)
+        saved = torch.load(ckpt / STATE, map_location="cpu", weights_only=False, mmap=mmap)
     except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"{ckpt / STATE} cannot be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(saved, dict):
         raise CheckpointError(f"{ckpt / STATE} is not an attnlab train state")
     return TrainState.from_dict(saved, ckpt / STATE)
+
+
+def read_kind(ckpt: Path) -> str:
+    """Whether a (verified) checkpoint is "full" or "weights_only", without reading its optimiser tensors."""
+    return load_train_state(ckpt, mmap=True).kind
 
 
 def load_weights(ckpt: Path, model: nn.Module) -> None:

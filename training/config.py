@@ -6,6 +6,7 @@ overrides `section.key=value` override the file. Everything is validated before 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,14 @@ import yaml
 from data.config import MQAR, DataConfig
 from model.config import ModelConfig
 from typedconfig.parsing import ConfigError, from_dict, load_yaml, to_dict
+
+SEED_LIMIT = 2**63  # train.seed (+ rank) seeds torch and numpy; both take any integer in [0, 2**63)
+
+
+def require_finite(key: str, value: float) -> None:
+    """Refuse nan and inf by name: nan fails no `<` / `>` range check and inf passes every lower bound."""
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value}")
 
 
 @dataclass
@@ -33,14 +42,37 @@ class OptimConfig:
     on_extend: Literal["continue", "restart"] = "continue"
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"optim: need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip"):
+            require_finite(f"optim.{name}", getattr(self, name))
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"optim.min_lr must be in [0, optim.lr] = [0, {self.lr}], got {self.min_lr}")
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"optim.beta1 and optim.beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("optim.weight_decay and optim.grad_clip must be >= 0")
+        self._check_decay_steps()
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"optim.{name} must be in [0, 1), got {getattr(self, name)}")
+        # eps = 0 divides 0 by 0 (nan) for every parameter whose gradient has been zero so far
+        if self.eps <= 0:
+            raise ValueError(f"optim.eps must be > 0, got {self.eps}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
+
+    def _check_decay_steps(self) -> None:
+        """The cosine decay runs from the end of the warm-up to decay_steps, so it must end after the warm-up."""
+        if self.decay_steps is None:
+            return
+        if self.decay_steps < 1:
+            raise ValueError(f"optim.decay_steps must be >= 1 or null (train.max_steps), got {self.decay_steps}")
+        if self.decay_steps <= self.warmup_steps:
+            raise ValueError(
+                f"optim.decay_steps ({self.decay_steps}) must be > optim.warmup_steps ({self.warmup_steps}): the "
+                "decay follows the warm-up; raise optim.decay_steps, lower optim.warmup_steps, or set "
+                "optim.decay_steps=null"
+            )
 
 
 @dataclass
@@ -66,14 +98,15 @@ class TrainConfig:
     sample_prompt: str = "\n"  # prompt of that sample
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batch_size", "log_interval"):
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batch_size", "log_interval",
+                     "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.ckpt_interval < 0 or self.keep_checkpoints < 1 or self.threads < 0 or self.sample_tokens < 0:
-            raise ValueError(
-                "train.ckpt_interval, train.threads and train.sample_tokens must be >= 0, "
-                "train.keep_checkpoints >= 1"
-            )
+        for name in ("ckpt_interval", "threads", "sample_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"train.seed must be in [0, 2**63), got {self.seed}")
 
 
 @dataclass

@@ -88,12 +88,13 @@ def gather_rng(runtime: rt.Runtime) -> list[dict]:
 
 
 def resume_path(cfg: RunConfig, run_dir: Path, say: Callable[[str], None]) -> Path | None:
-    """The verified checkpoint to start from, or None for a fresh run; refuses to overwrite an existing run.
-    Damaged checkpoints of the run directory are skipped with a warning through `say`."""
+    """The verified checkpoint to start from, or None for a fresh run; refuses to overwrite an existing run or to
+    mix another run's checkpoints into it. Damaged checkpoints of the run directory are skipped with a warning
+    through `say`."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"train.out_dir={run_dir} is an existing file, not a directory; choose another out_dir")
+    existing = ckpt.latest_checkpoint(run_dir)
     if cfg.train.resume == "never":
-        existing = ckpt.latest_checkpoint(run_dir)
         if existing is not None:
             raise ConfigError(
                 f"{run_dir} already holds checkpoints ({existing.name}); pass --resume to continue it "
@@ -102,21 +103,67 @@ def resume_path(cfg: RunConfig, run_dir: Path, say: Callable[[str], None]) -> Pa
         return None
     warn = lambda message: say(f"warning: {message}")  # noqa: E731 - the run log, like every other line of the run
     if cfg.train.resume == "auto":
-        return ckpt.find_checkpoint(run_dir, warn) if ckpt.latest_checkpoint(run_dir) is not None else None
+        return ckpt.find_checkpoint(run_dir, warn) if existing is not None else None
+    if existing is not None and not ckpt.in_run(cfg.train.resume, run_dir):
+        # the run's saves would interleave with the checkpoints there, and `latest` would flip between the two runs
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints ({existing.name}) and train.resume={cfg.train.resume} lies "
+            "outside it; choose another train.out_dir, or pass --resume alone to continue the run there"
+        )
     return ckpt.find_checkpoint(cfg.train.resume, warn)  # a run directory skips damaged ones, a checkpoint must verify
 
 
+# keys that say where files are, not what they hold: a run may move them between resumes
+LOCATION_KEYS = {"data": ("prepared_dir",)}
+
+
 def check_resumable(cfg: RunConfig, saved: dict, sections: tuple[str, ...]) -> None:
-    """A checkpoint continues only the same model (and, unless it holds weights only, on the same data)."""
+    """Refuse to continue a checkpoint saved with other `sections` of the config (location keys aside)."""
     current, defaults = config_to_dict(cfg), config_to_dict(RunConfig())
     for section in sections:
         recorded = {**defaults[section], **saved.get(section, {})}  # keys a checkpoint predates count as defaults
-        diff = [k for k in current[section] if current[section][k] != recorded[k]]
+        ignored = LOCATION_KEYS.get(section, ())
+        diff = [k for k in current[section] if k not in ignored and current[section][k] != recorded[k]]
         if diff:
             raise ConfigError(
                 f"cannot resume: {section}.{diff[0]} is {current[section][diff[0]]!r} here but "
                 f"{recorded[diff[0]]!r} in the checkpoint; use the checkpoint's config"
             )
+
+
+def resumable_sections(kind: str) -> tuple[str, ...]:
+    """A checkpoint continues only the same model and, unless it holds weights only, on the same data."""
+    return ("model",) if kind == "weights_only" else ("model", "data")
+
+
+def check_checkpoint_config(cfg: RunConfig, path: Path | None) -> None:
+    """Refuse a checkpoint this run cannot continue from its config and kind alone, without its tensors: called
+    before the data is prepared, which can take hours."""
+    if path is not None:
+        check_resumable(cfg, ckpt.read_config(path), resumable_sections(ckpt.read_kind(path)))
+
+
+def configured_values(group: dict) -> dict[str, float]:
+    """The AdamW settings of a param group that the run config sets, by config key."""
+    beta1, beta2 = group["betas"]
+    return {"optim.weight_decay": group["weight_decay"], "optim.beta1": beta1, "optim.beta2": beta2,
+            "optim.eps": group["eps"]}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> list[str]:
+    """Load the checkpoint's optimiser state (moments, step counts) into `optimizer`, built from this run's config,
+    and keep the weight decay, betas and eps it was built with: load_state_dict would replace them with the
+    checkpoint's (the learning rate is set every step). One line per value that differs from the checkpoint's."""
+    built = [{key: group[key] for key in ("weight_decay", "betas", "eps")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    changed: dict[str, tuple[float, float]] = {}
+    for group, settings in zip(optimizer.param_groups, built):
+        new = configured_values(settings)
+        for key, old in configured_values(group).items():
+            if old != new[key]:
+                changed.setdefault(key, (old, new[key]))
+        group.update(settings)
+    return [f"{key}={new:g} replaces the checkpoint's {old:g}" for key, (old, new) in changed.items()]
 
 
 def schedule(cfg: RunConfig, saved: ckpt.TrainState | None) -> tuple[int, int, str | None]:
@@ -148,25 +195,29 @@ def start_state(cfg: RunConfig, runtime: rt.Runtime, path: Path | None, model: t
     saved = ckpt.load_train_state(path) if path is not None else None
     if saved is None or saved.kind == "weights_only":
         if saved is not None:
-            check_resumable(cfg, ckpt.read_config(path), ("model",))
+            check_resumable(cfg, ckpt.read_config(path), resumable_sections(saved.kind))
             ckpt.load_weights(path, model)
             say(f"starting from the weights of {path} (fresh optimiser, schedule and data order)")
         seed_fresh(cfg, runtime)
         start, end, _ = schedule(cfg, None)
         return ckpt.TrainState(schedule_start=start, schedule_end=end, data_position=0)
     saved_config = ckpt.read_config(path)
-    check_resumable(cfg, saved_config, ("model", "data"))
+    check_resumable(cfg, saved_config, resumable_sections(saved.kind))
     if saved.data_position is None:
         saved.data_position = saved.step * saved_config.get("train", {}).get("grad_accum", TrainConfig().grad_accum)
     ckpt.load_weights(path, model)
-    optimizer.load_state_dict(saved.optimizer)
+    settings_messages = load_optimizer(optimizer, saved.optimizer)
     scaler_message = resume_scaler(scaler, saved.grad_scaler)
-    if runtime.rank < len(saved.rng):
+    saved_ranks = len(saved.rng)
+    if runtime.rank < saved_ranks:
         restore_rng(saved.rng[runtime.rank], runtime.device)
     else:
         seed_fresh(cfg, runtime)
+    # restored into the optimiser, scaler and RNG streams, the loaded host copies would otherwise live until the
+    # first save replaces them (a second optimiser state in host memory on a GPU run)
+    saved.optimizer, saved.grad_scaler, saved.rng = None, None, []
     say(f"resuming from {path} (step {saved.step})")
-    for message in (scaler_message, unsaved_ranks_message(len(saved.rng), runtime.world_size)):
+    for message in (*settings_messages, scaler_message, unsaved_ranks_message(saved_ranks, runtime.world_size)):
         if message:
             say(message)
     if saved.step >= cfg.train.max_steps:

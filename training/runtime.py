@@ -120,6 +120,14 @@ def barrier(runtime: Runtime) -> None:
         dist.barrier()
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on an asynchronous device (CUDA, MPS); the CPU runs each op as it is called."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     """Peak FLOP/s for MFU: a table for known GPUs; on CPU the best of a few 2048² matmuls in the training dtype
     (as in docs/benchmarks.md; on a loaded machine this underestimates the peak and so overstates MFU)."""

@@ -198,7 +198,7 @@ def test_saving_an_earlier_step_removes_the_abandoned_branch_and_says_so(tmp_pat
     for step in (2, 4, 6):
         save(tmp_path, step, model)
     said = []
-    path = ckpt.save_checkpoint(tmp_path, model, TrainState(step=3), {}, keep=3, say=said.append)
+    path = ckpt.save_checkpoint(tmp_path, model, TrainState(step=3), {}, keep=3, say=said.append, resumed_here=True)
     assert names(tmp_path) == ["latest", "step_000002", "step_000003"]
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000003"
     assert ckpt.find_checkpoint(tmp_path) == path
@@ -209,10 +209,46 @@ def test_keep_1_never_removes_the_checkpoint_it_just_wrote(tmp_path):
     model = small_model()
     for step in (2, 3):
         save(tmp_path, step, model)
-    path = ckpt.save_checkpoint(tmp_path, model, TrainState(step=2), {}, keep=1, say=lambda message: None)
+    path = ckpt.save_checkpoint(tmp_path, model, TrainState(step=2), {}, keep=1, say=lambda message: None,
+                                resumed_here=True)
     assert names(tmp_path) == ["latest", "step_000002"]
     ckpt.verify(path)
     assert ckpt.find_checkpoint(tmp_path) == path
+
+
+def test_checkpoints_above_a_run_that_did_not_continue_this_directory_are_another_runs_and_stay(tmp_path):
+    """A fresh run, or one resumed from elsewhere, that finds higher-numbered checkpoints beside its saves did not
+    branch from them: they are another run's, and only the expired ones below the save go."""
+    model = small_model()
+    for step in (1, 2, 6):
+        save(tmp_path, step, model)
+    said = []
+    path = ckpt.save_checkpoint(tmp_path, model, TrainState(step=3), {}, keep=2, say=said.append)
+    assert names(tmp_path) == ["latest", "step_000002", "step_000003", "step_000006"]
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000003"
+    assert ckpt.find_checkpoint(tmp_path) == path
+    assert said == []
+
+
+def test_a_checkpoint_is_in_the_run_when_it_lies_in_its_checkpoints_folder(tmp_path):
+    run = tmp_path / "run"
+    assert ckpt.in_run(run, run) and ckpt.in_run(tmp_path / "x" / ".." / "run", run)
+    assert ckpt.in_run(run / "checkpoints", run) and ckpt.in_run(run / "checkpoints" / "step_000002", run)
+    assert not ckpt.in_run(tmp_path / "other" / "checkpoints" / "step_000002", run)
+    assert not ckpt.in_run(run / "imported" / "checkpoints" / "step_000000", run)  # another run, nested
+    assert not ckpt.in_run(tmp_path / "run2" / "checkpoints" / "step_000002", run)
+
+
+@pytest.mark.parametrize("kind", ["full", "weights_only"])
+def test_the_kind_of_a_checkpoint_is_read_without_its_optimiser_tensors(tmp_path, kind, monkeypatch):
+    model = small_model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = save(tmp_path, 1, model, kind=kind, optimizer=optimizer.state_dict())
+    loads = []
+    load = torch.load
+    monkeypatch.setattr(ckpt.torch, "load", lambda *args, **kwargs: loads.append(kwargs) or load(*args, **kwargs))
+    assert ckpt.read_kind(path) == kind
+    assert [call["mmap"] for call in loads] == [True]
 
 
 def test_a_save_in_order_reports_nothing(tmp_path):
@@ -238,6 +274,24 @@ def test_a_save_removes_the_partial_saves_of_killed_processes_and_says_so(tmp_pa
     assert [p.exists() for p in partial] == [False, False, True]
     assert said == [f"removed .old-step_000002-{dead_pid}, left by a save that was killed before it finished",
                     f"removed .tmp-step_000004-{dead_pid}, left by a save that was killed before it finished"]
+
+
+def test_partial_saves_named_after_this_process_are_stale_unless_being_written(tmp_path):
+    """A container restarted after a kill often runs the new process under the PID of the old one (1 under docker):
+    leftovers with this process's PID cannot belong to a save under way, as a process saves one at a time."""
+    root = tmp_path / "checkpoints"
+    partial = [root / f".tmp-step_000004-{os.getpid()}", root / f".old-step_000002-{os.getpid()}"]
+    for path in partial:
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"partial")
+    writing = root / f".tmp-step_000003-{os.getpid()}"
+    writing.mkdir()
+    assert ckpt.stale_partial_saves(root, writing=writing) == sorted(partial)
+    said = []
+    ckpt.save_checkpoint(tmp_path, small_model(), TrainState(step=3), {}, keep=2, say=said.append)
+    assert names(tmp_path) == ["latest", "step_000003"]
+    assert said == [f"removed .old-step_000002-{os.getpid()}, left by a save that was killed before it finished",
+                    f"removed .tmp-step_000004-{os.getpid()}, left by a save that was killed before it finished"]
 
 
 def test_folders_that_are_not_step_and_digits_are_left_alone(tmp_path):

@@ -55,7 +55,7 @@ def test_yaml_booleans_are_read_as_the_literal_they_spell():
         (["model.n_head=5"], r"model.n_embd \(64\) must be divisible by model.n_head \(5\)"),
         (["model.attention=flash"], r"model.attention: unknown backend 'flash' \(allowed: softmax"),
         (["data.block_size=128"], r"data.block_size \(128\) > model.n_positions \(64\)"),
-        (["optim.min_lr=1.0"], r"min_lr <= lr"),
+        (["optim.min_lr=1.0"], r"optim.min_lr must be in \[0, optim.lr\] = \[0, 0.003\], got 1.0"),
         (["train.batch_size=0"], r"train.batch_size must be >= 1"),
         (["max_steps=3"], r"write section.key=value"),
         (["train.sample_tokens=5", "train.sample_prompt="], r"train.sample_prompt is empty: .* or set train.sample"),
@@ -135,3 +135,54 @@ def test_bad_backend_options_are_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config("configs/tiny.yaml", ["model.attention=taylor", override])
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_optimiser_numbers_are_refused_by_name(key, value):
+    """nan fails no range check and inf passes every lower bound: each is named before any range is checked."""
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/tiny.yaml", [f"optim.{key}={value}"])
+    assert str(info.value) == f"optim.{key} must be a finite number, got {float(value)}"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optim.lr=0"], "optim.lr must be > 0, got 0.0"),
+        (["optim.lr=-1e-3"], "optim.lr must be > 0, got -0.001"),
+        (["optim.min_lr=-1e-5"], "optim.min_lr must be in [0, optim.lr] = [0, 0.003], got -1e-05"),
+        (["optim.warmup_steps=-1"], "optim.warmup_steps must be >= 0, got -1"),
+        (["optim.beta1=1.0"], "optim.beta1 must be in [0, 1), got 1.0"),
+        (["optim.beta2=-0.1"], "optim.beta2 must be in [0, 1), got -0.1"),
+        (["optim.eps=-1e-8"], "optim.eps must be > 0, got -1e-08"),
+        (["optim.eps=0"], "optim.eps must be > 0, got 0.0"),
+        (["optim.weight_decay=-0.1"], "optim.weight_decay must be >= 0, got -0.1"),
+        (["optim.grad_clip=-1"], "optim.grad_clip must be >= 0, got -1.0"),
+        (["optim.decay_steps=0"], "optim.decay_steps must be >= 1 or null (train.max_steps), got 0"),
+        (["optim.decay_steps=-5"], "optim.decay_steps must be >= 1 or null (train.max_steps), got -5"),
+        (["optim.decay_steps=2"], "optim.decay_steps (2) must be > optim.warmup_steps (2): the decay follows the "
+                                  "warm-up; raise optim.decay_steps, lower optim.warmup_steps, or set "
+                                  "optim.decay_steps=null"),
+        (["optim.decay_steps=5", "optim.warmup_steps=10"], "optim.decay_steps (5) must be > optim.warmup_steps (10): "
+                                                          "the decay follows the warm-up; raise optim.decay_steps, "
+                                                          "lower optim.warmup_steps, or set optim.decay_steps=null"),
+        (["train.ckpt_interval=-1"], "train.ckpt_interval must be >= 0, got -1"),
+        (["train.threads=-2"], "train.threads must be >= 0, got -2"),
+        (["train.sample_tokens=-3"], "train.sample_tokens must be >= 0, got -3"),
+        (["train.keep_checkpoints=0"], "train.keep_checkpoints must be >= 1, got 0"),
+        (["train.seed=-1"], "train.seed must be in [0, 2**63), got -1"),
+        ([f"train.seed={2**63}"], f"train.seed must be in [0, 2**63), got {2**63}"),
+        ([f"train.seed={2**64}"], f"train.seed must be in [0, 2**63), got {2**64}"),
+    ],
+)
+def test_each_bad_number_is_named_with_its_value(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/tiny.yaml", overrides)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("overrides", [["optim.decay_steps=3"], ["optim.eps=1e-12", "optim.grad_clip=0"],
+                                       [f"train.seed={2**63 - 1}", "train.seed=0"], ["optim.min_lr=0"]])
+def test_the_edges_of_each_range_are_accepted(overrides):
+    load_config("configs/tiny.yaml", overrides)

@@ -17,8 +17,9 @@ from training import checkpoint as ckpt
 from training import runtime as rt
 from training.checkpoint import TrainState
 from training.config import config_to_dict, load_config
-from training.resume import (check_resumable, cuda_rng_entry, gather_rng, restore_rng, resume_path, resume_scaler,
-                             schedule, start_state, unsaved_ranks_message)
+from training.optim import make_optimizer
+from training.resume import (check_checkpoint_config, check_resumable, cuda_rng_entry, gather_rng, restore_rng,
+                             resume_path, resume_scaler, schedule, start_state, unsaved_ranks_message)
 from typedconfig.parsing import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,6 +132,31 @@ def test_an_explicit_checkpoint_is_used_even_when_newer_ones_exist(tmp_path):
     assert resume_path(cfg, tmp_path / "new", print).name == "step_000006"
 
 
+def test_resuming_another_runs_checkpoint_into_a_run_directory_with_checkpoints_is_refused(tmp_path):
+    """Its saves would land among the other run's checkpoints (and a save below them would delete them as an
+    abandoned branch): refused before the checkpoint is even verified."""
+    source = config(tmp_path / "source")
+    elsewhere, _, _ = save_trained(source, 3)
+    damage(elsewhere)
+    occupied = config(tmp_path / "occupied")
+    save_trained(occupied, 6)
+    for given in (elsewhere, tmp_path / "source"):
+        with pytest.raises(ConfigError) as info:
+            resume_path(config(tmp_path / "occupied", f"train.resume={given}"), tmp_path / "occupied", print)
+        assert str(info.value) == (
+            f"{tmp_path / 'occupied'} already holds checkpoints (step_000006) and train.resume={given} lies outside "
+            "it; choose another train.out_dir, or pass --resume alone to continue the run there")
+
+
+def test_an_explicit_checkpoint_of_the_run_directory_itself_is_a_branch_of_it(tmp_path):
+    cfg = config(tmp_path)
+    older, _, _ = save_trained(cfg, 3)
+    save_trained(cfg, 6)
+    for given, expected in ((older, older), (tmp_path, tmp_path / "checkpoints" / "step_000006"),
+                            (tmp_path / "checkpoints", tmp_path / "checkpoints" / "step_000006")):
+        assert resume_path(config(tmp_path, f"train.resume={given}"), tmp_path, print) == expected
+
+
 @pytest.mark.parametrize("flag, expected", [("--resume", "step_000006"), ("--resume={older}", "step_000003")])
 def test_the_resume_flag_with_and_without_a_checkpoint(tmp_path, flag, expected):
     """`--resume` alone continues the run directory's newest checkpoint; `--resume=CHECKPOINT` that checkpoint."""
@@ -215,6 +241,39 @@ def test_resuming_restores_counters_weights_optimiser_scaler_and_rng(tmp_path):
         assert float(restored["state"][index]["step"]) == 1.0
     assert scaler.get_scale() == 1024.0
     assert said == [f"resuming from {path} (step 3)"]
+    # restored, the loaded copies are dropped: the first save gathers the live state again
+    assert (state.optimizer, state.grad_scaler, state.rng) == (None, None, [])
+
+
+def test_a_resume_keeps_the_optimiser_settings_of_the_config_and_names_each_change(tmp_path):
+    """load_state_dict brings the checkpoint's param-group settings along; the run's config decides them instead
+    (the decayed group takes optim.weight_decay, the other keeps 0)."""
+    saved_cfg = config(tmp_path, "train.max_steps=5")
+    model = GPT(saved_cfg.model)
+    optimizer = make_optimizer(model, saved_cfg.optim, "cpu")
+    for parameter in model.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    optimizer.step()
+    state = TrainState(step=3, schedule_end=5, optimizer=optimizer.state_dict(), rng=gather_rng(CPU))
+    path = ckpt.save_checkpoint(tmp_path, model, state, config_to_dict(saved_cfg), keep=2)
+    cfg = config(tmp_path, "train.max_steps=5", "optim.weight_decay=0.02", "optim.beta1=0.5", "optim.beta2=0.6",
+                 "optim.eps=1e-3")
+    model = GPT(cfg.model)
+    optimizer = make_optimizer(model, cfg.optim, "cpu")
+    said = []
+    start_state(cfg, CPU, path, model, optimizer, torch.amp.GradScaler("cpu", enabled=False), said.append)
+    assert [(g["weight_decay"], g["betas"], g["eps"]) for g in optimizer.param_groups] == [
+        (0.02, (0.5, 0.6), 1e-3), (0.0, (0.5, 0.6), 1e-3)]
+    assert optimizer.state_dict()["state"][0]["exp_avg"].abs().sum() > 0  # the moments are the checkpoint's
+    assert said == [f"resuming from {path} (step 3)",
+                    "optim.weight_decay=0.02 replaces the checkpoint's 0.1",
+                    "optim.beta1=0.5 replaces the checkpoint's 0.9",
+                    "optim.beta2=0.6 replaces the checkpoint's 0.95",
+                    "optim.eps=0.001 replaces the checkpoint's 1e-08"]
+    said.clear()
+    start_state(saved_cfg, CPU, path, model, make_optimizer(model, saved_cfg.optim, "cpu"),
+                torch.amp.GradScaler("cpu", enabled=False), said.append)
+    assert said == [f"resuming from {path} (step 3)"]  # unchanged settings: nothing to say
 
 
 @pytest.mark.parametrize("saved_position, expected", [(None, 3 * 4), (40, 40)])
@@ -346,6 +405,41 @@ def test_resuming_refuses_another_model_or_other_data(tmp_path, change, message)
     with pytest.raises(ConfigError) as info:
         start_state(cfg, CPU, path, model, optimizer, scaler, print)
     assert str(info.value) == message
+
+
+def test_where_the_prepared_data_lies_may_change_between_resumes(tmp_path):
+    path, _, _ = save_trained(config(tmp_path, "data.prepared_dir=/old/disk/prepared"), 3)
+    cfg = config(tmp_path, "data.prepared_dir=/new/disk/prepared", "train.max_steps=5")
+    check_checkpoint_config(cfg, path)
+    assert start_state(cfg, CPU, path, *parts(cfg), lambda message: None).step == 3
+
+
+@pytest.mark.parametrize("kind, change, message", [
+    ("full", "model.n_layer=3", "cannot resume: model.n_layer is 3 here but 2 in the checkpoint"),
+    ("full", "data.eval_windows=4", "cannot resume: data.eval_windows is 4 here but 8 in the checkpoint"),
+    ("weights_only", "model.n_head=4", "cannot resume: model.n_head is 4 here but 2 in the checkpoint"),
+    ("weights_only", "data.eval_windows=4", None),  # a new run from the weights takes any data
+])
+def test_the_checkpoint_config_is_checked_from_its_config_and_kind(tmp_path, kind, change, message):
+    path, _, _ = save_trained(config(tmp_path / "source"), 3, kind=kind)
+    cfg = config(tmp_path / "run", change)
+    if message is None:
+        check_checkpoint_config(cfg, path)
+    else:
+        with pytest.raises(ConfigError, match=message):
+            check_checkpoint_config(cfg, path)
+    check_checkpoint_config(cfg, None)  # a fresh start has nothing to check
+
+
+def test_a_resume_that_cannot_continue_stops_before_the_data_is_opened(tmp_path, monkeypatch, capsys):
+    """Preparing the data can take hours: a model or data mismatch is refused before it starts."""
+    save_trained(config(tmp_path), 3)
+    opened = []
+    monkeypatch.setattr(train, "open_run_data", lambda *args: opened.append(args))
+    assert train.main([str(TINY), f"train.out_dir={tmp_path}", "model.vocab_size=64", "model.n_layer=3",
+                       "--resume"]) == 2
+    assert "cannot resume: model.n_layer is 3 here but 2 in the checkpoint" in capsys.readouterr().err
+    assert opened == []
 
 
 def test_keys_a_checkpoint_predates_count_as_their_defaults(tmp_path):

@@ -94,3 +94,14 @@ def _fake_bf16_check(emulated: bool):
 def test_auto_dtype_on_cuda_is_bf16_only_where_native(monkeypatch, emulated, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", _fake_bf16_check(emulated))
     assert rt.pick_dtype("auto", torch.device("cuda", 0)) == expected
+
+
+def test_synchronize_waits_for_an_asynchronous_device_only(monkeypatch):
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(("cuda", device)))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append(("mps", None)))
+    rt.synchronize(torch.device("cpu"))
+    assert waited == []  # the CPU has nothing queued
+    rt.synchronize(torch.device("cuda", 1))
+    rt.synchronize(torch.device("mps"))
+    assert waited == [("cuda", torch.device("cuda", 1)), ("mps", None)]
