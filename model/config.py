@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from model.attention import BACKENDS, get_backend, option_types
+from model.attention.options import is_real
 from typedconfig.parsing import coerce
 
 PositionEncoding = Literal["learned", "rope", "none"]
@@ -59,6 +60,13 @@ class ModelConfig:
             raise ValueError(f"model.position=rope needs an even head size, got n_embd/n_head = {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        # Checked whatever the position encoding, so that a config stays valid when only `position` changes.
+        if not (is_real(self.rope_base) and self.rope_base > 0):
+            raise ValueError(f"model.rope_base must be a finite number > 0 (RoPE's base frequency, e.g. 10000), "
+                             f"got {self.rope_base!r}")
+        for name in ("layer_norm_eps", "init_std"):
+            if not (is_real(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"model.{name} must be a finite number >= 0, got {getattr(self, name)!r}")
 
     @property
     def head_dim(self) -> int:

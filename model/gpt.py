@@ -17,7 +17,7 @@ from torch import nn
 from model.attention import get_backend
 from model.config import ModelConfig
 from model.loss import linear_cross_entropy
-from model.position import apply_rotary, padding_count, rotary_angles, token_positions
+from model.position import apply_rotary, padding_count, rotary_angles, rotary_dtype, token_positions
 
 
 @dataclass
@@ -48,7 +48,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if self.rope_base is not None:
-            cos, sin = rotary_angles(positions, self.head_dim, self.rope_base)
+            cos, sin = rotary_angles(positions, self.head_dim, self.rope_base, rotary_dtype(q.dtype))
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k = self.qk_transform(q, k)
         if state is None:

@@ -1,16 +1,17 @@
 """attnlab models as transformers causal LMs: `AutoModelForCausalLM`, `generate()`, `save_pretrained`.
 
     from model.modeling_attnlab import AttnlabForCausalLM      # registers the Auto classes
-    hf = AttnlabForCausalLM.from_gpt(gpt)                      # wrap a trained model.gpt.GPT (weights shared)
+    hf = AttnlabForCausalLM.from_gpt(gpt)                      # a trained model.gpt.GPT's weights, copied
     out = hf.generate(ids, max_new_tokens=50, do_sample=False)
 
-The wrapper holds the project's GPT (no second copy of the architecture). `generate()` carries the backend's
-own decode state as its cache (`AttnlabCache`): a fixed-size recurrent state for the linear backends, a KV cache
-for softmax and expressive. Each step consumes only the tokens the state has not seen, so decoding costs the
-same as scripts/generate.py. Padding (an attention_mask with zeros; left padding for generate(), as with every
-decoder-only model) is masked in every backend: padding tokens take no part in attention, the positions of each
-row count its real tokens (transformers' GPT-2 derives position_ids from the mask the same way), and the cache
-remembers the padding, so a padded row gives the logits and the tokens it gives alone.
+The wrapper holds the project's GPT (no second copy of the architecture); `from_gpt` builds a new one with a copy of
+the given model's weights, on its device and in its dtype, so training either afterwards leaves the other as it was.
+`generate()` carries the backend's own decode state as its cache (`AttnlabCache`): a fixed-size recurrent state for
+the linear backends, a KV cache for softmax and expressive. Each step consumes only the tokens the state has not
+seen, so decoding costs the same as scripts/generate.py. Padding (an attention_mask with zeros; left padding for
+generate(), as with every decoder-only model) is masked in every backend: padding tokens take no part in attention,
+the positions of each row count its real tokens (transformers' GPT-2 derives position_ids from the mask the same
+way), and the cache remembers the padding, so a padded row gives the logits and the tokens it gives alone.
 
 `scripts/export_hf.py` copies this file (with the model package) into an exported folder, so it must import only
 torch, transformers, the model package and typedconfig.parsing (which imports only the standard library).
@@ -67,10 +68,12 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_gpt(cls, gpt: GPT) -> AttnlabForCausalLM:
-        """A transformers model around `gpt`'s weights (copied into a fresh wrapper with the same config)."""
+        """A transformers model around a copy of `gpt`'s weights (a fresh wrapper with the same config), on `gpt`'s
+        device and in its dtype."""
         hf = cls(AttnlabConfig.from_model_config(gpt.config))
         hf.model.load_state_dict(gpt.state_dict())
-        return hf.to(next(gpt.parameters()).dtype).eval()
+        weight = next(gpt.parameters())
+        return hf.to(device=weight.device, dtype=weight.dtype).eval()
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         """GPT initialises its own weights in its constructor (normal, std model.init_std; residual projections scaled
@@ -105,39 +108,72 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         past_key_values: AttnlabCache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
-        logits_to_keep: int | None = None,
+        logits_to_keep: int | torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits for `input_ids` (B, T). With a cache (or use_cache outside training and without labels) the tokens
-        continue the cache's state; `logits_to_keep=1` keeps only the last position's logits. With `labels` (B, T)
+        """Logits for `input_ids` (B, T). With a cache the tokens continue the cache's state; use_cache outside
+        training and without labels returns one. `logits_to_keep` as in transformers: an int n > 0 keeps the last
+        n positions' logits, 0 (or None) all of them, a 1-D tensor the positions it lists. With `labels` (B, T)
         the loss is the mean next-token cross-entropy (labels shifted inside, negative labels such as transformers'
         -100 ignored; give padding positions -100). `attention_mask` covers the cached tokens and the new ones
-        (B, past + T), as generate() passes it; zeros mark padding."""
+        (B, past + T), as generate() passes it; zeros mark padding.
+
+        The decode steps update their states in place, out of autograd's sight, so logits that may need gradients
+        (autograd on, no cache given) come from the full forward, and the cache asked for beside them from a decode
+        without gradients (twice the compute: run inference under torch.no_grad(), as generate() does). Logits that
+        continue a given cache carry no gradient through it."""
         if input_ids is None:
             raise ValueError("attnlab models take input_ids (token ids); inputs_embeds is not supported")
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        last_only = logits_to_keep == 1
-        cached = past_key_values is not None or (use_cache and labels is None and not self.training)
-        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        keep = _kept_positions(logits_to_keep)
+        if labels is not None and keep is not None:
+            raise ValueError(
+                f"labels need the logits of every position; do not combine them with logits_to_keep={logits_to_keep!r}"
+            )
+        continues = past_key_values is not None
+        wants_cache = continues or (use_cache and labels is None and not self.training)
+        past = past_key_values.get_seq_length() if continues else 0
         mask = _padding_mask(attention_mask, input_ids.shape, past)
-        if cached:
-            if past_key_values is None:
-                state = self.model.init_decode_state(input_ids.shape[0], dtype=self.dtype, device=input_ids.device)
-                past_key_values = AttnlabCache(state)
+        if wants_cache and not continues:
+            state = self.model.init_decode_state(input_ids.shape[0], dtype=self.dtype, device=input_ids.device)
+            past_key_values = AttnlabCache(state)
+        if continues or (wants_cache and not torch.is_grad_enabled()):
+            last_only = isinstance(keep, slice) and keep.start == -1  # a long prefill never holds T x vocab logits
             logits, past_key_values.state = self.model.decode(
                 input_ids, past_key_values.state, mask=mask, last_only=last_only
             )
         else:
             logits, _ = self.model(input_ids, mask=mask)
-            past_key_values = None
-            if last_only:
-                logits = logits[:, -1:]
+            if wants_cache:
+                with torch.no_grad():
+                    _, past_key_values.state = self.model.decode(
+                        input_ids, past_key_values.state, mask=mask, last_only=True
+                    )
+        if keep is not None:
+            logits = logits[:, keep]
         loss = None
         if labels is not None:
-            if last_only:
-                raise ValueError("labels need the logits of every position; do not combine them with logits_to_keep=1")
             loss = cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
+        cache = past_key_values if wants_cache else None
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+
+
+def _kept_positions(logits_to_keep: int | torch.Tensor | None) -> slice | torch.Tensor | None:
+    """The index of the positions whose logits `logits_to_keep` keeps, in transformers' convention (an int n: the
+    last n, 0 all; a 1-D tensor: the positions it lists); None for all of them."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        if logits_to_keep.ndim == 1 and not logits_to_keep.is_floating_point() and logits_to_keep.dtype != torch.bool:
+            return logits_to_keep
+        got = f"a tensor of shape {tuple(logits_to_keep.shape)} and dtype {logits_to_keep.dtype}"
+    elif logits_to_keep is None or (isinstance(logits_to_keep, int) and not isinstance(logits_to_keep, bool)
+                                    and logits_to_keep >= 0):
+        return slice(-logits_to_keep, None) if logits_to_keep else None
+    else:
+        got = repr(logits_to_keep)
+    raise ValueError(
+        "logits_to_keep must be an int n >= 0 (the last n positions' logits; 0 keeps all of them) or a 1-D integer "
+        f"tensor of positions, got {got}"
+    )
 
 
 def _padding_mask(attention_mask: torch.Tensor | None, shape: torch.Size, past: int) -> torch.Tensor | None:

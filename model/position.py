@@ -11,20 +11,30 @@ from __future__ import annotations
 import torch
 
 
-def rotary_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of p * theta_i for each position p: two float32 tensors, (T, head_dim / 2) for positions (T,) or
-    (B, T, head_dim / 2) for positions (B, T)."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.to(torch.float32)[..., None] * inv_freq
+def rotary_angles(
+    positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of p * theta_i for each position p, in `dtype` (float32, or float64 for float64 activations: an
+    fp32 angle p * theta is off by up to p * 6e-8 rad): (T, head_dim / 2) for positions (T,) or (B, T, head_dim / 2)
+    for positions (B, T)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=dtype) / head_dim)
+    angles = positions.to(dtype)[..., None] * inv_freq
     return angles.cos(), angles.sin()
+
+
+def rotary_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the rotation for activations of `dtype`: at least float32 (bf16 angles would be off by whole
+    radians past position 256), float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs of x (B, H, T, d) by the angles whose cos/sin are (T, d / 2), or (B, T, d / 2) when
-    each row has its own positions."""
+    each row has its own positions; computed in `rotary_dtype(x.dtype)`, returned in x's dtype."""
     if cos.ndim == 3:
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d / 2): the same angles for every head
-    x_even, x_odd = x.float()[..., 0::2], x.float()[..., 1::2]
+    xr = x.to(rotary_dtype(x.dtype))
+    x_even, x_odd = xr[..., 0::2], xr[..., 1::2]
     rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
     return rotated.flatten(-2).to(x.dtype)
 

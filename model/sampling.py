@@ -10,6 +10,7 @@ to the whole tie group at its edge. The most probable token is always kept.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -25,14 +26,24 @@ class Sampler:
     vocab_size: int | None = None  # sample only ids below this (a model vocabulary padded past the tokenizer's)
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = no limit), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 = no limit), got {self.top_p}")
-        if self.vocab_size is not None and self.vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
+        if not (_is_real(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
+        if not (_is_integer(self.top_k) and self.top_k >= 0):
+            raise ValueError(f"top_k must be >= 0 (an integer; 0 = no limit), got {self.top_k!r}")
+        if not (_is_real(self.top_p) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1] (1 = no limit), got {self.top_p!r}")
+        if self.vocab_size is not None and not (_is_integer(self.vocab_size) and self.vocab_size >= 1):
+            raise ValueError(f"vocab_size must be >= 1 (an integer; None = every id), got {self.vocab_size!r}")
+
+
+def _is_integer(value: object) -> bool:
+    """An int of any kind (numpy's too) but not a bool: top_k=True would silently mean 1."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    """A finite real number but not a bool (a string such as '0.5' would fail later, in the middle of sampling)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:

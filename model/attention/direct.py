@@ -29,7 +29,7 @@ import torch
 
 from model.attention.base import zero_masked_queries
 from model.attention.kv_cache import causal_mask, padded_causal_mask
-from model.attention.numerics import accumulation_dtype, fold_heads, fold_mask, unfold_heads
+from model.attention.numerics import accumulation_dtype, autocast_off, fold_heads, fold_mask, unfold_heads
 from model.cpu import cpu_multiplies_bf16
 
 
@@ -151,7 +151,7 @@ def _unblocked(x: torch.Tensor, t: int) -> torch.Tensor:
 class _TiledCausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, weight: PointwiseWeight, eps: float, block: int, valid: torch.Tensor | None):
-        with torch.autocast(q.device.type, enabled=False):  # the caller chose the dtype; autocast would mix them
+        with autocast_off(q.device):  # the caller chose the dtype; autocast would mix them
             return _TiledCausalAttention._forward(ctx, q, k, v, weight, eps, block, valid)
 
     @staticmethod
@@ -165,7 +165,7 @@ class _TiledCausalAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        with torch.autocast(dy.device.type, enabled=False):
+        with autocast_off(dy.device):
             return _TiledCausalAttention._backward(ctx, dy)
 
     @staticmethod

@@ -20,7 +20,7 @@ from model.attention.direct import naive_causal_average, safe_denominator, tiled
 from model.attention.flex import WEIGHT_FLOOR, direct_form
 from model.attention.kv_cache import KVCache, append_kv, empty_kv_cache, kv_cache_bytes
 from model.attention.linear import QuadraticKernel, QuadraticKernelAttention
-from model.attention.numerics import accumulation_dtype, fold_heads, fold_mask, unfold_heads
+from model.attention.numerics import accumulation_dtype, autocast_off, fold_heads, fold_mask, unfold_heads
 from model.attention.options import check_count, check_non_negative_real, check_option, is_real
 
 
@@ -96,10 +96,11 @@ class ExpressiveAttention(AttentionBackend):
         values = state.values().reshape(b * h, past + t, v.shape[-1])
         keys_valid = state.valid_keys()
         q_scaled = fold_heads(q) * _temperature(self.temperature, d)
-        num, den = tiled_numerator_and_denominator(
-            q_scaled, keys, values, SaturatingSquare(), past, self.block_size,
-            None if keys_valid is None else fold_mask(keys_valid, h),
-        )
+        with autocast_off(q.device):  # the cache is in the accumulation dtype; autocast would round its GEMMs
+            num, den = tiled_numerator_and_denominator(
+                q_scaled, keys, values, SaturatingSquare(), past, self.block_size,
+                None if keys_valid is None else fold_mask(keys_valid, h),
+            )
         den = safe_denominator(den, self.eps, None if mask is None else fold_mask(mask, h))
         return zero_masked_queries(unfold_heads(num / den[..., None], q), mask), state
 

@@ -41,6 +41,7 @@ from model.attention.flex import WEIGHT_FLOOR, direct_form
 from model.attention.linear_state import LinearAttentionState
 from model.attention.numerics import (
     accumulation_dtype,
+    autocast_off,
     chunk_groups,
     fold_heads,
     fold_mask,
@@ -268,6 +269,11 @@ def _values_for_gemm(v: torch.Tensor, valid: torch.Tensor | None = None) -> torc
 class _ChunkedLinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, kernel: QuadraticKernel, eps: float, chunk: int, valid: torch.Tensor | None):
+        with autocast_off(q.device):  # the caller chose the dtype; fp16 GEMMs on the fp32 state would overflow
+            return _ChunkedLinearAttention._forward(ctx, q, k, v, kernel, eps, chunk, valid)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, kernel: QuadraticKernel, eps: float, chunk: int, valid: torch.Tensor | None):
         v1 = _values_for_gemm(v, valid)
         kv = q.new_zeros(q.shape[0], kernel.feature_dim(q.shape[-1]), v1.shape[-1])
         out = _attend_and_fold(q, k, v1, kernel, chunk, kv)
@@ -280,6 +286,11 @@ class _ChunkedLinearAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        with autocast_off(dy.device):
+            return _ChunkedLinearAttention._backward(ctx, dy)
+
+    @staticmethod
+    def _backward(ctx, dy):
         q, k, v, y, den, valid = ctx.saved_tensors
         kernel, chunk = ctx.kernel, ctx.chunk
         v1 = _values_for_gemm(v, valid)
@@ -369,7 +380,8 @@ class QuadraticKernelAttention(AttentionBackend):
         v1 = with_ones_column(fold_heads(v))
         if valid is not None:
             v1.masked_fill_(~valid[..., None], 0.0)  # a padding key adds nothing to [S | z]
-        out = _attend_and_fold(fold_heads(q), fold_heads(k), v1, self.kernel(d), self.chunk_size, kv)
+        with autocast_off(q.device):
+            out = _attend_and_fold(fold_heads(q), fold_heads(k), v1, self.kernel(d), self.chunk_size, kv)
         y = out[..., :-1] / safe_denominator(out[..., -1], self.eps, valid)[..., None]
         state.length += t
         state.pads = padding_count(state.pads, mask)

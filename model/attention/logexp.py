@@ -38,6 +38,7 @@ from model.attention.kv_cache import causal_mask, padded_causal_mask
 from model.attention.linear_state import LinearAttentionState
 from model.attention.numerics import (
     accumulation_dtype,
+    autocast_off,
     chunk_bounds,
     chunk_groups,
     fold_heads,
@@ -89,8 +90,9 @@ def _pair_sums(qc: torch.Tensor, kc: torch.Tensor) -> _PairSums:
     sums = eq @ ek.transpose(-1, -2)
     future = torch.full((qc.shape[2], kc.shape[2]), float("-inf"), dtype=sums.dtype, device=sums.device).triu_(1)
     logits = torch.log(sums).add_(a).add_(b.transpose(-1, -2)).add_(future)  # causal mask: -inf above the diagonal
-    # Below this the flushed terms (< tiny each, d of them) could change the sum by more than its rounding.
-    info = torch.finfo(sums.dtype)
+    # Below this the flushed terms (< tiny each, d of them) could change the sum by more than its rounding. The
+    # range is the accumulation dtype's, which the sums are computed in (the callers switch autocast off).
+    info = torch.finfo(accumulation_dtype(qc.dtype))
     unreliable = (sums < qc.shape[-1] * info.tiny / info.eps).tril_()
     exact = None
     if unreliable.any():
@@ -165,6 +167,11 @@ def _intra_chunk_backward(q, k, v1, dout, lse, chunk: int):
 class _ChunkedLogExpAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, chunk: int):
+        with autocast_off(q.device):  # the caller chose the dtype; autocast would round the fp32 state's GEMMs
+            return _ChunkedLogExpAttention._forward(ctx, q, k, v, chunk)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, chunk: int):
         kv = q.new_zeros(q.shape[0], q.shape[-1], v.shape[-1] + 1)
         m = q.new_full((q.shape[0], q.shape[-1]), float("-inf"))
         y, lse = _attend_and_fold(q, k, with_ones_column(v), chunk, kv, m)
@@ -174,6 +181,11 @@ class _ChunkedLogExpAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        with autocast_off(dy.device):
+            return _ChunkedLogExpAttention._backward(ctx, dy)
+
+    @staticmethod
+    def _backward(ctx, dy):
         q, k, v, y, lse = ctx.saved_tensors
         chunk, t = ctx.chunk, q.shape[1]
         v1 = with_ones_column(v)
@@ -244,7 +256,10 @@ class LogExpAttention(AttentionBackend):
         b, h = q.shape[:2]
         kv = state.kv.view(b * h, *state.kv.shape[2:])  # views: updated in place
         m = state.m.view(b * h, -1)
-        y, _ = _attend_and_fold(fold_heads(q), _keys(k, mask), with_ones_column(fold_heads(v)), self.chunk_size, kv, m)
+        with autocast_off(q.device):
+            y, _ = _attend_and_fold(
+                fold_heads(q), _keys(k, mask), with_ones_column(fold_heads(v)), self.chunk_size, kv, m
+            )
         return zero_masked_queries(unfold_heads(y, q), mask), state
 
     def state_nbytes(self, state: LogExpState) -> int:

@@ -4,7 +4,8 @@ Kernels fold the batch and head dimensions into one (`(B, H, T, d) -> (B*H, T, d
 GEMM over all heads) and compute in the accumulation dtype: float32 for float32/bfloat16/float16 inputs (sums of
 squared scores overflow half precision, and states summed over thousands of tokens need fp32), float64 for float64
 (the tests' exact mode). The direct forms' tiles are the exception: their GEMMs take bf16 operands where the device
-multiplies bf16 natively, summed in fp32 (model/attention/direct.py).
+multiplies bf16 natively, summed in fp32 (model/attention/direct.py). The kernels run with autocast off
+(`autocast_off`): under autocast they compute what they compute without it, in the dtypes chosen here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import torch.nn.functional as F
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def autocast_off(device: torch.device) -> torch.autocast:
+    """A context in which the kernels keep the dtypes they chose: under autocast their GEMMs would round fp32 states
+    and sums to half precision (fp16 overflows past 65504, bf16 keeps 3 digits) and mix dtypes in in-place ops."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def fold_heads(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -109,6 +109,39 @@ def test_decode_in_bf16_keeps_input_dtype_and_tracks_fp32(name, options):
     torch.testing.assert_close(y.float(), backend.forward(q, k, v)[:, :, -1:], atol=5e-2, rtol=5e-2)
 
 
+# Softmax runs torch's SDPA, whose dtype under autocast is autocast's to choose, as in any torch model.
+KERNEL_CASES = [(case, case_id) for case, case_id in zip(CASES, CASE_IDS) if case[0] != "softmax"]
+
+
+@pytest.mark.parametrize("autocast", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(("name", "options"), [c for c, _ in KERNEL_CASES], ids=[i for _, i in KERNEL_CASES])
+def test_autocast_leaves_the_kernels_training_and_decode_forms_unchanged(name, options, autocast):
+    # train.py trains under bf16 autocast and its evaluation decodes under it: the kernels choose their own dtypes
+    # (fp32 states and sums), which autocast must not round to half precision.
+    backend = get_backend(name, **options)
+    q, k, v = (x.requires_grad_() for x in kernel_inputs(backend, 45, dtype=torch.float32))
+    grad_out = torch.randn(B, H, 45, D_V, generator=torch.Generator().manual_seed(1))
+
+    def forms() -> list[torch.Tensor]:
+        """The forward output, its gradients and the decode steps' outputs (a prefill, then token by token)."""
+        y = backend.forward(q, k, v)
+        grads = torch.autograd.grad((y * grad_out).sum(), (q, k, v))
+        state = backend.init_state(B, H, D, D_V, dtype=torch.float32, device="cpu")
+        steps = []
+        with torch.no_grad():
+            for t0, t1 in [(0, 30)] + [(t, t + 1) for t in range(30, 45)]:
+                y_t, state = backend.step(q[:, :, t0:t1], k[:, :, t0:t1], v[:, :, t0:t1], state)
+                steps.append(y_t)
+        return [y, *grads, torch.cat(steps, dim=2)]
+
+    expected = forms()
+    with torch.autocast("cpu", dtype=autocast):
+        got = forms()
+    for what, a, b in zip(["forward", "dq", "dk", "dv", "steps"], got, expected):
+        assert a.dtype == torch.float32, what
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=lambda m, what=what: f"{what}: {m}")
+
+
 @pytest.mark.parametrize(("name", "options"), CASES, ids=CASE_IDS)
 def test_gradients_pass_gradcheck_fp64(name, options):
     backend = get_backend(name, **options)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from model.attention import get_backend
 from model.attention.linear import (
     QuadraticKernel,
     chunked_linear_attention,
@@ -83,3 +85,49 @@ def test_head_groups_compute_each_head_with_its_own_state(kernel):
     expected_grads = torch.autograd.grad(expected, (q, k, v), dy)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+def _large_state_inputs(name: str, dtype: torch.dtype, t: int = 256, d: int = 8):
+    """q, k, v (1, 2, t, d) in `dtype` whose state [S | z] passes fp16's 65504 within t tokens: values with a common
+    offset, as a residual stream has, and for expressive_sq keys of norm ~10 (taylor normalises them)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, t, d, generator=gen, dtype=torch.float64) for _ in range(3))
+    if name == "taylor":
+        q, k, v = 2 * F.normalize(q, dim=-1), F.normalize(k, dim=-1), 300 * (v + 1)
+    else:
+        k, v = 4 * k, 30 * (v + 1)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+# Relative error (norm) the plain path meets against the fp64 reference: the unit roundoff of half-precision inputs;
+# fp32 inputs are computed in fp32 throughout.
+AUTOCAST_TOLERANCE = {torch.bfloat16: 2**-8, torch.float16: 2**-11, torch.float32: 1e-5}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "autocast"),
+    [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16), (torch.float32, torch.bfloat16),
+     (torch.float32, torch.float16)],
+    ids=["bf16", "fp16", "fp32-bf16-autocast", "fp32-fp16-autocast"],
+)
+@pytest.mark.parametrize("name", ["taylor", "expressive_sq"])
+def test_the_linear_form_under_autocast_is_as_accurate_as_without_it(name, dtype, autocast):
+    # train.py trains under bf16 autocast: the state's GEMMs must stay in fp32 (in fp16 it overflows to inf, in
+    # bf16 the sums over the chunks lose digits), the plain path's accuracy whether autocast is on or not.
+    backend = get_backend(name, crossover=1, chunk_size=16)
+    q, k, v = (x.requires_grad_() for x in _large_state_inputs(name, dtype))
+    grad_out = torch.randn(q.shape[:3] + v.shape[-1:], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    expected = backend.reference(q64, k64, v64)
+    expected_grads = torch.autograd.grad((expected * grad_out).sum(), (q64, k64, v64))
+    for enabled in (False, True):
+        with torch.autocast("cpu", dtype=autocast, enabled=enabled):
+            y = backend.forward(q, k, v)
+            grads = torch.autograd.grad((y * grad_out.to(y.dtype)).sum(), (q, k, v))
+        assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads), f"autocast={enabled}"
+        errors = [_relative_error(got, want) for got, want in zip((y, *grads), (expected, *expected_grads))]
+        assert max(errors) < AUTOCAST_TOLERANCE[dtype], f"autocast={enabled}: relative errors {errors}"

@@ -67,23 +67,36 @@ def test_a_huge_key_in_the_same_chunk_does_not_underflow_the_earlier_queries(dty
     torch.testing.assert_close(y[:, :, 30:], v[:, :, 30:31].expand_as(y[:, :, 30:]), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_pairs_whose_factored_sum_underflows_are_recomputed_exactly(dtype):
-    # Query 1 is large where both keys are very negative and vice versa: exp(q - max q) exp(k - max k)ᵀ underflows
-    # to 0 for both of its pairs (NaN without the fallback), while both true logits are log 2.
+def _underflowing_pairs(dtype):
+    """Query 1 is large where both keys are very negative and vice versa: exp(q - max q) exp(k - max k)ᵀ underflows
+    to 0 for both of its pairs (NaN without the fallback), while both true logits are log 2."""
     q = torch.tensor([[0.0, 0.0], [400.0, -400.0]], dtype=dtype)[None, None]
     k = torch.tensor([[-400.0, 400.0], [-400.0, 400.0]], dtype=dtype)[None, None]
     v = torch.tensor([[1.0], [-1.0]], dtype=dtype)[None, None]
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    return tuple(x.requires_grad_() for x in (q, k, v))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "autocast"),
+    [(torch.float64, None), (torch.float32, None), (torch.float32, torch.bfloat16), (torch.float32, torch.float16),
+     (torch.bfloat16, None), (torch.bfloat16, torch.bfloat16)],
+    ids=["fp64", "fp32", "fp32-bf16-autocast", "fp32-fp16-autocast", "bf16", "bf16-bf16-autocast"],
+)
+def test_pairs_whose_factored_sum_underflows_are_recomputed_exactly(dtype, autocast):
+    # Under autocast (train.py's CPU default is bf16) the kernel still computes in fp32, as it does for bf16 inputs:
+    # autocast's half-precision sums could not take the fp32 log-space logits of these pairs.
+    q, k, v = _underflowing_pairs(dtype)
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-6
     backend = get_backend("logexp")
-    y = backend.forward(q, k, v)
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        y = backend.forward(q, k, v)
+        grads = torch.autograd.grad(y.sum(), (q, k, v))
     expected = backend.reference(q.double(), k.double(), v.double())
     torch.testing.assert_close(expected, torch.tensor([[[[1.0], [0.0]]]], dtype=torch.float64))
-    torch.testing.assert_close(y.double(), expected, atol=1e-6, rtol=1e-6)
-    grads = torch.autograd.grad(y.sum(), (q, k, v))
+    torch.testing.assert_close(y.double(), expected, atol=tolerance, rtol=tolerance)
     expected_grads = torch.autograd.grad(expected.sum(), (q, k, v))
     for got, want in zip(grads, expected_grads):
-        torch.testing.assert_close(got.double(), want.double(), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(got.double(), want.double(), atol=tolerance, rtol=tolerance)
 
 
 def test_state_is_S_z_and_the_running_key_max():

@@ -116,6 +116,35 @@ def test_rope_scores_depend_only_on_relative_position():
     assert score(5, 2) != pytest.approx(score(5, 3), rel=1e-3)
 
 
+def test_rope_rotates_fp64_activations_in_fp64():
+    from model.position import apply_rotary, rotary_angles, rotary_dtype
+
+    d, base = 16, 10000.0
+    positions = torch.arange(1000, 1008)
+    x = torch.randn(2, 3, 8, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    cos, sin = rotary_angles(positions, d, base, rotary_dtype(x.dtype))
+    angles = torch.tensor([[p * base ** (-2 * i / d) for i in range(d // 2)] for p in positions.tolist()],
+                          dtype=torch.float64)  # Python's float math: exact to fp64 rounding
+    even, odd = x[..., 0::2], x[..., 1::2]
+    expected = torch.stack((even * angles.cos() - odd * angles.sin(), even * angles.sin() + odd * angles.cos()), -1)
+    rotated = apply_rotary(x, cos, sin)
+    assert rotated.dtype == torch.float64
+    torch.testing.assert_close(rotated, expected.flatten(-2), atol=1e-12, rtol=1e-12)
+    assert [rotary_dtype(t) for t in (torch.bfloat16, torch.float16, torch.float32, torch.float64)] == [
+        torch.float32, torch.float32, torch.float32, torch.float64]
+
+
+def test_fp64_attention_with_rope_depends_only_on_relative_positions_to_fp64_precision():
+    # q_m · k_n depends on m - n only: shifting every position by 1000 changes nothing but rounding.
+    torch.manual_seed(0)
+    attn = GPT(tiny(position="rope")).double().transformer.h[0].attn
+    x = torch.randn(2, 10, 32, dtype=torch.float64)
+    with torch.no_grad():
+        near, _ = attn(x, torch.arange(10))
+        far, _ = attn(x, torch.arange(1000, 1010))
+    torch.testing.assert_close(far, near, atol=1e-12, rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -125,11 +154,25 @@ def test_rope_scores_depend_only_on_relative_position():
         ({"position": "rope", "n_embd": 30, "n_head": 2}, "even head size"),
         ({"n_layer": 0}, "model.n_layer must be >= 1"),
         ({"position": "rotary"}, "model.position: unknown encoding 'rotary' .allowed: learned, rope, none"),
+        # A zero, negative or NaN base gives NaN or constant angles, and the model would train on them silently.
+        ({"position": "rope", "rope_base": 0.0}, r"model.rope_base must be a finite number > 0 .*got 0.0"),
+        ({"position": "rope", "rope_base": -1e4}, r"model.rope_base must be a finite number > 0 .*got -10000.0"),
+        ({"rope_base": float("nan")}, r"model.rope_base must be a finite number > 0 .*got nan"),
+        ({"rope_base": True}, r"model.rope_base must be a finite number > 0 .*got True"),
+        # A negative eps makes LayerNorm's variance + eps negative for a constant row: NaN logits.
+        ({"layer_norm_eps": -1e-5}, r"model.layer_norm_eps must be a finite number >= 0, got -1e-05"),
+        ({"layer_norm_eps": float("inf")}, r"model.layer_norm_eps must be a finite number >= 0, got inf"),
+        ({"init_std": -0.02}, r"model.init_std must be a finite number >= 0, got -0.02"),
     ],
 )
 def test_impossible_model_configs_are_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny(**overrides)
+
+
+def test_edge_values_of_the_numeric_model_options_are_accepted():
+    cfg = tiny(position="rope", rope_base=500000, layer_norm_eps=0.0, init_std=0.0)  # Llama 3's base, an int
+    assert (cfg.rope_base, cfg.layer_norm_eps, cfg.init_std) == (500000, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("attention", BACKENDS)

@@ -128,6 +128,66 @@ def test_embeddings_input_and_a_mask_of_the_wrong_shape_are_refused_with_a_messa
         model(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 3, dtype=torch.long))
 
 
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_an_eval_mode_forward_with_autograd_on_has_the_gradients_of_the_uncached_forward(attention):
+    # The decode steps update their states in place, out of autograd's sight: the default call (use_cache on, eval
+    # mode) must still differentiate the full forward, and its cache must still continue the sequence.
+    model = tiny_model(attention)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(8))
+
+    def gradients(**options) -> tuple[dict[str, torch.Tensor], object]:
+        model.zero_grad(set_to_none=True)
+        out = model(ids[:, :8], **options)
+        out.logits.sum().backward()
+        return {name: p.grad for name, p in model.named_parameters()}, out.past_key_values
+
+    (cached, cache), (plain, _) = gradients(), gradients(use_cache=False)
+    for name, grad in plain.items():
+        assert cached[name] is not None, f"no gradient for {name}"
+        torch.testing.assert_close(cached[name], grad, atol=0, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+    with torch.no_grad():
+        continued = model(ids[:, 8:], past_key_values=cache).logits[:, -1]
+        torch.testing.assert_close(continued, model(ids, use_cache=False).logits[:, -1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("grad", [True, False])
+def test_logits_to_keep_keeps_the_last_n_positions_or_the_listed_ones(use_cache, grad):
+    model = tiny_model("taylor")
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(9))
+    with torch.set_grad_enabled(grad):
+        full = model(ids, use_cache=False).logits
+        for keep, expected in [(None, full), (0, full), (1, full[:, -1:]), (3, full[:, -3:]), (20, full),
+                               (torch.tensor([4, 0, 4]), full[:, [4, 0, 4]])]:
+            logits = model(ids, use_cache=use_cache, logits_to_keep=keep).logits
+            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5, msg=lambda m, k=keep: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("keep", [-1, 2.5, True, "3", torch.tensor([[1, 2]]), torch.tensor([0.0, 1.0])])
+def test_logits_to_keep_that_names_no_positions_is_refused_with_a_message(keep):
+    model = tiny_model("softmax")
+    with pytest.raises(ValueError, match="logits_to_keep must be an int n >= 0 .* or a 1-D integer tensor"):
+        model(torch.ones(1, 4, dtype=torch.long), logits_to_keep=keep)
+    with pytest.raises(ValueError, match="labels need the logits of every position"):
+        model(torch.ones(1, 4, dtype=torch.long), labels=torch.ones(1, 4, dtype=torch.long), logits_to_keep=2)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_from_gpt_copies_the_weights_onto_the_models_device_and_dtype(device):
+    gpt = tiny_model("softmax").model.to(device=device, dtype=torch.float64)
+    hf = AttnlabForCausalLM.from_gpt(gpt)
+    weight = hf.model.transformer.h[0].attn.c_attn.weight
+    assert weight.device == gpt.transformer.h[0].attn.c_attn.weight.device and weight.dtype == torch.float64
+    ids = torch.randint(0, VOCAB, (1, 6), device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids, use_cache=False).logits, gpt(ids)[0], atol=0, rtol=0)
+        gpt.transformer.h[0].attn.c_attn.weight.zero_()  # a copy: changing the GPT afterwards leaves hf as it was
+    assert weight.abs().sum() > 0
+
+
 # --- padding: prompts of different lengths in one batch, as lm-evaluation-harness and pipelines send them ---
 
 PROMPT_LENGTHS = (5, 9, 2)

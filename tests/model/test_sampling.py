@@ -1,7 +1,9 @@
 """Choosing the next token: greedy is argmax; top-k and top-p keep exactly the right tokens, ties together."""
 
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,13 +92,30 @@ def test_ids_past_the_tokenizer_vocabulary_are_never_chosen():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
-        ({"temperature": float("nan")}, "temperature must be a finite number >= 0"),
-        ({"top_k": -1}, "top_k must be >= 0"),
-        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
-        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+        ({"temperature": -0.5}, "temperature must be a finite number >= 0 .0 = greedy., got -0.5"),
+        ({"temperature": float("nan")}, "temperature must be a finite number >= 0 .*got nan"),
+        ({"temperature": "1"}, "temperature must be a finite number >= 0 .*got '1'"),
+        ({"temperature": True}, "temperature must be a finite number >= 0 .*got True"),
+        ({"top_k": -1}, "top_k must be >= 0 .an integer; 0 = no limit., got -1"),
+        ({"top_k": 2.5}, "top_k must be >= 0 .an integer.*got 2.5"),  # top-k would keep the 2.5th largest
+        ({"top_k": 3.0}, "top_k must be >= 0 .an integer.*got 3.0"),
+        ({"top_k": True}, "top_k must be >= 0 .an integer.*got True"),  # would silently mean greedy
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\] \(1 = no limit\), got 0.0"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\] .*got 1.5"),
+        ({"top_p": float("nan")}, r"top_p must be in \(0, 1\] .*got nan"),
+        ({"top_p": "0.5"}, r"top_p must be in \(0, 1\] .*got '0.5'"),
+        ({"vocab_size": 0}, "vocab_size must be >= 1 .an integer; None = every id., got 0"),
+        ({"vocab_size": 2.5}, "vocab_size must be >= 1 .an integer; None = every id., got 2.5"),
     ],
 )
 def test_invalid_sampling_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
         Sampler(**options)
+
+
+def test_numpy_and_integer_valued_options_are_accepted():
+    sampler = Sampler(temperature=1, top_k=np.int64(3), top_p=np.float32(0.5), vocab_size=np.int32(4))
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 9.0]])
+    assert next_token(logits, dataclasses.replace(sampler, temperature=0)).item() == 3  # id 4 is past vocab_size
+    generator = torch.Generator().manual_seed(0)
+    assert set(next_token(logits[:, :4].expand(200, 4), sampler, generator).flatten().tolist()) == {3}
