@@ -29,7 +29,7 @@ import torch.nn.functional as F
 # DEFAULT_CHUNK_ROWS: the chunked form's memory.
 LOSS_FORMS: dict[tuple[str, torch.dtype | None], int | None] = {
     ("cpu", None): 2048,
-    ("cpu", torch.bfloat16): 2048,
+    ("cpu", torch.bfloat16): 1024,
 }
 DEFAULT_CHUNK_ROWS = 1024
 
