@@ -44,6 +44,11 @@ class AttnlabConfig(PreTrainedConfig, _ModelConfigFields):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self.to_model_config()  # the model's own validation: a bad backend or shape fails here, naming the field
+        for name in ("bos_token_id", "eos_token_id"):  # GPT-2's default id lies outside a smaller vocabulary
+            value = getattr(self, name)
+            if isinstance(value, int) and not 0 <= value < self.vocab_size:
+                raise ValueError(f"{name}={value} is outside the vocabulary of {self.vocab_size} tokens; pass an id "
+                                 f"below {self.vocab_size} or {name}=None")
 
     def to_model_config(self) -> ModelConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)}

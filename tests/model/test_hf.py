@@ -62,6 +62,10 @@ def test_config_exposes_the_standard_names_and_validates_through_the_model_confi
         AttnlabConfig(attention="nope")
     with pytest.raises(ValueError, match="divisible"):
         AttnlabConfig(n_embd=65, n_head=2)
+    with pytest.raises(ValueError, match=r"bos_token_id=50256 is outside the vocabulary of 97 tokens; pass an id "
+                                         r"below 97 or bos_token_id=None"):
+        AttnlabConfig(vocab_size=97)
+    assert AttnlabConfig(vocab_size=97, bos_token_id=None, eos_token_id=96).eos_token_id == 96
 
 
 @pytest.mark.parametrize("attention", BACKENDS)
