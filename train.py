@@ -80,29 +80,49 @@ def is_override(token: str) -> bool:
 
 
 class StopRequest:
-    """Records SIGINT / SIGTERM so the loop can checkpoint at the end of the current step and exit."""
+    """Records SIGINT / SIGTERM so the loop can checkpoint at the end of a step and exit.
 
-    def __init__(self) -> None:
+    Under torchrun every rank must stop at the same step (the save is collective), and soon: torchrun kills its
+    workers 30 s after passing a SIGTERM on. Each step launches an all-reduce of the ranks' flags on a gloo group
+    of its own, on the CPU, and reads the one the step before launched, long arrived by then: every rank stops at
+    the end of the step after the one the signal came in, and no step waits on the device for it."""
+
+    def __init__(self, runtime: rt.Runtime) -> None:
         self.signal: int | None = None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
+        self._group = None
+        self._pending: tuple[torch.Tensor, dist.Work] | None = None  # the flags launched at the last step
+        if runtime.distributed:
+            self._group = dist.new_group(backend="gloo")
+            dist.barrier(group=self._group)  # past here every rank has its handler: a signal reaches a listener
 
     def _handle(self, signum, frame) -> None:
         if self.signal is not None:  # a second Ctrl-C: give up immediately
             raise KeyboardInterrupt
         self.signal = signum
 
-    def requested(self, runtime: rt.Runtime, sync_point: bool) -> bool:
-        """True once this process got a signal; under torchrun the ranks agree (an all-reduce) only at sync points
-        (log steps, the last step), so every rank stops at the same step without a collective every step."""
-        flag = self.signal is not None
-        if runtime.distributed:
-            if not sync_point:
-                return False
-            t = torch.tensor([float(flag)], device=runtime.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
+    def requested(self, runtime: rt.Runtime, last: bool = False) -> bool:
+        """True once this process got a signal; under torchrun once any rank had got one by the end of the step
+        before (by the end of this one at the `last` step, which nothing follows), the same answer on every rank."""
+        if not runtime.distributed:
+            return self.signal is not None
+        previous, self._pending = self._pending, self._launch()
+        stop = previous is not None and self._settle(previous)
+        if stop or last:  # no step follows: wait for this step's flags too (every rank launched them)
+            stop = self._settle(self._pending) or stop
+            self._pending = None
+        return stop
+
+    def _launch(self) -> tuple[torch.Tensor, dist.Work]:
+        flag = torch.tensor([int(self.signal is not None)])
+        return flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+
+    @staticmethod
+    def _settle(launched: tuple[torch.Tensor, dist.Work]) -> bool:
+        flag, work = launched
+        work.wait()
+        return bool(flag.item())
 
 
 def say(message: str) -> None:
@@ -223,7 +243,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     # from the first file a watcher can see, a signal means: finish this step, checkpoint, exit
-    stop = StopRequest()
+    stop = StopRequest(runtime)
     # after data preparation and the checkpoint load, whose freed memory goes back to the system as usual: from here
     # each step's large tensors reuse the last step's pages (training/malloc.py)
     malloc = malloc_setting(runtime.device.type == "cpu")
@@ -299,7 +319,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         is_eval = state.step % tc.eval_interval == 0 or state.step == tc.max_steps
         if is_eval:
             val_loss = evaluate_and_log(data, forward_model, state, log, log_line)
-        interrupted = stop.requested(runtime, sync_point=is_log)
+        interrupted = stop.requested(runtime, last=state.step == tc.max_steps)
         if state.step == tc.max_steps or interrupted or (is_eval and tc.ckpt_interval == 0) or (
             tc.ckpt_interval and state.step % tc.ckpt_interval == 0
         ):

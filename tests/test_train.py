@@ -221,6 +221,30 @@ def test_two_process_ddp_matches_one_process(tmp_path, prepared_dir):
 
 
 @pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_soon_after_between_log_steps(tmp_path, prepared_dir):
+    """torchrun passes SIGTERM on to its workers and kills them 30 s later: with no log step in sight, both ranks
+    still stop at one step within a step of the signal and save it (the checkpoint holds both ranks' RNG streams,
+    gathered at the save of that step)."""
+    args = tiny_args(tmp_path, prepared_dir, "train.max_steps=100000", "train.log_interval=100000",
+                     "train.eval_interval=100000")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:  # every rank listens by then
+        time.sleep(0.2)
+    time.sleep(1)  # into the steps
+    signalled = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert time.time() - signalled < 20, err[-3000:]  # well before torchrun's SIGKILL at 30 s
+    saved = (tmp_path / "checkpoints" / "latest").read_text()
+    assert f"interrupted at step {int(saved.removeprefix('step_'))}; checkpoint saved" in out, err[-3000:]
+    state = torch.load(tmp_path / "checkpoints" / saved / "state.pt", weights_only=True)
+    assert len(state["rng"]) == 2
+
+
+@pytest.mark.slow
 def test_wandb_offline_writes_a_run_and_resume_continues_it(tmp_path, prepared_dir):
     args = tiny_args(tmp_path, prepared_dir, "train.max_steps=2", "logging.wandb=offline")
     assert run_cli(args).returncode == 0

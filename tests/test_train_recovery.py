@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
 import torch
+import torch.distributed as dist
 
 import train
+from training import runtime as rt
 from tests.test_train import metrics, run_cli, tiny_args
+from tests.training.test_checkpoint import kill_between_the_swap_renames
 
 
 def checkpoint_names(run_dir):
@@ -33,6 +37,32 @@ def test_resuming_from_an_earlier_checkpoint_branches_the_run(tmp_path, prepared
     assert again.returncode == 0, again.stderr
     assert "step_000003 (step 3)" in again.stdout
     assert [step for step, _ in metrics(tmp_path, "train_loss")] == [1, 2, 3, 4, 5, 6, 3, 4]
+
+
+def test_a_resave_killed_between_its_renames_is_put_back_and_the_run_continues_from_it(tmp_path, prepared_dir,
+                                                                                     monkeypatch, capsys):
+    """A run at step 4 branched from its step 2 re-saves step 4 and is killed between the two renames that swap it
+    in (a second Ctrl-C mid-save): `latest` names step 4, which only the .old-/.tmp- copies hold. --resume puts the
+    new copy back, says so and continues from step 4, exactly as a straight run."""
+    common = ["optim.decay_steps=6", "train.log_interval=1", "train.eval_interval=100", "train.ckpt_interval=2",
+              "train.keep_checkpoints=2", "model.dropout=0.1"]
+    assert train.main(tiny_args(tmp_path / "straight", prepared_dir, *common, "train.max_steps=6")) == 0
+    run = tmp_path / "run"
+    assert train.main(tiny_args(run, prepared_dir, *common, "train.max_steps=4")) == 0
+    with monkeypatch.context() as patch:
+        kill_between_the_swap_renames(patch)
+        with pytest.raises(KeyboardInterrupt):
+            train.main(tiny_args(run, prepared_dir, *common, "train.max_steps=4",
+                                 f"train.resume={run}/checkpoints/step_000002"))
+    assert [name[:17] for name in checkpoint_names(run)] == [".old-step_000004-", ".tmp-step_000004-", "latest",
+                                                             "step_000002"]
+    capsys.readouterr()
+    assert train.main(tiny_args(run, prepared_dir, *common, "train.max_steps=6", "--resume")) == 0
+    out = capsys.readouterr().out
+    assert "warning: restored step_000004 from .tmp-step_000004-" in out
+    assert f"resuming from {run}/checkpoints/step_000004 (step 4)" in out
+    assert metrics(run, "train_loss")[-2:] == metrics(tmp_path / "straight", "train_loss")[-2:]  # steps 5 and 6
+    assert checkpoint_names(run) == ["latest", "step_000004", "step_000006"]  # the copies removed by the save
 
 
 def test_a_diverged_run_stops_with_one_line_naming_the_fix(tmp_path, prepared_dir):
@@ -71,7 +101,7 @@ def test_an_interrupt_before_any_evaluation_exits_without_evaluating(tmp_path, p
     exits with 128 + SIGTERM, spending no evaluation on the way out."""
 
     class SignalledDuringStep1(train.StopRequest):
-        def __init__(self):  # as if the handler had already run; installs none in the test process
+        def __init__(self, runtime):  # as if the handler had already run; installs none in the test process
             self.signal = signal.SIGTERM
 
     evaluations = []
@@ -84,6 +114,46 @@ def test_an_interrupt_before_any_evaluation_exits_without_evaluating(tmp_path, p
     assert evaluations == []
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000001"
     assert "interrupted at step 1; checkpoint saved" in capsys.readouterr().out
+
+
+@pytest.fixture
+def stop_handlers():
+    """The process's SIGINT / SIGTERM handlers, put back after a test that installs StopRequest's."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.fixture
+def gloo(tmp_path):
+    """A one-process gloo group standing in for torchrun's (the flags' all-reduce runs as it would on two)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield rt.Runtime(torch.device("cpu"), torch.float32, rank=0, world_size=2)
+    dist.destroy_process_group()
+
+
+def test_one_process_stops_at_the_end_of_the_step_the_signal_came_in(stop_handlers):
+    runtime = rt.Runtime(torch.device("cpu"), torch.float32)
+    stop = train.StopRequest(runtime)
+    assert not stop.requested(runtime)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.requested(runtime) and stop.signal == signal.SIGTERM
+
+
+def test_under_torchrun_every_step_reads_the_flags_the_step_before_launched(stop_handlers, gloo):
+    """No log step needed: a signal in step 2 stops the ranks at the end of step 3, the same step on each, as each
+    reads the same all-reduced flags; at the last step the ranks wait for that step's own flags."""
+    stop = train.StopRequest(gloo)
+    assert not stop.requested(gloo)  # step 1: launched, nothing to read yet
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert not stop.requested(gloo)  # step 2: step 1's flags, from before the signal
+    assert stop.requested(gloo)  # step 3
+    assert stop._pending is None  # nothing left in flight on the way out
+    last = train.StopRequest(gloo)
+    assert not last.requested(gloo)
+    last.signal = signal.SIGTERM
+    assert last.requested(gloo, last=True) and last._pending is None
 
 
 @pytest.mark.parametrize("argv, overrides", [

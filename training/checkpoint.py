@@ -18,6 +18,14 @@ removes the checkpoints numbered above it (saying so), so the directory never mi
 that continued from a checkpoint of its own run directory does that: above a fresh run or one resumed from
 elsewhere, checkpoints are another run's and stay. Only folders named step_ and digits are checkpoints; anything
 else (a user's step_000100.bak) is left alone.
+
+Re-saving a step swaps the new directory in for the old one with two renames; a process killed between them
+leaves the step under `.old-step_N-PID` and `.tmp-step_N-PID` only. Resolving the run directory first puts the
+first of those that verifies (the new copy, else the old) back under its name, so a resume continues from the step
+`latest` names instead of finding it missing.
+
+state.pt holds only what `torch.load(weights_only=True)` accepts (tensors, containers, numbers, strings), so
+loading a checkpoint runs no pickled code.
 """
 
 from __future__ import annotations
@@ -112,12 +120,8 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, co
     save_model(model, str(tmp / WEIGHTS))
     torch.save(state.to_dict(), tmp / STATE)
     (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    # hashed from disk, so the checksum vouches for what a later load will read
-    checksums = {name: _file_digest(tmp / name) for name in (WEIGHTS, STATE, CONFIG)}
-    (tmp / CHECKSUMS).write_text(json.dumps(checksums, indent=2))
-    for path in tmp.iterdir():
-        fsync_file(path)
-    replace_dir(tmp, final)  # re-saving the same step (e.g. after a resume) swaps, never leaves a gap
+    seal(tmp)
+    replace_dir(tmp, final)  # re-saving a step swaps it in; restore_swapped covers a kill between the renames
     write_text_atomic(root / LATEST, final.name)  # before any removal: `latest` never names a missing checkpoint
     abandoned, expired = checkpoints_to_remove(step_dirs(root), state.step, keep)
     abandoned = abandoned if resumed_here else []
@@ -127,6 +131,15 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, co
     for old in abandoned + expired:
         shutil.rmtree(old)
     return final
+
+
+def seal(folder: Path) -> None:
+    """Write the checksums of a checkpoint being written in `folder` and flush its files to disk, ready for the
+    rename that makes it visible. Hashed from disk, so the checksums vouch for what a later load will read."""
+    checksums = {name: _file_digest(folder / name) for name in (WEIGHTS, STATE, CONFIG)}
+    (folder / CHECKSUMS).write_text(json.dumps(checksums, indent=2))
+    for path in folder.iterdir():
+        fsync_file(path)
 
 
 def stale_partial_saves(root: Path, writing: Path | None = None) -> list[Path]:
@@ -153,7 +166,8 @@ def checkpoints_to_remove(existing: list[Path], step: int, keep: int) -> tuple[l
 
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move the complete directory `tmp` to `final`; an existing `final` is swapped out first and then deleted, so
-    `final` is at every moment either the old or the new directory, never missing or half-written."""
+    `final` is never half-written. Between the two renames it is missing: a process killed there leaves it as
+    `.old-` and `.tmp-` folders, which restore_swapped puts back."""
     if final.exists():
         stale = final.parent / f".old-{final.name}-{os.getpid()}"
         final.rename(stale)
@@ -217,9 +231,60 @@ def resolution_order(root: Path, on_skip: Callable[[str], None] = _warn) -> list
     return [named, *(p for p in existing if checkpoint_step(p) < checkpoint_step(named))]
 
 
+def read_latest(root: Path) -> str | None:
+    """The name `latest` in the checkpoints/ folder `root` holds; None when it is absent or unreadable."""
+    try:
+        return (root / LATEST).read_text().strip()
+    except (OSError, ValueError):
+        return None
+
+
+def swapped_copies(root: Path, name: str) -> list[Path]:
+    """The folders a save of checkpoint `name` killed mid-swap left in `root`, by processes that are gone: the new
+    copy (`.tmp-`) before the one it was replacing (`.old-`)."""
+    copies = []
+    for prefix in (".tmp", ".old"):
+        for path in sorted(root.glob(f"{prefix}-{name}-*")):
+            match = PARTIAL_NAME.fullmatch(path.name)
+            if match and path.is_dir() and writer_gone(int(match["pid"])):
+                copies.append(path)
+    return copies
+
+
+def restore_swapped(root: Path, say: Callable[[str], None] = _warn) -> Path | None:
+    """Put back the checkpoint `latest` names when it is missing because a save re-writing it was killed between
+    replace_dir's two renames: the first of its swapped_copies that verifies is renamed into place (`say` hears of
+    it). The restored path, or None when there was nothing to restore."""
+    name = read_latest(root)
+    if name is None or not STEP_NAME.fullmatch(name) or (root / name).exists():
+        return None
+    for copy in swapped_copies(root, name):
+        try:
+            verify(copy)
+            copy.rename(root / name)
+        except CheckpointError:
+            continue
+        except OSError:  # vanished or refused: another rank of a torchrun restored one first, or a read-only folder
+            if (root / name).is_dir():
+                return None
+            continue
+        say(f"restored {name} from {copy.name}, left by a save that was killed while it replaced {name}")
+        return root / name
+    return None
+
+
+def lost_latest(run_dir: str | Path) -> str | None:
+    """The name `latest` holds when no directory of that name exists in the run's checkpoints/ folder (removed by
+    hand, or swapped out by a killed save with no copy left that verifies); None otherwise."""
+    root = Path(run_dir) / CHECKPOINTS
+    name = read_latest(root)
+    return name if name and STEP_NAME.fullmatch(name) and not (root / name).exists() else None
+
+
 def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) -> Path:
     """The verified checkpoint directory meant by `path`: a checkpoint itself (which must verify), or a run directory
-    or its checkpoints/ folder (the first of `resolution_order` that verifies; `on_skip` hears of each damaged one)."""
+    or its checkpoints/ folder (the first of `resolution_order` that verifies, after restore_swapped; `on_skip` hears
+    of each damaged one and of a restored one)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist (pass a run directory or a checkpoint dir)")
@@ -227,6 +292,7 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
         verify(path)
         return path
     root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    restore_swapped(root, on_skip)
     candidates = resolution_order(root, on_skip)
     if not candidates:
         raise CheckpointError(f"no checkpoint in {path} (expected {WEIGHTS} or {CHECKPOINTS}/step_N)")
@@ -239,8 +305,10 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
     raise CheckpointError(f"no checkpoint in {root} verifies ({len(candidates)} damaged); the run cannot continue")
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint directory a run stands at (verified or not; see resolution_order), or None if it has none."""
+def latest_checkpoint(run_dir: str | Path, say: Callable[[str], None] = _warn) -> Path | None:
+    """The checkpoint directory a run stands at (verified or not; see resolution_order), or None if it has none.
+    A checkpoint a killed save left swapped out is put back first (restore_swapped; `say` hears of it)."""
+    restore_swapped(Path(run_dir) / CHECKPOINTS, say)
     found = resolution_order(Path(run_dir) / CHECKPOINTS, on_skip=lambda message: None)
     return found[0] if found else None
 
@@ -271,14 +339,29 @@ def read_config(ckpt: Path) -> dict[str, Any]:
 
 
 def load_train_state(ckpt: Path, mmap: bool = False) -> TrainState:
-    """The train state of a (verified) checkpoint; with `mmap`, its tensors stay in the file until used."""
+    """The train state of a (verified) checkpoint; with `mmap`, its tensors stay in the file until used. Loaded with
+    weights_only: a checksum shows the file is intact, not that its pickle is harmless."""
     try:
-        saved = torch.load(ckpt / STATE, map_location="cpu", weights_only=False, mmap=mmap)
-    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        saved = torch.load(ckpt / STATE, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(unsafe_state_message(ckpt / STATE, exc)) from None
+    except (OSError, ValueError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"{ckpt / STATE} cannot be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(saved, dict):
         raise CheckpointError(f"{ckpt / STATE} is not an attnlab train state")
     return TrainState.from_dict(saved, ckpt / STATE)
+
+
+def unsafe_state_message(path: Path, exc: pickle.UnpicklingError) -> str:
+    """Why a weights_only load refused the state file `path`, and, for a pickled object (numpy's RNG state, as state
+    files held before they were made safe to load), the command that converts a trusted one."""
+    reason = next((line.split("WeightsUnpickler error: ")[1] for line in str(exc).splitlines()
+                   if "WeightsUnpickler error: " in line), str(exc).splitlines()[0] if str(exc) else "")
+    if "Unsupported global" not in reason:
+        return f"{path} cannot be read (UnpicklingError: {reason.split('. ')[0]})"
+    return (f"{path} holds a pickled object a safe load refuses ({reason.split(' was not')[0]}): written by an "
+            "older attnlab, or by another program; if you trust it, convert it with "
+            f"`python -m training.upgrade_checkpoint {path.parent}`")
 
 
 def read_kind(ckpt: Path) -> str:

@@ -34,7 +34,10 @@ class MetricsLog:
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+            # the step is a metric, not wandb's step=: wandb drops records whose step= is not above the last one,
+            # and a run resumed from an earlier checkpoint logs its steps again under the same wandb run
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            self.wandb_run.log({"step": step, **numbers})
 
     def close(self) -> None:
         if self.wandb_run is not None:
@@ -48,7 +51,7 @@ def _start_wandb(run_dir: Path, cfg: LoggingConfig, config: dict[str, Any]):
     id_file = run_dir / WANDB_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
     id_file.write_text(run_id)
-    return wandb.init(
+    run = wandb.init(
         project=cfg.wandb_project,
         name=cfg.run_name or run_dir.name,
         group=cfg.wandb_group,
@@ -59,3 +62,6 @@ def _start_wandb(run_dir: Path, cfg: LoggingConfig, config: dict[str, Any]):
         id=run_id,
         resume="allow",
     )
+    run.define_metric("step")
+    run.define_metric("*", step_metric="step")  # every chart's x-axis: the optimiser step each record gives
+    return run

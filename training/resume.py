@@ -25,11 +25,25 @@ from typedconfig.parsing import ConfigError
 
 def capture_rng(device: torch.device) -> dict:
     """This process's RNG streams: torch, numpy, python, and the training device's CUDA stream when it is a GPU
-    (only that one, so a machine with fewer GPUs can restore it)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    (only that one, so a machine with fewer GPUs can restore it). Tensors and plain values only, so that a checkpoint
+    loads with weights_only."""
+    state = {"torch": torch.get_rng_state(), "numpy": plain_numpy_state(np.random.get_state()),
+             "python": random.getstate()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
+
+
+def plain_numpy_state(state: tuple | dict) -> dict:
+    """A numpy RNG state (get_state's legacy tuple or its dict) as a dict of str, int, float and a list of ints for
+    the key array: what weights_only loads; np.random.set_state takes it as it is."""
+    if isinstance(state, tuple):
+        name, key, pos, has_gauss, gauss = state
+        state = {"bit_generator": name, "state": {"key": key, "pos": pos}, "has_gauss": has_gauss, "gauss": gauss}
+    inner = state["state"]
+    return {"bit_generator": str(state["bit_generator"]),
+            "state": {"key": np.asarray(inner["key"], dtype=np.uint32).tolist(), "pos": int(inner["pos"])},
+            "has_gauss": int(state["has_gauss"]), "gauss": float(state["gauss"])}
 
 
 def restore_rng(state: dict, device: torch.device) -> None:
@@ -89,11 +103,19 @@ def gather_rng(runtime: rt.Runtime) -> list[dict]:
 
 def resume_path(cfg: RunConfig, run_dir: Path, say: Callable[[str], None]) -> Path | None:
     """The verified checkpoint to start from, or None for a fresh run; refuses to overwrite an existing run or to
-    mix another run's checkpoints into it. Damaged checkpoints of the run directory are skipped with a warning
-    through `say`."""
+    mix another run's checkpoints into it, or to start afresh in a run directory whose `latest` names a checkpoint
+    that is gone. Damaged checkpoints of the run directory are skipped, and one a killed save left swapped out is put
+    back, each with a warning through `say`."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"train.out_dir={run_dir} is an existing file, not a directory; choose another out_dir")
-    existing = ckpt.latest_checkpoint(run_dir)
+    warn = lambda message: say(f"warning: {message}")  # noqa: E731 - the run log, like every other line of the run
+    existing = ckpt.latest_checkpoint(run_dir, warn)
+    if existing is None and (lost := ckpt.lost_latest(run_dir)) is not None:
+        # the run's checkpoints are gone: starting afresh would train from scratch under the run's name
+        raise ckpt.CheckpointError(
+            f"{run_dir / ckpt.CHECKPOINTS / ckpt.LATEST} names {lost}, which is missing, and no other checkpoint of "
+            f"the run is left; put it back, or remove {run_dir / ckpt.CHECKPOINTS} to start this out_dir afresh"
+        )
     if cfg.train.resume == "never":
         if existing is not None:
             raise ConfigError(
@@ -101,7 +123,6 @@ def resume_path(cfg: RunConfig, run_dir: Path, say: Callable[[str], None]) -> Pa
                 "or choose another train.out_dir"
             )
         return None
-    warn = lambda message: say(f"warning: {message}")  # noqa: E731 - the run log, like every other line of the run
     if cfg.train.resume == "auto":
         return ckpt.find_checkpoint(run_dir, warn) if existing is not None else None
     if existing is not None and not ckpt.in_run(cfg.train.resume, run_dir):

@@ -5,10 +5,13 @@ abandoned branch's later checkpoints."""
 import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -311,3 +314,124 @@ def test_folders_that_are_not_step_and_digits_are_left_alone(tmp_path):
     assert ckpt.find_checkpoint(backup) == backup
     with pytest.raises(ckpt.CheckpointError, match="not named step_N"):
         ckpt.checkpoint_step(backup)
+
+
+def kill_between_the_swap_renames(monkeypatch):
+    """Path.rename raising KeyboardInterrupt (a second Ctrl-C) at replace_dir's second rename: the step is left as
+    .old-step_N-PID and .tmp-step_N-PID only, as a process killed there leaves it."""
+    rename = Path.rename
+
+    def killed(self, target):
+        if self.name.startswith(".tmp-"):
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed)
+
+
+def test_a_save_killed_between_the_swap_renames_is_put_back_when_the_run_is_resolved(tmp_path, monkeypatch):
+    """Re-saving step 5 (keep=1: no other checkpoint) killed between its two renames: resolving the run renames the
+    new copy into place and says so, instead of finding no checkpoint; the next save removes the old copy."""
+    model = small_model()
+    save(tmp_path, 5, model, keep=1, tokens_seen=1)
+    with monkeypatch.context() as patch:
+        kill_between_the_swap_renames(patch)
+        with pytest.raises(KeyboardInterrupt):
+            save(tmp_path, 5, model, keep=1, tokens_seen=2)
+    pid = os.getpid()
+    assert names(tmp_path) == [f".old-step_000005-{pid}", f".tmp-step_000005-{pid}", "latest"]
+    said = []
+    restored = ckpt.latest_checkpoint(tmp_path, said.append)
+    assert restored == tmp_path / "checkpoints" / "step_000005"
+    assert said == [f"restored step_000005 from .tmp-step_000005-{pid}, left by a save that was killed while it "
+                    "replaced step_000005"]
+    assert ckpt.find_checkpoint(tmp_path) == restored and ckpt.load_train_state(restored).tokens_seen == 2
+    save(tmp_path, 6, model, keep=1)
+    assert names(tmp_path) == ["latest", "step_000006"]
+
+
+def test_the_old_copy_is_put_back_when_the_new_one_does_not_verify(tmp_path, monkeypatch):
+    model = small_model()
+    save(tmp_path, 5, model, keep=1, tokens_seen=1)
+    with monkeypatch.context() as patch:
+        kill_between_the_swap_renames(patch)
+        with pytest.raises(KeyboardInterrupt):
+            save(tmp_path, 5, model, keep=1, tokens_seen=2)
+    (tmp_path / "checkpoints" / f".tmp-step_000005-{os.getpid()}" / ckpt.STATE).write_bytes(b"damaged")
+    said = []
+    found = ckpt.find_checkpoint(tmp_path, on_skip=said.append)
+    assert found.name == "step_000005" and ckpt.load_train_state(found).tokens_seen == 1
+    assert said == [f"restored step_000005 from .old-step_000005-{os.getpid()}, left by a save that was killed "
+                    "while it replaced step_000005"]
+
+
+def test_a_live_save_mid_swap_is_left_alone_and_a_missing_checkpoint_is_reported_as_lost(tmp_path):
+    """The copies of a process still running are its save under way: resolution neither moves them nor finds a
+    checkpoint, and lost_latest names what `latest` points at."""
+    path = save(tmp_path, 5, keep=1)
+    live = tmp_path / "checkpoints" / f".tmp-step_000005-{os.getppid()}"
+    path.rename(live)
+    assert ckpt.latest_checkpoint(tmp_path, say=pytest.fail) is None
+    assert live.is_dir() and ckpt.lost_latest(tmp_path) == "step_000005"
+    assert ckpt.lost_latest(tmp_path / "nothing") is None
+    save(tmp_path, 6, keep=1)
+    assert ckpt.lost_latest(tmp_path) is None
+
+
+def test_the_state_file_holds_only_what_a_weights_only_load_accepts(tmp_path):
+    """Optimiser, scaler and every RNG stream (numpy with a cached gaussian) go through torch.load(weights_only=True)
+    and restore the streams exactly."""
+    from training import runtime as rt
+    from training.resume import gather_rng, restore_rng
+
+    model = small_model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
+    optimizer.step()
+    np.random.seed(3)
+    np.random.randn()  # numpy keeps the second gaussian of the pair
+    cpu = rt.Runtime(torch.device("cpu"), torch.float32)
+    state = TrainState(step=1, optimizer=optimizer.state_dict(), rng=gather_rng(cpu),
+                       grad_scaler=torch.amp.GradScaler("cpu", enabled=True).state_dict())
+    expected = (np.random.randn(), np.random.rand(), random.random(), torch.rand(2).tolist())
+    path = ckpt.save_checkpoint(tmp_path, model, state, {}, keep=1)
+    saved = torch.load(path / ckpt.STATE, weights_only=True)
+    assert saved["rng"][0]["numpy"]["has_gauss"] == 1
+    restore_rng(ckpt.load_train_state(path).rng[0], cpu.device)
+    assert (np.random.randn(), np.random.rand(), random.random(), torch.rand(2).tolist()) == expected
+
+
+class Planted:
+    """An object whose unpickling touches a file: the code a state.pt from elsewhere could run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def reseal(path):
+    """Checksums that match the files of checkpoint `path` as they are now, as whoever wrote them would write."""
+    checksums = {}
+    for name in (ckpt.WEIGHTS, ckpt.STATE, ckpt.CONFIG):
+        data = (path / name).read_bytes()
+        checksums[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (path / ckpt.CHECKSUMS).write_text(json.dumps(checksums))
+
+
+def test_a_state_file_that_would_run_code_is_refused_without_running_it(tmp_path):
+    """Its checksums match (whoever wrote the file wrote them too), so only the load can refuse it."""
+    path = save(tmp_path, 1)
+    marker = tmp_path / "ran"
+    torch.save({**TrainState(step=1).to_dict(), "source": Planted(marker)}, path / ckpt.STATE)
+    reseal(path)
+    ckpt.verify(path)
+    with pytest.raises(ckpt.CheckpointError, match="holds a pickled object a safe load refuses") as info:
+        ckpt.load_train_state(path)
+    assert "python -m training.upgrade_checkpoint" in str(info.value)
+    assert not marker.exists()
+    (path / ckpt.STATE).write_bytes(b"\x80\x02garbage")
+    reseal(path)
+    with pytest.raises(ckpt.CheckpointError, match=r"state.pt cannot be read \(UnpicklingError"):
+        ckpt.load_train_state(path)

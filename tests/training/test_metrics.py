@@ -38,12 +38,16 @@ def test_records_read_back_in_order_with_repeated_steps_and_blank_lines(tmp_path
     assert read_metrics(tmp_path)[:3] == records and read_metrics(tmp_path)[3]["step"] == 30
 
 
-def test_wandb_mirrors_the_numbers_under_one_run_id_per_run_directory(tmp_path, monkeypatch):
+def fake_wandb(monkeypatch) -> list:
+    """wandb replaced by a recorder of the calls MetricsLog makes (init, define_metric, log, finish)."""
     calls = []
 
     class FakeRun:
-        def log(self, values, step):
-            calls.append(("log", values, step))
+        def define_metric(self, name, **options):
+            calls.append(("define_metric", name, options))
+
+        def log(self, values, **options):
+            calls.append(("log", values, options))
 
         def finish(self):
             calls.append(("finish",))
@@ -53,6 +57,11 @@ def test_wandb_mirrors_the_numbers_under_one_run_id_per_run_directory(tmp_path, 
         return FakeRun()
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    return calls
+
+
+def test_wandb_mirrors_the_numbers_under_one_run_id_per_run_directory(tmp_path, monkeypatch):
+    calls = fake_wandb(monkeypatch)
     cfg = LoggingConfig(wandb="offline", wandb_group="sweep", wandb_tags=["taylor"])
     first = MetricsLog(tmp_path, cfg, config={"model": {"attention": "taylor"}})
     first.log(5, train_loss=6.0, note="text is not mirrored")
@@ -62,5 +71,22 @@ def test_wandb_mirrors_the_numbers_under_one_run_id_per_run_directory(tmp_path, 
     assert started["id"] == resumed["id"] == (tmp_path / WANDB_ID_FILE).read_text()
     assert (started["mode"], started["group"], started["tags"], started["name"]) == ("offline", "sweep",
                                                                                       ["taylor"], tmp_path.name)
-    assert ("log", {"train_loss": 6.0}, 5) in calls and ("finish",) in calls
+    assert ("log", {"step": 5, "train_loss": 6.0}, {}) in calls and ("finish",) in calls
     assert read_metrics(tmp_path)[0]["note"] == "text is not mirrored"
+
+
+def test_wandb_keeps_the_steps_a_run_resumed_from_an_earlier_checkpoint_logs_again(tmp_path, monkeypatch):
+    """wandb drops a record whose step= is not above the run's last; the step is a metric every chart is plotted
+    against instead, so the records of steps 5 and 10 logged again after a resume from step 0 are kept."""
+    calls = fake_wandb(monkeypatch)
+    cfg = LoggingConfig(wandb="offline")
+    for loss in (6.0, 5.0):  # the run, then its resume from the start
+        log = MetricsLog(tmp_path, cfg, config={})
+        log.log(5, train_loss=loss)
+        log.log(10, val_loss=loss - 0.5)
+        log.close()
+    assert [call[1:] for call in calls if call[0] == "define_metric"] == [
+        ("step", {}), ("*", {"step_metric": "step"})] * 2
+    assert [call[1:] for call in calls if call[0] == "log"] == [
+        ({"step": 5, "train_loss": 6.0}, {}), ({"step": 10, "val_loss": 5.5}, {}),
+        ({"step": 5, "train_loss": 5.0}, {}), ({"step": 10, "val_loss": 4.5}, {})]

@@ -3,7 +3,9 @@ schedule decides what a longer resumed run does with its learning rate, gather_r
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -529,3 +531,27 @@ def test_older_checkpoints_with_every_gpus_cuda_stream_restore_the_training_gpus
         cuda_rng_entry(saved, 2)
     assert str(info.value) == ("the checkpoint holds CUDA RNG states for 2 GPU(s), none for cuda:2; resume with at "
                                "most 2 GPU(s) per machine")
+
+
+@pytest.mark.parametrize("resume", ["never", "auto"])
+def test_a_run_whose_latest_checkpoint_is_gone_is_not_started_afresh(tmp_path, resume):
+    """`latest` names a checkpoint that is missing and nothing else is left (a save killed mid-swap with no copy that
+    verifies, or a folder removed by hand): a fresh start would train from scratch under the run's name."""
+    cfg = config(tmp_path, f"train.resume={resume}")
+    path, _, _ = save_trained(cfg, 3)
+    shutil.rmtree(path)
+    with pytest.raises(ckpt.CheckpointError) as info:
+        resume_path(cfg, tmp_path, print)
+    assert str(info.value) == (
+        f"{tmp_path}/checkpoints/latest names step_000003, which is missing, and no other checkpoint of the run is "
+        f"left; put it back, or remove {tmp_path}/checkpoints to start this out_dir afresh")
+
+
+def test_a_checkpoint_a_killed_save_left_swapped_out_is_put_back_with_a_warning_in_the_run_log(tmp_path):
+    cfg = config(tmp_path, "train.resume=auto")
+    path, _, _ = save_trained(cfg, 3)
+    path.rename(path.with_name(f".tmp-{path.name}-{os.getpid()}"))
+    said = []
+    assert resume_path(cfg, tmp_path, said.append) == path
+    assert said == [f"warning: restored step_000003 from .tmp-step_000003-{os.getpid()}, left by a save that was "
+                    "killed while it replaced step_000003"]

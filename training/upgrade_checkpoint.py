@@ -1,0 +1,91 @@
+"""Convert trusted checkpoints whose state.pt a safe load refuses (attnlab once pickled numpy's RNG state as an
+array) into the form train.py reads with torch.load(weights_only=True).
+
+    python -m training.upgrade_checkpoint runs/shakespeare-cpu               # every checkpoint of a run
+    python -m training.upgrade_checkpoint runs/shakespeare-cpu/checkpoints/step_000250
+
+Reading the old file runs its pickle, so convert only checkpoints you trust. Each is rewritten as a save is (a
+verified copy, checksummed, swapped in), so a crash midway leaves the old one usable by this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from training import checkpoint as ckpt
+from training.resume import plain_numpy_state
+
+
+def checkpoints_in(path: Path) -> list[Path]:
+    """The checkpoint directories `path` means: itself, or those of a run directory or its checkpoints/ folder."""
+    if (path / ckpt.CHECKSUMS).is_file() or (path / ckpt.WEIGHTS).is_file():
+        return [path]
+    found = ckpt.step_dirs(path / ckpt.CHECKPOINTS if (path / ckpt.CHECKPOINTS).is_dir() else path)
+    if not found:
+        raise ckpt.CheckpointError(f"no checkpoint in {path} (expected {ckpt.WEIGHTS} or {ckpt.CHECKPOINTS}/step_N)")
+    return found
+
+
+def needs_upgrade(folder: Path) -> bool:
+    """Whether a safe load refuses the state file of the checkpoint `folder` for a pickled object."""
+    try:
+        torch.load(folder / ckpt.STATE, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        return "Unsupported global" in str(exc)
+    return False
+
+
+def upgraded_state(folder: Path) -> dict:
+    """The state dict of the trusted checkpoint `folder`, its numpy RNG states as plain values."""
+    saved = torch.load(folder / ckpt.STATE, map_location="cpu", weights_only=False)  # trusted: the user said so
+    if not isinstance(saved, dict):
+        raise ckpt.CheckpointError(f"{folder / ckpt.STATE} is not an attnlab train state")
+    for stream in saved.get("rng") or []:
+        stream["numpy"] = plain_numpy_state(stream["numpy"])
+    return saved
+
+
+def upgrade(folder: Path) -> bool:
+    """Rewrite the state file of the checkpoint `folder` (which must verify) in the safe form; False when it already
+    is. The result must load with weights_only before it replaces the original."""
+    ckpt.verify(folder)
+    if not needs_upgrade(folder):
+        return False
+    saved = upgraded_state(folder)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp)
+    try:
+        torch.save(saved, tmp / ckpt.STATE)
+        ckpt.load_train_state(tmp)  # raises if anything else in it still needs its pickle
+        ckpt.seal(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    ckpt.replace_dir(tmp, folder)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.upgrade_checkpoint", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="checkpoint directories or run directories")
+    args = parser.parse_args(argv)
+    try:
+        for folder in (found for path in args.paths for found in checkpoints_in(path)):
+            print(f"{folder}: {'upgraded' if upgrade(folder) else 'already loads safely'}")
+    except ckpt.CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
