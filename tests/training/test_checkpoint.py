@@ -329,15 +329,20 @@ def kill_between_the_swap_renames(monkeypatch):
     monkeypatch.setattr(Path, "rename", killed)
 
 
-def test_a_save_killed_between_the_swap_renames_is_put_back_when_the_run_is_resolved(tmp_path, monkeypatch):
-    """Re-saving step 5 (keep=1: no other checkpoint) killed between its two renames: resolving the run renames the
-    new copy into place and says so, instead of finding no checkpoint; the next save removes the old copy."""
-    model = small_model()
+def resave_killed_mid_swap(tmp_path, model, monkeypatch) -> None:
+    """Step 5 saved (tokens_seen 1, keep=1), then saved again (tokens_seen 2) by a save killed between its renames."""
     save(tmp_path, 5, model, keep=1, tokens_seen=1)
     with monkeypatch.context() as patch:
         kill_between_the_swap_renames(patch)
         with pytest.raises(KeyboardInterrupt):
             save(tmp_path, 5, model, keep=1, tokens_seen=2)
+
+
+def test_a_save_killed_between_the_swap_renames_is_put_back_when_the_run_is_resolved(tmp_path, monkeypatch):
+    """Re-saving step 5 (keep=1: no other checkpoint) killed between its two renames: resolving the run renames the
+    new copy into place and says so, instead of finding no checkpoint; the next save removes the old copy."""
+    model = small_model()
+    resave_killed_mid_swap(tmp_path, model, monkeypatch)
     pid = os.getpid()
     assert names(tmp_path) == [f".old-step_000005-{pid}", f".tmp-step_000005-{pid}", "latest"]
     said = []
@@ -352,11 +357,7 @@ def test_a_save_killed_between_the_swap_renames_is_put_back_when_the_run_is_reso
 
 def test_the_old_copy_is_put_back_when_the_new_one_does_not_verify(tmp_path, monkeypatch):
     model = small_model()
-    save(tmp_path, 5, model, keep=1, tokens_seen=1)
-    with monkeypatch.context() as patch:
-        kill_between_the_swap_renames(patch)
-        with pytest.raises(KeyboardInterrupt):
-            save(tmp_path, 5, model, keep=1, tokens_seen=2)
+    resave_killed_mid_swap(tmp_path, model, monkeypatch)
     (tmp_path / "checkpoints" / f".tmp-step_000005-{os.getpid()}" / ckpt.STATE).write_bytes(b"damaged")
     said = []
     found = ckpt.find_checkpoint(tmp_path, on_skip=said.append)
