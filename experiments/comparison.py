@@ -14,9 +14,10 @@ sample standard deviation over its runs (seeds):
     peak memory                            the largest `peak_mem_mb` logged (CUDA allocated, or the process's RSS)
 
 Refused with a ComparisonError, since their val losses would not measure the same thing: runs that differ in their
-data (data.*), their val windows or their token budget, and unfinished runs. Runs that differ in other settings
-outside the model (optim.*, train.*) are compared, each setting in its own group; `settings_beyond_model` names
-those keys so that the caller can warn that the table compares them too.
+data (data.*), their val windows or their token budget, and unfinished runs; also two runs with the same settings
+and seed (a copied record), which would count twice as seeds. Runs that differ in other settings outside the model
+(optim.*, train.*) are compared, each setting in its own group; `settings_beyond_model` names those keys so that the
+caller can warn that the table compares them too.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from scipy.stats import t as student_t
+
 from experiments.run_identity import SEED, describe, differences, read_run_config, settings
-from fileio.tables import markdown_table, mean_std_cell
+from fileio.tables import MISSING, markdown_table, mean_std_cell
 from training.metrics import read_metrics
 from typedconfig.parsing import ConfigError
 
 BACKEND = "model.attention"
+CONFIDENCE = 0.95  # of the interval of a paired mean difference that tells two groups apart
 
 
 class ComparisonError(ValueError):
@@ -76,12 +80,14 @@ class Summary:
 
 @dataclass
 class Paired:
-    """One group's final val loss minus the reference group's, seed by seed, over the seeds both have."""
+    """One group's final val loss minus the reference group's, seed by seed, over the seeds both have. Runs of the
+    same seed share the data order and the initial weights' random stream, so the seed-to-seed spread common to both
+    groups cancels in each difference: the verdict tests the differences themselves (a paired t-test), not the
+    difference of the means against either group's spread."""
 
     label: str
     seeds: list[int]
     differences: list[float]  # group - reference, per seed in `seeds`
-    spread: float  # the larger of the two groups' standard deviations of final val loss over these seeds
 
     @property
     def mean(self) -> float:
@@ -97,11 +103,34 @@ class Paired:
         return sum(difference < 0 for difference in self.differences)
 
     @property
-    def beyond_spread(self) -> bool:
-        """Every seed's difference has the same sign and the mean difference is larger than the seed spread: the
-        two groups are told apart by these seeds (with one seed there is no spread, and no verdict)."""
-        same_sign = self.lower in (0, len(self.differences))
-        return len(self.differences) > 1 and same_sign and abs(self.mean) > self.spread
+    def t(self) -> float:
+        """The paired t statistic, mean / (std / sqrt(n)): ±inf where every seed gives the same non-zero difference,
+        NaN with fewer than 2 seeds (no spread to scale by) or where every difference is 0."""
+        n = len(self.differences)
+        if n < 2:
+            return math.nan
+        if self.std == 0:
+            return math.copysign(math.inf, self.mean) if self.mean else math.nan
+        return self.mean / (self.std / math.sqrt(n))
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The two-sided CONFIDENCE (95%) interval of the mean difference (Student t with n - 1 degrees of
+        freedom); (NaN, NaN) with fewer than 2 seeds."""
+        n = len(self.differences)
+        if n < 2:
+            return math.nan, math.nan
+        half = float(student_t.ppf((1 + CONFIDENCE) / 2, n - 1)) * self.std / math.sqrt(n)
+        return self.mean - half, self.mean + half
+
+    @property
+    def told_apart(self) -> bool | None:
+        """Whether these seeds tell the two groups apart: the interval excludes 0. None with fewer than 2 seeds,
+        where nothing can be told either way."""
+        low, high = self.interval
+        if math.isnan(low):
+            return None
+        return low > 0 or high < 0
 
 
 @dataclass
@@ -158,7 +187,7 @@ def load_run(path: Path) -> Run:
 
 def check_comparable(runs: list[Run]) -> None:
     """Raise ComparisonError unless all runs trained on the same data, evaluated on the same val windows and
-    finished the same token budget."""
+    finished the same token budget, and no two of them are the same settings and seed (group_runs)."""
     if not runs:
         raise ComparisonError("no runs to compare")
     first = runs[0]
@@ -186,6 +215,7 @@ def check_comparable(runs: list[Run]) -> None:
                 f"{run.path} is unfinished ({run.tokens:,} of {run.budget:,} tokens); finish it "
                 "(scripts/sweep.py resumes it) or leave it out"
             )
+    group_runs(runs)  # raises where two runs are the same settings and seed
 
 
 def varying_settings(runs: list[Run]) -> list[str]:
@@ -201,12 +231,19 @@ def settings_beyond_model(runs: list[Run]) -> list[str]:
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
     """label -> the runs whose settings are equal apart from the seed, groups in order of first appearance. The label
-    is the backend, then `key=value` for each other varying setting the group has (key without its section)."""
+    is the backend, then `key=value` for each other varying setting the group has (key without its section). Raises
+    ComparisonError, naming both directories, where two runs of a group have the same seed: the same run twice (a
+    copied record, say) would count as two seeds in the mean ± std, and the pairing would keep only one of them."""
     varying = [key for key in varying_settings(runs) if key != BACKEND]
     groups: dict[str, list[Run]] = {}
     for run in runs:
         shown = [f"{key.partition('.')[2]}={_shown(run.settings[key])}" for key in varying if key in run.settings]
-        groups.setdefault(" ".join([run.config["model"]["attention"], *shown]), []).append(run)
+        label = " ".join([run.config["model"]["attention"], *shown])
+        twin = next((other for other in groups.get(label, []) if other.settings[SEED] == run.settings[SEED]), None)
+        if twin is not None:
+            raise ComparisonError(f"{twin.path} and {run.path} are both {label!r} with seed {run.settings[SEED]}: "
+                                  "the same run twice would count as two seeds; leave one of them out")
+        groups.setdefault(label, []).append(run)
     return groups
 
 
@@ -268,17 +305,25 @@ def paired_with(runs: list[Run], reference: str) -> list[Paired]:
         seeds = sorted(set(final[label]) & set(final[reference]))
         if label == reference or not seeds:
             continue
-        spread = max(_mean_std([final[name][seed] for seed in seeds])[1] for name in (label, reference))
-        paired.append(Paired(label, seeds, [final[label][seed] - final[reference][seed] for seed in seeds], spread))
+        paired.append(Paired(label, seeds, [final[label][seed] - final[reference][seed] for seed in seeds]))
     return sorted(paired, key=lambda p: p.mean)
 
 
 def paired_table(paired: list[Paired], reference: str) -> str:
-    """The paired differences as a markdown table."""
-    header = ["backend", "seeds", f"final val loss − {reference}", "seeds lower", "seed spread", "told apart"]
+    """The paired differences as a markdown table: mean ± std, seeds lower, the paired t and the interval of the
+    mean difference, and the verdict ('cannot tell' with one seed)."""
+    header = ["backend", "seeds", f"final val loss − {reference}", "seeds lower", "t",
+              f"{CONFIDENCE:.0%} interval", "told apart"]
     rows = [[p.label, len(p.seeds), mean_std_cell(p.mean, p.std, 4), f"{p.lower} of {len(p.seeds)}",
-             f"{p.spread:.4f}", "yes" if p.beyond_spread else "no"] for p in paired]
-    return markdown_table(header, rows, right=header[1:5]) + "\n"
+             _t_cell(p.t), _interval_cell(p.interval), _verdict(p.told_apart)] for p in paired]
+    return markdown_table(header, rows, right=header[1:6]) + "\n"
+
+
+def paired_rows(paired: list[Paired]) -> list[dict[str, Any]]:
+    """One CSV record per paired group; told_apart is empty where one seed cannot tell."""
+    return [{"backend": p.label, "seeds": " ".join(map(str, p.seeds)), "mean_difference": p.mean, "std": p.std,
+             "seeds_lower": p.lower, "t": p.t, "interval_low": p.interval[0], "interval_high": p.interval[1],
+             "told_apart": p.told_apart} for p in paired]
 
 
 def val_curve(runs: list[Run]) -> Curve:
@@ -345,6 +390,19 @@ def csv_rows(summaries: list[Summary]) -> list[dict[str, Any]]:
 
 def _columns(summaries: list[Summary]) -> list[str]:
     return [key for key in COLUMNS if any(key in summary.stats for summary in summaries)]
+
+
+def _t_cell(t: float) -> str:
+    return MISSING if math.isnan(t) else f"{t:.2f}"
+
+
+def _interval_cell(interval: tuple[float, float]) -> str:
+    low, high = interval
+    return MISSING if math.isnan(low) else f"{low:.4f} to {high:.4f}"
+
+
+def _verdict(told_apart: bool | None) -> str:
+    return "cannot tell (1 seed)" if told_apart is None else "yes" if told_apart else "no"
 
 
 def _shown(value: Any) -> str:

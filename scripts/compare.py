@@ -15,9 +15,12 @@ warning on stderr, since the table then compares those settings too.
 
 Below the table, each row's final val loss minus the reference row's (--reference: a row label, or a backend that
 labels one row; default softmax), seed by seed: the mean ± std of those paired differences, on how many seeds the
-row ends lower, the seed spread (the larger of the two rows' std over those seeds) and whether the seeds tell the
-two apart (every seed's difference has the same sign and the mean exceeds the spread). Also written as
-comparison_paired.csv. A --reference that names no row, or several, is an error that lists the rows.
+row ends lower, the paired t statistic and the 95% confidence interval of the mean difference (Student t, n - 1
+degrees of freedom), and whether the seeds tell the two apart: the interval excludes 0 (with one seed they cannot
+tell). Also written as comparison_paired.csv; a comparison without pairing removes a comparison_paired.csv left
+in --out by an earlier one, so that the folder never holds another comparison's pairs. A --reference that names no
+row, or several, is an error that lists the rows, and so is an --out that is an existing file (checked before any
+work).
 """
 
 from __future__ import annotations
@@ -28,17 +31,29 @@ from datetime import datetime
 from pathlib import Path
 
 from experiments.comparison import (
-    ComparisonError, check_comparable, check_out_dir, csv_rows, group_runs, load_run, paired_table, paired_with,
-    recorded, reference_label, run_dirs, settings_beyond_model, summarise, summary_table, trained_dates, val_curve,
-    varying_settings,
+    CONFIDENCE, ComparisonError, check_comparable, check_out_dir, csv_rows, group_runs, load_run, paired_rows,
+    paired_table, paired_with, recorded, reference_label, run_dirs, settings_beyond_model, summarise, summary_table,
+    trained_dates, val_curve, varying_settings,
 )
 from experiments.comparison_plot import plot_val_curves
+from fileio.atomic import write_text_atomic
 from fileio.pages import command_line, opening
 from fileio.tables import csv_text
 
 DEFAULT_REFERENCE = "softmax"
 MEASURED = ("final and best val loss and perplexity, tokens, wall time, train tokens/s and peak memory of each group "
             "of runs (mean ± std over seeds)")
+
+
+def check_out_is_a_folder(out: Path) -> None:
+    """Raise ComparisonError if `out`, or the nearest of its parents that exists, is not a folder: the outputs could
+    not be written there, which must be said before the work rather than as a traceback after it."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is an existing file" if path == out else f"lies under {path}, an existing file"
+                raise ComparisonError(f"--out {out} {where}; name a folder")
+            return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     try:
+        check_out_is_a_folder(out)
         paths = run_dirs(args.runs)
         check_out_dir(out, [*map(Path, args.runs), *paths])
         runs = [load_run(path) for path in paths]
@@ -88,21 +104,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: no paired table: {exc} (--reference)", file=sys.stderr)
         reference = None
     paired = paired_with(runs, reference) if reference else []
-    pairs = (f"\n## Paired with {reference}, seed by seed\n\nFinal val loss minus {reference}'s on the "
-             "same seed (mean ± std over seeds); *told apart*: every seed's difference has the same sign and the mean "
-             "exceeds the seed spread (the larger std of final val loss of the two rows).\n\n"
+    pairs = (f"\n## Paired with {reference}, seed by seed\n\nFinal val loss minus {reference}'s on the same seed "
+             f"(mean ± std over seeds), the paired t statistic and the {CONFIDENCE:.0%} confidence interval of the "
+             "mean difference (Student t with seeds − 1 degrees of freedom); *told apart*: the interval excludes 0. "
+             "With one seed there is no spread to judge a difference against, and the seeds cannot tell.\n\n"
              f"{paired_table(paired, reference)}") if paired else ""
     print(table + pairs, end="")
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.md").write_text(f"{page}{table}\n![val loss](comparison.png)\n{pairs}")
-    (out / "comparison.csv").write_text(csv_text(csv_rows(summaries)))
-    if paired:
-        (out / "comparison_paired.csv").write_text(csv_text(
-            {"backend": p.label, "seeds": " ".join(map(str, p.seeds)), "mean_difference": p.mean, "std": p.std,
-             "seeds_lower": p.lower, "seed_spread": p.spread, "told_apart": p.beyond_spread} for p in paired))
     groups = group_runs(runs)
-    plot_val_curves({s.label: val_curve(groups[s.label]) for s in summaries}, out / "comparison.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "comparison.md", f"{page}{table}\n![val loss](comparison.png)\n{pairs}")
+        write_text_atomic(out / "comparison.csv", csv_text(csv_rows(summaries)))
+        if paired:
+            write_text_atomic(out / "comparison_paired.csv", csv_text(paired_rows(paired)))
+        else:  # a reused --out: an earlier comparison's pairs would read as this one's
+            (out / "comparison_paired.csv").unlink(missing_ok=True)
+        plot_val_curves({s.label: val_curve(groups[s.label]) for s in summaries}, out / "comparison.png")
+    except OSError as exc:  # a folder that cannot be written (permissions, a full disk)
+        print(f"cannot compare: cannot write to --out {out}: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {out / 'comparison.md'}, comparison.csv, comparison.png", file=sys.stderr)
     return 0
 

@@ -3,14 +3,17 @@
     python scripts/eval_context.py --ckpt runs/ctx-softmax --ckpt runs/ctx-taylor --max-length 2048 --out runs/ctx
     python scripts/eval_context.py --ckpt runs/ctx-logexp --max-length 2048 --form decode --out runs/ctx-decode
 
-Writes OUT/context.md (a table of loss per bucket), OUT/context.csv (one row per checkpoint and bucket) and
-OUT/context.png (loss against position). Every checkpoint is scored on the same val sequences, so lines compare.
-Exit status 2 with one line on stderr for unusable arguments or checkpoints.
+Writes OUT/context.md (a table of loss per bucket, one per training context: buckets are one training context
+wide), OUT/context.csv (one row per checkpoint and bucket) and OUT/context.png (loss against position). Every
+checkpoint is scored on the same val sequences, so lines compare. A checkpoint is labelled by its backend, options,
+positions and block size, and by its folder's name where that still leaves two alike. Exit status 2 with one line
+on stderr for unusable arguments or checkpoints.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,25 +31,56 @@ from typedconfig.cli import ArgumentParser
 
 
 def label(cfg: RunConfig) -> str:
-    """The backend, with what sets the model apart from the backend's defaults (options, positions)."""
+    """The backend, with what sets the model apart from the backend's defaults (options, positions) and the context
+    it was trained on (data.block_size), which decides its buckets."""
     options = " ".join(f"{k}={v}" for k, v in sorted(cfg.model.attention_options.items()))
-    return " ".join(part for part in (cfg.model.attention, options, f"position={cfg.model.position}") if part)
+    return " ".join(part for part in (cfg.model.attention, options, f"position={cfg.model.position}",
+                                      f"block_size={cfg.data.block_size}") if part)
+
+
+def unique_labels(labels: list[str], paths: list[str]) -> list[str]:
+    """Each label, with its checkpoint's folder name in brackets where another checkpoint has the same label (the
+    path as given where those names are the same too): a row, a CSV line and a legend entry each name one
+    checkpoint."""
+    shown = []
+    for text, path in zip(labels, paths):
+        twins = [other for other_label, other in zip(labels, paths) if other_label == text]
+        if len(twins) == 1:
+            shown.append(text)
+            continue
+        names = [Path(other).resolve().name for other in twins]
+        name = Path(path).resolve().name
+        shown.append(f"{text} ({name if names.count(name) == 1 else path})")
+    return shown
+
+
+def bucket_table(curves: list[ContextCurve]) -> str:
+    """The curves of one training context as a markdown table: a column per bucket any of them has, each loss under
+    its own bucket's header and an empty cell where a checkpoint was scored on fewer positions."""
+    buckets = sorted({bucket for c in curves for bucket in zip(c.edges, c.edges[1:])})
+    header = ["checkpoint", *(f"{a}–{b}" for a, b in buckets), "last / first"]
+    rows = []
+    for c in curves:
+        loss = dict(zip(zip(c.edges, c.edges[1:]), c.loss))
+        rows.append([c.label, *(cell(loss[bucket], "g") if bucket in loss else "" for bucket in buckets),
+                     cell(ratio_to_first_bucket(c), "x")])
+    return markdown_table(header, rows, right=header[1:]) + "\n"
 
 
 def markdown(curves: list[ContextCurve], argv: list[str], form: str) -> str:
-    longest = max(curves, key=lambda c: len(c.edges))
-    header = ["checkpoint", *(f"{a}–{b}" for a, b in zip(longest.edges, longest.edges[1:])), "last / first"]
-    rows = [[c.label, *(cell(v, "g") for v in c.loss), *([""] * (len(header) - 2 - len(c.loss))),
-             cell(ratio_to_first_bucket(c), "x")] for c in curves]
+    """The page: one table per training context, since buckets are one training context wide and those of
+    different contexts do not line up."""
+    longest = max(curves, key=lambda c: c.length)
     notes = [f"- {c.label}: {c.note}" for c in curves if c.note]
-    contexts = sorted({c.train_context for c in curves})
+    tables = [f"Trained context: {context} tokens; the first bucket is the trained regime.\n\n"
+              + bucket_table([c for c in curves if c.train_context == context])
+              for context in sorted({c.train_context for c in curves})]
     return (
         opening("Loss against position past the training context",
                 f"mean next-token val loss (nats) per position bucket, {curves[0].sequences} val sequences of "
                 f"{longest.length} tokens, the {form} form", command_line(__file__, argv),
                 "the checkpoints' own configs", this_machine(), today())
-        + f"Trained context: {', '.join(map(str, contexts))} tokens; the first bucket is the trained regime.\n\n"
-        + markdown_table(header, rows, right=header[1:]) + "\n"
+        + "\n".join(tables)
         + ("\n" + "\n".join(notes) + "\n" if notes else "")
     )
 
@@ -84,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out.exists() and not args.out.is_dir():
             raise FileExistsError(f"--out {args.out} is an existing file; name a folder")
+        resolved = [Path(path).resolve() for path in args.ckpt]
+        for i, path in enumerate(args.ckpt):  # the same checkpoint twice: two rows no label could tell apart
+            if resolved[i] in resolved[:i]:
+                first = args.ckpt[resolved.index(resolved[i])]
+                raise ValueError(f"--ckpt {path} names the same folder as --ckpt {first}; give each checkpoint once")
         for path in args.ckpt:
             model, cfg, ckpt = load_checkpoint_model(path)
             _, _, val_tokens = load_prepared(cfg.data)
@@ -93,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:  # CheckpointError, DataError, FileExistsError: each names the path
         print(f"eval_context: {exc}", file=sys.stderr)
         return 2
+    curves = [replace(c, label=text) for c, text in zip(curves, unique_labels([c.label for c in curves], args.ckpt))]
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "context.md", markdown(curves, argv, args.form))
     write_text_atomic(args.out / "context.csv", csv_text(records(curves)))

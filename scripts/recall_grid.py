@@ -1,8 +1,9 @@
 """Associative-recall (MQAR) answer accuracy of every backend over a grid of difficulty, each backend at its best
 learning rate, beside the accuracy that needs no recall.
 
-    python scripts/recall_grid.py configs/mqar-cpu.yaml --settings 4x32,8x32,16x64 --lrs 1e-3,3e-3 --seeds 3 \\
-        --out runs/sweeps/mqar-grid --results results/mqar
+    python scripts/recall_grid.py configs/mqar-cpu.yaml --settings 4x32,8x32,8x64,16x64 --lrs 1e-3,3e-3 --seeds 3
+    python scripts/recall_grid.py configs/mqar-cpu.yaml --settings 4x32 --seeds 1 --backends softmax,expressive \\
+        --out runs/sweeps/mqar-trial --results runs/mqar-trial/mqar
 
 A setting PxT is P key-value pairs, each queried once (data.mqar.num_pairs = num_queries = P), in sequences of T
 tokens (data.block_size); more pairs, and more filler between the queries, make recall harder. For each setting and
@@ -16,13 +17,19 @@ report the final accuracy on the holdout set (data/mqar.py), which that choice n
 seeds, beside elimination_accuracy(P, P): what guessing among the context's values not yet asked for scores, with no
 recall at all. <results>.md is the page (the best-lr table, every learning rate's val accuracy, and expressive
 against softmax per setting for Gros's claim, arXiv 2407.18601), <results>.csv has every (setting, backend, lr) and
-<results>.png plots the best-lr table.
+<results>.png plots the best-lr table. They report only the --backends and --seeds asked for, whatever else the
+sweep folders hold.
+
+--results defaults to results/mqar, the committed page, which the first command above (the one its opening line
+records) regenerates. Any other command whose --results names an existing page is refused before the first run
+starts (exit status 2), unless --overwrite: a trial grid goes to a --results of its own, as in the second command.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -35,6 +42,8 @@ from matplotlib.figure import Figure
 from data.config import MQAR
 from data.mqar import elimination_accuracy
 from experiments.comparison import ComparisonError, Run, check_comparable, load_run, recorded, run_dirs, trained_dates
+from experiments.run_identity import read_run_config
+from experiments.sweep import parse_backends
 from fileio.pages import command_line, opening
 from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
@@ -93,10 +102,24 @@ def sweep_dir(out: Path, setting: Setting, lr: float) -> Path:
     return out / f"pairs{setting.pairs}-len{setting.length}" / f"lr{lr:g}"
 
 
-def read_cells(directory: Path) -> tuple[dict[str, Cell], list[Run]]:
-    """backend -> its cell, from the finished runs of one sweep; and the runs."""
-    runs = [load_run(path) for path in run_dirs([directory])]
-    check_comparable(runs)
+def read_cells(directory: Path, backends: list[str], seeds: int) -> tuple[dict[str, Cell], list[Run]]:
+    """backend -> its cell, from the finished runs of one sweep that this grid asked for (`backends`, seeds 0 ..
+    `seeds` - 1), and those runs. A sweep folder can also hold runs of an earlier, wider grid: they are left out,
+    since the page says what it measured and averages exactly that."""
+    runs = []
+    for path in run_dirs([directory]):
+        try:
+            config = read_run_config(path / "config.yaml")
+        except ConfigError as exc:
+            raise ComparisonError(f"{path / 'config.yaml'} is not a usable run config ({exc})") from None
+        if config["model"]["attention"] in backends and config["train"]["seed"] in range(seeds):
+            runs.append(load_run(path))
+    found = {(run.config["model"]["attention"], run.config["train"]["seed"]) for run in runs}
+    missing = [f"{backend} seed {seed}" for backend in backends for seed in range(seeds)
+               if (backend, seed) not in found]
+    if missing:
+        raise ComparisonError(f"{directory} has no run of {', '.join(missing)}")
+    check_comparable(runs)  # also refuses the same backend and seed twice (a copied record)
     cells: dict[str, Cell] = {}
     for run in runs:
         final = run.eval_lines[-1]
@@ -262,6 +285,29 @@ def machines_and_time(runs: list[Run]) -> tuple[str, str]:
         f"{span:.2f} h wall time ({steps / 3600:.2f} h in training steps)"
 
 
+def recorded_command(page: Path) -> str | None:
+    """The command a results page's opening line records (fileio.pages.opening), or None."""
+    match = re.search(r"Command: `([^`]*)`", page.read_text()) if page.is_file() else None
+    return match.group(1) if match else None
+
+
+def check_results(results: Path, command: str, overwrite: bool) -> str:
+    """Before any run starts: raise ValueError if this grid would replace an existing results page (or its CSV or
+    PNG) that another command wrote, unless `overwrite`; a trial run must not silently replace committed results.
+    Running the very command a page records regenerates that page, as its opening line promises. Returns a note to
+    print where an existing page will be replaced, else ''."""
+    existing = [path for path in (results.with_suffix(suffix) for suffix in (".md", ".csv", ".png")) if path.exists()]
+    if not existing:
+        return ""
+    recorded = recorded_command(results.with_suffix(".md"))
+    if not overwrite and recorded != command:
+        wrote = f"written by `{recorded}`" if recorded else "with no recorded command"
+        raise ValueError(f"{existing[0]} exists, {wrote}; this grid would replace it: pass --results elsewhere "
+                         "(e.g. runs/mqar-trial), or --overwrite to replace it")
+    return (f"recall_grid: note: replacing {', '.join(map(str, existing))} when the grid is done "
+            f"({'--overwrite' if recorded != command else 'the command that page records'})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="an MQAR run config (data.source: mqar), e.g. configs/mqar-cpu.yaml")
@@ -272,21 +318,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated attention backends")
     parser.add_argument("--seeds", type=int, default=3, help="runs per backend, setting and learning rate")
     parser.add_argument("--out", type=Path, default=Path("runs/sweeps/mqar-grid"), help="where the sweeps go")
-    parser.add_argument("--results", type=Path, default=Path("results/mqar"), help="page/CSV/PNG path stem")
+    parser.add_argument("--results", type=Path, default=Path("results/mqar"),
+                        help="page/CSV/PNG path stem (default: results/mqar); an existing page is replaced only by "
+                        "the command it records, or with --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --results page that another command wrote")
     args = parser.parse_intermixed_args(argv)
     try:
         settings = [Setting.parse(text) for text in args.settings.split(",")]
         lrs = [float(lr) for lr in args.lrs.split(",")]
+        backends = parse_backends(args.backends)
         base = load_config(args.config, args.overrides)
         for setting in settings:  # every setting must load before the first run starts
             for lr in lrs:
                 load_config(args.config, [*args.overrides, *grid_overrides(setting, lr)])
-    except (ValueError, ConfigError) as exc:  # ConfigError is a ValueError
+        if base.data.source != MQAR:
+            raise ValueError(f"{args.config} trains on {base.data.source!r}; set data.source=mqar")
+        note = check_results(args.results, command_line(__file__, argv), args.overwrite)
+    except (ValueError, ConfigError, OSError) as exc:  # ConfigError is a ValueError
         print(f"recall_grid: {exc}", file=sys.stderr)
         return 2
-    if base.data.source != MQAR:
-        print(f"recall_grid: {args.config} trains on {base.data.source!r}; set data.source=mqar", file=sys.stderr)
-        return 2
+    if note:
+        print(note, file=sys.stderr, flush=True)
     grid: Grid = {}
     runs: list[Run] = []
     for setting in settings:
@@ -301,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 return status
             try:
-                cells, sweep_runs = read_cells(directory)
+                cells, sweep_runs = read_cells(directory, backends, args.seeds)
             except ComparisonError as exc:
                 print(f"recall_grid: cannot compare the runs of {directory}: {exc}", file=sys.stderr)
                 return 2

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from data.config import DataConfig
-from evals.context import bucket_edges, context_curve, records, scored_length, token_losses
+from evals.context import ContextCurve, bucket_edges, context_curve, records, scored_length, token_losses
 from model.config import ModelConfig
 from model.gpt import GPT
 from training.checkpoint import TrainState, save_checkpoint
@@ -92,22 +92,76 @@ def test_a_val_split_of_max_length_plus_one_tokens_is_enough():
         context_curve(tiny(), tokens[:48], label="x", train_context=16, max_length=48, sequences=1)
 
 
+def save_tiny_run(path: Path, prepared_dir: str, attention: str, block_size: int = 32) -> Path:
+    cfg = RunConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=32, attention=attention,
+                                      position="rope"),
+                    data=DataConfig(block_size=block_size, prepared_dir=prepared_dir),
+                    train=TrainConfig(out_dir=str(path)))
+    save_checkpoint(path, GPT(cfg.model), TrainState(step=1), config_to_dict(cfg), keep=1)
+    return path
+
+
 def test_the_cli_writes_a_page_a_csv_and_a_plot(tmp_path, prepared_dir, capsys):
     runs = []
     for attention in ("softmax", "logexp"):
-        cfg = RunConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=32, attention=attention,
-                                          position="rope"),
-                        data=DataConfig(block_size=32, prepared_dir=prepared_dir),
-                        train=TrainConfig(out_dir=str(tmp_path / attention)))
-        save_checkpoint(tmp_path / attention, GPT(cfg.model), TrainState(step=1), config_to_dict(cfg), keep=1)
-        runs += ["--ckpt", str(tmp_path / attention)]
+        runs += ["--ckpt", str(save_tiny_run(tmp_path / attention, prepared_dir, attention))]
     assert cli.main([*runs, "--max-length", "128", "--sequences", "2", "--out", str(tmp_path / "out")]) == 0
     page = (tmp_path / "out" / "context.md").read_text()
     assert page.startswith("# Loss against position") and "Machine:" in page and "Date:" in page
-    assert "| softmax position=rope |" in page and "| logexp position=rope |" in page
+    assert "| softmax position=rope block_size=32 |" in page and "| logexp position=rope block_size=32 |" in page
     assert "96–128" in page
     rows = (tmp_path / "out" / "context.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 4 and all(math.isfinite(float(r.split(",")[3])) for r in rows[1:])
     assert (tmp_path / "out" / "context.png").stat().st_size > 1000
     assert cli.main([*runs[:2], "--max-length", "10000000", "--out", str(tmp_path / "o2")]) == 2
     assert "fewer than --max-length" in capsys.readouterr().err
+
+
+def curve(label: str, train_context: int, length: int) -> ContextCurve:
+    """A curve whose loss in bucket [a, b) reads a + b / 1000, so a cell shows which bucket it came from."""
+    edges = bucket_edges(train_context, length)
+    return ContextCurve(label, train_context, length, edges, tuple(a + b / 1000 for a, b in zip(edges, edges[1:])),
+                        2)
+
+
+def test_each_loss_sits_under_its_own_bucket_in_one_table_per_training_context():
+    """The reviewer's case: contexts 32 and 16 scored to 128 positions, and learned positions stopping at 64. Each
+    cell's value a + b / 1000 must sit under the header a–b."""
+    curves = [curve("logexp block_size=32", 32, 128), curve("logexp block_size=16", 16, 128),
+              curve("softmax block_size=32", 32, 64)]
+    page = cli.markdown(curves, ["--ckpt", "x"], "forward")
+    first, second = page.split("Trained context: ")[1:]
+    assert first.startswith("16 tokens;") and second.startswith("32 tokens;")
+    header, _, *rows = [line for line in second.splitlines() if line.startswith("|")]
+    assert header == "| checkpoint | 0–32 | 32–64 | 64–96 | 96–128 | last / first |"
+    assert rows == ["| logexp block_size=32 | 0.032 | 32.1 | 64.1 | 96.1 | 3004.00× |",
+                    "| softmax block_size=32 | 0.032 | 32.1 |  |  | 1002.00× |"]
+    header, _, row = [line for line in first.splitlines() if line.startswith("|")]
+    assert header.startswith("| checkpoint | 0–16 | 16–32 | 32–48 |") and header.endswith("| 112–128 | last / first |")
+    assert row.startswith("| logexp block_size=16 | 0.016 | 16 | 32 |")
+
+
+def test_labels_that_stay_alike_get_the_checkpoints_folder_name():
+    labels = ["logexp position=rope block_size=32", "logexp position=rope block_size=32", "softmax position=rope"]
+    assert cli.unique_labels(labels, ["runs/a", "other/b", "runs/c"]) == [
+        "logexp position=rope block_size=32 (a)", "logexp position=rope block_size=32 (b)", "softmax position=rope"]
+    assert cli.unique_labels(labels[:2], ["runs/a/ckpt", "other/a/ckpt"]) == [  # the names alike too: the paths
+        "logexp position=rope block_size=32 (runs/a/ckpt)", "logexp position=rope block_size=32 (other/a/ckpt)"]
+
+
+def test_the_cli_tells_checkpoints_of_different_contexts_and_alike_checkpoints_apart(tmp_path, prepared_dir, capsys):
+    runs = [save_tiny_run(tmp_path / "ctx32", prepared_dir, "logexp", 32),
+            save_tiny_run(tmp_path / "ctx16", prepared_dir, "logexp", 16),
+            save_tiny_run(tmp_path / "again" / "ctx16", prepared_dir, "logexp", 16)]
+    argv = [arg for run in runs for arg in ("--ckpt", str(run))] + ["--max-length", "64", "--sequences", "1"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "context.md").read_text()
+    assert "| checkpoint | 0–32 | 32–64 | last / first |" in page
+    assert "| checkpoint | 0–16 | 16–32 | 32–48 | 48–64 | last / first |" in page
+    assert f"| logexp position=rope block_size=16 ({tmp_path / 'ctx16'}) |" in page
+    assert f"| logexp position=rope block_size=16 ({tmp_path / 'again' / 'ctx16'}) |" in page
+    labels = [line.split(",")[0] for line in (tmp_path / "out" / "context.csv").read_text().splitlines()[1:]]
+    assert labels.count("logexp position=rope block_size=32") == 2 and len(set(labels)) == 3
+    assert cli.main(["--ckpt", str(runs[0]), "--ckpt", f"{runs[0]}/", "--out", str(tmp_path / "o2")]) == 2
+    assert capsys.readouterr().err == (f"eval_context: --ckpt {runs[0]}/ names the same folder as --ckpt {runs[0]}; "
+                                       "give each checkpoint once\n")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import statistics
 
 import pytest
 
@@ -102,25 +101,83 @@ def test_where_the_data_lives_and_unused_mqar_knobs_do_not_matter(tmp_path, fake
 # --- paired with a reference, seed by seed ---
 
 
-def test_paired_differences_tell_rows_apart_only_when_every_seed_agrees_beyond_the_spread(tmp_path, fake_run):
-    finals = {"softmax": (5.00, 5.10, 4.95), "logexp": (4.80, 4.92, 4.70), "taylor": (5.05, 5.00, 4.97)}
-    runs = [load_run(fake_run(tmp_path / f"{name}-seed{seed}", f"model.attention={name}", f"train.seed={seed}",
+def paired_runs(tmp_path, fake_run, finals: dict[str, tuple[float, ...]]) -> list:
+    """One fake run per (backend, seed) ending at the given final val loss, seeds 0, 1, ... in order."""
+    return [load_run(fake_run(tmp_path / f"{name}-seed{seed}", f"model.attention={name}", f"train.seed={seed}",
                               losses=(6.0, loss)))
             for name, losses in finals.items() for seed, loss in enumerate(losses)]
+
+
+def test_paired_differences_are_told_apart_by_a_paired_t_interval_computed_by_hand(tmp_path, fake_run):
+    finals = {"softmax": (5.00, 5.10, 4.95), "logexp": (4.80, 4.92, 4.70), "taylor": (5.05, 5.00, 4.97)}
+    runs = paired_runs(tmp_path, fake_run, finals)
     runs.append(load_run(fake_run(tmp_path / "expressive-seed7", "model.attention=expressive", "train.seed=7")))
     by_label = {p.label: p for p in paired_with(runs, "softmax")}
     assert set(by_label) == {"logexp", "taylor"}  # expressive shares no seed with softmax
     logexp = by_label["logexp"]
     assert logexp.seeds == [0, 1, 2] and logexp.differences == pytest.approx([-0.20, -0.18, -0.25])
-    assert logexp.mean == pytest.approx(-0.21) and logexp.lower == 3
-    assert logexp.spread == pytest.approx(statistics.stdev(finals["logexp"]))  # larger than softmax's
-    assert logexp.beyond_spread  # 3 of 3 lower, and 0.21 > 0.11
-    taylor = by_label["taylor"]
-    assert taylor.lower == 1 and not taylor.beyond_spread  # the seeds disagree on the sign
+    # by hand: mean -0.21, std sqrt((0.01² + 0.03² + 0.04²) / 2) = sqrt(0.0013), standard error std / sqrt(3);
+    # t = -0.21 / 0.020817 = -10.09; t(0.975, 2 dof) = 4.3027 from a table, so the interval is -0.21 ± 0.08957
+    assert logexp.mean == pytest.approx(-0.21) and logexp.std == pytest.approx(math.sqrt(0.0013))
+    assert logexp.lower == 3 and logexp.t == pytest.approx(-0.21 / math.sqrt(0.0013 / 3))
+    assert logexp.interval == pytest.approx((-0.29957, -0.12043), abs=1e-5) and logexp.told_apart
+    taylor = by_label["taylor"]  # differences 0.05, -0.10, 0.02: mean -0.01, std sqrt(0.0063)
+    assert taylor.lower == 1 and taylor.t == pytest.approx(-0.01 / math.sqrt(0.0063 / 3))
+    assert taylor.interval == pytest.approx((-0.01 - 4.302653 * math.sqrt(0.0063 / 3),
+                                             -0.01 + 4.302653 * math.sqrt(0.0063 / 3)), abs=1e-5)
+    assert taylor.told_apart is False
     table = paired_table(list(by_label.values()), "softmax")
-    assert "| logexp | 3 | -0.2100 ± 0.0361 | 3 of 3 | 0.1102 | yes |" in table and "| no |" in table
+    assert "| t | 95% interval | told apart |" in table
+    assert "| logexp | 3 | -0.2100 ± 0.0361 | 3 of 3 | -10.09 | -0.2996 to -0.1204 | yes |" in table
+    assert "| taylor | 3 | -0.0100 ± 0.0794 | 1 of 3 | -0.22 | -0.2072 to 0.1872 | no |" in table
     with pytest.raises(ComparisonError, match="no row is labelled 'nonexistent'; the rows are 'softmax', "):
         paired_with(runs, "nonexistent")
+
+
+def test_a_row_lower_by_the_same_amount_on_every_seed_is_told_apart_however_far_apart_the_seeds_are(tmp_path,
+                                                                                                     fake_run):
+    """The seeds' spread (0.25 here) is common to both rows and cancels seed by seed: a difference of exactly 0.1 on
+    every seed has no spread at all and tells the rows apart (the old verdict, the mean against the seed spread,
+    did not)."""
+    softmax = (5.00, 5.30, 4.80)
+    runs = paired_runs(tmp_path, fake_run, {"softmax": softmax, SECOND: tuple(loss - 0.1 for loss in softmax)})
+    (paired,) = paired_with(runs, "softmax")
+    assert paired.mean == pytest.approx(-0.1) and paired.std == pytest.approx(0.0, abs=1e-12)
+    assert paired.interval == pytest.approx((-0.1, -0.1)) and paired.told_apart
+    assert f"| {SECOND} | 3 | -0.1000 | 3 of 3 |" in paired_table([paired], "softmax")
+
+
+def test_three_seeds_lower_by_less_than_their_paired_spread_are_not_told_apart(tmp_path, fake_run):
+    """expressive_sq against softmax in results/shakespeare-cpu (the final val losses of its run records): lower on 3
+    of 3 seeds by 0.0607, 0.0029 and 0.0218, mean 0.0284 beyond softmax's std (0.0239), but the differences' own std
+    is 0.0295: paired t = -1.67 on 2 degrees of freedom (p = 0.24), and the 95% interval holds 0."""
+    finals = {"softmax": (5.565512180328369, 5.51945161819458, 5.5315515995025635),
+              "expressive_sq": (5.504849672317505, 5.516598582267761, 5.509793400764465)}
+    (paired,) = paired_with(paired_runs(tmp_path, fake_run, finals), "softmax")
+    assert paired.lower == 3 and paired.mean == pytest.approx(-0.0284, abs=5e-5)
+    assert paired.std == pytest.approx(0.0295, abs=5e-5) and paired.t == pytest.approx(-1.670, abs=1e-3)
+    assert paired.interval == pytest.approx((-0.1016, 0.0448), abs=1e-4) and paired.told_apart is False
+    assert "| expressive_sq | 3 | -0.0284 ± 0.0295 | 3 of 3 | -1.67 | -0.1016 to 0.0448 | no |" in paired_table(
+        [paired], "softmax")
+
+
+def test_one_seed_cannot_tell_two_rows_apart(tmp_path, fake_run):
+    (paired,) = paired_with(paired_runs(tmp_path, fake_run, {"softmax": (5.0,), SECOND: (4.0,)}), "softmax")
+    assert paired.told_apart is None and math.isnan(paired.t) and math.isnan(paired.interval[0])
+    assert f"| {SECOND} | 1 | -1.0000 | 1 of 1 | – | – | cannot tell (1 seed) |" in paired_table([paired], "softmax")
+
+
+def test_the_same_run_twice_is_refused_naming_both_directories(tmp_path, fake_run):
+    """A copied record would count as a second seed in the mean ± std (and the pairing would keep only one)."""
+    runs = [load_run(fake_run(tmp_path / "sweep" / "softmax-seed0", "train.seed=0", losses=(6.0, 5.0))),
+            load_run(fake_run(tmp_path / "sweep" / "softmax-seed1", "train.seed=1", losses=(6.0, 5.2))),
+            load_run(fake_run(tmp_path / "copy" / "softmax-again", "train.seed=0", losses=(6.0, 5.0)))]
+    message = (f"{tmp_path / 'sweep' / 'softmax-seed0'} and {tmp_path / 'copy' / 'softmax-again'} are both 'softmax' "
+               "with seed 0: the same run twice would count as two seeds; leave one of them out")
+    for check in (check_comparable, summarise, lambda runs: paired_with(runs, "softmax")):
+        with pytest.raises(ComparisonError) as error:
+            check(runs)
+        assert str(error.value) == message
 
 
 @pytest.mark.parametrize("reference, expected", [
@@ -152,12 +209,14 @@ def test_the_cli_writes_the_page_the_csv_and_the_figure_to_its_own_folder(tmp_pa
     assert compare([str(tmp_path / "sweep"), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "| softmax | 2 | 4.5000 ± 0.7071 |" in captured.out and "warning" not in captured.err
-    assert (out / "comparison_paired.csv").is_file() and "## Paired with softmax, seed by seed" in captured.out and f"| {SECOND} | 1 | 0.0000 | 0 of 1 |" in captured.out
+    assert (out / "comparison_paired.csv").is_file() and "## Paired with softmax, seed by seed" in captured.out
+    assert f"| {SECOND} | 1 | 0.0000 | 0 of 1 | – | – | cannot tell (1 seed) |" in captured.out
     page = (out / "comparison.md").read_text().splitlines()
     assert page[0] == "# Comparison of 3 runs on shakespeare"
     assert page[2].startswith("Measured: final and best val loss") and "Machine: not recorded" in page[2]
     assert f"Command: `python scripts/compare.py {tmp_path / 'sweep'} --out {out}`" in page[2]
-    assert "groups set apart by model.attention; code revision not recorded." in page[2] and page[2].endswith("Date: trained 2026-12-01.")
+    assert "groups set apart by model.attention; code revision not recorded." in page[2]
+    assert page[2].endswith("Date: trained 2026-12-01.")
     with open(out / "comparison.csv", newline="") as handle:
         assert [(row["backend"], row["runs"]) for row in csv.DictReader(handle)] == [("softmax", "2"), (SECOND, "1")]
     assert (out / "comparison.png").read_bytes().startswith(b"\x89PNG")
@@ -190,6 +249,37 @@ def test_the_cli_never_writes_among_the_runs(tmp_path, fake_run, compare, capsys
     assert compare([str(tmp_path / "sweep"), "--out", str(tmp_path / inside)]) == 2
     assert capsys.readouterr().err.startswith(f"cannot compare: --out {tmp_path / inside} is inside ")
     assert not list(tmp_path.rglob("comparison.*"))
+
+
+@pytest.mark.parametrize("out", ["afile", "afile/cmp"])
+def test_an_out_that_is_or_lies_under_a_file_is_refused_before_any_work(tmp_path, fake_run, compare, capsys, out):
+    """Checked first: the runs named here do not even exist, and the error is still the one about --out."""
+    (tmp_path / "afile").write_text("x\n")
+    assert compare([str(tmp_path / "no-such-sweep"), "--out", str(tmp_path / out)]) == 2
+    where = "is an existing file" if out == "afile" else f"lies under {tmp_path / 'afile'}, an existing file"
+    assert capsys.readouterr().err == f"cannot compare: --out {tmp_path / out} {where}; name a folder\n"
+    assert (tmp_path / "afile").read_text() == "x\n"
+
+
+def test_a_reused_out_keeps_no_paired_csv_of_an_earlier_comparison(tmp_path, fake_run, compare, capsys):
+    fake_run(tmp_path / "first" / "softmax-seed0", "train.seed=0")
+    fake_run(tmp_path / "first" / f"{SECOND}-seed0", "train.seed=0", f"model.attention={SECOND}")
+    fake_run(tmp_path / "second" / f"{SECOND}-seed0", "train.seed=0", f"model.attention={SECOND}")
+    out = tmp_path / "comparison"
+    assert compare([str(tmp_path / "first"), "--out", str(out)]) == 0 and (out / "comparison_paired.csv").is_file()
+    assert compare([str(tmp_path / "second"), "--out", str(out)]) == 0  # no softmax row: no pairing
+    assert not (out / "comparison_paired.csv").exists()
+    assert "Paired with" not in (out / "comparison.md").read_text()
+
+
+def test_the_cli_refuses_the_same_run_twice(tmp_path, fake_run, compare, capsys):
+    fake_run(tmp_path / "sweep" / "softmax-seed0", "train.seed=0")
+    fake_run(tmp_path / "copy", "train.seed=0")
+    assert compare([str(tmp_path / "sweep"), str(tmp_path / "copy"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"cannot compare: {tmp_path / 'sweep' / 'softmax-seed0'} and {tmp_path / 'copy'}"
+                                       " are both 'softmax' with seed 0: the same run twice would count as two seeds; "
+                                       "leave one of them out\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_cli_refuses_runs_on_other_data_with_exit_status_2(tmp_path, fake_run, compare, capsys):

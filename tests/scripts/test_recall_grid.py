@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from model.attention import BACKENDS
+from tests.experiments.conftest import write_run
 
 ROOT = Path(__file__).resolve().parents[2]
 SECOND = next(name for name in BACKENDS if name != "softmax")
@@ -73,6 +76,79 @@ def test_a_setting_is_pairs_x_length():
 def test_the_recall_grid_refuses_a_text_config(capsys):
     assert recall_grid.main(["configs/tiny.yaml"]) == 2
     assert "set data.source=mqar" in capsys.readouterr().err
+
+
+def mqar_run(path: Path, backend: str, seed: int, holdout: float) -> Path:
+    """A finished MQAR run record (configs/tiny.yaml on data.source mqar) whose evaluations log accuracies."""
+    write_run(path, "data.source=mqar", "model.vocab_size=8192", "data.mqar.num_queries=2",
+              f"model.attention={backend}", f"train.seed={seed}", start={"machine": "test machine"})
+    lines = [json.loads(text) for text in (path / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        if "val_loss" in line:
+            line.update(val_accuracy=holdout, holdout_accuracy=holdout)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def no_sweep(command, **kwargs):
+    """subprocess.run for main: the sweep's runs are already in place, finished."""
+    return subprocess.CompletedProcess(command, 0)
+
+
+def test_the_page_reports_only_the_backends_and_seeds_asked_for(tmp_path, monkeypatch):
+    """The sweep folder also holds runs of an earlier, wider grid (another backend, another seed): left out."""
+    folder = recall_grid.sweep_dir(tmp_path / "grid", EASY, 1e-3)
+    mqar_run(folder / "softmax-seed0", "softmax", 0, 0.9)
+    mqar_run(folder / "softmax-seed1", "softmax", 1, 0.5)
+    mqar_run(folder / f"{SECOND}-seed0", SECOND, 0, 0.1)
+    monkeypatch.setattr(recall_grid.subprocess, "run", no_sweep)
+    argv = ["configs/mqar-cpu.yaml", "--settings", "4x32", "--lrs", "1e-3", "--backends", "softmax", "--seeds", "1",
+            "--out", str(tmp_path / "grid"), "--results", str(tmp_path / "res" / "mqar")]
+    assert recall_grid.main(argv) == 0
+    page = (tmp_path / "res" / "mqar.md").read_text()
+    assert "Measured: final answer accuracy of 1 runs," in page and SECOND not in page
+    rows = list(csv.DictReader(open(tmp_path / "res" / "mqar.csv")))
+    assert [(r["backend"], r["runs"], r["holdout_accuracy_mean"]) for r in rows] == [("softmax", "1", "0.9")]
+    with pytest.raises(recall_grid.ComparisonError, match=f"has no run of softmax seed 2, {SECOND} seed 1, {SECOND} "
+                                                          "seed 2$"):
+        recall_grid.read_cells(folder, ["softmax", SECOND], 3)
+
+
+def test_the_command_a_results_page_records_regenerates_it_and_no_other_command_replaces_it(tmp_path):
+    """results/mqar.md's own command is kept working; a trial grid must name --results of its own or --overwrite."""
+    page = ROOT / "results" / "mqar.md"
+    recorded = recall_grid.recorded_command(page)
+    assert recorded.startswith("python scripts/recall_grid.py configs/mqar-cpu.yaml ")
+    again = recall_grid.command_line(recall_grid.__file__, shlex.split(recorded)[2:])
+    assert again == recorded  # what main compares: the same words give the same command line
+    note = recall_grid.check_results(ROOT / "results" / "mqar", again, overwrite=False)
+    assert note.startswith("recall_grid: note: replacing ") and note.endswith("(the command that page records)")
+    trial = recall_grid.command_line(recall_grid.__file__, ["configs/mqar-cpu.yaml", "--seeds", "1"])
+    with pytest.raises(ValueError, match=f"^{ROOT / 'results' / 'mqar.md'} exists, written by `python scripts/"):
+        recall_grid.check_results(ROOT / "results" / "mqar", trial, overwrite=False)
+    assert "(--overwrite)" in recall_grid.check_results(ROOT / "results" / "mqar", trial, overwrite=True)
+    assert recall_grid.check_results(tmp_path / "mqar", trial, overwrite=False) == ""  # nothing there yet
+    (tmp_path / "mqar.csv").write_text("x\n")  # a CSV alone has no command to match
+    with pytest.raises(ValueError, match="mqar.csv exists, with no recorded command; this grid would replace it"):
+        recall_grid.check_results(tmp_path / "mqar", trial, overwrite=False)
+
+
+def test_a_trial_grid_with_the_default_results_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
+    (tmp_path / "results").mkdir()
+    committed = (ROOT / "results" / "mqar.md").read_text()
+    (tmp_path / "results" / "mqar.md").write_text(committed)
+    monkeypatch.chdir(tmp_path)
+
+    def sweep(command, **kwargs):
+        raise AssertionError("a sweep started")
+
+    monkeypatch.setattr(recall_grid.subprocess, "run", sweep)
+    argv = [str(ROOT / "configs" / "mqar-cpu.yaml"), "--settings", "4x32", "--seeds", "1", "--out", "trial"]
+    assert recall_grid.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recall_grid: results/mqar.md exists, written by `python scripts/recall_grid.py ")
+    assert err.endswith("pass --results elsewhere (e.g. runs/mqar-trial), or --overwrite to replace it\n")
+    assert (tmp_path / "results" / "mqar.md").read_text() == committed and not (tmp_path / "trial").exists()
 
 
 @pytest.mark.slow
