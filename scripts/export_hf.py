@@ -12,7 +12,8 @@ flattened into one directory with their `from model.x.y import` lines rewritten 
 import`; `from typedconfig.parsing import` to `from .typedconfig_parsing import`), which is what transformers'
 remote-code loader resolves. config.json maps
 AutoConfig / AutoModelForCausalLM to them (`auto_map`). The folder is written under a temporary name and renamed,
-and an existing --out is replaced only with --force.
+and an existing --out is replaced only with --force, never when it is the run being exported, a checkpoint of it, or a
+folder holding the run or the current directory.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from transformers import PreTrainedTokenizerFast
 from data.config import MQAR
 from data.tokenizer import TextTokenizer, load_tokenizer
 from model.modeling_attnlab import AttnlabForCausalLM
-from training.checkpoint import checkpoint_step, load_checkpoint_model, replace_dir
+from training.checkpoint import CHECKPOINTS, checkpoint_step, in_run, load_checkpoint_model, replace_dir
 from typedconfig.cli import ArgumentParser
 
 PACKAGES = ("model", "typedconfig")  # ours, imported by the modelling code; the rest is the standard library and torch
@@ -96,12 +97,36 @@ def transformers_tokenizer(tokenizer: TextTokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, bos_token=end, eos_token=end, unk_token=end)
 
 
-def export(ckpt_path: str, out: Path, force: bool) -> str:
-    """Write the export folder; a one-line summary."""
+def run_of(ckpt_path: Path) -> Path:
+    """The run directory a --ckpt path belongs to (a run, its checkpoints/ folder or a checkpoint in it), or the
+    checkpoint directory itself when it is not in a run's checkpoints/ folder."""
+    if ckpt_path.name == CHECKPOINTS:
+        return ckpt_path.parent
+    if ckpt_path.parent.name == CHECKPOINTS:
+        return ckpt_path.parent.parent
+    return ckpt_path
+
+
+def check_out(ckpt_path: Path, out: Path, force: bool) -> None:
+    """Refuse an --out that --force would take data with: replacing a folder deletes it, and with it the run being
+    exported if it lies inside, or the shell's working directory. `out` and `ckpt_path` are resolved."""
+    run = run_of(ckpt_path)
+    if run.is_relative_to(out) or in_run(out, run):  # the run or an ancestor; the run or one of its checkpoints
+        raise FileExistsError(f"--out {out} holds or lies in the run being exported ({run}); name a folder outside it")
+    if Path.cwd().resolve().is_relative_to(out):
+        raise FileExistsError(f"--out {out} is the current directory or holds it; name a folder to create")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is an existing file; name a folder to create")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
+    if out.exists() and not force and (entries := sorted(entry.name for entry in out.iterdir())):
+        listed = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise FileExistsError(f"--out {out} holds {len(entries)} entries ({listed}); pass --force to replace it "
+                              "(its contents are deleted) or name another folder")
+
+
+def export(ckpt_path: str, out: Path, force: bool) -> str:
+    """Write the export folder; a one-line summary."""
+    out = out.resolve()  # `.` or `..` have no name to build the temporary folder's name from
+    check_out(Path(ckpt_path).resolve(), out, force)
     gpt, cfg, ckpt = load_checkpoint_model(ckpt_path)
     tokenizer = None if cfg.data.source == MQAR else load_tokenizer(cfg.data.tokenizer)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -8,8 +8,15 @@
 Prompts: each --prompt TEXT and each --prompt-file PATH (the whole file, verbatim, newlines included) is one prompt,
 in command-line order; without either, all of stdin is one prompt. One prompt is echoed and its continuation is
 streamed to stdout token by token. Several prompts, of any lengths, form one batch (left-padded: one prefill, then
-one decode step per token for all of them; each continues as it would alone), and each prompt's text is printed
-whole, under a `--- prompt N ---` header, in the order given, when the batch is done.
+one decode step per token for all of them), and each prompt's text is printed whole, under a `--- prompt N ---`
+header, in the order given, when the batch is done. Greedy (--temperature 0), each prompt continues as it would
+alone. Sampling draws every row's token from one seeded generator at each step, so a sampled continuation depends on
+the whole batch: --seed S repeats a batch (the same prompts in the same order, on the same device and dtype), but a
+prompt sampled in a batch, in any row, does not continue as it does sampled alone with that seed.
+
+--dtype auto decodes in bfloat16 on a CPU with bf16 matmul instructions (avx512_bf16, amx_bf16) and on Ampere or
+later GPUs (float16 on older GPUs), else in float32. With --dtype float32, greedy text equals the transformers
+export's (which loads in float32) token for token; bf16 rounding can change a greedy pick where two logits are close.
 
 Generation stops after --max-new-tokens, at <|endoftext|> (unless --no-stop), or at the context limit: the
 learned positions of the model, the KV cache's limit (n_positions unless --max-context raises it; rope/none
@@ -32,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from data.config import MQAR
 from data.tokenizer import StreamDecoder, TextTokenizer, load_tokenizer
 from model.generation import ContextLimitReached, DecodeStats, generate, left_pad
 from model.gpt import GPT
@@ -58,7 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=1.0, help="divides the logits; 0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
     parser.add_argument("--top-p", type=float, default=1.0, help="in (0, 1]; 1 = no limit")
-    parser.add_argument("--seed", type=int, default=None, help="sampling seed (None: a fresh one, printed with the stats)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="sampling seed (None: a fresh one, printed with the stats); it fixes the whole batch: "
+                             "a prompt samples differently in a batch than alone")
     parser.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
     parser.add_argument("--window", type=int, default=None,
                         help="at the context limit, re-prefill the last N tokens into a fresh state and go on")
@@ -67,7 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "backend with rope/none positions); above n_positions only with rope/none")
     parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="weights and decode state (auto: bf16 where the device computes it natively)")
+                        help="weights and decode state; auto: bfloat16 on a CPU with bf16 matmul instructions "
+                             "(avx512_bf16, amx_bf16) and on Ampere or later GPUs, float16 on older GPUs, else "
+                             "float32 (the dtype of the transformers export, whose greedy text float32 reproduces)")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 0:
         parser.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
@@ -78,6 +90,11 @@ def load(args: argparse.Namespace) -> tuple[GPT, TextTokenizer, torch.device]:
     """The checkpoint's model on the chosen device and dtype, and its tokenizer (whose ids must fit the model)."""
     device = pick_device(args.device, option="--device")
     model, cfg, ckpt = load_checkpoint_model(args.ckpt)
+    if cfg.data.source == MQAR:  # its data.tokenizer is the unused default, not a tokenizer of its synthetic ids
+        raise CheckpointError(
+            f"{ckpt} was trained on MQAR (data.source 'mqar'), whose tokens are synthetic ids with no text tokenizer, "
+            "so it cannot continue text; its recall accuracy is in the run's metrics.jsonl (holdout_accuracy)"
+        )
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise CheckpointError(

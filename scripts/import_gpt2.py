@@ -5,10 +5,12 @@
     python train.py configs/gpt2-125m-taylor.yaml train.out_dir=runs/gpt2-taylor-ft --resume runs/gpt2-taylor
 
 --from is a folder with config.json + weights, as `GPT2LMHeadModel.save_pretrained` or a Hub download writes it
-(nothing is downloaded here). Our module names are GPT-2's, so the import is a state-dict copy with the Conv1D
-weights transposed. With `softmax` the model computes exactly GPT-2's function. With another backend every
-non-attention weight and the q/k/v/o projections are copied and the backend's own new parameters (e.g. taylor's
-temperature) keep their fresh initialisation: a starting point for fine-tuning, not a converted model.
+(nothing is downloaded here). A folder of another model_type, or one with a tensor missing, unknown or of another
+shape than config.json says, is refused (transformers would fill the gaps randomly). Our module names are GPT-2's,
+so the import is a state-dict copy with the Conv1D weights transposed. With `softmax` the model computes exactly
+GPT-2's function. With another backend every non-attention weight and the q/k/v/o projections are copied and the
+backend's own new parameters (e.g. taylor's temperature) keep their fresh initialisation: a starting point for
+fine-tuning, not a converted model.
 
 The output is a run directory with one weights-only checkpoint at step 0 (no optimiser state). `train.py --resume`
 on it starts a fresh optimiser, schedule and data order from these weights, with any data and train settings, as
@@ -17,10 +19,16 @@ long as the model section of the config matches (the checkpoint's config.json ho
 
 from __future__ import annotations
 
+import contextlib
+import json
+import pickle
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import transformers
+from safetensors import SafetensorError
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from data.config import DataConfig
@@ -72,12 +80,79 @@ def converted_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.T
     return state
 
 
+def check_model_type(source: Path) -> None:
+    """Refuse a folder of another architecture: GPT2Config.from_pretrained reads any config.json (a Llama one too)
+    and GPT2LMHeadModel.from_pretrained fills what it cannot find with random weights."""
+    path = source / "config.json"
+    if not path.is_file():
+        raise GPT2ImportError(
+            f"{source} holds no config.json; pass a folder written by GPT2LMHeadModel.save_pretrained")
+    try:
+        model_type = json.loads(path.read_text()).get("model_type")
+    except (ValueError, AttributeError) as exc:  # not JSON, or JSON that is not an object
+        raise GPT2ImportError(f"{path} is not a transformers config ({type(exc).__name__}: {exc})") from None
+    if model_type != "gpt2":
+        raise GPT2ImportError(f"{path} has model_type {model_type!r}, not 'gpt2': only GPT-2 checkpoints import "
+                              "(a folder written by GPT2LMHeadModel.save_pretrained)")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No progress bar or load report from transformers: what matters in the report is checked and refused here in
+    one line (`check_loading_info`)."""
+    verbosity, bar = transformers.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
+
+
+def load_gpt2(source: Path) -> GPT2LMHeadModel:
+    """The transformers model at `source`, every weight read from the folder (see `check_loading_info`)."""
+    try:
+        with quiet_transformers():
+            # ignore_mismatched_sizes: a tensor of another shape is listed in the info (and refused below) instead
+            # of raising a RuntimeError whose details are in the suppressed report
+            hf_model, info = GPT2LMHeadModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True,
+                                                             ignore_mismatched_sizes=True)
+    except (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:  # truncated or garbled files
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise GPT2ImportError(f"{source}: the weights cannot be read ({type(exc).__name__}: {reason})") from None
+    check_loading_info(source, info, hf_model.config.tie_word_embeddings)
+    return hf_model
+
+
+def check_loading_info(source: Path, info: dict, tied: bool) -> None:
+    """Refuse a checkpoint transformers loaded only in part: it initialises a missing or misshapen tensor randomly
+    and only reports it, so the import would be a partly random model. The tied head and the causal-mask buffers
+    (attn.bias, attn.masked_bias, which files may hold or not) are not weights of the file."""
+    def real(key: str) -> bool:
+        return not (key.endswith((".attn.bias", ".attn.masked_bias")) or (tied and key == "lm_head.weight"))
+
+    # mismatched entries are (name, shape in the file, shape the config needs)
+    found = {
+        "missing": sorted(key for key in info.get("missing_keys", ()) if real(key)),
+        "unexpected": sorted(key for key in info.get("unexpected_keys", ()) if real(key)),
+        "of another shape": sorted(f"{key} {list(shape)} where config.json needs {list(needed)}"
+                                   for key, shape, needed in info.get("mismatched_keys", ())),
+    }
+    if problems := [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                    for what, keys in found.items() if keys]:
+        raise GPT2ImportError(f"{source} is not a complete GPT-2 checkpoint, tensors {'; '.join(problems)}: "
+                              "transformers would fill them randomly; pass an intact save_pretrained folder")
+    if errors := info.get("error_msgs"):
+        raise GPT2ImportError(f"{source}: the weights do not load ({str(errors[0]).splitlines()[0]})")
+
+
 def import_gpt2(source: Path, attention: str, attention_options: dict[str, str], seed: int) -> GPT:
     """Our model with the GPT-2 weights at `source` (see the module docstring)."""
-    if not (source / "config.json").is_file():
-        raise GPT2ImportError(f"{source} holds no config.json; pass a folder written by GPT2LMHeadModel.save_pretrained")
+    check_model_type(source)
     cfg = model_config(GPT2Config.from_pretrained(source), attention, attention_options)  # checked before the weights
-    hf_model = GPT2LMHeadModel.from_pretrained(source, dtype=torch.float32)
+    hf_model = load_gpt2(source)
     torch.manual_seed(seed)  # the backend's new parameters, if any
     model = GPT(cfg)
     missing, unexpected = model.load_state_dict(converted_state_dict(hf_model.state_dict()), strict=False)

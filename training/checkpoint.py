@@ -288,6 +288,8 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist (pass a run directory or a checkpoint dir)")
+    if not path.is_dir():  # a file of a checkpoint or a run (model.safetensors, config.yaml): name the folder instead
+        raise CheckpointError(f"checkpoint path {path} is a file; pass {folder_to_pass(path.parent)}")
     if (path / WEIGHTS).is_file() or (path / CHECKSUMS).is_file():
         verify(path)
         return path
@@ -303,6 +305,17 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
         except CheckpointError as exc:
             on_skip(f"skipping {ckpt.name}: {exc}")
     raise CheckpointError(f"no checkpoint in {root} verifies ({len(candidates)} damaged); the run cannot continue")
+
+
+def folder_to_pass(folder: Path) -> str:
+    """What to pass instead of a file in `folder`: that checkpoint directory (or its run), that run directory, or
+    a run or checkpoint directory in general."""
+    if (folder / WEIGHTS).is_file() or (folder / CHECKSUMS).is_file():
+        run = folder.parent.parent if folder.parent.name == CHECKPOINTS else None
+        return f"the checkpoint directory {folder}" + (f" or its run directory {run}" if run else "")
+    if (folder / CHECKPOINTS).is_dir() or folder.name == CHECKPOINTS:
+        return f"the run directory {folder.parent if folder.name == CHECKPOINTS else folder}"
+    return "a run directory or a checkpoint directory"
 
 
 def latest_checkpoint(run_dir: str | Path, say: Callable[[str], None] = _warn) -> Path | None:

@@ -16,7 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from safetensors.torch import load_file, save_file
+from transformers import (AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM)
 
 from model.attention import BACKENDS
 from model.config import ModelConfig
@@ -25,7 +27,10 @@ from model.generation import generate as repo_generate
 from model.generation import left_pad
 from model.modeling_attnlab import AttnlabForCausalLM
 from model.sampling import Sampler
-from training.checkpoint import load_checkpoint_model
+from data.config import DataConfig
+from model.gpt import GPT
+from training.checkpoint import TrainState, load_checkpoint_model, save_checkpoint
+from training.config import RunConfig, config_to_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[2]
@@ -350,6 +355,54 @@ def test_export_refuses_to_overwrite_and_names_a_missing_checkpoint(trained_run,
     assert code == 2 and "does not exist" in err
 
 
+def small_run(run_dir: Path) -> Path:
+    """A run directory with two checkpoints of a random 1-layer model (GPT-2 vocabulary), written directly."""
+    cfg = RunConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=16, n_positions=16), data=DataConfig(block_size=16))
+    torch.manual_seed(0)
+    for step in (1, 2):
+        save_checkpoint(run_dir, GPT(cfg.model), TrainState(step=step), config_to_dict(cfg), keep=2)
+    return run_dir
+
+
+@pytest.mark.parametrize("ckpt, out", [
+    ("run", "run"), ("run", "run/checkpoints"), ("run", "run/checkpoints/step_000002"), ("run", "."),
+    ("run/checkpoints/step_000002", "run/checkpoints/step_000001"), ("run/checkpoints/step_000002", "run"),
+    ("run/checkpoints", "run/checkpoints/step_000009"),
+])
+def test_export_with_force_never_replaces_the_run_it_exports(tmp_path, capsys, monkeypatch, ckpt, out):
+    """--force replaces --out: the run being exported, a checkpoint of it or a folder holding it would go with it."""
+    monkeypatch.chdir(tmp_path)  # `.` is the folder holding the run
+    run = small_run(tmp_path / "run")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    code, _, err = run_cli(export_hf, capsys, "--ckpt", str(tmp_path / ckpt), "--out", out, "--force")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--out {(tmp_path / out).resolve()} holds or lies in the run being exported" in err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_export_resolves_the_out_path_and_names_what_a_folder_it_would_replace_holds(tmp_path, capsys, monkeypatch):
+    run = small_run(tmp_path / "runs" / "run")
+    here = tmp_path / "work" / "here"
+    here.mkdir(parents=True)
+    for name in ("d.txt", "a.txt", "c.txt", "b.txt"):
+        (here / name).write_text("x")
+    monkeypatch.chdir(here)  # replacing the working directory would leave the shell in a deleted folder
+    code, _, err = run_cli(export_hf, capsys, "--ckpt", str(run), "--out", ".")  # `.` has no name of its own
+    assert code == 2
+    assert err == f"export_hf: --out {here} is the current directory or holds it; name a folder to create\n"
+    for out in ("..", "../here/."):
+        code, _, err = run_cli(export_hf, capsys, "--ckpt", str(run), "--out", out, "--force")
+        assert code == 2 and "is the current directory or holds it" in err
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(export_hf, capsys, "--ckpt", str(run), "--out", "work/here/.")
+    assert code == 2 and err == (f"export_hf: --out {here} holds 4 entries (a.txt, b.txt, c.txt, ...); pass --force "
+                                 "to replace it (its contents are deleted) or name another folder\n")
+    code, out, err = run_cli(export_hf, capsys, "--ckpt", str(run), "--out", "work/here/.", "--force")
+    assert code == 0 and f"to {here}:" in out, err
+    assert (here / "config.json").is_file() and not (here / "a.txt").exists()
+    assert [p.name for p in here.parent.iterdir()] == ["here"]  # no temporary or swapped-out folder left beside it
+
+
 # --- import of GPT-2 weights ---
 
 def random_gpt2(folder: Path, **config) -> GPT2LMHeadModel:
@@ -411,3 +464,59 @@ def test_import_does_not_overwrite_a_run(tmp_path, capsys):
     assert run_cli(import_gpt2_cli, capsys, *args)[0] == 0
     code, _, err = run_cli(import_gpt2_cli, capsys, *args)
     assert code == 2 and "already holds checkpoints" in err
+
+
+def damaged_gpt2(folder: Path, damage: str) -> None:
+    """A GPT-2 folder transformers loads only in part (it fills the rest randomly and only warns), or not at all."""
+    if damage == "llama":
+        config = LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+        LlamaForCausalLM(config).save_pretrained(folder)
+        return
+    random_gpt2(folder)
+    weights = folder / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        return
+    state = load_file(weights)
+    if damage == "missing":
+        del state["transformer.h.0.mlp.c_fc.weight"]
+    elif damage == "shape":
+        state["transformer.h.0.mlp.c_fc.weight"] = state["transformer.h.0.mlp.c_fc.weight"][:, :128].contiguous()
+    elif damage == "unexpected":
+        state["transformer.h.0.mlp.gate.weight"] = torch.zeros(4, 4)
+    save_file(state, weights, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "tensors 1 missing (transformer.h.0.mlp.c_fc.weight)"),
+    ("shape", "tensors 1 of another shape (transformer.h.0.mlp.c_fc.weight [64, 128] where config.json needs "
+              "[64, 256])"),
+    ("unexpected", "tensors 1 unexpected (transformer.h.0.mlp.gate.weight)"),
+    ("truncated", "the weights cannot be read (SafetensorError: "),
+    ("llama", "config.json has model_type 'llama', not 'gpt2'"),
+])
+def test_import_refuses_a_folder_whose_weights_do_not_all_load(tmp_path, capsys, damage, message):
+    damaged_gpt2(tmp_path / "gpt2", damage)
+    capsys.readouterr()  # save_pretrained's progress bar
+    code, out, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "gpt2"), "--out", str(tmp_path / "run"))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"import_gpt2: {tmp_path / 'gpt2'}") and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_import_takes_a_hub_layout_with_mask_buffers_and_no_separate_head(tmp_path, capsys):
+    """The Hub's gpt2 files name the tensors without `transformer.`, store the causal-mask buffers and leave the tied
+    head out: none of that is a missing or unexpected weight."""
+    reference = random_gpt2(tmp_path / "gpt2")
+    state = {name.removeprefix("transformer."): tensor
+             for name, tensor in load_file(tmp_path / "gpt2" / "model.safetensors").items() if name != "lm_head.weight"}
+    for layer in range(2):
+        state[f"h.{layer}.attn.bias"] = torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64)
+        state[f"h.{layer}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(state, tmp_path / "gpt2" / "model.safetensors", metadata={"format": "pt"})
+    code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "gpt2"), "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    gpt, _, _ = load_checkpoint_model(tmp_path / "run")
+    ids = torch.randint(0, 50257, (1, 20), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(gpt(ids)[0], reference(ids).logits, atol=1e-5, rtol=1e-5)

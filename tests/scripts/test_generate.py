@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.config import DataConfig
+from data.config import MQAR, DataConfig, MQARConfig
 from model.attention import BACKENDS
 from model.config import ModelConfig
 from model.gpt import GPT
@@ -163,6 +163,38 @@ def test_a_bad_checkpoint_path_is_a_one_line_error(capsys, tmp_path):
 def test_a_checkpoint_from_another_vocabulary_is_refused(runs, capsys):
     err = one_line_error(*generate(capsys, "--ckpt", str(runs["small_vocab"]), "--prompt", "Hi"))
     assert "vocabulary of 1000 tokens" in err and "another vocabulary" in err
+
+
+@pytest.mark.parametrize("vocab_size", [64, 50304])  # the task's vocabulary, or the default one, wider than GPT-2's
+def test_an_mqar_checkpoint_is_refused_as_having_no_text_tokenizer(capsys, tmp_path, vocab_size):
+    data = DataConfig(source=MQAR, block_size=32, mqar=MQARConfig(vocab_size=64, num_pairs=4, num_queries=4))
+    cfg = RunConfig(model=ModelConfig(vocab_size=vocab_size, n_layer=1, n_head=2, n_embd=16, n_positions=32),
+                    data=data)
+    save_checkpoint(tmp_path / "mqar", GPT(cfg.model), TrainState(step=1), config_to_dict(cfg), keep=1)
+    err = one_line_error(*generate(capsys, "--ckpt", str(tmp_path / "mqar"), "--prompt", "Hi"))
+    assert "was trained on MQAR (data.source 'mqar')" in err and "no text tokenizer" in err, err
+    assert "vocabulary" not in err
+
+
+def test_a_seed_repeats_a_sampled_batch_and_the_help_says_it_is_not_each_prompt_alone(runs, capsys):
+    options = ["--ckpt", str(runs["learned"]), "--prompt", "Once", "--prompt", "To be or", "--max-new-tokens", "8",
+               "--top-k", "50"]
+    first, second = (generate(capsys, *options, "--seed", "3") for _ in range(2))
+    assert first[0] == 0 and first[1] == second[1] and first[1].count("--- prompt") == 2
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "a prompt sampled in a batch, in any row, does not continue as it does sampled alone" in out
+    assert "a prompt samples differently in a batch than alone" in out  # --seed's own help
+
+
+def test_the_help_says_what_dtype_auto_picks_and_which_dtype_matches_the_export(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("auto: bfloat16 on a CPU with bf16 matmul instructions (avx512_bf16, amx_bf16) and on Ampere or later "
+            "GPUs, float16 on older GPUs, else float32") in out
+    assert "With --dtype float32, greedy text equals the transformers export's" in out
 
 
 def test_the_command_end_to_end(runs):

@@ -141,6 +141,23 @@ def test_bad_paths_give_clear_errors(tmp_path):
     assert ckpt.latest_checkpoint(tmp_path) is None
 
 
+def test_a_file_of_a_run_or_checkpoint_is_refused_naming_the_folder_to_pass(tmp_path):
+    path = save(tmp_path / "run", 1)
+    (tmp_path / "run" / "config.yaml").write_text("model: {}\n")
+    (tmp_path / "notes.txt").write_text("x")
+    expected = {
+        path / ckpt.WEIGHTS: f"pass the checkpoint directory {path} or its run directory {tmp_path / 'run'}",
+        path / ckpt.CONFIG: f"pass the checkpoint directory {path} or its run directory {tmp_path / 'run'}",
+        tmp_path / "run" / "config.yaml": f"pass the run directory {tmp_path / 'run'}",
+        tmp_path / "run" / "checkpoints" / "latest": f"pass the run directory {tmp_path / 'run'}",
+        tmp_path / "notes.txt": "pass a run directory or a checkpoint directory",
+    }
+    for file, fix in expected.items():
+        with pytest.raises(ckpt.CheckpointError) as caught:
+            ckpt.find_checkpoint(file, on_skip=pytest.fail)  # no warning about a `latest` inside a file either
+        assert str(caught.value) == f"checkpoint path {file} is a file; {fix}"
+
+
 def test_weights_of_another_shape_are_refused(tmp_path):
     path = save(tmp_path, 1)
     bigger = GPT(ModelConfig(vocab_size=50, n_positions=16, n_layer=2, n_head=2, n_embd=16))
