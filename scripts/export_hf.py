@@ -4,7 +4,7 @@
     # then, anywhere (this repository need not be installed):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained("exports/shakespeare-cpu", trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained("exports/shakespeare-cpu")
+    tokenizer = AutoTokenizer.from_pretrained("exports/shakespeare-cpu", trust_remote_code=True)
 
 The modelling code travels in the folder, as on the Hub: model/modeling_attnlab.py and every module of our
 packages it imports (the model package and typedconfig's parsing, which the model config checks its options with),

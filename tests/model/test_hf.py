@@ -290,7 +290,7 @@ sys.meta_path.insert(0, NoRepository)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 folder, out = sys.argv[1], sys.argv[2]
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-tokenizer = AutoTokenizer.from_pretrained(folder)
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 ids = tokenizer("ROMEO: Is it", return_tensors="pt").input_ids
 with torch.no_grad():
     logits = model(ids).logits
