@@ -1,7 +1,9 @@
 """Autoregressive generation with the backends' decode states: the prompt is prefilled in one parallel chunk, then
 every sampled token is fed back as a one-token step. Prompts of different lengths form one batch, left-padded
 (`left_pad`): the padding takes no part in attention and each row's positions count its own tokens, so a row
-generates what its prompt generates alone.
+generates greedily what its prompt generates alone. Sampled, it does so too when each row has its own generator
+(a list, one per row, seeded as that prompt's generator alone would be): one generator for the batch is one stream
+of draws shared by the rows, so a row's sample then depends on the rows before it.
 
 Context limit: the most tokens a decode state may hold (`context_limit`).
 - learned positions: the n_positions rows of the position table (max_context may only lower it);
@@ -20,7 +22,7 @@ limit), so decoding never reallocates them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -101,7 +103,7 @@ def generate(
     *,
     mask: torch.Tensor | None = None,
     sampler: Sampler = Sampler(),
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     stop_id: int | None = None,
     window: int | None = None,
     max_context: int | None = None,
@@ -110,6 +112,7 @@ def generate(
     """Yield the next token of every row, (B,), up to max_new_tokens times after the prompt ids (B, T).
 
     `mask` (B, T), False at the left padding of the shorter prompts (see `left_pad`); None when every row is full.
+    `generator`: one for the whole batch, or a list of B, row i sampling with generator[i] (see the module docstring).
     Ends early once every row has produced `stop_id` (a row's tokens after its first stop_id are to be ignored).
     Arguments are checked here, before the first token; ContextLimitReached is raised by the iteration.
     """
@@ -123,6 +126,10 @@ def generate(
             raise ValueError("prompts must be left-padded, each with at least one token (mask 0 ... 0 1 ... 1)")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        generator = list(generator)
+        if len(generator) != prompt.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for {prompt.shape[0]} rows (one per row, or one in all)")
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     limit = context_limit(model, max_context)
@@ -145,8 +152,8 @@ def generate(
 @torch.no_grad()
 def _generate(
     model: GPT, context: torch.Tensor, mask: torch.Tensor | None, max_new_tokens: int, sampler: Sampler,
-    generator: torch.Generator | None, stop_id: int | None, window: int | None, limit: ContextLimit,
-    stats: DecodeStats,
+    generator: torch.Generator | list[torch.Generator] | None, stop_id: int | None, window: int | None,
+    limit: ContextLimit, stats: DecodeStats,
 ) -> Iterator[torch.Tensor]:
     device, rows = context.device, context.shape[0]
     logits, state = _prefill(model, context, mask, max_new_tokens, limit, stats)

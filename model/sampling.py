@@ -5,12 +5,19 @@ together: top-k keeps every token whose logit is at least the k-th largest (ties
 top-p (nucleus, Holtzman et al. 2019, arXiv 1904.09751) keeps every token whose more probable tokens hold less than
 top_p of the probability in total, i.e. the smallest set of most probable tokens whose mass reaches top_p, widened
 to the whole tie group at its edge. The most probable token is always kept.
+
+Randomness: `next_token` draws from one torch.Generator for the whole batch, or from a list of generators, one per
+row. With one generator a row's draw depends on the rows before it (they consume the same stream), so a prompt
+samples differently in a batch than alone; with a generator per row, each row is sampled by its own
+`torch.multinomial` call, exactly the call a batch of that row alone makes, so a row seeded like a prompt sampled
+alone draws what that prompt draws.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,8 +79,13 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def next_token(logits: torch.Tensor, sampler: Sampler, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Ids (B, 1) chosen from the last-position logits (B, vocab): argmax if temperature == 0, else a sample."""
+def next_token(logits: torch.Tensor, sampler: Sampler,
+               generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """Ids (B, 1) chosen from the last-position logits (B, vocab): argmax if temperature == 0, else a sample drawn
+    with `generator`: one for the whole batch, or B of them, row i drawing with generator[i] (see the module
+    docstring)."""
+    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != logits.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for {logits.shape[0]} rows (one per row, or one in all)")
     logits = logits[..., : sampler.vocab_size].float()
     if sampler.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
@@ -81,4 +93,6 @@ def next_token(logits: torch.Tensor, sampler: Sampler, generator: torch.Generato
     # the others to -inf instead of every logit to +-inf (whose softmax is NaN).
     shifted = logits - logits.amax(dim=-1, keepdim=True)
     probs = torch.softmax(filter_logits(shifted / sampler.temperature, sampler.top_k, sampler.top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator)
+    return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs.split(1), generator)])

@@ -10,9 +10,10 @@ in command-line order; without either, all of stdin is one prompt. One prompt is
 streamed to stdout token by token. Several prompts, of any lengths, form one batch (left-padded: one prefill, then
 one decode step per token for all of them), and each prompt's text is printed whole, under a `--- prompt N ---`
 header, in the order given, when the batch is done. Greedy (--temperature 0), each prompt continues as it would
-alone. Sampling draws every row's token from one seeded generator at each step, so a sampled continuation depends on
-the whole batch: --seed S repeats a batch (the same prompts in the same order, on the same device and dtype), but a
-prompt sampled in a batch, in any row, does not continue as it does sampled alone with that seed.
+alone. Sampled, each prompt draws from a generator of its own, seeded with --seed S itself, so a prompt in any row
+of a batch continues as it does sampled alone with --seed S (the same options, device and dtype), and its text does
+not depend on the other prompts or their order; the same prompt given twice is sampled the same way twice (another
+--seed gives another sample).
 
 --dtype auto decodes in bfloat16 on a CPU with bf16 matmul instructions (avx512_bf16, amx_bf16) and on Ampere or
 later GPUs (float16 on older GPUs), else in float32. With --dtype float32, greedy text equals the transformers
@@ -67,8 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
     parser.add_argument("--top-p", type=float, default=1.0, help="in (0, 1]; 1 = no limit")
     parser.add_argument("--seed", type=int, default=None,
-                        help="sampling seed (None: a fresh one, printed with the stats); it fixes the whole batch: "
-                             "a prompt samples differently in a batch than alone")
+                        help="sampling seed (None: a fresh one, printed with the stats); every prompt samples with "
+                             "a generator of its own seeded with it, so it continues in a batch as it does alone "
+                             "with the same seed")
     parser.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
     parser.add_argument("--window", type=int, default=None,
                         help="at the context limit, re-prefill the last N tokens into a fresh state and go on")
@@ -128,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         sampler = dataclasses.replace(sampler, vocab_size=tokenizer.vocab_size)
         stop_id = None if args.no_stop else tokenizer.eot_id
         seed = None if sampler.temperature == 0 else secrets.randbits(63) if args.seed is None else args.seed
-        generator = torch.Generator(device=device).manual_seed(seed or 0)
+        # one generator per prompt, each seeded with the seed itself (not seed + i, which would need --seed S + i
+        # to repeat prompt i alone): a prompt draws what it draws alone with this --seed, in any row
+        generators = [torch.Generator(device=device).manual_seed(seed or 0) for _ in prompts]
         stats = DecodeStats()
         ids, mask = left_pad(prompts, device=device)
         # generate checks its arguments eagerly, before any text is printed
         run = generate(model, ids, args.max_new_tokens, mask=None if bool(mask.all()) else mask, sampler=sampler,
-                       generator=generator, stop_id=stop_id, window=args.window, max_context=args.max_context,
+                       generator=generators, stop_id=stop_id, window=args.window, max_context=args.max_context,
                        stats=stats)
     except (ValueError, CheckpointError) as exc:  # DataError and ConfigError are ValueErrors
         print(f"generate: {exc}", file=sys.stderr)

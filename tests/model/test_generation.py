@@ -212,6 +212,36 @@ def test_a_left_padded_batch_generates_what_its_prompts_generate_alone(backend, 
     assert batch == [greedy_tokens(model, torch.tensor([prompt]), 10)[0] for prompt in prompts]
 
 
+def sampled_tokens(model: GPT, prompt: torch.Tensor, steps: int, seeds: list[int], **options) -> list[list[int]]:
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    return torch.stack(list(generate(model, prompt, steps, sampler=Sampler(top_k=20), generator=generators,
+                                     **options)), dim=1).tolist()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_generator_per_row_samples_each_prompt_of_a_batch_as_alone(backend):
+    model = tiny_model(torch.float64, attention=backend, position="rope")
+    prompts = ragged_prompts()
+    ids, mask = left_pad(prompts, pad_id=VOCAB - 1)
+    batch = sampled_tokens(model, ids, 12, [3, 3, 4, 3], mask=mask)
+    assert batch == [sampled_tokens(model, torch.tensor([prompt]), 12, [seed])[0]
+                     for prompt, seed in zip(prompts, [3, 3, 4, 3])]
+    assert batch[0] == batch[3] and batch[0] != batch[1]  # rows 0 and 3 hold the same prompt, row 1 another
+
+
+def test_one_generator_for_a_batch_is_one_stream_shared_by_its_rows():
+    model = tiny_model()
+    generator = torch.Generator().manual_seed(3)
+    rows = torch.stack(list(generate(model, random_ids(1, 5).expand(2, 5), 12, sampler=Sampler(),
+                                     generator=generator)), dim=1).tolist()
+    assert rows[0] != rows[1]  # the same prompt in two rows draws different samples
+
+
+def test_the_generators_must_match_the_prompts():
+    with pytest.raises(ValueError, match="got 1 generators for 2 rows"):
+        generate(tiny_model(), random_ids(2, 5), 4, generator=[torch.Generator()])
+
+
 @pytest.mark.parametrize("backend", ["softmax", "logexp"])
 def test_a_left_padded_batch_slides_its_window_as_its_prompts_do_alone(backend):
     # The window keeps the last columns; the longest prompt sets when the batch reaches the context limit.

@@ -89,6 +89,45 @@ def test_ids_past_the_tokenizer_vocabulary_are_never_chosen():
     assert next_token(logits.expand(100, 4), Sampler(vocab_size=2), generator).max().item() <= 1
 
 
+SAMPLERS = [Sampler(), Sampler(temperature=0.7, top_k=20), Sampler(temperature=1.3, top_p=0.8, vocab_size=40)]
+
+
+def seeded(*seeds: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_generator_per_row_samples_each_row_as_alone(sampler):
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    batch, alone = seeded(5, 6, 5), [seeded(seed)[0] for seed in (5, 6, 5)]
+    for _ in range(20):  # the generators go on from step to step, as they do in generate
+        expected = torch.cat([next_token(logits[i : i + 1], sampler, alone[i]) for i in range(3)])  # each row alone
+        assert torch.equal(next_token(logits, sampler, batch), expected)
+
+
+def test_rows_with_the_same_logits_and_seed_sample_the_same_token():
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0)).expand(4, 50)
+    generators = seeded(7, 7, 7, 8)
+    ids = torch.cat([next_token(logits, Sampler(), generators) for _ in range(20)], dim=1)
+    assert torch.equal(ids[0], ids[1]) and torch.equal(ids[0], ids[2]) and not torch.equal(ids[0], ids[3])
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_one_generator_draws_the_whole_batch_from_one_stream(sampler):
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    shifted = logits[:, : sampler.vocab_size] - logits[:, : sampler.vocab_size].amax(dim=-1, keepdim=True)
+    probs = torch.softmax(filter_logits(shifted / sampler.temperature, sampler.top_k, sampler.top_p), dim=-1)
+    reference = torch.Generator().manual_seed(3)
+    expected = [torch.multinomial(probs, 1, generator=reference) for _ in range(5)]
+    generator = torch.Generator().manual_seed(3)
+    assert all(torch.equal(next_token(logits, sampler, generator), ids) for ids in expected)
+
+
+def test_the_generators_must_match_the_rows():
+    with pytest.raises(ValueError, match="got 2 generators for 3 rows"):
+        next_token(torch.zeros(3, 5), Sampler(), seeded(0, 1))
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

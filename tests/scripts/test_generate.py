@@ -176,16 +176,30 @@ def test_an_mqar_checkpoint_is_refused_as_having_no_text_tokenizer(capsys, tmp_p
     assert "vocabulary" not in err
 
 
-def test_a_seed_repeats_a_sampled_batch_and_the_help_says_it_is_not_each_prompt_alone(runs, capsys):
-    options = ["--ckpt", str(runs["learned"]), "--prompt", "Once", "--prompt", "To be or", "--max-new-tokens", "8",
-               "--top-k", "50"]
-    first, second = (generate(capsys, *options, "--seed", "3") for _ in range(2))
-    assert first[0] == 0 and first[1] == second[1] and first[1].count("--- prompt") == 2
+@pytest.mark.parametrize("run", ["learned", "rope"])
+def test_a_seeded_prompt_samples_in_every_row_of_a_batch_what_it_samples_alone(runs, capsys, run):
+    prompts = ["Once", "To be or", "JULIET:\nO Romeo,"]  # 1, 3 and 9 tokens: the shorter ones are padded
+    options = ["--ckpt", str(runs[run]), "--max-new-tokens", "8", "--top-k", "50", "--seed", "3"]
+    alone = {p: generate(capsys, *options, "--prompt", p)[1] for p in prompts}
+    assert len(set(alone.values())) == 3
+    for shift in range(len(prompts)):  # each prompt in each row
+        order = prompts[shift:] + prompts[:shift]
+        code, out, _ = generate(capsys, *options, *(a for p in order for a in ("--prompt", p)))
+        assert code == 0
+        assert out == "".join(f"--- prompt {i + 1} ---\n{alone[p]}" for i, p in enumerate(order))
+    code, out, _ = generate(capsys, *options, "--prompt", "Once", "--prompt", "Once")
+    assert out == f"--- prompt 1 ---\n{alone['Once']}--- prompt 2 ---\n{alone['Once']}"  # one seed, one sample
+    assert generate(capsys, *options[:-1], "4", "--prompt", "Once")[1] != alone["Once"]
+
+
+def test_the_help_says_a_seeded_prompt_samples_in_a_batch_as_alone(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "a prompt sampled in a batch, in any row, does not continue as it does sampled alone" in out
-    assert "a prompt samples differently in a batch than alone" in out  # --seed's own help
+    assert ("Sampled, each prompt draws from a generator of its own, seeded with --seed S itself, so a prompt in any "
+            "row of a batch continues as it does sampled alone with --seed S") in out
+    assert "the same prompt given twice is sampled the same way twice" in out
+    assert "so it continues in a batch as it does alone with the same seed" in out  # --seed's own help
 
 
 def test_the_help_says_what_dtype_auto_picks_and_which_dtype_matches_the_export(capsys):
