@@ -90,10 +90,15 @@ def test_sampling_prints_its_seed_and_no_new_tokens_prints_no_rate(runs, capsys)
     assert "decode: 0 tokens |" in err and "nan tokens" not in err and "seed" not in err
 
 
-def test_help_shows_the_defaults(capsys):
+def help_text(capsys) -> str:
+    """generate.py's --help, its lines joined (argparse wraps them to the terminal's width)."""
     with pytest.raises(SystemExit):
         cli.main(["--help"])
-    out = capsys.readouterr().out
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_shows_the_defaults(capsys):
+    out = help_text(capsys)
     assert "(default: 256)" in out and "(default: 1.0)" in out
 
 
@@ -193,9 +198,7 @@ def test_a_seeded_prompt_samples_in_every_row_of_a_batch_what_it_samples_alone(r
 
 
 def test_the_help_says_a_seeded_prompt_samples_in_a_batch_as_alone(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
-    out = " ".join(capsys.readouterr().out.split())
+    out = help_text(capsys)
     assert ("Sampled, each prompt draws from a generator of its own, seeded with --seed S itself, so a prompt in any "
             "row of a batch continues as it does sampled alone with --seed S") in out
     assert "the same prompt given twice is sampled the same way twice" in out
@@ -203,9 +206,7 @@ def test_the_help_says_a_seeded_prompt_samples_in_a_batch_as_alone(capsys):
 
 
 def test_the_help_says_what_dtype_auto_picks_and_which_dtype_matches_the_export(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
-    out = " ".join(capsys.readouterr().out.split())
+    out = help_text(capsys)
     assert ("auto: bfloat16 on a CPU with bf16 matmul instructions (avx512_bf16, amx_bf16) and on Ampere or later "
             "GPUs, float16 on older GPUs, else float32") in out
     assert "With --dtype float32, greedy text equals the transformers export's" in out
