@@ -148,7 +148,6 @@ def preconditioned_gd(residual: Operator, x0: torch.Tensor, *, step: float, targ
     return KrylovResult(x, maxiter, norm <= target)
 
 
-
 def power_norm(matvec: Operator, n: int, *, dtype: torch.dtype, iterations: int = 20, seed: int = 0) -> float:
     """Dominant eigenvalue magnitude of an operator with a real non-negative spectrum (AᵀA, or P^-1 K, which is
     similar to a symmetric matrix) by power iteration: ||M v|| for the last unit iterate v (a lower estimate)."""

@@ -128,8 +128,8 @@ class Reference:
     """Float64 references for one (problem, A), factored once and reused for many right-hand sides: the SVD of A for
     problems a and b (x* = V Σ^{-2j} Vᵀ b, resp. V Σ^{-2j-1} Uᵀ b, the singular values below n·u·σ_1 taken as zero:
     the minimum-norm solution of a rank-deficient A instead of one ~1/u large); for exp_kernel the Cholesky factor
-    of K_G where K_G has full numerical rank (x* = D^-1 K_G^-1 D^-1 b; the eigenvector form's residual, weighted
-    by D in the score, came out ~1e6 times larger), else its eigendecomposition (x* = D^-1 K_G^+ D^-1 b). The
+    of K_G where K_G has full numerical rank (x* = D^-1 K_G^-1 D^-1 b: backward stable, where the eigenvector form
+    misses float64 accuracy in the D-weighted score), else its eigendecomposition (x* = D^-1 K_G^+ D^-1 b). The
     normal equations are never the reference: their error grows as u·κ(A)²."""
 
     def __init__(self, problem: str, A: torch.Tensor) -> None:

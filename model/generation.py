@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from model.gpt import GPT, DecodeState
-from model.sampling import Sampler, next_token
+from model.sampling import Sampler, next_token, per_row_generators
 
 
 class ContextLimitReached(Exception):
@@ -126,10 +126,7 @@ def generate(
             raise ValueError("prompts must be left-padded, each with at least one token (mask 0 ... 0 1 ... 1)")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        generator = list(generator)
-        if len(generator) != prompt.shape[0]:
-            raise ValueError(f"got {len(generator)} generators for {prompt.shape[0]} rows (one per row, or one in all)")
+    generator = per_row_generators(generator, prompt.shape[0])  # checked before the prefill's work
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     limit = context_limit(model, max_context)

@@ -15,12 +15,13 @@ alone draws what that prompt draws.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from model.attention.options import is_real
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,11 @@ class Sampler:
     vocab_size: int | None = None  # sample only ids below this (a model vocabulary padded past the tokenizer's)
 
     def __post_init__(self) -> None:
-        if not (_is_real(self.temperature) and self.temperature >= 0):
+        if not (is_real(self.temperature) and self.temperature >= 0):
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
         if not (_is_integer(self.top_k) and self.top_k >= 0):
             raise ValueError(f"top_k must be >= 0 (an integer; 0 = no limit), got {self.top_k!r}")
-        if not (_is_real(self.top_p) and 0 < self.top_p <= 1):
+        if not (is_real(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1] (1 = no limit), got {self.top_p!r}")
         if self.vocab_size is not None and not (_is_integer(self.vocab_size) and self.vocab_size >= 1):
             raise ValueError(f"vocab_size must be >= 1 (an integer; None = every id), got {self.vocab_size!r}")
@@ -46,11 +47,6 @@ class Sampler:
 def _is_integer(value: object) -> bool:
     """An int of any kind (numpy's too) but not a bool: top_k=True would silently mean 1."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    """A finite real number but not a bool (a string such as '0.5' would fail later, in the middle of sampling)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -79,13 +75,23 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def per_row_generators(generator: torch.Generator | Sequence[torch.Generator] | None,
+                       rows: int) -> torch.Generator | list[torch.Generator] | None:
+    """`generator` as next_token takes it: None or one generator as it is, a sequence as a list of one per row."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    generator = list(generator)
+    if len(generator) != rows:
+        raise ValueError(f"got {len(generator)} generators for {rows} rows (one per row, or one in all)")
+    return generator
+
+
 def next_token(logits: torch.Tensor, sampler: Sampler,
                generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """Ids (B, 1) chosen from the last-position logits (B, vocab): argmax if temperature == 0, else a sample drawn
     with `generator`: one for the whole batch, or B of them, row i drawing with generator[i] (see the module
     docstring)."""
-    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != logits.shape[0]:
-        raise ValueError(f"got {len(generator)} generators for {logits.shape[0]} rows (one per row, or one in all)")
+    generator = per_row_generators(generator, logits.shape[0])
     logits = logits[..., : sampler.vocab_size].float()
     if sampler.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)

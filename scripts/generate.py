@@ -13,7 +13,8 @@ header, in the order given, when the batch is done. Greedy (--temperature 0), ea
 alone. Sampled, each prompt draws from a generator of its own, seeded with --seed S itself, so a prompt in any row
 of a batch continues as it does sampled alone with --seed S (the same options, device and dtype), and its text does
 not depend on the other prompts or their order; the same prompt given twice is sampled the same way twice (another
---seed gives another sample).
+--seed gives another sample). Both hold bit for bit on the CPU in fp32 (tested); in bf16 or on a GPU a batch's logits
+can differ from one prompt's in the last bits, which can flip a near tie.
 
 --dtype auto decodes in bfloat16 on a CPU with bf16 matmul instructions (avx512_bf16, amx_bf16) and on Ampere or
 later GPUs (float16 on older GPUs), else in float32. With --dtype float32, greedy text equals the transformers

@@ -366,8 +366,8 @@ def load_train_state(ckpt: Path, mmap: bool = False) -> TrainState:
 
 
 def unsafe_state_message(path: Path, exc: pickle.UnpicklingError) -> str:
-    """Why a weights_only load refused the state file `path`, and, for a pickled object (numpy's RNG state, as state
-    files held before they were made safe to load), the command that converts a trusted one."""
+    """Why a weights_only load refused the state file `path`, and, for a pickled object (numpy's RNG state as an
+    array), the command that converts a trusted one."""
     reason = next((line.split("WeightsUnpickler error: ")[1] for line in str(exc).splitlines()
                    if "WeightsUnpickler error: " in line), str(exc).splitlines()[0] if str(exc) else "")
     if "Unsupported global" not in reason:

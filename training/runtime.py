@@ -102,6 +102,10 @@ def start(device_name: str, dtype_name: str) -> Runtime:
         raise ValueError(f"train.device={device_name} under torchrun would put this machine's processes on that one "
                          "GPU; use train.device=cuda or auto (each process takes the GPU of its local rank)")
     device = pick_device(device_name, local_rank)
+    if device.type == "cuda":
+        # TF32 for the fp32 GEMMs that autocast leaves in fp32 (the linear attention states, run with autocast off
+        # to keep their sums in fp32; fp32 configs): tensor-core speed at a 10-bit mantissa, as the MFU peak assumes
+        torch.set_float32_matmul_precision("high")
     if world_size > 1:
         if device.type == "cuda":
             torch.cuda.set_device(device)

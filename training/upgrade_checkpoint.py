@@ -1,11 +1,13 @@
-"""Convert trusted checkpoints whose state.pt a safe load refuses (attnlab once pickled numpy's RNG state as an
+"""Convert trusted checkpoints whose state.pt a safe load refuses (one that holds numpy's RNG state as a pickled
 array) into the form train.py reads with torch.load(weights_only=True).
 
     python -m training.upgrade_checkpoint runs/shakespeare-cpu               # every checkpoint of a run
     python -m training.upgrade_checkpoint runs/shakespeare-cpu/checkpoints/step_000250
 
 Reading the old file runs its pickle, so convert only checkpoints you trust. Each is rewritten as a save is (a
-verified copy, checksummed, swapped in), so a crash midway leaves the old one usable by this command.
+verified copy, checksummed, swapped in): a crash while a copy is written leaves the checkpoint as it was; one
+between the swap's two renames leaves the step as its `.old-`/`.tmp-` folders, which a resume puts back for the step
+`checkpoints/latest` names.
 """
 
 from __future__ import annotations

@@ -54,8 +54,8 @@ class SketchPreconditioned(IterativeMethod):
 
     def __init__(self, A: torch.Tensor, info: SolveInfo, options: SolveOptions) -> None:
         super().__init__(A, info, options)
-        # With k = d rows, solves stopped by the tests below missed their tolerance by up to 14x on conditioned
-        # synthetic instances (SA's distortion is then too large for the stopping bounds); from 1.5d on none did.
+        # With k near d, SA's distortion can exceed what the stopping tests' bound σ_min(B) >= SIGMA_MIN_B assumes,
+        # and solves they stop miss their tolerance; 2d leaves that bound a margin.
         self.S, self.Q_s, R_s = sketch_factor(A, info, options, min_rows=2,
                                               why="for the stopping tests' bound on σ_min(A R^-1) to hold")
         self.R = UpperTriangular(R_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 
 def check_option(backend: str, option: str, value: object, valid: bool, allowed: str) -> None:
@@ -11,8 +12,8 @@ def check_option(backend: str, option: str, value: object, valid: bool, allowed:
 
 
 def is_real(value: object) -> bool:
-    """A finite int or float (bools excluded)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number of any kind (numpy's too), bools excluded."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_count(value: object) -> bool:

@@ -137,8 +137,8 @@ def test_paired_differences_are_told_apart_by_a_paired_t_interval_computed_by_ha
 def test_a_row_lower_by_the_same_amount_on_every_seed_is_told_apart_however_far_apart_the_seeds_are(tmp_path,
                                                                                                      fake_run):
     """The seeds' spread (0.25 here) is common to both rows and cancels seed by seed: a difference of exactly 0.1 on
-    every seed has no spread at all and tells the rows apart (the old verdict, the mean against the seed spread,
-    did not)."""
+    every seed has no spread at all and tells the rows apart (a verdict of the mean against the seed spread would
+    not)."""
     softmax = (5.00, 5.30, 4.80)
     runs = paired_runs(tmp_path, fake_run, {"softmax": softmax, SECOND: tuple(loss - 0.1 for loss in softmax)})
     (paired,) = paired_with(runs, "softmax")

@@ -429,27 +429,18 @@ class Planted:
         return (Path.touch, (self.marker,))
 
 
-def reseal(path):
-    """Checksums that match the files of checkpoint `path` as they are now, as whoever wrote them would write."""
-    checksums = {}
-    for name in (ckpt.WEIGHTS, ckpt.STATE, ckpt.CONFIG):
-        data = (path / name).read_bytes()
-        checksums[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    (path / ckpt.CHECKSUMS).write_text(json.dumps(checksums))
-
-
 def test_a_state_file_that_would_run_code_is_refused_without_running_it(tmp_path):
     """Its checksums match (whoever wrote the file wrote them too), so only the load can refuse it."""
     path = save(tmp_path, 1)
     marker = tmp_path / "ran"
     torch.save({**TrainState(step=1).to_dict(), "source": Planted(marker)}, path / ckpt.STATE)
-    reseal(path)
+    ckpt.seal(path)  # checksums that vouch for the files as they are now, as their writer would
     ckpt.verify(path)
     with pytest.raises(ckpt.CheckpointError, match="holds a pickled object a safe load refuses") as info:
         ckpt.load_train_state(path)
     assert "python -m training.upgrade_checkpoint" in str(info.value)
     assert not marker.exists()
     (path / ckpt.STATE).write_bytes(b"\x80\x02garbage")
-    reseal(path)
+    ckpt.seal(path)  # checksums that vouch for the files as they are now, as their writer would
     with pytest.raises(ckpt.CheckpointError, match=r"state.pt cannot be read \(UnpicklingError"):
         ckpt.load_train_state(path)

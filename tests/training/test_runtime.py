@@ -105,3 +105,20 @@ def test_synchronize_waits_for_an_asynchronous_device_only(monkeypatch):
     rt.synchronize(torch.device("cuda", 1))
     rt.synchronize(torch.device("mps"))
     assert waited == [("cuda", torch.device("cuda", 1)), ("mps", None)]
+
+
+def test_a_cuda_runtime_runs_fp32_matmuls_in_tf32(monkeypatch):
+    """The kernels that keep autocast off run fp32 GEMMs: on CUDA they take TF32 (checked without a GPU: only the
+    device choice is faked); a CPU runtime leaves the setting alone."""
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        rt.start("cpu", "float32")
+        assert torch.get_float32_matmul_precision() == "highest"
+        with monkeypatch.context() as patch:
+            patch.setattr(rt, "pick_device", lambda name, local_rank: torch.device("cuda", 0))
+            patch.setattr(rt, "pick_dtype", lambda name, device: torch.bfloat16)
+            rt.start("auto", "auto")
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
