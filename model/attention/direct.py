@@ -29,7 +29,7 @@ import torch
 
 from model.attention.base import zero_masked_queries
 from model.attention.kv_cache import causal_mask, padded_causal_mask
-from model.attention.numerics import accumulation_dtype, autocast_off, fold_heads, fold_mask, unfold_heads
+from model.attention.numerics import accumulation_dtype, fold_heads, fold_mask, unfold_heads, without_autocast
 from model.cpu import cpu_multiplies_bf16
 
 
@@ -150,12 +150,8 @@ def _unblocked(x: torch.Tensor, t: int) -> torch.Tensor:
 
 class _TiledCausalAttention(torch.autograd.Function):
     @staticmethod
+    @without_autocast  # the caller chose the dtypes; autocast would mix them
     def forward(ctx, q, k, v, weight: PointwiseWeight, eps: float, block: int, valid: torch.Tensor | None):
-        with autocast_off(q.device):  # the caller chose the dtype; autocast would mix them
-            return _TiledCausalAttention._forward(ctx, q, k, v, weight, eps, block, valid)
-
-    @staticmethod
-    def _forward(ctx, q, k, v, weight: PointwiseWeight, eps: float, block: int, valid: torch.Tensor | None):
         num, den = tiled_numerator_and_denominator(q, k, v, weight, 0, block, valid)
         den = safe_denominator(den, eps, valid)
         y = num / den[..., None]
@@ -164,12 +160,8 @@ class _TiledCausalAttention(torch.autograd.Function):
         return y
 
     @staticmethod
+    @without_autocast
     def backward(ctx, dy):
-        with autocast_off(dy.device):
-            return _TiledCausalAttention._backward(ctx, dy)
-
-    @staticmethod
-    def _backward(ctx, dy):
         q, k, v, y, den, valid = ctx.saved_tensors
         block, acc = ctx.block, y.dtype
         padding = None if valid is None else ~valid

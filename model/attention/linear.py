@@ -50,6 +50,7 @@ from model.attention.numerics import (
     split_chunks,
     unfold_heads,
     with_ones_column,
+    without_autocast,
 )
 from model.attention.options import check_count
 from model.position import padding_count
@@ -268,12 +269,8 @@ def _values_for_gemm(v: torch.Tensor, valid: torch.Tensor | None = None) -> torc
 
 class _ChunkedLinearAttention(torch.autograd.Function):
     @staticmethod
+    @without_autocast  # the caller chose the dtypes; autocast would round the fp32 sums' GEMMs
     def forward(ctx, q, k, v, kernel: QuadraticKernel, eps: float, chunk: int, valid: torch.Tensor | None):
-        with autocast_off(q.device):  # the caller chose the dtype; fp16 GEMMs on the fp32 state would overflow
-            return _ChunkedLinearAttention._forward(ctx, q, k, v, kernel, eps, chunk, valid)
-
-    @staticmethod
-    def _forward(ctx, q, k, v, kernel: QuadraticKernel, eps: float, chunk: int, valid: torch.Tensor | None):
         v1 = _values_for_gemm(v, valid)
         kv = q.new_zeros(q.shape[0], kernel.feature_dim(q.shape[-1]), v1.shape[-1])
         out = _attend_and_fold(q, k, v1, kernel, chunk, kv)
@@ -285,12 +282,8 @@ class _ChunkedLinearAttention(torch.autograd.Function):
         return y
 
     @staticmethod
+    @without_autocast
     def backward(ctx, dy):
-        with autocast_off(dy.device):
-            return _ChunkedLinearAttention._backward(ctx, dy)
-
-    @staticmethod
-    def _backward(ctx, dy):
         q, k, v, y, den, valid = ctx.saved_tensors
         kernel, chunk = ctx.kernel, ctx.chunk
         v1 = _values_for_gemm(v, valid)

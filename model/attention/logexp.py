@@ -47,6 +47,7 @@ from model.attention.numerics import (
     split_chunks,
     unfold_heads,
     with_ones_column,
+    without_autocast,
 )
 from model.attention.options import check_count
 
@@ -166,12 +167,8 @@ def _intra_chunk_backward(q, k, v1, dout, lse, chunk: int):
 
 class _ChunkedLogExpAttention(torch.autograd.Function):
     @staticmethod
+    @without_autocast  # the caller chose the dtypes; autocast would round the fp32 sums' GEMMs
     def forward(ctx, q, k, v, chunk: int):
-        with autocast_off(q.device):  # the caller chose the dtype; autocast would round the fp32 state's GEMMs
-            return _ChunkedLogExpAttention._forward(ctx, q, k, v, chunk)
-
-    @staticmethod
-    def _forward(ctx, q, k, v, chunk: int):
         kv = q.new_zeros(q.shape[0], q.shape[-1], v.shape[-1] + 1)
         m = q.new_full((q.shape[0], q.shape[-1]), float("-inf"))
         y, lse = _attend_and_fold(q, k, with_ones_column(v), chunk, kv, m)
@@ -180,12 +177,8 @@ class _ChunkedLogExpAttention(torch.autograd.Function):
         return y
 
     @staticmethod
+    @without_autocast
     def backward(ctx, dy):
-        with autocast_off(dy.device):
-            return _ChunkedLogExpAttention._backward(ctx, dy)
-
-    @staticmethod
-    def _backward(ctx, dy):
         q, k, v, y, lse = ctx.saved_tensors
         chunk, t = ctx.chunk, q.shape[1]
         v1 = with_ones_column(v)

@@ -10,6 +10,9 @@ multiplies bf16 natively, summed in fp32 (model/attention/direct.py). The kernel
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +25,16 @@ def autocast_off(device: torch.device) -> torch.autocast:
     """A context in which the kernels keep the dtypes they chose: under autocast their GEMMs would round fp32 states
     and sums to half precision (fp16 overflows past 65504, bf16 keeps 3 digits) and mix dtypes in in-place ops."""
     return torch.autocast(device.type, enabled=False)
+
+
+def without_autocast(method: Callable) -> Callable:
+    """An autograd Function's forward(ctx, x, ...) or backward(ctx, x, ...) run under `autocast_off` on x's device."""
+    @functools.wraps(method)
+    def run(ctx, x: torch.Tensor, *args):
+        with autocast_off(x.device):
+            return method(ctx, x, *args)
+
+    return run
 
 
 def fold_heads(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
