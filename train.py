@@ -102,10 +102,10 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal = signum
 
-    def requested(self, runtime: rt.Runtime, last: bool = False) -> bool:
+    def requested(self, last: bool = False) -> bool:
         """True once this process got a signal; under torchrun once any rank had got one by the end of the step
         before (by the end of this one at the `last` step, which nothing follows), the same answer on every rank."""
-        if not runtime.distributed:
+        if self._group is None:
             return self.signal is not None
         previous, self._pending = self._pending, self._launch()
         stop = previous is not None and self._settle(previous)
@@ -319,7 +319,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         is_eval = state.step % tc.eval_interval == 0 or state.step == tc.max_steps
         if is_eval:
             val_loss = evaluate_and_log(data, forward_model, state, log, log_line)
-        interrupted = stop.requested(runtime, last=state.step == tc.max_steps)
+        interrupted = stop.requested(last=state.step == tc.max_steps)
         if state.step == tc.max_steps or interrupted or (is_eval and tc.ckpt_interval == 0) or (
             tc.ckpt_interval and state.step % tc.ckpt_interval == 0
         ):

@@ -137,13 +137,14 @@ class Reference:
         self.norms_sq = (A64 * A64).sum(1)
         if problem == "exp_kernel":
             self.half = log_jacobi(A64)
-            self.all_evals, evecs = torch.linalg.eigh(gaussian_kernel(A64))
+            kernel = gaussian_kernel(A64)
+            self.all_evals, evecs = torch.linalg.eigh(kernel)
             self.floor = self.all_evals[-1] * A.shape[0] * UNIT_ROUNDOFF
             keep = self.all_evals > self.floor
             self.evals, self.evecs = self.all_evals[keep], evecs[:, keep]
             self.cholesky = None
             if bool(keep.all()):
-                factor, failed = torch.linalg.cholesky_ex(gaussian_kernel(A64))
+                factor, failed = torch.linalg.cholesky_ex(kernel)
                 self.cholesky = None if failed else factor
         else:
             self.U, self.s, self.Vh = torch.linalg.svd(A64, full_matrices=False)

@@ -102,7 +102,7 @@ def test_an_interrupt_before_any_evaluation_exits_without_evaluating(tmp_path, p
 
     class SignalledDuringStep1(train.StopRequest):
         def __init__(self, runtime):  # as if the handler had already run; installs none in the test process
-            self.signal = signal.SIGTERM
+            self.signal, self._group = signal.SIGTERM, None
 
     evaluations = []
     evaluate = train.evaluate
@@ -136,24 +136,24 @@ def gloo(tmp_path):
 def test_one_process_stops_at_the_end_of_the_step_the_signal_came_in(stop_handlers):
     runtime = rt.Runtime(torch.device("cpu"), torch.float32)
     stop = train.StopRequest(runtime)
-    assert not stop.requested(runtime)
+    assert not stop.requested()
     os.kill(os.getpid(), signal.SIGTERM)
-    assert stop.requested(runtime) and stop.signal == signal.SIGTERM
+    assert stop.requested() and stop.signal == signal.SIGTERM
 
 
 def test_under_torchrun_every_step_reads_the_flags_the_step_before_launched(stop_handlers, gloo):
     """No log step needed: a signal in step 2 stops the ranks at the end of step 3, the same step on each, as each
     reads the same all-reduced flags; at the last step the ranks wait for that step's own flags."""
     stop = train.StopRequest(gloo)
-    assert not stop.requested(gloo)  # step 1: launched, nothing to read yet
+    assert not stop.requested()  # step 1: launched, nothing to read yet
     os.kill(os.getpid(), signal.SIGTERM)
-    assert not stop.requested(gloo)  # step 2: step 1's flags, from before the signal
-    assert stop.requested(gloo)  # step 3
+    assert not stop.requested()  # step 2: step 1's flags, from before the signal
+    assert stop.requested()  # step 3
     assert stop._pending is None  # nothing left in flight on the way out
     last = train.StopRequest(gloo)
-    assert not last.requested(gloo)
+    assert not last.requested()
     last.signal = signal.SIGTERM
-    assert last.requested(gloo, last=True) and last._pending is None
+    assert last.requested(last=True) and last._pending is None
 
 
 @pytest.mark.parametrize("argv, overrides", [

@@ -365,12 +365,17 @@ def load_train_state(ckpt: Path, mmap: bool = False) -> TrainState:
     return TrainState.from_dict(saved, ckpt / STATE)
 
 
+def refused_pickled_object(exc: pickle.UnpicklingError) -> bool:
+    """Whether a weights_only load refused a file for a pickled object (rather than for damaged bytes)."""
+    return "Unsupported global" in str(exc)
+
+
 def unsafe_state_message(path: Path, exc: pickle.UnpicklingError) -> str:
     """Why a weights_only load refused the state file `path`, and, for a pickled object (numpy's RNG state as an
     array), the command that converts a trusted one."""
     reason = next((line.split("WeightsUnpickler error: ")[1] for line in str(exc).splitlines()
                    if "WeightsUnpickler error: " in line), str(exc).splitlines()[0] if str(exc) else "")
-    if "Unsupported global" not in reason:
+    if not refused_pickled_object(exc):
         return f"{path} cannot be read (UnpicklingError: {reason.split('. ')[0]})"
     return (f"{path} holds a pickled object a safe load refuses ({reason.split(' was not')[0]}): written by an "
             "older attnlab, or by another program; if you trust it, convert it with "

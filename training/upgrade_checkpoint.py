@@ -40,7 +40,7 @@ def needs_upgrade(folder: Path) -> bool:
     try:
         torch.load(folder / ckpt.STATE, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
-        return "Unsupported global" in str(exc)
+        return ckpt.refused_pickled_object(exc)
     return False
 
 
