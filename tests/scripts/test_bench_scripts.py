@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments.revision import commit_of
 from training.malloc import is_glibc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,7 @@ def test_bench_attention_paired_mode_times_each_tree_against_the_reference_and_p
                "--profile", "--block", "16", "--malloc", "unchanged", "--out", str(out))
     rows = read_rows(out.with_suffix(".csv"))
     paired = [r for r in rows if r["kind"] == "paired"]
-    assert {r["tree"] for r in paired} == {"this tree", "baseline HEAD"}
+    assert {r["tree"] for r in paired} == {"this tree", f"baseline {commit_of('HEAD')}"}
     assert all(float(r["ratio"]) > 0 and int(r["rounds"]) == 2 and float(r["GEMM"]) > 0 for r in paired)
     gemms = {r["dtype"] for r in rows if r["kind"] == "tile gemm"}
     assert gemms == {"float32", "bfloat16", "float16"}
@@ -198,12 +199,20 @@ def test_bench_demo_runs_both_trees_in_turn_and_reports_their_runs(tmp_path, pre
     run_script("scripts/bench_demo.py", "--baseline-rev", "HEAD", "train.max_steps=15", "--config", "configs/tiny.yaml",
                f"data.prepared_dir={prepared_dir}", "--out", str(out), "train.out_dir=/nonexistent/ignored")
     rows = read_rows(out.with_suffix(".csv"))
-    assert [r["tree"] for r in rows] == ["this tree", "baseline HEAD"]
+    assert [r["tree"] for r in rows] == ["this tree", f"baseline {commit_of('HEAD')}"]
     assert all(float(r["wall_s"]) > float(r["steps_s"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
     assert all(float(r["tokens_per_s_min"]) <= float(r["tokens_per_s"]) <= float(r["tokens_per_s_max"]) for r in rows)
     page = out.with_suffix(".md").read_text()
     assert page.startswith("# The CPU demo end to end, beside a baseline revision\n\nMeasured: ")
     assert "This tree's speed / the baseline's" in page and "whole run" in page
+
+
+@pytest.mark.parametrize("script", ["scripts/bench_demo.py", "scripts/bench_tokenize.py"])
+def test_a_baseline_revision_git_cannot_resolve_is_refused_before_any_work(tmp_path, script):
+    result = subprocess.run([sys.executable, script, "--baseline-rev", "no-such-rev", "--out", str(tmp_path / "page")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "'no-such-rev' is not a commit of" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
 
 
 def test_bench_demo_says_which_run_failed(tmp_path):
