@@ -37,6 +37,7 @@ from evals.instances import Instance, check_rows, distinct_rows, from_extraction
 from evals.methods import get_method
 from evals.solve import METHODS, NotApplicable, solve
 from fileio.atomic import write_text_atomic
+from fileio.folders import check_out_folder
 from fileio.pages import opening, this_machine, today
 from training.checkpoint import CheckpointError
 from typedconfig.cli import ArgumentParser
@@ -258,8 +259,7 @@ def _rescore(source: Path, out: Path, command: str) -> int:
 
 def writable_folder(out: Path) -> None:
     """Make the report's folder, or raise ValueError saying why it cannot hold the report."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; give a folder for the report")
+    check_out_folder(out, "the report")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

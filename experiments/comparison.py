@@ -168,16 +168,21 @@ def check_out_dir(out: Path, inputs: Iterable[Path]) -> None:
                                   "comparison to a folder of its own")
 
 
-def load_run(path: Path) -> Run:
-    """A run directory's config and metrics. Where a resumed run logged a step twice, the last line wins."""
+def run_config(path: Path) -> dict[str, Any]:
+    """The resolved config of the run directory `path` (ComparisonError if it no longer loads)."""
+    try:
+        return read_run_config(path / "config.yaml")
+    except ConfigError as exc:
+        raise ComparisonError(f"{path / 'config.yaml'} is not a usable run config ({exc})") from None
+
+
+def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
+    """A run directory's config and metrics; `config`: its run_config, where the caller has read it already. Where a
+    resumed run logged a step twice, the last line wins."""
     lines = read_metrics(path)
     if not lines:
         raise ComparisonError(f"{path} has no metrics.jsonl yet; train it first")
-    try:
-        config = read_run_config(path / "config.yaml")
-    except ConfigError as exc:
-        raise ComparisonError(f"{path / 'config.yaml'} is not a usable run config ({exc})") from None
-    run = Run(path, config, _last_per_step(line for line in lines if "train_loss" in line),
+    run = Run(path, run_config(path) if config is None else config, _last_per_step(line for line in lines if "train_loss" in line),
               _last_per_step(line for line in lines if "val_loss" in line),
               [line for line in lines if line.get("event") == "start"])
     if not run.eval_lines:

@@ -1,11 +1,12 @@
 """The opening of every generated results page: a heading, then one line that says what was measured, the command,
-the config, the machine and the date, so that a page read on its own says what it is; and `write_page`, which writes
-a page and the CSV of its numbers side by side."""
+the config, the machine and the date, so that a page read on its own says what it is; `recorded_command`, which
+reads the command back; and `write_page`, which writes a page and the CSV of its numbers side by side."""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -23,6 +24,13 @@ def opening(title: str, measured: str, command: str, config: str, machine: str, 
     """`# title`, a blank line, the one-line description and a blank line."""
     return (f"# {title}\n\nMeasured: {measured}. Command: `{command}`. Config: {config}. Machine: {machine}. "
             f"Date: {when}.\n\n")
+
+
+def recorded_command(page: str) -> str | None:
+    """The command in the opening line of `page` (a page's text), or None where it has no such line: a script that
+    would replace a page compares it with its own command line."""
+    match = re.search(r"^Measured: .*?\. Command: `(.*?)`\. Config: ", page, re.MULTILINE)
+    return match.group(1) if match else None
 
 
 def write_page(out: str | Path, records: Iterable[dict[str, Any]], *, title: str, measured: str, command: str,

@@ -37,23 +37,13 @@ from experiments.comparison import (
 )
 from experiments.comparison_plot import plot_val_curves
 from fileio.atomic import write_text_atomic
+from fileio.folders import NotAFolderError, check_out_folder
 from fileio.pages import command_line, opening
 from fileio.tables import csv_text
 
 DEFAULT_REFERENCE = "softmax"
 MEASURED = ("final and best val loss and perplexity, tokens, wall time, train tokens/s and peak memory of each group "
             "of runs (mean ± std over seeds)")
-
-
-def check_out_is_a_folder(out: Path) -> None:
-    """Raise ComparisonError if `out`, or the nearest of its parents that exists, is not a folder: the outputs could
-    not be written there, which must be said before the work rather than as a traceback after it."""
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                where = "is an existing file" if path == out else f"lies under {path}, an existing file"
-                raise ComparisonError(f"--out {out} {where}; name a folder")
-            return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     try:
-        check_out_is_a_folder(out)
+        check_out_folder(out, "the table and figure")
         paths = run_dirs(args.runs)
         check_out_dir(out, [*map(Path, args.runs), *paths])
         runs = [load_run(path) for path in paths]
         check_comparable(runs)
-    except ComparisonError as exc:
+    except (ComparisonError, NotAFolderError) as exc:
         print(f"cannot compare: {exc}", file=sys.stderr)
         return 2
     beyond_model = settings_beyond_model(runs)

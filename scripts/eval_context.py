@@ -23,6 +23,7 @@ from data.prepare import load_prepared
 from evals.context import FORMS, ContextCurve, context_curve, ratio_to_first_bucket, records
 from experiments.log_axes import style_log_axes
 from fileio.atomic import write_text_atomic
+from fileio.folders import check_out_folder
 from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 from training.checkpoint import load_checkpoint_model
@@ -116,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     curves = []
     try:
-        if args.out.exists() and not args.out.is_dir():
-            raise FileExistsError(f"--out {args.out} is an existing file; name a folder")
+        check_out_folder(args.out, "the page, CSV and plot")
         resolved = [Path(path).resolve() for path in args.ckpt]
         for i, path in enumerate(args.ckpt):  # the same checkpoint twice: two rows no label could tell apart
             if resolved[i] in resolved[:i]:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             curves.append(context_curve(model, val_tokens, label=label(cfg), train_context=cfg.data.block_size,
                                         max_length=args.max_length, sequences=args.sequences, form=args.form))
             print(f"{ckpt}: " + ", ".join(f"{v:.3f}" for v in curves[-1].loss), flush=True)
-    except (ValueError, OSError) as exc:  # CheckpointError, DataError, FileExistsError: each names the path
+    except (ValueError, OSError) as exc:  # CheckpointError, DataError, NotAFolderError: each names the path
         print(f"eval_context: {exc}", file=sys.stderr)
         return 2
     curves = [replace(c, label=text) for c, text in zip(curves, unique_labels([c.label for c in curves], args.ckpt))]

@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerFast
 
 from data.config import MQAR
 from data.tokenizer import TextTokenizer, load_tokenizer
+from fileio.folders import check_out_folder
 from model.modeling_attnlab import AttnlabForCausalLM
 from training.checkpoint import CHECKPOINTS, checkpoint_step, in_run, load_checkpoint_model, replace_dir
 from typedconfig.cli import ArgumentParser
@@ -115,8 +116,7 @@ def check_out(ckpt_path: Path, out: Path, force: bool) -> None:
         raise FileExistsError(f"--out {out} holds or lies in the run being exported ({run}); name a folder outside it")
     if Path.cwd().resolve().is_relative_to(out):
         raise FileExistsError(f"--out {out} is the current directory or holds it; name a folder to create")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is an existing file; name a folder to create")
+    check_out_folder(out, "the export")
     if out.exists() and not force and (entries := sorted(entry.name for entry in out.iterdir())):
         listed = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise FileExistsError(f"--out {out} holds {len(entries)} entries ({listed}); pass --force to replace it "

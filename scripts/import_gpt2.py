@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from data.config import DataConfig
+from fileio.folders import check_out_folder
 from model.attention import BACKENDS
 from model.config import ModelConfig
 from model.gpt import GPT
@@ -168,8 +169,8 @@ def import_gpt2(source: Path, attention: str, attention_options: dict[str, str],
 
 
 def check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise GPT2ImportError(f"--out {out} is an existing file; name a run directory to create")
+    """Refuse an --out that is, or lies under, a file, or that already holds a run's checkpoints."""
+    check_out_folder(out, "the run")
     if latest_checkpoint(out) is not None:
         raise GPT2ImportError(f"{out} already holds checkpoints; choose another --out")
 

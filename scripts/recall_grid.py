@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import statistics
 import subprocess
 import sys
@@ -41,10 +40,10 @@ from matplotlib.figure import Figure
 
 from data.config import MQAR
 from data.mqar import elimination_accuracy
-from experiments.comparison import ComparisonError, Run, check_comparable, load_run, recorded, run_dirs, trained_dates
-from experiments.run_identity import read_run_config
+from experiments.comparison import (ComparisonError, Run, check_comparable, load_run, recorded, run_config, run_dirs,
+                                    trained_dates)
 from experiments.sweep import parse_backends
-from fileio.pages import command_line, opening
+from fileio.pages import command_line, opening, recorded_command
 from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
 from training.config import RunConfig, load_config
@@ -108,12 +107,9 @@ def read_cells(directory: Path, backends: list[str], seeds: int) -> tuple[dict[s
     since the page says what it measured and averages exactly that."""
     runs = []
     for path in run_dirs([directory]):
-        try:
-            config = read_run_config(path / "config.yaml")
-        except ConfigError as exc:
-            raise ComparisonError(f"{path / 'config.yaml'} is not a usable run config ({exc})") from None
+        config = run_config(path)
         if config["model"]["attention"] in backends and config["train"]["seed"] in range(seeds):
-            runs.append(load_run(path))
+            runs.append(load_run(path, config))
     found = {(run.config["model"]["attention"], run.config["train"]["seed"]) for run in runs}
     missing = [f"{backend} seed {seed}" for backend in backends for seed in range(seeds)
                if (backend, seed) not in found]
@@ -285,12 +281,6 @@ def machines_and_time(runs: list[Run]) -> tuple[str, str]:
         f"{span:.2f} h wall time ({steps / 3600:.2f} h in training steps)"
 
 
-def recorded_command(page: Path) -> str | None:
-    """The command a results page's opening line records (fileio.pages.opening), or None."""
-    match = re.search(r"Command: `([^`]*)`", page.read_text()) if page.is_file() else None
-    return match.group(1) if match else None
-
-
 def check_results(results: Path, command: str, overwrite: bool) -> str:
     """Before any run starts: raise ValueError if this grid would replace an existing results page (or its CSV or
     PNG) that another command wrote, unless `overwrite`; a trial run must not silently replace committed results.
@@ -299,7 +289,8 @@ def check_results(results: Path, command: str, overwrite: bool) -> str:
     existing = [path for path in (results.with_suffix(suffix) for suffix in (".md", ".csv", ".png")) if path.exists()]
     if not existing:
         return ""
-    recorded = recorded_command(results.with_suffix(".md"))
+    page = results.with_suffix(".md")
+    recorded = recorded_command(page.read_text()) if page.is_file() else None
     if not overwrite and recorded != command:
         wrote = f"written by `{recorded}`" if recorded else "with no recorded command"
         raise ValueError(f"{existing[0]} exists, {wrote}; this grid would replace it: pass --results elsewhere "

@@ -117,7 +117,10 @@ CASES = [
     (GENERATE + ["--ckpt", "{good}", "--prompt-file", "{root}/prompt.bin"], "cannot read prompt file"),
     (GENERATE + ["--ckpt", "{good}", "--prompt", "hi", "--dtype", "float16"], "float16 is not supported on CPU"),
     # export_hf.py
-    (EXPORT + ["--ckpt", "{good}", "--out", "{root}/a_file"], "is an existing file"),
+    (EXPORT + ["--ckpt", "{good}", "--out", "{root}/a_file"],
+     "a_file is an existing file; give a folder for the export"),
+    (EXPORT + ["--ckpt", "{good}", "--out", "{root}/a_file/x"],
+     "a_file, an existing file; give a folder for the export"),
     (EXPORT + ["--ckpt", "{truncated}", "--out", "{root}/export"], "fails its checksum"),
     (EXPORT + ["--ckpt", "{root}/nowhere", "--out", "{root}/export"], "does not exist"),
     # import_gpt2.py
@@ -128,12 +131,17 @@ CASES = [
     (IMPORT + ["--from", "{root}/gpt2", "--attention-option", "crossover", "--out", "{root}/imported"],
      "expected NAME=VALUE"),
     (IMPORT + ["--from", "{root}/gpt2", "--out", "{good}"], "already holds checkpoints"),
+    (IMPORT + ["--from", "{root}/gpt2", "--out", "{root}/a_file"],
+     "a_file is an existing file; give a folder for the run"),
+    (IMPORT + ["--from", "{root}/gpt2", "--out", "{root}/a_file/run"],
+     "a_file, an existing file; give a folder for the run"),
     # evals
     (EXTRACT + ["--ckpt", "{truncated}", "--out", "{root}/extracted"], "fails its checksum"),
     (EXTRACT + ["--ckpt", "{good}", "--layers", "7", "--out", "{root}/extracted"], "layer"),
     (EVALS + ["--ckpt", "{truncated}", "--out", "{root}/report"], "fails its checksum"),
     (EVALS + ["--extracted", "{root}/nowhere", "--out", "{root}/report"], "nowhere"),
     (EVALS + ["--ckpt", "{good}", "--seeds", "0", "--out", "{root}/report"], "--seeds"),
+    (EVALS + ["--ckpt", "{good}", "--out", "{root}/a_file"], "is an existing file; give a folder for the report"),
 ]
 
 

@@ -117,6 +117,17 @@ def test_the_cli_writes_a_page_a_csv_and_a_plot(tmp_path, prepared_dir, capsys):
     assert "fewer than --max-length" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("out", ["afile", "afile/ctx"])
+def test_an_out_that_is_or_lies_under_a_file_is_refused_before_any_checkpoint_loads(tmp_path, capsys, out):
+    """Checked first: the checkpoint named here does not exist, and the error is still the one about --out."""
+    (tmp_path / "afile").write_text("x\n")
+    assert cli.main(["--ckpt", str(tmp_path / "nowhere"), "--out", str(tmp_path / out)]) == 2
+    where = "is an existing file" if out == "afile" else f"lies under {tmp_path / 'afile'}, an existing file"
+    assert capsys.readouterr().err == (f"eval_context: --out {tmp_path / out} {where}; give a folder for the page, "
+                                       "CSV and plot\n")
+    assert (tmp_path / "afile").read_text() == "x\n"
+
+
 def curve(label: str, train_context: int, length: int) -> ContextCurve:
     """A curve whose loss in bucket [a, b) reads a + b / 1000, so a cell shows which bucket it came from."""
     edges = bucket_edges(train_context, length)

@@ -239,11 +239,13 @@ def test_help_shows_every_default(capsys):
     assert "(default: None)" not in out and "(default: False)" not in out
 
 
-def test_an_out_that_cannot_hold_the_report_is_refused_before_any_solve(tmp_path, capsys):
+@pytest.mark.parametrize("out", ["taken", "taken/report"])
+def test_an_out_that_is_or_lies_under_a_file_is_refused_before_any_solve(tmp_path, capsys, out):
+    """Checked first: the extraction named here does not exist, and the error is still the one about --out."""
     (tmp_path / "taken").write_text("")
-    assert main(["--extracted", str(tmp_path / "nowhere"), "--out", str(tmp_path / "taken")]) == 2
-    err = capsys.readouterr().err
-    assert f"--out {tmp_path / 'taken'} is a file, not a folder" in err and "not an extraction" not in err
+    assert main(["--extracted", str(tmp_path / "nowhere"), "--out", str(tmp_path / out)]) == 2
+    where = "is an existing file" if out == "taken" else f"lies under {tmp_path / 'taken'}, an existing file"
+    assert capsys.readouterr().err == f"evals.run: --out {tmp_path / out} {where}; give a folder for the report\n"
 
 
 def test_rescoring_a_damaged_report_is_a_clear_error(tmp_path, capsys):

@@ -257,7 +257,8 @@ def test_an_out_that_is_or_lies_under_a_file_is_refused_before_any_work(tmp_path
     (tmp_path / "afile").write_text("x\n")
     assert compare([str(tmp_path / "no-such-sweep"), "--out", str(tmp_path / out)]) == 2
     where = "is an existing file" if out == "afile" else f"lies under {tmp_path / 'afile'}, an existing file"
-    assert capsys.readouterr().err == f"cannot compare: --out {tmp_path / out} {where}; name a folder\n"
+    assert capsys.readouterr().err == (f"cannot compare: --out {tmp_path / out} {where}; give a folder for the table "
+                                       "and figure\n")
     assert (tmp_path / "afile").read_text() == "x\n"
 
 

@@ -7,7 +7,10 @@ import re
 import subprocess
 from pathlib import Path
 
-from fileio.pages import REPO, code_revision, command_line, opening, this_machine, today, write_page
+import pytest
+
+from fileio.pages import (REPO, code_revision, command_line, opening, recorded_command, this_machine, today,
+                          write_page)
 
 
 def test_the_opening_is_a_heading_and_one_line():
@@ -15,6 +18,21 @@ def test_the_opening_is_a_heading_and_one_line():
                    "AMD EPYC, 2 logical CPUs", "2026-12-02")
     assert text == ("# Decode benchmark\n\nMeasured: latency per token. Command: `python scripts/bench_decode.py`. "
                     "Config: fp32, 1 thread. Machine: AMD EPYC, 2 logical CPUs. Date: 2026-12-02.\n\n")
+
+
+@pytest.mark.parametrize("command", [
+    "python scripts/recall_grid.py configs/mqar-cpu.yaml --seeds 3",
+    "python scripts/x.py --title 'a `quoted` word. Command: `not this`'",  # backticks and the field name inside
+    "",
+])
+def test_the_recorded_command_reads_back_what_the_opening_wrote(command):
+    page = opening("T", "time of `x` per token", command, "`cfg`. Config: z", "a CPU", "2026-12-02") + "| a |\n"
+    assert recorded_command(page) == command
+
+
+def test_a_page_without_an_opening_line_records_no_command():
+    assert recorded_command("# A page\n\nCommand: `python x.py` in the body.\n") is None
+    assert recorded_command("") is None
 
 
 def test_a_page_and_its_csv_are_written_side_by_side_in_a_new_folder(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fileio.pages import recorded_command
 from model.attention import BACKENDS
 from tests.experiments.conftest import write_run
 
@@ -117,7 +118,7 @@ def test_the_page_reports_only_the_backends_and_seeds_asked_for(tmp_path, monkey
 def test_the_command_a_results_page_records_regenerates_it_and_no_other_command_replaces_it(tmp_path):
     """results/mqar.md's own command is kept working; a trial grid must name --results of its own or --overwrite."""
     page = ROOT / "results" / "mqar.md"
-    recorded = recall_grid.recorded_command(page)
+    recorded = recorded_command(page.read_text())
     assert recorded.startswith("python scripts/recall_grid.py configs/mqar-cpu.yaml ")
     again = recall_grid.command_line(recall_grid.__file__, shlex.split(recorded)[2:])
     assert again == recorded  # what main compares: the same words give the same command line
