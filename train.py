@@ -38,7 +38,7 @@ from training.config import RunConfig, config_to_dict, load_config
 from training.malloc import malloc_setting
 from training.metrics import MetricsLog
 from training.optim import make_optimizer
-from training.resume import check_checkpoint_config, gather_rng, resume_path, start_state
+from training.resume import gather_rng, resume_path, resume_point, start_state
 from training.run_data import RecallData, TextData, open_run_data
 from training.schedule import learning_rate
 from training.throughput import Throughput
@@ -220,10 +220,10 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         )
     accum = tc.grad_accum // runtime.world_size
     log_line = say if runtime.is_main else (lambda message: None)
-    resume_from = resume_path(cfg, run_dir, log_line)
-    check_checkpoint_config(cfg, resume_from)  # before the data: preparing it can take hours
+    # a checkpoint this run cannot continue is refused here, before the data: preparing it can take hours
+    resume = resume_point(cfg, resume_path(cfg, run_dir, log_line))
     # checkpoints numbered above this run's saves belong to it only when it continued one of this directory
-    resumed_here = resume_from is not None and ckpt.in_run(resume_from, run_dir)
+    resumed_here = resume is not None and ckpt.in_run(resume.path, run_dir)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     data = open_run_data(cfg, runtime)  # prepares text data once (main process), checks the val set is usable
@@ -237,7 +237,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
              f"{cfg.model.position} | {runtime.device} {str(runtime.dtype).removeprefix('torch.')} | "
              f"{runtime.world_size} process(es)")
     log_line(f"data: {data.description}")
-    state = start_state(cfg, runtime, resume_from, model, optimizer, scaler, log_line)
+    state = start_state(cfg, runtime, resume, model, optimizer, scaler, log_line)
     resolved = config_to_dict(cfg)
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -111,17 +111,10 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, co
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{state.step:06d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    for stale in stale_partial_saves(root, writing=tmp):
+    for stale in stale_partial_saves(root, writing=temporary_dir(final)):
         shutil.rmtree(stale, ignore_errors=True)
         say(f"removed {stale.name}, left by a save that was killed before it finished")
-    shutil.rmtree(tmp, ignore_errors=True)  # a killed save of this step by a process with this PID
-    tmp.mkdir()
-    save_model(model, str(tmp / WEIGHTS))
-    torch.save(state.to_dict(), tmp / STATE)
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    seal(tmp)
-    replace_dir(tmp, final)  # re-saving a step swaps it in; restore_swapped covers a kill between the renames
+    write_sealed(final, lambda folder: write_checkpoint_files(folder, model, state, config))
     write_text_atomic(root / LATEST, final.name)  # before any removal: `latest` never names a missing checkpoint
     abandoned, expired = checkpoints_to_remove(step_dirs(root), state.step, keep)
     abandoned = abandoned if resumed_here else []
@@ -131,6 +124,34 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, co
     for old in abandoned + expired:
         shutil.rmtree(old)
     return final
+
+
+def write_checkpoint_files(folder: Path, model: nn.Module, state: TrainState, config: dict[str, Any]) -> None:
+    """The three files of a checkpoint, written into `folder` (not yet sealed)."""
+    save_model(model, str(folder / WEIGHTS))
+    torch.save(state.to_dict(), folder / STATE)
+    (folder / CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def write_sealed(final: Path, write: Callable[[Path], None]) -> None:
+    """Make `final` the checkpoint that `write` puts into an empty folder: written under temporary_dir(final),
+    sealed, then swapped in for any existing `final` by replace_dir (restore_swapped covers a kill between its
+    renames). A failure before the swap removes the temporary folder and leaves `final` as it was."""
+    tmp = temporary_dir(final)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed write of `final` by a process with this PID
+    tmp.mkdir()
+    try:
+        write(tmp)
+        seal(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)
+
+
+def temporary_dir(final: Path) -> Path:
+    """Where this process writes the checkpoint `final` before the rename that makes it visible."""
+    return final.parent / f".tmp-{final.name}-{os.getpid()}"
 
 
 def seal(folder: Path) -> None:
@@ -255,8 +276,8 @@ def restore_swapped(root: Path, say: Callable[[str], None] = _warn) -> Path | No
     """Put back the checkpoint `latest` names when it is missing because a save re-writing it was killed between
     replace_dir's two renames: the first of its swapped_copies that verifies is renamed into place (`say` hears of
     it). The restored path, or None when there was nothing to restore."""
-    name = read_latest(root)
-    if name is None or not STEP_NAME.fullmatch(name) or (root / name).exists():
+    name = lost_latest(root)
+    if name is None:
         return None
     for copy in swapped_copies(root, name):
         try:
@@ -273,10 +294,9 @@ def restore_swapped(root: Path, say: Callable[[str], None] = _warn) -> Path | No
     return None
 
 
-def lost_latest(run_dir: str | Path) -> str | None:
-    """The name `latest` holds when no directory of that name exists in the run's checkpoints/ folder (removed by
-    hand, or swapped out by a killed save with no copy left that verifies); None otherwise."""
-    root = Path(run_dir) / CHECKPOINTS
+def lost_latest(root: Path) -> str | None:
+    """The checkpoint name `latest` in the checkpoints/ folder `root` holds when no directory of that name exists
+    there (removed by hand, or swapped out by a killed save); None otherwise."""
     name = read_latest(root)
     return name if name and STEP_NAME.fullmatch(name) and not (root / name).exists() else None
 
@@ -290,7 +310,7 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
         raise CheckpointError(f"checkpoint path {path} does not exist (pass a run directory or a checkpoint dir)")
     if not path.is_dir():  # a file of a checkpoint or a run (model.safetensors, config.yaml): name the folder instead
         raise CheckpointError(f"checkpoint path {path} is a file; pass {folder_to_pass(path.parent)}")
-    if (path / WEIGHTS).is_file() or (path / CHECKSUMS).is_file():
+    if is_checkpoint_dir(path):
         verify(path)
         return path
     root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
@@ -310,12 +330,18 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
 def folder_to_pass(folder: Path) -> str:
     """What to pass instead of a file in `folder`: that checkpoint directory (or its run), that run directory, or
     a run or checkpoint directory in general."""
-    if (folder / WEIGHTS).is_file() or (folder / CHECKSUMS).is_file():
+    if is_checkpoint_dir(folder):
         run = folder.parent.parent if folder.parent.name == CHECKPOINTS else None
         return f"the checkpoint directory {folder}" + (f" or its run directory {run}" if run else "")
     if (folder / CHECKPOINTS).is_dir() or folder.name == CHECKPOINTS:
         return f"the run directory {folder.parent if folder.name == CHECKPOINTS else folder}"
     return "a run directory or a checkpoint directory"
+
+
+def is_checkpoint_dir(folder: Path) -> bool:
+    """Whether `folder` is meant as one checkpoint (it holds a checkpoint's weights or checksums, complete or not),
+    rather than as a run directory or a checkpoints/ folder."""
+    return (folder / WEIGHTS).is_file() or (folder / CHECKSUMS).is_file()
 
 
 def latest_checkpoint(run_dir: str | Path, say: Callable[[str], None] = _warn) -> Path | None:
@@ -329,7 +355,8 @@ def latest_checkpoint(run_dir: str | Path, say: Callable[[str], None] = _warn) -
 def in_run(path: str | Path, run_dir: str | Path) -> bool:
     """Whether `path` is the run directory `run_dir` itself or lies in its checkpoints/ folder."""
     path, run = Path(path).resolve(), Path(run_dir).resolve()
-    return path == run or path.is_relative_to(run / CHECKPOINTS)
+    # resolved too: checkpoints/ may be a link to another disk, where its folders resolve to
+    return path == run or path.is_relative_to((run / CHECKPOINTS).resolve())
 
 
 def checkpoint_step(ckpt: Path) -> int:

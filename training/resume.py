@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,7 @@ def resume_path(cfg: RunConfig, run_dir: Path, say: Callable[[str], None]) -> Pa
         raise ConfigError(f"train.out_dir={run_dir} is an existing file, not a directory; choose another out_dir")
     warn = lambda message: say(f"warning: {message}")  # noqa: E731 - the run log, like every other line of the run
     existing = ckpt.latest_checkpoint(run_dir, warn)
-    if existing is None and (lost := ckpt.lost_latest(run_dir)) is not None:
+    if existing is None and (lost := ckpt.lost_latest(run_dir / ckpt.CHECKPOINTS)) is not None:
         # the run's checkpoints are gone: starting afresh would train from scratch under the run's name
         raise ckpt.CheckpointError(
             f"{run_dir / ckpt.CHECKPOINTS / ckpt.LATEST} names {lost}, which is missing, and no other checkpoint of "
@@ -157,11 +158,25 @@ def resumable_sections(kind: str) -> tuple[str, ...]:
     return ("model",) if kind == "weights_only" else ("model", "data")
 
 
-def check_checkpoint_config(cfg: RunConfig, path: Path | None) -> None:
-    """Refuse a checkpoint this run cannot continue from its config and kind alone, without its tensors: called
-    before the data is prepared, which can take hours."""
-    if path is not None:
-        check_resumable(cfg, ckpt.read_config(path), resumable_sections(ckpt.read_kind(path)))
+@dataclass(frozen=True)
+class ResumePoint:
+    """A checkpoint this run's config can continue, with what was read to decide that. Made by resume_point, so
+    start_state, handed one, starts only from a checked checkpoint and reads its config no second time."""
+
+    path: Path  # the verified checkpoint directory
+    config: dict  # the resolved run config it was saved with
+    kind: str  # TrainState.kind: "full" or "weights_only"
+
+
+def resume_point(cfg: RunConfig, path: Path | None) -> ResumePoint | None:
+    """The checkpoint at `path` with its config and kind, once they show this run can continue it (refused
+    otherwise); None for a fresh start (no `path`). Its tensors are not read: train.py calls this before the data is
+    prepared, which can take hours."""
+    if path is None:
+        return None
+    point = ResumePoint(path, ckpt.read_config(path), ckpt.read_kind(path))
+    check_resumable(cfg, point.config, resumable_sections(point.kind))
+    return point
 
 
 def configured_values(group: dict) -> dict[str, float]:
@@ -208,24 +223,22 @@ def schedule(cfg: RunConfig, saved: ckpt.TrainState | None) -> tuple[int, int, s
     )
 
 
-def start_state(cfg: RunConfig, runtime: rt.Runtime, path: Path | None, model: torch.nn.Module,
+def start_state(cfg: RunConfig, runtime: rt.Runtime, resume: ResumePoint | None, model: torch.nn.Module,
                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                 say: Callable[[str], None]) -> ckpt.TrainState:
     """The state the loop starts from, with `model`, `optimizer`, `scaler` and the RNG streams restored from the
-    checkpoint at `path` (None: fresh). Announces what it did through `say`."""
-    saved = ckpt.load_train_state(path) if path is not None else None
-    if saved is None or saved.kind == "weights_only":
-        if saved is not None:
-            check_resumable(cfg, ckpt.read_config(path), resumable_sections(saved.kind))
-            ckpt.load_weights(path, model)
-            say(f"starting from the weights of {path} (fresh optimiser, schedule and data order)")
+    checkpoint `resume` (None: fresh). Announces what it did through `say`."""
+    if resume is None or resume.kind == "weights_only":
+        if resume is not None:
+            ckpt.load_weights(resume.path, model)
+            say(f"starting from the weights of {resume.path} (fresh optimiser, schedule and data order)")
         seed_fresh(cfg, runtime)
         start, end, _ = schedule(cfg, None)
         return ckpt.TrainState(schedule_start=start, schedule_end=end, data_position=0)
-    saved_config = ckpt.read_config(path)
-    check_resumable(cfg, saved_config, resumable_sections(saved.kind))
+    path = resume.path
+    saved = ckpt.load_train_state(path)
     if saved.data_position is None:
-        saved.data_position = saved.step * saved_config.get("train", {}).get("grad_accum", TrainConfig().grad_accum)
+        saved.data_position = saved.step * resume.config.get("train", {}).get("grad_accum", TrainConfig().grad_accum)
     ckpt.load_weights(path, model)
     settings_messages = load_optimizer(optimizer, saved.optimizer)
     scaler_message = resume_scaler(scaler, saved.grad_scaler)

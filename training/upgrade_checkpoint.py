@@ -13,7 +13,6 @@ between the swap's two renames leaves the step as its `.old-`/`.tmp-` folders, w
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import shutil
 import sys
@@ -27,7 +26,7 @@ from training.resume import plain_numpy_state
 
 def checkpoints_in(path: Path) -> list[Path]:
     """The checkpoint directories `path` means: itself, or those of a run directory or its checkpoints/ folder."""
-    if (path / ckpt.CHECKSUMS).is_file() or (path / ckpt.WEIGHTS).is_file():
+    if ckpt.is_checkpoint_dir(path):
         return [path]
     found = ckpt.step_dirs(path / ckpt.CHECKPOINTS if (path / ckpt.CHECKPOINTS).is_dir() else path)
     if not found:
@@ -61,18 +60,16 @@ def upgrade(folder: Path) -> bool:
     if not needs_upgrade(folder):
         return False
     saved = upgraded_state(folder)
-    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp)
-    try:
-        torch.save(saved, tmp / ckpt.STATE)
-        ckpt.load_train_state(tmp)  # raises if anything else in it still needs its pickle
-        ckpt.seal(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    ckpt.replace_dir(tmp, folder)
+    ckpt.write_sealed(folder, lambda copy: write_upgraded(copy, folder, saved))
     return True
+
+
+def write_upgraded(copy: Path, folder: Path, saved: dict) -> None:
+    """Copy the checkpoint `folder` into the empty folder `copy` with `saved` as its state file, which must load
+    with weights_only."""
+    shutil.copytree(folder, copy, dirs_exist_ok=True)
+    torch.save(saved, copy / ckpt.STATE)
+    ckpt.load_train_state(copy)  # raises if anything else in it still needs its pickle
 
 
 def main(argv: list[str] | None = None) -> int:

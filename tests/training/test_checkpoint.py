@@ -126,6 +126,51 @@ def test_resaving_a_step_replaces_it(tmp_path):
     assert ckpt.load_train_state(path).tokens_seen == 2
 
 
+def test_write_sealed_swaps_in_the_folder_written_with_its_checksums(tmp_path):
+    """What every save and upgrade goes through: `write` fills a fresh folder, which is sealed and swapped in."""
+    path = save(tmp_path, 1)
+
+    def rewrite_config(folder: Path) -> None:
+        shutil.copytree(path, folder, dirs_exist_ok=True)
+        (folder / ckpt.CONFIG).write_text('{"step": 2}')
+
+    ckpt.write_sealed(path, rewrite_config)
+    ckpt.verify(path)
+    assert ckpt.read_config(path) == {"step": 2} and names(tmp_path) == ["latest", "step_000001"]
+
+
+def fail_writing(folder: Path) -> None:
+    (folder / ckpt.WEIGHTS).write_bytes(b"partial")
+    raise OSError("disk full")
+
+
+@pytest.mark.parametrize("write, error", [
+    (fail_writing, OSError),
+    (lambda folder: None, FileNotFoundError),  # nothing to seal
+])
+def test_a_write_sealed_that_fails_before_the_swap_leaves_the_checkpoint_as_it_was(tmp_path, write, error):
+    """The temporary folder goes too: nothing is left for a later save to clean up."""
+    path = save(tmp_path, 1)
+    with pytest.raises(error):
+        ckpt.write_sealed(path, write)
+    assert names(tmp_path) == ["latest", "step_000001"]
+    ckpt.verify(path)
+    assert ckpt.read_config(path) == {"step": 1}
+
+
+def test_a_folder_holding_checkpoint_weights_or_checksums_is_a_checkpoint_even_incomplete(tmp_path):
+    """Such a folder is a checkpoint that must verify; a run directory or a checkpoints/ folder is searched for
+    them instead."""
+    path = save(tmp_path, 1)
+    assert ckpt.is_checkpoint_dir(path)
+    assert not ckpt.is_checkpoint_dir(tmp_path) and not ckpt.is_checkpoint_dir(tmp_path / "checkpoints")
+    for name in (ckpt.WEIGHTS, ckpt.CHECKSUMS):
+        incomplete = tmp_path / f"only-{name}"
+        incomplete.mkdir()
+        (incomplete / name).write_bytes(b"x")
+        assert ckpt.is_checkpoint_dir(incomplete)
+
+
 def test_a_state_file_that_is_not_a_train_state_is_refused(tmp_path):
     path = save(tmp_path, 1)
     torch.save({"step": 1, "optimizer": {}}, path / ckpt.STATE)  # another program's layout
@@ -238,7 +283,9 @@ def test_keep_1_never_removes_the_checkpoint_it_just_wrote(tmp_path):
 
 def test_checkpoints_above_a_run_that_did_not_continue_this_directory_are_another_runs_and_stay(tmp_path):
     """A fresh run, or one resumed from elsewhere, that finds higher-numbered checkpoints beside its saves did not
-    branch from them: they are another run's, and only the expired ones below the save go."""
+    branch from them: they are another run's, and only the expired ones below the save go. (train.py's resume_path
+    lets such a run start only in a directory without checkpoints, so they come from a run saving there at the same
+    time, which passed that check while the directory was still empty.)"""
     model = small_model()
     for step in (1, 2, 6):
         save(tmp_path, step, model)
@@ -257,6 +304,15 @@ def test_a_checkpoint_is_in_the_run_when_it_lies_in_its_checkpoints_folder(tmp_p
     assert not ckpt.in_run(tmp_path / "other" / "checkpoints" / "step_000002", run)
     assert not ckpt.in_run(run / "imported" / "checkpoints" / "step_000000", run)  # another run, nested
     assert not ckpt.in_run(tmp_path / "run2" / "checkpoints" / "step_000002", run)
+
+
+def test_a_checkpoint_is_in_the_run_when_its_checkpoints_folder_links_to_another_disk(tmp_path):
+    run, scratch = tmp_path / "run", tmp_path / "scratch" / "checkpoints"
+    (scratch / "step_000002").mkdir(parents=True)
+    run.mkdir()
+    (run / "checkpoints").symlink_to(scratch)
+    assert ckpt.in_run(run / "checkpoints" / "step_000002", run) and ckpt.in_run(scratch / "step_000002", run)
+    assert not ckpt.in_run(tmp_path / "scratch", run)
 
 
 @pytest.mark.parametrize("kind", ["full", "weights_only"])
@@ -390,10 +446,10 @@ def test_a_live_save_mid_swap_is_left_alone_and_a_missing_checkpoint_is_reported
     live = tmp_path / "checkpoints" / f".tmp-step_000005-{os.getppid()}"
     path.rename(live)
     assert ckpt.latest_checkpoint(tmp_path, say=pytest.fail) is None
-    assert live.is_dir() and ckpt.lost_latest(tmp_path) == "step_000005"
+    assert live.is_dir() and ckpt.lost_latest(tmp_path / "checkpoints") == "step_000005"
     assert ckpt.lost_latest(tmp_path / "nothing") is None
     save(tmp_path, 6, keep=1)
-    assert ckpt.lost_latest(tmp_path) is None
+    assert ckpt.lost_latest(tmp_path / "checkpoints") is None
 
 
 def test_the_state_file_holds_only_what_a_weights_only_load_accepts(tmp_path):

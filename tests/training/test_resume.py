@@ -20,8 +20,8 @@ from training import runtime as rt
 from training.checkpoint import TrainState
 from training.config import config_to_dict, load_config
 from training.optim import make_optimizer
-from training.resume import (check_checkpoint_config, check_resumable, cuda_rng_entry, gather_rng, restore_rng,
-                             resume_path, resume_scaler, schedule, start_state, unsaved_ranks_message)
+from training.resume import (check_resumable, cuda_rng_entry, gather_rng, restore_rng, resume_path, resume_point,
+                             resume_scaler, schedule, start_state, unsaved_ranks_message)
 from typedconfig.parsing import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,7 +230,7 @@ def test_resuming_restores_counters_weights_optimiser_scaler_and_rng(tmp_path):
     model, optimizer, scaler = parts(cfg, seed=99)
     draws()  # move every stream on
     said = []
-    state = start_state(cfg, CPU, path, model, optimizer, scaler, said.append)
+    state = start_state(cfg, CPU, resume_point(cfg, path), model, optimizer, scaler, said.append)
     assert draws() == expected
     assert (state.step, state.tokens_seen, state.elapsed, state.best_val_loss) == (3, 300, 1.5, 4.25)
     assert (state.schedule_start, state.schedule_end) == (0, 5)
@@ -263,7 +263,8 @@ def test_a_resume_keeps_the_optimiser_settings_of_the_config_and_names_each_chan
     model = GPT(cfg.model)
     optimizer = make_optimizer(model, cfg.optim, "cpu")
     said = []
-    start_state(cfg, CPU, path, model, optimizer, torch.amp.GradScaler("cpu", enabled=False), said.append)
+    start_state(cfg, CPU, resume_point(cfg, path), model, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                said.append)
     assert [(g["weight_decay"], g["betas"], g["eps"]) for g in optimizer.param_groups] == [
         (0.02, (0.5, 0.6), 1e-3), (0.0, (0.5, 0.6), 1e-3)]
     assert optimizer.state_dict()["state"][0]["exp_avg"].abs().sum() > 0  # the moments are the checkpoint's
@@ -273,7 +274,7 @@ def test_a_resume_keeps_the_optimiser_settings_of_the_config_and_names_each_chan
                     "optim.beta2=0.6 replaces the checkpoint's 0.95",
                     "optim.eps=0.001 replaces the checkpoint's 1e-08"]
     said.clear()
-    start_state(saved_cfg, CPU, path, model, make_optimizer(model, saved_cfg.optim, "cpu"),
+    start_state(saved_cfg, CPU, resume_point(saved_cfg, path), model, make_optimizer(model, saved_cfg.optim, "cpu"),
                 torch.amp.GradScaler("cpu", enabled=False), said.append)
     assert said == [f"resuming from {path} (step 3)"]  # unchanged settings: nothing to say
 
@@ -285,7 +286,7 @@ def test_resuming_continues_at_the_saved_data_position_or_the_one_an_older_check
     run's grad_accum is."""
     path, _, _ = save_trained(config(tmp_path, "train.grad_accum=4"), 3, data_position=saved_position)
     cfg = config(tmp_path, "train.grad_accum=2", "train.max_steps=5")
-    state = start_state(cfg, CPU, path, *parts(cfg), lambda message: None)
+    state = start_state(cfg, CPU, resume_point(cfg, path), *parts(cfg), lambda message: None)
     assert state.data_position == expected
 
 
@@ -312,8 +313,8 @@ def test_each_rank_restores_its_own_rng_stream_and_new_ranks_seed_as_a_fresh_sta
     path, _, _ = save_trained(cfg, 3, rng=streams)
     model, optimizer, scaler = parts(cfg)
     said = []
-    start_state(cfg, rt.Runtime(torch.device("cpu"), torch.float32, rank=rank, world_size=4), path, model,
-                optimizer, scaler, said.append)
+    start_state(cfg, rt.Runtime(torch.device("cpu"), torch.float32, rank=rank, world_size=4), resume_point(cfg, path),
+                model, optimizer, scaler, said.append)
     after = torch.rand(4)
     torch.manual_seed(10 + rank if rank < 2 else 40 + rank)
     assert torch.equal(after, torch.rand(4))
@@ -340,7 +341,7 @@ def test_an_fp16_resume_of_a_bf16_checkpoint_starts_a_fresh_loss_scale_and_says_
     model, optimizer, _ = parts(cfg)
     scaler = torch.amp.GradScaler("cpu", init_scale=512.0)
     said = []
-    start_state(cfg, CPU, path, model, optimizer, scaler, said.append)
+    start_state(cfg, CPU, resume_point(cfg, path), model, optimizer, scaler, said.append)
     assert scaler.get_scale() == 512.0
     assert said == [f"resuming from {path} (step 3)",
                     "the checkpoint has no fp16 loss-scaler state (saved in bf16 or fp32): the loss scale starts "
@@ -356,7 +357,7 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path):
     cfg = config(tmp_path, "train.max_steps=3", "optim.on_extend=restart")
     path, _, _ = save_trained(cfg, 3, schedule_end=8)
     said = []
-    state = start_state(cfg, CPU, path, *parts(cfg), said.append)
+    state = start_state(cfg, CPU, resume_point(cfg, path), *parts(cfg), said.append)
     assert said == [f"resuming from {path} (step 3)",
                     "nothing to train: the checkpoint is at step 3 and train.max_steps=3; "
                     "raise train.max_steps to train further"]  # and no word about the schedule
@@ -374,7 +375,7 @@ def test_extending_a_resumed_run_says_what_happens_to_its_schedule(tmp_path, on_
     cfg = config(tmp_path, "train.max_steps=10", f"optim.on_extend={on_extend}")
     path, _, _ = save_trained(cfg, 3)
     said = []
-    state = start_state(cfg, CPU, path, *parts(cfg), said.append)
+    state = start_state(cfg, CPU, resume_point(cfg, path), *parts(cfg), said.append)
     assert said == [f"resuming from {path} (step 3)", message]
     assert (state.schedule_start, state.schedule_end) == schedule_span
 
@@ -395,42 +396,35 @@ def test_restart_cannot_move_the_schedule_behind_the_checkpoint(tmp_path):
     assert (start, end) == (1, 6)
 
 
-@pytest.mark.parametrize("change, message", [
-    ("model.n_layer=3", "cannot resume: model.n_layer is 3 here but 2 in the checkpoint; use the checkpoint's config"),
-    ("data.block_size=16", "cannot resume: data.block_size is 16 here but 32 in the checkpoint; use the checkpoint's "
-                           "config"),
-])
-def test_resuming_refuses_another_model_or_other_data(tmp_path, change, message):
-    path, _, _ = save_trained(config(tmp_path), 3)
-    cfg = config(tmp_path, change)
-    model, optimizer, scaler = parts(config(tmp_path))
-    with pytest.raises(ConfigError) as info:
-        start_state(cfg, CPU, path, model, optimizer, scaler, print)
-    assert str(info.value) == message
-
-
 def test_where_the_prepared_data_lies_may_change_between_resumes(tmp_path):
     path, _, _ = save_trained(config(tmp_path, "data.prepared_dir=/old/disk/prepared"), 3)
     cfg = config(tmp_path, "data.prepared_dir=/new/disk/prepared", "train.max_steps=5")
-    check_checkpoint_config(cfg, path)
-    assert start_state(cfg, CPU, path, *parts(cfg), lambda message: None).step == 3
+    assert start_state(cfg, CPU, resume_point(cfg, path), *parts(cfg), lambda message: None).step == 3
 
 
 @pytest.mark.parametrize("kind, change, message", [
-    ("full", "model.n_layer=3", "cannot resume: model.n_layer is 3 here but 2 in the checkpoint"),
-    ("full", "data.eval_windows=4", "cannot resume: data.eval_windows is 4 here but 8 in the checkpoint"),
-    ("weights_only", "model.n_head=4", "cannot resume: model.n_head is 4 here but 2 in the checkpoint"),
+    ("full", "model.n_layer=3", "cannot resume: model.n_layer is 3 here but 2 in the checkpoint; use the checkpoint's "
+                                "config"),
+    ("full", "data.block_size=16", "cannot resume: data.block_size is 16 here but 32 in the checkpoint; use the "
+                                   "checkpoint's config"),
+    ("full", "data.eval_windows=4", "cannot resume: data.eval_windows is 4 here but 8 in the checkpoint; use the "
+                                    "checkpoint's config"),
+    ("weights_only", "model.n_head=4", "cannot resume: model.n_head is 4 here but 2 in the checkpoint; use the "
+                                       "checkpoint's config"),
     ("weights_only", "data.eval_windows=4", None),  # a new run from the weights takes any data
 ])
-def test_the_checkpoint_config_is_checked_from_its_config_and_kind(tmp_path, kind, change, message):
-    path, _, _ = save_trained(config(tmp_path / "source"), 3, kind=kind)
+def test_resuming_refuses_another_model_and_unless_from_weights_only_other_data(tmp_path, kind, change, message):
+    source = config(tmp_path / "source")
+    path, _, _ = save_trained(source, 3, kind=kind)
     cfg = config(tmp_path / "run", change)
     if message is None:
-        check_checkpoint_config(cfg, path)
+        point = resume_point(cfg, path)
+        assert (point.path, point.config, point.kind) == (path, config_to_dict(source), kind)
     else:
-        with pytest.raises(ConfigError, match=message):
-            check_checkpoint_config(cfg, path)
-    check_checkpoint_config(cfg, None)  # a fresh start has nothing to check
+        with pytest.raises(ConfigError) as info:
+            resume_point(cfg, path)
+        assert str(info.value) == message
+    assert resume_point(cfg, None) is None  # a fresh start has nothing to check
 
 
 def test_a_resume_that_cannot_continue_stops_before_the_data_is_opened(tmp_path, monkeypatch, capsys):
@@ -442,6 +436,20 @@ def test_a_resume_that_cannot_continue_stops_before_the_data_is_opened(tmp_path,
                        "--resume"]) == 2
     assert "cannot resume: model.n_layer is 3 here but 2 in the checkpoint" in capsys.readouterr().err
     assert opened == []
+
+
+def test_a_resume_reads_and_checks_the_checkpoint_config_once(tmp_path, prepared_dir, monkeypatch):
+    """train.py checks the checkpoint before the data is opened and hands start_state what it read."""
+    common = [f"train.out_dir={tmp_path}", f"data.prepared_dir={prepared_dir}", "train.max_steps=1",
+              "train.sample_tokens=0"]
+    assert train.main([str(TINY), *common]) == 0
+    checks, reads = [], []
+    read = ckpt.read_config
+    monkeypatch.setattr("training.resume.check_resumable",
+                        lambda *args: checks.append(args[2]) or check_resumable(*args))
+    monkeypatch.setattr(ckpt, "read_config", lambda path: reads.append(path) or read(path))
+    assert train.main([str(TINY), *common, "--resume"]) == 0
+    assert checks == [("model", "data")] and reads == [tmp_path / "checkpoints" / "step_000001"]
 
 
 def test_keys_a_checkpoint_predates_count_as_their_defaults(tmp_path):
@@ -459,7 +467,7 @@ def test_a_weights_only_checkpoint_starts_a_new_run_from_its_weights(tmp_path):
     cfg = config(tmp_path / "run", "data.block_size=16", "train.seed=5", "train.max_steps=9")  # other data is fine
     model, optimizer, scaler = parts(cfg, seed=99)
     said = []
-    state = start_state(cfg, CPU, path, model, optimizer, scaler, said.append)
+    state = start_state(cfg, CPU, resume_point(cfg, path), model, optimizer, scaler, said.append)
     assert said == [f"starting from the weights of {path} (fresh optimiser, schedule and data order)"]
     for name, value in imported.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
@@ -470,7 +478,7 @@ def test_a_weights_only_checkpoint_starts_a_new_run_from_its_weights(tmp_path):
     torch.manual_seed(5)
     assert torch.equal(after, torch.rand(4))
     with pytest.raises(ConfigError, match="cannot resume: model.n_embd is 32 here but 64 in the checkpoint"):
-        start_state(config(tmp_path / "run", "model.n_embd=32"), CPU, path, *parts(cfg), print)
+        resume_point(config(tmp_path / "run", "model.n_embd=32"), path)
 
 
 # gather_rng
