@@ -134,21 +134,33 @@ class GPT(nn.Module):
         return 6 * (self.num_params() - lookups) + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        hidden_states: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Full-sequence forward: idx (B, T) -> (logits (B, T, vocab), None) without targets; with targets
         (B, T) (-100 = ignore) -> (None, mean cross-entropy), computed chunk by chunk without the logits.
 
         `mask` (B, T), False (0) for padding, anywhere in a row: the padding tokens take no part in attention, and
         each row's positions count its real tokens only, so its logits are those of the row without the padding
-        (a padding position's logits mean nothing; give its target -100)."""
+        (a padding position's logits mean nothing; give its target -100).
+
+        `hidden_states`, a list, receives n_layer + 1 tensors (B, T, C) in transformers' GPT-2 order: the embedding
+        output, each block's output, and in the last place the last block's output after ln_f (what the LM head
+        reads), so probing code sees the residual stream without hooks; None records nothing."""
         self._check_tokens(idx, 0)
         mask = None if mask is None else mask.bool()
         positions = token_positions(0, None, mask, idx.shape[1], idx.device)
         x = self._embed(idx, positions)
         for block in self.transformer.h:
+            if hidden_states is not None:
+                hidden_states.append(x)
             x, _ = block(x, positions, mask=mask)
         x = self.transformer.ln_f(x)  # (B, T, C)
+        if hidden_states is not None:
+            hidden_states.append(x)
         if targets is None:
             return self.lm_head(x), None
         return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
@@ -167,13 +179,20 @@ class GPT(nn.Module):
         return DecodeState(layers=layers)
 
     def decode(
-        self, idx: torch.Tensor, state: DecodeState, *, mask: torch.Tensor | None = None, last_only: bool = False
+        self,
+        idx: torch.Tensor,
+        state: DecodeState,
+        *,
+        mask: torch.Tensor | None = None,
+        last_only: bool = False,
+        hidden_states: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
         """Consume t >= 1 new tokens (a prompt chunk or one sampled token) after the state; logits (B, t, vocab),
         or (B, 1, vocab) for the last token only with `last_only` (a long prefill never holds t x vocab logits).
 
         `mask` (B, t), False (0) for padding (a left-padded batch of prompts): as in forward(), and the state
-        remembers it, so each row's later tokens continue from its own count of real tokens."""
+        remembers it, so each row's later tokens continue from its own count of real tokens. `hidden_states`: as in
+        forward(), for the t new tokens, every one of them even with `last_only`."""
         position = state.position
         self._check_tokens(idx, position)
         mask = None if mask is None else mask.bool()
@@ -181,11 +200,16 @@ class GPT(nn.Module):
         x = self._embed(idx, positions)
         layers = []
         for block, layer_state in zip(self.transformer.h, state.layers):
+            if hidden_states is not None:
+                hidden_states.append(x)
             x, layer_state = block(x, positions, layer_state, mask)
             layers.append(layer_state)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.lm_head(self.transformer.ln_f(x))
+        if hidden_states is None:
+            x = self.transformer.ln_f(x[:, -1:] if last_only else x)
+        else:
+            hidden_states.append(self.transformer.ln_f(x))
+            x = hidden_states[-1][:, -1:] if last_only else hidden_states[-1]
+        logits = self.lm_head(x)
         return logits, DecodeState(layers, position + idx.shape[1], padding_count(state.pads, mask))
 
     @property

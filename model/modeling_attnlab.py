@@ -12,6 +12,8 @@ seen, so decoding costs the same as scripts/generate.py. Padding (an attention_m
 generate(), as with every decoder-only model) is masked in every backend: padding tokens take no part in attention,
 the positions of each row count its real tokens (transformers' GPT-2 derives position_ids from the mask the same
 way), and the cache remembers the padding, so a padded row gives the logits and the tokens it gives alone.
+forward() answers transformers' output options as GPT-2 does (`output_hidden_states`, `return_dict=False`), refuses
+`output_attentions` (no backend forms an attention matrix), and refuses any other argument it would have to ignore.
 
 `scripts/export_hf.py` copies this file (with the model package) into an exported folder, so it must import only
 torch, transformers, the model package and typedconfig.parsing (which imports only the standard library).
@@ -60,6 +62,9 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _tied_weights_keys = {"model.lm_head.weight": "model.transformer.wte.weight"}
+    # The loss is the mean over one call's targets: Trainer must scale it for gradient accumulation itself rather
+    # than pass num_items_in_batch, which forward()'s **kwargs would otherwise let it assume is used.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: AttnlabConfig):
         super().__init__(config)
@@ -93,12 +98,23 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         return False  # the cache is the backend's own state, made in forward()
 
     def prepare_inputs_for_generation(
-        self, input_ids, past_key_values=None, attention_mask=None, use_cache=True, logits_to_keep=None, **kwargs
+        self,
+        input_ids,
+        past_key_values=None,
+        attention_mask=None,
+        use_cache=True,
+        logits_to_keep=None,
+        next_sequence_length=None,
+        is_first_iteration=None,
+        **kwargs,
     ):
+        """One generate() step's forward() arguments: the tokens the state has not seen, and every other model
+        argument generate() holds (output_hidden_states, a caller's own) as given, so that forward() answers or
+        refuses each; next_sequence_length and is_first_iteration are generate()'s notes to this method alone."""
         if past_key_values is not None:
             input_ids = input_ids[:, past_key_values.get_seq_length() :]  # only the tokens the state has not seen
         inputs = dict(input_ids=input_ids, past_key_values=past_key_values, attention_mask=attention_mask)
-        inputs.update(use_cache=use_cache, logits_to_keep=logits_to_keep)
+        inputs.update(use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
         return inputs
 
     def forward(
@@ -109,8 +125,11 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         """Logits for `input_ids` (B, T). With a cache the tokens continue the cache's state; use_cache outside
         training and without labels returns one. `logits_to_keep` as in transformers: an int n > 0 keeps the last
         n positions' logits, 0 (or None) all of them, a 1-D tensor the positions it lists. With `labels` (B, T)
@@ -118,12 +137,38 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         -100 ignored; give padding positions -100). `attention_mask` covers the cached tokens and the new ones
         (B, past + T), as generate() passes it; zeros mark padding.
 
+        `output_hidden_states` (default config.output_hidden_states) returns `hidden_states` as transformers' GPT-2
+        does: n_layer + 1 tensors (B, T, n_embd) for the new tokens, the embedding output, each block's output, and
+        last the final block's output after ln_f, which the LM head reads. `return_dict=False` (default
+        config.return_dict) returns the output's tuple form (its fields that are not None, in order).
+        `output_attentions` and any argument outside this signature are refused, since ignoring them would return
+        something other than what was asked; only generate()'s `cache_position` (the cache holds its own position)
+        and arguments given as None pass.
+
         The decode steps update their states in place, out of autograd's sight, so logits that may need gradients
         (autograd on, no cache given) come from the full forward, and the cache asked for beside them from a decode
         without gradients (twice the compute: run inference under torch.no_grad(), as generate() does). Logits that
         continue a given cache carry no gradient through it."""
         if input_ids is None:
             raise ValueError("attnlab models take input_ids (token ids); inputs_embeds is not supported")
+        _refuse_arguments(kwargs)
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_attentions:
+            raise ValueError(
+                "output_attentions is not supported: the attnlab backends compute attention in linear or recurrent "
+                "form (softmax through fused SDPA) and never form an attention matrix; pass output_attentions=False "
+                "(the kernel's inputs, each layer's queries and keys, come from python -m evals.extract in the "
+                "attnlab repository)"
+            )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states or False
+        if not isinstance(output_hidden_states, bool):
+            raise ValueError(
+                f"output_hidden_states must be True or False, got {output_hidden_states!r}; True returns all "
+                f"{self.config.n_layer + 1} hidden states: index that tuple to pick some"
+            )
+        hidden = [] if output_hidden_states else None
         use_cache = self.config.use_cache if use_cache is None else use_cache
         keep = _kept_positions(logits_to_keep)
         if labels is not None and keep is not None:
@@ -140,10 +185,10 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         if continues or (wants_cache and not torch.is_grad_enabled()):
             last_only = isinstance(keep, slice) and keep.start == -1  # a long prefill never holds T x vocab logits
             logits, past_key_values.state = self.model.decode(
-                input_ids, past_key_values.state, mask=mask, last_only=last_only
+                input_ids, past_key_values.state, mask=mask, last_only=last_only, hidden_states=hidden
             )
         else:
-            logits, _ = self.model(input_ids, mask=mask)
+            logits, _ = self.model(input_ids, mask=mask, hidden_states=hidden)
             if wants_cache:
                 with torch.no_grad():
                     _, past_key_values.state = self.model.decode(
@@ -155,7 +200,32 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
         cache = past_key_values if wants_cache else None
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        hidden_states = None if hidden is None else tuple(hidden)
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache, hidden_states=hidden_states)
+        if return_dict is None:
+            return_dict = self.config.return_dict
+        return out if return_dict else out.to_tuple()
+
+
+# generate() of the first transformers 5 releases passes cache_position; the cache holds its own position.
+_IGNORED_ARGUMENTS = frozenset({"cache_position"})
+_REFUSED_ARGUMENTS = {
+    "inputs_embeds": "attnlab models take input_ids (token ids) only",
+    "position_ids": "positions come from attention_mask: each row counts its real tokens, as generate() derives "
+                    "position_ids; pass attention_mask",
+    "token_type_ids": "attnlab models have no token type embeddings",
+    "num_items_in_batch": "the loss is the mean over this call's targets",
+}
+
+
+def _refuse_arguments(kwargs: dict) -> None:
+    """Raise ValueError naming each argument forward() would have to ignore (given, not None, and not one of
+    generate()'s harmless ones), so that a typo or an unsupported option never passes silently."""
+    refused = sorted(name for name, value in kwargs.items() if value is not None and name not in _IGNORED_ARGUMENTS)
+    if refused:
+        reasons = "; ".join(f"{name}: {_REFUSED_ARGUMENTS.get(name, 'not an argument of this model')}"
+                            for name in refused)
+        raise ValueError(f"AttnlabForCausalLM.forward() does not take {', '.join(refused)} ({reasons})")
 
 
 def _kept_positions(logits_to_keep: int | torch.Tensor | None) -> slice | torch.Tensor | None:

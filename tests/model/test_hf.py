@@ -1,13 +1,15 @@
 """The transformers integration: AttnlabConfig / AttnlabForCausalLM through the Auto classes, generate() with the
-backends' own decode states as the cache, padded batches (attention_mask with zeros), save/load with tied
-embeddings, export to a self-contained folder that loads in a process without this repository, and the import of
-GPT-2 weights (no downloads: random GPT-2s)."""
+backends' own decode states as the cache, padded batches (attention_mask with zeros), hidden states and the tuple
+output as GPT-2 gives them (and the arguments refused rather than ignored), save/load with tied embeddings, export
+to a self-contained folder that loads in a process without this repository, and the import of GPT-2 weights (no
+downloads: random GPT-2s)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +27,7 @@ from model.config import ModelConfig
 from model.configuration_attnlab import AttnlabConfig
 from model.generation import generate as repo_generate
 from model.generation import left_pad
-from model.modeling_attnlab import AttnlabForCausalLM
+from model.modeling_attnlab import AttnlabCache, AttnlabForCausalLM
 from model.sampling import Sampler
 from data.config import DataConfig
 from model.gpt import GPT
@@ -179,6 +181,158 @@ def test_logits_to_keep_that_names_no_positions_is_refused_with_a_message(keep):
         model(torch.ones(1, 4, dtype=torch.long), logits_to_keep=keep)
     with pytest.raises(ValueError, match="labels need the logits of every position"):
         model(torch.ones(1, 4, dtype=torch.long), labels=torch.ones(1, 4, dtype=torch.long), logits_to_keep=2)
+
+
+# --- transformers' output options: hidden states, the tuple form, and what is refused rather than ignored ---
+
+def manual_hidden_states(gpt: GPT, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The residual stream of an unpadded batch worked out block by block from the modules: token + learned position
+    embeddings, then x + attn(ln_1(x)) and x + mlp(ln_2(x)) per block, the final layer norm applied to the last."""
+    positions = torch.arange(ids.shape[1])
+    x = gpt.transformer.wte(ids) + gpt.transformer.wpe(positions)
+    states = [x]
+    for block in gpt.transformer.h:
+        x = x + block.attn(block.ln_1(x), positions)[0]
+        x = x + block.mlp(block.ln_2(x))
+        states.append(x)
+    states[-1] = gpt.transformer.ln_f(x)
+    return states
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_hidden_states_are_the_embeddings_and_each_blocks_output_the_last_after_the_final_norm(attention):
+    model = tiny_model(attention)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        expected = manual_hidden_states(model.model, ids)
+    # the full forward (use_cache off, or autograd on beside a cache), a decode into a new cache, and its last-only form
+    for grad, options in [(False, dict(use_cache=False)), (True, dict(use_cache=True)), (False, dict(use_cache=True)),
+                          (False, dict(use_cache=True, logits_to_keep=1))]:
+        with torch.set_grad_enabled(grad):
+            out = model(ids, output_hidden_states=True, **options)
+        assert len(out.hidden_states) == 3, options
+        for layer, (state, reference) in enumerate(zip(out.hidden_states, expected)):
+            assert state.shape == (2, 9, 32) and state.requires_grad == grad
+            torch.testing.assert_close(state, reference, atol=1e-4, rtol=1e-4,
+                                       msg=lambda m, o=options, i=layer: f"{o}, hidden state {i}: {m}")
+        kept = out.hidden_states[-1][:, -out.logits.shape[1] :]
+        torch.testing.assert_close(model.model.lm_head(kept), out.logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
+@torch.no_grad()
+def test_hidden_states_that_continue_a_cache_are_those_of_the_new_tokens_in_the_full_forward(attention):
+    model = tiny_model(attention)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(11))
+    full = model(ids, use_cache=False, output_hidden_states=True).hidden_states
+    prefill = model(ids[:, :6], output_hidden_states=True)
+    continued = model(ids[:, 6:], past_key_values=prefill.past_key_values, output_hidden_states=True).hidden_states
+    assert [h.shape for h in continued] == [(2, 3, 32)] * 3
+    for layer, (first, then, whole) in enumerate(zip(prefill.hidden_states, continued, full)):
+        torch.testing.assert_close(torch.cat([first, then], dim=1), whole, atol=1e-4, rtol=1e-4,
+                                   msg=lambda m, i=layer: f"hidden state {i}: {m}")
+
+
+def test_output_hidden_states_falls_back_on_the_config_and_takes_only_a_bool():
+    model = tiny_model("taylor")
+    ids = torch.randint(0, VOCAB, (1, 5))
+    assert model(ids).hidden_states is None
+    model.config.output_hidden_states = True
+    assert len(model(ids).hidden_states) == 3
+    assert model(ids, output_hidden_states=False).hidden_states is None
+    for selection in (2, [-1]):
+        message = (f"output_hidden_states must be True or False, got {selection!r}; True returns all 3 hidden "
+                   "states: index that tuple to pick some")
+        with pytest.raises(ValueError, match=re.escape(message)):
+            model(ids, output_hidden_states=selection)
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_generate_returns_the_hidden_states_of_each_step_with_and_without_the_cache(attention):
+    model = tiny_model(attention)
+    ids = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(12))
+    options = dict(output_hidden_states=True, return_dict_in_generate=True)
+    cached, plain = greedy(model, ids, 4, **options), greedy(model, ids, 4, use_cache=False, **options)
+    assert torch.equal(cached.sequences, plain.sequences) and len(cached.hidden_states) == len(plain.hidden_states) == 4
+    with torch.no_grad():
+        full = model(cached.sequences[:, :-1], use_cache=False, output_hidden_states=True).hidden_states
+    for step in range(4):
+        end = 5 + step  # the tokens seen when the step's token is chosen
+        new = 5 if step == 0 else 1  # the prefill, then one token per step
+        for layer, whole in enumerate(full):
+            torch.testing.assert_close(cached.hidden_states[step][layer], whole[:, end - new : end], atol=1e-4,
+                                       rtol=1e-4, msg=lambda m, s=step, i=layer: f"step {s}, hidden state {i}: {m}")
+            torch.testing.assert_close(plain.hidden_states[step][layer], whole[:, :end], atol=1e-4, rtol=1e-4)
+
+
+ATTENTIONS_REFUSED = (r"output_attentions is not supported: the attnlab backends compute attention in linear or "
+                      r"recurrent form \(softmax through fused SDPA\) and never form an attention matrix; pass "
+                      r"output_attentions=False \(the kernel's inputs, each layer's queries and keys, come from "
+                      r"python -m evals.extract")
+
+
+def test_output_attentions_is_refused_from_the_argument_the_config_and_generate():
+    model = tiny_model("softmax")
+    ids = torch.randint(0, VOCAB, (1, 5))
+    assert model(ids, output_attentions=False).attentions is None
+    with pytest.raises(ValueError, match=ATTENTIONS_REFUSED):
+        model(ids, output_attentions=True)
+    with pytest.raises(ValueError, match=ATTENTIONS_REFUSED):
+        greedy(model, ids, 3, output_attentions=True, return_dict_in_generate=True)
+    model.config.output_attentions = True
+    with pytest.raises(ValueError, match=ATTENTIONS_REFUSED):
+        model(ids)
+
+
+def test_return_dict_false_gives_the_tuple_of_the_fields_that_are_set():
+    model = tiny_model("expressive")
+    ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(13))
+    out = model(ids, labels=ids)
+    loss, logits = model(ids, labels=ids, return_dict=False)
+    torch.testing.assert_close(loss, out.loss, atol=0, rtol=0)
+    torch.testing.assert_close(logits, out.logits, atol=0, rtol=0)
+    with torch.no_grad():
+        logits, cache, hidden_states = model(ids, output_hidden_states=True, return_dict=False)
+    assert isinstance(cache, AttnlabCache) and cache.get_seq_length() == 6 and len(hidden_states) == 3
+    model.config.return_dict = False
+    assert isinstance(model(ids, use_cache=False), tuple) and not isinstance(model(ids, return_dict=True), tuple)
+    assert torch.equal(greedy(model, ids, 3), greedy(tiny_model("expressive"), ids, 3))  # generate asks for the dict
+
+
+@pytest.mark.parametrize("name, value, why", [
+    ("inputs_embeds", torch.zeros(1, 4, 32), r"attnlab models take input_ids \(token ids\) only"),
+    ("position_ids", torch.arange(4)[None], "positions come from attention_mask: each row counts its real tokens, as "
+                                            "generate.. derives position_ids; pass attention_mask"),
+    ("token_type_ids", torch.zeros(1, 4, dtype=torch.long), "attnlab models have no token type embeddings"),
+    ("num_items_in_batch", torch.tensor(8), "the loss is the mean over this call's targets"),
+    ("output_hidden_state", True, "not an argument of this model"),  # a typo
+])
+def test_an_argument_the_model_would_ignore_is_refused_by_name(name, value, why):
+    model = tiny_model("logexp")
+    with pytest.raises(ValueError, match=rf"^AttnlabForCausalLM.forward\(\) does not take {name} \({name}: {why}\)$"):
+        model(torch.ones(1, 4, dtype=torch.long), **{name: value})
+
+
+def test_arguments_given_as_none_and_generates_cache_position_pass():
+    model = tiny_model("logexp")
+    ids = torch.randint(0, VOCAB, (1, 4))
+    with pytest.raises(ValueError, match=r"does not take a, b \(a: not an argument of this model; b: not an "
+                                         r"argument of this model\)"):
+        model(ids, b=1, a=2)
+    with pytest.raises(ValueError, match="does not take position_ids"):
+        greedy(model, ids, 3, position_ids=torch.arange(4)[None])  # generate() hands a caller's arguments on
+    logits = model(ids, use_cache=False).logits
+    given = model(ids, use_cache=False, cache_position=torch.arange(4), position_ids=None, token_type_ids=None,
+                  inputs_embeds=None, output_attentions=None).logits
+    assert torch.equal(given, logits)
+
+
+def test_trainer_scales_the_loss_for_gradient_accumulation_itself(tmp_path):
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate (the eval extra)")
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, gradient_accumulation_steps=4)
+    assert Trainer(model=tiny_model("taylor"), args=args).model_accepts_loss_kwargs is False
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -424,6 +578,26 @@ def test_imported_gpt2_reproduces_transformers_logits(tmp_path, capsys, tied):
     assert cfg.model.attention == "softmax" and gpt.num_params() == reference.num_parameters()
     assert cfg.model.tie_word_embeddings == tied and cfg.model.init_std == 0.05
     assert (gpt.lm_head.weight is gpt.transformer.wte.weight) == tied
+
+
+def test_imported_gpt2_gives_transformers_hidden_states_in_forward_and_generate(tmp_path, capsys):
+    reference = random_gpt2(tmp_path / "gpt2", initializer_range=0.05)
+    code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "gpt2"), "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    ours = AttnlabForCausalLM.from_gpt(load_checkpoint_model(tmp_path / "run")[0])
+    ids = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        theirs, mine = reference(ids, output_hidden_states=True), ours(ids, output_hidden_states=True)
+    assert len(mine.hidden_states) == len(theirs.hidden_states) == 3
+    for state, expected in zip(mine.hidden_states, theirs.hidden_states):
+        torch.testing.assert_close(state, expected, atol=1e-5, rtol=1e-5)
+    options = dict(output_hidden_states=True, return_dict_in_generate=True)
+    theirs, mine = greedy(reference, ids, 3, **options), greedy(ours, ids, 3, **options)
+    assert torch.equal(mine.sequences, theirs.sequences) and len(mine.hidden_states) == len(theirs.hidden_states)
+    for step, (states, expected) in enumerate(zip(mine.hidden_states, theirs.hidden_states)):
+        assert [h.shape for h in states] == [h.shape for h in expected], step
+        for state, want in zip(states, expected):
+            torch.testing.assert_close(state, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow
