@@ -5,9 +5,14 @@
 
 The .bin files are flat token ids (uint16 when the vocabulary fits, else uint32); every document is followed by the
 end-of-text id. Document i (counted from 0 in source order) goes to val iff i % val_every == val_every - 1.
-Documents are streamed, tokenised in batches and appended to the files, so a source need not fit in memory; a
-document is held whole while it is tokenised (its text and its ids as Python ints, ~50 bytes a token), so one .txt
-file, which is one document, must: split a text of several GB into files first.
+Documents are streamed, tokenised in batches and appended to the files, so a source need not fit in memory; what must
+fit is one batch (BATCH_DOCUMENTS documents, fewer once they hold CHUNK_CHARS characters): their text and their ids
+as Python ints (~50 bytes a token). With the GPT-2 tokenizer a .txt file (one document) is read CHUNK_CHARS
+characters at a time and tokenised chunk by chunk, cut at each read's last safe boundary (data/tokenizer.py), so a
+file of any size takes a few chunks' memory; only text with no safe boundary (a newline between two non-space
+characters) makes a chunk grow, so a single line of several GB must still fit whole. A row of .jsonl/.json/.parquet
+files or of the hub is a document held whole, and so is a .txt file under a hub tokenizer, whose pre-tokenizer may
+join characters across any cut: such a document must fit.
 Outputs are written under temporary names and renamed (the next preparation deletes those of a killed one), and a
 directory whose meta.json records the same input fingerprint (config, local files' sizes and mtimes, FORMAT_VERSION)
 is reused without reading the source again.
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -32,13 +36,14 @@ from tqdm import tqdm
 
 from data.config import DataConfig
 from data.errors import DataError
-from data.sources import Source, invalid_utf8, iter_documents, resolve_source
+from data.sources import Source, invalid_utf8, iter_document_reads, resolve_source
 from data.tokenizer import TextTokenizer, load_tokenizer
 from fileio.atomic import process_alive, write_text_atomic
 from typedconfig.cli import ArgumentParser
 
 FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
-BATCH_DOCUMENTS = 256  # documents tokenised per call (the tokenizer parallelises within a call)
+BATCH_DOCUMENTS = 256  # documents (or chunks of them) tokenised per call (the tokenizer parallelises within a call)
+CHUNK_CHARS = 1 << 22  # characters of a .txt file read at a time; a batch also ends once it holds this many
 META = "meta.json"
 SPLITS = ("train", "val")
 TEMP_NAME = re.compile(rf"\.(?:{'|'.join(SPLITS)})\.bin\.(?P<pid>\d+)\.tmp")  # _TokenWriter's, with its pid
@@ -93,9 +98,10 @@ def prepare(cfg: DataConfig) -> PreparedData:
     writers = {split: _TokenWriter(path / f"{split}.bin", dtype) for split in SPLITS}
     progress = tqdm(total=cfg.max_tokens, unit="tok", unit_scale=True, desc=path.name, disable=None, file=sys.stderr)
     try:
-        documents = iter_documents(source, cfg.text_field, cfg.max_documents)
-        for split, ids in _split_documents(_tokenised(documents, tokenizer), cfg.val_every, cfg.max_tokens):
-            writers[split].append(ids)
+        documents = iter_document_reads(source, cfg.text_field, cfg.max_documents, CHUNK_CHARS)
+        chunks = _tokenised(_document_chunks(documents, tokenizer), tokenizer)
+        for split, ids, starts_document in _split_documents(chunks, cfg.val_every, cfg.max_tokens):
+            writers[split].append(ids, starts_document)
             progress.update(len(ids))
         if writers["val"].documents == 0:
             read = writers["train"].documents
@@ -171,7 +177,8 @@ def load_prepared(dataset: DataConfig | str | Path) -> tuple[dict, np.memmap, np
 
 
 class _TokenWriter:
-    """Appends documents' ids to a temporary file next to `path`; `commit` renames it to `path`."""
+    """Appends documents' ids, a chunk at a time, to a temporary file next to `path`; `commit` renames it to
+    `path`."""
 
     def __init__(self, path: Path, dtype: np.dtype) -> None:
         self.path, self.dtype = path, dtype
@@ -180,12 +187,12 @@ class _TokenWriter:
         self.tokens = self.documents = 0
         self._hash = hashlib.sha256()
 
-    def append(self, ids: list[int]) -> None:
+    def append(self, ids: list[int], starts_document: bool) -> None:
         data = np.asarray(ids, dtype=self.dtype).tobytes()
         self.file.write(data)
         self._hash.update(data)
         self.tokens += len(ids)
-        self.documents += 1
+        self.documents += starts_document
 
     @property
     def sha256(self) -> str:
@@ -203,25 +210,54 @@ class _TokenWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def _tokenised(documents: Iterable[str], tokenizer: TextTokenizer) -> Iterator[list[int]]:
-    """Each document's ids followed by the end-of-text id, tokenised BATCH_DOCUMENTS at a time."""
-    batches = iter(lambda: list(itertools.islice(documents, BATCH_DOCUMENTS)), [])
-    for batch in batches:
-        for ids in tokenizer.encode_batch(batch):
-            ids.append(tokenizer.eot_id)
-            yield ids
+def _document_chunks(documents: Iterable[Iterable[str]], tokenizer: TextTokenizer) -> Iterator[tuple[int, str, bool]]:
+    """(document index, chunk, whether it is the document's last) for each chunk `tokenizer` makes of each document's
+    reads."""
+    for i, reads in enumerate(documents):
+        chunks = tokenizer.chunks(reads)
+        chunk = next(chunks)
+        for following in chunks:
+            yield i, chunk, False
+            chunk = following
+        yield i, chunk, True
+
+
+def _tokenised(chunks: Iterable[tuple[int, str, bool]], tokenizer: TextTokenizer) -> Iterator[tuple[int, list[int]]]:
+    """(document index, ids) per chunk, the end-of-text id after a document's last chunk."""
+    for batch in _batches(chunks):
+        indices, texts, lasts = zip(*batch)
+        for i, ids, last in zip(indices, tokenizer.encode_batch(list(texts)), lasts):
+            if last:
+                ids.append(tokenizer.eot_id)
+            yield i, ids
+
+
+def _batches(chunks: Iterable[tuple[int, str, bool]]) -> Iterator[list[tuple[int, str, bool]]]:
+    """`chunks` in lists of BATCH_DOCUMENTS, or fewer once they hold CHUNK_CHARS characters: many small documents
+    share one call to the tokenizer, and chunks of a long one do not pile up in memory."""
+    batch, chars = [], 0
+    for chunk in chunks:
+        batch.append(chunk)
+        chars += len(chunk[1])
+        if len(batch) == BATCH_DOCUMENTS or chars >= CHUNK_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
 
 
 def _split_documents(
-    documents: Iterable[list[int]], val_every: int, max_tokens: int | None
-) -> Iterator[tuple[str, list[int]]]:
-    """("train" | "val", ids) per document; the document that reaches max_tokens is cut there and is the last."""
-    total = 0
-    for i, ids in enumerate(documents):
+    chunks: Iterable[tuple[int, list[int]]], val_every: int, max_tokens: int | None
+) -> Iterator[tuple[str, list[int], bool]]:
+    """("train" | "val", ids, whether they start a document) per chunk, by its document's index; the document that
+    reaches max_tokens is cut there and is the last."""
+    total, previous = 0, None
+    for i, ids in chunks:
         if max_tokens is not None:
             ids = ids[: max_tokens - total]
         total += len(ids)
-        yield ("val" if i % val_every == val_every - 1 else "train"), ids
+        yield ("val" if i % val_every == val_every - 1 else "train"), ids, i != previous
+        previous = i
         if max_tokens is not None and total >= max_tokens:
             return
 

@@ -8,7 +8,7 @@ Rows of .jsonl/.json/.parquet files and of the hub take the same road, `load_dat
 data_files, split, streaming)`, so the tests, which read local files, run the code that streams FineWeb. A .txt file
 is one document, read here directly: opening it through `datasets` (import, builder, file resolution) took longer
 than tokenising it (results/bench_tokenize.md), and it gives the same text (text mode, universal newlines, invalid
-UTF-8 replaced).
+UTF-8 replaced). It can also be read in parts (`iter_document_reads`), so a long text need not be held whole.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import importlib.util
 import itertools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,12 +50,12 @@ class Source:
             return f"hub dataset {self.dataset!r}"
         return str(self.files[0]) if len(self.files) == 1 else f"{len(self.files)} {self.dataset} files"
 
-    def open(self) -> Iterator[dict] | IterableDataset:
-        """The source's rows, streamed."""
+    def open(self, read_chars: int | None = None) -> Iterator[dict] | IterableDataset:
+        """The source's rows, streamed; a .txt file's row holds its text's reads of `read_chars` (see _read_text)."""
         if self.files and self.dataset == "text":  # (a hub dataset could be named 'text')
             # one document per file; a stray byte should not cost a whole preparation: invalid UTF-8 becomes U+FFFD,
             # and prepare() counts the replacements per file (invalid_utf8) and reports them
-            return ({"text": _read_text(path)} for path in self.files)
+            return ({"text": _read_text(path, read_chars)} for path in self.files)
         from datasets import load_dataset  # ~1 s to import: paid by sources that need it, not by every importer
 
         if not self.files:
@@ -71,10 +71,13 @@ class Source:
         return load_dataset(self.dataset, data_files=data_files, split=self.split, streaming=True)
 
 
-def _read_text(path: Path) -> str:
-    """A .txt file's text as `datasets`' text builder reads a document: "\r\n" and "\r" become "\n"."""
+def _read_text(path: Path, chars: int | None) -> Iterator[str]:
+    """A .txt file's text as `datasets`' text builder reads a document ("\r\n" and "\r" become "\n"), in reads of
+    `chars` characters (None: one read). The reads concatenate to the whole text: text mode holds back a "\r" or an
+    incomplete UTF-8 sequence at the end of a read until the next read shows what it is."""
     with open(path, encoding="utf-8", errors="replace") as handle:
-        return handle.read()
+        while text := handle.read(chars):
+            yield text
 
 
 def resolve_source(cfg: DataConfig) -> Source:
@@ -147,7 +150,7 @@ def invalid_utf8(path: Path) -> tuple[int, int | None]:
     codecs.register_error("attnlab-count-utf8", count)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="attnlab-count-utf8")
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 24):
+        while chunk := handle.read(1 << 20):
             # error.start counts from the decoder's buffer: the chunk plus up to 3 bytes held back from the last one
             held = len(decoder.getstate()[0])
             offset -= held
@@ -179,12 +182,12 @@ def unreadable_row(source: Source, error: Exception) -> str:
     return f"cannot read {source.describe()}: {reason}"
 
 
-def _rows(source: Source) -> Iterator[dict]:
+def _rows(source: Source, read_chars: int | None) -> Iterator[dict]:
     """The source's rows; a malformed file (pyarrow, JSON and decoding errors vary in type) becomes a DataError."""
     # the json builder logs its own multi-line account of a bad row before raising; ours names the file and line
     logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
     try:
-        yield from source.open()
+        yield from source.open(read_chars)
     except DataError:
         raise
     except Exception as exc:
@@ -195,7 +198,15 @@ def _rows(source: Source) -> Iterator[dict]:
 
 def iter_documents(source: Source, text_field: str, max_documents: int | None = None) -> Iterator[str]:
     """The text of each row of `source`, in order, at most `max_documents` of them."""
-    rows = itertools.islice(_rows(source), max_documents)
+    return ("".join(reads) for reads in iter_document_reads(source, text_field, max_documents))
+
+
+def iter_document_reads(
+    source: Source, text_field: str, max_documents: int | None = None, read_chars: int | None = None
+) -> Iterator[Iterable[str]]:
+    """Each row of `source` as consecutive reads of its text, in order, at most `max_documents` of them: a .txt file
+    in reads of `read_chars` characters (None: one read), so that it need not be held whole; other rows in one."""
+    rows = itertools.islice(_rows(source, read_chars), max_documents)
     count = 0
     for count, row in enumerate(rows, 1):
         if text_field not in row:
@@ -204,11 +215,11 @@ def iter_documents(source: Source, text_field: str, max_documents: int | None = 
                 f"columns: {', '.join(row) or 'none'}"
             )
         text = row[text_field]
-        if not isinstance(text, str):
+        if not isinstance(text, (str, Iterator)):  # an Iterator is a .txt file's reads
             raise DataError(
                 f"row {count - 1} of {source.describe()}: column {text_field!r} holds {type(text).__name__}, "
                 "not text; set data.text_field to a text column"
             )
-        yield text
+        yield (text,) if isinstance(text, str) else text
     if count == 0:
         raise DataError(f"{source.describe()} holds no documents; check data.source, data.split and data.subset")

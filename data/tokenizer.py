@@ -17,6 +17,7 @@ can never join characters into one pre-token: right after a newline that has a n
 No alternative matches across "X\nY" (the \s runs stop at X and Y, the others at the newline), so the pieces'
 ids concatenate to exactly the ids of the whole text. A cut after "\n\n", or before whitespace, can change ids.
 (Python's \s, which finds the cuts, covers every character the tokenizers' \s does; checked over all of Unicode.)
+The same cuts let a long text be tokenised as it is read, chunk by chunk (`TextTokenizer.chunks`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import importlib.util
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import tiktoken
@@ -55,6 +56,32 @@ def split_at_safe_boundaries(text: str, piece_chars: int) -> list[str]:
         start = cut.start()
     pieces.append(text[start:])
     return pieces
+
+
+def cut_at_safe_boundaries(texts: Iterable[str]) -> Iterator[str]:
+    """The concatenation of `texts`, cut only at safe boundaries, one piece per text that has one: the piece ends at
+    the text's last safe boundary and the rest of the text starts the next piece; texts with none are joined to the
+    next until one appears (or `texts` ends). A boundary straddling two texts is not used, which only makes a piece
+    longer. At least one piece; "".join(pieces) == "".join(texts)."""
+    held: list[str] = []
+    for text in texts:
+        cut = _last_safe_boundary(text)
+        if cut is None:
+            held.append(text)
+        else:
+            yield "".join([*held, text[:cut]])
+            held = [text[cut:]]
+    yield "".join(held)
+
+
+def _last_safe_boundary(text: str) -> int | None:
+    """The position of the last safe boundary in `text`, or None."""
+    end = len(text)
+    while (newline := text.rfind("\n", 0, end)) >= 0:
+        if _SAFE_BOUNDARY.match(text, newline + 1):
+            return newline + 1
+        end = newline
+    return None
 
 
 class TextTokenizer:
@@ -96,6 +123,14 @@ class TextTokenizer:
         for i, piece_ids in zip(owner, encoded):
             ids[i] += piece_ids
         return ids
+
+    def chunks(self, texts: Iterable[str]) -> Iterator[str]:
+        """Consecutive parts of one text regrouped into chunks whose ids concatenate to the ids of the whole text:
+        cut at safe boundaries for GPT-2, so the text is never held whole; one chunk of it all for a hub tokenizer,
+        whose pre-tokenizer may join characters across any cut."""
+        if self._piece_chars is None:
+            return iter(["".join(texts)])
+        return cut_at_safe_boundaries(texts)
 
     def decode(self, ids: list[int]) -> str:
         """The text of `ids`; special tokens are kept, so encode then decode gives back the text exactly."""

@@ -4,9 +4,11 @@ val_every-th document, and an up-to-date dataset is reused without reading the s
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +18,7 @@ import pytest
 from data.config import DataConfig
 from data.errors import DataError
 from data.prepare import dataset_dir, is_prepared, load_prepared, main, prepare, token_dtype
-from data.tokenizer import load_tokenizer
+from data.tokenizer import TextTokenizer, gpt2_encoding, gpt2_tokenizer, load_tokenizer
 
 DOCS = [f"Document {i}: {'Lorem ipsum dolor sit amet. ' * i}\n\nÆsop's 🐢 line\tend  " for i in range(7)]
 EOT = 50256
@@ -66,6 +68,93 @@ def test_documents_end_in_eot_and_every_third_goes_to_val(tmp_path, tok, kind):
     assert (meta["tokenizer"], meta["vocab_size"], meta["eot_id"]) == ("gpt2", 50257, EOT)
     assert meta["val_sha256"] == hashlib.sha256((result.path / "val.bin").read_bytes()).hexdigest()
     assert sorted(p.name for p in result.path.iterdir()) == ["meta.json", "train.bin", "val.bin"]  # no temp files
+
+
+def tricky_text_file() -> bytes:
+    """~100 KB whose reads of 1000 characters end on "\r\n", lone "\r"s, multibyte characters, invalid bytes and
+    whitespace runs, with `<|endoftext|>` as text and long stretches without a safe boundary."""
+    rng = random.Random(0)
+    parts = [b"word ", b"line\n", b"dos\r\n", b"mac\r", b"\r\r\n", b"\n\n", b"  \n", b"\n  indented", b"\t\t  ",
+             "caf\u00e9 ".encode(), "\U0001f422".encode(), "\u6771\u4eac\n".encode(), b"\xff", b"\xe2\x82",
+             b"<|endoftext|>", "\u00a0\u2028".encode()]
+    blocks = [b"".join(rng.choices(parts, k=rng.randint(1, 400))) for _ in range(100)]
+    blocks.insert(30, b"no newline at all " * 200)
+    blocks.insert(60, b"\n indented, so no safe boundary" * 150)
+    return b"".join(blocks)
+
+
+def text_of(raw: bytes) -> str:
+    """A .txt file's text as `datasets`' text builder reads it: invalid UTF-8 replaced, "\r\n" and "\r" as "\n"."""
+    return raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+
+
+@pytest.mark.parametrize("big_at, cut", [(2, False), (3, True)], ids=["in val", "cut by max_tokens"])
+def test_a_long_text_file_is_tokenised_in_chunks_into_the_bytes_of_the_whole_text(tmp_path, tok, monkeypatch,
+                                                                                   big_at, cut):
+    raw = tricky_text_file()
+    text = text_of(raw)
+    docs = list(DOCS[:3])
+    docs.insert(big_at, text)
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i, doc in enumerate(docs):
+        (folder / f"{i}.txt").write_bytes(raw if i == big_at else doc.encode())
+    encoding = gpt2_encoding()  # the whole text in one call, no pieces
+    ids = [[*encoding.encode_ordinary(doc), EOT] for doc in docs]
+    kept = int(0.8 * len(ids[big_at]))  # inside a late chunk
+    max_tokens = sum(map(len, ids[:big_at])) + kept if cut else None
+    if cut:
+        ids = [*ids[:big_at], ids[big_at][:kept]]
+    expected = {"train": [i for n, d in enumerate(ids) if n != 2 for i in d], "val": ids[2]}
+
+    longest = []
+    encode_batch = tok.encode_batch
+    monkeypatch.setattr(tok, "encode_batch", lambda texts: longest.append(max(map(len, texts))) or encode_batch(texts))
+    prepared = {}
+    for chunk_chars in (1000, 1 << 20):
+        monkeypatch.setattr("data.prepare.CHUNK_CHARS", chunk_chars)
+        cfg = config(tmp_path / str(chunk_chars), folder, max_tokens=max_tokens)
+        path = prepare(cfg).path
+        prepared[chunk_chars] = [(path / name).read_bytes() for name in ("train.bin", "val.bin", "meta.json")]
+        if chunk_chars == 1000:
+            assert max(longest) < len(text) / 10  # the document was never handed over whole
+    assert prepared[1000] == prepared[1 << 20]
+    meta, train, val = load_prepared(path)
+    assert train.tolist() == expected["train"] and val.tolist() == expected["val"]
+    assert (meta["train_documents"], meta["val_documents"]) == (3, 1)
+
+
+def test_a_tokenizer_without_safe_cuts_is_handed_each_text_file_whole(tmp_path, monkeypatch):
+    whole = TextTokenizer("gpt2", EOT, 50257, gpt2_tokenizer, None, piece_chars=None)  # as hub tokenizers are built
+    seen = []
+    encode_batch = whole.encode_batch
+    monkeypatch.setattr(whole, "encode_batch", lambda texts: seen.extend(texts) or encode_batch(texts))
+    monkeypatch.setattr("data.prepare.load_tokenizer", lambda name: whole)
+    monkeypatch.setattr("data.prepare.CHUNK_CHARS", 1000)
+    raw = tricky_text_file()
+    folder = write_source(tmp_path, "txt", DOCS[:2])
+    (folder / "002.txt").write_bytes(raw)
+    prepare(config(tmp_path, folder))
+    assert seen == [*DOCS[:2], text_of(raw)]
+
+
+def test_a_long_text_file_is_prepared_in_a_fraction_of_the_memory_it_takes_whole(tmp_path, tok, monkeypatch):
+    rng = random.Random(0)
+    words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(1, 9))) for _ in range(2000)]
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "0.txt").write_text("".join(" ".join(rng.choices(words, k=12)) + ".\n" for _ in range(50_000)))
+    (folder / "1.txt").write_text("a small document\n")
+    (folder / "2.txt").write_text("another, in val\n")
+    monkeypatch.setattr("data.prepare.CHUNK_CHARS", 1 << 14)
+    tracemalloc.start()  # (the tok fixture has loaded the tokenizer already)
+    try:
+        meta = prepare(config(tmp_path, folder)).meta
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert meta["train_tokens"] > 1_000_000
+    assert peak < 50 * meta["train_tokens"] / 10  # held whole, its text and ids as Python ints take ~50 bytes a token
 
 
 def test_the_dataset_directory_is_named_after_source_tokenizer_and_inputs(tmp_path):
@@ -158,7 +247,7 @@ def test_a_preparation_killed_by_sigterm_leaves_temp_files_that_the_next_one_del
     cfg = config(tmp_path, write_source(tmp_path, "jsonl", DOCS))
     path = prepare(cfg).path
     killed = ("import os, signal; import numpy as np; from pathlib import Path; from data.prepare import _TokenWriter; "
-              f"[_TokenWriter(Path({str(path)!r}) / f'{{s}}.bin', np.dtype('uint16')).append([1, 2]) "
+              f"[_TokenWriter(Path({str(path)!r}) / f'{{s}}.bin', np.dtype('uint16')).append([1, 2], True) "
               "for s in ('train', 'val')]; os.kill(os.getpid(), signal.SIGTERM)")
     assert subprocess.run([sys.executable, "-c", killed]).returncode == -signal.SIGTERM
     left = sorted(p.name for p in path.glob(".*.tmp"))

@@ -9,7 +9,7 @@ import pytest
 
 from data.config import DataConfig
 from data.errors import DataError
-from data.sources import invalid_utf8, iter_documents, resolve_source
+from data.sources import invalid_utf8, iter_document_reads, iter_documents, resolve_source
 
 
 def documents(source: str, **fields) -> list[str]:
@@ -52,6 +52,27 @@ def test_text_files_read_as_the_datasets_text_builder_reads_documents(tmp_path):
     expected = [row["text"] for row in builder]
     assert "dos\nline\n" in expected and "bad \ufffd\ufffd bytes \ufffd cut" in expected
     assert documents(str(tmp_path)) == expected
+
+
+def test_a_text_file_read_in_parts_gives_the_text_read_whole(tmp_path):
+    # the read sizes put "\r\n", lone "\r"s, multibyte characters and invalid bytes at the edges of reads; shifting
+    # the segment a byte at a time puts each of its bytes at the 8 KiB edge of text mode's own reads of the file
+    segment = b"dos\r\nmac\rcaf\xc3\xa9 \xf0\x9f\x90\xa2 bad \xff\xfe cut \xe2\x82\r\n\r\r\n  end\r"
+    for shift in range(len(segment)):
+        raw = b"x" * shift + segment * (9000 // len(segment))
+        expected = raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+        (tmp_path / "a.txt").write_bytes(raw)
+        source = resolve_source(DataConfig(source=str(tmp_path / "a.txt")))
+        assert list(iter_documents(source, "text")) == [expected]
+        for chars in (1, 2, 3, 5, 1000):
+            [reads] = [list(reads) for reads in iter_document_reads(source, "text", read_chars=chars)]
+            assert "".join(reads) == expected and max(map(len, reads)) <= chars
+
+
+def test_rows_are_read_in_one_part(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "one\ntwo"}, {"text": ""}])
+    source = resolve_source(DataConfig(source=str(tmp_path / "d.jsonl")))
+    assert [list(reads) for reads in iter_document_reads(source, "text", read_chars=2)] == [["one\ntwo"], [""]]
 
 
 def test_jsonl_rows_are_documents_and_text_field_picks_the_column(tmp_path):

@@ -16,6 +16,7 @@ from data.tokenizer import (
     PIECE_CHARS,
     StreamDecoder,
     TextTokenizer,
+    cut_at_safe_boundaries,
     gpt2_encoding,
     gpt2_files,
     gpt2_tokenizer,
@@ -122,6 +123,27 @@ def test_cuts_next_to_other_whitespace_can_change_ids(tok, text, unsafe_cut):
     # why the rule needs a non-space on both sides: "\s+(?!\S)" splits a whitespace run differently at a piece's end
     assert tok.encode(text[:unsafe_cut]) + tok.encode(text[unsafe_cut:]) != tok.encode(text)
     assert split_at_safe_boundaries(text, 1) == [text]
+
+
+def test_a_stream_of_texts_is_cut_at_the_last_safe_boundary_of_each_text():
+    texts = ["ab\ncd\nef", "gh \nij", "  \n\nkl\nm", "n"]
+    assert list(cut_at_safe_boundaries(texts)) == ["ab\ncd\n", "efgh \nij  \n\nkl\n", "mn"]  # the second has none
+    assert list(cut_at_safe_boundaries(["ab\n", "cd"])) == ["ab\ncd"]  # a boundary between two texts is not used
+    assert list(cut_at_safe_boundaries([])) == [""]
+
+
+@pytest.mark.parametrize("read", [3, 4, 7, 40])
+def test_chunks_of_a_text_read_in_parts_give_the_ids_of_the_whole_text(tok, read):
+    text = "\n".join(WITH_MARKER) + "\nend\n" + "\n".join(reversed(WITH_MARKER))
+    reads = [text[start : start + read] for start in range(0, len(text), read)]
+    chunks = list(tok.chunks(reads))
+    assert "".join(chunks) == text and len(chunks) > 1
+    assert [i for chunk in chunks for i in tok.encode(chunk)] == tok.encode(text)
+
+
+def test_a_tokenizer_without_safe_cuts_makes_one_chunk_of_all_the_parts():
+    hub_like = TextTokenizer("gpt2", 50256, 50257, gpt2_tokenizer, None, piece_chars=None)
+    assert list(hub_like.chunks(["ab\ncd\n", "ef\ngh"])) == ["ab\ncd\nef\ngh"]
 
 
 def test_whole_shakespeare_corpus_encodes_exactly_as_whole_documents_by_tokenizers(tok):
