@@ -179,7 +179,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, load: tuple[float, floa
     skipped = [f"- {r['backend']} at position {r['position']:,}, batch {r['batch']}: {r['skipped']}"
                for r in rows if r.get("skipped")]
     lines = [
-        f"Load average {load[0]:.2f} at the start, {load[1]:.2f} at the end (other processes share the machine). "
+        f"Load average {load[0]:.2f} at the start, {load[1]:.2f} at the end. "
         f"Median of {args.steps} single-token steps, round-robin over the positions, after a prefill (chunks of "
         f"{args.prefill_chunk}) to the position. {what}",
         "",

@@ -100,7 +100,7 @@ def main() -> None:
     config = (f"source {args.source} ({len(texts)} documents, {sum(map(len, texts)):,} characters), GPT-2 BPE, "
               f"{os.cpu_count()} CPUs, medians of {args.rounds} alternating rounds (encoders: after an untimed one); "
               "prepare's seconds: reading, tokenising and writing, as it reports them; load average "
-              f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (other processes share the machine)")
+              f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     write_page(args.out, rows, title="Data preparation speed",
                measured="tokens/s of `python -m data.prepare` end to end (this tree and a baseline revision, taking "
                "turns) and of the GPT-2 tokenizer's tiktoken and tokenizers encoders on the same texts",
