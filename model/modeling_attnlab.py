@@ -30,6 +30,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from model.configuration_attnlab import AttnlabConfig
 from model.gpt import GPT, DecodeState
 from model.loss import cross_entropy
+from model.position import token_positions
 
 
 class AttnlabCache:
@@ -104,16 +105,21 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         attention_mask=None,
         use_cache=True,
         logits_to_keep=None,
+        position_ids=None,
         next_sequence_length=None,
         is_first_iteration=None,
         **kwargs,
     ):
-        """One generate() step's forward() arguments: the tokens the state has not seen, and every other model
-        argument generate() holds (output_hidden_states, a caller's own) as given, so that forward() answers or
+        """One generate() step's forward() arguments: the tokens the state has not seen with their position_ids
+        (generate() derives them from attention_mask, and forward() checks them against its own), and every other
+        model argument generate() holds (output_hidden_states, a caller's own) as given, so that forward() answers or
         refuses each; next_sequence_length and is_first_iteration are generate()'s notes to this method alone."""
         if past_key_values is not None:
             input_ids = input_ids[:, past_key_values.get_seq_length() :]  # only the tokens the state has not seen
-        inputs = dict(input_ids=input_ids, past_key_values=past_key_values, attention_mask=attention_mask)
+        if position_ids is not None:
+            position_ids = position_ids[:, -input_ids.shape[1] :]
+        inputs = dict(input_ids=input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
+                      position_ids=position_ids)
         inputs.update(use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
         return inputs
 
@@ -128,6 +134,7 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         """Logits for `input_ids` (B, T). With a cache the tokens continue the cache's state; use_cache outside
@@ -141,6 +148,9 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         does: n_layer + 1 tensors (B, T, n_embd) for the new tokens, the embedding output, each block's output, and
         last the final block's output after ln_f, which the LM head reads. `return_dict=False` (default
         config.return_dict) returns the output's tuple form (its fields that are not None, in order).
+        `position_ids` (B or 1, T) are taken where they are the positions the model derives itself (each row counts
+        its real tokens, what transformers' GPT-2 derives from attention_mask; padding positions are not compared)
+        and refused where they differ, since the model cannot place tokens elsewhere.
         `output_attentions` and any argument outside this signature are refused, since ignoring them would return
         something other than what was asked; only generate()'s `cache_position` (the cache holds its own position)
         and arguments given as None pass.
@@ -179,6 +189,10 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         wants_cache = continues or (use_cache and labels is None and not self.training)
         past = past_key_values.get_seq_length() if continues else 0
         mask = _padding_mask(attention_mask, input_ids.shape, past)
+        if position_ids is not None:
+            pads = past_key_values.state.pads if continues else None
+            _check_position_ids(position_ids, token_positions(past, pads, mask, input_ids.shape[1], input_ids.device),
+                                mask, input_ids.shape)
         if wants_cache and not continues:
             state = self.model.init_decode_state(input_ids.shape[0], dtype=self.dtype, device=input_ids.device)
             past_key_values = AttnlabCache(state)
@@ -211,8 +225,6 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
 _IGNORED_ARGUMENTS = frozenset({"cache_position"})
 _REFUSED_ARGUMENTS = {
     "inputs_embeds": "attnlab models take input_ids (token ids) only",
-    "position_ids": "positions come from attention_mask: each row counts its real tokens, as generate() derives "
-                    "position_ids; pass attention_mask",
     "token_type_ids": "attnlab models have no token type embeddings",
     "num_items_in_batch": "the loss is the mean over this call's targets",
 }
@@ -226,6 +238,30 @@ def _refuse_arguments(kwargs: dict) -> None:
         reasons = "; ".join(f"{name}: {_REFUSED_ARGUMENTS.get(name, 'not an argument of this model')}"
                             for name in refused)
         raise ValueError(f"AttnlabForCausalLM.forward() does not take {', '.join(refused)} ({reasons})")
+
+
+def _check_position_ids(
+    position_ids: torch.Tensor, derived: torch.Tensor, mask: torch.Tensor | None, shape: torch.Size
+) -> None:
+    """Raise ValueError unless `position_ids` (B or 1, T) equal the `derived` positions ((T,) or (B, T)) at every
+    real token (True in `mask` (B, T), or everywhere without one), naming the first token where they differ."""
+    if position_ids.ndim != 2 or position_ids.shape[0] not in (1, shape[0]) or position_ids.shape[1] != shape[1] \
+            or position_ids.is_floating_point():
+        raise ValueError(
+            f"position_ids must be an integer tensor of shape {tuple(shape)} or {(1, shape[1])} (one position per new "
+            f"token), got shape {tuple(position_ids.shape)} and dtype {position_ids.dtype}; drop position_ids to "
+            "let the model derive them"
+        )
+    given, derived = torch.broadcast_tensors(position_ids.to(derived.device), derived.expand(shape))
+    differ = given.ne(derived) if mask is None else given.ne(derived) & mask
+    if bool(differ.any()):
+        row, token = (int(i) for i in differ.nonzero()[0])
+        raise ValueError(
+            f"position_ids differ from the positions this model uses (row {row}, token {token}: "
+            f"{int(given[row, token])} given, {int(derived[row, token])} used): positions come from attention_mask, "
+            "each row counting its real tokens after the cached ones, as transformers' GPT-2 derives them; pass "
+            "attention_mask and drop position_ids"
+        )
 
 
 def _kept_positions(logits_to_keep: int | torch.Tensor | None) -> slice | torch.Tensor | None:

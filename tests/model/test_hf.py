@@ -301,8 +301,6 @@ def test_return_dict_false_gives_the_tuple_of_the_fields_that_are_set():
 
 @pytest.mark.parametrize("name, value, why", [
     ("inputs_embeds", torch.zeros(1, 4, 32), r"attnlab models take input_ids \(token ids\) only"),
-    ("position_ids", torch.arange(4)[None], "positions come from attention_mask: each row counts its real tokens, as "
-                                            "generate.. derives position_ids; pass attention_mask"),
     ("token_type_ids", torch.zeros(1, 4, dtype=torch.long), "attnlab models have no token type embeddings"),
     ("num_items_in_batch", torch.tensor(8), "the loss is the mean over this call's targets"),
     ("output_hidden_state", True, "not an argument of this model"),  # a typo
@@ -319,8 +317,9 @@ def test_arguments_given_as_none_and_generates_cache_position_pass():
     with pytest.raises(ValueError, match=r"does not take a, b \(a: not an argument of this model; b: not an "
                                          r"argument of this model\)"):
         model(ids, b=1, a=2)
-    with pytest.raises(ValueError, match="does not take position_ids"):
-        greedy(model, ids, 3, position_ids=torch.arange(4)[None])  # generate() hands a caller's arguments on
+    with pytest.raises(ValueError, match=r"position_ids differ from the positions this model uses \(row 0, token 0: "
+                                         r"1 given, 0 used\)"):
+        greedy(model, ids, 3, position_ids=torch.arange(1, 5)[None])  # generate() hands a caller's on
     logits = model(ids, use_cache=False).logits
     given = model(ids, use_cache=False, cache_position=torch.arange(4), position_ids=None, token_type_ids=None,
                   inputs_embeds=None, output_attentions=None).logits
@@ -383,6 +382,36 @@ def test_a_padded_batch_gives_each_prompt_its_unpadded_logits_with_and_without_t
         for row, prompt in enumerate(prompts):
             alone = model(torch.tensor([prompt])).logits[0]
             torch.testing.assert_close(logits[row][mask[row].bool()], alone, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_position_ids_equal_to_the_masks_are_taken_and_others_refused_naming_the_first_difference():
+    model = tiny_model("taylor", position="learned")
+    ids, mask = padded(ragged_prompts())
+    gpt2_positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)  # transformers' GPT-2 derivation
+    out = model(ids, attention_mask=mask)
+    given = model(ids, attention_mask=mask, position_ids=gpt2_positions)
+    torch.testing.assert_close(given.logits, out.logits, atol=0, rtol=0)
+    more = torch.randint(1, VOCAB, (ids.shape[0], 2), generator=torch.Generator().manual_seed(2))
+    full_mask = F.pad(mask, (0, 2), value=1)
+    next_positions = mask.sum(1, keepdim=True) + torch.arange(2)  # each row continues after its real tokens
+    step = model(more, attention_mask=full_mask, past_key_values=given.past_key_values, position_ids=next_positions)
+    alone = model(torch.cat([ids, more], 1), attention_mask=full_mask, use_cache=False).logits[:, -2:]
+    torch.testing.assert_close(step.logits, alone, atol=1e-5, rtol=0)
+    unpadded = torch.randint(1, VOCAB, (3, 5))
+    model(unpadded, position_ids=torch.arange(5)[None])  # one row for the whole batch, as transformers allows
+    shifted = gpt2_positions.clone()
+    row = int(mask.sum(1).argmax())
+    shifted[row, -1] += 1
+    with pytest.raises(ValueError, match=rf"^position_ids differ from the positions this model uses \(row {row}, "
+                                         rf"token {ids.shape[1] - 1}: {int(shifted[row, -1])} given, "
+                                         rf"{int(gpt2_positions[row, -1])} used\): positions come from attention_mask"):
+        model(ids, attention_mask=mask, position_ids=shifted)
+    for wrong in (torch.arange(ids.shape[1]), torch.zeros(2, ids.shape[1], dtype=torch.long),
+                  gpt2_positions.float()):
+        with pytest.raises(ValueError, match=rf"^position_ids must be an integer tensor of shape "
+                                             rf"\({ids.shape[0]}, {ids.shape[1]}\) or \(1, {ids.shape[1]}\)"):
+            model(ids, attention_mask=mask, position_ids=wrong)
 
 
 def generate_padded(model, prompts, new_tokens, extra: int = 0, **options) -> list[list[int]]:
