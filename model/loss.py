@@ -15,7 +15,10 @@ Two forms compute it:
   precision) as the operand of the gradient's two products, and three row reductions (the maxima of the logits and
   of the softmax, the softmax's sum), from which the targets' log probabilities and the one-hot's entries follow
   (`target_log_probs`); the scale 1/N' and the mask of rows without a target are applied to the (n, C) side, never
-  to the (n, V) logits.
+  to the (n, V) logits. The head's rows are padded with zeros to a multiple of `VOCAB_ALIGN` (50,257 -> 50,304, as
+  nanoGPT pads its vocabulary) in the copy that the GEMMs read anyway, and the padding's logits set to -inf, so its
+  probabilities are exactly 0 and the loss and gradients are those of the V real rows: aligned rows make the GEMMs
+  faster, the weight gradient's (V, C) product most (results/bench_loss.md).
 `LOSS_FORMS` picks one by device type and autocast dtype, from the measurements in results/bench_loss.md.
 """
 
@@ -32,6 +35,7 @@ LOSS_FORMS: dict[tuple[str, torch.dtype | None], int | None] = {
     ("cpu", torch.bfloat16): 1024,
 }
 DEFAULT_CHUNK_ROWS = 1024
+VOCAB_ALIGN = 64  # the chunked form's head rows are padded to a multiple of this (module docstring)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -69,8 +73,19 @@ def target_log_probs(logits: torch.Tensor, probs: torch.Tensor, sums: torch.Tens
     return x_t - logits.amax(dim=-1).to(dtype) + top.log()
 
 
-def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
-    """Mean loss and, if asked, its gradients with respect to h and weight, one chunk of rows at a time."""
+def padded_head(weight: torch.Tensor, dtype: torch.dtype, align: int) -> torch.Tensor:
+    """weight (V, C) in `dtype`, with zero rows appended up to a multiple of `align` rows (a copy when any are)."""
+    vocab = weight.shape[0]
+    if vocab % align == 0:
+        return weight.to(dtype)
+    padded = weight.new_zeros(-(-vocab // align) * align, weight.shape[1], dtype=dtype)
+    padded[:vocab] = weight
+    return padded
+
+
+def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool, vocab_align: int):
+    """Mean loss and, if asked, its gradients with respect to h and weight, one chunk of rows at a time, the head
+    padded to a multiple of `vocab_align` rows."""
     device = h.device.type
     matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     loss_dtype = torch.promote_types(matmul_dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
@@ -79,7 +94,8 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
     probs_dtype = loss_dtype if matmul_dtype == torch.float16 else matmul_dtype
     valid = targets >= 0
     row_scale = valid.to(loss_dtype) / valid.sum().clamp(min=1)  # 1/N' where a target is, else 0
-    w = weight.to(matmul_dtype)
+    vocab = weight.shape[0]
+    w = padded_head(weight, matmul_dtype, vocab_align)
     total = torch.zeros((), dtype=loss_dtype, device=h.device)
     grad_h = torch.empty_like(h) if with_grads else None
     grad_w = None
@@ -87,7 +103,8 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
         for start in range(0, h.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             h_chunk, t_chunk, scale = h[rows], targets[rows].clamp(min=0), row_scale[rows]
-            logits = h_chunk.to(matmul_dtype) @ w.T  # (n, V)
+            logits = h_chunk.to(matmul_dtype) @ w.T  # (n, V + padding)
+            logits[:, vocab:] = float("-inf")  # the padding's probabilities are exactly 0
             probs = torch.softmax(logits, dim=-1, dtype=probs_dtype)
             sums = probs.sum(dim=-1, dtype=loss_dtype)
             total -= (target_log_probs(logits, probs, sums, t_chunk, loss_dtype) * scale).sum()
@@ -98,7 +115,7 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
             probs[at_target] = (probs[at_target].to(loss_dtype) - sums).to(probs.dtype)
             probs = probs.to(matmul_dtype)  # (n, V): softmax - one-hot, the operand of the two matmuls
             grad_h[rows] = (probs @ w).to(h.dtype) * scale[:, None].to(h.dtype)
-            part = probs.T @ (h_chunk * scale[:, None]).to(matmul_dtype)  # (V, C)
+            part = (probs.T @ (h_chunk * scale[:, None]).to(matmul_dtype))[:vocab]  # (V, C)
             grad_w = part.to(loss_dtype) if grad_w is None else grad_w.add_(part)
     if with_grads and grad_w is None:  # no rows
         grad_w = torch.zeros_like(weight, dtype=loss_dtype)
@@ -107,24 +124,25 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool):
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, targets, chunk_size: int):
-        loss, grad_h, grad_w = _loss_and_grads(h, weight, targets, chunk_size, with_grads=True)
+    def forward(ctx, h, weight, targets, chunk_size: int, vocab_align: int):
+        loss, grad_h, grad_w = _loss_and_grads(h, weight, targets, chunk_size, True, vocab_align)
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None, None
+        return grad_h * grad_loss, grad_w * grad_loss, None, None, None
 
 
 def chunked_linear_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int, vocab_align: int = VOCAB_ALIGN
 ) -> torch.Tensor:
-    """The chunked form: `chunk_size` rows of logits at a time, gradients formed during the forward pass."""
+    """The chunked form: `chunk_size` rows of logits at a time, gradients formed during the forward pass; the GEMMs
+    see the head padded to a multiple of `vocab_align` rows (1: unpadded)."""
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _ChunkedLinearCrossEntropy.apply(h, weight, targets, chunk_size)
-    return _loss_and_grads(h, weight, targets, chunk_size, with_grads=False)[0]
+        return _ChunkedLinearCrossEntropy.apply(h, weight, targets, chunk_size, vocab_align)
+    return _loss_and_grads(h, weight, targets, chunk_size, False, vocab_align)[0]
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

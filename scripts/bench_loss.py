@@ -4,7 +4,8 @@
     python scripts/bench_loss.py --tokens 4096 --dtypes bfloat16 --chunks 1024 2048 4096
 
 The full form (all logits, then cross-entropy: nanoGPT's `F.linear` + `F.cross_entropy`) is timed beside the
-chunked form at each `--chunks` row count; the forms take turns round after round, so load from other processes
+chunked form at each `--chunks` row count, with its head padded to a multiple of VOCAB_ALIGN rows (as it runs) and
+without; the forms take turns round after round, so load from other processes
 slows them alike, and each form's time is divided by the full form's of the same round (the median of these
 ratios is reported). malloc keeps freed memory, as train.py on the CPU (training/malloc.py).
 `model.loss.LOSS_FORMS` records the choice these measurements support.
@@ -21,17 +22,20 @@ import torch
 
 from fileio.pages import command_line, write_page
 from fileio.tables import cell, markdown_table
-from model.loss import chunked_linear_cross_entropy, linear_cross_entropy_reference
+from model.loss import VOCAB_ALIGN, chunked_linear_cross_entropy, linear_cross_entropy_reference
 from training.malloc import malloc_setting
 
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def forms(chunks: list[int], tokens: int) -> dict[str, Loss]:
-    """The full form, and the chunked form at each distinct rows-per-chunk (a chunk of >= N rows is one chunk)."""
+    """The full form, and the chunked form at each distinct rows-per-chunk (a chunk of >= N rows is one chunk), with
+    its head padded to VOCAB_ALIGN rows (as it runs) and unpadded."""
     found: dict[str, Loss] = {"full": linear_cross_entropy_reference}
     for rows in sorted({min(rows, tokens) for rows in chunks}):
         found[f"chunked, {rows} rows"] = lambda h, w, t, rows=rows: chunked_linear_cross_entropy(h, w, t, rows)
+        found[f"chunked, {rows} rows, head unpadded"] = (
+            lambda h, w, t, rows=rows: chunked_linear_cross_entropy(h, w, t, rows, vocab_align=1))
     return found
 
 
@@ -92,7 +96,8 @@ def main() -> None:
               f"malloc {malloc} (training/malloc.py), torch {torch.__version__}")
     write_page(args.out, rows, title="LM-head loss: full and chunked forms",
                measured="forward+backward seconds of the LM-head cross-entropy (model/loss.py) in the full form "
-               "(F.linear + cross-entropy) and the chunked form, alternating in one process",
+               "(F.linear + cross-entropy) and the chunked form (head padded to a multiple of "
+               f"{VOCAB_ALIGN} rows, as it runs, and unpadded), alternating in one process",
                command=command_line(__file__), config=config, body=table)
     print(table)
 

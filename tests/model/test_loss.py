@@ -20,12 +20,14 @@ def inputs(n=37, c=16, v=101, dtype=torch.float64, seed=0):
     return h, w, t
 
 
+@pytest.mark.parametrize("vocab_align", [1, 64, 101])  # v = 101: 27 padding rows by default, none at 1 and 101
 @pytest.mark.parametrize("chunk_size", [1, 8, 37, 1000])
-def test_loss_and_gradients_match_the_reference(chunk_size):
+def test_loss_and_gradients_match_the_reference(chunk_size, vocab_align):
     h, w, t = inputs()
     t[::5] = -100
     t[1::7] = -1
-    loss = chunked_linear_cross_entropy(h, w, t, chunk_size)
+    t[2] = 100  # the last real row, beside the padding
+    loss = chunked_linear_cross_entropy(h, w, t, chunk_size, vocab_align)
     gh, gw = torch.autograd.grad(3.0 * loss, (h, w))
     ref = linear_cross_entropy_reference(h, w, t)
     rh, rw = torch.autograd.grad(3.0 * ref, (h, w))
@@ -123,6 +125,14 @@ def test_all_targets_ignored_gives_zero_not_nan():
     h, w, t = inputs()
     assert chunked_linear_cross_entropy(h, w, torch.full_like(t, -100), 8).item() == 0.0
     assert linear_cross_entropy_reference(h, w, torch.full_like(t, -100)).item() == 0.0
+
+
+def test_the_head_is_padded_with_zero_rows_to_the_alignment():
+    w = torch.randn(101, 3)
+    padded = loss_module.padded_head(w, torch.bfloat16, 64)
+    assert padded.shape == (128, 3) and padded.dtype == torch.bfloat16 and not padded[101:].any()
+    assert torch.equal(padded[:101], w.to(torch.bfloat16))
+    assert loss_module.padded_head(w, torch.float32, 101) is w  # aligned already: no copy
 
 
 def test_no_rows_gives_zero_loss_and_zero_gradients():

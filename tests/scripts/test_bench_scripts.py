@@ -1,4 +1,4 @@
-"""scripts/bench_attention.py, bench_decode.py, bench_decode_long.py, bench_flex.py, bench_optim.py,
+"""scripts/bench_attention.py, bench_decode.py, bench_decode_long.py, bench_flex.py, bench_optim.py, bench_loss.py,
 bench_nanogpt.py, bench_malloc.py and bench_demo.py run end to end at toy sizes and write their outputs.
 
 Smoke tests only: the numbers they print are measurements, never asserted."""
@@ -131,6 +131,16 @@ def test_bench_optim_times_both_adamw_forms(tmp_path):
     assert row["shape"] == "demo" and float(row["foreach_s"]) > 0 and float(row["fused_s"]) > 0
     page = out.with_suffix(".md").read_text()
     assert page.startswith("# AdamW step: foreach and fused\n\nMeasured: ") and "| demo | 1 |" in page
+
+
+def test_bench_loss_times_the_full_form_and_the_chunked_one_with_and_without_the_padded_head(tmp_path):
+    out = tmp_path / "loss"
+    run_script("scripts/bench_loss.py", "--tokens", "64", "--hidden", "16", "--vocab", "101", "--dtypes", "float32",
+               "--chunks", "32", "--reps", "1", "--out", str(out))
+    rows = read_rows(out.with_suffix(".csv"))
+    assert [row["form"] for row in rows] == ["full", "chunked, 32 rows", "chunked, 32 rows, head unpadded"]
+    assert float(rows[0]["ratio_to_full"]) == 1.0 and all(float(row["seconds"]) >= 0 for row in rows)
+    assert "padded to a multiple of 64 rows" in out.with_suffix(".md").read_text()
 
 
 # what scripts/bench_nanogpt.py needs of nanoGPT's model.py (GPTConfig, GPT, configure_optimizers), on our model
