@@ -4,7 +4,8 @@
     python scripts/bench_nanogpt.py --nanogpt model.py --shape demo --dtype float32 --threads 2
 
 nanoGPT is not a dependency: give the path of its `model.py` (https://github.com/karpathy/nanoGPT). Both models get
-the same shape, GPT-2's vocabulary (50,257), no dropout, biases on, and the same random batch; each is trained as
+the same shape, GPT-2's vocabulary (nanoGPT's padded to a multiple of 64, 50,304, as its train.py pads it for speed;
+ours pads the head inside its loss, model/loss.py), no dropout, biases on, and the same random batch; each is trained as
 its own code configures it: nanoGPT's `configure_optimizers` (AdamW, fused on CUDA only) and F.cross_entropy over
 the full logits, ours through training/optim.py and model/loss.py. One step = forward and backward under autocast
 (when the dtype is not fp32), gradient clipping at 1.0, the optimizer step. The two take turns, so load from other
@@ -47,6 +48,11 @@ def load_nanogpt(path: Path):
     return module
 
 
+def padded_vocab(vocab: int) -> int:
+    """nanoGPT's vocabulary for a tokenizer of `vocab` ids: the next multiple of 64 (its train.py's 50,304)."""
+    return -(-vocab // 64) * 64
+
+
 def sides(nanogpt, shape: str) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
     """(model, optimizer) of ours and of nanoGPT, same shape, each initialised and configured by its own code."""
     config = SHAPES[shape].model_config()
@@ -54,7 +60,7 @@ def sides(nanogpt, shape: str) -> dict[str, tuple[torch.nn.Module, torch.optim.O
     torch.manual_seed(0)
     ours = GPT(config)
     torch.manual_seed(0)
-    theirs = nanogpt.GPT(nanogpt.GPTConfig(block_size=config.n_positions, vocab_size=config.vocab_size,
+    theirs = nanogpt.GPT(nanogpt.GPTConfig(block_size=config.n_positions, vocab_size=padded_vocab(config.vocab_size),
                                            n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
                                            dropout=0.0, bias=True))
     their_optimizer = theirs.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), "cpu")
@@ -138,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table(headers, [[args.shape, args.dtype, args.threads, cell(row["ours_tokens_per_s"], "int"),
                                       cell(row["nanogpt_tokens_per_s"], "int"), cell(speedup), cell(mfu, "pct")]],
                            right=headers[2:])
-    config = (f"{shape.n_layer} layers x {shape.n_embd}, batch {batch} x {seq} tokens, vocabulary {vocab}, "
+    config = (f"{shape.n_layer} layers x {shape.n_embd}, batch {batch} x {seq} tokens, vocabulary {vocab} "
+              f"(nanoGPT's padded to {padded_vocab(vocab)}), "
               f"{args.dtype}, {args.threads} thread(s), medians of {args.steps} alternating steps after "
               f"{args.warmup} warm-up; malloc {malloc} for both (training/malloc.py); "
               f"torch {torch.__version__}; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at "
