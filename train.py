@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from data.errors import DataError
 from data.tokenizer import load_tokenizer
+from fileio.folders import NotAFolderError, check_out_folder
 from fileio.pages import code_revision, this_machine
 from model.generation import ContextLimitReached, generate
 from model.gpt import GPT
@@ -51,7 +52,7 @@ OVERRIDE = re.compile(r"(--)?[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")  # section.key=val
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(prog="train.py", description=__doc__)
-    parser.add_argument("config", nargs="?", help="YAML config (see configs/); omitted: all defaults")
+    parser.add_argument("config", nargs="?", help="YAML config (see configs/); omitted: the defaults, with the overrides given")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=100")
     parser.add_argument(
         "--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
@@ -69,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.overrides.insert(0, args.config)
         args.config = None
     args.overrides = overrides + args.overrides
+    if args.config is None and not args.overrides and not args.dry_run:
+        # all defaults is GPT-2 small for 1000 steps: hours and GBs on a laptop, never what a bare command meant
+        parser.error("give a config file, e.g. python train.py configs/shakespeare-cpu.yaml (the CPU demo; configs/ "
+                     "holds the others); with neither a config nor overrides, train.py would train GPT-2 small on all "
+                     "defaults (python train.py --dry-run prints that plan)")
     if args.resume is not None:
         args.overrides.append(f"train.resume={args.resume}")
     return args
@@ -350,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print_plan(cfg)
         return 0
+    try:
+        check_out_folder(Path(cfg.train.out_dir), "the run's checkpoints and metrics", option="train.out_dir")
+    except NotAFolderError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     try:
         runtime = rt.start(cfg.train.device, cfg.train.dtype)
     except ValueError as exc:

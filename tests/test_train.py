@@ -282,6 +282,15 @@ def test_a_config_file_whose_path_holds_an_equals_sign_is_a_config_not_an_overri
     assert (args.config, args.overrides) == (None, [str(tmp_path / "lr=1e-3" / "config.yaml")])
 
 
+@pytest.mark.parametrize("argv", [[], ["--resume"]])
+def test_a_bare_command_asks_for_a_config_instead_of_training_gpt2_small(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(argv)
+    assert exit_.value.code == 2
+    assert ": give a config file, e.g. python train.py configs/shakespeare-cpu.yaml" in capsys.readouterr().err
+    assert train.parse_args(["train.max_steps=2"]).config is None  # overrides alone apply to the defaults
+
+
 def test_dry_run_prints_the_gpt2_small_plan(capsys):
     assert train.main(["configs/gpt2-125m.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
