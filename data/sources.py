@@ -216,9 +216,10 @@ def iter_document_reads(
             )
         text = row[text_field]
         if not isinstance(text, (str, Iterator)):  # an Iterator is a .txt file's reads
+            held = "no value (null, or missing in that row)" if text is None else type(text).__name__
             raise DataError(
-                f"row {count - 1} of {source.describe()}: column {text_field!r} holds {type(text).__name__}, "
-                "not text; set data.text_field to a text column"
+                f"row {count} (counting from 1) of {source.describe()}: column {text_field!r} holds {held}, "
+                "not text; set data.text_field to a text column, or give every row its text"
             )
         yield (text,) if isinstance(text, str) else text
     if count == 0:

@@ -160,7 +160,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         data = load_yaml(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, optim, train, logging)")
     parent = data.pop("extends", None)
@@ -199,6 +199,18 @@ def parse_override(text: str) -> dict[str, Any]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return nested
+
+
+def yaml_problem(exc: yaml.YAMLError | UnicodeDecodeError) -> str:
+    """What a YAML parser objected to and where: 'line 2, column 2: expected ',' or ']', but got ':' (while parsing
+    a flow sequence from line 1, column 4)', lines and columns counted from 1."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return str(exc).splitlines()[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    opened = f" from line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark else ""
+    where = f" ({context}{opened})" if context else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}{where}"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:

@@ -130,9 +130,13 @@ def test_a_missing_text_field_names_the_columns_there_are(tmp_path):
         documents(str(tmp_path / "d.jsonl"))
 
 
-def test_a_text_field_that_is_not_text_is_an_error(tmp_path):
-    write_jsonl(tmp_path / "d.jsonl", [{"text": 7}])
-    with pytest.raises(DataError, match="column 'text' holds int, not text"):
+def test_a_text_field_that_is_not_text_is_an_error_naming_the_row_from_1(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "a"}, {"text": 7}])
+    with pytest.raises(DataError, match=r"row 2 \(counting from 1\) of .*d.jsonl: column 'text' holds int, not text"):
+        documents(str(tmp_path / "d.jsonl"))
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "a"}, {"text": None}])
+    with pytest.raises(DataError, match=r"row 2 \(counting from 1\) of .*d.jsonl: column 'text' holds no value "
+                                        r"\(null, or missing in that row\), not text"):
         documents(str(tmp_path / "d.jsonl"))
 
 
