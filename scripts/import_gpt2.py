@@ -85,6 +85,9 @@ def check_model_type(source: Path) -> None:
     """Refuse a folder of another architecture: GPT2Config.from_pretrained reads any config.json (a Llama one too)
     and GPT2LMHeadModel.from_pretrained fills what it cannot find with random weights."""
     path = source / "config.json"
+    if not source.is_dir():
+        raise GPT2ImportError(f"{source} is not a folder ({'a file' if source.exists() else 'it does not exist'}); "
+                              "pass a folder written by GPT2LMHeadModel.save_pretrained")
     if not path.is_file():
         raise GPT2ImportError(
             f"{source} holds no config.json; pass a folder written by GPT2LMHeadModel.save_pretrained")

@@ -127,7 +127,7 @@ CASES = [
     (EXPORT + ["--ckpt", "{truncated}", "--out", "{root}/export"], "fails its checksum"),
     (EXPORT + ["--ckpt", "{root}/nowhere", "--out", "{root}/export"], "does not exist"),
     # import_gpt2.py
-    (IMPORT + ["--from", "{root}/nowhere", "--out", "{root}/imported"], "nowhere"),
+    (IMPORT + ["--from", "{root}/nowhere", "--out", "{root}/imported"], "nowhere is not a folder (it does not exist)"),
     (IMPORT + ["--from", "{root}/not_gpt2", "--out", "{root}/imported"], "not_gpt2"),
     (IMPORT + ["--from", "{root}/gpt2", "--attention", "taylor", "--attention-option", "crossover=1.5",
                "--out", "{root}/imported"], "expected an integer"),

@@ -125,8 +125,12 @@ def resume_path(cfg: RunConfig, run_dir: Path, say: Callable[[str], None]) -> Pa
             )
         return None
     if cfg.train.resume == "auto":
-        return ckpt.find_checkpoint(run_dir, warn) if existing is not None else None
-    if existing is not None and not ckpt.in_run(cfg.train.resume, run_dir):
+        if existing is None:
+            say(f"no checkpoint in {run_dir}: a fresh run")
+            return None
+        return ckpt.find_checkpoint(run_dir, warn)
+    # a checkpoint that does not exist is named as such (find_checkpoint) before any talk of where it lies
+    if existing is not None and Path(cfg.train.resume).exists() and not ckpt.in_run(cfg.train.resume, run_dir):
         # the run's saves would interleave with the checkpoints there, and `latest` would flip between the two runs
         raise ConfigError(
             f"{run_dir} already holds checkpoints ({existing.name}) and train.resume={cfg.train.resume} lies "

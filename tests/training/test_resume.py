@@ -150,6 +150,17 @@ def test_resuming_another_runs_checkpoint_into_a_run_directory_with_checkpoints_
             "it; choose another train.out_dir, or pass --resume alone to continue the run there")
 
 
+def test_a_missing_checkpoint_is_named_missing_and_auto_says_when_it_starts_afresh(tmp_path):
+    occupied = config(tmp_path / "occupied")
+    save_trained(occupied, 3)
+    missing = tmp_path / "nope" / "step_000010"
+    with pytest.raises(ckpt.CheckpointError, match=f"{missing} does not exist"):
+        resume_path(config(tmp_path / "occupied", f"train.resume={missing}"), tmp_path / "occupied", print)
+    said = []
+    assert resume_path(config(tmp_path / "empty", "train.resume=auto"), tmp_path / "empty", said.append) is None
+    assert said == [f"no checkpoint in {tmp_path / 'empty'}: a fresh run"]
+
+
 def test_an_explicit_checkpoint_of_the_run_directory_itself_is_a_branch_of_it(tmp_path):
     cfg = config(tmp_path)
     older, _, _ = save_trained(cfg, 3)
