@@ -140,10 +140,16 @@ def best_lrs(grid: Grid) -> Chosen:
     return chosen
 
 
+UNTOLD = "untold (one seed)"  # the reading where a cell has no spread to measure a gap against
+
+
 def compare(first: Cell, second: Cell) -> tuple[float, float, str]:
     """Holdout accuracy of `second` minus `first` (means over seeds), the standard error of that difference, and
-    'level', 'ahead' or 'behind' (second against first: a gap counts above CLEAR_GAP and twice the error)."""
+    'level', 'ahead' or 'behind' (second against first: a gap counts above CLEAR_GAP and twice the error); UNTOLD,
+    with a NaN error, where either has one seed."""
     (m1, s1), (m2, s2) = first.mean_std("holdout"), second.mean_std("holdout")
+    if min(len(first.holdout), len(second.holdout)) < 2:
+        return m2 - m1, math.nan, UNTOLD
     gap, error = m2 - m1, math.sqrt(s1**2 / len(first.holdout) + s2**2 / len(second.holdout))
     if abs(gap) <= max(CLEAR_GAP, 2 * error):
         return gap, error, "level"
@@ -174,15 +180,21 @@ def gros_section(grid: Grid, chosen: Chosen) -> str:
         soft, expr = (grid[s][chosen[s, b]][b] for b in ("softmax", "expressive"))
         gap, error, readings[s] = compare(soft, expr)
         rows.append([s.label, mean_std_cell(*soft.mean_std("holdout"), 3),
-                     mean_std_cell(*expr.mean_std("holdout"), 3), f"{gap:+.3f}", f"{error:.3f}", readings[s]])
+                     mean_std_cell(*expr.mean_std("holdout"), 3), f"{gap:+.3f}",
+                     "–" if math.isnan(error) else f"{error:.3f}", readings[s]])
     easiest, harder = settings[0], settings[1:]
     ahead = [s.label for s in harder if readings[s] == "ahead"]
     behind = [s.label for s in settings if readings[s] == "behind"]
     supported = readings[easiest] == "level" and bool(ahead) and not behind
-    verdict = (f"Gros's claim, expressive attention level with softmax on easy tasks and ahead as difficulty rises, "
-               f"is {'supported' if supported else 'not supported'} by this grid: level at {easiest.label}: "
-               f"{'yes' if readings[easiest] == 'level' else 'no'}; ahead at {', '.join(ahead) or 'none'} of "
-               f"{', '.join(s.label for s in harder) or 'no harder setting'}; behind at {', '.join(behind) or 'none'}.")
+    claim = "Gros's claim, expressive attention level with softmax on easy tasks and ahead as difficulty rises,"
+    if UNTOLD in readings.values():
+        verdict = (f"{claim} cannot be judged by this grid: with one seed a gap has no standard error to be weighed "
+                   "against; run --seeds 2 or more.")
+    else:
+        verdict = (f"{claim} is {'supported' if supported else 'not supported'} by this grid: level at {easiest.label}: "
+                   f"{'yes' if readings[easiest] == 'level' else 'no'}; ahead at {', '.join(ahead) or 'none'} of "
+                   f"{', '.join(s.label for s in harder) or 'no harder setting'}; behind at "
+                   f"{', '.join(behind) or 'none'}.")
     numbers = ["softmax", "expressive", "expressive − softmax", "std error"]
     table = markdown_table(["pairs×length", *numbers, "expressive is"], rows, right=numbers)
     return (f"## Expressive against softmax (Gros, arXiv 2407.18601)\n\nHoldout accuracy, each backend at its best "

@@ -63,6 +63,14 @@ def test_gros_claim_needs_expressive_level_on_the_easiest_setting_and_ahead_on_a
     assert "Gros" not in recall_grid.write_results({EASY: GRID[EASY]}, tmp_path / "easy", "")  # nothing to compare
 
 
+def test_one_seed_gives_no_standard_error_and_no_verdict(tmp_path):
+    one_seed = {p: {lr: {b: recall_grid.Cell(c.val[:1], c.holdout[:1]) for b, c in by_b.items()}
+                    for lr, by_b in by_lr.items()} for p, by_lr in GRID.items()}
+    page = recall_grid.write_results(one_seed, tmp_path / "one", "")
+    assert "| +0.300 | – | untold (one seed) |" in page and "ahead |" not in page
+    assert "cannot be judged by this grid: with one seed a gap has no standard error to be weighed against" in page
+
+
 def test_a_grid_whose_softmax_misses_the_easiest_setting_says_it_measures_nothing(tmp_path):
     page = recall_grid.write_results({HARD: GRID[HARD]}, tmp_path / "mqar", "")
     assert "Sanity check (softmax at 8×64 reaches 0.95): FAILS" in page and "0.320 ± 0.028 against 0.340" in page
