@@ -171,7 +171,9 @@ def evaluate_and_log(data: TextData | RecallData, model: torch.nn.Module, state:
     if log is not None:
         log.log(state.step, **scores, val_ppl=ppl, tokens=state.tokens_seen, elapsed=state.elapsed,
                 val_windows=data.fingerprint)
-    log_line(f"step {state.step}: val loss {val_loss:.4f} (ppl {ppl:.2f})")
+    accuracies = "".join(f", {name.removesuffix('_accuracy')} accuracy {value:.3f}"
+                         for name, value in scores.items() if name.endswith("_accuracy"))  # recall tasks
+    log_line(f"step {state.step}: val loss {val_loss:.4f} (ppl {ppl:.2f}){accuracies}")
     return val_loss
 
 

@@ -298,12 +298,15 @@ def test_dry_run_prints_the_gpt2_small_plan(capsys):
     assert "tokens per step: 524,288 (16 x 1024 x 32 micro-batches)" in out
 
 
-def test_mqar_runs_train_and_report_answer_accuracy(tmp_path):
+def test_mqar_runs_train_and_report_answer_accuracy(tmp_path, capsys):
     args = ["configs/tiny.yaml", f"train.out_dir={tmp_path}", "data.source=mqar", "model.vocab_size=64",
             "data.mqar.vocab_size=64", "data.mqar.num_pairs=4", "data.mqar.num_queries=4", "train.max_steps=4"]
     assert train.main(args) == 0
     accuracy = metrics(tmp_path, "val_accuracy")
     assert [step for step, _ in accuracy] == [4] and 0.0 <= accuracy[0][1] <= 1.0
+    holdout = metrics(tmp_path, "holdout_accuracy")[0][1]
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("step 4: val loss"))
+    assert line.endswith(f", val accuracy {accuracy[0][1]:.3f}, holdout accuracy {holdout:.3f}")
 
 
 def test_backend_options_from_the_command_line_keep_their_types(capsys):
