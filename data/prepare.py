@@ -29,6 +29,7 @@ import sys
 import time
 import typing
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
     replaced = replaced_bytes(source)
     tokenizer = load_tokenizer(cfg.tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     writers = {split: _TokenWriter(path / f"{split}.bin", dtype) for split in SPLITS}
     progress = tqdm(total=cfg.max_tokens, unit="tok", unit_scale=True, desc=path.name, disable=None, file=sys.stderr)
@@ -117,6 +119,9 @@ def prepare(cfg: DataConfig) -> PreparedData:
         progress.close()
         for writer in writers.values():
             writer.discard()
+        if created:  # a failed first preparation leaves no empty dataset folder behind (rmdir fails on a full one)
+            with suppress(OSError):
+                path.rmdir()
     meta = {
         "format_version": FORMAT_VERSION,
         "fingerprint": fingerprint,

@@ -201,7 +201,11 @@ def test_an_empty_val_split_is_an_error_and_leaves_nothing_behind(tmp_path):
     cfg = config(tmp_path, write_source(tmp_path, "jsonl", DOCS[:2]))
     with pytest.raises(DataError, match=r"the val split is empty: 2 document\(s\) .* lower data.val_every or add"):
         prepare(cfg)
-    assert list(dataset_dir(cfg).iterdir()) == []
+    assert not dataset_dir(cfg).exists()  # not even the folder a first preparation made
+    dataset_dir(cfg).mkdir(parents=True)
+    with pytest.raises(DataError, match="the val split is empty"):
+        prepare(cfg)
+    assert list(dataset_dir(cfg).iterdir()) == []  # a folder that was there stays
 
 
 @pytest.mark.parametrize(
