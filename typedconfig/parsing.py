@@ -94,13 +94,15 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
     if origin is Literal:
+        given = value  # named as written in the message, not as YAML read it
         if isinstance(value, YamlScalar):
             value = str(value) if value in args else value.value
         if isinstance(value, bool) and value not in args:  # YAML 1.1 reads off/on/no/yes as booleans
             spellings = ("on", "yes", "true") if value else ("off", "no", "false")
             value = next((a for a in args if str(a).lower() in spellings), value)
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not allowed (allowed: {', '.join(map(str, args))})")
+            shown = repr(str(given)) if isinstance(given, YamlScalar) else repr(given)
+            raise ConfigError(f"{key}: {shown} is not allowed (allowed: {', '.join(map(str, args))})")
         return value
     if origin is dict:
         if not isinstance(value, dict):

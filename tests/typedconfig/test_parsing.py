@@ -215,6 +215,8 @@ def test_a_yaml_boolean_becomes_the_literal_it_spells():
     assert check(Literal["no", "yes"], False) == "no"
     assert check(Literal["auto", "true", "false"], True) == "true"
     assert fails(Literal["fast", "exact"], True) == "k: True is not allowed (allowed: fast, exact)"
+    yes = load_yaml("a: yes")["a"]  # the text as written: the message names it, not YAML's reading
+    assert fails(Literal["fast", "exact"], yes) == "k: 'yes' is not allowed (allowed: fast, exact)"
 
 
 def test_lists_and_tuples_accept_comma_separated_text():
