@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,8 @@ def lm_eval(export: Path, tasks: Path, batch_size: int, out: Path) -> tuple[dict
                "--batch_size", str(batch_size), "--device", "cpu", "--output_path", str(out), "--log_samples"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=out.parent)
     assert result.returncode == 0, result.stderr[-3000:]
+    # the table it prints names its columns (a pytablewriter older than lm_eval expects prints A | B | C ...)
+    assert re.search(r"\|\s*Tasks\s*\|Version\|Filter\|n-shot\|", result.stdout), result.stdout[-2000:]
     (scores,) = out.rglob("results_*.json")
     responses = {}
     for task in TASKS:
