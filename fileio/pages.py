@@ -63,13 +63,14 @@ def this_machine() -> str:
 
 
 def code_revision(repo: Path = REPO) -> str:
-    """The git commit of the checkout at `repo` (12 hex digits), with `+dirty` when tracked files differ from it;
-    'not a git checkout' for an installed copy. Runs record it because any change to the code can move a seed's loss."""
+    """The git commit of the checkout at `repo` (12 hex digits), with `+dirty` when tracked files outside results/
+    differ from it; 'not a git checkout' for an installed copy. Runs record it because any change to the code can move
+    a seed's loss; the results pages are records (a benchmark rewrites its own), not code."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
     try:
         commit = git("rev-parse", "--short=12", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results").strip()
     except (OSError, subprocess.CalledProcessError):
         return "not a git checkout"
     return f"{commit}+dirty" if dirty else commit
