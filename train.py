@@ -52,7 +52,8 @@ OVERRIDE = re.compile(r"(--)?[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")  # section.key=val
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(prog="train.py", description=__doc__)
-    parser.add_argument("config", nargs="?", help="YAML config (see configs/); omitted: the defaults, with the overrides given")
+    parser.add_argument("config", nargs="?",
+                        help="YAML config (see configs/); omitted: the defaults, with the overrides given")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=100")
     parser.add_argument(
         "--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",

@@ -1,5 +1,6 @@
-"""The check a command makes on its output folder (--out, train.out_dir) before its long work: a file where that folder, or one of its
-parents, should be would otherwise stop the command only when it writes, minutes or hours of work later."""
+"""The check a command makes on its output folder (--out, train.out_dir) before its long work: a file where that
+folder, or one of its parents, should be would otherwise stop the command only when it writes, minutes or hours of
+work later."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 
 class NotAFolderError(ValueError):
-    """An --out that is, or lies under, an existing file."""
+    """An output folder (--out, train.out_dir) that is, or lies under, an existing file."""
 
 
 def check_out_folder(out: Path, purpose: str, option: str = "--out") -> None:

@@ -191,8 +191,8 @@ def gros_section(grid: Grid, chosen: Chosen) -> str:
         verdict = (f"{claim} cannot be judged by this grid: with one seed a gap has no standard error to be weighed "
                    "against; run --seeds 2 or more.")
     else:
-        verdict = (f"{claim} is {'supported' if supported else 'not supported'} by this grid: level at {easiest.label}: "
-                   f"{'yes' if readings[easiest] == 'level' else 'no'}; ahead at {', '.join(ahead) or 'none'} of "
+        verdict = (f"{claim} is {'supported' if supported else 'not supported'} by this grid: level at "
+                   f"{easiest.label}: {'yes' if readings[easiest] == 'level' else 'no'}; ahead at {', '.join(ahead) or 'none'} of "
                    f"{', '.join(s.label for s in harder) or 'no harder setting'}; behind at "
                    f"{', '.join(behind) or 'none'}.")
     numbers = ["softmax", "expressive", "expressive − softmax", "std error"]
