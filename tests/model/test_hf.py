@@ -655,7 +655,10 @@ def test_import_refuses_what_the_model_cannot_represent(tmp_path, capsys):
     code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "relu"), "--out", str(tmp_path / "run"))
     assert code == 2 and "activation_function='relu'" in err
     code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"))
-    assert code == 2 and "no config.json" in err
+    assert code == 2 and "nowhere is not a folder (it does not exist)" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "empty"), "--out", str(tmp_path / "r"))
+    assert code == 2 and "empty holds no config.json" in err
     code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "relu"), "--out", str(tmp_path / "r"),
                            "--attention-option", "crossover")
     assert code == 2 and "NAME=VALUE" in err
