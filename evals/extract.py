@@ -46,9 +46,11 @@ from safetensors import safe_open
 
 from data.loader import eval_batches
 from model.attention import AttentionBackend
+from model.config import ModelConfig
 from model.gpt import GPT
 from training import runtime as rt
-from training.checkpoint import CheckpointError, checkpoint_step, load_checkpoint_model, replace_dir
+from training.checkpoint import (CheckpointError, checkpoint_step, load_checkpoint_config, load_checkpoint_model,
+                                 replace_dir)
 from training.config import RunConfig
 from training.run_data import RecallData, TextData, open_run_data
 from typedconfig.cli import ArgumentParser
@@ -257,8 +259,7 @@ def _manifest(cfg: RunConfig, backend: AttentionBackend, ckpt: Path, data: TextD
     return {
         "format": FORMAT,
         "checkpoint": {"path": str(ckpt.resolve()), "step": checkpoint_step(ckpt)},
-        "model": {"n_layer": mc.n_layer, "n_head": mc.n_head, "n_embd": mc.n_embd, "head_dim": mc.head_dim,
-                  "position": mc.position, "rope_base": mc.rope_base if mc.position == "rope" else None},
+        "model": _model_section(mc),
         "attention": {"backend": mc.attention, "options": dataclasses.asdict(backend)},
         "windows": {"source": cfg.data.source, "count": shapes["x"][0], "block_size": cfg.data.block_size,
                     "fingerprint": data.fingerprint, "description": data.description,
@@ -269,6 +270,19 @@ def _manifest(cfg: RunConfig, backend: AttentionBackend, ckpt: Path, data: TextD
         "device": str(device),
         "tensors": tensors,
     }
+
+
+def _model_section(mc: ModelConfig) -> dict[str, Any]:
+    """The manifest's `model`: the shapes a reader of the extraction needs."""
+    return {"n_layer": mc.n_layer, "n_head": mc.n_head, "n_embd": mc.n_embd, "head_dim": mc.head_dim,
+            "position": mc.position, "rope_base": mc.rope_base if mc.position == "rope" else None}
+
+
+def planned_manifest(ckpt: str | Path, windows: int) -> dict[str, Any]:
+    """The `model` and `windows` shapes the manifest of extract(ckpt, ..., windows=windows) will hold, from the
+    checkpoint's config alone, so that checks on them run before the extraction's minutes of work."""
+    cfg, _ = load_checkpoint_config(ckpt)
+    return {"model": _model_section(cfg.model), "windows": {"count": windows, "block_size": cfg.data.block_size}}
 
 
 def _check_out(out: Path, force: bool) -> None:

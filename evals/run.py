@@ -32,7 +32,7 @@ import torch
 from evals import problems as P
 from evals import report
 from evals import synthetic as syn
-from evals.extract import extract, load_extracted
+from evals.extract import extract, load_extracted, planned_manifest
 from evals.instances import Instance, check_rows, distinct_rows, from_extraction, synthetic_controls
 from evals.methods import get_method
 from evals.solve import METHODS, NotApplicable, solve
@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         extracted = args.extracted
-        if args.ckpt:
+        if args.ckpt:  # --max-rows checked against the shapes to come, before the extraction's minutes
+            check_rows(planned_manifest(args.ckpt, args.windows), args.max_rows,
+                       hidden_states=not args.no_hidden_states)
             extracted = extract(args.ckpt, args.out / "extracted", layers=args.layers, heads=args.heads,
                                 windows=args.windows, force=True)
         manifest, extraction = load_extracted(extracted)

@@ -201,6 +201,7 @@ def test_max_rows_that_leave_a_matrix_wide_is_a_clear_error(extra, message, soft
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("evals.run: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "extracted").exists()  # refused before the extraction
 
 
 def test_time_vs_n_records_every_method_and_size():
