@@ -36,7 +36,7 @@ import os
 import shutil
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,7 @@ from model.attention import AttentionBackend
 from model.config import ModelConfig
 from model.gpt import GPT
 from training import runtime as rt
-from training.checkpoint import (CheckpointError, checkpoint_step, load_checkpoint_config, load_checkpoint_model,
-                                 replace_dir)
+from training.checkpoint import CheckpointError, checkpoint_step, load_checkpoint_model, replace_dir
 from training.config import RunConfig
 from training.run_data import RecallData, TextData, open_run_data
 from typedconfig.cli import ArgumentParser
@@ -120,15 +119,20 @@ def attention_inputs(model: GPT, layers: list[int]) -> Iterator[dict[int, dict[s
 
 
 def extract(ckpt: str | Path, out: str | Path, *, layers: str = "all", heads: str = "all", windows: int = 64,
-            device: str = "auto", batch_size: int | None = None, force: bool = False) -> Path:
+            device: str = "auto", batch_size: int | None = None, force: bool = False,
+            check_planned: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """Run the checkpoint on `windows` val windows and write the extraction directory `out` (see the module
-    docstring); `layers` and `heads` are 'all' or comma-separated indices. Returns `out`."""
+    docstring); `layers` and `heads` are 'all' or comma-separated indices. `check_planned` sees the manifest's
+    `model` and `windows` shapes once the checkpoint is loaded, before the data and the forward passes, and may
+    raise to stop there. Returns `out`."""
     out = Path(out)
     _check_out(out, force)
     model, cfg, ckpt = load_checkpoint_model(ckpt)
     mc = cfg.model
     layer_ids = parse_indices(layers, mc.n_layer, "layer")
     head_ids = parse_indices(heads, mc.n_head, "head")
+    if check_planned is not None:
+        check_planned({"model": _model_section(mc), "windows": {"count": windows, "block_size": cfg.data.block_size}})
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     device = rt.pick_device(device, option="--device")
@@ -276,13 +280,6 @@ def _model_section(mc: ModelConfig) -> dict[str, Any]:
     """The manifest's `model`: the shapes a reader of the extraction needs."""
     return {"n_layer": mc.n_layer, "n_head": mc.n_head, "n_embd": mc.n_embd, "head_dim": mc.head_dim,
             "position": mc.position, "rope_base": mc.rope_base if mc.position == "rope" else None}
-
-
-def planned_manifest(ckpt: str | Path, windows: int) -> dict[str, Any]:
-    """The `model` and `windows` shapes the manifest of extract(ckpt, ..., windows=windows) will hold, from the
-    checkpoint's config alone, so that checks on them run before the extraction's minutes of work."""
-    cfg, _ = load_checkpoint_config(ckpt)
-    return {"model": _model_section(cfg.model), "windows": {"count": windows, "block_size": cfg.data.block_size}}
 
 
 def _check_out(out: Path, force: bool) -> None:

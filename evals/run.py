@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import torch
 from evals import problems as P
 from evals import report
 from evals import synthetic as syn
-from evals.extract import extract, load_extracted, planned_manifest
+from evals.extract import extract, load_extracted
 from evals.instances import Instance, check_rows, distinct_rows, from_extraction, synthetic_controls
 from evals.methods import get_method
 from evals.solve import METHODS, NotApplicable, solve
@@ -213,13 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         extracted = args.extracted
+        rows_fit = functools.partial(check_rows, max_rows=args.max_rows, hidden_states=not args.no_hidden_states)
         if args.ckpt:  # --max-rows checked against the shapes to come, before the extraction's minutes
-            check_rows(planned_manifest(args.ckpt, args.windows), args.max_rows,
-                       hidden_states=not args.no_hidden_states)
             extracted = extract(args.ckpt, args.out / "extracted", layers=args.layers, heads=args.heads,
-                                windows=args.windows, force=True)
+                                windows=args.windows, force=True, check_planned=rows_fit)
         manifest, extraction = load_extracted(extracted)
-        check_rows(manifest, args.max_rows, hidden_states=not args.no_hidden_states)
+        rows_fit(manifest)
     except (ValueError, CheckpointError) as exc:
         print(f"evals.run: {exc}", file=sys.stderr)
         return 2

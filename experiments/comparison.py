@@ -182,7 +182,8 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
     lines = read_metrics(path)
     if not lines:
         raise ComparisonError(f"{path} has no metrics.jsonl yet; train it first")
-    run = Run(path, run_config(path) if config is None else config, _last_per_step(line for line in lines if "train_loss" in line),
+    run = Run(path, run_config(path) if config is None else config,
+              _last_per_step(line for line in lines if "train_loss" in line),
               _last_per_step(line for line in lines if "val_loss" in line),
               [line for line in lines if line.get("event") == "start"])
     if not run.eval_lines:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import tarfile
 from pathlib import Path
@@ -21,6 +22,14 @@ def commit_of(rev: str) -> str:
         raise RevisionError(f"--baseline-rev {rev!r} is not a commit of {REPO}; give a commit, tag or branch "
                             "(`git log --oneline` lists them)")
     return found.stdout.strip()
+
+
+def baseline_commit(parser: argparse.ArgumentParser, rev: str) -> str:
+    """commit_of(rev) for a script's --baseline-rev, or the parser's one-line error before any work."""
+    try:
+        return commit_of(rev)
+    except RevisionError as exc:
+        parser.error(str(exc))
 
 
 def extract_revision(rev: str, into: Path) -> Path:

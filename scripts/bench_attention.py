@@ -608,11 +608,8 @@ def main() -> None:
             return
     if args.against:
         if args.baseline_rev:
-            from experiments.revision import RevisionError, commit_of  # the parent always runs this tree
-            try:
-                args.baseline_rev = commit_of(args.baseline_rev)  # the page names the commit, not a moving name
-            except RevisionError as exc:
-                parser.error(str(exc))
+            from experiments.revision import baseline_commit  # the parent always runs this tree
+            args.baseline_rev = baseline_commit(parser, args.baseline_rev)  # the page names the commit
         loads = [os.getloadavg()[0]]
         rows, gemm_rows = paired(args)
         loads.append(os.getloadavg()[0])

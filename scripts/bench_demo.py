@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.revision import RevisionError, commit_of, extract_revision
+from experiments.revision import baseline_commit, extract_revision
 from fileio.pages import REPO, code_revision, command_line, write_page
 from fileio.tables import cell, markdown_table
 
@@ -63,10 +63,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", default="results/bench_demo")
     args = parser.parse_intermixed_args()  # overrides may stand on either side of the options
-    try:
-        args.baseline_rev = commit_of(args.baseline_rev)  # the page names the commit, not a name that moves on
-    except RevisionError as exc:
-        parser.error(str(exc))
+    args.baseline_rev = baseline_commit(parser, args.baseline_rev)  # the page names the commit, not a moving name
 
     load_start = os.getloadavg()[0]
     records = []

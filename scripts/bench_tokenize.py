@@ -26,7 +26,7 @@ from pathlib import Path
 from data.config import DataConfig
 from data.sources import iter_documents, resolve_source
 from data.tokenizer import PIECE_CHARS, TextTokenizer, gpt2_tokenizer, load_tokenizer
-from experiments.revision import RevisionError, commit_of, extract_revision
+from experiments.revision import baseline_commit, extract_revision
 from fileio.pages import REPO, command_line, write_page
 from fileio.tables import cell, markdown_table
 
@@ -52,10 +52,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="results/bench_tokenize")
     args = parser.parse_args()
-    try:
-        args.baseline_rev = commit_of(args.baseline_rev)  # the page names the commit, not a name that moves on
-    except RevisionError as exc:
-        parser.error(str(exc))
+    args.baseline_rev = baseline_commit(parser, args.baseline_rev)  # the page names the commit, not a moving name
 
     rows = []
     load_start = os.getloadavg()[0]

@@ -64,14 +64,15 @@ def test_the_code_revision_is_the_commit_marked_dirty_by_uncommitted_changes(tmp
     assert code_revision(tmp_path) == "not a git checkout"
     git("init", "-q")
     (tmp_path / "train.py").write_text("a\n")
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "bench.md").write_text("# a page\n")
-    git("add", "train.py", "results/bench.md")
+    page = tmp_path / "results" / "a_page.md"  # a page of the checkout's own results folder
+    page.parent.mkdir()
+    page.write_text("# a page\n")
+    git("add", "-A")
     git("commit", "-q", "-m", "one")
     clean = code_revision(tmp_path)
     assert re.fullmatch(r"[0-9a-f]{12}", clean)
     (tmp_path / "notes.txt").write_text("untracked files do not change what runs\n")
-    (tmp_path / "results" / "bench.md").write_text("# the page a benchmark rewrote\n")
+    page.write_text("# the page a benchmark rewrote\n")
     assert code_revision(tmp_path) == clean
     (tmp_path / "train.py").write_text("b\n")
     assert code_revision(tmp_path) == f"{clean}+dirty"

@@ -57,6 +57,12 @@ def greedy(model, ids, new_tokens, **options):
                           **options)
 
 
+def greedy_with_and_without_cache(model, ids, new_tokens, **options):
+    """generate()'s dict output, greedy, with the backend's state as cache and without a cache."""
+    options.update(return_dict_in_generate=True)
+    return greedy(model, ids, new_tokens, **options), greedy(model, ids, new_tokens, use_cache=False, **options)
+
+
 def test_config_exposes_the_standard_names_and_validates_through_the_model_config(tmp_path):
     cfg = AttnlabConfig(n_layer=3, n_head=4, n_embd=64, n_positions=128, attention="logexp")
     assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.max_position_embeddings) == (
@@ -79,8 +85,7 @@ def test_config_exposes_the_standard_names_and_validates_through_the_model_confi
 def test_generate_with_the_backend_state_equals_generate_without_a_cache(attention):
     model = tiny_model(attention)
     ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
-    options = dict(output_logits=True, return_dict_in_generate=True)
-    cached, plain = greedy(model, ids, 24, **options), greedy(model, ids, 24, use_cache=False, **options)
+    cached, plain = greedy_with_and_without_cache(model, ids, 24, output_logits=True)
     assert torch.equal(cached.sequences, plain.sequences)
     assert len(set(cached.sequences[0, 9:].tolist())) > 2  # a non-trivial continuation
     for a, b in zip(cached.logits, plain.logits):
@@ -251,8 +256,7 @@ def test_output_hidden_states_falls_back_on_the_config_and_takes_only_a_bool():
 def test_generate_returns_the_hidden_states_of_each_step_with_and_without_the_cache(attention):
     model = tiny_model(attention)
     ids = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(12))
-    options = dict(output_hidden_states=True, return_dict_in_generate=True)
-    cached, plain = greedy(model, ids, 4, **options), greedy(model, ids, 4, use_cache=False, **options)
+    cached, plain = greedy_with_and_without_cache(model, ids, 4, output_hidden_states=True)
     assert torch.equal(cached.sequences, plain.sequences) and len(cached.hidden_states) == len(plain.hidden_states) == 4
     with torch.no_grad():
         full = model(cached.sequences[:, :-1], use_cache=False, output_hidden_states=True).hidden_states
