@@ -12,8 +12,10 @@ Two forms compute it:
   one chunk of logits instead of all of them (GPT-2 small, 16 × 1024 tokens: 3.3 GB of fp32 logits). Each chunk
   makes one softmax over its (n, V) logits, written straight in the GEMM operands' dtype under bf16 autocast
   (computed in fp32 inside the kernel; in fp32 for fp16, whose subnormal range would take the largest probability's
-  precision) as the operand of the gradient's two products, and three row reductions (the maxima of the logits and
-  of the softmax, the softmax's sum), from which the targets' log probabilities and the one-hot's entries follow
+  precision) as the operand of the gradient's two products, and three row reductions in that dtype (the maxima of
+  the logits and of the softmax, and the sum of the softmax without the target's entry, which torch accumulates in
+  fp32 and rounds once: asking it for an fp32 result would first copy the whole (n, V) softmax to fp32, a third of
+  the chunk's non-GEMM time), from which the targets' log probabilities and the one-hot's entries follow
   (`target_log_probs`); the scale 1/N' and the mask of rows without a target are applied to the (n, C) side, never
   to the (n, V) logits. The head's rows are padded with zeros to a multiple of `VOCAB_ALIGN` (50,257 -> 50,304, as
   nanoGPT pads its vocabulary) in the copy that the GEMMs read anyway, and the padding's logits set to -inf, so its
@@ -57,20 +59,22 @@ def chunk_rows(device_type: str, autocast_dtype: torch.dtype | None) -> int | No
     return LOSS_FORMS.get((device_type, autocast_dtype), DEFAULT_CHUNK_ROWS)
 
 
-def target_log_probs(logits: torch.Tensor, probs: torch.Tensor, sums: torch.Tensor, targets: torch.Tensor,
-                     dtype: torch.dtype) -> torch.Tensor:
-    """log p_t of each row's target t, in `dtype`, from the logits x (n, V), their softmax p as stored (its dtype's
-    rounding included) and its row sums `sums` (in `dtype`).
+def target_log_probs(logits: torch.Tensor, p_t: torch.Tensor, top: torch.Tensor, others: torch.Tensor,
+                     targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """log p_t of each row's target t, in `dtype`, from the logits x (n, V), the softmax's entry p_t and its largest
+    entry p_j as stored (their dtype's rounding included), and the sum of the softmax's entries but the target's.
 
-    log p_t = x_t - x_j + log p_j holds for every j; j is the row's most probable token (max x_j and max p_j: the
-    softmax and its rounding are monotone), whose p_j >= 1/V does not underflow where p_t may (a loss past ~87 nats
-    in fp32 or bf16). Stored in bf16, p_j is off by up to 2^-8 of itself, which near p_j = 1 is all of 1 - p_j; so
-    where p_j >= 1/2 it is taken as 1 minus the others' sum instead, whose terms' rounding errors average out.
+    Where the target is the most probable token, log p_t is read off p_t itself, which cannot underflow (p_t >= 1/V).
+    Stored in bf16, p_t is off by up to 2^-8 of itself, which near p_t = 1 is all of 1 - p_t; so where p_t >= 1/2 it
+    is taken as 1 minus the others' sum instead, whose terms' rounding errors average out. Elsewhere p_t may
+    underflow (a loss past ~87 nats in fp32 or bf16), and log p_t = x_t - x_j + log p_j, which holds for every j,
+    is taken at the row's most probable token j (max x_j and max p_j: the softmax and its rounding are monotone).
     """
     x_t = logits.gather(1, targets[:, None]).squeeze(1).to(dtype)
-    top = probs.amax(dim=-1).to(dtype)
-    top = torch.where(top >= 0.5, 1.0 - (sums - top), top)
-    return x_t - logits.amax(dim=-1).to(dtype) + top.log()
+    p_t, top, others = p_t.to(dtype), top.to(dtype), others.to(dtype)
+    is_top = p_t == top
+    p_j = torch.where(is_top & (top >= 0.5), 1.0 - others, top)
+    return torch.where(is_top, 0.0, x_t - logits.amax(dim=-1).to(dtype)) + p_j.log()
 
 
 def padded_head(weight: torch.Tensor, dtype: torch.dtype, align: int) -> torch.Tensor:
@@ -106,13 +110,15 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool, vocab
             logits = h_chunk.to(matmul_dtype) @ w.T  # (n, V + padding)
             logits[:, vocab:] = float("-inf")  # the padding's probabilities are exactly 0
             probs = torch.softmax(logits, dim=-1, dtype=probs_dtype)
-            sums = probs.sum(dim=-1, dtype=loss_dtype)
-            total -= (target_log_probs(logits, probs, sums, t_chunk, loss_dtype) * scale).sum()
+            at_target = (torch.arange(len(t_chunk), device=h.device), t_chunk)
+            p_t, top = probs[at_target], probs.amax(dim=-1)
+            probs[at_target] = 0.0
+            others = probs.sum(dim=-1)  # accumulated in fp32 (or wider), rounded once to the softmax's dtype
+            total -= (target_log_probs(logits, p_t, top, others, t_chunk, loss_dtype) * scale).sum()
             if not with_grads:
                 continue
-            # p_t - 1 as minus the sum of the others, rounded once: p_t's own rounding would swamp 1 - p_t near 1
-            at_target = (torch.arange(len(t_chunk), device=h.device), t_chunk)
-            probs[at_target] = (probs[at_target].to(loss_dtype) - sums).to(probs.dtype)
+            # p_t - 1 as minus the sum of the others: p_t's own rounding would swamp 1 - p_t near 1
+            probs[at_target] = -others
             probs = probs.to(matmul_dtype)  # (n, V): softmax - one-hot, the operand of the two matmuls
             grad_h[rows] = (probs @ w).to(h.dtype) * scale[:, None].to(h.dtype)
             part = (probs.T @ (h_chunk * scale[:, None]).to(matmul_dtype))[:vocab]  # (V, C)

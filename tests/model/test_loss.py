@@ -93,6 +93,20 @@ def test_confident_rows_under_bf16_autocast_match_the_full_form_under_it():
     assert (gh - rh).norm() / rh.norm() < 5e-3 and (gw - rw).norm() / rw.norm() < 5e-3
 
 
+def test_rows_whose_confident_token_is_not_the_target_under_bf16_autocast_match_the_full_form_under_it():
+    # The target is another class (loss ~8 nats) while one token takes p_j ~ 0.9: log p_t goes through p_j as stored.
+    h, w, t = confident_rows(margin=8.0)
+    t = (t + 1) % w.shape[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_linear_cross_entropy(h, w, t, 16)
+        ref = linear_cross_entropy_reference(h, w, t)
+    gh, gw = torch.autograd.grad(loss, (h, w))
+    rh, rw = torch.autograd.grad(ref, (h, w))
+    assert 7.0 < ref.item() < 10.0
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-3)
+    assert (gh - rh).norm() / rh.norm() < 5e-3 and (gw - rw).norm() / rw.norm() < 5e-3
+
+
 def test_fp16_weights_keep_the_precision_of_a_probability_in_fp16s_subnormal_range():
     # Uniform rows over 20,000 classes: every probability is 5e-5, below fp16's smallest normal (6.1e-5), where a
     # softmax stored in fp16 would move log p by ~2e-4; the loss is log V.
