@@ -12,11 +12,10 @@ Two forms compute it:
   one chunk of logits instead of all of them (GPT-2 small, 16 × 1024 tokens: 3.3 GB of fp32 logits). Each chunk
   makes one softmax over its (n, V) logits, written straight in the GEMM operands' dtype under bf16 autocast
   (computed in fp32 inside the kernel; in fp32 for fp16, whose subnormal range would take the largest probability's
-  precision) as the operand of the gradient's two products, and three row reductions in that dtype (the maxima of
-  the logits and of the softmax, and the sum of the softmax without the target's entry, which torch accumulates in
-  fp32 and rounds once: asking it for an fp32 result would first copy the whole (n, V) softmax to fp32, a third of
-  the chunk's non-GEMM time), from which the targets' log probabilities and the one-hot's entries follow
-  (`target_log_probs`); the scale 1/N' and the mask of rows without a target are applied to the (n, C) side, never
+  precision) as the operand of the gradient's two products, and one row reduction in that dtype (the sum of the
+  softmax without the target's entry, which torch accumulates in fp32 and rounds once: asking it for an fp32 result
+  would first copy the whole (n, V) softmax to fp32), from which the targets' log probabilities and the one-hot's
+  entries follow (`target_log_probs`); the scale 1/N' and the mask of rows without a target are applied to the (n, C) side, never
   to the (n, V) logits. The head's rows are padded with zeros to a multiple of `VOCAB_ALIGN` (50,257 -> 50,304, as
   nanoGPT pads its vocabulary) in the copy that the GEMMs read anyway, and the padding's logits set to -inf, so its
   probabilities are exactly 0 and the loss and gradients are those of the V real rows: aligned rows make the GEMMs
@@ -38,6 +37,8 @@ LOSS_FORMS: dict[tuple[str, torch.dtype | None], int | None] = {
 }
 DEFAULT_CHUNK_ROWS = 1024
 VOCAB_ALIGN = 64  # the chunked form's head rows are padded to a multiple of this (module docstring)
+# Device types whose kernels run synchronously, so that reading a tensor's values on the host costs no wait.
+SYNCHRONOUS_DEVICES = frozenset({"cpu"})
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -59,22 +60,26 @@ def chunk_rows(device_type: str, autocast_dtype: torch.dtype | None) -> int | No
     return LOSS_FORMS.get((device_type, autocast_dtype), DEFAULT_CHUNK_ROWS)
 
 
-def target_log_probs(logits: torch.Tensor, p_t: torch.Tensor, top: torch.Tensor, others: torch.Tensor,
+def target_log_probs(logits: torch.Tensor, probs: torch.Tensor, p_t: torch.Tensor, others: torch.Tensor,
                      targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """log p_t of each row's target t, in `dtype`, from the logits x (n, V), the softmax's entry p_t and its largest
-    entry p_j as stored (their dtype's rounding included), and the sum of the softmax's entries but the target's.
+    """log p_t of each row's target t, in `dtype`, from the logits x (n, V), their softmax p (n, V) and its target
+    entries p_t as stored (their dtype's rounding included), and the sums of each row's entries but the target's.
 
-    Where the target is the most probable token, log p_t is read off p_t itself, which cannot underflow (p_t >= 1/V).
-    Stored in bf16, p_t is off by up to 2^-8 of itself, which near p_t = 1 is all of 1 - p_t; so where p_t >= 1/2 it
-    is taken as 1 minus the others' sum instead, whose terms' rounding errors average out. Elsewhere p_t may
-    underflow (a loss past ~87 nats in fp32 or bf16), and log p_t = x_t - x_j + log p_j, which holds for every j,
-    is taken at the row's most probable token j (max x_j and max p_j: the softmax and its rounding are monotone).
+    log p_t is read off p_t, but for two kinds of rows. Stored in bf16, p_t is off by up to 2^-8 of itself, which
+    near p_t = 1 is all of 1 - p_t; so where p_t >= 1/2 it is taken as 1 minus the others' sum instead, whose terms'
+    rounding errors average out. Where p_t underflowed (below the dtype's smallest normal: a loss past ~87 nats in
+    fp32 or bf16), log p_t = x_t - x_j + log p_j, which holds for every j, is taken at the row's most probable token j
+    (max x_j and max p_j: the softmax and its rounding are monotone), whose p_j >= 1/V does not underflow. Those maxima
+    are read from the underflowed rows alone on `SYNCHRONOUS_DEVICES`, and from every row elsewhere, where picking
+    the rows would wait for the device.
     """
     x_t = logits.gather(1, targets[:, None]).squeeze(1).to(dtype)
-    p_t, top, others = p_t.to(dtype), top.to(dtype), others.to(dtype)
-    is_top = p_t == top
-    p_j = torch.where(is_top & (top >= 0.5), 1.0 - others, top)
-    return torch.where(is_top, 0.0, x_t - logits.amax(dim=-1).to(dtype)) + p_j.log()
+    log_p = torch.where(p_t >= 0.5, 1.0 - others.to(dtype), p_t.to(dtype)).log()
+    underflow = p_t < torch.finfo(p_t.dtype).tiny
+    rows = underflow.nonzero().squeeze(1) if logits.device.type in SYNCHRONOUS_DEVICES else slice(None)
+    via_top = x_t[rows] - logits[rows].amax(dim=-1).to(dtype) + probs[rows].amax(dim=-1).to(dtype).log()
+    log_p[rows] = torch.where(underflow[rows], via_top, log_p[rows])
+    return log_p
 
 
 def padded_head(weight: torch.Tensor, dtype: torch.dtype, align: int) -> torch.Tensor:
@@ -93,8 +98,8 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool, vocab
     device = h.device.type
     matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     loss_dtype = torch.promote_types(matmul_dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
-    # The softmax is written in the GEMM operands' dtype, except fp16: its largest probability may be as small as
-    # 1/V, in fp16's subnormal range, where target_log_probs would lose its precision.
+    # The softmax is written in the GEMM operands' dtype, except fp16: its entries, the largest too (as small as 1/V),
+    # may lie in fp16's subnormal range, where their logarithms would lose their precision.
     probs_dtype = loss_dtype if matmul_dtype == torch.float16 else matmul_dtype
     valid = targets >= 0
     row_scale = valid.to(loss_dtype) / valid.sum().clamp(min=1)  # 1/N' where a target is, else 0
@@ -111,10 +116,10 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool, vocab
             logits[:, vocab:] = float("-inf")  # the padding's probabilities are exactly 0
             probs = torch.softmax(logits, dim=-1, dtype=probs_dtype)
             at_target = (torch.arange(len(t_chunk), device=h.device), t_chunk)
-            p_t, top = probs[at_target], probs.amax(dim=-1)
-            probs[at_target] = 0.0
+            p_t = probs[at_target]
+            probs[at_target] = 0.0  # no maximum where p_t underflowed, the rows whose maxima target_log_probs uses
             others = probs.sum(dim=-1)  # accumulated in fp32 (or wider), rounded once to the softmax's dtype
-            total -= (target_log_probs(logits, p_t, top, others, t_chunk, loss_dtype) * scale).sum()
+            total -= (target_log_probs(logits, probs, p_t, others, t_chunk, loss_dtype) * scale).sum()
             if not with_grads:
                 continue
             # p_t - 1 as minus the sum of the others: p_t's own rounding would swamp 1 - p_t near 1
