@@ -11,15 +11,15 @@ Two forms compute it:
 - chunked: rows are processed in chunks and the gradients are formed during the forward pass, so peak memory holds
   one chunk of logits instead of all of them (GPT-2 small, 16 × 1024 tokens: 3.3 GB of fp32 logits). Each chunk
   makes one softmax over its (n, V) logits, written straight in the GEMM operands' dtype under bf16 autocast
-  (computed in fp32 inside the kernel; in fp32 for fp16, whose subnormal range would take the largest probability's
+  (computed in fp32 inside the kernel; in fp32 for fp16, whose subnormal range would take the probabilities'
   precision) as the operand of the gradient's two products, and one row reduction in that dtype (the sum of the
   softmax without the target's entry, which torch accumulates in fp32 and rounds once: asking it for an fp32 result
   would first copy the whole (n, V) softmax to fp32), from which the targets' log probabilities and the one-hot's
-  entries follow (`target_log_probs`); the scale 1/N' and the mask of rows without a target are applied to the (n, C) side, never
-  to the (n, V) logits. The head's rows are padded with zeros to a multiple of `VOCAB_ALIGN` (50,257 -> 50,304, as
-  nanoGPT pads its vocabulary) in the copy that the GEMMs read anyway, and the padding's logits set to -inf, so its
-  probabilities are exactly 0 and the loss and gradients are those of the V real rows: aligned rows make the GEMMs
-  faster, the weight gradient's (V, C) product most (results/bench_loss.md).
+  entries follow (`target_log_probs`); the scale 1/N' and the mask of rows without a target are applied to the
+  (n, C) side, never to the (n, V) logits. The head's rows are padded with zeros to a multiple of `VOCAB_ALIGN`
+  (50,257 -> 50,304, as nanoGPT pads its vocabulary) in the copy that the GEMMs read anyway, and the padding's
+  logits set to -inf, so its probabilities are exactly 0 and the loss and gradients are those of the V real rows:
+  aligned rows make the GEMMs faster, the weight gradient's (V, C) product most (results/bench_loss.md).
 `LOSS_FORMS` picks one by device type and autocast dtype, from the measurements in results/bench_loss.md.
 """
 
