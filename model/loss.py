@@ -71,12 +71,14 @@ def target_log_probs(logits: torch.Tensor, probs: torch.Tensor, p_t: torch.Tenso
     fp32 or bf16), log p_t = x_t - x_j + log p_j, which holds for every j, is taken at the row's most probable token j
     (max x_j and max p_j: the softmax and its rounding are monotone), whose p_j >= 1/V does not underflow. Those maxima
     are read from the underflowed rows alone on `SYNCHRONOUS_DEVICES`, and from every row elsewhere, where picking
-    the rows would wait for the device.
+    the rows would wait for the device, and under torch.compile, where their data-dependent number would break the
+    graph.
     """
     x_t = logits.gather(1, targets[:, None]).squeeze(1).to(dtype)
     log_p = torch.where(p_t >= 0.5, 1.0 - others.to(dtype), p_t.to(dtype)).log()
     underflow = p_t < torch.finfo(p_t.dtype).tiny
-    rows = underflow.nonzero().squeeze(1) if logits.device.type in SYNCHRONOUS_DEVICES else slice(None)
+    pick_rows = logits.device.type in SYNCHRONOUS_DEVICES and not torch.compiler.is_compiling()
+    rows = underflow.nonzero().squeeze(1) if pick_rows else slice(None)
     via_top = x_t[rows] - logits[rows].amax(dim=-1).to(dtype) + probs[rows].amax(dim=-1).to(dtype).log()
     log_p[rows] = torch.where(underflow[rows], via_top, log_p[rows])
     return log_p

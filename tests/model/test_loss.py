@@ -123,6 +123,17 @@ def test_fp16_weights_keep_the_precision_of_a_probability_in_fp16s_subnormal_ran
     torch.testing.assert_close(gh.double(), (w.double().mean(0) - w.double()[:4]) / 4, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_torch_compile_traces_the_chunked_loss_into_one_graph(autocast):
+    h, w, t = inputs(dtype=torch.float32)
+
+    def loss(h, w, t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return chunked_linear_cross_entropy(h, w, t, 16)
+
+    assert torch._dynamo.explain(loss)(h, w, t).graph_break_count == 0
+
+
 def test_without_grad_it_only_computes_the_loss():
     h, w, t = inputs()
     with torch.no_grad():
