@@ -1,8 +1,8 @@
 """glibc's malloc set up for CPU training: large tensors come from the heap, and freed memory stays there for reuse.
 
 glibc serves every allocation above its mmap threshold (32 MiB at most, by its own adjustment) with a fresh mmap
-and unmaps it when freed, so the large tensors of each step (the LM head's logits, their fp32 copies and
-gradients, the embedding's gradient) fault in zero-filled pages again on every step. Raising the mmap and trim
+and unmaps it when freed, so the large tensors of each step (the LM head's logits and softmax, the embedding's
+gradient) fault in zero-filled pages again on every step. Raising the mmap and trim
 thresholds keeps those pages in the process from one step to the next, as jemalloc and tcmalloc do by design. The
 price is resident memory that stays at its peak instead of shrinking between steps. What either costs:
 results/bench_malloc.md.
