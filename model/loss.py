@@ -119,7 +119,7 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool, vocab
             probs = torch.softmax(logits, dim=-1, dtype=probs_dtype)
             at_target = (torch.arange(len(t_chunk), device=h.device), t_chunk)
             p_t = probs[at_target]
-            probs[at_target] = 0.0  # no maximum where p_t underflowed, the rows whose maxima target_log_probs uses
+            probs[at_target] = 0.0  # no row maximum moves where p_t underflowed: the rows whose maxima are used
             others = probs.sum(dim=-1)  # accumulated in fp32 (or wider), rounded once to the softmax's dtype
             total -= (target_log_probs(logits, probs, p_t, others, t_chunk, loss_dtype) * scale).sum()
             if not with_grads:

@@ -2,10 +2,9 @@
 
 glibc serves every allocation above its mmap threshold (32 MiB at most, by its own adjustment) with a fresh mmap
 and unmaps it when freed, so the large tensors of each step (the LM head's logits and softmax, the embedding's
-gradient) fault in zero-filled pages again on every step. Raising the mmap and trim
-thresholds keeps those pages in the process from one step to the next, as jemalloc and tcmalloc do by design. The
-price is resident memory that stays at its peak instead of shrinking between steps. What either costs:
-results/bench_malloc.md.
+gradient) fault in zero-filled pages again on every step. Raising the mmap and trim thresholds keeps those pages in
+the process from one step to the next, as jemalloc and tcmalloc do by design. The price is resident memory that
+stays at its peak instead of shrinking between steps. What either costs: results/bench_malloc.md.
 
 A glibc that refuses a threshold above 32 MiB (mallopt(3) documents that limit; 2.36 accepts 1 GiB) gets mmap
 turned off for allocations instead (M_MMAP_MAX 0, which every release takes), so that the large tensors come from
