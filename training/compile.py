@@ -1,9 +1,9 @@
 """`train.compile`: torch.compile where it is measured faster, and eager training where compiling fails.
 
-auto compiles on CUDA. On the CPU it stays eager: compiled steps are faster there too, but the compile comes before
-the first step, and neither the CPU demo's run nor the shorter ones (the tests, sweeps and recall grids that train
-one small model per setting) earn it back (measurements: results/bench_compile.md); a long CPU run opts in with
-train.compile=true.
+auto compiles on CUDA. On the CPU it stays eager: there the compile comes before the first step and the compiled
+steps are measured no faster than the eager ones, so neither the CPU demo's run nor the shorter ones (the tests,
+sweeps and recall grids that train one small model per setting) earn it back (measurements:
+results/bench_compile.md); train.compile=true compiles there all the same.
 torch.compile is lazy: it traces and compiles at the first call (and again when a new input shape or mode needs
 it), so a failure shows there; the model then falls back to eager for the rest of the run, with one warning line.
 AOTAutograd would compile the backward graph lazily too, at the first loss.backward(), where a failure would escape
