@@ -26,7 +26,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lock: $(STAMP)
-	printf '# Exact versions of every package (transitive included, the eval extra'"'"'s too), from `pip freeze` of a working\n# environment. Regenerate after changing requirements.txt or the extras in pyproject.toml: make lock\n' > constraints.txt
+	printf '# Exact versions of every package (transitive included, the eval extra included), from `pip freeze` of a\n# working environment. Regenerate after changing requirements.txt or the extras in pyproject.toml: make lock\n' > constraints.txt
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' >> constraints.txt
 
 clean:

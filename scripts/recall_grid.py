@@ -192,9 +192,9 @@ def gros_section(grid: Grid, chosen: Chosen) -> str:
                    "against; run --seeds 2 or more.")
     else:
         verdict = (f"{claim} is {'supported' if supported else 'not supported'} by this grid: level at "
-                   f"{easiest.label}: {'yes' if readings[easiest] == 'level' else 'no'}; ahead at {', '.join(ahead) or 'none'} of "
-                   f"{', '.join(s.label for s in harder) or 'no harder setting'}; behind at "
-                   f"{', '.join(behind) or 'none'}.")
+                   f"{easiest.label}: {'yes' if readings[easiest] == 'level' else 'no'}; ahead at "
+                   f"{', '.join(ahead) or 'none'} of {', '.join(s.label for s in harder) or 'no harder setting'}; "
+                   f"behind at {', '.join(behind) or 'none'}.")
     numbers = ["softmax", "expressive", "expressive − softmax", "std error"]
     table = markdown_table(["pairs×length", *numbers, "expressive is"], rows, right=numbers)
     return (f"## Expressive against softmax (Gros, arXiv 2407.18601)\n\nHoldout accuracy, each backend at its best "
