@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from data.errors import DataError
 from data.tokenizer import load_tokenizer
-from fileio.folders import NotAFolderError, check_out_folder
+from fileio.folders import OutFolderError, check_out_folder
 from fileio.pages import code_revision, this_machine
 from model.generation import ContextLimitReached, generate
 from model.gpt import GPT
@@ -39,7 +39,7 @@ from training.config import RunConfig, config_to_dict, load_config
 from training.malloc import malloc_setting
 from training.metrics import MetricsLog
 from training.optim import make_optimizer
-from training.resume import gather_rng, resume_path, resume_point, start_state
+from training.resume import gather_ranks, gather_rng, resume_path, resume_point, start_state
 from training.run_data import RecallData, TextData, open_run_data
 from training.schedule import learning_rate
 from training.throughput import Throughput
@@ -105,8 +105,10 @@ class StopRequest:
             dist.barrier(group=self._group)  # past here every rank has its handler: a signal reaches a listener
 
     def _handle(self, signum, frame) -> None:
-        if self.signal is not None:  # a second Ctrl-C: give up immediately
-            raise KeyboardInterrupt
+        if self.signal is not None:  # a second Ctrl-C: give up immediately (a save cut short is put back on resume)
+            print("second interrupt: stopped without saving; --resume continues from the last checkpoint",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
         self.signal = signum
 
     def requested(self, last: bool = False) -> bool:
@@ -207,11 +209,12 @@ def print_plan(cfg: RunConfig) -> None:
 
 
 def divergence(what: str, first: int, run_dir: Path) -> FloatingPointError:
-    """The one-line error for a run that diverged (`what` went non-finite) from step `first` on: the fix resumes
-    from a checkpoint before it."""
+    """The one-line error for a run that diverged (`what` went non-finite) from step `first` on: the fix restarts,
+    from the run's newest checkpoint before that step where it has one."""
+    before = [path for path in ckpt.step_dirs(run_dir / ckpt.CHECKPOINTS) if ckpt.checkpoint_step(path) < first]
+    where = f"from {before[0].name} (--resume {before[0]}) or from scratch" if before else "from scratch"
     return FloatingPointError(
-        f"{what} (diverged); lower optim.lr (or, in float16, set train.dtype=float32) and restart from scratch or "
-        f"from a checkpoint saved before step {first} (--resume {run_dir / ckpt.CHECKPOINTS}/step_N)")
+        f"{what} (diverged); lower optim.lr (or, in float16, set train.dtype=float32) and restart {where}")
 
 
 def weights_finite(model: torch.nn.Module) -> bool:
@@ -233,6 +236,10 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     resume = resume_point(cfg, resume_path(cfg, run_dir, log_line))
     # checkpoints numbered above this run's saves belong to it only when it continued one of this directory
     resumed_here = resume is not None and ckpt.in_run(resume.path, run_dir)
+    resolved = config_to_dict(cfg)
+    # before the data too: a wandb login that is missing stops the run before hours of preparation
+    log = MetricsLog(run_dir, cfg.logging, resolved, fresh=resume is None or resume.kind == "weights_only",
+                     say=log_line) if runtime.is_main else None
     if tc.threads:
         torch.set_num_threads(tc.threads)
     data = open_run_data(cfg, runtime)  # prepares text data once (main process), checks the val set is usable
@@ -247,7 +254,6 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
              f"{runtime.world_size} process(es)")
     log_line(f"data: {data.description}")
     state = start_state(cfg, runtime, resume, model, optimizer, scaler, log_line)
-    resolved = config_to_dict(cfg)
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -256,7 +262,6 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     # after data preparation and the checkpoint load, whose freed memory goes back to the system as usual: from here
     # each step's large tensors reuse the last step's pages (training/malloc.py)
     malloc = malloc_setting(runtime.device.type == "cpu")
-    log = MetricsLog(run_dir, cfg.logging, resolved) if runtime.is_main else None
     if log is not None:  # where this stretch of the run trained: speeds are only comparable on the same machine
         log.log(state.step, event="start", machine=this_machine(), device=str(runtime.device),
                 dtype=str(runtime.dtype).removeprefix("torch."), processes=runtime.world_size,
@@ -277,6 +282,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         if not weights_finite(model):  # the loss was computed before the step's update
             raise divergence(f"the weights hold inf or nan after step {state.step}", state.step, run_dir)
         state.optimizer, state.grad_scaler, state.rng = optimizer.state_dict(), scaler.state_dict(), gather_rng(runtime)
+        state.log_windows = gather_ranks(runtime, meter.open_window())
         if runtime.is_main:
             path = ckpt.save_checkpoint(run_dir, model, state, resolved, tc.keep_checkpoints, log_line,
                                         resumed_here=resumed_here)
@@ -286,6 +292,9 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
     meter = Throughput(model.flops_per_token(cfg.data.block_size),
                        rt.peak_flops(runtime.device, runtime.dtype) if runtime.is_main else float("nan"))
+    if runtime.rank < len(state.log_windows):  # a run interrupted between log lines: its next one continues the window
+        meter.continue_window(state.log_windows[runtime.rank], runtime.device)
+    state.log_windows = []
     bar = tqdm(total=tc.max_steps, initial=state.step, disable=not (runtime.is_main and cfg.logging.progress),
                dynamic_ncols=True, file=sys.stderr)
     val_loss, interrupted = float("nan"), False
@@ -360,8 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(cfg)
         return 0
     try:
-        check_out_folder(Path(cfg.train.out_dir), "the run's checkpoints and metrics", option="train.out_dir")
-    except NotAFolderError as exc:
+        run_dir = Path(cfg.train.out_dir)
+        check_out_folder(run_dir, "the run's checkpoints and metrics", option="train.out_dir")
+        # where it exists, every save goes there
+        check_out_folder(run_dir / ckpt.CHECKPOINTS, "the run's checkpoints", option="the checkpoint folder")
+    except OutFolderError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     try:

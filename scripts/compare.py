@@ -37,7 +37,7 @@ from experiments.comparison import (
 )
 from experiments.comparison_plot import plot_val_curves
 from fileio.atomic import write_text_atomic
-from fileio.folders import NotAFolderError, check_out_folder
+from fileio.folders import OutFolderError, check_out_folder
 from fileio.pages import command_line, opening
 from fileio.tables import csv_text
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(out, [*map(Path, args.runs), *paths])
         runs = [load_run(path) for path in paths]
         check_comparable(runs)
-    except (ComparisonError, NotAFolderError) as exc:
+    except (ComparisonError, OutFolderError) as exc:
         print(f"cannot compare: {exc}", file=sys.stderr)
         return 2
     beyond_model = settings_beyond_model(runs)

@@ -91,6 +91,7 @@ CASES = [
     (TRAIN + TINY + ["trian.max_steps=1"], "unknown key trian"),
     (TRAIN + TINY + ["optim.on_extend=sometimes"], "optim.on_extend"),
     (TRAIN + TINY + ["train.out_dir={root}/a_file"], "is an existing file"),
+    (TRAIN + TINY + ["train.out_dir="], "train.out_dir is empty; give the run's directory"),
     # train.py: checkpoints
     (TRAIN + TINY + ["--resume={truncated}"], "model.safetensors fails its checksum"),
     (TRAIN + TINY + ["--resume={garbage_state}"], "state.pt fails its checksum"),

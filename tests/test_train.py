@@ -68,6 +68,14 @@ def test_resume_continues_exactly(tmp_path, prepared_dir):
     assert metrics(tmp_path / "halves", "val_loss")[-1] == metrics(tmp_path / "straight", "val_loss")[-1]
 
 
+def test_a_fresh_run_replaces_the_records_a_run_without_checkpoints_left(tmp_path, prepared_dir, capsys):
+    """A run killed before its first save leaves metrics.jsonl alone in its folder: not the history of the next."""
+    tmp_path.joinpath("metrics.jsonl").write_text(json.dumps({"step": 5, "train_loss": 9.0}) + "\n")
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2", "train.log_interval=1")) == 0
+    assert [step for step, _ in metrics(tmp_path, "train_loss")] == [1, 2]
+    assert "holds records of an earlier run that saved no checkpoint" in capsys.readouterr().out
+
+
 def test_an_existing_run_is_not_overwritten(tmp_path, prepared_dir, capsys):
     assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2")) == 0
     assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2")) == 2

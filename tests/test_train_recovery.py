@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 import train
 from training import runtime as rt
+from tests.fileio.test_folders import unwritable
 from tests.test_train import metrics, run_cli, tiny_args
 from tests.training.test_checkpoint import kill_between_the_swap_renames
 
@@ -72,8 +73,8 @@ def test_a_diverged_run_stops_with_one_line_naming_the_fix(tmp_path, prepared_di
                                "optim.warmup_steps=0", "optim.grad_clip=0"))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: the training loss is nan over steps 1-2 (diverged); lower optim.lr")
-    assert "before step 1 (--resume " in result.stderr
+    assert result.stderr == ("error: the training loss is nan over steps 1-2 (diverged); lower optim.lr (or, in "
+                             "float16, set train.dtype=float32) and restart from scratch\n")
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -86,6 +87,29 @@ def test_a_checkpoint_due_between_log_lines_is_not_saved_from_a_diverged_run(tmp
     assert result.returncode == 2
     assert result.stderr.startswith("error: the training loss is nan over steps 1-2 (diverged)")
     assert checkpoint_names(tmp_path) == ["latest", "step_000001"]
+
+
+def test_a_diverged_run_names_its_newest_checkpoint_before_the_first_bad_step(tmp_path, prepared_dir):
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=4", "train.ckpt_interval=2",
+                                "train.keep_checkpoints=3")) == 0
+    result = run_cli(tiny_args(tmp_path, prepared_dir, "train.max_steps=8", "train.log_interval=2", "optim.lr=1e8",
+                               "optim.min_lr=1e8", "optim.warmup_steps=0", "optim.grad_clip=0", "--resume"))
+    assert result.returncode == 2
+    step_4 = tmp_path / "checkpoints" / "step_000004"
+    assert result.stderr.startswith("error: the training loss is nan over steps 5-6 (diverged)")
+    assert result.stderr.endswith(f"and restart from step_000004 (--resume {step_4}) or from scratch\n")
+
+
+def test_a_run_whose_checkpoints_cannot_be_written_stops_before_training(tmp_path, prepared_dir, capsys):
+    """Its saves would fail only after the steps: refused at the start, with one line naming the folder."""
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=1")) == 0
+    capsys.readouterr()
+    with unwritable(tmp_path / "checkpoints"):
+        assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2", "--resume")) == 2
+    assert capsys.readouterr().err == (
+        f"config error: the checkpoint folder {tmp_path / 'checkpoints'} cannot be written by this user; give a "
+        "folder you can write in for the run's checkpoints\n")
+    assert [step for step, _ in metrics(tmp_path, "train_loss")] == [1]
 
 
 def test_weights_with_inf_or_nan_are_not_finite():
@@ -116,6 +140,34 @@ def test_an_interrupt_before_any_evaluation_exits_without_evaluating(tmp_path, p
     assert "interrupted at step 1; checkpoint saved" in capsys.readouterr().out
 
 
+def test_a_run_interrupted_between_log_lines_logs_the_losses_of_an_uninterrupted_one(tmp_path, prepared_dir,
+                                                                                      monkeypatch):
+    """SIGINT in step 4 of windows of 3 steps: the checkpoint keeps the window open at step 4, so the resumed run's
+    line at step 6 averages steps 4-6, as the straight run's does, to the bit."""
+    common = ["train.max_steps=8", "optim.decay_steps=8", "train.log_interval=3", "train.eval_interval=100",
+              "model.dropout=0.1"]
+    assert train.main(tiny_args(tmp_path / "straight", prepared_dir, *common)) == 0
+
+    class SignalledInStep4(train.StopRequest):
+        def __init__(self, runtime):  # installs no handler in the test process
+            self.signal, self._group, self.steps = None, None, 0
+
+        def requested(self, last: bool = False) -> bool:
+            self.steps += 1
+            self.signal = signal.SIGINT if self.steps == 4 else self.signal
+            return super().requested(last)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "StopRequest", SignalledInStep4)
+        with pytest.raises(SystemExit):
+            train.main(tiny_args(tmp_path / "halves", prepared_dir, *common))
+    assert (tmp_path / "halves" / "checkpoints" / "latest").read_text() == "step_000004"
+    assert train.main(tiny_args(tmp_path / "halves", prepared_dir, *common, "--resume")) == 0
+    straight = metrics(tmp_path / "straight", "train_loss")
+    assert [step for step, _ in straight] == [3, 6, 8]
+    assert metrics(tmp_path / "halves", "train_loss") == straight
+
+
 @pytest.fixture
 def stop_handlers():
     """The process's SIGINT / SIGTERM handlers, put back after a test that installs StopRequest's."""
@@ -139,6 +191,17 @@ def test_one_process_stops_at_the_end_of_the_step_the_signal_came_in(stop_handle
     assert not stop.requested()
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop.requested() and stop.signal == signal.SIGTERM
+
+
+def test_a_second_signal_exits_at_once_with_one_line(stop_handlers, capsys):
+    stop = train.StopRequest(rt.Runtime(torch.device("cpu"), torch.float32))
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested()
+    with pytest.raises(SystemExit) as stopped:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert capsys.readouterr().err == ("second interrupt: stopped without saving; --resume continues from the last "
+                                       "checkpoint\n")
 
 
 def test_under_torchrun_every_step_reads_the_flags_the_step_before_launched(stop_handlers, gloo):

@@ -87,6 +87,9 @@ class TrainState:
     optimizer: dict[str, Any] | None = None  # optimizer.state_dict()
     grad_scaler: dict[str, Any] | None = None  # GradScaler.state_dict() (fp16 only does anything)
     rng: list[dict[str, Any]] = field(default_factory=list)  # torch / numpy / python (/ cuda) RNG states, per rank
+    # per rank, the train-loss window open at the save (Throughput.open_window): a resumed run's next log line
+    # averages the same steps as an uninterrupted run's; empty in checkpoints that predate it
+    log_windows: list[dict[str, Any]] = field(default_factory=list)
     source: str | None = None  # where the weights of a weights-only state came from
     # global micro-batches consumed; None in checkpoints that predate it, where it was step * their grad_accum
     data_position: int | None = None

@@ -107,6 +107,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"train.seed must be in [0, 2**63), got {self.seed}")
+        if not self.out_dir.strip():  # an unset shell variable: the run would write into the working directory
+            raise ValueError("train.out_dir is empty; give the run's directory, e.g. train.out_dir=runs/my-run")
 
 
 @dataclass

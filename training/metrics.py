@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from training.config import LoggingConfig
+from typedconfig.parsing import ConfigError
 
 WANDB_ID_FILE = "wandb_id.txt"
 METRICS_FILE = "metrics.jsonl"
@@ -23,14 +26,22 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Appends one JSON object per call to <run>/metrics.jsonl and mirrors it to wandb when enabled."""
+    """Appends one JSON object per call to <run>/metrics.jsonl and mirrors it to wandb when enabled.
 
-    def __init__(self, run_dir: Path, cfg: LoggingConfig, config: dict[str, Any]):
+    A `fresh` run (one that continues no checkpoint) starts both anew: records and a wandb run id left in the
+    directory by a run that saved no checkpoint (killed before its first save) are not this run's history."""
+
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, config: dict[str, Any], fresh: bool,
+                 say: Callable[[str], None]):
         self.path = run_dir / METRICS_FILE
-        self.wandb_run = _start_wandb(run_dir, cfg, config) if cfg.wandb != "off" else None
+        if fresh and self.path.is_file():
+            say(f"warning: {self.path} holds records of an earlier run that saved no checkpoint; this fresh run "
+                "replaces them")
+            self.path.unlink()
+        self.wandb_run = _start_wandb(run_dir, cfg, config, fresh) if cfg.wandb != "off" else None
 
     def log(self, step: int, **metrics: Any) -> None:
-        record = {"step": step, "time": time.time(), **metrics}
+        record = {"step": step, "time": time.time(), **{key: json_value(value) for key, value in metrics.items()}}
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
@@ -44,24 +55,36 @@ class MetricsLog:
             self.wandb_run.finish()
 
 
-def _start_wandb(run_dir: Path, cfg: LoggingConfig, config: dict[str, Any]):
-    """Start (or, with a stored run id, continue) the wandb run of this run directory."""
+def json_value(value: Any) -> Any:
+    """`value` as strict JSON holds it: a float that is inf or nan (a diverged loss) becomes null, which every JSON
+    parser reads, where Python's NaN token is not JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _start_wandb(run_dir: Path, cfg: LoggingConfig, config: dict[str, Any], fresh: bool):
+    """Start (or, for a run that continues a checkpoint, with a stored run id, continue) the wandb run of this run
+    directory."""
     import wandb  # imported only when enabled: it is slow to import
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     id_file = run_dir / WANDB_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
+    run_id = id_file.read_text().strip() if id_file.is_file() and not fresh else secrets.token_hex(6)
     id_file.write_text(run_id)
-    run = wandb.init(
-        project=cfg.wandb_project,
-        name=cfg.run_name or run_dir.name,
-        group=cfg.wandb_group,
-        tags=list(cfg.wandb_tags),
-        config=config,
-        dir=str(run_dir),
-        mode=cfg.wandb,
-        id=run_id,
-        resume="allow",
-    )
+    try:
+        run = wandb.init(
+            project=cfg.wandb_project,
+            name=cfg.run_name or run_dir.name,
+            group=cfg.wandb_group,
+            tags=list(cfg.wandb_tags),
+            config=config,
+            dir=str(run_dir),
+            mode=cfg.wandb,
+            id=run_id,
+            resume="allow",
+        )
+    except wandb.errors.Error as exc:  # e.g. online without a login
+        raise ConfigError(f"logging.wandb={cfg.wandb}: wandb could not start ({exc}); run `wandb login` or set "
+                          "WANDB_API_KEY, or set logging.wandb=offline (sync later) or off") from exc
     run.define_metric("step")
     run.define_metric("*", step_metric="step")  # every chart's x-axis: the optimiser step each record gives
     return run

@@ -95,11 +95,16 @@ def resume_scaler(scaler: torch.amp.GradScaler, saved: dict | None) -> str | Non
 
 def gather_rng(runtime: rt.Runtime) -> list[dict]:
     """Every rank's RNG state, in rank order (collective: all ranks call it)."""
+    return gather_ranks(runtime, capture_rng(runtime.device))
+
+
+def gather_ranks(runtime: rt.Runtime, value: dict) -> list[dict]:
+    """Every rank's `value` (plain values and CPU tensors), in rank order (collective: all ranks call it)."""
     if not runtime.distributed:
-        return [capture_rng(runtime.device)]
-    states: list = [None] * runtime.world_size
-    dist.all_gather_object(states, capture_rng(runtime.device))
-    return states
+        return [value]
+    values: list = [None] * runtime.world_size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def resume_path(cfg: RunConfig, run_dir: Path, say: Callable[[str], None]) -> Path | None:
@@ -143,13 +148,15 @@ def resume_path(cfg: RunConfig, run_dir: Path, say: Callable[[str], None]) -> Pa
 LOCATION_KEYS = {"data": ("prepared_dir",)}
 
 
-def check_resumable(cfg: RunConfig, saved: dict, sections: tuple[str, ...]) -> None:
-    """Refuse to continue a checkpoint saved with other `sections` of the config (location keys aside)."""
+def check_resumable(cfg: RunConfig, saved: dict, parts: tuple[str, ...]) -> None:
+    """Refuse to continue a checkpoint saved with other values of `parts` of the config: whole sections ("model")
+    or single keys ("train.seed"); location keys aside."""
     current, defaults = config_to_dict(cfg), config_to_dict(RunConfig())
-    for section in sections:
+    for part in parts:
+        section, _, key = part.partition(".")
         recorded = {**defaults[section], **saved.get(section, {})}  # keys a checkpoint predates count as defaults
-        ignored = LOCATION_KEYS.get(section, ())
-        diff = [k for k in current[section] if k not in ignored and current[section][k] != recorded[k]]
+        keys = [key] if key else [k for k in current[section] if k not in LOCATION_KEYS.get(section, ())]
+        diff = [k for k in keys if current[section][k] != recorded[k]]
         if diff:
             raise ConfigError(
                 f"cannot resume: {section}.{diff[0]} is {current[section][diff[0]]!r} here but "
@@ -158,8 +165,9 @@ def check_resumable(cfg: RunConfig, saved: dict, sections: tuple[str, ...]) -> N
 
 
 def resumable_sections(kind: str) -> tuple[str, ...]:
-    """A checkpoint continues only the same model and, unless it holds weights only, on the same data."""
-    return ("model",) if kind == "weights_only" else ("model", "data")
+    """A checkpoint continues only the same model and, unless it holds weights only, on the same data in the same
+    order (train.seed orders the micro-batches)."""
+    return ("model",) if kind == "weights_only" else ("model", "data", "train.seed")
 
 
 @dataclass(frozen=True)

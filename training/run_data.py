@@ -18,6 +18,7 @@ from data import mqar
 from data.config import MQAR, DataConfig
 from data.loader import TrainWindows, eval_batches, val_windows, windows_fingerprint
 from data.prepare import dataset_dir, is_prepared, load_prepared, prepare
+from data.tokenizer import load_tokenizer
 from training import runtime as rt
 from training.config import RunConfig
 from typedconfig.parsing import ConfigError
@@ -32,15 +33,13 @@ class TextData:
             message = preparing_message(cfg.data, runtime.world_size)
             if message:
                 print(message, flush=True)
+            # refused before preparing, which can take hours (the tokenizer is cached: prepare reuses it)
+            check_vocabulary(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
             prepare(cfg.data)
         else:
             wait_until_prepared(cfg.data, runtime.rank)
         meta, train_tokens, self.val_tokens = load_prepared(cfg.data)
-        if meta["vocab_size"] > cfg.model.vocab_size:
-            raise ConfigError(
-                f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's vocabulary "
-                f"({meta['vocab_size']}); set model.vocab_size >= {meta['vocab_size']}"
-            )
+        check_vocabulary(cfg, meta["vocab_size"])
         self.block_size, self.runtime = cfg.data.block_size, runtime
         self.windows = TrainWindows(train_tokens, cfg.data.block_size, cfg.train.batch_size, seed=cfg.train.seed)
         self.val_starts = val_windows(self.val_tokens, cfg.data.block_size, cfg.data.eval_windows)
@@ -64,6 +63,15 @@ class TextData:
             total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64, device=runtime.device)
         loss_sum, windows = _summed_over_ranks(total, runtime)
         return {"val_loss": loss_sum / windows}
+
+
+def check_vocabulary(cfg: RunConfig, tokenizer_vocab: int) -> None:
+    """Refuse a model whose embedding cannot hold every token id the tokenizer gives."""
+    if tokenizer_vocab > cfg.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's vocabulary "
+            f"({tokenizer_vocab}); set model.vocab_size >= {tokenizer_vocab}"
+        )
 
 
 class RecallData:

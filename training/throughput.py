@@ -27,6 +27,16 @@ class Throughput:
         self.loss_sum = self.loss_sum + step_loss
         self.steps, self.tokens, self.seconds = self.steps + 1, self.tokens + tokens, self.seconds + seconds
 
+    def open_window(self) -> dict:
+        """The window so far, for a checkpoint (plain values and a CPU tensor: what weights_only loads)."""
+        return {"loss_sum": torch.as_tensor(self.loss_sum, dtype=torch.float32).cpu(), "steps": self.steps,
+                "tokens": self.tokens, "seconds": self.seconds}
+
+    def continue_window(self, window: dict, device: torch.device) -> None:
+        """Go on with a window `open_window` saved: the sums continue exactly as if the run had not stopped."""
+        self.loss_sum = window["loss_sum"].to(device) if window["steps"] else 0.0
+        self.steps, self.tokens, self.seconds = window["steps"], window["tokens"], window["seconds"]
+
     def mean_loss(self, runtime: rt.Runtime) -> float:
         """Mean train loss of the window so far, over ranks too (every rank must call it); the window goes on."""
         loss = torch.as_tensor(self.loss_sum, dtype=torch.float32, device=runtime.device) / self.steps

@@ -420,6 +420,8 @@ def test_where_the_prepared_data_lies_may_change_between_resumes(tmp_path):
                                    "checkpoint's config"),
     ("full", "data.eval_windows=4", "cannot resume: data.eval_windows is 4 here but 8 in the checkpoint; use the "
                                     "checkpoint's config"),
+    ("full", "train.seed=5", "cannot resume: train.seed is 5 here but 1337 in the checkpoint; use the checkpoint's "
+                             "config"),
     ("weights_only", "model.n_head=4", "cannot resume: model.n_head is 4 here but 2 in the checkpoint; use the "
                                        "checkpoint's config"),
     ("weights_only", "data.eval_windows=4", None),  # a new run from the weights takes any data
@@ -460,7 +462,7 @@ def test_a_resume_reads_and_checks_the_checkpoint_config_once(tmp_path, prepared
                         lambda *args: checks.append(args[2]) or check_resumable(*args))
     monkeypatch.setattr(ckpt, "read_config", lambda path: reads.append(path) or read(path))
     assert train.main([str(TINY), *common, "--resume"]) == 0
-    assert checks == [("model", "data")] and reads == [tmp_path / "checkpoints" / "step_000001"]
+    assert checks == [("model", "data", "train.seed")] and reads == [tmp_path / "checkpoints" / "step_000001"]
 
 
 def test_keys_a_checkpoint_predates_count_as_their_defaults(tmp_path):

@@ -68,6 +68,15 @@ def test_a_vocabulary_smaller_than_the_tokenizers_is_refused(prepared_dir):
         open_run_data(cfg, CPU)
 
 
+def test_a_vocabulary_smaller_than_the_tokenizers_is_refused_before_the_data_is_prepared(tmp_path, monkeypatch):
+    prepared = []
+    monkeypatch.setattr("training.run_data.prepare", prepared.append)
+    cfg = load_config("configs/tiny.yaml", [f"data.prepared_dir={tmp_path}", "model.vocab_size=1000"])
+    with pytest.raises(ConfigError, match=r"set model.vocab_size >= 50257"):
+        open_run_data(cfg, CPU)
+    assert prepared == []
+
+
 def test_ranks_other_than_0_open_prepared_data_without_a_collective(prepared_dir):
     """No process group exists here, so a barrier would fail: the rank waits for the files instead."""
     cfg = load_config("configs/tiny.yaml", [f"data.prepared_dir={prepared_dir}"])
