@@ -63,7 +63,7 @@ class DataConfig:
     split: str = "train"  # split of the source to read; our own train/val split is made below
     text_field: str = "text"  # column that holds the document text (jsonl / parquet / hub)
     tokenizer: str = "gpt2"  # 'gpt2' = GPT-2 byte-level BPE from files shipped offline; else a hub tokenizer name
-    val_every: int = 20  # every val_every-th document (by position in the source) goes to val; deterministic
+    val_every: int = 20  # every val_every-th document goes to val (fewer documents: the last 1/val_every of the tokens)
     max_documents: int | None = None  # stop reading the source after this many documents (streams; None = all)
     max_tokens: int | None = None  # stop after this many tokens in total (train + val); None = all
     prepared_dir: str = "data/prepared"  # where token files go: <prepared_dir>/<dataset slug>/{train,val}.bin + meta.json
@@ -72,6 +72,9 @@ class DataConfig:
     mqar: MQARConfig = field(default_factory=MQARConfig)  # the recall task (source 'mqar'); its length is block_size
 
     def __post_init__(self) -> None:
+        if not self.source.strip():  # an empty path would read the current directory
+            raise ValueError("data.source is empty; give 'shakespeare', a file, directory or glob, 'hf:<dataset>' or "
+                             f"{MQAR!r}")
         if self.val_every < 2:
             raise ValueError(f"data.val_every must be >= 2 (1 would leave no training data), got {self.val_every}")
         for name in ("max_documents", "max_tokens"):

@@ -4,7 +4,9 @@
     python -m data.prepare --source hf:HuggingFaceFW/fineweb-edu --subset sample-10BT --max-tokens 1000000000
 
 The .bin files are flat token ids (uint16 when the vocabulary fits, else uint32); every document is followed by the
-end-of-text id. Document i (counted from 0 in source order) goes to val iff i % val_every == val_every - 1.
+end-of-text id. Document i (counted from 0 in source order) goes to val iff i % val_every == val_every - 1; a source
+of fewer than val_every documents (a single .txt file, say), which that rule leaves no val document, has its last
+tokens // val_every tokens moved to val instead, so one text is a usable corpus.
 Documents are streamed, tokenised in batches and appended to the files, so a source need not fit in memory; what must
 fit is one batch (BATCH_DOCUMENTS documents, fewer once they hold CHUNK_CHARS characters): their text and their ids
 as Python ints (~50 bytes a token). With the GPT-2 tokenizer a .txt file (one document) is read CHUNK_CHARS
@@ -45,6 +47,7 @@ from typedconfig.cli import ArgumentParser
 FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
 BATCH_DOCUMENTS = 256  # documents (or chunks of them) tokenised per call (the tokenizer parallelises within a call)
 CHUNK_CHARS = 1 << 22  # characters of a .txt file read at a time; a batch also ends once it holds this many
+COPY_BYTES = 1 << 22  # bytes of a token file read at a time when its tail moves to val (a multiple of any itemsize)
 META = "meta.json"
 SPLITS = ("train", "val")
 TEMP_NAME = re.compile(rf"\.(?:{'|'.join(SPLITS)})\.bin\.(?P<pid>\d+)\.tmp")  # _TokenWriter's, with its pid
@@ -105,13 +108,20 @@ def prepare(cfg: DataConfig) -> PreparedData:
         for split, ids, starts_document in _split_documents(chunks, cfg.val_every, cfg.max_tokens):
             writers[split].append(ids, starts_document)
             progress.update(len(ids))
-        if writers["val"].documents == 0:
-            read = writers["train"].documents
-            raise DataError(
-                f"the val split is empty: {read} document(s) were read and document i goes to val iff "
-                f"i % {cfg.val_every} == {cfg.val_every - 1}; lower data.val_every or add documents"
-                + (" (or raise data.max_tokens)" if cfg.max_tokens is not None else "")
-            )
+        split_rule = f"document i -> val iff i % {cfg.val_every} == {cfg.val_every - 1}"
+        if writers["val"].documents == 0:  # fewer documents than val_every (one text file, say): split the tokens
+            read = writers["train"].tokens
+            tail = read // cfg.val_every
+            if tail == 0:
+                raise DataError(
+                    f"the val split is empty: {source.describe()} holds {read} token(s), too few to hold out 1 in "
+                    f"{cfg.val_every} of them for val; add text"
+                    + (f" or lower data.val_every to at most {read}" if read >= 2 else "")
+                    + (" (or raise data.max_tokens)" if cfg.max_tokens is not None else "")
+                )
+            writers["train"].move_tail(tail, writers["val"])
+            split_rule = (f"fewer than {cfg.val_every} documents: the last {tail} tokens (1 in {cfg.val_every}, "
+                          "rounded down) -> val")
         (path / META).unlink(missing_ok=True)  # from here until the new meta.json lands, the directory is stale
         for writer in writers.values():
             writer.commit()
@@ -130,9 +140,9 @@ def prepare(cfg: DataConfig) -> PreparedData:
         "eot_id": tokenizer.eot_id,
         "dtype": dtype.name,
         "separator": "eot_id after every document",
-        "split_rule": f"document i -> val iff i % {cfg.val_every} == {cfg.val_every - 1}",
+        "split_rule": split_rule,
         **{f"{split}_tokens": writers[split].tokens for split in SPLITS},
-        **{f"{split}_documents": writers[split].documents for split in SPLITS},
+        **{f"{split}_documents": writers[split].documents for split in SPLITS},  # documents that start there
         "val_sha256": writers["val"].sha256,
         "invalid_utf8": replaced,
     }
@@ -192,7 +202,7 @@ class _TokenWriter:
         self.tokens = self.documents = 0
         self._hash = hashlib.sha256()
 
-    def append(self, ids: list[int], starts_document: bool) -> None:
+    def append(self, ids: list[int] | np.ndarray, starts_document: bool) -> None:
         data = np.asarray(ids, dtype=self.dtype).tobytes()
         self.file.write(data)
         self._hash.update(data)
@@ -202,6 +212,21 @@ class _TokenWriter:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+    def move_tail(self, count: int, to: _TokenWriter) -> None:
+        """Move the last `count` tokens to the empty writer `to`, where they start no document, a block at a time;
+        this writer's hash is taken again over what it keeps."""
+        keep = (self.tokens - count) * self.dtype.itemsize
+        self.file.flush()
+        self._hash = hashlib.sha256()
+        with open(self.tmp, "rb") as handle:
+            while handle.tell() < keep:
+                self._hash.update(handle.read(min(COPY_BYTES, keep - handle.tell())))
+            while block := handle.read(COPY_BYTES):
+                to.append(np.frombuffer(block, dtype=self.dtype), starts_document=False)
+        self.file.truncate(keep)
+        self.file.seek(keep)
+        self.tokens -= count
 
     def commit(self) -> None:
         self.file.flush()

@@ -71,16 +71,32 @@ def token_losses(model: GPT, x: torch.Tensor, y: torch.Tensor, form: str = "forw
     return F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
 
 
+def sequence_starts(val_tokens: np.ndarray, max_length: int, sequences: int) -> np.ndarray:
+    """Where the `sequences` val sequences of `max_length` + 1 tokens start, spread evenly over the val split, each a
+    different sequence: a split too short for that many is refused, since a repeated sequence would count twice."""
+    if len(val_tokens) < max_length + 1:
+        raise ValueError(f"the val split holds {len(val_tokens):,} tokens, fewer than --max-length {max_length} + 1; "
+                         "lower --max-length")
+    distinct = len(val_tokens) - max_length
+    if sequences > distinct:
+        raise ValueError(f"--sequences {sequences} is more than the val split holds: its {len(val_tokens):,} tokens "
+                         f"hold {distinct:,} distinct sequences of --max-length {max_length} + 1 tokens; lower "
+                         "--sequences or --max-length")
+    return val_windows(val_tokens, max_length, sequences)
+
+
+def val_sequences(val_tokens: np.ndarray, max_length: int, sequences: int) -> np.ndarray:
+    """The tokens every checkpoint is scored on, (sequences, max_length + 1): equal arrays mean equal inputs."""
+    return np.stack([val_tokens[s : s + max_length + 1] for s in sequence_starts(val_tokens, max_length, sequences)])
+
+
 def context_curve(model: GPT, val_tokens: np.ndarray, *, label: str, train_context: int, max_length: int,
                   sequences: int, form: str = "forward", batch_size: int = 1) -> ContextCurve:
     """The mean loss per bucket over `sequences` val sequences, each the first `length` (+ 1) tokens of the
     sequence of `max_length` + 1 tokens at the same start for every model: a model scored up to n_positions reads
     the same text as the others, only less of it."""
     length, note = scored_length(model, max_length)
-    if len(val_tokens) < max_length + 1:
-        raise ValueError(f"the val split holds {len(val_tokens):,} tokens, fewer than --max-length {max_length} + 1; "
-                         "lower --max-length")
-    starts = val_windows(val_tokens, max_length, sequences)
+    starts = sequence_starts(val_tokens, max_length, sequences)
     total = torch.zeros(length, dtype=torch.float64)
     for i in range(0, len(starts), batch_size):
         x, y = gather_windows(val_tokens, starts[i : i + batch_size], length)

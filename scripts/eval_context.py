@@ -5,9 +5,11 @@
 
 Writes OUT/context.md (a table of loss per bucket, one per training context: buckets are one training context
 wide), OUT/context.csv (one row per checkpoint and bucket) and OUT/context.png (loss against position). Every
-checkpoint is scored on the same val sequences, so lines compare. A checkpoint is labelled by its backend, options,
-positions and block size, and by its folder's name where that still leaves two alike. Exit status 2 with one line
-on stderr for unusable arguments or checkpoints.
+checkpoint is scored on the same val sequences, so lines compare: a checkpoint whose data gives other sequences than
+the first's (another source or tokenizer) is refused, as is one given twice and one trained on MQAR (no val text);
+--sequences may not exceed the distinct sequences the val split holds. A checkpoint is labelled by its backend,
+options, positions and block size, and by its folder's name where that still leaves two alike. Exit status 2 with
+one line on stderr for unusable arguments or checkpoints, before any checkpoint is scored.
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from data.prepare import load_prepared
-from evals.context import FORMS, ContextCurve, context_curve, ratio_to_first_bucket, records
+from data.config import MQAR
+from data.prepare import dataset_dir, load_prepared
+from evals.context import FORMS, ContextCurve, context_curve, ratio_to_first_bucket, records, val_sequences
 from experiments.log_axes import style_log_axes
 from fileio.atomic import write_text_atomic
 from fileio.folders import check_out_folder
 from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
+from model.gpt import GPT
 from training.checkpoint import load_checkpoint_model
 from training.config import RunConfig
 from typedconfig.cli import ArgumentParser
@@ -100,6 +106,44 @@ def plot(curves: list[ContextCurve], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+class Scored(NamedTuple):
+    """A checkpoint ready to score: its model, config and directory, its val split and the sequences it reads."""
+
+    model: GPT
+    cfg: RunConfig
+    ckpt: Path
+    val_tokens: np.ndarray
+    sequences: np.ndarray  # (sequences, max_length + 1) tokens
+
+
+def load_scored(path: str, max_length: int, sequences: int) -> Scored:
+    """The checkpoint `path` means, with the val sequences of its own data; a checkpoint trained on MQAR, which has
+    no val text, is refused."""
+    model, cfg, ckpt = load_checkpoint_model(path)
+    if cfg.data.source == MQAR:
+        raise ValueError(f"--ckpt {path}: {ckpt} was trained on data.source {MQAR} (generated recall sequences, no "
+                         "val text); eval_context scores checkpoints trained on text only")
+    _, _, val_tokens = load_prepared(cfg.data)
+    return Scored(model, cfg, ckpt, val_tokens, val_sequences(val_tokens, max_length, sequences))
+
+
+def check_alike(paths: list[str], loaded: list[Scored]) -> None:
+    """Raise ValueError for a checkpoint given twice (two rows no label could tell apart), however its path was
+    written, and for one scored on other val sequences than the first, whose losses would not compare."""
+    first = loaded[0]
+    for i, (path, scored) in enumerate(zip(paths, loaded)):
+        same = [other for other, earlier in zip(paths, loaded[:i]) if earlier.ckpt.resolve() == scored.ckpt.resolve()]
+        if same:
+            raise ValueError(f"--ckpt {path} is the checkpoint {scored.ckpt}, as --ckpt {same[0]} is; give each "
+                             "checkpoint once")
+        if not np.array_equal(scored.sequences, first.sequences):
+            raise ValueError(
+                f"--ckpt {path} reads other val sequences than --ckpt {paths[0]} (data.source "
+                f"{scored.cfg.data.source!r} prepared in {dataset_dir(scored.cfg.data)}, against "
+                f"{first.cfg.data.source!r} in {dataset_dir(first.cfg.data)}), so their losses would not compare; "
+                "score checkpoints trained on the same data together")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = ArgumentParser(prog="eval_context", description=__doc__)
@@ -113,23 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_length < 2 or args.sequences < 1:
         parser.error("--max-length must be >= 2 and --sequences >= 1")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     curves = []
     try:
         check_out_folder(args.out, "the page, CSV and plot")
-        resolved = [Path(path).resolve() for path in args.ckpt]
-        for i, path in enumerate(args.ckpt):  # the same checkpoint twice: two rows no label could tell apart
-            if resolved[i] in resolved[:i]:
-                first = args.ckpt[resolved.index(resolved[i])]
-                raise ValueError(f"--ckpt {path} names the same folder as --ckpt {first}; give each checkpoint once")
-        for path in args.ckpt:
-            model, cfg, ckpt = load_checkpoint_model(path)
-            _, _, val_tokens = load_prepared(cfg.data)
+        loaded = [load_scored(path, args.max_length, args.sequences) for path in args.ckpt]
+        check_alike(args.ckpt, loaded)
+        for model, cfg, ckpt, val_tokens, _ in loaded:
             curves.append(context_curve(model, val_tokens, label=label(cfg), train_context=cfg.data.block_size,
                                         max_length=args.max_length, sequences=args.sequences, form=args.form))
             print(f"{ckpt}: " + ", ".join(f"{v:.3f}" for v in curves[-1].loss), flush=True)
-    except (ValueError, OSError) as exc:  # CheckpointError, DataError, NotAFolderError: each names the path
+    except (ValueError, OSError) as exc:  # CheckpointError, DataError, OutFolderError: each names the path
         print(f"eval_context: {exc}", file=sys.stderr)
         return 2
     curves = [replace(c, label=text) for c, text in zip(curves, unique_labels([c.label for c in curves], args.ckpt))]

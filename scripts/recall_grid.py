@@ -10,7 +10,9 @@ tokens (data.block_size); more pairs, and more filler between the queries, make 
 learning rate it runs `scripts/sweep.py CONFIG` into <out>/pairs<P>-len<T>/lr<lr> with optim.lr = optim.min_lr =
 lr: constant after the warm-up, since a decaying lr can end a run on the no-recall shortcut just before the jump to
 recall (results/mqar_init.md). Running the same command again skips finished runs and resumes interrupted ones, as
-sweep.py does.
+sweep.py does. Overrides (section.key=value) apply to every run; one of a key the grid or its sweeps set (optim.lr,
+optim.min_lr, train.seed, model.attention, data.block_size, data.mqar.num_pairs / num_queries, ...) is refused,
+naming the flag that sets it, as are malformed flags, all before the first run.
 
 Each (setting, backend) gets the learning rate with the best mean final val accuracy over the seeds; the results
 report the final accuracy on the holdout set (data/mqar.py), which that choice never saw, as mean ± std over the
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -42,16 +45,20 @@ from data.config import MQAR
 from data.mqar import elimination_accuracy
 from experiments.comparison import (ComparisonError, Run, check_comparable, load_run, recorded, run_config, run_dirs,
                                     trained_dates)
-from experiments.sweep import parse_backends
+from experiments.sweep import SWEEP_KEYS, parse_backends
 from fileio.pages import command_line, opening, recorded_command
 from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
-from training.config import RunConfig, load_config
+from training.config import RunConfig, load_config, parse_override
 from typedconfig.parsing import ConfigError
 
 SWEEP = Path(__file__).resolve().parent / "sweep.py"
 CLEAR_GAP = 0.02  # a difference in accuracy counts when it exceeds this and twice its standard error
 SANITY_ACCURACY = 0.95  # softmax must reach this at the easiest setting, or the grid measures nothing
+GRID_KEYS = {  # what the grid sets in every run, and the flag that sets it
+    "data.mqar.num_pairs": "--settings", "data.mqar.num_queries": "--settings", "data.block_size": "--settings",
+    "optim.lr": "--lrs", "optim.min_lr": "--lrs", "model.attention": "--backends", "train.seed": "--seeds",
+    "train.out_dir": "--out"}
 
 
 class Setting(NamedTuple):
@@ -63,10 +70,10 @@ class Setting(NamedTuple):
     @classmethod
     def parse(cls, text: str) -> Setting:
         """'8x32' -> Setting(pairs=8, length=32)."""
-        pairs, sep, length = text.strip().partition("x")
-        if not sep:
-            raise ValueError(f"--settings: {text!r} is not PAIRSxLENGTH, e.g. 8x32")
-        return cls(int(pairs), int(length))
+        match = re.fullmatch(r"\s*([0-9]+)x([0-9]+)\s*", text)
+        if not match or min(int(match[1]), int(match[2])) < 1:
+            raise ValueError(f"--settings: {text!r} is not PAIRSxLENGTH (two whole numbers >= 1), e.g. 8x32")
+        return cls(int(match[1]), int(match[2]))
 
     @property
     def label(self) -> str:
@@ -99,6 +106,55 @@ def grid_overrides(setting: Setting, lr: float) -> list[str]:
 
 def sweep_dir(out: Path, setting: Setting, lr: float) -> Path:
     return out / f"pairs{setting.pairs}-len{setting.length}" / f"lr{lr:g}"
+
+
+def parse_settings(text: str) -> list[Setting]:
+    """--settings '4x32,8x64' -> [Setting(4, 32), Setting(8, 64)]; a setting given twice is refused."""
+    settings = [Setting.parse(part) for part in text.split(",")]
+    twice = [s for i, s in enumerate(settings) if s in settings[:i]]
+    if twice:
+        raise ValueError(f"--settings: {twice[0].pairs}x{twice[0].length} is given twice; give each setting once")
+    return settings
+
+
+def parse_lrs(text: str) -> list[float]:
+    """--lrs '1e-3,3e-3' -> [0.001, 0.003], each > 0 and finite; two that share a sweep folder are refused."""
+    lrs: dict[str, str] = {}  # f"{lr:g}", which names the sweep folder -> the text that gave it
+    for part in (part.strip() for part in text.split(",")):
+        try:
+            lr = float(part)
+        except ValueError:
+            lr = math.nan
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"--lrs: {part!r} is not a learning rate > 0; give comma-separated numbers, "
+                             "e.g. 1e-3,3e-3")
+        if f"{lr:g}" in lrs:
+            raise ValueError(f"--lrs: {lrs[f'{lr:g}']} and {part} are both lr {lr:g}; give each learning rate once")
+        lrs[f"{lr:g}"] = part
+    return [float(part) for part in lrs.values()]
+
+
+def override_keys(text: str) -> list[str]:
+    """The dotted keys an override sets: 'optim.lr=0.01' -> ['optim.lr']; 'data.mqar={num_pairs: 4}' ->
+    ['data.mqar.num_pairs']."""
+    def leaves(node: object, prefix: str) -> list[str]:
+        if not isinstance(node, dict) or not node:
+            return [prefix]
+        return [key for name, value in node.items() for key in leaves(value, f"{prefix}.{name}" if prefix else name)]
+
+    return leaves(parse_override(text), "")
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Raise ValueError for an override of what the grid or its sweeps set in every run: the grid's own value would
+    win in every run, while the page's title claimed the override."""
+    for text in overrides:
+        for key in override_keys(text):
+            if key in GRID_KEYS:
+                raise ValueError(f"the grid sets {key} in every run; leave {text!r} out of the overrides and give "
+                                 f"{GRID_KEYS[key]} instead")
+            if key in SWEEP_KEYS:
+                raise ValueError(f"the grid's sweeps set {key} in every run; leave {text!r} out of the overrides")
 
 
 def read_cells(directory: Path, backends: list[str], seeds: int) -> tuple[dict[str, Cell], list[Run]]:
@@ -328,13 +384,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="replace an existing --results page that another command wrote")
     args = parser.parse_intermixed_args(argv)
     try:
-        settings = [Setting.parse(text) for text in args.settings.split(",")]
-        lrs = [float(lr) for lr in args.lrs.split(",")]
+        settings, lrs = parse_settings(args.settings), parse_lrs(args.lrs)
         backends = parse_backends(args.backends)
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1 (runs per backend, setting and learning rate), got {args.seeds}")
+        check_overrides(args.overrides)
         base = load_config(args.config, args.overrides)
         for setting in settings:  # every setting must load before the first run starts
-            for lr in lrs:
-                load_config(args.config, [*args.overrides, *grid_overrides(setting, lr)])
+            try:
+                for lr in lrs:
+                    load_config(args.config, [*args.overrides, *grid_overrides(setting, lr)])
+            except ConfigError as exc:
+                raise ValueError(f"--settings {setting.pairs}x{setting.length}: {exc}") from None
         if base.data.source != MQAR:
             raise ValueError(f"{args.config} trains on {base.data.source!r}; set data.source=mqar")
         note = check_results(args.results, command_line(__file__, argv), args.overwrite)

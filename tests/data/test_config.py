@@ -8,6 +8,8 @@ from data.config import DataConfig
 @pytest.mark.parametrize(
     "fields, message",
     [
+        ({"source": ""}, "^data.source is empty; give 'shakespeare', a file, directory or glob, 'hf:<dataset>' or"),
+        ({"source": "  "}, "^data.source is empty"),
         ({"val_every": 1}, "data.val_every must be >= 2"),
         ({"max_documents": 0}, "data.max_documents must be >= 1 or null"),
         ({"max_tokens": -5}, "data.max_tokens must be >= 1 or null"),

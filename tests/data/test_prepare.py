@@ -197,13 +197,46 @@ def test_prepare_can_be_found_again_from_its_config(tmp_path):
     assert meta == result.meta and len(train) == meta["train_tokens"] and len(val) == meta["val_tokens"]
 
 
-def test_an_empty_val_split_is_an_error_and_leaves_nothing_behind(tmp_path):
-    cfg = config(tmp_path, write_source(tmp_path, "jsonl", DOCS[:2]))
-    with pytest.raises(DataError, match=r"the val split is empty: 2 document\(s\) .* lower data.val_every or add"):
+@pytest.mark.parametrize("kind", ["txt file", "jsonl"])
+def test_a_source_of_fewer_documents_than_val_every_gives_its_last_tokens_to_val(tmp_path, tok, monkeypatch, kind):
+    """One .txt file (or 2 rows at val_every 3) has no document i with i % 3 == 2: the last tokens // 3 tokens go to
+    val instead. Moved a few bytes at a time here, so the blocks and the kept part's hash are exercised."""
+    monkeypatch.setattr("data.prepare.COPY_BYTES", 8)
+    docs = DOCS[:1] if kind == "txt file" else DOCS[:2]
+    if kind == "txt file":
+        source = tmp_path / "one.txt"
+        source.write_text(docs[0])
+    else:
+        source = write_source(tmp_path, "jsonl", docs)
+    meta, train, val = load_prepared(prepare(config(tmp_path, source)).path)
+    tokens = expected_tokens(tok, docs)
+    held_out = len(tokens) // 3
+    assert train.tolist() == tokens[:-held_out] and val.tolist() == tokens[-held_out:]
+    assert (meta["train_tokens"], meta["val_tokens"]) == (len(tokens) - held_out, held_out)
+    assert (meta["train_documents"], meta["val_documents"]) == (len(docs), 0)  # val starts inside the last document
+    assert meta["split_rule"] == f"fewer than 3 documents: the last {held_out} tokens (1 in 3, rounded down) -> val"
+    assert meta["val_sha256"] == hashlib.sha256(np.asarray(val).tobytes()).hexdigest()
+
+
+def test_one_text_file_prepares_from_the_command_line_at_the_default_val_every(tmp_path, tok, capsys):
+    (tmp_path / "hello.txt").write_text(DOCS[5])
+    assert main(["--source", str(tmp_path / "hello.txt"), "--prepared-dir", str(tmp_path / "prepared")]) == 0
+    held_out = len(expected_tokens(tok, DOCS[5:6])) // 20
+    assert f"(fewer than 20 documents: the last {held_out} tokens (1 in 20, rounded down) -> val)" in \
+        capsys.readouterr().out
+
+
+def test_a_source_too_small_to_split_is_an_error_and_leaves_nothing_behind(tmp_path):
+    """'a' and its end-of-text id are 2 tokens: 2 // 3 leaves none for val."""
+    source = tmp_path / "a.txt"
+    source.write_text("a")
+    cfg = config(tmp_path, source)
+    with pytest.raises(DataError, match=rf"^the val split is empty: {source} holds 2 token\(s\), too few to hold out 1 "
+                                        "in 3 of them for val; add text or lower data.val_every to at most 2$"):
         prepare(cfg)
     assert not dataset_dir(cfg).exists()  # not even the folder a first preparation made
     dataset_dir(cfg).mkdir(parents=True)
-    with pytest.raises(DataError, match="the val split is empty"):
+    with pytest.raises(DataError, match="too few to hold out"):
         prepare(cfg)
     assert list(dataset_dir(cfg).iterdir()) == []  # a folder that was there stays
 
@@ -292,6 +325,15 @@ def test_the_command_line_prepares_shakespeare_and_then_reuses_it(tmp_path, caps
 def test_the_command_line_reports_errors_in_one_line(tmp_path, capsys):
     assert main(["--source", str(tmp_path / "missing.txt"), "--prepared-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: data.source")
+
+
+def test_an_empty_source_is_refused_rather_than_read_as_the_current_directory(tmp_path, capsys, monkeypatch):
+    (tmp_path / "a.txt").write_text("a document that must not be read\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--source", "", "--prepared-dir", str(tmp_path / "prepared")]) == 2
+    assert capsys.readouterr().err == ("error: data.source is empty; give 'shakespeare', a file, directory or glob, "
+                                       "'hf:<dataset>' or 'mqar'\n")
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_preparing_text_files_imports_neither_torch_nor_datasets(tmp_path):

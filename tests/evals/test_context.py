@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from data.config import DataConfig
-from evals.context import ContextCurve, bucket_edges, context_curve, records, scored_length, token_losses
+from data.prepare import prepare
+from evals.context import (ContextCurve, bucket_edges, context_curve, records, scored_length, sequence_starts,
+                           token_losses)
 from model.config import ModelConfig
 from model.gpt import GPT
-from training.checkpoint import TrainState, save_checkpoint
+from training.checkpoint import TrainState, find_checkpoint, save_checkpoint
 from training.config import RunConfig, TrainConfig, config_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,10 +94,20 @@ def test_a_val_split_of_max_length_plus_one_tokens_is_enough():
         context_curve(tiny(), tokens[:48], label="x", train_context=16, max_length=48, sequences=1)
 
 
-def save_tiny_run(path: Path, prepared_dir: str, attention: str, block_size: int = 32) -> Path:
+def test_more_sequences_than_the_val_split_holds_are_refused_not_repeated():
+    """50 tokens hold 2 distinct sequences of 48 + 1: a third would repeat one and count it twice."""
+    tokens = np.arange(50, dtype=np.uint16) % 97
+    assert sequence_starts(tokens, 48, 2).tolist() == [0, 1]
+    with pytest.raises(ValueError, match=r"^--sequences 3 is more than the val split holds: its 50 tokens hold 2 "
+                                         r"distinct sequences of --max-length 48 \+ 1 tokens; lower --sequences or "
+                                         r"--max-length$"):
+        context_curve(tiny(), tokens, label="x", train_context=16, max_length=48, sequences=3)
+
+
+def save_tiny_run(path: Path, prepared_dir: str, attention: str, block_size: int = 32, **data) -> Path:
     cfg = RunConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=32, attention=attention,
                                       position="rope"),
-                    data=DataConfig(block_size=block_size, prepared_dir=prepared_dir),
+                    data=DataConfig(block_size=block_size, prepared_dir=prepared_dir, **data),
                     train=TrainConfig(out_dir=str(path)))
     save_checkpoint(path, GPT(cfg.model), TrainState(step=1), config_to_dict(cfg), keep=1)
     return path
@@ -173,6 +185,49 @@ def test_the_cli_tells_checkpoints_of_different_contexts_and_alike_checkpoints_a
     assert f"| logexp position=rope block_size=16 ({tmp_path / 'again' / 'ctx16'}) |" in page
     labels = [line.split(",")[0] for line in (tmp_path / "out" / "context.csv").read_text().splitlines()[1:]]
     assert labels.count("logexp position=rope block_size=32") == 2 and len(set(labels)) == 3
-    assert cli.main(["--ckpt", str(runs[0]), "--ckpt", f"{runs[0]}/", "--out", str(tmp_path / "o2")]) == 2
-    assert capsys.readouterr().err == (f"eval_context: --ckpt {runs[0]}/ names the same folder as --ckpt {runs[0]}; "
+
+
+@pytest.mark.parametrize("again", ["{run}/", "{ckpt}"])
+def test_a_checkpoint_given_twice_is_refused_however_its_path_is_written(tmp_path, prepared_dir, capsys, again):
+    """The run folder and the checkpoint folder it resolves to are one checkpoint: two rows no label tells apart."""
+    run = save_tiny_run(tmp_path / "run", prepared_dir, "logexp")
+    ckpt = find_checkpoint(run)
+    second = again.format(run=run, ckpt=ckpt)
+    assert cli.main(["--ckpt", str(run), "--ckpt", second, "--max-length", "64", "--sequences", "1",
+                     "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"eval_context: --ckpt {second} is the checkpoint {ckpt}, as --ckpt {run} is; "
                                        "give each checkpoint once\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoints_trained_on_different_data_are_refused_as_not_comparable(tmp_path, prepared_dir, capsys):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.txt").write_text(f"Text {i}: " + "a few words of local prose, " * 40)
+    local = {"source": str(folder), "val_every": 2}
+    prepare(DataConfig(prepared_dir=str(tmp_path / "prepared"), **local))
+    runs = [save_tiny_run(tmp_path / "shakespeare", prepared_dir, "logexp"),
+            save_tiny_run(tmp_path / "local", str(tmp_path / "prepared"), "logexp", **local)]
+    argv = ["--ckpt", str(runs[0]), "--ckpt", str(runs[1]), "--max-length", "64", "--sequences", "2"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eval_context: --ckpt {runs[1]} reads other val sequences than --ckpt {runs[0]} "
+                          f"(data.source {str(folder)!r} prepared in {tmp_path / 'prepared'}/")
+    assert err.endswith("so their losses would not compare; score checkpoints trained on the same data together\n")
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_an_mqar_checkpoint_is_refused_with_a_fix_that_applies(tmp_path, prepared_dir, capsys):
+    run = save_tiny_run(tmp_path / "recall", prepared_dir, "softmax", source="mqar")
+    assert cli.main(["--ckpt", str(run), "--max-length", "64", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"eval_context: --ckpt {run}: {find_checkpoint(run)} was trained on data.source "
+                                       "mqar (generated recall sequences, no val text); eval_context scores "
+                                       "checkpoints trained on text only\n")
+
+
+def test_a_negative_thread_count_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--ckpt", str(tmp_path), "--threads", "-1", "--out", str(tmp_path / "out")])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "eval_context: --threads must be >= 0 (0: torch's default), got -1 (see --help)\n"

@@ -82,6 +82,52 @@ def test_a_setting_is_pairs_x_length():
         recall_grid.Setting.parse("8")
 
 
+def refused_before_any_sweep(tmp_path, monkeypatch, capsys, argv: list[str]) -> str:
+    """main's exit status must be 2 with no sweep started and no folder made; returns its one line on stderr."""
+    def sweep(command, **kwargs):
+        raise AssertionError("a sweep started")
+
+    monkeypatch.setattr(recall_grid.subprocess, "run", sweep)
+    out = ["--out", str(tmp_path / "grid"), "--results", str(tmp_path / "res" / "mqar")]
+    assert recall_grid.main(["configs/mqar-cpu.yaml", *argv, *out]) == 2
+    assert not (tmp_path / "grid").exists() and not (tmp_path / "res").exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("recall_grid: ")
+    return err.removeprefix("recall_grid: ").rstrip("\n")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--settings", "4x"], "--settings: '4x' is not PAIRSxLENGTH (two whole numbers >= 1), e.g. 8x32"),
+    (["--settings", "4x32,0x8"], "--settings: '0x8' is not PAIRSxLENGTH (two whole numbers >= 1), e.g. 8x32"),
+    (["--settings", "4x32,4x32"], "--settings: 4x32 is given twice; give each setting once"),
+    (["--settings", "8x8"], "--settings 8x8: data.block_size (8) is too short for data.mqar"),
+    (["--lrs", "abc"], "--lrs: 'abc' is not a learning rate > 0; give comma-separated numbers, e.g. 1e-3,3e-3"),
+    (["--lrs", "1e-3,-1"], "--lrs: '-1' is not a learning rate > 0"),
+    (["--lrs", "1e-3,0.001"], "--lrs: 1e-3 and 0.001 are both lr 0.001; give each learning rate once"),
+    (["--seeds", "0"], "--seeds must be >= 1 (runs per backend, setting and learning rate), got 0"),
+])
+def test_malformed_flags_are_refused_naming_the_flag_before_any_sweep(tmp_path, monkeypatch, capsys, argv, message):
+    assert refused_before_any_sweep(tmp_path, monkeypatch, capsys, argv).startswith(message)
+
+
+@pytest.mark.parametrize("override, flag", [
+    ("optim.lr=0.01", "--lrs"), ("optim.min_lr=0", "--lrs"), ("train.seed=3", "--seeds"),
+    ("model.attention=taylor", "--backends"), ("data.block_size=64", "--settings"),
+    ("data.mqar={num_pairs: 3}", "--settings"), ("train.out_dir=x", "--out"),
+])
+def test_an_override_of_what_the_grid_sets_is_refused_naming_the_grid_flag(tmp_path, monkeypatch, capsys, override,
+                                                                         flag):
+    """Such an override lost to the grid's own value in every run, yet the page's title claimed it."""
+    key = recall_grid.override_keys(override)[0]
+    assert refused_before_any_sweep(tmp_path, monkeypatch, capsys, ["train.max_steps=5", override]) == (
+        f"the grid sets {key} in every run; leave {override!r} out of the overrides and give {flag} instead")
+
+
+def test_an_override_of_what_the_sweeps_set_is_refused(tmp_path, monkeypatch, capsys):
+    assert refused_before_any_sweep(tmp_path, monkeypatch, capsys, ["train.resume=never"]) == (
+        "the grid's sweeps set train.resume in every run; leave 'train.resume=never' out of the overrides")
+
+
 def test_the_recall_grid_refuses_a_text_config(capsys):
     assert recall_grid.main(["configs/tiny.yaml"]) == 2
     assert "set data.source=mqar" in capsys.readouterr().err
