@@ -6,7 +6,8 @@
 
 exp(A Aᵀ) is never formed as such: exp(A Aᵀ) = D K_G D with D = diag(exp(||a_i||² / 2)) and K_G the unit-diagonal
 Gaussian kernel exp(-||a_i - a_j||² / 2), whose entries lie in [0, 1] whatever the row norms. Its entries overflow
-float64 once ||a_i||² > 709.78, and cond(exp(A Aᵀ)) >= exp(max ||a_i||² - min ||a_i||²).
+float64 once ||a_i||² > 709.78, and cond(exp(A Aᵀ)) >= exp(max ||a_i||² - min ||a_i||²). Beyond that limit x itself
+(~exp(-||a_i||²) b) underflows float64, so exp_kernel refuses such rows (check_problem).
 
 A solve is scored by the paper's criterion (`score` <= eps): ||M x - b|| <= eps ||b|| for (a) and (c), and for (b),
 whose residual cannot go below OPT, the analogue ||M (x - x*)|| <= eps ||b||. `float64_predicted_ok` is the a-priori
@@ -34,8 +35,8 @@ class SolverError(ValueError):
 
 def check_problem(problem: str, A: torch.Tensor, b: torch.Tensor, j: int) -> None:
     """Raise SolverError unless (problem, A, b, j) is a well-posed instance: known problem, 2-D finite A with n >= d
-    for the Gram problems, 1-D finite nonzero b of the right length, integer j >= 1 (exp_kernel has no power:
-    j = 1)."""
+    and not all zero for the Gram problems, squared row norms <= 709.78 for exp_kernel, 1-D finite nonzero b of the
+    right length, integer j >= 1 (exp_kernel has no power: j = 1)."""
     if problem not in PROBLEMS:
         raise SolverError(f"unknown problem {problem!r}; choose one of {', '.join(PROBLEMS)}")
     if not isinstance(A, torch.Tensor) or A.ndim != 2 or not A.is_floating_point():
@@ -58,6 +59,48 @@ def check_problem(problem: str, A: torch.Tensor, b: torch.Tensor, j: int) -> Non
             raise SolverError(f"{name} has {int((~torch.isfinite(t)).sum())} non-finite entries; clean the input")
     if not b.any():
         raise SolverError("b is zero: x = 0 solves it exactly, and the relative scores divide by ||b||")
+    if problem != "exp_kernel" and not A.any():
+        raise SolverError(f"{problem}: A is all zeros, so (AᵀA)^j = 0 has no inverse and every x scores the same; "
+                          "give a nonzero A")
+    if problem == "exp_kernel":
+        largest = float((A.double() ** 2).sum(1).max())
+        if largest > EXP_OVERFLOW:
+            # x = D^-1 K_G^-1 D^-1 b has entries ~exp(-||a_i||²): below float64's smallest number, so x = 0 is
+            # the float64 answer and it solves nothing
+            raise SolverError(f"exp_kernel: max ||a_i||² = {largest:.6g} > {EXP_OVERFLOW:.2f}, where exp(A Aᵀ)'s "
+                              "entries overflow float64 and its solution x (~exp(-||a_i||²) b) underflows it; scale A "
+                              "down (softmax's analogue is A = K·d^-1/4) so that every squared row norm is <= "
+                              f"{EXP_OVERFLOW:.2f}")
+
+
+def singular_value_floor(sigma_max: float, n: int) -> float:
+    """The singular value of an n-row A at or below which it counts as zero in float64 (n u σ_max): the rounding of
+    any factorisation of A is that large, so such a direction of A is numerically in its null space."""
+    return sigma_max * n * UNIT_ROUNDOFF
+
+
+def numerically_singular(s: torch.Tensor, n: int) -> bool:
+    """Whether singular values s (descending, of A or of a factor R with AᵀA = RᵀR) reach the floor: A is
+    numerically rank-deficient, and a solve through the factor divides by rounding noise."""
+    return not (bool(torch.isfinite(s).all()) and float(s[-1]) > singular_value_floor(float(s[0]), n))
+
+
+def power_of(kappa: float, power: int) -> float:
+    """kappa ** power, inf where that exceeds float64 (a float power raises OverflowError instead)."""
+    try:
+        return kappa**power
+    except OverflowError:
+        return math.inf
+
+
+def residual_test(problem: str, relres: float, eps: float) -> bool:
+    """Whether a solve's final relres passes the test the problem's score allows without x*: relres <= eps for
+    gram_power and exp_kernel (relres is their score); for a_gram_power and the least-squares stage, whose score
+    pred_err needs x*, the necessary relres² <= 1 + eps² (||Mx - b||² = OPT² + (pred_err ||b||)² with OPT <= ||b||,
+    so a larger relres proves pred_err > eps)."""
+    if problem in ("gram_power", "exp_kernel"):
+        return relres <= eps
+    return relres**2 <= 1 + eps**2
 
 
 def _describe(t: Any) -> str:
@@ -137,7 +180,7 @@ class Reference:
         self.norms_sq = (A64 * A64).sum(1)
         if problem == "exp_kernel":
             self.half = log_jacobi(A64)
-            kernel = gaussian_kernel(A64)
+            self.kernel = kernel = gaussian_kernel(A64)
             self.all_evals, evecs = torch.linalg.eigh(kernel)
             self.floor = self.all_evals[-1] * A.shape[0] * UNIT_ROUNDOFF
             keep = self.all_evals > self.floor
@@ -148,27 +191,25 @@ class Reference:
                 self.cholesky = None if failed else factor
         else:
             self.U, self.s, self.Vh = torch.linalg.svd(A64, full_matrices=False)
-            self.s_inv = torch.where(self.s > self.s[0] * A.shape[0] * UNIT_ROUNDOFF, 1 / self.s, 0.0)
+            self.s_inv = torch.where(self.s > singular_value_floor(self.s[0], A.shape[0]), 1 / self.s, 0.0)
 
     def conditioning(self, j: int = 1) -> dict[str, float]:
-        """Diagnostics of the instance: κ(A) and κ(M) = κ(A)^{2j} (a) or κ(A)^{2j+1} (b); for exp_kernel the row-norm
-        range, κ(K) (a lower bound: the larger of exp(max ||a||² - min ||a||²) and κ(K_G) / n; inf when entries
-        overflow), κ(K_G) after Jacobi scaling and K_G's numerical rank. Eigenvalue-based κ above ~1/u is only a
-        lower estimate."""
+        """Diagnostics of the instance: κ(A) and κ(M) = κ(A)^{2j} (a) or κ(A)^{2j+1} (b) (inf beyond float64); for
+        exp_kernel the row-norm range, κ(K) = κ(exp(A Aᵀ)) itself, κ(K_G) after Jacobi scaling and K_G's numerical
+        rank. The kernels' κ come from their eigenvalues (an extra O(n³) for K), inf where the smallest is within
+        rounding (n u λ_max) of zero: a finite value is accurate while it is well below 1/(n u)."""
         out = {"row_norm_sq_min": float(self.norms_sq.min()), "row_norm_sq_max": float(self.norms_sq.max())}
         if self.problem == "exp_kernel":
-            evals = self.all_evals
-            kappa_g = float(evals[-1] / evals[0]) if evals[0] > self.floor else math.inf
-            spread = out["row_norm_sq_max"] - out["row_norm_sq_min"]
-            # two lower bounds on κ(K), K = D K_G D: its diagonal's spread (λ_max >= max K_ii, λ_min <= min K_ii),
-            # and κ(K_G) / n (Jacobi scaling is within a factor n of the best diagonal scaling, van der Sluis 1969)
-            kappa_k = (math.inf if out["row_norm_sq_max"] > EXP_OVERFLOW
-                       else max(math.exp(min(spread, EXP_OVERFLOW)), kappa_g / evals.shape[0]))
-            out.update(kappa_M=kappa_k, kappa_K=kappa_k, kappa_KG=kappa_g, rank_KG=int((evals > self.floor).sum()))
+            kappa_g = _kappa_from_eigenvalues(self.all_evals)
+            # K = D K_G D scaled by 1 / max(D)²: the same κ, entries in [0, 1] whatever the row norms
+            w = torch.exp(self.half - self.half.max())
+            kappa_k = _kappa_from_eigenvalues(torch.linalg.eigvalsh(w[:, None] * self.kernel * w[None, :]))
+            out.update(kappa_M=kappa_k, kappa_K=kappa_k, kappa_KG=kappa_g,
+                       rank_KG=int((self.all_evals > self.floor).sum()))
             return out
         kappa = float(self.s[0] / self.s[-1]) if self.s[-1] > 0 else math.inf
         power = 2 * j if self.problem == "gram_power" else 2 * j + 1
-        out.update(kappa_A=kappa, kappa_M=kappa**power, norm_A=float(self.s[0]))
+        out.update(kappa_A=kappa, kappa_M=power_of(kappa, power), norm_A=float(self.s[0]))
         return out
 
     def solution(self, b: torch.Tensor, j: int = 1) -> torch.Tensor:
@@ -188,6 +229,13 @@ class Reference:
             return 0.0
         b64 = b.double()
         return float(torch.linalg.vector_norm(b64 - self.U @ (self.U.T @ b64)))
+
+
+def _kappa_from_eigenvalues(evals: torch.Tensor) -> float:
+    """λ_max / λ_min of a symmetric positive semi-definite matrix from its ascending eigenvalues; inf where λ_min is
+    within the rounding n u λ_max of the eigensolver (numerically singular)."""
+    top = float(evals[-1])
+    return top / float(evals[0]) if float(evals[0]) > top * evals.shape[0] * UNIT_ROUNDOFF else math.inf
 
 
 def reference_solution(problem: str, A: torch.Tensor, b: torch.Tensor, j: int = 1) -> torch.Tensor:

@@ -214,9 +214,21 @@ def markdown(records: list[dict[str, Any]], timing: list[dict[str, Any]], *, ope
                               _predicted(r), r["method"], cell(r["worst_score"], "e")])
     parts.append(markdown_table(["matrix", "problem", "j", "n×d", "κ(A) (c: κ(K_G))", "κ(M)", "min ‖a‖²",
                                  "max ‖a‖²", "predicted", "best method", "its worst score"], cond_rows))
-    parts += ["", "## Synthetic controls", ""]
+    parts += _synthetic_controls(records)
+    parts += ["", "## Time against n (first checkpoint head's keys; median of 3)", ""]
+    parts.append(markdown_table(["problem", "method", "n", "d", "ms", "iterations", "relres", "converged"],
+                                [[t["problem"], t["method"], t["n"], t["d"], cell(1e3 * t["time"]), t["iterations"],
+                                  cell(t["relres"], "e"), t["converged"]] for t in timing]))
+    parts += ["", "![iterations against κ](iterations_vs_kappa.png)", "", "![time against n](time_vs_n.png)", ""]
+    return "\n".join(parts)
+
+
+def _synthetic_controls(records: list[dict[str, Any]]) -> list[str]:
+    """The synthetic controls' section, one row per (instance, j, method); none where the run had none."""
     synth = [r for r in records if r["source"] == "synthetic"]
-    parts.append(markdown_table(
+    if not synth:
+        return []
+    return ["", "## Synthetic controls", "", markdown_table(
         ["instance", "problem", "j", "κ(A) (c: κ(K_G))", "κ(M)", "predicted", "method", "≤ eps", "≤ 10·eps",
          "median score", "worst", "iters", "ms", "κ(AR⁻¹)", "speed-up"],
         [[r["label"], r["problem"], str(r["j"]),
@@ -225,13 +237,7 @@ def markdown(records: list[dict[str, Any]], timing: list[dict[str, Any]], *, ope
           cell(r.get("median_score"), "e"),
           cell(r.get("worst_score"), "e"), cell(r.get("median_iterations"), "int"),
           cell(1e3 * r["time_total"] if r.get("time_total") is not None else None), cell(r.get("kappa_precond")),
-          cell(r["speedup_vs_reference"], "x")] for r in synth]))
-    parts += ["", "## Time against n (first checkpoint head's keys; median of 3)", ""]
-    parts.append(markdown_table(["problem", "method", "n", "d", "ms", "iterations", "relres", "converged"],
-                                [[t["problem"], t["method"], t["n"], t["d"], cell(1e3 * t["time"]), t["iterations"],
-                                  cell(t["relres"], "e"), t["converged"]] for t in timing]))
-    parts += ["", "![iterations against κ](iterations_vs_kappa.png)", "", "![time against n](time_vs_n.png)", ""]
-    return "\n".join(parts)
+          cell(r["speedup_vs_reference"], "x")] for r in synth])]
 
 
 def _failed_solves(records: list[dict[str, Any]]) -> list[str]:

@@ -87,14 +87,15 @@ def solve_row(row: dict[str, Any], A: torch.Tensor, b: torch.Tensor, x_ref: torc
               eps: float, maxiter: int) -> dict[str, Any]:
     """`row` (the instance's columns, method and seed) completed by one solve. A method that does not apply gets
     applicable = False; one that raises a solver or LAPACK error (a rank-deficient A, say) a failed solve with the
-    reason in `error`, so that one bad instance costs its own rows and never the report."""
+    reason in `error`, so that one bad instance costs its own rows and never the report (a float division by zero
+    or overflow on a degenerate instance included)."""
     problem, j = row["problem"], row["j"]
     try:
         x, info = solve(problem, A, b, j=j, eps=eps, method=row["method"], seed=row["seed"], maxiter=maxiter)
     except NotApplicable:
         row = {**row, "applicable": False}
         return {**row, **scoring(row, eps)}
-    except (P.SolverError, torch.linalg.LinAlgError) as exc:
+    except (P.SolverError, torch.linalg.LinAlgError, ArithmeticError) as exc:
         row = {**row, "applicable": True, "relres": math.nan, "pred_err": math.nan, "fwd_err": math.nan,
                "subopt": math.nan}
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
@@ -175,12 +176,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--ckpt", help="a run or checkpoint directory: extract first, into OUT/extracted")
     source.add_argument("--rescore", type=Path, help="a report directory: score its per-seed rows again with its eps "
                                                      "and the current scoring (no solving), and write the report")
-    parser.add_argument("--layers", default="all", help="with --ckpt: layers to extract")
-    parser.add_argument("--heads", default="all", help="with --ckpt: heads to extract")
-    parser.add_argument("--windows", type=int, default=64, help="with --ckpt: val windows to extract")
+    # None stands for "not given": with --extracted or --rescore these would select nothing, so giving them is an error
+    parser.add_argument("--layers", help="with --ckpt: layers to extract (default: all)")
+    parser.add_argument("--heads", help="with --ckpt: heads to extract (default: all)")
+    parser.add_argument("--windows", type=int, help="with --ckpt: val windows to extract (default: 64)")
     parser.add_argument("--out", type=Path, required=True, help="report directory (created; files are replaced)")
     parser.add_argument("--seeds", type=int, default=3, help="right-hand sides and sketches per instance (>= 1)")
-    parser.add_argument("--eps", type=float, default=1e-8, help="target relative accuracy")
+    parser.add_argument("--eps", type=float, default=1e-8, help="target relative accuracy, in (0, 1)")
     parser.add_argument("--j", default="1,2", help="powers j for gram_power and a_gram_power")
     parser.add_argument("--maxiter", type=int, default=500, help="iterations per Krylov stage")
     parser.add_argument("--max-rows", type=int, default=None, help="use at most this many stacked rows of K and X")
@@ -188,8 +190,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-synthetic", action="store_true", help="skip the synthetic controls")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads while solving")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.maxiter < 1 or args.threads < 1 or not args.eps > 0:
-        parser.error("--seeds, --maxiter and --threads must be >= 1 and --eps > 0")
+    if args.seeds < 1 or args.maxiter < 1 or args.threads < 1:
+        parser.error("--seeds, --maxiter and --threads must be >= 1")
+    if not 0 < args.eps < 1:  # also rejects nan; x = 0 already has relres 1
+        parser.error(f"--eps must be a relative accuracy in (0, 1), got {args.eps:g}")
+    selection = [flag for flag, value in (("--layers", args.layers), ("--heads", args.heads),
+                                          ("--windows", args.windows)) if value is not None]
+    if selection and not args.ckpt:
+        parser.error(f"{', '.join(selection)} only select what --ckpt extracts; the report solves every layer, head "
+                     "and window of an extraction, so drop them or extract the selection first "
+                     "(python -m evals.extract --layers ... --heads ... --windows ...)")
+    args.layers = "all" if args.layers is None else args.layers
+    args.heads = "all" if args.heads is None else args.heads
+    args.windows = 64 if args.windows is None else args.windows
     if args.max_rows is not None and args.max_rows < 1:
         parser.error(f"--max-rows must be >= 1, got {args.max_rows}")
     try:
@@ -272,16 +285,19 @@ def writable_folder(out: Path) -> None:
 
 def _write(out: Path, rows: list[dict[str, Any]], timing: list[dict[str, Any]], settings: dict[str, Any]) -> None:
     """The report, and its settings (SETTINGS) so that --rescore can write it again."""
-    paths = report.write(out, rows, timing, opening=opening_of(settings), eps=settings["eps"])
+    synthetic = any(row["source"] == "synthetic" for row in rows)
+    paths = report.write(out, rows, timing, opening=opening_of(settings, synthetic=synthetic), eps=settings["eps"])
     write_text_atomic(out / SETTINGS, json.dumps(settings, indent=2) + "\n")
     print(f"evals.run: wrote {', '.join(str(p) for p in [*paths, out / SETTINGS])}")
 
 
-def opening_of(settings: dict[str, Any]) -> str:
-    """The report page's heading and the line saying what was measured, how, on what and when."""
+def opening_of(settings: dict[str, Any], *, synthetic: bool = True) -> str:
+    """The report page's heading and the line saying what was measured (the synthetic controls only where the rows
+    have them), how, on what and when."""
     manifest = settings["manifest"]
     ckpt, windows = manifest["checkpoint"], manifest["windows"]
-    measured = (f"every solver of evals/ on every layer and head's matrices and on synthetic controls, float64, "
+    controls = " and on synthetic controls" if synthetic else ""
+    measured = (f"every solver of evals/ on every layer and head's matrices{controls}, float64, "
                 f"eps = {settings['eps']:g}, {settings['seeds']} seeds (right-hand side and sketch) per instance, "
                 f"{settings['threads']} CPU thread(s)")
     rescored = settings.get("rescored")

@@ -20,6 +20,13 @@ preconditioner; each level's tolerance is tightened by σ_max(A)² per remaining
 pred_err (b) meets eps. `info` records relres, iterations per stage, passes over A (or kernel products), the wall
 time of sketch / factor / iterate, and κ(A R^-1) where a sketch preconditioner was built (`diagnostics=False`
 skips that extra O(n d²)).
+
+info.converged is True only where the solve can vouch for eps: every stopping test held on a bound, no factor was
+numerically singular, x is finite, and the final relres passes problems.residual_test (relres <= eps for
+gram_power and exp_kernel; for a_gram_power, scored by pred_err against x*, only the necessary relres² <= 1 + eps²
+can be checked). Instances float64 cannot solve (a rank-deficient A, κ(M) beyond 1/u) return x with its honest
+relres and converged = False; input no solve can use (a zero A or b, non-finite entries, exp_kernel rows with
+||a_i||² > 709.78, whose x underflows float64) raises SolverError.
 """
 
 from __future__ import annotations
@@ -37,11 +44,11 @@ def solve(problem: str, A: torch.Tensor, b: torch.Tensor, *, j: int = 1, eps: fl
     """Solve `problem` (gram_power, a_gram_power, exp_kernel) for A (n, d) and b with `method` (default per
     problem: sketch_pcg, sketch_lsqr, jacobi_pcg) to relative accuracy eps; returns x and a SolveInfo.
 
-    sketch / sketch_rows: the embedding of the sketch methods (default sparse_sign with 4d rows; at least 2d for
-    the iterative ones, d for sketch_cholqr); maxiter: per Krylov stage; refine: refinement steps after an
-    iterative sketched least-squares stage (each costs about as many iterations again and brings the forward error
-    in y towards Householder QR's; measured in results/bench_solvers.md); rank: the Nyström rank (default
-    min(n, 256)). Raises SolverError for bad input, NotApplicable where a method cannot handle an instance."""
+    sketch / sketch_rows: the embedding of the sketch methods (default sparse_sign with 4d rows, sketch_rows=None;
+    at least 2d for the iterative ones, d for sketch_cholqr); seed: an integer in [0, 2^32); maxiter: >= 1, per
+    Krylov stage; refine: refinement steps after an iterative sketched least-squares stage (each costs about as
+    many iterations again and brings the forward error in y towards Householder QR's; measured in
+    results/bench_solvers.md); rank: the Nyström rank (default min(n, 256)). Raises SolverError for bad input, NotApplicable where a method cannot handle an instance."""
     P.check_problem(problem, A, b, j)
     method = method or DEFAULT_METHOD[problem]
     cls = get_method(problem, method)
@@ -56,6 +63,7 @@ def solve(problem: str, A: torch.Tensor, b: torch.Tensor, *, j: int = 1, eps: fl
     if diagnostics:
         info.kappa_precond = solver.kappa_precond()
     info.relres = P.relres(problem, A, x, b, j)
+    info.converged &= P.residual_test(problem, info.relres, eps)
     return x, info
 
 
@@ -76,6 +84,7 @@ def least_squares(A: torch.Tensor, b: torch.Tensor, *, eps: float = 1e-10, metho
     if diagnostics:
         info.kappa_precond = solver.kappa_precond()
     info.relres = float(torch.linalg.vector_norm(A @ y - b) / torch.linalg.vector_norm(b))
+    info.converged &= P.residual_test("least_squares", info.relres, eps)
     return y, info
 
 

@@ -33,6 +33,9 @@ class SolveInfo:
     j: int
     eps: float
     relres: float = math.nan
+    # True only where every stopping test held on a bound (not a heuristic), the factor was not numerically
+    # singular, x is finite, and the final relres passes problems.residual_test (relres <= eps for gram_power and
+    # exp_kernel; for a_gram_power, whose score needs x*, the necessary relres² <= 1 + eps²)
     converged: bool = True
     iterations: dict[str, int] = field(default_factory=dict)  # per stage: "ls", "level1", "level2", ...
     # products with A or Aᵀ itself (blocks count once), or with the n x n kernel for exp_kernel; sketch_cholqr's two
@@ -75,16 +78,35 @@ class SolveInfo:
 class SolveOptions:
     """The settings of solve() that some methods read; each method ignores those it has no use for."""
 
-    seed: int = 0  # the sketch, and the random test matrices of Nyström and TensorSketch
+    seed: int = 0  # the sketch, and the random test matrices of Nyström and TensorSketch (0 <= seed < 2^32)
     sketch: str = "sparse_sign"  # the embedding of the sketch_* methods (evals/sketch.py)
-    sketch_rows: int | None = None  # its rows k (None: 4d)
-    maxiter: int = 2000  # iterations per Krylov stage
+    sketch_rows: int | None = None  # its rows k (None, and only None: 4d)
+    maxiter: int = 2000  # iterations per Krylov stage (>= 1)
     refine: int = 0  # refinement steps after an iterative sketched least-squares stage
     rank: int | None = None  # the Nyström rank (None: min(n, 256))
 
     def __post_init__(self) -> None:
-        if self.refine < 0:
-            raise P.SolverError(f"refine must be >= 0 refinement steps, got {self.refine}")
+        _check_integer("seed", self.seed, 0, "it fixes the sketch and the random test matrices", below=MAX_SEED)
+        _check_integer("sketch_rows", self.sketch_rows, 1, "or None for the default 4d", optional=True)
+        _check_integer("maxiter", self.maxiter, 1, "iterations per Krylov stage")
+        _check_integer("refine", self.refine, 0, "refinement steps")
+        _check_integer("rank", self.rank, 1, "or None for min(n, 256)", optional=True)
+        if not isinstance(self.sketch, str):
+            raise P.SolverError(f"sketch must be a sketch's name, got {self.sketch!r}")
+
+
+MAX_SEED = 1 << 32  # the Taylor features derive MAX_TAYLOR_DEGREE + 1 generator seeds from one, within 64 bits
+
+
+def _check_integer(name: str, value: Any, least: int, hint: str, *, optional: bool = False,
+                   below: int | None = None) -> None:
+    """Raise SolverError unless value is an int (not a bool) in [least, below), or None where optional."""
+    if optional and value is None:
+        return
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
+    if not ok or (below is not None and value >= below):
+        bound = f">= {least}" if below is None else f"in [{least}, {below})"
+        raise P.SolverError(f"{name} must be an integer {bound} ({hint}), got {value!r}")
 
 
 class Method:

@@ -30,6 +30,9 @@ class SVD(DirectMethod):
     def factor(self, A: torch.Tensor) -> None:
         self.U, self.s, self.Vh = torch.linalg.svd(A, full_matrices=False)
 
+    def singular_values(self) -> torch.Tensor:
+        return self.s
+
     def ls_solve(self, b: torch.Tensor) -> torch.Tensor:
         return self.Vh.T @ ((self.U.T @ b) / self.s)
 

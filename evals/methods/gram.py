@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from evals import problems as P
 from evals.methods.base import Method, SolveInfo, SolveOptions
 from evals.methods.operators import TallMatrix, UpperTriangular
 
@@ -42,7 +43,10 @@ class GramMethod(Method):
 
 class DirectMethod(GramMethod):
     """A factorisation of A (one pass over it) solves the least-squares stage and every level exactly: no
-    iterations, no tolerances. Subclasses give `factor`, `ls_solve` and `gram_solve`."""
+    iterations, no tolerances. Subclasses give `factor`, `singular_values`, `ls_solve` and `gram_solve`.
+
+    A numerically rank-deficient A (a singular value at or below n u σ_max) leaves the factor a pivot of rounding
+    noise: the solve still returns x (relres ~1e15 and beyond on (a) and (b)), marked as not converged."""
 
     direct = True
 
@@ -50,9 +54,15 @@ class DirectMethod(GramMethod):
         super().__init__(A, info, options)
         with info.timed("factor"):
             self.factor(A)
+            if P.numerically_singular(self.singular_values(), A.shape[0]):
+                info.converged = False
         info.passes += 1
 
     def factor(self, A: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def singular_values(self) -> torch.Tensor:
+        """A's singular values, descending, from the factor (O(d³) at most)."""
         raise NotImplementedError
 
     def least_squares(self, b: torch.Tensor, tol: float) -> torch.Tensor:
@@ -81,6 +91,10 @@ class TriangularFactor(DirectMethod):
 
     R: UpperTriangular
 
+    def singular_values(self) -> torch.Tensor:
+        R = self.R.R
+        return torch.linalg.svdvals(R) if torch.isfinite(R).all() else torch.full_like(R[0], torch.nan)
+
     def gram_solve(self, c: torch.Tensor) -> torch.Tensor:
         return self.R.solve(self.R.solve_t(c))
 
@@ -94,7 +108,8 @@ class IterativeMethod(GramMethod):
         extra_power})."""
         share, sigma = levels + extra_power, self.sigma_max()
         for level in range(1, levels + 1):
-            target = self.info.eps * bnorm / (share * sigma ** (2 * (level - 1) + extra_power))
+            # 0 where σ_max^power exceeds float64 (large j): that level cannot be certified, and is not
+            target = self.info.eps * bnorm / (share * P.power_of(sigma, 2 * (level - 1) + extra_power))
             with self.info.timed("iterate"):
                 c = self.gram_level(c, target, f"level{level}")
         return c

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from evals import problems as P
-from evals.krylov import KrylovResult, cg, power_norm, preconditioned_gd
+from evals.krylov import KrylovResult, cg, power_norm, preconditioned_gd, weighted_norm
 from evals.methods.base import Method, SolveInfo, SolveOptions
 from evals.methods.kernel_preconditioners import (Preconditioner, nystrom_preconditioner, taylor_features,
                                                   woodbury_inverse)
@@ -127,5 +127,5 @@ class TensorSketchGD(TensorSketchPCG):
                          seed=self.options.seed)
         weights = self.score_weights()
         return preconditioned_gd(lambda z: c - self.kernel(z), precond(c), step=1.0 / (GD_MARGIN * lam),
-                                 target=self.info.eps * float(torch.linalg.vector_norm(weights * c)),
+                                 target=self.info.eps * weighted_norm(c, weights),
                                  maxiter=self.options.maxiter, precond=precond, weights=weights)

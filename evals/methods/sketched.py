@@ -35,7 +35,7 @@ def sketch_factor(A: torch.Tensor, info: SolveInfo, options: SolveOptions, *, mi
     n, d = A.shape
     if options.sketch not in SKETCHES:
         raise P.SolverError(f"unknown sketch {options.sketch!r} (allowed: {', '.join(SKETCHES)})")
-    k = options.sketch_rows or 4 * d
+    k = 4 * d if options.sketch_rows is None else options.sketch_rows
     if not min_rows * d <= k:
         raise P.SolverError(f"sketch_rows must be >= {min_rows}d = {min_rows * d} {why}, got {k}")
     info.sketch, info.sketch_rows = options.sketch, k

@@ -14,7 +14,8 @@ import torch
 from evals import report
 from evals import synthetic as syn
 from evals.instances import Instance, distinct_rows, synthetic_controls
-from evals.run import evaluate, main, scoring, time_vs_n
+from evals import run
+from evals.run import evaluate, main, opening_of, scoring, time_vs_n
 from evals.solve import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +56,10 @@ def test_the_cli_reports_every_layer_head_problem_j_and_method(softmax_run, tmp_
     assert heading.startswith("# ") and opening.startswith("Measured: ")
     for fact in ("Command: `python -m evals.run --ckpt", "step 7", "softmax", "Machine: ", "Date: "):
         assert fact in opening, fact
-    assert "| gram_power | 1 | sketch_pcg |" in (out / "solvers.md").read_text()
+    page = (out / "solvers.md").read_text()
+    assert "| gram_power | 1 | sketch_pcg |" in page
+    # --no-synthetic: neither claimed in the opening nor an empty table
+    assert "on synthetic controls" not in page and "## Synthetic controls" not in page
 
     # scoring the per-seed rows again with the scoring that wrote them changes no record
     again = tmp_path / "rescored"
@@ -221,6 +225,11 @@ def test_distinct_rows_keeps_the_first_copy_of_each_row_in_order():
     (["--extracted", "nowhere", "--out", "x", "--j", "0"], "--j takes integers >= 1"),
     (["--extracted", "nowhere", "--out", "x", "--seeds", "0"], "--seeds"),
     (["--extracted", "nowhere", "--out", "x", "--max-rows", "0"], "--max-rows must be >= 1, got 0"),
+    (["--extracted", "nowhere", "--out", "x", "--eps", "2"], "--eps must be a relative accuracy in (0, 1), got 2"),
+    (["--extracted", "nowhere", "--out", "x", "--eps", "1"], "--eps must be a relative accuracy in (0, 1), got 1"),
+    (["--extracted", "nowhere", "--out", "x", "--layers", "0", "--heads", "1", "--windows", "3"],
+     "--layers, --heads, --windows only select what --ckpt extracts"),
+    (["--rescore", "nowhere", "--out", "x", "--heads", "1"], "--heads only select what --ckpt extracts"),
 ])
 def test_errors_name_the_problem(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -255,3 +264,40 @@ def test_rescoring_a_damaged_report_is_a_clear_error(tmp_path, capsys):
     assert main(["--rescore", str(tmp_path / "old"), "--out", str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"evals.run: {tmp_path / 'old'} is not a solver report") and "JSONDecodeError" in err
+
+
+def test_an_all_zero_matrix_fails_its_rows_without_aborting():
+    """A = 0 raised a bare ZeroDivisionError in the iterative methods, which aborted the whole report."""
+    A = torch.zeros(64, 4, dtype=torch.float64)
+    rows = evaluate(Instance("synthetic", "zero", "a_gram_power", A, (1,)), seeds=1, eps=1e-8, maxiter=20)
+    assert [r["method"] for r in rows] == list(METHODS["a_gram_power"])
+    assert all(r["error"].startswith("SolverError: a_gram_power: A is all zeros") for r in rows)
+
+
+def test_a_numerical_failure_inside_a_solve_costs_only_its_row(monkeypatch):
+    def divides_by_zero(*args, **kwargs):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(run, "solve", divides_by_zero)
+    rows = evaluate(Instance("synthetic", "easy", "gram_power", syn.conditioned(64, 4, 10.0), (1,)), seeds=1,
+                    eps=1e-8, maxiter=20)
+    assert all(r["error"] == "ZeroDivisionError: float division by zero" and not r["success"] for r in rows)
+
+
+def test_a_power_whose_condition_number_exceeds_float64_is_scored_not_a_crash():
+    """--j 20: κ(A)^{2j+1} = 1e8^41 raised OverflowError after every solve, and no report was written."""
+    hard = next(i for i in synthetic_controls(js=(20,), n=256, d=8) if i.label == "kappa=1e+08"
+                and i.problem == "a_gram_power")
+    rows = evaluate(hard, seeds=1, eps=1e-8, maxiter=5)
+    assert all(r["kappa_M"] == math.inf and not r["float64_predicted_ok"] for r in rows)
+
+
+def test_a_report_without_synthetic_controls_says_so_and_has_no_such_table():
+    rows = evaluate(Instance("checkpoint", "L0 H0 K", "gram_power", syn.conditioned(64, 4, 10.0), (1,), 0, 0),
+                    seeds=1, eps=1e-8, maxiter=50)
+    assert "## Synthetic controls" not in report.markdown(report.aggregate(rows), [], opening="", eps=1e-8)
+    settings = {"manifest": {"checkpoint": {"path": "runs/x", "step": 7}, "windows": {"count": 4, "block_size": 32},
+                             "attention": {"backend": "softmax"}, "layers": [0], "heads": [0]},
+                "eps": 1e-8, "seeds": 1, "threads": 1, "command": "python -m evals.run", "machine": "m", "date": "d"}
+    assert "synthetic" not in opening_of(settings, synthetic=False)
+    assert "on synthetic controls" in opening_of(settings, synthetic=True)
