@@ -8,6 +8,8 @@ torch, transformers, the model package and typedconfig.parsing (which imports on
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 from transformers import PreTrainedConfig
 
@@ -62,3 +64,20 @@ class AttnlabConfig(PreTrainedConfig, _ModelConfigFields):
         end = GPT2_END_OF_TEXT if cfg.vocab_size > GPT2_END_OF_TEXT else None
         kwargs = {"bos_token_id": end, "eos_token_id": end, **kwargs}
         return cls(**dataclasses.asdict(cfg), **kwargs)
+
+
+def transformers_folder_note(path: str | Path) -> str | None:
+    """Why `path`, given where an attnlab checkpoint is expected, is not one when it is a transformers model folder
+    (its config.json names a model_type, which a checkpoint's run config never does): what to do instead. None for
+    any other path, which the checkpoint loader then judges."""
+    try:
+        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):  # absent, unreadable, not JSON, or JSON but not an object
+        return None
+    if model_type == AttnlabConfig.model_type:
+        return (f"{path} is a transformers export, not a checkpoint; load it with AutoModelForCausalLM.from_pretrained"
+                f"({str(path)!r}, trust_remote_code=True), or pass the run directory or checkpoint it came from")
+    if isinstance(model_type, str):
+        return (f"{path} is a transformers model folder (model_type {model_type!r}), not an attnlab checkpoint; pass "
+                "a run directory or a checkpoint directory (scripts/import_gpt2.py makes a run of a GPT-2 folder)")
+    return None

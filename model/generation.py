@@ -16,7 +16,8 @@ tokens into a fresh state (positions restart at 0) and goes on. A padded batch c
 limit when its longest row does.
 
 KV caches are preallocated for every token the state will take (the prompt plus the new tokens, capped at the
-limit), so decoding never reallocates them.
+limit), so decoding never reallocates them. The first state is allocated when generate() is called, so a request
+too large for memory fails there (DecodeStateTooLarge, naming the bytes it needs), before any token is yielded.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ from model.sampling import Sampler, next_token, per_row_generators
 
 class ContextLimitReached(Exception):
     """The decode state is full and no window was given; the tokens yielded so far are the whole generation."""
+
+
+class DecodeStateTooLarge(ValueError):
+    """The decode state asked for could not be allocated; `needs` says what it is and how many bytes it takes."""
+
+    def __init__(self, needs: str):
+        super().__init__(f"{needs}, more than could be allocated; lower max_new_tokens or max_context")
+        self.needs = needs
 
 
 @dataclass(frozen=True)
@@ -142,18 +151,19 @@ def generate(
             )
         prompt = prompt[:, -window:]
         mask = None if mask is None else mask[:, -window:]
-    return _generate(model, prompt, mask, max_new_tokens, sampler, generator, stop_id, window, limit,
+    state = _empty_state(model, prompt, max_new_tokens, limit)
+    return _generate(model, prompt, mask, state, max_new_tokens, sampler, generator, stop_id, window, limit,
                      DecodeStats() if stats is None else stats)
 
 
 @torch.no_grad()
 def _generate(
-    model: GPT, context: torch.Tensor, mask: torch.Tensor | None, max_new_tokens: int, sampler: Sampler,
-    generator: torch.Generator | list[torch.Generator] | None, stop_id: int | None, window: int | None,
-    limit: ContextLimit, stats: DecodeStats,
+    model: GPT, context: torch.Tensor, mask: torch.Tensor | None, state: DecodeState, max_new_tokens: int,
+    sampler: Sampler, generator: torch.Generator | list[torch.Generator] | None, stop_id: int | None,
+    window: int | None, limit: ContextLimit, stats: DecodeStats,
 ) -> Iterator[torch.Tensor]:
     device, rows = context.device, context.shape[0]
-    logits, state = _prefill(model, context, mask, max_new_tokens, limit, stats)
+    logits, state = _prefill(model, context, mask, state, stats)
     stopped = torch.zeros(rows, dtype=torch.bool, device=device)
     for i in range(max_new_tokens):
         start = _synced_clock(device)
@@ -173,7 +183,7 @@ def _generate(
         if state.position == limit.tokens:
             if window is None:
                 raise ContextLimitReached(f"stopped at the context limit of {limit.tokens} tokens ({limit.reason})")
-            logits, state = _prefill(model, context, mask, remaining, limit, stats)
+            logits, state = _prefill(model, context, mask, _empty_state(model, context, remaining, limit), stats)
             continue
         start = _synced_clock(device)
         logits, state = model.decode(token, state)
@@ -181,17 +191,31 @@ def _generate(
         stats.state_bytes = max(stats.state_bytes, model.decode_state_nbytes(state))
 
 
-def _prefill(
-    model: GPT, context: torch.Tensor, mask: torch.Tensor | None, new_tokens: int, limit: ContextLimit,
-    stats: DecodeStats,
-) -> tuple[torch.Tensor, DecodeState]:
-    """A fresh decode state holding `context` (`mask`: its padding), with room for the `new_tokens` to come, and
-    its last logits."""
+def _empty_state(model: GPT, context: torch.Tensor, new_tokens: int, limit: ContextLimit) -> DecodeState:
+    """An empty decode state for the rows of `context` (B, T) with room for them and the `new_tokens` to come
+    (capped at the limit); DecodeStateTooLarge, naming the bytes it needs, when memory cannot hold it."""
     capacity = context.shape[1] + new_tokens
     if limit.tokens is not None:
         capacity = min(capacity, limit.tokens)
     dtype = next(model.parameters()).dtype
-    state = model.init_decode_state(context.shape[0], dtype=dtype, device=context.device, capacity=capacity)
+    try:
+        return model.init_decode_state(context.shape[0], dtype=dtype, device=context.device, capacity=capacity)
+    except (MemoryError, RuntimeError) as exc:  # CPU allocators raise RuntimeError, CUDA torch.OutOfMemoryError
+        if not isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and "allocate" not in str(exc):
+            raise
+    # the same state on the meta device takes no memory and counts the bytes
+    needed = model.decode_state_nbytes(model.init_decode_state(context.shape[0], dtype=dtype, device="meta",
+                                                               capacity=capacity))
+    kind = f"{model.config.attention} {'decode state' if model.constant_memory_decoding else 'KV cache'}"
+    rows = context.shape[0]
+    raise DecodeStateTooLarge(f"a {kind} of {capacity:,} tokens for {rows} prompt{'s' if rows > 1 else ''} needs "
+                              f"{needed / 2**30:,.1f} GiB")
+
+
+def _prefill(
+    model: GPT, context: torch.Tensor, mask: torch.Tensor | None, state: DecodeState, stats: DecodeStats
+) -> tuple[torch.Tensor, DecodeState]:
+    """The empty decode `state` after `context` (`mask`: its padding), and its last logits."""
     start = _synced_clock(context.device)
     logits, state = model.decode(context, state, mask=mask, last_only=True)
     stats.prefill_s += _synced_clock(context.device) - start

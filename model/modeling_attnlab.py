@@ -34,13 +34,37 @@ from model.position import token_positions
 
 
 class AttnlabCache:
-    """The model's DecodeState as a generate() cache: what generate() and beam search ask of a cache."""
+    """The model's DecodeState as a generate() cache: what generate() and beam search ask of a cache, including one
+    a caller passes back in (`generate(..., past_key_values=out.past_key_values)` continues from it, in place)."""
+
+    # generate() reads these of a cache it did not make: whether forward() may be compiled around it (a cache of fixed
+    # shapes; a KV cache here grows by reallocation), and whether its last tokens can be dropped (a recurrent state
+    # cannot forget them).
+    is_compileable = False
+    is_croppable = False
 
     def __init__(self, state: DecodeState):
         self.state = state
 
+    @property
+    def batch_size(self) -> int:
+        """The rows of the state (every layer's state is a dataclass of batch-first tensors)."""
+        layer = self.state.layers[0]
+        return next(value.shape[0] for f in dataclasses.fields(layer)
+                    if isinstance(value := getattr(layer, f.name), torch.Tensor))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat each row `repeats` times in place (row i becomes rows i*repeats ... i*repeats + repeats - 1), as
+        generate() repeats input_ids for beams and num_return_sequences."""
+        self.reorder_cache(torch.arange(self.batch_size).repeat_interleave(repeats))
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.state.position
+
+    def activate_past_recording(self) -> None:
+        """Assisted and prompt-lookup decoding call this to be able to drop rejected tokens later."""
+        raise ValueError("assisted and prompt-lookup decoding drop rejected tokens from the cache, which an attnlab "
+                         "state cannot forget; generate without assistant_model and prompt_lookup_num_tokens")
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Keep the batch rows `beam_idx` of the state and of every layer's state, in that order (beam search)."""
@@ -94,6 +118,33 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> torch.nn.Linear:
         return self.model.lm_head
 
+    def set_output_embeddings(self, value: torch.nn.Linear) -> None:
+        self.model.lm_head = value
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> torch.nn.Embedding:
+        """transformers' resize (new rows at the end, a tied head follows the embedding, config.vocab_size updated),
+        refused before anything changes when it would drop the bos or eos token; the GPT's own config follows. With
+        mean_resizing=False the new rows start as GPT initialises them (normal, std init_std), since _init_weights,
+        which transformers would call for them, leaves initialisation to GPT's constructor."""
+        old_size = self.config.vocab_size
+        size = old_size if new_num_tokens is None else new_num_tokens
+        if pad_to_multiple_of:
+            size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self.config, name)
+            if isinstance(value, int) and value >= size:
+                raise ValueError(f"resize_token_embeddings({new_num_tokens}) would drop {name}={value}; keep at least "
+                                 f"{value + 1} tokens, or set config.{name} to a smaller id or None first")
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.model.config.vocab_size = self.config.vocab_size
+        if not mean_resizing:
+            with torch.no_grad():
+                for weight in {id(w): w for w in (embeddings.weight, self.model.lm_head.weight)}.values():
+                    weight[old_size:].normal_(0.0, self.config.init_std)
+        return embeddings
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the cache is the backend's own state, made in forward()
@@ -115,7 +166,16 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         model argument generate() holds (output_hidden_states, a caller's own) as given, so that forward() answers or
         refuses each; next_sequence_length and is_first_iteration are generate()'s notes to this method alone."""
         if past_key_values is not None:
-            input_ids = input_ids[:, past_key_values.get_seq_length() :]  # only the tokens the state has not seen
+            past = past_key_values.get_seq_length()
+            if input_ids.shape[1] <= past:
+                raise ValueError(
+                    f"past_key_values holds {past} tokens, and input_ids ({input_ids.shape[1]} tokens) must hold them "
+                    "followed by at least one new token: pass the whole sequence (output.sequences and the new ids)"
+                )
+            rows = past_key_values.batch_size
+            if input_ids.shape[0] != rows and input_ids.shape[0] % rows == 0:  # generate() repeated each prompt row
+                past_key_values.batch_repeat_interleave(input_ids.shape[0] // rows)
+            input_ids = input_ids[:, past:]  # only the tokens the state has not seen
         if position_ids is not None:
             position_ids = position_ids[:, -input_ids.shape[1] :]
         inputs = dict(input_ids=input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
@@ -186,6 +246,11 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
                 f"labels need the logits of every position; do not combine them with logits_to_keep={logits_to_keep!r}"
             )
         continues = past_key_values is not None
+        if continues and past_key_values.batch_size != input_ids.shape[0]:
+            raise ValueError(
+                f"past_key_values holds {past_key_values.batch_size} rows and input_ids {input_ids.shape[0]}; continue "
+                "a cache with the rows it was made for"
+            )
         wants_cache = continues or (use_cache and labels is None and not self.training)
         past = past_key_values.get_seq_length() if continues else 0
         mask = _padding_mask(attention_mask, input_ids.shape, past)

@@ -11,7 +11,10 @@ packages it imports (the model package and typedconfig's parsing, which the mode
 flattened into one directory with their `from model.x.y import` lines rewritten to relative imports (`from .x_y
 import`; `from typedconfig.parsing import` to `from .typedconfig_parsing import`), which is what transformers'
 remote-code loader resolves. config.json maps
-AutoConfig / AutoModelForCausalLM to them (`auto_map`). The folder is written under a temporary name and renamed,
+AutoConfig / AutoModelForCausalLM to them (`auto_map`). The run's tokenizer goes in too, with model_max_length the
+learned positions (no limit for rope / none), unless the model cannot use it (MQAR's synthetic ids, or a vocabulary
+smaller than the tokenizer's, as of a GPT-2 imported with one of its own): then the folder holds no tokenizer and
+bos/eos are None. The folder is written under a temporary name and renamed,
 and an existing --out is replaced only with --force, never when it is the run being exported, a checkpoint of it, or a
 folder holding the run or the current directory.
 """
@@ -25,12 +28,17 @@ import sys
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from data.config import MQAR
 from data.tokenizer import TextTokenizer, load_tokenizer
 from fileio.folders import check_out_folder
+from model.config import ModelConfig
+from model.configuration_attnlab import transformers_folder_note
 from model.modeling_attnlab import AttnlabForCausalLM
-from training.checkpoint import CHECKPOINTS, checkpoint_step, in_run, load_checkpoint_model, replace_dir
+from training.checkpoint import (CHECKPOINTS, CheckpointError, checkpoint_step, in_run, load_checkpoint_model,
+                                 replace_dir)
+from training.config import RunConfig
 from typedconfig.cli import ArgumentParser
 
 PACKAGES = ("model", "typedconfig")  # ours, imported by the modelling code; the rest is the standard library and torch
@@ -93,9 +101,28 @@ def write_modelling_code(out: Path, root: Path) -> list[str]:
     return names
 
 
-def transformers_tokenizer(tokenizer: TextTokenizer) -> PreTrainedTokenizerFast:
+def transformers_tokenizer(tokenizer: TextTokenizer, model: ModelConfig) -> PreTrainedTokenizerFast:
+    """The tokenizer as transformers saves it. Its model_max_length, where `truncation=True` cuts, is the learned
+    position table's size; rope and no positions have no such limit (a constant-memory state decodes on without
+    end, a KV cache as far as memory goes), so it is transformers' VERY_LARGE_INTEGER, its own "no limit"."""
     end = tokenizer.backend.id_to_token(tokenizer.eot_id)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, bos_token=end, eos_token=end, unk_token=end)
+    longest = model.n_positions if model.position == "learned" else VERY_LARGE_INTEGER
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, bos_token=end, eos_token=end, unk_token=end,
+                                   model_max_length=longest)
+
+
+def text_tokenizer(cfg: RunConfig) -> tuple[TextTokenizer | None, str]:
+    """The tokenizer to export with the model, or None when there is none it can use; and what the summary says of
+    it. MQAR's tokens are synthetic ids; a model whose vocabulary is smaller than its run's tokenizer (a GPT-2
+    imported with a vocabulary of its own) cannot take that tokenizer's ids, whose bos/eos included."""
+    if cfg.data.source == MQAR:
+        return None, "no tokenizer (mqar)"
+    name, vocab_size = cfg.data.tokenizer, cfg.model.vocab_size
+    tokenizer = load_tokenizer(name)
+    if tokenizer.vocab_size > vocab_size:
+        return None, (f"no tokenizer (the model's vocabulary of {vocab_size} tokens is smaller than tokenizer "
+                      f"{name}'s {tokenizer.vocab_size}: copy in the tokenizer it was trained with)")
+    return tokenizer, f"tokenizer {name}"
 
 
 def run_of(ckpt_path: Path) -> Path:
@@ -126,18 +153,20 @@ def check_out(ckpt_path: Path, out: Path, force: bool) -> None:
 def export(ckpt_path: str, out: Path, force: bool) -> str:
     """Write the export folder; a one-line summary."""
     out = out.resolve()  # `.` or `..` have no name to build the temporary folder's name from
+    if note := transformers_folder_note(ckpt_path):  # the checkpoint loader would call it incomplete
+        raise CheckpointError(note)
     check_out(Path(ckpt_path).resolve(), out, force)
     gpt, cfg, ckpt = load_checkpoint_model(ckpt_path)
-    tokenizer = None if cfg.data.source == MQAR else load_tokenizer(cfg.data.tokenizer)
+    tokenizer, what = text_tokenizer(cfg)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
         hf = AttnlabForCausalLM.from_gpt(gpt)
-        if tokenizer is None:  # the recall task's tokens are synthetic: no end-of-text, no text tokenizer
+        if tokenizer is None:  # no end-of-text either: generation stops at max_new_tokens
             hf.config.bos_token_id = hf.config.eos_token_id = None
         else:
             hf.config.bos_token_id = hf.config.eos_token_id = tokenizer.eot_id
-            transformers_tokenizer(tokenizer).save_pretrained(tmp)
+            transformers_tokenizer(tokenizer, cfg.model).save_pretrained(tmp)
         hf.config.auto_map = {
             "AutoConfig": "configuration_attnlab.AttnlabConfig",
             "AutoModelForCausalLM": "modeling_attnlab.AttnlabForCausalLM",
@@ -148,7 +177,6 @@ def export(ckpt_path: str, out: Path, force: bool) -> str:
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # what is left of a failed export
-    what = "no tokenizer (mqar)" if tokenizer is None else f"tokenizer {cfg.data.tokenizer}"
     return (f"exported {ckpt} (step {checkpoint_step(ckpt)}, attention {cfg.model.attention}) to {out}: "
             f"weights, config, {what}, {len(files)} code files")
 

@@ -26,8 +26,8 @@ only), nothing for a constant-memory backend with rope/none positions; a batch r
 There it stops with a message, or, with --window N, re-prefills the last N tokens into a fresh state and goes on.
 At the end, stderr gets one line with prefill and decode tokens/s and the bytes of the largest decode state held.
 
-Exit status: 0 (also when stopped at the context limit), 2 for unusable arguments, checkpoint or prompts (one line
-on stderr, no output), 130 on Ctrl-C (after the stats line).
+Exit status: 0 (also when stopped at the context limit), 2 for unusable arguments, checkpoint or prompts, or a
+decode state larger than memory can hold (one line on stderr, no output), 130 on Ctrl-C (after the stats line).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ import torch
 
 from data.config import MQAR
 from data.tokenizer import StreamDecoder, TextTokenizer, load_tokenizer
-from model.generation import ContextLimitReached, DecodeStats, generate, left_pad
+from model.configuration_attnlab import transformers_folder_note
+from model.generation import ContextLimitReached, DecodeStats, DecodeStateTooLarge, generate, left_pad
 from model.gpt import GPT
 from model.sampling import Sampler
 from training.checkpoint import CheckpointError, load_checkpoint_model
@@ -69,9 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
     parser.add_argument("--top-p", type=float, default=1.0, help="in (0, 1]; 1 = no limit")
     parser.add_argument("--seed", type=int, default=None,
-                        help="sampling seed (None: a fresh one, printed with the stats); every prompt samples with "
-                             "a generator of its own seeded with it, so it continues in a batch as it does alone "
-                             "with the same seed")
+                        help="sampling seed in [0, 2**64) (None: a fresh one, printed with the stats); every "
+                             "prompt samples with a generator of its own seeded with it, so it continues in a batch "
+                             "as it does alone with the same seed")
     parser.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
     parser.add_argument("--window", type=int, default=None,
                         help="at the context limit, re-prefill the last N tokens into a fresh state and go on")
@@ -86,12 +87,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_new_tokens < 0:
         parser.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.seed is not None and not 0 <= args.seed < 2**64:  # torch's generators take 64-bit seeds
+        parser.error(f"--seed must be in [0, 2**64) (0 to {2**64 - 1}), got {args.seed}")
     return args
 
 
 def load(args: argparse.Namespace) -> tuple[GPT, TextTokenizer, torch.device]:
     """The checkpoint's model on the chosen device and dtype, and its tokenizer (whose ids must fit the model)."""
     device = pick_device(args.device, option="--device")
+    if note := transformers_folder_note(args.ckpt):  # the checkpoint loader would call it incomplete
+        raise CheckpointError(note)
     model, cfg, ckpt = load_checkpoint_model(args.ckpt)
     if cfg.data.source == MQAR:  # its data.tokenizer is the unused default, not a tokenizer of its synthetic ids
         raise CheckpointError(
@@ -140,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         run = generate(model, ids, args.max_new_tokens, mask=None if bool(mask.all()) else mask, sampler=sampler,
                        generator=generators, stop_id=stop_id, window=args.window, max_context=args.max_context,
                        stats=stats)
+    except DecodeStateTooLarge as exc:
+        print(f"generate: {exc.needs}, more than could be allocated; lower --max-context or --max-new-tokens",
+              file=sys.stderr)
+        return 2
     except (ValueError, CheckpointError) as exc:  # DataError and ConfigError are ValueErrors
         print(f"generate: {exc}", file=sys.stderr)
         return 2

@@ -120,6 +120,9 @@ CASES = [
     (GENERATE + ["--ckpt", "{good}", "--prompt", "hi", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
     (GENERATE + ["--ckpt", "{good}", "--prompt-file", "{root}/prompt.bin"], "cannot read prompt file"),
     (GENERATE + ["--ckpt", "{good}", "--prompt", "hi", "--dtype", "float16"], "float16 is not supported on CPU"),
+    (GENERATE + ["--ckpt", "{good}", "--prompt", "hi", "--seed", "99999999999999999999999"],
+     "--seed must be in [0, 2**64)"),
+    (GENERATE + ["--ckpt", "{root}/gpt2", "--prompt", "hi"], "is a transformers model folder (model_type 'gpt2')"),
     # export_hf.py
     (EXPORT + ["--ckpt", "{good}", "--out", "{root}/a_file"],
      "a_file is an existing file; give a folder for the export"),
@@ -127,6 +130,7 @@ CASES = [
      "a_file, an existing file; give a folder for the export"),
     (EXPORT + ["--ckpt", "{truncated}", "--out", "{root}/export"], "fails its checksum"),
     (EXPORT + ["--ckpt", "{root}/nowhere", "--out", "{root}/export"], "does not exist"),
+    (EXPORT + ["--ckpt", "{root}/gpt2", "--out", "{root}/export"], "is a transformers model folder (model_type 'gpt2')"),
     # import_gpt2.py
     (IMPORT + ["--from", "{root}/nowhere", "--out", "{root}/imported"], "nowhere is not a folder (it does not exist)"),
     (IMPORT + ["--from", "{root}/not_gpt2", "--out", "{root}/imported"], "not_gpt2"),

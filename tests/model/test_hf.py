@@ -6,6 +6,7 @@ downloads: random GPT-2s)."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -19,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import (AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,
+                          LlamaConfig, LlamaForCausalLM)
 
 from model.attention import BACKENDS
 from model.config import ModelConfig
@@ -39,11 +40,12 @@ ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 97
 
 
-def tiny_model(attention: str, position: str = "learned", scale: float = 6.0) -> AttnlabForCausalLM:
+def tiny_model(attention: str, position: str = "learned", scale: float = 6.0, **config) -> AttnlabForCausalLM:
     """A random 2-layer model whose weights are scaled up so greedy decoding does not just repeat one token."""
     torch.manual_seed(0)
-    cfg = AttnlabConfig(vocab_size=VOCAB, n_positions=64, n_layer=2, n_head=2, n_embd=32, attention=attention,
-                        position=position, bos_token_id=None, eos_token_id=None)
+    cfg = AttnlabConfig(**{"vocab_size": VOCAB, "n_positions": 64, "n_layer": 2, "n_head": 2, "n_embd": 32,
+                           "attention": attention, "position": position, "bos_token_id": None, "eos_token_id": None,
+                           **config})
     model = AttnlabForCausalLM(cfg).eval()
     with torch.no_grad():
         for param in model.parameters():
@@ -436,6 +438,32 @@ def test_generate_on_a_left_padded_batch_equals_each_prompt_alone(attention):
 
 
 @pytest.mark.parametrize("attention", BACKENDS)
+def test_generate_continues_from_the_cache_it_returned_as_from_scratch(attention):
+    """A conversation goes on from the cache generate() returned: the whole sequence so far plus new tokens, with
+    that cache, generates what the same input generates without it (a left-padded batch, greedy and beams)."""
+    model = tiny_model(attention, position="rope")
+    ids, mask = padded(ragged_prompts())
+    first = model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
+                           return_dict_in_generate=True)
+    more = torch.randint(1, VOCAB, (ids.shape[0], 4), generator=torch.Generator().manual_seed(8))
+    whole = torch.cat([first.sequences, more], 1)
+    whole_mask = F.pad(mask, (0, whole.shape[1] - mask.shape[1]), value=1)
+    for options in (dict(do_sample=False), dict(do_sample=False, num_beams=3)):
+        cache = copy.deepcopy(first.past_key_values)  # generate() updates a cache in place
+        continued = model.generate(whole, attention_mask=whole_mask, past_key_values=cache, max_new_tokens=6,
+                                   pad_token_id=0, **options)
+        assert cache.get_seq_length() == continued.shape[1] - 1, options
+        scratch = model.generate(whole, attention_mask=whole_mask, max_new_tokens=6, pad_token_id=0, **options)
+        assert torch.equal(continued, scratch), options
+    with pytest.raises(ValueError, match=r"^past_key_values holds \d+ tokens, and input_ids \(4 tokens\) must hold "
+                                         r"them followed by at least one new token"):
+        model.generate(more, past_key_values=first.past_key_values, max_new_tokens=2, pad_token_id=0)
+    with pytest.raises(ValueError, match="^assisted and prompt-lookup decoding drop rejected tokens from the cache"):
+        model.generate(whole, attention_mask=whole_mask, past_key_values=first.past_key_values, max_new_tokens=2,
+                       pad_token_id=0, prompt_lookup_num_tokens=2)
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
 def test_seeded_sampling_of_a_padded_batch_does_not_depend_on_the_padding_or_the_cache(attention):
     # Rows of a batch draw from one generator, so a row's samples depend on its batch; within the batch they
     # depend neither on how much padding there is nor on the cache.
@@ -462,6 +490,36 @@ def test_tied_embeddings_survive_save_and_load(tmp_path):
     assert loaded.model.lm_head.weight is loaded.model.transformer.wte.weight
     ids = torch.randint(0, VOCAB, (1, 12))
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@torch.no_grad()
+def test_resize_token_embeddings_widens_the_head_and_keeps_the_old_tokens_logits(tmp_path, tied):
+    model = tiny_model("logexp", tie_word_embeddings=tied)
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(9))
+    before = model(ids).logits
+    model.resize_token_embeddings(VOCAB + 3)
+    gpt = model.model
+    assert model.config.vocab_size == gpt.config.vocab_size == VOCAB + 3
+    assert gpt.lm_head.weight.shape == gpt.transformer.wte.weight.shape == (VOCAB + 3, 32)
+    assert (gpt.lm_head.weight is gpt.transformer.wte.weight) == tied
+    after = model(ids).logits
+    assert after.shape == (2, 7, VOCAB + 3)
+    torch.testing.assert_close(after[..., :VOCAB], before, atol=1e-5, rtol=1e-5)
+    new_ids = torch.tensor([[VOCAB + 2, 1, VOCAB]])
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(new_ids).logits, model(new_ids).logits, atol=0, rtol=0)
+    model.resize_token_embeddings(VOCAB + 103, mean_resizing=False)  # new rows start as GPT initialises them
+    assert float(gpt.lm_head.weight[VOCAB + 3:].std()) == pytest.approx(model.config.init_std, rel=0.1)
+
+
+def test_resize_token_embeddings_that_would_drop_the_eos_token_is_refused_before_any_change():
+    model = tiny_model("softmax", eos_token_id=90)
+    with pytest.raises(ValueError, match=r"^resize_token_embeddings\(80\) would drop eos_token_id=90; keep at least "
+                                         r"91 tokens, or set config.eos_token_id to a smaller id or None first$"):
+        model.resize_token_embeddings(80)
+    assert model.config.vocab_size == model.model.transformer.wte.weight.shape[0] == VOCAB
 
 
 # --- export: a folder that loads with trust_remote_code in a process that never imports this repository ---
@@ -590,6 +648,33 @@ def test_export_resolves_the_out_path_and_names_what_a_folder_it_would_replace_h
     assert [p.name for p in here.parent.iterdir()] == ["here"]  # no temporary or swapped-out folder left beside it
 
 
+def test_the_exported_tokenizer_truncates_at_the_learned_positions_and_not_without_them(trained_run, tmp_path, capsys):
+    learned, rope = tmp_path / "learned", tmp_path / "rope"
+    assert run_cli(export_hf, capsys, "--ckpt", str(small_run(tmp_path / "run")), "--out", str(learned))[0] == 0
+    assert run_cli(export_hf, capsys, "--ckpt", str(trained_run), "--out", str(rope))[0] == 0
+    text = "To be, or not to be: that is the question. " * 20
+    unlimited = AutoTokenizer.from_pretrained(rope)
+    truncated = AutoTokenizer.from_pretrained(learned)(text, truncation=True).input_ids
+    assert truncated == unlimited(text).input_ids[:16]  # n_positions
+    assert unlimited.model_max_length == int(1e30)  # transformers' "no limit" (VERY_LARGE_INTEGER)
+    assert unlimited(text, truncation=True).input_ids == unlimited(text).input_ids
+
+
+@pytest.mark.parametrize("cli, args", [(export_hf, ("--out", "again")), (script("generate"), ("--prompt", "Hi"))])
+def test_a_transformers_folder_given_as_the_checkpoint_is_named_as_such(tmp_path, capsys, monkeypatch, cli, args):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(export_hf, capsys, "--ckpt", str(small_run(tmp_path / "run")), "--out", "export")[0] == 0
+    code, out, err = run_cli(cli, capsys, "--ckpt", "export", *args)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.endswith(": export is a transformers export, not a checkpoint; load it with AutoModelForCausalLM."
+                        "from_pretrained('export', trust_remote_code=True), or pass the run directory or checkpoint "
+                        "it came from\n"), err
+    random_gpt2(tmp_path / "gpt2")
+    code, out, err = run_cli(cli, capsys, "--ckpt", "gpt2", *args)
+    assert code == 2 and "gpt2 is a transformers model folder (model_type 'gpt2'), not an attnlab checkpoint" in err
+    assert "scripts/import_gpt2.py" in err
+
+
 # --- import of GPT-2 weights ---
 
 def random_gpt2(folder: Path, **config) -> GPT2LMHeadModel:
@@ -652,6 +737,24 @@ def test_import_into_another_backend_copies_the_projections_and_fine_tunes(tmp_p
     assert fine_tune.returncode == 0, fine_tune.stderr
     assert "starting from the weights of" in fine_tune.stdout
     assert (tmp_path / "ft" / "checkpoints" / "step_000002").is_dir()
+
+
+def test_an_imported_gpt2_with_a_smaller_vocabulary_exports_without_a_tokenizer_and_loads(tmp_path, capsys):
+    """Its run names the GPT-2 tokenizer, whose ids (end of text 50256 among them) the model's 1000 tokens cannot
+    hold: the export carries no tokenizer and no bos/eos, and loads."""
+    reference = random_gpt2(tmp_path / "gpt2", vocab_size=1000)
+    assert run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "gpt2"), "--out", str(tmp_path / "run"))[0] == 0
+    code, out, err = run_cli(export_hf, capsys, "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "export"))
+    assert code == 0, err
+    assert ("no tokenizer (the model's vocabulary of 1000 tokens is smaller than tokenizer gpt2's 50257: copy in the "
+            "tokenizer it was trained with)") in out
+    assert not (tmp_path / "export" / "tokenizer.json").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    assert loaded.config.bos_token_id is None and loaded.config.eos_token_id is None
+    assert loaded.generation_config.eos_token_id is None
+    ids = torch.randint(0, 1000, (1, 10), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, reference(ids).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_import_refuses_what_the_model_cannot_represent(tmp_path, capsys):

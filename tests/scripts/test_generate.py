@@ -49,6 +49,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {
         "learned": write_checkpoint(root / "learned", attention="softmax", position="learned"),
         "rope": write_checkpoint(root / "rope", attention="logexp", position="rope"),
+        "kv_rope": write_checkpoint(root / "kv_rope", attention="softmax", position="rope"),
         "small_vocab": write_checkpoint(root / "small_vocab", vocab_size=1000),
     }
 
@@ -156,6 +157,30 @@ def test_unusable_arguments_give_one_line_errors(runs, capsys, options, message)
         options = [*options, "--prompt", "Hello"]
     err = one_line_error(*generate(capsys, "--ckpt", str(runs["learned"]), *options))
     assert re.search(message, err), err
+
+
+def test_a_kv_cache_larger_than_memory_is_a_one_line_error_naming_its_size(runs, capsys):
+    tokens = 10**13  # its buffers exceed any machine's address space, so allocating them fails everywhere
+    err = one_line_error(*generate(capsys, "--ckpt", str(runs["kv_rope"]), "--prompt", "Hi", "--temperature", "0",
+                                   "--max-new-tokens", str(tokens), "--max-context", str(tokens)))
+    needed = 2 * 2 * 2 * tokens * 16 * 4  # layers x (keys, values) x heads x tokens x head size x fp32 bytes
+    assert err == (f"generate: a softmax KV cache of {tokens:,} tokens for 1 prompt needs {needed / 2**30:,.1f} GiB, "
+                   "more than could be allocated; lower --max-context or --max-new-tokens\n")
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", str(2**64), "-1"])
+def test_a_seed_outside_64_bits_is_refused_before_the_checkpoint_loads(capsys, seed):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--ckpt", "not/read", "--prompt", "Hi", "--seed", seed])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (f"generate: --seed must be in [0, 2**64) (0 to 18446744073709551615), got "
+                                       f"{seed} (see --help)\n")
+
+
+def test_the_largest_seed_samples(runs, capsys):
+    code, _, err = generate(capsys, "--ckpt", str(runs["rope"]), "--prompt", "Hi", "--max-new-tokens", "3",
+                            "--seed", str(2**64 - 1))
+    assert code == 0 and err.rstrip().endswith(f"seed {2**64 - 1}"), err
 
 
 def test_a_bad_checkpoint_path_is_a_one_line_error(capsys, tmp_path):
