@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data.errors import DataError
+from typedconfig.parsing import coerce_fields
 
 MQAR = "mqar"  # data.source of the synthetic recall task
 
@@ -19,6 +20,7 @@ class MQARConfig:
     num_queries: int = 8  # keys asked for again after the pairs (distinct, at most num_pairs); one answer each
 
     def __post_init__(self) -> None:
+        coerce_fields(self, "data.mqar")
         for name in ("num_pairs", "num_queries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.mqar.{name} must be >= 1, got {getattr(self, name)}")
@@ -72,6 +74,7 @@ class DataConfig:
     mqar: MQARConfig = field(default_factory=MQARConfig)  # the recall task (source 'mqar'); its length is block_size
 
     def __post_init__(self) -> None:
+        coerce_fields(self, "data")
         if not self.source.strip():  # an empty path would read the current directory
             raise ValueError("data.source is empty; give 'shakespeare', a file, directory or glob, 'hf:<dataset>' or "
                              f"{MQAR!r}")

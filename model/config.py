@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from model.attention import BACKENDS, get_backend, option_types
 from model.attention.options import is_real
-from typedconfig.parsing import coerce
+from typedconfig.parsing import coerce, coerce_fields
 
 PositionEncoding = Literal["learned", "rope", "none"]
 
@@ -31,6 +30,7 @@ class ModelConfig:
     tie_word_embeddings: bool = True  # the LM head is the token embedding (GPT-2); false: lm_head has its own weight
 
     def __post_init__(self) -> None:
+        coerce_fields(self, "model")
         for name in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
@@ -52,10 +52,6 @@ class ModelConfig:
             get_backend(self.attention, **self.attention_options)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model.attention_options: {exc}") from None
-        if self.position not in typing.get_args(PositionEncoding):
-            raise ValueError(
-                f"model.position: unknown encoding {self.position!r} (allowed: {', '.join(typing.get_args(PositionEncoding))})"
-            )
         if self.position == "rope" and self.head_dim % 2:
             raise ValueError(f"model.position=rope needs an even head size, got n_embd/n_head = {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:

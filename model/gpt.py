@@ -22,11 +22,16 @@ from model.position import apply_rotary, padding_count, rotary_angles, rotary_dt
 
 @dataclass
 class DecodeState:
-    """Per-layer attention states plus the number of tokens already consumed."""
+    """Per-layer attention states plus the number of tokens already consumed.
+
+    decode() updates the layer states in place (a KV cache is written into, a recurrent state accumulated) and
+    returns the state that follows; the one passed in is then spent, and decoding from it again is refused, since
+    its tensors no longer hold what its position says. To branch, copy.deepcopy the state before decoding from it."""
 
     layers: list[Any]
     position: int = 0  # tokens consumed by every row, padding included
     pads: torch.Tensor | None = None  # (B,) padding tokens among them, per row; None while there was none
+    spent: bool = False  # decode() has moved on from this state
 
 
 class CausalSelfAttention(nn.Module):
@@ -193,6 +198,10 @@ class GPT(nn.Module):
         `mask` (B, t), False (0) for padding (a left-padded batch of prompts): as in forward(), and the state
         remembers it, so each row's later tokens continue from its own count of real tokens. `hidden_states`: as in
         forward(), for the t new tokens, every one of them even with `last_only`."""
+        if state.spent:
+            raise ValueError("this decode state was already decoded from, and its layer states have moved on (they "
+                             "are updated in place); pass the state that decode() returned, or copy.deepcopy a "
+                             "state before decoding from it to branch")
         position = state.position
         self._check_tokens(idx, position)
         mask = None if mask is None else mask.bool()
@@ -210,6 +219,7 @@ class GPT(nn.Module):
             hidden_states.append(self.transformer.ln_f(x))
             x = hidden_states[-1][:, -1:] if last_only else hidden_states[-1]
         logits = self.lm_head(x)
+        state.spent = True
         return logits, DecodeState(layers, position + idx.shape[1], padding_count(state.pads, mask))
 
     @property

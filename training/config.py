@@ -15,7 +15,7 @@ import yaml
 
 from data.config import MQAR, DataConfig
 from model.config import ModelConfig
-from typedconfig.parsing import ConfigError, from_dict, load_yaml, to_dict
+from typedconfig.parsing import ConfigError, coerce_fields, from_dict, load_yaml, to_dict
 
 SEED_LIMIT = 2**63  # train.seed (+ rank) seeds torch and numpy; both take any integer in [0, 2**63)
 
@@ -42,6 +42,7 @@ class OptimConfig:
     on_extend: Literal["continue", "restart"] = "continue"
 
     def __post_init__(self) -> None:
+        coerce_fields(self, "optim")
         for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip"):
             require_finite(f"optim.{name}", getattr(self, name))
         if self.lr <= 0:
@@ -98,6 +99,7 @@ class TrainConfig:
     sample_prompt: str = "\n"  # prompt of that sample
 
     def __post_init__(self) -> None:
+        coerce_fields(self, "train")
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batch_size", "log_interval",
                      "keep_checkpoints"):
             if getattr(self, name) < 1:
@@ -119,6 +121,9 @@ class LoggingConfig:
     wandb_tags: list[str] = field(default_factory=list)  # tags of the wandb run (e.g. the backend)
     run_name: str | None = None  # display name (default: the out_dir's name)
     progress: bool = True  # tqdm progress bar on stderr
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, "logging")
 
 
 @dataclass

@@ -144,6 +144,17 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {tp}")
 
 
+def coerce_fields(instance: Any, section: str) -> None:
+    """Give every field of the dataclass `instance` its declared type, as from_dict does for YAML: what the Python
+    API passes (64.0 for an int, 'false' for a bool) converts, or fails here naming `section.field`, rather than
+    deep in whatever reads it. A field that already holds its declared dataclass is left as it is."""
+    hints = typing.get_type_hints(type(instance))
+    for f in dataclasses.fields(instance):
+        value, tp = getattr(instance, f.name), hints[f.name]
+        if not (dataclasses.is_dataclass(tp) and isinstance(value, tp)):
+            setattr(instance, f.name, coerce(tp, value, f"{section}.{f.name}"))
+
+
 def to_dict(instance: Any) -> dict[str, Any]:
     """Plain nested dict of a config dataclass (for YAML / JSON / checkpoints)."""
     return dataclasses.asdict(instance)

@@ -21,7 +21,7 @@ from model.attention.flex import WEIGHT_FLOOR, direct_form
 from model.attention.kv_cache import KVCache, append_kv, empty_kv_cache, kv_cache_bytes
 from model.attention.linear import QuadraticKernel, QuadraticKernelAttention
 from model.attention.numerics import accumulation_dtype, autocast_off, fold_heads, fold_mask, unfold_heads
-from model.attention.options import check_count, check_non_negative_real, check_option, is_real
+from model.attention.options import check_count, check_option, check_positive_real, is_real
 
 
 class SaturatingSquare:
@@ -63,12 +63,12 @@ class ExpressiveAttention(AttentionBackend):
     name = "expressive"
 
     temperature: float | None = None  # τ in s = τ q·k; None means 1/sqrt(head_dim)
-    eps: float = 1e-6  # added to every row's weight sum, so a row whose weights all vanish gives y = 0
+    eps: float = 1e-6  # added to every row's weight sum (> 0), so a row whose weights all vanish gives y = 0
     block_size: int = 128  # query/key tile of the training form (extra memory O(n · block_size) per head)
 
     def __post_init__(self):
         _check_temperature(self.name, self.temperature)
-        check_non_negative_real(self.name, "eps", self.eps)
+        check_positive_real(self.name, "eps", self.eps)
         check_count(self.name, "block_size", self.block_size)
 
     def reference(self, q, k, v, mask=None):
@@ -115,12 +115,12 @@ class ExpressiveSquaredAttention(QuadraticKernelAttention):
     name = "expressive_sq"
 
     temperature: float | None = None  # τ in s = τ q·k; None means 1/sqrt(head_dim)
-    eps: float = 1e-6  # added to every row's weight sum (s² vanishes for keys orthogonal to the query)
+    eps: float = 1e-6  # added to every row's weight sum (> 0: s² vanishes for keys orthogonal to the query)
 
     def __post_init__(self):
         super().__post_init__()
         _check_temperature(self.name, self.temperature)
-        check_non_negative_real(self.name, "eps", self.eps)
+        check_positive_real(self.name, "eps", self.eps)
 
     def kernel(self, d: int) -> QuadraticKernel:
         return QuadraticKernel(a=_temperature(self.temperature, d) ** 2)

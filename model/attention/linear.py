@@ -156,7 +156,8 @@ class QuadraticKernel:
         return torch.addcmul(offset, slope, slope, value=1 / (4 * self.a)), slope
 
     def log(self, s: torch.Tensor) -> torch.Tensor:
-        """log w(s), w floored at WEIGHT_FLOOR (w = 0 at s = 0 for a pure square, or at one s when c = b²/(4a))."""
+        """log w(s), w floored at WEIGHT_FLOOR (w = 0 at s = 0 for a pure square, and at s = -b/(2a) for any kernel
+        with c = b²/(4a))."""
         return ((self.a * s + self.b) * s + self.c).clamp(min=WEIGHT_FLOOR).log()
 
     def _block_sizes(self, d: int) -> tuple[int, int]:

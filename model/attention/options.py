@@ -25,9 +25,5 @@ def check_positive_real(backend: str, option: str, value: object) -> None:
     check_option(backend, option, value, is_real(value) and value > 0, "a finite number > 0")
 
 
-def check_non_negative_real(backend: str, option: str, value: object) -> None:
-    check_option(backend, option, value, is_real(value) and value >= 0, "a finite number >= 0")
-
-
 def check_count(backend: str, option: str, value: object) -> None:
     check_option(backend, option, value, is_count(value), "an integer >= 1")

@@ -2,10 +2,11 @@
 
     w = a s² + b s + c   (a = 1/2, b = c = 1 by default),   s = q·k = τ_h cos(q, k),
 
-with c >= b²/(4a) so that w >= 0 for every s. As in the official code, q and k are L2-normalised per token and q is
-scaled by a learnable per-head temperature τ_h (`TaylorQKTransform`, applied by the model before the kernel), so
-the kernel itself sees plain dot products. The official repository only has a bidirectional form; this one is
-causal: the direct tiled O(n² d) form below `crossover` tokens, above it the chunked linear form with the features
+with c > b²/(4a) so that w > 0 for every s (there is no eps: no row may sum to zero). As in the official code, q
+and k are L2-normalised per token and q is scaled by a learnable per-head temperature τ_h (`TaylorQKTransform`,
+applied by the model before the kernel), so the kernel itself sees plain dot products. The official repository only
+has a bidirectional form; this one is causal: the direct tiled O(n² d) form below `crossover` tokens, above it the
+chunked linear form with the features
 φ_q = [c | b q | a·pairs(q)], φ_k = [1 | k | pairs(k)], D = 1 + d + d(d+1)/2 (model/attention/linear.py), whose
 decode state is S: D × d_v, z: D per head, constant in the context length. The paper puts the crossover of the two
 forms at N0 = d² + d + 1 tokens by FLOPs; where it lies on our CPU is measured in results/bench_attention.md.
@@ -24,6 +25,7 @@ falls with the context length.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +64,7 @@ class TaylorAttention(QuadraticKernelAttention):
 
     a: float = 0.5  # w = a s² + b s + c; a > 0
     b: float = 1.0
-    c: float = 1.0  # c >= b² / (4a), so that w >= 0
+    c: float = 1.0  # c > b² / (4a), so that w > 0 and no row's weights sum to zero (taylor adds no eps)
     temperature_init: float = 1.0  # initial τ_h (the official code starts at 1: s = cos(q, k) in [-1, 1])
     # Multiply the output of a query that attends N tokens by sqrt(N / d) (d = head size), as the official training
     # code does; off, the output is the plain weighted average of the values.
@@ -72,10 +74,10 @@ class TaylorAttention(QuadraticKernelAttention):
         super().__post_init__()
         check_positive_real(self.name, "a", self.a)
         check_option(self.name, "b", self.b, is_real(self.b), "a finite number")
-        check_option(
-            self.name, "c", self.c, is_real(self.c) and is_real(self.b) and self.c >= self.b**2 / (4 * self.a),
-            f"a finite number >= b²/(4a) = {self.b**2 / (4 * self.a) if is_real(self.b) else 'b²/(4a)'}",
-        )
+        # b * b, not b**2: a huge b gives inf (refused below) where ** raises OverflowError
+        floor = self.b * self.b / (4 * self.a) if is_real(self.b) else math.nan
+        check_option(self.name, "c", self.c, is_real(self.c) and self.c > floor,
+                     f"a finite number > b²/(4a) = {floor:g}, so that every weight is positive")
         check_positive_real(self.name, "temperature_init", self.temperature_init)
         check_option(self.name, "output_normalized", self.output_normalized,
                      isinstance(self.output_normalized, bool), "True or False")

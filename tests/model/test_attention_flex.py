@@ -107,7 +107,7 @@ def test_the_eps_of_a_row_whose_weights_nearly_vanish_is_exact(eager_flex, direc
     q = q * 1e-3  # s ~ 1e-3: sum_j w_ij ~ 1e-5 .. 1e-4, of the order of eps
     backend = get_backend(name, eps=1e-4)
     assert_same_forward_and_grads(backend, q, k, v, padding_mask("left", 2, 37))
-    without_eps = get_backend(name, eps=0.0).reference(q, k, v)
+    without_eps = get_backend(name, eps=1e-300).reference(q, k, v)  # eps must be > 0; this one adds nothing
     assert (backend.reference(q, k, v).norm() < 0.9 * without_eps.norm()).item()  # eps matters in these rows
     assert set(direct_forms_run) == {"flex"}
 
@@ -147,7 +147,7 @@ def test_the_compiled_cpu_kernel_matches_the_reference_in_fp32(
 ):
     monkeypatch.setitem(flex.DIRECT_FORMS, ("cpu", torch.float32), "flex")
     monkeypatch.setattr(flex, "_flex_failed", False)
-    backend = get_backend(name, **({"eps": 0.0} if name.startswith("expressive") else {}), **options)
+    backend = get_backend(name, **({"eps": 1e-30} if name.startswith("expressive") else {}), **options)
     q, k, v = qkv(t=200, d=16, d_v=16, dtype=torch.float32)  # 200: not a multiple of flex's 128-token blocks
     mask = torch.ones(2, 200, dtype=torch.bool)
     mask[0, :7] = False  # left padding in one row, right padding in the other

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from model.attention import get_backend
+from model.attention.linear import QuadraticKernel
 from model.attention.taylor import TaylorQKTransform
 
 
@@ -16,7 +17,7 @@ def _qkv(t=40, d=6, d_v=5, heads=3, seed=0):
 
 @pytest.mark.parametrize(("a", "b", "c"), [(0.5, 1.0, 1.0), (0.5, 1.0, 0.5), (2.0, -3.0, 1.2), (1.0, 0.0, 0.0)])
 def test_weights_are_non_negative_and_positive_when_c_exceeds_the_bound(a, b, c):
-    kernel = get_backend("taylor", a=a, b=b, c=c).kernel(8)
+    kernel = QuadraticKernel(a, b, c)  # the kernel itself; the taylor backend refuses c = b²/(4a)
     s = torch.linspace(-50, 50, 100_001, dtype=torch.float64)
     w = kernel(s.clone())
     torch.testing.assert_close(w, a * s**2 + b * s + c)
@@ -137,11 +138,25 @@ def test_decode_state_is_D_by_d_v_plus_one_with_D_from_the_taylor_features():
     assert backend.state_nbytes(state) == 12 * features * (d_v + 1) * 4
 
 
-@pytest.mark.parametrize(("option", "value"), [("a", -0.5), ("c", 0.49), ("c", float("nan"))])
-def test_coefficients_must_keep_the_polynomial_non_negative(option, value):
-    with pytest.raises(ValueError, match=rf"{option}=.*allowed"):
-        get_backend("taylor", **{option: value})
-    get_backend("taylor", a=0.5, b=1.0, c=0.5)  # the boundary c = b²/(4a) is allowed
+@pytest.mark.parametrize(("options", "bad"), [
+    ({"a": -0.5}, "a"), ({"c": 0.49}, "c"), ({"c": float("nan")}, "c"),
+    ({"c": 0.5}, "c"),  # c = b²/(4a): w = 0 at s = -1, where a row could sum to 0/0
+    ({"a": 2.0, "b": 0.0, "c": 0.0}, "c"),  # a pure square: w = 0 for orthogonal q and k
+    ({"b": 1e200, "c": 1e300}, "c"),  # b² overflows: refused, not an OverflowError
+])
+def test_coefficients_must_keep_every_weight_positive(options, bad):
+    with pytest.raises(ValueError, match=rf"{bad}=.*allowed: a finite number"):
+        get_backend("taylor", **options)
+    get_backend("taylor", a=0.5, b=1.0, c=0.5000001)  # just above the boundary
+
+
+def test_weights_at_the_smallest_allowed_offset_stay_finite_where_a_key_sits_on_the_zero_of_the_square():
+    """q = -k with τ = 1 puts s = -1, the vertex of ½(s + 1)², where c = b²/(4a) would divide 0 by 0."""
+    q, k = torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3, 4)
+    k[..., 0], q[..., 0] = 1.0, -1.0
+    v = torch.randn(1, 1, 3, 4)
+    y = get_backend("taylor", a=0.5, b=1.0, c=0.5 + 1e-3, crossover=1000).forward(q, k, v)
+    assert torch.isfinite(y).all()
 
 
 def test_output_normalized_must_be_a_bool():

@@ -1,5 +1,6 @@
 """The GPT model: GPT-2 shape and parameter count, layout, init, decoding == full forward, position encodings."""
 
+import copy
 import math
 
 import pytest
@@ -102,6 +103,23 @@ def test_rope_decodes_past_the_trained_context():
     assert torch.isfinite(logits).all() and state.position == 20
 
 
+@pytest.mark.parametrize("attention", sorted(BACKENDS))
+def test_a_spent_decode_state_is_refused_and_a_deep_copy_branches(attention):
+    """decode() updates the layer states in place: decoding twice from one state would give another prefix's
+    logits. The second use is refused; copies of the state continue each branch as the full forward does."""
+    model = GPT(tiny(attention=attention)).double().eval().requires_grad_(False)
+    prefix, a, b = torch.randint(0, 97, (1, 5)), torch.tensor([[3]]), torch.tensor([[7]])
+    _, state = model.decode(prefix, model.init_decode_state(1, dtype=torch.float64, device="cpu"))
+    branch = copy.deepcopy(state)
+    logits_a, _ = model.decode(a, state)
+    with pytest.raises(ValueError, match="already decoded from"):
+        model.decode(b, state)
+    logits_b, _ = model.decode(b, branch)
+    for token, logits in ((a, logits_a), (b, logits_b)):
+        full, _ = model(torch.cat([prefix, token], 1))
+        torch.testing.assert_close(logits[:, -1], full[:, -1], rtol=1e-10, atol=1e-10)
+
+
 def test_rope_scores_depend_only_on_relative_position():
     from model.position import apply_rotary, rotary_angles
 
@@ -153,12 +171,17 @@ def test_fp64_attention_with_rope_depends_only_on_relative_positions_to_fp64_pre
         ({"attention_options": {"nope": 1.0}}, "model.attention_options: unknown option"),
         ({"position": "rope", "n_embd": 30, "n_head": 2}, "even head size"),
         ({"n_layer": 0}, "model.n_layer must be >= 1"),
-        ({"position": "rotary"}, "model.position: unknown encoding 'rotary' .allowed: learned, rope, none"),
+        ({"position": "rotary"}, "model.position: 'rotary' is not allowed .allowed: learned, rope, none"),
         # A zero, negative or NaN base gives NaN or constant angles, and the model would train on them silently.
         ({"position": "rope", "rope_base": 0.0}, r"model.rope_base must be a finite number > 0 .*got 0.0"),
         ({"position": "rope", "rope_base": -1e4}, r"model.rope_base must be a finite number > 0 .*got -10000.0"),
         ({"rope_base": float("nan")}, r"model.rope_base must be a finite number > 0 .*got nan"),
-        ({"rope_base": True}, r"model.rope_base must be a finite number > 0 .*got True"),
+        ({"rope_base": True}, r"model.rope_base: expected float, got True"),
+        # Built in Python, a field takes its declared type, or fails naming it (not deep in torch).
+        ({"n_layer": 2.5}, r"model.n_layer: expected an integer, got 2.5"),
+        ({"dropout": "lots"}, r"model.dropout: expected float, got 'lots'"),
+        ({"bias": "maybe"}, r"model.bias: expected true or false, got 'maybe'"),
+        ({"attention_options": None}, r"model.attention_options: expected a mapping, got None"),
         # A negative eps makes LayerNorm's variance + eps negative for a constant row: NaN logits.
         ({"layer_norm_eps": -1e-5}, r"model.layer_norm_eps must be a finite number >= 0, got -1e-05"),
         ({"layer_norm_eps": float("inf")}, r"model.layer_norm_eps must be a finite number >= 0, got inf"),
@@ -168,6 +191,15 @@ def test_fp64_attention_with_rope_depends_only_on_relative_positions_to_fp64_pre
 def test_impossible_model_configs_are_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny(**overrides)
+
+
+def test_a_model_config_built_in_python_reads_its_values_as_a_config_file_would():
+    """'false' for a bool is False (a non-empty string would otherwise be truthy), 32.0 for an int is 32."""
+    cfg = tiny(bias="false", tie_word_embeddings="no", n_embd=32.0)
+    assert (cfg.bias, cfg.tie_word_embeddings, cfg.n_embd) == (False, False, 32) and type(cfg.n_embd) is int
+    model = GPT(cfg)
+    assert model.transformer.h[0].attn.c_attn.bias is None
+    assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()
 
 
 def test_edge_values_of_the_numeric_model_options_are_accepted():

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from training.config import RunConfig, config_from_dict, config_to_dict, load_config, parse_override
+from data.config import DataConfig, MQARConfig
+from training.config import (LoggingConfig, OptimConfig, RunConfig, TrainConfig, config_from_dict, config_to_dict,
+                             load_config, parse_override)
 from typedconfig.parsing import ConfigError
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
@@ -190,3 +192,14 @@ def test_each_bad_number_is_named_with_its_value(overrides, message):
                                        [f"train.seed={2**63 - 1}", "train.seed=0"], ["optim.min_lr=0"]])
 def test_the_edges_of_each_range_are_accepted(overrides):
     load_config("configs/tiny.yaml", overrides)
+
+
+def test_sections_built_in_python_take_their_declared_types():
+    """The Python API reads values as a config file would, and a nested section given as itself stays itself."""
+    mqar = MQARConfig(num_pairs=8.0, num_queries=4)
+    cfg = RunConfig(train=TrainConfig(max_steps="10", out_dir=Path("runs/x")), data=DataConfig(mqar=mqar),
+                    optim=OptimConfig(lr="3e-4"), logging=LoggingConfig(progress="false"))
+    assert (cfg.train.max_steps, cfg.train.out_dir, cfg.optim.lr, cfg.logging.progress) == (10, "runs/x", 3e-4, False)
+    assert cfg.data.mqar is mqar and type(mqar.num_pairs) is int
+    with pytest.raises(ValueError, match=r"train.batch_size: expected an integer, got 2.5"):
+        TrainConfig(batch_size=2.5)
