@@ -10,6 +10,7 @@ from model.attention.options import is_real
 from typedconfig.parsing import coerce, coerce_fields
 
 PositionEncoding = Literal["learned", "rope", "none"]
+HF_MODEL_TYPE = "attnlab"  # the model_type in the config.json of a transformers export (model/configuration_attnlab.py)
 
 
 @dataclass

@@ -8,12 +8,10 @@ torch, transformers, the model package and typedconfig.parsing (which imports on
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 from transformers import PreTrainedConfig
 
-from model.config import ModelConfig
+from model.config import HF_MODEL_TYPE, ModelConfig
 
 GPT2_END_OF_TEXT = 50256  # GPT-2's <|endoftext|> id, the bos/eos token of a model with the GPT-2 vocabulary
 
@@ -30,7 +28,7 @@ _ModelConfigFields = dataclasses.make_dataclass(
 
 
 class AttnlabConfig(PreTrainedConfig, _ModelConfigFields):
-    model_type = "attnlab"
+    model_type = HF_MODEL_TYPE
     keys_to_ignore_at_inference = ["past_key_values"]
     attribute_map = {
         "num_hidden_layers": "n_layer",
@@ -65,19 +63,3 @@ class AttnlabConfig(PreTrainedConfig, _ModelConfigFields):
         kwargs = {"bos_token_id": end, "eos_token_id": end, **kwargs}
         return cls(**dataclasses.asdict(cfg), **kwargs)
 
-
-def transformers_folder_note(path: str | Path) -> str | None:
-    """Why `path`, given where an attnlab checkpoint is expected, is not one when it is a transformers model folder
-    (its config.json names a model_type, which a checkpoint's run config never does): what to do instead. None for
-    any other path, which the checkpoint loader then judges."""
-    try:
-        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):  # absent, unreadable, not JSON, or JSON but not an object
-        return None
-    if model_type == AttnlabConfig.model_type:
-        return (f"{path} is a transformers export, not a checkpoint; load it with AutoModelForCausalLM.from_pretrained"
-                f"({str(path)!r}, trust_remote_code=True), or pass the run directory or checkpoint it came from")
-    if isinstance(model_type, str):
-        return (f"{path} is a transformers model folder (model_type {model_type!r}), not an attnlab checkpoint; pass "
-                "a run directory or a checkpoint directory (scripts/import_gpt2.py makes a run of a GPT-2 folder)")
-    return None

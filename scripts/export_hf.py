@@ -34,7 +34,6 @@ from data.config import MQAR
 from data.tokenizer import TextTokenizer, load_tokenizer
 from fileio.folders import check_out_folder
 from model.config import ModelConfig
-from model.configuration_attnlab import transformers_folder_note
 from model.modeling_attnlab import AttnlabForCausalLM
 from training.checkpoint import (CHECKPOINTS, CheckpointError, checkpoint_step, in_run, load_checkpoint_model,
                                  replace_dir)
@@ -153,8 +152,6 @@ def check_out(ckpt_path: Path, out: Path, force: bool) -> None:
 def export(ckpt_path: str, out: Path, force: bool) -> str:
     """Write the export folder; a one-line summary."""
     out = out.resolve()  # `.` or `..` have no name to build the temporary folder's name from
-    if note := transformers_folder_note(ckpt_path):  # the checkpoint loader would call it incomplete
-        raise CheckpointError(note)
     check_out(Path(ckpt_path).resolve(), out, force)
     gpt, cfg, ckpt = load_checkpoint_model(ckpt_path)
     tokenizer, what = text_tokenizer(cfg)

@@ -43,7 +43,6 @@ import torch
 
 from data.config import MQAR
 from data.tokenizer import StreamDecoder, TextTokenizer, load_tokenizer
-from model.configuration_attnlab import transformers_folder_note
 from model.generation import ContextLimitReached, DecodeStats, DecodeStateTooLarge, generate, left_pad
 from model.gpt import GPT
 from model.sampling import Sampler
@@ -95,8 +94,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def load(args: argparse.Namespace) -> tuple[GPT, TextTokenizer, torch.device]:
     """The checkpoint's model on the chosen device and dtype, and its tokenizer (whose ids must fit the model)."""
     device = pick_device(args.device, option="--device")
-    if note := transformers_folder_note(args.ckpt):  # the checkpoint loader would call it incomplete
-        raise CheckpointError(note)
     model, cfg, ckpt = load_checkpoint_model(args.ckpt)
     if cfg.data.source == MQAR:  # its data.tokenizer is the unused default, not a tokenizer of its synthetic ids
         raise CheckpointError(

@@ -97,6 +97,7 @@ CASES = [
     (TRAIN + TINY + ["--resume={garbage_state}"], "state.pt fails its checksum"),
     (TRAIN + TINY + ["--resume={truncated_run_only}"], "no checkpoint in"),
     (TRAIN + TINY + ["--resume={root}/nowhere"], "does not exist"),
+    (TRAIN + TINY + ["--resume={root}/gpt2"], "is a transformers model folder (model_type 'gpt2')"),
     (TRAIN + TINY + ["train.out_dir={good}", "model.n_layer=3", "--resume"], "cannot resume: model."),
     (TRAIN + TINY + ["train.out_dir={good}"], "already holds checkpoints"),
     # train.py and data.prepare: data sources
@@ -145,6 +146,7 @@ CASES = [
      "a_file, an existing file; give a folder for the run"),
     # evals
     (EXTRACT + ["--ckpt", "{truncated}", "--out", "{root}/extracted"], "fails its checksum"),
+    (EXTRACT + ["--ckpt", "{root}/gpt2", "--out", "{root}/extracted"], "is a transformers model folder"),
     (EXTRACT + ["--ckpt", "{good}", "--layers", "7", "--out", "{root}/extracted"], "layer"),
     (EVALS + ["--ckpt", "{truncated}", "--out", "{root}/report"], "fails its checksum"),
     (EVALS + ["--extracted", "{root}/nowhere", "--out", "{root}/report"], "nowhere"),

@@ -49,6 +49,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from fileio.atomic import fsync_file, process_alive, write_text_atomic
+from model.config import HF_MODEL_TYPE
 from model.gpt import GPT
 from training.config import RunConfig, config_from_dict
 from typedconfig.parsing import ConfigError
@@ -304,6 +305,23 @@ def lost_latest(root: Path) -> str | None:
     return name if name and STEP_NAME.fullmatch(name) and not (root / name).exists() else None
 
 
+def transformers_folder_note(path: Path) -> str | None:
+    """Why `path`, given where an attnlab checkpoint is expected, is not one when it is a transformers model folder
+    (its config.json names a model_type, which a checkpoint's run config never does): what to do instead. None for
+    any other folder, which the checkpoint loader then judges."""
+    try:
+        model_type = json.loads((path / CONFIG).read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):  # absent, unreadable, not JSON, or JSON but not an object
+        return None
+    if model_type == HF_MODEL_TYPE:
+        return (f"{path} is a transformers export, not a checkpoint; load it with AutoModelForCausalLM.from_pretrained"
+                f"({str(path)!r}, trust_remote_code=True), or pass the run directory or checkpoint it came from")
+    if isinstance(model_type, str):
+        return (f"{path} is a transformers model folder (model_type {model_type!r}), not an attnlab checkpoint; pass "
+                "a run directory or a checkpoint directory (scripts/import_gpt2.py makes a run of a GPT-2 folder)")
+    return None
+
+
 def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) -> Path:
     """The verified checkpoint directory meant by `path`: a checkpoint itself (which must verify), or a run directory
     or its checkpoints/ folder (the first of `resolution_order` that verifies, after restore_swapped; `on_skip` hears
@@ -313,6 +331,8 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
         raise CheckpointError(f"checkpoint path {path} does not exist (pass a run directory or a checkpoint dir)")
     if not path.is_dir():  # a file of a checkpoint or a run (model.safetensors, config.yaml): name the folder instead
         raise CheckpointError(f"checkpoint path {path} is a file; pass {folder_to_pass(path.parent)}")
+    if note := transformers_folder_note(path):  # verify would call it incomplete
+        raise CheckpointError(note)
     if is_checkpoint_dir(path):
         verify(path)
         return path
