@@ -292,7 +292,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
     meter = Throughput(model.flops_per_token(cfg.data.block_size),
                        rt.peak_flops(runtime.device, runtime.dtype) if runtime.is_main else float("nan"))
-    if runtime.rank < len(state.log_windows):  # a run interrupted between log lines: its next one continues the window
+    if runtime.rank < len(state.log_windows):  # saved between log lines (Ctrl-C, an evaluation): the window goes on
         meter.continue_window(state.log_windows[runtime.rank], runtime.device)
     state.log_windows = []
     bar = tqdm(total=tc.max_steps, initial=state.step, disable=not (runtime.is_main and cfg.logging.progress),

@@ -21,8 +21,9 @@ expressive's s²/(1+s²) and the quadratic kernels of expressive_sq and taylor b
 
 Which form runs (DIRECT_FORMS): on CUDA flex, as FlashAttention runs softmax there; a rule, not a measurement (no
 GPU was available to time it). On the CPU the tiled form: torch's CPU flex kernel runs inference only (no backward,
-and no logsumexp, so eps = 0 only), and there it gains little in fp32 and loses in bf16, after seconds of
-compiling (results/bench_flex.md, `python scripts/bench_flex.py`). fp64 runs tiled everywhere.
+and no logsumexp, so eps = 0 only, which the expressive backends' option refuses), and there it gains little in fp32
+and loses in bf16, after seconds of compiling (results/bench_flex.md, `python scripts/bench_flex.py`). fp64 runs
+tiled everywhere.
 flex needs torch.compile for its fused kernel; when the model is not already being compiled, a module-level
 compiled flex_attention is called (compiled lazily, once per input shape, dtype and weight). If that raises (no C++
 compiler, an unsupported case), the direct form runs tiled for the rest of the process, after one warning line.
