@@ -106,8 +106,8 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signal is not None:  # a second Ctrl-C: give up immediately (a save cut short is put back on resume)
-            print("second interrupt: stopped without saving; --resume continues from the last checkpoint",
-                  file=sys.stderr, flush=True)
+            print("second interrupt: stopped without saving; --resume continues from the run's last checkpoint, "
+                  "if it has one", file=sys.stderr, flush=True)
             raise SystemExit(128 + signum)
         self.signal = signum
 
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(cfg.train.out_dir)
         check_out_folder(run_dir, "the run's checkpoints and metrics", option="train.out_dir")
         # where it exists, every save goes there
-        check_out_folder(run_dir / ckpt.CHECKPOINTS, "the run's checkpoints", option="the checkpoint folder")
+        check_out_folder(run_dir / ckpt.CHECKPOINTS, "the run (train.out_dir)", option="the checkpoint folder")
     except OutFolderError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -79,10 +79,15 @@ def singular_value_floor(sigma_max: float, n: int) -> float:
     return sigma_max * n * UNIT_ROUNDOFF
 
 
-def numerically_singular(s: torch.Tensor, n: int) -> bool:
+def numerically_singular(s: torch.Tensor, n: int, from_gram: bool = False) -> bool:
     """Whether singular values s (descending, of A or of a factor R with AᵀA = RᵀR) reach the floor: A is
-    numerically rank-deficient, and a solve through the factor divides by rounding noise."""
-    return not (bool(torch.isfinite(s).all()) and float(s[-1]) > singular_value_floor(float(s[0]), n))
+    numerically rank-deficient, and a solve through the factor divides by rounding noise. A factor of the rounded
+    Gram matrix itself (`from_gram`: Cholesky of AᵀA) resolves them only down to √(n u) σ_max, the square root of
+    AᵀA's rounding n u σ_max²: below that its pivots are noise too."""
+    if not bool(torch.isfinite(s).all()):
+        return True
+    floor = float(s[0]) * math.sqrt(n * UNIT_ROUNDOFF) if from_gram else singular_value_floor(float(s[0]), n)
+    return float(s[-1]) <= floor
 
 
 def power_of(kappa: float, power: int) -> float:

@@ -200,6 +200,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"{', '.join(selection)} only select what --ckpt extracts; the report solves every layer, head "
                      "and window of an extraction, so drop them or extract the selection first "
                      "(python -m evals.extract --layers ... --heads ... --windows ...)")
+    solving = ("seeds", "eps", "j", "maxiter", "max_rows", "no_hidden_states", "no_synthetic", "threads")
+    given = [f"--{name.replace('_', '-')}" for name in solving if getattr(args, name) != parser.get_default(name)]
+    if args.rescore and given:  # the rows were solved with the report's own settings, which the rescore keeps
+        parser.error(f"{', '.join(given)} set how instances are solved; --rescore scores the rows of "
+                     f"{args.rescore} again with the settings they were solved with: drop them, or solve anew")
     args.layers = "all" if args.layers is None else args.layers
     args.heads = "all" if args.heads is None else args.heads
     args.windows = 64 if args.windows is None else args.windows

@@ -24,6 +24,6 @@ def check_out_folder(out: Path, purpose: str, option: str = "--out") -> None:
                 raise OutFolderError(f"{option} {out} {where}; give a folder for {purpose}")
             if not os.access(path, os.W_OK | os.X_OK):  # also false for an immutable folder, even for root
                 where = "" if path == out else f" lies under {path}, which"
-                raise OutFolderError(f"{option} {out}{where} cannot be written by this user; give a folder you can "
-                                     f"write in for {purpose}")
+                raise OutFolderError(f"{option} {out}{where} cannot be written by this user; make it writable, or "
+                                     f"give another folder for {purpose}")
             return

@@ -37,11 +37,12 @@ class ContextLimitReached(Exception):
 
 
 class DecodeStateTooLarge(ValueError):
-    """The decode state asked for could not be allocated; `needs` says what it is and how many bytes it takes."""
+    """The decode state asked for does not fit in memory: `needs` says what it is and how many bytes it takes, `over`
+    what it exceeds."""
 
-    def __init__(self, needs: str):
-        super().__init__(f"{needs}, more than could be allocated; lower max_new_tokens or max_context")
-        self.needs = needs
+    def __init__(self, needs: str, over: str):
+        super().__init__(f"{needs}, {over}; lower max_new_tokens or max_context")
+        self.needs, self.over = needs, over
 
 
 @dataclass(frozen=True)
@@ -197,19 +198,36 @@ def _empty_state(model: GPT, context: torch.Tensor, new_tokens: int, limit: Cont
     capacity = context.shape[1] + new_tokens
     if limit.tokens is not None:
         capacity = min(capacity, limit.tokens)
-    dtype = next(model.parameters()).dtype
+    dtype, rows = next(model.parameters()).dtype, context.shape[0]
+    # the same state on the meta device takes no memory and counts the bytes
+    needed = model.decode_state_nbytes(model.init_decode_state(rows, dtype=dtype, device="meta", capacity=capacity))
+    kind = f"{model.config.attention} {'decode state' if model.constant_memory_decoding else 'KV cache'}"
+    needs = f"a {kind} of {capacity:,} tokens for {rows} prompt{'s' if rows > 1 else ''} needs {needed / 2**30:,.1f} GiB"
+    available = available_bytes(context.device)
+    # checked first: with overcommit a CPU allocation larger than memory succeeds, then swaps or gets killed later
+    if available is not None and needed > available:
+        raise DecodeStateTooLarge(needs, f"more than the {available / 2**30:,.1f} GiB available")
     try:
-        return model.init_decode_state(context.shape[0], dtype=dtype, device=context.device, capacity=capacity)
+        return model.init_decode_state(rows, dtype=dtype, device=context.device, capacity=capacity)
     except (MemoryError, RuntimeError) as exc:  # CPU allocators raise RuntimeError, CUDA torch.OutOfMemoryError
         if not isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and "allocate" not in str(exc):
             raise
-    # the same state on the meta device takes no memory and counts the bytes
-    needed = model.decode_state_nbytes(model.init_decode_state(context.shape[0], dtype=dtype, device="meta",
-                                                               capacity=capacity))
-    kind = f"{model.config.attention} {'decode state' if model.constant_memory_decoding else 'KV cache'}"
-    rows = context.shape[0]
-    raise DecodeStateTooLarge(f"a {kind} of {capacity:,} tokens for {rows} prompt{'s' if rows > 1 else ''} needs "
-                              f"{needed / 2**30:,.1f} GiB")
+    raise DecodeStateTooLarge(needs, "more than could be allocated")
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a new tensor could take on `device` now: a GPU's free memory, Linux's MemAvailable for the CPU; None
+    where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024  # kB
+    except (OSError, KeyError, ValueError):  # not Linux, or a kernel without MemAvailable
+        return None
 
 
 def _prefill(

@@ -143,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                        generator=generators, stop_id=stop_id, window=args.window, max_context=args.max_context,
                        stats=stats)
     except DecodeStateTooLarge as exc:
-        print(f"generate: {exc.needs}, more than could be allocated; lower --max-context or --max-new-tokens",
-              file=sys.stderr)
+        print(f"generate: {exc.needs}, {exc.over}; lower --max-context or --max-new-tokens", file=sys.stderr)
         return 2
     except (ValueError, CheckpointError) as exc:  # DataError and ConfigError are ValueErrors
         print(f"generate: {exc}", file=sys.stderr)

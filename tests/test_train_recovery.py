@@ -107,8 +107,8 @@ def test_a_run_whose_checkpoints_cannot_be_written_stops_before_training(tmp_pat
     with unwritable(tmp_path / "checkpoints"):
         assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2", "--resume")) == 2
     assert capsys.readouterr().err == (
-        f"config error: the checkpoint folder {tmp_path / 'checkpoints'} cannot be written by this user; give a "
-        "folder you can write in for the run's checkpoints\n")
+        f"config error: the checkpoint folder {tmp_path / 'checkpoints'} cannot be written by this user; make it "
+        "writable, or give another folder for the run (train.out_dir)\n")
     assert [step for step, _ in metrics(tmp_path, "train_loss")] == [1]
 
 
@@ -200,8 +200,8 @@ def test_a_second_signal_exits_at_once_with_one_line(stop_handlers, capsys):
     with pytest.raises(SystemExit) as stopped:
         os.kill(os.getpid(), signal.SIGINT)
     assert stopped.value.code == 128 + signal.SIGINT
-    assert capsys.readouterr().err == ("second interrupt: stopped without saving; --resume continues from the last "
-                                       "checkpoint\n")
+    assert capsys.readouterr().err == ("second interrupt: stopped without saving; --resume continues from the run's "
+                                       "last checkpoint, if it has one\n")
 
 
 def test_under_torchrun_every_step_reads_the_flags_the_step_before_launched(stop_handlers, gloo):

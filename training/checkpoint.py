@@ -331,7 +331,8 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
         raise CheckpointError(f"checkpoint path {path} does not exist (pass a run directory or a checkpoint dir)")
     if not path.is_dir():  # a file of a checkpoint or a run (model.safetensors, config.yaml): name the folder instead
         raise CheckpointError(f"checkpoint path {path} is a file; pass {folder_to_pass(path.parent)}")
-    if note := transformers_folder_note(path):  # verify would call it incomplete
+    # verify would call it incomplete; a run trained into such a folder has its checkpoints/ there, and resumes
+    if not (path / CHECKPOINTS).is_dir() and (note := transformers_folder_note(path)):
         raise CheckpointError(note)
     if is_checkpoint_dir(path):
         verify(path)

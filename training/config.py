@@ -135,6 +135,7 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        coerce_fields(self, "")  # a section given as a dict becomes its dataclass
         if self.data.block_size > self.model.n_positions:
             raise ValueError(
                 f"data.block_size ({self.data.block_size}) > model.n_positions ({self.model.n_positions}): "

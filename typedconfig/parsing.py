@@ -152,7 +152,7 @@ def coerce_fields(instance: Any, section: str) -> None:
     for f in dataclasses.fields(instance):
         value, tp = getattr(instance, f.name), hints[f.name]
         if not (dataclasses.is_dataclass(tp) and isinstance(value, tp)):
-            setattr(instance, f.name, coerce(tp, value, f"{section}.{f.name}"))
+            setattr(instance, f.name, coerce(tp, value, f"{section}.{f.name}" if section else f.name))
 
 
 def to_dict(instance: Any) -> dict[str, Any]:

@@ -41,6 +41,8 @@ class SVD(DirectMethod):
 
 
 class GramCholesky(TriangularFactor):
+    from_gram = True
+
     def factor(self, A: torch.Tensor) -> None:
         self.R = UpperTriangular(cholesky_upper(A.T @ A, self.info))
 

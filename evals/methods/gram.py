@@ -49,12 +49,13 @@ class DirectMethod(GramMethod):
     noise: the solve still returns x (relres ~1e15 and beyond on (a) and (b)), marked as not converged."""
 
     direct = True
+    from_gram = False  # the factor comes from the rounded AᵀA (problems.numerically_singular)
 
     def __init__(self, A: torch.Tensor, info: SolveInfo, options: SolveOptions) -> None:
         super().__init__(A, info, options)
         with info.timed("factor"):
             self.factor(A)
-            if P.numerically_singular(self.singular_values(), A.shape[0]):
+            if P.numerically_singular(self.singular_values(), A.shape[0], self.from_gram):
                 info.converged = False
         info.passes += 1
 

@@ -230,6 +230,8 @@ def test_distinct_rows_keeps_the_first_copy_of_each_row_in_order():
     (["--extracted", "nowhere", "--out", "x", "--layers", "0", "--heads", "1", "--windows", "3"],
      "--layers, --heads, --windows only select what --ckpt extracts"),
     (["--rescore", "nowhere", "--out", "x", "--heads", "1"], "--heads only select what --ckpt extracts"),
+    (["--rescore", "nowhere", "--out", "x", "--eps", "1e-4", "--seeds", "7"],
+     "--seeds, --eps set how instances are solved; --rescore scores the rows of nowhere again"),
 ])
 def test_errors_name_the_problem(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -421,6 +421,11 @@ def test_a_rank_deficient_matrix_is_never_reported_converged(problem):
         assert math.isclose(info.relres, P.relres(problem, A, x, b), rel_tol=1e-9) or math.isnan(info.relres)
     for method in ("qr", "svd", "sketch_cholqr"):  # the garbage the flag used to hide
         assert solve(problem, A, b, method=method)[1].relres > 1e10
+    for seed in range(10):  # Cholesky of the rounded AᵀA: its noise pivots sit near √u σ_max, far above n u σ_max
+        A = torch.randn(500, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        A[:, 5] = A[:, 1]
+        b = syn.rhs(16 if problem == "gram_power" else 500, seed)
+        assert not solve(problem, A, b, method="gram_cholesky")[1].converged, seed
 
 
 @pytest.mark.parametrize("kappa", [1e2, 1e4])

@@ -67,5 +67,5 @@ def test_a_folder_that_cannot_be_written_is_refused(tmp_path, below):
     with unwritable(locked), pytest.raises(OutFolderError) as caught:
         check_out_folder(out, "the report")
     where = "" if not below else f" lies under {locked}, which"
-    assert str(caught.value) == (f"--out {out}{where} cannot be written by this user; give a folder you can write in "
-                                 "for the report")
+    assert str(caught.value) == (f"--out {out}{where} cannot be written by this user; make it writable, or give "
+                                 "another folder for the report")

@@ -142,7 +142,7 @@ def test_decode_state_is_D_by_d_v_plus_one_with_D_from_the_taylor_features():
     ({"a": -0.5}, "a"), ({"c": 0.49}, "c"), ({"c": float("nan")}, "c"),
     ({"c": 0.5}, "c"),  # c = b²/(4a): w = 0 at s = -1, where a row could sum to 0/0
     ({"a": 2.0, "b": 0.0, "c": 0.0}, "c"),  # a pure square: w = 0 for orthogonal q and k
-    ({"b": 1e200, "c": 1e300}, "c"),  # b² overflows: refused, not an OverflowError
+    ({"b": 1e200, "c": 1e300}, "b"),  # b² overflows: refused, not an OverflowError
 ])
 def test_coefficients_must_keep_every_weight_positive(options, bad):
     with pytest.raises(ValueError, match=rf"{bad}=.*allowed: a finite number"):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from data.config import MQAR, DataConfig, MQARConfig
+from model import generation
 from model.attention import BACKENDS
 from model.config import ModelConfig
 from model.gpt import GPT
@@ -159,13 +160,23 @@ def test_unusable_arguments_give_one_line_errors(runs, capsys, options, message)
     assert re.search(message, err), err
 
 
-def test_a_kv_cache_larger_than_memory_is_a_one_line_error_naming_its_size(runs, capsys):
+@pytest.mark.parametrize("known", [True, False], ids=["memory known", "memory unknown"])
+def test_a_kv_cache_larger_than_memory_is_a_one_line_error_naming_its_size(runs, capsys, monkeypatch, known):
+    """Refused up front where the free memory is known (an overcommitting allocator would hand it out and the
+    machine swap later), else when the allocation fails."""
     tokens = 10**13  # its buffers exceed any machine's address space, so allocating them fails everywhere
+    monkeypatch.setattr(generation, "available_bytes", lambda device: 8 * 2**30 if known else None)
     err = one_line_error(*generate(capsys, "--ckpt", str(runs["kv_rope"]), "--prompt", "Hi", "--temperature", "0",
                                    "--max-new-tokens", str(tokens), "--max-context", str(tokens)))
     needed = 2 * 2 * 2 * tokens * 16 * 4  # layers x (keys, values) x heads x tokens x head size x fp32 bytes
+    over = "more than the 8.0 GiB available" if known else "more than could be allocated"
     assert err == (f"generate: a softmax KV cache of {tokens:,} tokens for 1 prompt needs {needed / 2**30:,.1f} GiB, "
-                   "more than could be allocated; lower --max-context or --max-new-tokens\n")
+                   f"{over}; lower --max-context or --max-new-tokens\n")
+
+
+def test_the_cpu_memory_available_is_read_from_the_kernel():
+    available = generation.available_bytes(torch.device("cpu"))
+    assert available is None or 0 < available <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 @pytest.mark.parametrize("seed", ["99999999999999999999999", str(2**64), "-1"])

@@ -500,3 +500,11 @@ def test_a_state_file_that_would_run_code_is_refused_without_running_it(tmp_path
     ckpt.seal(path)  # checksums that vouch for the files as they are now, as their writer would
     with pytest.raises(ckpt.CheckpointError, match=r"state.pt cannot be read \(UnpicklingError"):
         ckpt.load_train_state(path)
+
+
+def test_a_transformers_folder_is_named_as_such_unless_a_run_trained_into_it(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "attnlab"}))
+    with pytest.raises(ckpt.CheckpointError, match="is a transformers export, not a checkpoint"):
+        ckpt.find_checkpoint(tmp_path)
+    path = save(tmp_path, 2)
+    assert ckpt.find_checkpoint(tmp_path) == path  # the run's own checkpoints/ resume it

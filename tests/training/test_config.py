@@ -203,3 +203,6 @@ def test_sections_built_in_python_take_their_declared_types():
     assert cfg.data.mqar is mqar and type(mqar.num_pairs) is int
     with pytest.raises(ValueError, match=r"train.batch_size: expected an integer, got 2.5"):
         TrainConfig(batch_size=2.5)
+    assert RunConfig(model={"n_layer": 2}).model.n_layer == 2  # a section given as a dict
+    with pytest.raises(ValueError, match=r"unknown key model.n_lyer"):
+        RunConfig(model={"n_lyer": 2})
