@@ -111,6 +111,10 @@ def sweep_dir(out: Path, setting: Setting, lr: float) -> Path:
 def parse_settings(text: str) -> list[Setting]:
     """--settings '4x32,8x64' -> [Setting(4, 32), Setting(8, 64)]; a setting given twice is refused."""
     settings = [Setting.parse(part) for part in text.split(",")]
+    for s in settings:  # grid_overrides asks every pair's key again: 2 tokens a pair, 2 a query
+        if s.length < 4 * s.pairs:
+            raise ValueError(f"--settings {s.pairs}x{s.length}: {s.pairs} pairs and their {s.pairs} queries need "
+                             f"4 x {s.pairs} = {4 * s.pairs} tokens; give a LENGTH of at least {4 * s.pairs}")
     twice = [s for i, s in enumerate(settings) if s in settings[:i]]
     if twice:
         raise ValueError(f"--settings: {twice[0].pairs}x{twice[0].length} is given twice; give each setting once")
