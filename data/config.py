@@ -41,9 +41,14 @@ class MQARConfig:
         return (self.vocab_size - 1) // 2
 
 
+def tokens_needed(cfg: MQARConfig) -> int:
+    """The shortest sequence that holds the task: 2 tokens a pair, 2 a query."""
+    return 2 * cfg.num_pairs + 2 * cfg.num_queries
+
+
 def check_fits(cfg: MQARConfig, seq_len: int) -> None:
     """Raise DataError (a ValueError) unless the pairs and the queries fit in seq_len (= data.block_size) tokens."""
-    needed = 2 * cfg.num_pairs + 2 * cfg.num_queries
+    needed = tokens_needed(cfg)
     if seq_len < needed:
         raise DataError(
             f"data.block_size ({seq_len}) is too short for data.mqar: {cfg.num_pairs} pairs and {cfg.num_queries} "

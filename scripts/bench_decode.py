@@ -38,6 +38,7 @@ from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import csv_text, markdown_table
 from model.attention import BACKENDS, get_backend
 from model.config import ModelConfig
+from model.generation import available_bytes
 from model.gpt import GPT, DecodeState
 from training.config import load_config
 
@@ -67,14 +68,6 @@ def repeat_state(state: DecodeState, batch: int) -> DecodeState:
     return DecodeState(layers, state.position, repeat(state.pads))
 
 
-def available_bytes() -> int:
-    """MemAvailable of /proc/meminfo: what the kernel could give this process now without swapping."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemAvailable in /proc/meminfo")
-
-
 @torch.no_grad()
 def bench_backend(name: str, args: argparse.Namespace) -> list[dict]:
     """Rows (position, batch, median and best ms per step, tokens/s, state bytes, prefill seconds) of one backend.
@@ -102,9 +95,11 @@ def bench_backend(name: str, args: argparse.Namespace) -> list[dict]:
     for batch in args.batches:
         base = {"backend": name, "constant_memory": constant, "batch": batch}
         needed = {p: batch * model.decode_state_nbytes(s) for p, s in prefilled.items()}
-        if MEMORY_MARGIN * sum(needed.values()) > available_bytes():
-            reason = (f"needs {sum(needed.values()) / 2**30:.1f} GiB of states, {available_bytes() / 2**30:.1f} GiB "
-                      "available")
+        available = available_bytes(torch.device("cpu"))
+        if available is None:
+            raise RuntimeError("the memory available is unknown here (no MemAvailable in /proc/meminfo)")
+        if MEMORY_MARGIN * sum(needed.values()) > available:
+            reason = f"needs {sum(needed.values()) / 2**30:.1f} GiB of states, {available / 2**30:.1f} GiB available"
             print(f"{name:<14} batch {batch:>3}: skipped, {reason}", flush=True)
             rows += [base | {"position": p, "state_bytes": needed[p], "skipped": reason} for p in positions]
             continue

@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 from matplotlib.figure import Figure
 
-from data.config import MQAR
+from data.config import MQAR, MQARConfig, tokens_needed
 from data.mqar import elimination_accuracy
 from experiments.comparison import (ComparisonError, Run, check_comparable, load_run, recorded, run_config, run_dirs,
                                     trained_dates)
@@ -111,10 +111,10 @@ def sweep_dir(out: Path, setting: Setting, lr: float) -> Path:
 def parse_settings(text: str) -> list[Setting]:
     """--settings '4x32,8x64' -> [Setting(4, 32), Setting(8, 64)]; a setting given twice is refused."""
     settings = [Setting.parse(part) for part in text.split(",")]
-    for s in settings:  # grid_overrides asks every pair's key again: 2 tokens a pair, 2 a query
-        if s.length < 4 * s.pairs:
+    for s in settings:  # grid_overrides asks every pair's key again
+        if s.length < (needed := tokens_needed(MQARConfig(num_pairs=s.pairs, num_queries=s.pairs))):
             raise ValueError(f"--settings {s.pairs}x{s.length}: {s.pairs} pairs and their {s.pairs} queries need "
-                             f"4 x {s.pairs} = {4 * s.pairs} tokens; give a LENGTH of at least {4 * s.pairs}")
+                             f"{needed} tokens; give a LENGTH of at least {needed}")
     twice = [s for i, s in enumerate(settings) if s in settings[:i]]
     if twice:
         raise ValueError(f"--settings: {twice[0].pairs}x{twice[0].length} is given twice; give each setting once")

@@ -100,8 +100,8 @@ def refused_before_any_sweep(tmp_path, monkeypatch, capsys, argv: list[str]) -> 
     (["--settings", "4x"], "--settings: '4x' is not PAIRSxLENGTH (two whole numbers >= 1), e.g. 8x32"),
     (["--settings", "4x32,0x8"], "--settings: '0x8' is not PAIRSxLENGTH (two whole numbers >= 1), e.g. 8x32"),
     (["--settings", "4x32,4x32"], "--settings: 4x32 is given twice; give each setting once"),
-    (["--settings", "8x8"], "--settings 8x8: 8 pairs and their 8 queries need 4 x 8 = 32 tokens; give a LENGTH of "
-                            "at least 32"),
+    (["--settings", "8x8"], "--settings 8x8: 8 pairs and their 8 queries need 32 tokens; give a LENGTH of at "
+                            "least 32"),
     (["--lrs", "abc"], "--lrs: 'abc' is not a learning rate > 0; give comma-separated numbers, e.g. 1e-3,3e-3"),
     (["--lrs", "1e-3,-1"], "--lrs: '-1' is not a learning rate > 0"),
     (["--lrs", "1e-3,0.001"], "--lrs: 1e-3 and 0.001 are both lr 0.001; give each learning rate once"),
