@@ -45,10 +45,15 @@ class TrainWindows:
         return gather_windows(self.tokens, self.starts(index), self.block_size)
 
 
+def distinct_windows(tokens: np.ndarray, block_size: int) -> int:
+    """How many different windows (block_size + 1 tokens: inputs and shifted targets) `tokens` holds."""
+    return len(tokens) - block_size
+
+
 def val_windows(tokens: np.ndarray, block_size: int, count: int) -> np.ndarray:
     """`count` window offsets spread evenly from the first to the last full window of `tokens` (int64)."""
     _check_length(tokens, block_size, "val")
-    last = len(tokens) - block_size - 1
+    last = distinct_windows(tokens, block_size) - 1
     return np.arange(count, dtype=np.int64) * last // max(count - 1, 1)
 
 

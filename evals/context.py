@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.loader import gather_windows, val_windows
+from data.loader import distinct_windows, gather_windows, val_windows
 from model.gpt import GPT
 
 FORMS = ("forward", "decode")
@@ -77,7 +77,7 @@ def sequence_starts(val_tokens: np.ndarray, max_length: int, sequences: int) -> 
     if len(val_tokens) < max_length + 1:
         raise ValueError(f"the val split holds {len(val_tokens):,} tokens, fewer than --max-length {max_length} + 1; "
                          "lower --max-length")
-    distinct = len(val_tokens) - max_length
+    distinct = distinct_windows(val_tokens, max_length)
     if sequences > distinct:
         raise ValueError(f"--sequences {sequences} is more than the val split holds: its {len(val_tokens):,} tokens "
                          f"hold {distinct:,} distinct sequences of --max-length {max_length} + 1 tokens; lower "

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from data.loader import eval_batches
+from data.loader import distinct_windows, eval_batches
 from model.attention import AttentionBackend
 from model.config import ModelConfig
 from model.gpt import GPT
@@ -81,7 +81,7 @@ def open_val_data(cfg: RunConfig, windows: int, device: torch.device) -> TextDat
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_windows=windows))
     data = open_run_data(cfg, rt.Runtime(device=device, dtype=torch.float32))
     if isinstance(data, TextData):
-        distinct = len(data.val_tokens) - data.block_size
+        distinct = distinct_windows(data.val_tokens, data.block_size)
         if windows > distinct:
             raise ValueError(f"--windows {windows} is larger than the val set: its {len(data.val_tokens):,} tokens "
                              f"hold {distinct:,} distinct windows of block_size {data.block_size}")
