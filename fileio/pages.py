@@ -76,5 +76,11 @@ def code_revision(repo: Path = REPO) -> str:
     return f"{commit}+dirty" if dirty else commit
 
 
+def load_since(start: float) -> str:
+    """'load average S at the start, E at the end' for a benchmark that read os.getloadavg()[0] = S when it started:
+    other processes slow a timing, and a page says how busy its machine was."""
+    return f"load average {start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+
+
 def today() -> str:
     return date.today().isoformat()

@@ -15,20 +15,21 @@ import torch
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def cpu_flags(cpuinfo: Path) -> set[str]:
+@functools.cache  # read once per process: the kernels ask on every call
+def cpu_flags(cpuinfo: Path) -> frozenset[str]:
     """The feature flags of /proc/cpuinfo's first processor (x86 "flags", Arm "Features"); empty where unreadable."""
     try:
         lines = cpuinfo.read_text().splitlines()
     except OSError:  # no /proc: not Linux
-        return set()
+        return frozenset()
     for line in lines:
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+            return frozenset(value.split())
+    return frozenset()
 
 
-@functools.cache
+@torch.compiler.assume_constant_result  # run eagerly while torch.compile traces a caller, kept as a constant
 def cpu_multiplies_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True when the CPU has bf16 matmul instructions and torch has oneDNN to use them; False where the flags cannot
     be read (fp32 is then the safe choice)."""

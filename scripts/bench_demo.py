@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from experiments.revision import baseline_commit, extract_revision
-from fileio.pages import REPO, code_revision, command_line, write_page
+from fileio.pages import REPO, code_revision, command_line, load_since, write_page
 from fileio.tables import cell, markdown_table
 
 
@@ -98,7 +98,7 @@ def main() -> None:
     config = (f"{args.config}{' ' + ' '.join(args.overrides) if args.overrides else ''}, this tree at "
               f"{code_revision()}, torch's default threads ({torch.get_num_threads()} on {os.cpu_count()} CPUs) "
               f"unless the config sets train.threads, {args.rounds} round(s), the trees taking turns after an untimed "
-              f"one-step run each; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+              f"one-step run each; {load_since(load_start)}")
     write_page(args.out, records, title="The CPU demo end to end, beside a baseline revision",
                measured="wall time of `python train.py` (whole run), its time in training steps, the median tokens/s "
                "of its log windows after the first, and its final val loss, from this tree and from the baseline's",

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from experiments.bench_shapes import SHAPES
-from fileio.pages import command_line, write_page
+from fileio.pages import command_line, load_since, write_page
 from fileio.tables import cell, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> None:
          for r in rows])
     config = (f"{args.dtype}, {args.threads} thread(s), {args.rounds} rounds of one process per setting, each the "
               f"median of {args.steps} steps after {args.warmup} warm-up steps; torch "
-              f"{importlib.metadata.version('torch')}; load average {load_start:.2f} at the start, "
-              f"{os.getloadavg()[0]:.2f} at the end")
+              f"{importlib.metadata.version('torch')}; {load_since(load_start)}")
     write_page(args.out, rows, title="Training steps with freed memory kept",
                measured="seconds of a training step (forward, backward, AdamW) and peak resident memory, glibc's "
                "malloc unchanged against training/malloc.py's settings",

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from experiments.bench_shapes import SHAPES
-from fileio.pages import command_line, write_page
+from fileio.pages import command_line, load_since, write_page
 from fileio.tables import cell, markdown_table
 from model.gpt import GPT
 from training.config import OptimConfig
@@ -148,8 +148,7 @@ def main(argv: list[str] | None = None) -> None:
               f"(nanoGPT's padded to {padded_vocab(vocab)}), "
               f"{args.dtype}, {args.threads} thread(s), medians of {args.steps} alternating steps after "
               f"{args.warmup} warm-up; malloc {malloc} for both (training/malloc.py); "
-              f"torch {torch.__version__}; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at "
-              "the end")
+              f"torch {torch.__version__}; {load_since(load_start)}")
     where = (f"\n## Where the time goes\n\nOne step of each under torch.profiler:\n\n{profile_table(profiles, 14)}"
              if profiles else "")
     write_page(args.out, [row], title="Training step beside nanoGPT",

@@ -18,7 +18,7 @@ import time
 import torch
 
 from experiments.bench_shapes import SHAPES
-from fileio.pages import command_line, write_page
+from fileio.pages import command_line, load_since, write_page
 from fileio.tables import cell, markdown_table
 from model.gpt import GPT
 from training.config import OptimConfig
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     config = (f"AdamW over the parameters of {', '.join(shapes)} "
               f"({'; '.join(f'{s}: {SHAPES[s].n_layer} layers x {SHAPES[s].n_embd}' for s in shapes)}), "
               f"fp32, random gradients, medians of {args.rounds} alternating rounds after an untimed one; torch "
-              f"{torch.__version__}; load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+              f"{torch.__version__}; {load_since(load_start)}")
     write_page(args.out, rows, title="AdamW step: foreach and fused",
                measured="seconds of one optimizer step of each form, taking turns",
                command=command_line(__file__, argv), config=config, body=table)

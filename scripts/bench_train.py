@@ -20,7 +20,7 @@ import time
 import torch
 
 from experiments.bench_shapes import SHAPES, BenchShape
-from fileio.pages import command_line, write_page
+from fileio.pages import command_line, load_since, write_page
 from fileio.tables import cell, markdown_table
 from model.gpt import GPT
 from training.config import OptimConfig
@@ -86,8 +86,7 @@ def main() -> None:
                            [[r["shape"], r["threads"], r["dtype"], cell(r["tokens_per_s"], "int"),
                              cell(r["mfu"], "pct"), r["step_s"]] for r in rows])
     config = (f"attention {args.attention}, median of {args.steps} steps after {args.warmup} warm-up steps, "
-              f"malloc {malloc}, torch {torch.__version__}, load average {load_start:.2f} at the start, "
-              f"{os.getloadavg()[0]:.2f} at the end")
+              f"malloc {malloc}, torch {torch.__version__}, {load_since(load_start)}")
     write_page(args.out, rows, title="Training-step throughput",
                measured="tokens/s and MFU of a full training step (forward, backward, AdamW)",
                command=command_line(__file__), config=config, body=table)

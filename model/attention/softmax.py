@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from model.attention.base import AttentionBackend, zero_masked_queries
+from model.attention.blocked_softmax import blocked_causal_softmax, runs_blocked
 from model.attention.kv_cache import (
     KVCache,
     append_kv,
@@ -21,8 +22,9 @@ from model.attention.kv_cache import (
 
 @dataclass(frozen=True)
 class SoftmaxAttention(AttentionBackend):
-    """softmax(q kᵀ / sqrt(d) + causal mask) v. Training uses torch SDPA (flash / memory-efficient kernels); padding
-    is an explicit boolean mask."""
+    """softmax(q kᵀ / sqrt(d) + causal mask) v. Training on the CPU uses the blocked form of
+    model/attention/blocked_softmax.py where `runs_blocked` allows it; elsewhere, and with padding (an explicit
+    boolean mask), torch SDPA (flash / memory-efficient kernels)."""
 
     name = "softmax"
 
@@ -35,6 +37,8 @@ class SoftmaxAttention(AttentionBackend):
 
     def forward(self, q, k, v, mask=None):
         if mask is None:
+            if runs_blocked(q):
+                return blocked_causal_softmax(q, k, v)
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         visible = padded_causal_mask(q.shape[-2], 0, mask, mask)
         return zero_masked_queries(F.scaled_dot_product_attention(q, k, v, attn_mask=visible), mask)
