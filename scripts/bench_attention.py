@@ -17,9 +17,10 @@ Every case process keeps freed memory as train.py does on the CPU (training/mall
 under glibc's defaults the kernels' large temporaries fault in fresh pages on every call, which slows most the
 backends that cast or allocate more, and so ranks the allocator as much as the kernels.
 
-Paired mode (`--against softmax`): forward+backward of each backend and of the reference backend take turns in
-one process, round after round, and the median of the per-round time ratios is reported, so load from other jobs
-slows both alike. `--baseline-rev REV` runs every case also from REV's tree (git archive), taking turns with this
+Paired mode (`--against softmax:blocked=false`: torch SDPA; `--against softmax`: our softmax's training form, on the
+CPU model/attention/blocked_softmax.py): forward+backward of each backend and of the reference backend take turns
+in one process, round after round, and the median of the per-round time ratios is reported, so load from other
+jobs slows both alike. `--baseline-rev REV` runs every case also from REV's tree (git archive), taking turns with this
 tree; `--profile` adds where one forward+backward of each backend spends its time (torch.profiler, self time of
 each op, grouped by kind), and the time of one tile's GEMMs in float32, bfloat16 and float16. Writes <out>.csv and
 <out>.md.
@@ -226,7 +227,8 @@ def run_paired_case(case: dict) -> dict:
     dtype = getattr(torch, case["dtype"])
     shape = (case["batch"], case["heads"], case["n"], case["head_dim"])
     runs = {}
-    for side, name, options in (("ours", case["name"], case["options"]), ("reference", case["against"], {})):
+    sides = (("ours", case["name"], case["options"]), ("reference", *parse_spec(case["against"])))
+    for side, name, options in sides:
         backend, q, k, v = make_inputs(name, options, *shape, dtype, requires_grad=True)
         runs[side] = training_step(backend, q, k, v, backward=True)
         runs[side]()
@@ -291,6 +293,7 @@ def growth(name: str, options: dict, n0: int, n1: int) -> float:
 
 def benchmark(args) -> tuple[list[dict], list[dict]]:
     specs = [parse_spec(s) for s in args.backends]
+    parse_spec(args.against)  # validated here, before any case runs
     common = {"threads": args.threads, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
               "malloc": args.malloc}
     train_rows, decode_rows = [], []
@@ -334,6 +337,7 @@ def paired(args) -> tuple[list[dict], list[dict]]:
     from experiments.revision import extract_revision  # here: a baseline tree's child may predate the module
 
     specs = [parse_spec(s) for s in args.backends]
+    parse_spec(args.against)  # validated here, before any case runs
     common = {"threads": args.threads, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
               "malloc": args.malloc, "rounds": args.rounds}
     rows = []
@@ -583,7 +587,9 @@ def main() -> None:
     parser.add_argument("--decode-contexts", type=int, nargs="*", default=[256, 1024, 4096, 16384])
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--out", default="results/bench_attention", help="output prefix (.csv, .md, .png)")
-    parser.add_argument("--against", help="paired mode: the reference backend timed in turn with each backend")
+    parser.add_argument("--against",
+                        help="paired mode: the reference backend (a spec, e.g. softmax:blocked=false for torch SDPA "
+                        "on the CPU) timed in turn with each backend; its options must exist in a --baseline-rev tree")
     parser.add_argument("--baseline-rev", help="paired mode: also time each case from this git revision's tree")
     parser.add_argument("--profile", action="store_true",
                         help="paired mode: where the time goes (torch.profiler), and one tile's GEMMs per dtype")

@@ -18,6 +18,7 @@ from model.attention.kv_cache import (
     kv_cache_bytes,
     padded_causal_mask,
 )
+from model.attention.options import check_option
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,12 @@ class SoftmaxAttention(AttentionBackend):
 
     name = "softmax"
 
+    # False: torch SDPA on the CPU too, whose memory is O(T) where the blocked form keeps O(T²) weights per layer
+    blocked: bool = True
+
+    def __post_init__(self):
+        check_option(self.name, "blocked", self.blocked, isinstance(self.blocked, bool), "True or False")
+
     def reference(self, q, k, v, mask=None):
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, T)
         t = q.shape[-2]
@@ -37,7 +44,7 @@ class SoftmaxAttention(AttentionBackend):
 
     def forward(self, q, k, v, mask=None):
         if mask is None:
-            if runs_blocked(q):
+            if self.blocked and runs_blocked(q):
                 return blocked_causal_softmax(q, k, v)
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         visible = padded_causal_mask(q.shape[-2], 0, mask, mask)

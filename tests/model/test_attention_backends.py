@@ -16,6 +16,7 @@ from model.attention.crossover import DEFAULT_CROSSOVER
 
 # (backend, options): every registered backend with its defaults, plus each alternative code path.
 CASES = [(name, {}) for name in BACKENDS] + [
+    ("softmax", {"blocked": False}),
     ("expressive", {"block_size": 16}),
     ("expressive_sq", {"crossover": 1, "chunk_size": 16}),
     ("expressive_sq", {"crossover": 10**9, "block_size": 16}),
@@ -236,7 +237,7 @@ INVALID = [
     ("expressive", "block_size", 0), ("expressive", "block_size", 2.5),
     ("expressive_sq", "temperature", float("nan")), ("expressive_sq", "eps", "small"),
     ("expressive_sq", "chunk_size", 0), ("expressive_sq", "crossover", -5),
-    ("logexp", "chunk_size", 0), ("logexp", "chunk_size", True),
+    ("logexp", "chunk_size", 0), ("logexp", "chunk_size", True), ("softmax", "blocked", "yes"),
     ("taylor", "a", 0.0), ("taylor", "c", 0.4), ("taylor", "b", float("inf")), ("taylor", "temperature_init", 0.0),
     ("taylor", "chunk_size", 0), ("taylor", "crossover", 0), ("taylor", "block_size", -1),
 ]

@@ -97,15 +97,21 @@ def test_runs_blocked_follows_device_dtype_and_memory(monkeypatch, dtype, device
     assert runs_blocked(torch.empty(1, 2, 64, 8, dtype=dtype, device=device)) is expected
 
 
-def test_softmax_backend_takes_the_blocked_form_only_where_the_rule_allows_and_without_padding(monkeypatch):
+def test_softmax_backend_takes_the_blocked_form_only_where_the_rule_and_its_option_allow_and_without_padding(
+    monkeypatch,
+):
     calls = []
     monkeypatch.setattr(softmax, "blocked_causal_softmax", lambda *x: calls.append(1) or blocked_causal_softmax(*x))
-    backend = get_backend("softmax")
     q, k, v = (torch.randn(2, 2, 40, 8, dtype=torch.float64) for _ in range(3))
-    y = backend.forward(q, k, v)
+    y = get_backend("softmax").forward(q, k, v)
     assert calls == [1]
     mask = torch.ones(2, 40, dtype=torch.bool)
-    torch.testing.assert_close(backend.forward(q, k, v, mask=mask), y, rtol=1e-12, atol=1e-12)  # padding: SDPA
+    sdpa_paths = [
+        lambda: get_backend("softmax").forward(q, k, v, mask=mask),  # padding
+        lambda: get_backend("softmax", blocked=False).forward(q, k, v),
+    ]
+    for run in sdpa_paths:
+        torch.testing.assert_close(run(), y, rtol=1e-12, atol=1e-12)
     monkeypatch.setattr(softmax, "runs_blocked", lambda q: False)
-    torch.testing.assert_close(backend.forward(q, k, v), y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(get_backend("softmax").forward(q, k, v), y, rtol=1e-12, atol=1e-12)
     assert calls == [1]
