@@ -320,6 +320,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("._")[-48:] or "data"
 
 
+def with_flag_names(message: str) -> str:
+    """`message` with the config keys this command takes as flags (data.val_every) named as its flags (--val-every):
+    the checks it shares with train.py name the keys, which are the flags only there."""
+    flags = {f"data.{name}": f"--{name.replace('_', '-')}" for name in (*INPUT_FIELDS, "prepared_dir")}
+    return re.sub(r"\bdata\.\w+", lambda key: flags.get(key.group(0), key.group(0)), message)
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults, hints = DataConfig(), typing.get_type_hints(DataConfig)
     parser = ArgumentParser(prog="python -m data.prepare", description=__doc__)
@@ -331,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = prepare(DataConfig(**vars(args)))
     except (ValueError, OSError) as exc:  # DataError, DataConfig's checks, unreadable or unwritable paths
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {with_flag_names(str(exc))}", file=sys.stderr)
         return 2
     meta = result.meta
     print(f"{result.path}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "

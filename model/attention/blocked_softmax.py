@@ -6,8 +6,8 @@ Each block of `block` queries [a, b) sees all of its keys [0, b) at once, so its
 softmax over one (BH, b - a, b) score tile: no running maximum is needed (FlashAttention's online softmax, Dao et
 al. 2022, arXiv 2205.14135, merges key tiles; here no row spans two tiles), and the tiles right of the diagonal
 block are never formed, which halves the work of a full T × T product. Each step is one batched GEMM over all heads
-or one softmax pass; torch's CPU flash-attention kernel, at the shapes we train, takes from 1.06 to 2.9 times as
-long (results/bench_blocked_softmax.md).
+or one softmax pass; torch's CPU flash-attention kernel takes longer at every shape measured, in bf16 and fp32
+(results/bench_blocked_softmax.md).
 
 The forward pass keeps the weights for the backward pass, B·H·T·(T + block)/2 numbers per layer, against O(T) for
 flash attention; `runs_blocked` sends a layer whose weights would exceed SAVED_BYTES_LIMIT to torch SDPA instead.
@@ -31,8 +31,8 @@ SAVED_BYTES_LIMIT = 1 << 28  # weights kept per layer for the backward pass (256
 
 
 def block_rows(dtype: torch.dtype) -> int:
-    """Query rows per block: the fastest of 64, 128 and 256 at T = 256-2048 on the CPU, 128 in bf16 and 64 in fp32
-    (results/bench_blocked_softmax.md)."""
+    """Query rows per block: of 64, 128 and 256, the fastest over T = 256-2048 on the CPU, 128 in bf16 (64 is as fast
+    at T = 256) and 64 in fp32 (results/bench_blocked_softmax.md)."""
     return 128 if dtype == torch.bfloat16 else 64
 
 
@@ -46,7 +46,7 @@ def saved_bytes(q: torch.Tensor, block: int | None = None) -> int:
 def runs_blocked(q: torch.Tensor) -> bool:
     """Whether causal attention on queries q (B, H, T, d) takes the blocked form: on the CPU, in fp32, fp64, or bf16
     where the CPU multiplies it natively (elsewhere oneDNN emulates bf16 GEMMs slower than fp32), and within
-    SAVED_BYTES_LIMIT. GPUs keep torch SDPA's fused kernels; so does fp16, which these CPUs do not multiply natively."""
+    SAVED_BYTES_LIMIT. GPUs keep torch SDPA's fused kernels; so does fp16, for which this form was not measured."""
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64, torch.bfloat16):
         return False
     if q.dtype == torch.bfloat16 and not cpu_multiplies_bf16():
@@ -57,19 +57,22 @@ def runs_blocked(q: torch.Tensor) -> bool:
 class _BlockedCausalSoftmax(torch.autograd.Function):
     @staticmethod
     @without_autocast  # the inputs' dtype is the GEMMs' dtype (module docstring)
-    def forward(ctx, q, k, v, block: int):
+    def forward(ctx, q, k, v, block: int, grad_enabled: bool):
         acc = accumulation_dtype(q.dtype)
         scores_q = q.to(acc) * q.shape[-1] ** -0.5  # the scale on the (BH, T, d) side, not on the scores
         scores_k = k.to(acc)
         above = torch.ones(block, block, dtype=torch.bool, device=q.device).triu_(1)
+        # else each block's weights are freed as soon as they are used (forward itself runs with grad disabled)
+        keep = grad_enabled and any(ctx.needs_input_grad[:3])
         weights, out = [], []
         for start, end in chunk_bounds(q.shape[1], block):
             scores = torch.bmm(scores_q[:, start:end], scores_k[:, :end].transpose(1, 2))
             scores[:, :, start:].masked_fill_(above[: end - start, : end - start], float("-inf"))
             p = torch.softmax(scores, dim=-1).to(v.dtype)
             out.append(torch.bmm(p, v[:, :end]))
-            weights.append(p)
-        if any(ctx.needs_input_grad[:3]):
+            if keep:
+                weights.append(p)
+        if keep:
             ctx.save_for_backward(q, k, v, *weights)
             ctx.block = block
         return torch.cat(out, dim=1)
@@ -89,7 +92,7 @@ class _BlockedCausalSoftmax(torch.autograd.Function):
             dq.append(torch.bmm(ds, k[:, :end]))
             dk[:, :end] += torch.bmm(ds.transpose(1, 2), q[:, start:end])
         scale = q.shape[-1] ** -0.5
-        return torch.cat(dq, dim=1).mul_(scale), dk.mul_(scale).to(k.dtype), dv.to(v.dtype), None
+        return torch.cat(dq, dim=1).mul_(scale), dk.mul_(scale).to(k.dtype), dv.to(v.dtype), None, None
 
 
 def blocked_causal_softmax(
@@ -99,5 +102,5 @@ def blocked_causal_softmax(
     at a time (by default `block_rows`) in the inputs' dtype (module docstring); equal to SoftmaxAttention.reference
     up to rounding."""
     block = block or block_rows(q.dtype)
-    y = _BlockedCausalSoftmax.apply(*(fold_heads(x, q.dtype) for x in (q, k, v)), block)
+    y = _BlockedCausalSoftmax.apply(*(fold_heads(x, q.dtype) for x in (q, k, v)), block, torch.is_grad_enabled())
     return unfold_heads(y, q)

@@ -17,7 +17,7 @@ import pytest
 
 from data.config import DataConfig
 from data.errors import DataError
-from data.prepare import dataset_dir, is_prepared, load_prepared, main, prepare, token_dtype
+from data.prepare import dataset_dir, is_prepared, load_prepared, main, prepare, token_dtype, with_flag_names
 from data.tokenizer import TextTokenizer, gpt2_encoding, gpt2_tokenizer, load_tokenizer
 
 DOCS = [f"Document {i}: {'Lorem ipsum dolor sit amet. ' * i}\n\nÆsop's 🐢 line\tend  " for i in range(7)]
@@ -324,14 +324,24 @@ def test_the_command_line_prepares_shakespeare_and_then_reuses_it(tmp_path, caps
 
 def test_the_command_line_reports_errors_in_one_line(tmp_path, capsys):
     assert main(["--source", str(tmp_path / "missing.txt"), "--prepared-dir", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("error: data.source")
+    assert capsys.readouterr().err.startswith("error: --source")
+
+
+def test_the_command_line_names_its_flags_where_the_shared_checks_name_config_keys(tmp_path, capsys):
+    (tmp_path / "short.txt").write_text("a few words")
+    argv = ["--source", str(tmp_path / "short.txt"), "--val-every", "50", "--prepared-dir", str(tmp_path / "prepared")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "lower --val-every to at most" in err and "data." not in err
+    message = "data.block_size is a training key; data.max_tokens and data.prepared_dir are flags"
+    assert with_flag_names(message) == "data.block_size is a training key; --max-tokens and --prepared-dir are flags"
 
 
 def test_an_empty_source_is_refused_rather_than_read_as_the_current_directory(tmp_path, capsys, monkeypatch):
     (tmp_path / "a.txt").write_text("a document that must not be read\n")
     monkeypatch.chdir(tmp_path)
     assert main(["--source", "", "--prepared-dir", str(tmp_path / "prepared")]) == 2
-    assert capsys.readouterr().err == ("error: data.source is empty; give 'shakespeare', a file, directory or glob, "
+    assert capsys.readouterr().err == ("error: --source is empty; give 'shakespeare', a file, directory or glob, "
                                        "'hf:<dataset>' or 'mqar'\n")
     assert not (tmp_path / "prepared").exists()
 

@@ -73,7 +73,7 @@ def test_the_weights_kept_for_backward_are_what_saved_bytes_says_and_none_withou
         assert sum(x.numel() * x.element_size() for x in kept) == saved_bytes(q) + inputs_bytes
         kept.clear()
         with torch.no_grad():
-            blocked_causal_softmax(q, k, v)
+            blocked_causal_softmax(*(x.clone().requires_grad_() for x in (q, k, v)))
         blocked_causal_softmax(q, k, v)  # no input needs a gradient
     assert kept == []
 
