@@ -31,8 +31,7 @@ from fileio.atomic import write_text_atomic
 from fileio.folders import check_out_folder
 from fileio.pages import command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
-from model.gpt import GPT
-from training.checkpoint import load_checkpoint_model
+from training.checkpoint import checkpoint_model, load_checkpoint_config
 from training.config import RunConfig
 from typedconfig.cli import ArgumentParser
 
@@ -107,9 +106,9 @@ def plot(curves: list[ContextCurve], path: Path) -> None:
 
 
 class Scored(NamedTuple):
-    """A checkpoint ready to score: its model, config and directory, its val split and the sequences it reads."""
+    """A checkpoint ready to score: its config and directory, its val split and the sequences it reads (its model is
+    loaded when its turn comes, so that one model at a time is in memory)."""
 
-    model: GPT
     cfg: RunConfig
     ckpt: Path
     val_tokens: np.ndarray
@@ -119,12 +118,12 @@ class Scored(NamedTuple):
 def load_scored(path: str, max_length: int, sequences: int) -> Scored:
     """The checkpoint `path` means, with the val sequences of its own data; a checkpoint trained on MQAR, which has
     no val text, is refused."""
-    model, cfg, ckpt = load_checkpoint_model(path)
+    cfg, ckpt = load_checkpoint_config(path)
     if cfg.data.source == MQAR:
         raise ValueError(f"--ckpt {path}: {ckpt} was trained on data.source {MQAR} (generated recall sequences, no "
                          "val text); eval_context scores checkpoints trained on text only")
     _, _, val_tokens = load_prepared(cfg.data)
-    return Scored(model, cfg, ckpt, val_tokens, val_sequences(val_tokens, max_length, sequences))
+    return Scored(cfg, ckpt, val_tokens, val_sequences(val_tokens, max_length, sequences))
 
 
 def check_alike(paths: list[str], loaded: list[Scored]) -> None:
@@ -166,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         check_out_folder(args.out, "the page, CSV and plot")
         loaded = [load_scored(path, args.max_length, args.sequences) for path in args.ckpt]
         check_alike(args.ckpt, loaded)
-        for model, cfg, ckpt, val_tokens, _ in loaded:
-            curves.append(context_curve(model, val_tokens, label=label(cfg), train_context=cfg.data.block_size,
+        for cfg, ckpt, val_tokens, _ in loaded:
+            curves.append(context_curve(checkpoint_model(ckpt, cfg), val_tokens, label=label(cfg), train_context=cfg.data.block_size,
                                         max_length=args.max_length, sequences=args.sequences, form=args.form))
             print(f"{ckpt}: " + ", ".join(f"{v:.3f}" for v in curves[-1].loss), flush=True)
     except (ValueError, OSError) as exc:  # CheckpointError, DataError, OutFolderError: each names the path

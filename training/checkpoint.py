@@ -452,14 +452,25 @@ def load_weights(ckpt: Path, model: nn.Module) -> None:
         )
 
 
+def load_checkpoint_config(path: str | Path) -> tuple[RunConfig, Path]:
+    """The run config the checkpoint meant by `path` (as find_checkpoint) was saved with, and the checkpoint
+    directory: what a tool checks before it loads any weights."""
+    ckpt = find_checkpoint(path)
+    try:
+        return config_from_dict(read_config(ckpt)), ckpt
+    except ConfigError as exc:
+        raise CheckpointError(f"{ckpt / CONFIG} is not a usable run config ({exc})") from None
+
+
+def checkpoint_model(ckpt: Path, cfg: RunConfig) -> GPT:
+    """The model of a (verified) checkpoint and its config, with its weights, in eval mode on the CPU."""
+    model = GPT(cfg.model)
+    load_weights(ckpt, model)
+    return model.eval()
+
+
 def load_checkpoint_model(path: str | Path) -> tuple[GPT, RunConfig, Path]:
     """The model of the checkpoint meant by `path` (as find_checkpoint), built from the checkpoint's own config,
     with its weights, in eval mode on the CPU; with that config and the checkpoint directory."""
-    ckpt = find_checkpoint(path)
-    try:
-        cfg = config_from_dict(read_config(ckpt))
-    except ConfigError as exc:
-        raise CheckpointError(f"{ckpt / CONFIG} is not a usable run config ({exc})") from None
-    model = GPT(cfg.model)
-    load_weights(ckpt, model)
-    return model.eval(), cfg, ckpt
+    cfg, ckpt = load_checkpoint_config(path)
+    return checkpoint_model(ckpt, cfg), cfg, ckpt

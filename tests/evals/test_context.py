@@ -1,8 +1,10 @@
 """evals/context.py and scripts/eval_context.py: loss per position bucket past the training context; the decode
 form of a constant-memory backend reproduces the training form; learned positions stop at n_positions."""
 
+import gc
 import importlib.util
 import math
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from evals.context import (ContextCurve, bucket_edges, context_curve, records, s
                            token_losses)
 from model.config import ModelConfig
 from model.gpt import GPT
-from training.checkpoint import TrainState, find_checkpoint, save_checkpoint
+from training.checkpoint import TrainState, checkpoint_model, find_checkpoint, save_checkpoint
 from training.config import RunConfig, TrainConfig, config_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +129,28 @@ def test_the_cli_writes_a_page_a_csv_and_a_plot(tmp_path, prepared_dir, capsys):
     assert (tmp_path / "out" / "context.png").stat().st_size > 1000
     assert cli.main([*runs[:2], "--max-length", "10000000", "--out", str(tmp_path / "o2")]) == 2
     assert "fewer than --max-length" in capsys.readouterr().err
+
+
+def test_the_cli_holds_one_model_at_a_time_and_loads_none_before_every_check_passed(
+    tmp_path, prepared_dir, capsys, monkeypatch
+):
+    loaded = []  # weak references to the models the CLI built, in order
+
+    def tracked(ckpt, cfg):
+        gc.collect()
+        assert all(ref() is None for ref in loaded), "an earlier checkpoint's model is still in memory"
+        model = checkpoint_model(ckpt, cfg)
+        loaded.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(cli, "checkpoint_model", tracked)
+    runs = [save_tiny_run(tmp_path / name, prepared_dir, name) for name in ("softmax", "logexp", "taylor")]
+    argv = [arg for run in runs for arg in ("--ckpt", str(run))] + ["--max-length", "64", "--sequences", "1"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert len(loaded) == 3
+    loaded.clear()
+    assert cli.main([*argv, "--ckpt", str(runs[0]), "--out", str(tmp_path / "again")]) == 2  # a checkpoint twice
+    assert "give each checkpoint once" in capsys.readouterr().err and loaded == []
 
 
 @pytest.mark.parametrize("out", ["afile", "afile/ctx"])
