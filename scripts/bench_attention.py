@@ -293,7 +293,6 @@ def growth(name: str, options: dict, n0: int, n1: int) -> float:
 
 def benchmark(args) -> tuple[list[dict], list[dict]]:
     specs = [parse_spec(s) for s in args.backends]
-    parse_spec(args.against)  # validated here, before any case runs
     common = {"threads": args.threads, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
               "malloc": args.malloc}
     train_rows, decode_rows = [], []
