@@ -166,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         loaded = [load_scored(path, args.max_length, args.sequences) for path in args.ckpt]
         check_alike(args.ckpt, loaded)
         for cfg, ckpt, val_tokens, _ in loaded:
-            curves.append(context_curve(checkpoint_model(ckpt, cfg), val_tokens, label=label(cfg), train_context=cfg.data.block_size,
-                                        max_length=args.max_length, sequences=args.sequences, form=args.form))
+            # the model is referenced by this call alone: freed before the next checkpoint's loads
+            curves.append(context_curve(checkpoint_model(ckpt, cfg), val_tokens, label=label(cfg),
+                                        train_context=cfg.data.block_size, max_length=args.max_length,
+                                        sequences=args.sequences, form=args.form))
             print(f"{ckpt}: " + ", ".join(f"{v:.3f}" for v in curves[-1].loss), flush=True)
     except (ValueError, OSError) as exc:  # CheckpointError, DataError, OutFolderError: each names the path
         print(f"eval_context: {exc}", file=sys.stderr)
