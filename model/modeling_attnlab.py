@@ -90,6 +90,9 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
     # The loss is the mean over one call's targets: Trainer must scale it for gradient accumulation itself rather
     # than pass num_items_in_batch, which forward()'s **kwargs would otherwise let it assume is used.
     accepts_loss_kwargs = False
+    # A backend's decode state cannot drop rejected tokens: with this, generate() refuses assisted and prompt-lookup
+    # decoding before it starts, with or without a cache passed in (without, it failed on "requires a cache").
+    _is_stateful = True
 
     def __init__(self, config: AttnlabConfig):
         super().__init__(config)

@@ -458,9 +458,16 @@ def test_generate_continues_from_the_cache_it_returned_as_from_scratch(attention
     with pytest.raises(ValueError, match=r"^past_key_values holds \d+ tokens, and input_ids \(4 tokens\) must hold "
                                          r"them followed by at least one new token"):
         model.generate(more, past_key_values=first.past_key_values, max_new_tokens=2, pad_token_id=0)
+    refused = "^assisted generation is not supported with stateful models, such as AttnlabForCausalLM"
+    for cache in (first.past_key_values, None):
+        with pytest.raises(ValueError, match=refused):
+            model.generate(whole, attention_mask=whole_mask, past_key_values=cache, max_new_tokens=2,
+                           pad_token_id=0, prompt_lookup_num_tokens=2)
+        with pytest.raises(ValueError, match=refused):
+            model.generate(whole, attention_mask=whole_mask, past_key_values=cache, max_new_tokens=2,
+                           pad_token_id=0, assistant_model=model)
     with pytest.raises(ValueError, match="^assisted and prompt-lookup decoding drop rejected tokens from the cache"):
-        model.generate(whole, attention_mask=whole_mask, past_key_values=first.past_key_values, max_new_tokens=2,
-                       pad_token_id=0, prompt_lookup_num_tokens=2)
+        first.past_key_values.activate_past_recording()  # the cache's own refusal, for callers outside generate()
 
 
 @pytest.mark.parametrize("attention", BACKENDS)
