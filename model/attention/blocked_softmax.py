@@ -44,9 +44,13 @@ def saved_bytes(q: torch.Tensor, block: int | None = None) -> int:
 
 
 def runs_blocked(q: torch.Tensor) -> bool:
-    """Whether causal attention on queries q (B, H, T, d) takes the blocked form: on the CPU, in fp32, fp64, or bf16
-    where the CPU multiplies it natively (elsewhere oneDNN emulates bf16 GEMMs slower than fp32), and within
-    SAVED_BYTES_LIMIT. GPUs keep torch SDPA's fused kernels; so does fp16, for which this form was not measured."""
+    """Whether causal attention on queries q (B, H, T, d) takes the blocked form: in training (a gradient wanted) on
+    the CPU, in fp32, fp64, or bf16 where the CPU multiplies it natively (elsewhere oneDNN emulates bf16 GEMMs slower
+    than fp32), within SAVED_BYTES_LIMIT. Its gain is in the backward pass: the forward alone (evaluation) is about
+    as fast as SDPA's up to T = 2048 and slower beyond, so evaluation keeps SDPA. GPUs keep torch SDPA's fused
+    kernels; so does fp16, for which this form was not measured."""
+    if not (torch.is_grad_enabled() and q.requires_grad):
+        return False
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64, torch.bfloat16):
         return False
     if q.dtype == torch.bfloat16 and not cpu_multiplies_bf16():

@@ -94,7 +94,15 @@ def test_runs_blocked_follows_device_dtype_and_memory(monkeypatch, dtype, device
     monkeypatch.setattr(blocked_softmax, "cpu_multiplies_bf16", lambda: native_bf16)
     if limit is not None:
         monkeypatch.setattr(blocked_softmax, "SAVED_BYTES_LIMIT", limit)
-    assert runs_blocked(torch.empty(1, 2, 64, 8, dtype=dtype, device=device)) is expected
+    assert runs_blocked(torch.empty(1, 2, 64, 8, dtype=dtype, device=device, requires_grad=True)) is expected
+
+
+def test_evaluation_keeps_sdpa_whose_forward_is_as_fast():
+    q = torch.empty(1, 2, 64, 8, requires_grad=True)
+    assert runs_blocked(q)
+    assert not runs_blocked(q.detach())
+    with torch.no_grad():
+        assert not runs_blocked(q)
 
 
 def test_softmax_backend_takes_the_blocked_form_only_where_the_rule_and_its_option_allow_and_without_padding(
@@ -102,7 +110,7 @@ def test_softmax_backend_takes_the_blocked_form_only_where_the_rule_and_its_opti
 ):
     calls = []
     monkeypatch.setattr(softmax, "blocked_causal_softmax", lambda *x: calls.append(1) or blocked_causal_softmax(*x))
-    q, k, v = (torch.randn(2, 2, 40, 8, dtype=torch.float64) for _ in range(3))
+    q, k, v = (torch.randn(2, 2, 40, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
     y = get_backend("softmax").forward(q, k, v)
     assert calls == [1]
     mask = torch.ones(2, 40, dtype=torch.bool)
