@@ -6,8 +6,8 @@ Each block of `block` queries [a, b) sees all of its keys [0, b) at once, so its
 softmax over one (BH, b - a, b) score tile: no running maximum is needed (FlashAttention's online softmax, Dao et
 al. 2022, arXiv 2205.14135, merges key tiles; here no row spans two tiles), and the tiles right of the diagonal
 block are never formed, which halves the work of a full T × T product. Each step is one batched GEMM over all heads
-or one softmax pass; torch's CPU flash-attention kernel takes longer at every shape measured, in bf16 and fp32
-(results/bench_blocked_softmax.md).
+or one softmax pass; torch's CPU flash-attention kernel takes longer forward+backward at every shape measured, in
+bf16 and fp32 (results/bench_blocked_softmax.md).
 
 The forward pass keeps the weights for the backward pass, B·H·T·(T + block)/2 numbers per layer, against O(T) for
 flash attention; `runs_blocked` sends a layer whose weights would exceed SAVED_BYTES_LIMIT to torch SDPA instead.
@@ -28,11 +28,12 @@ from model.attention.numerics import accumulation_dtype, chunk_bounds, fold_head
 from model.cpu import cpu_multiplies_bf16
 
 SAVED_BYTES_LIMIT = 1 << 28  # weights kept per layer for the backward pass (256 MiB); beyond it, torch SDPA
+NO_GRAD_MAX_LENGTH = 1024  # without gradients, longer sequences take SDPA (runs_blocked)
 
 
 def block_rows(dtype: torch.dtype) -> int:
-    """Query rows per block: of 64, 128 and 256, the fastest over T = 256-2048 on the CPU, 128 in bf16 (64 is as fast
-    at T = 256) and 64 in fp32 (results/bench_blocked_softmax.md)."""
+    """Query rows per block: of 64, 128 and 256, the fastest over T = 256-2048 on the CPU, 128 in bf16 (64 is faster
+    at T = 256 on one thread) and 64 in fp32 (results/bench_blocked_softmax.md)."""
     return 128 if dtype == torch.bfloat16 else 64
 
 
@@ -44,18 +45,18 @@ def saved_bytes(q: torch.Tensor, block: int | None = None) -> int:
 
 
 def runs_blocked(q: torch.Tensor) -> bool:
-    """Whether causal attention on queries q (B, H, T, d) takes the blocked form: in training (a gradient wanted) on
-    the CPU, in fp32, fp64, or bf16 where the CPU multiplies it natively (elsewhere oneDNN emulates bf16 GEMMs slower
-    than fp32), within SAVED_BYTES_LIMIT. Its gain is in the backward pass: the forward alone (evaluation) is about
-    as fast as SDPA's up to T = 2048 and slower beyond, so evaluation keeps SDPA. GPUs keep torch SDPA's fused
+    """Whether causal attention on queries q (B, H, T, d) takes the blocked form: on the CPU, in fp32, fp64, or bf16
+    where the CPU multiplies it natively (elsewhere oneDNN emulates bf16 GEMMs slower than fp32); in training (a
+    gradient wanted) within SAVED_BYTES_LIMIT, and without gradients up to NO_GRAD_MAX_LENGTH tokens, beyond which
+    its forward alone is no faster than SDPA's (results/bench_blocked_softmax.md). GPUs keep torch SDPA's fused
     kernels; so does fp16, for which this form was not measured."""
-    if not (torch.is_grad_enabled() and q.requires_grad):
-        return False
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64, torch.bfloat16):
         return False
     if q.dtype == torch.bfloat16 and not cpu_multiplies_bf16():
         return False
-    return saved_bytes(q) <= SAVED_BYTES_LIMIT
+    if torch.is_grad_enabled() and q.requires_grad:
+        return saved_bytes(q) <= SAVED_BYTES_LIMIT
+    return q.shape[-2] <= NO_GRAD_MAX_LENGTH
 
 
 class _BlockedCausalSoftmax(torch.autograd.Function):

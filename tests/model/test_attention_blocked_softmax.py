@@ -97,12 +97,13 @@ def test_runs_blocked_follows_device_dtype_and_memory(monkeypatch, dtype, device
     assert runs_blocked(torch.empty(1, 2, 64, 8, dtype=dtype, device=device, requires_grad=True)) is expected
 
 
-def test_evaluation_keeps_sdpa_whose_forward_is_as_fast():
-    q = torch.empty(1, 2, 64, 8, requires_grad=True)
-    assert runs_blocked(q)
-    assert not runs_blocked(q.detach())
-    with torch.no_grad():
-        assert not runs_blocked(q)
+@pytest.mark.parametrize("t, with_grad, expected", [(1024, False, True), (1025, False, False), (4096, True, True)])
+def test_without_gradients_only_sequences_up_to_the_length_limit_take_the_blocked_form(t, with_grad, expected):
+    q = torch.empty(1, 2, t, 8).requires_grad_()
+    assert blocked_softmax.NO_GRAD_MAX_LENGTH == 1024
+    with torch.set_grad_enabled(with_grad):
+        assert runs_blocked(q) is expected
+    assert runs_blocked(q.detach()) is (t <= 1024)
 
 
 def test_softmax_backend_takes_the_blocked_form_only_where_the_rule_and_its_option_allow_and_without_padding(
