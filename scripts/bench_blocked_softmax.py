@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,18 +36,18 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return b, h, t
 
 
-def sdpa(q, k, v):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+def forms(blocks: list[int]) -> dict[str, int | None]:
+    """Each form's name and its block size (None: torch SDPA)."""
+    return {"sdpa": None} | {f"blocked {block}": block for block in blocks}
 
 
-def forms(blocks: list[int]) -> dict[str, Callable]:
-    found = {"sdpa": sdpa}
-    for block in blocks:
-        found[f"blocked {block}"] = lambda q, k, v, block=block: blocked_causal_softmax(q, k, v, block)
-    return found
+def attend(block: int | None, q, k, v):
+    if block is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return blocked_causal_softmax(q, k, v, block)
 
 
-MODES = ("fwd+bwd", "fwd, no grad")  # training; evaluation and prefill
+TRAINING, EVALUATION = "fwd+bwd", "fwd, no grad"
 
 
 def seconds(shape: tuple[int, int, int], dtype: torch.dtype, blocks: list[int], rounds: int,
@@ -56,18 +55,16 @@ def seconds(shape: tuple[int, int, int], dtype: torch.dtype, blocks: list[int], 
     """Median seconds of each form in `mode`, the forms taking turns for `rounds` rounds after an untimed one."""
     gen = torch.Generator().manual_seed(0)
     b, h, t = shape
-    backward = mode == MODES[0]
+    backward = mode == TRAINING
     q, k, v = (torch.randn(b, h, t, D, generator=gen, dtype=dtype).requires_grad_(backward) for _ in range(3))
     grad = torch.randn(b, h, t, D, generator=gen, dtype=dtype)
     times: dict[str, list[float]] = {}
     for _ in range(rounds + 1):
-        for name, form in forms(blocks).items():
+        for name, block in forms(blocks).items():
             start = time.perf_counter()
+            y = attend(block, q, k, v)  # without gradients when the inputs need none
             if backward:
-                form(q, k, v).backward(grad)
-            else:
-                with torch.no_grad():
-                    form(q, k, v)
+                y.backward(grad)
             times.setdefault(name, []).append(time.perf_counter() - start)
     return {name: statistics.median(found[1:]) for name, found in times.items()}
 
@@ -78,9 +75,10 @@ def case_rows(mode: str, threads: int, dtype: torch.dtype, shape: tuple[int, int
     found = seconds(shape, dtype, blocks, rounds, mode)
     meta = torch.empty(*shape, D, dtype=dtype, device="meta")
     print({name: round(value * 1e3, 2) for name, value in found.items()}, mode, threads, dtype, shape, flush=True)
+    blocks_of = forms(blocks)
     return [dict(mode=mode, threads=threads, dtype=str(dtype).removeprefix("torch."), shape="x".join(map(str, shape)),
                  form=name, seconds=value, over_sdpa=value / found["sdpa"],
-                 saved_mib=(0 if name == "sdpa" or mode != MODES[0] else saved_bytes(meta, int(name.split()[-1])))
+                 saved_mib=0 if blocks_of[name] is None or mode != TRAINING else saved_bytes(meta, blocks_of[name])
                  / 2**20)
             for name, value in found.items()]
 
@@ -100,9 +98,9 @@ def errors(shape: tuple[int, int, int], blocks: list[int]) -> dict[str, list[flo
         return ((x.double() - ref).norm() / ref.norm()).item()
 
     found = {}
-    for name, form in forms(blocks).items():
+    for name, block in forms(blocks).items():
         inputs = [x.clone().requires_grad_() for x in (q, k, v)]
-        y = form(*inputs)
+        y = attend(block, *inputs)
         y.backward(grad)
         found[name] = [relative(y, reference)] + [relative(x.grad, x_ref.grad) for x, x_ref in zip(inputs, exact)]
     return found
@@ -121,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/bench_blocked_softmax")
     args = parser.parse_args(argv)
     blocks = [int(x) for x in args.blocks.split(",")]
-    shapes = {MODES[0]: args.shapes, MODES[1]: args.no_grad_shapes}
+    shapes = {TRAINING: args.shapes, EVALUATION: args.no_grad_shapes}
 
     rows = []
     load_start = os.getloadavg()[0]
@@ -140,10 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     timing = {mode: markdown_table(columns, [[r["threads"], r["dtype"], r["shape"], r["form"], cell(r["seconds"] * 1e3),
                                               cell(r["over_sdpa"]), cell(r["saved_mib"])]
                                              for r in rows if r["mode"] == mode], right=columns[4:] + ["threads"])
-              for mode in MODES}
+              for mode in shapes}
     error = markdown_table(["form", "output", "dq", "dk", "dv"], error_rows, right=("output", "dq", "dk", "dv"))
-    body = (f"## Forward+backward time (training)\n\n{timing[MODES[0]]}\n\n## Forward alone, without gradients "
-            f"(evaluation)\n\n{timing[MODES[1]]}\n\n## Error in bf16 against the fp64 reference, "
+    body = (f"## Forward+backward time (training)\n\n{timing[TRAINING]}\n\n## Forward alone, without gradients "
+            f"(evaluation)\n\n{timing[EVALUATION]}\n\n## Error in bf16 against the fp64 reference, "
             f"{args.error_shape} (relative Frobenius norm)\n\n{error}")
     config = (f"d = {D}, causal, no padding, random normal inputs, medians of {args.rounds} rounds after an untimed "
               f"one; 'weights kept' is what the blocked form holds for its backward pass (SDPA's is O(T)); torch "

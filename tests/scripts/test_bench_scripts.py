@@ -1,5 +1,6 @@
 """scripts/bench_attention.py, bench_decode.py, bench_decode_long.py, bench_flex.py, bench_optim.py, bench_loss.py,
-bench_nanogpt.py, bench_malloc.py and bench_demo.py run end to end at toy sizes and write their outputs.
+bench_nanogpt.py, bench_malloc.py, bench_demo.py and bench_blocked_softmax.py run end to end at toy sizes and write
+their outputs.
 
 Smoke tests only: the numbers they print are measurements, never asserted."""
 
@@ -131,6 +132,24 @@ def test_bench_optim_times_both_adamw_forms(tmp_path):
     assert row["shape"] == "demo" and float(row["foreach_s"]) > 0 and float(row["fused_s"]) > 0
     page = out.with_suffix(".md").read_text()
     assert page.startswith("# AdamW step: foreach and fused\n\nMeasured: ") and "| demo | 1 |" in page
+
+
+def test_bench_blocked_softmax_times_both_forms_in_both_modes_and_reports_the_bf16_error(tmp_path):
+    out = tmp_path / "blocked"
+    run_script("scripts/bench_blocked_softmax.py", "--shapes", "1x2x100", "--no-grad-shapes", "1x2x100",
+               "--dtypes", "float32", "--threads", "1", "--blocks", "32,64", "--rounds", "1", "--error-shape",
+               "1x2x70", "--out", str(out))
+    rows = read_rows(out.with_suffix(".csv"))
+    assert {(r["mode"], r["form"]) for r in rows} == {(mode, form) for mode in ("fwd+bwd", "fwd, no grad")
+                                                      for form in ("sdpa", "blocked 32", "blocked 64")}
+    kept = {(r["mode"], r["form"]): float(r["saved_mib"]) for r in rows}
+    assert kept[("fwd+bwd", "sdpa")] == 0 < kept[("fwd+bwd", "blocked 32")]
+    assert kept[("fwd, no grad", "blocked 32")] == 0
+    page = out.with_suffix(".md").read_text()
+    assert "## Forward alone, without gradients" in page
+    errors = [line.split(" | ") for line in page.split("## Error in bf16")[1].splitlines() if line.startswith("| ")]
+    assert [e[0] for e in errors[1:]] == ["| sdpa", "| blocked 32", "| blocked 64"]  # after the header
+    assert all(0 < float(x.strip(" |")) < 0.01 for e in errors[1:] for x in e[1:])
 
 
 def test_bench_loss_times_the_full_form_and_the_chunked_one_with_and_without_the_padded_head(tmp_path):
