@@ -320,20 +320,23 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("._")[-48:] or "data"
 
 
+# The command line's flags, by the data.* config key each sets.
+FLAGS = {f"data.{name}": f"--{name.replace('_', '-')}" for name in (*INPUT_FIELDS, "prepared_dir")}
+
+
 def with_flag_names(message: str) -> str:
     """`message` with the config keys this command takes as flags (data.val_every) named as its flags (--val-every):
     the checks it shares with train.py name the keys, which are the flags only there."""
-    flags = {f"data.{name}": f"--{name.replace('_', '-')}" for name in (*INPUT_FIELDS, "prepared_dir")}
-    return re.sub(r"\bdata\.\w+", lambda key: flags.get(key.group(0), key.group(0)), message)
+    return re.sub(r"\bdata\.\w+", lambda key: FLAGS.get(key.group(0), key.group(0)), message)
 
 
 def main(argv: list[str] | None = None) -> int:
     defaults, hints = DataConfig(), typing.get_type_hints(DataConfig)
     parser = ArgumentParser(prog="python -m data.prepare", description=__doc__)
-    for name in (*INPUT_FIELDS, "prepared_dir"):
+    for key, flag in FLAGS.items():
+        name = key.removeprefix("data.")
         parse = int if int in (hints[name], *typing.get_args(hints[name])) else str
-        parser.add_argument(f"--{name.replace('_', '-')}", type=parse, default=getattr(defaults, name),
-                            help=f"data.{name}")
+        parser.add_argument(flag, type=parse, default=getattr(defaults, name), help=key)
     args = parser.parse_args(argv)
     try:
         result = prepare(DataConfig(**vars(args)))

@@ -187,7 +187,7 @@ class Reference:
             self.half = log_jacobi(A64)
             self.kernel = kernel = gaussian_kernel(A64)
             self.all_evals, evecs = torch.linalg.eigh(kernel)
-            self.floor = self.all_evals[-1] * A.shape[0] * UNIT_ROUNDOFF
+            self.floor = singular_value_floor(self.all_evals[-1], A.shape[0])
             keep = self.all_evals > self.floor
             self.evals, self.evecs = self.all_evals[keep], evecs[:, keep]
             self.cholesky = None
@@ -240,7 +240,7 @@ def _kappa_from_eigenvalues(evals: torch.Tensor) -> float:
     """λ_max / λ_min of a symmetric positive semi-definite matrix from its ascending eigenvalues; inf where λ_min is
     within the rounding n u λ_max of the eigensolver (numerically singular)."""
     top = float(evals[-1])
-    return top / float(evals[0]) if float(evals[0]) > top * evals.shape[0] * UNIT_ROUNDOFF else math.inf
+    return top / float(evals[0]) if float(evals[0]) > singular_value_floor(top, evals.shape[0]) else math.inf
 
 
 def reference_solution(problem: str, A: torch.Tensor, b: torch.Tensor, j: int = 1) -> torch.Tensor:

@@ -18,11 +18,13 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Every record of <run>/metrics.jsonl in order (a resumed run may repeat steps); [] before the first."""
+    """Every record of <run>/metrics.jsonl in order (a resumed run may repeat steps); [] before the first. A null
+    is read back as NaN: `json_value` writes a non-finite number so, and records hold no other nulls."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{key: math.nan if value is None else value for key, value in json.loads(line).items()}
+            for line in path.read_text().splitlines() if line.strip()]
 
 
 class MetricsLog:

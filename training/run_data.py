@@ -33,9 +33,11 @@ class TextData:
             message = preparing_message(cfg.data, runtime.world_size)
             if message:
                 print(message, flush=True)
-            # refused before preparing, which can take hours (the tokenizer is cached: prepare reuses it)
-            check_vocabulary(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
-            prepare(cfg.data)
+            # the vocabulary is checked before preparing, which can take hours (prepare reuses the cached tokenizer);
+            # prepared data is checked against its meta.json below, loading no tokenizer (a hub one needs a network)
+            if not is_prepared(cfg.data):
+                check_vocabulary(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
+                prepare(cfg.data)
         else:
             wait_until_prepared(cfg.data, runtime.rank)
         meta, train_tokens, self.val_tokens = load_prepared(cfg.data)

@@ -4,6 +4,7 @@ it, under one run id per run directory so that a resumed run continues its wandb
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 
@@ -57,6 +58,8 @@ def test_a_non_finite_number_is_written_as_null_which_strict_json_parsers_read(t
     assert "NaN" not in line and "Infinity" not in line
     record = json.loads(line, parse_constant=lambda token: pytest.fail(f"{token} is not JSON"))
     assert (record["val_loss"], record["val_ppl"], record["train_loss"]) == (None, None, 2.5)
+    (read,) = read_metrics(tmp_path)  # read back as the numbers they were, for the tools that compare runs
+    assert math.isnan(read["val_loss"]) and math.isnan(read["val_ppl"]) and read["train_loss"] == 2.5
 
 
 class FakeWandbError(Exception):

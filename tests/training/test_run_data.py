@@ -77,6 +77,18 @@ def test_a_vocabulary_smaller_than_the_tokenizers_is_refused_before_the_data_is_
     assert prepared == []
 
 
+def test_prepared_data_opens_without_loading_a_tokenizer(prepared_dir, monkeypatch):
+    """A hub tokenizer needs the network: a run on data prepared earlier must not ask for it."""
+    def no_tokenizer(name):
+        raise AssertionError(f"loaded tokenizer {name}")
+
+    monkeypatch.setattr("training.run_data.load_tokenizer", no_tokenizer)
+    cfg = load_config("configs/tiny.yaml", [f"data.prepared_dir={prepared_dir}"])
+    assert TextData(cfg, CPU).description.endswith("from shakespeare")
+    with pytest.raises(ConfigError, match=r"model.vocab_size \(1000\) is smaller than the tokenizer's vocabulary"):
+        TextData(load_config("configs/tiny.yaml", [f"data.prepared_dir={prepared_dir}", "model.vocab_size=1000"]), CPU)
+
+
 def test_ranks_other_than_0_open_prepared_data_without_a_collective(prepared_dir):
     """No process group exists here, so a barrier would fail: the rank waits for the files instead."""
     cfg = load_config("configs/tiny.yaml", [f"data.prepared_dir={prepared_dir}"])
