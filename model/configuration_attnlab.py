@@ -62,4 +62,3 @@ class AttnlabConfig(PreTrainedConfig, _ModelConfigFields):
         end = GPT2_END_OF_TEXT if cfg.vocab_size > GPT2_END_OF_TEXT else None
         kwargs = {"bos_token_id": end, "eos_token_id": end, **kwargs}
         return cls(**dataclasses.asdict(cfg), **kwargs)
-

@@ -153,18 +153,20 @@ def generate(
         prompt = prompt[:, -window:]
         mask = None if mask is None else mask[:, -window:]
     state = _empty_state(model, prompt, max_new_tokens, limit)
-    return _generate(model, prompt, mask, state, max_new_tokens, sampler, generator, stop_id, window, limit,
+    return _generate(model, prompt, mask, [state], max_new_tokens, sampler, generator, stop_id, window, limit,
                      DecodeStats() if stats is None else stats)
 
 
 @torch.no_grad()
 def _generate(
-    model: GPT, context: torch.Tensor, mask: torch.Tensor | None, state: DecodeState, max_new_tokens: int,
+    model: GPT, context: torch.Tensor, mask: torch.Tensor | None, first_state: list[DecodeState], max_new_tokens: int,
     sampler: Sampler, generator: torch.Generator | list[torch.Generator] | None, stop_id: int | None,
     window: int | None, limit: ContextLimit, stats: DecodeStats,
 ) -> Iterator[torch.Tensor]:
     device, rows = context.device, context.shape[0]
-    logits, state = _prefill(model, context, mask, state, stats)
+    # taken out of its list: torch.no_grad's wrapper keeps the arguments for the generator's life, and a full state
+    # must be freed before a sliding window makes the next one
+    logits, state = _prefill(model, context, mask, first_state.pop(), stats)
     stopped = torch.zeros(rows, dtype=torch.bool, device=device)
     for i in range(max_new_tokens):
         start = _synced_clock(device)
@@ -184,6 +186,7 @@ def _generate(
         if state.position == limit.tokens:
             if window is None:
                 raise ContextLimitReached(f"stopped at the context limit of {limit.tokens} tokens ({limit.reason})")
+            del state  # freed first: its memory is available to the new state, and the memory check counts it so
             logits, state = _prefill(model, context, mask, _empty_state(model, context, remaining, limit), stats)
             continue
         start = _synced_clock(device)
@@ -202,7 +205,8 @@ def _empty_state(model: GPT, context: torch.Tensor, new_tokens: int, limit: Cont
     # the same state on the meta device takes no memory and counts the bytes
     needed = model.decode_state_nbytes(model.init_decode_state(rows, dtype=dtype, device="meta", capacity=capacity))
     kind = f"{model.config.attention} {'decode state' if model.constant_memory_decoding else 'KV cache'}"
-    needs = f"a {kind} of {capacity:,} tokens for {rows} prompt{'s' if rows > 1 else ''} needs {needed / 2**30:,.1f} GiB"
+    prompts = f"{rows} prompt{'s' if rows > 1 else ''}"
+    needs = f"a {kind} of {capacity:,} tokens for {prompts} needs {needed / 2**30:,.1f} GiB"
     available = available_bytes(context.device)
     # checked first: with overcommit a CPU allocation larger than memory succeeds, then swaps or gets killed later
     if available is not None and needed > available:
@@ -218,8 +222,9 @@ def _empty_state(model: GPT, context: torch.Tensor, new_tokens: int, limit: Cont
 def available_bytes(device: torch.device) -> int | None:
     """Memory a new tensor could take on `device` now: a GPU's free memory, Linux's MemAvailable for the CPU; None
     where unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cuda":  # free memory, and what torch's caching allocator holds without using it
+        unused_cache = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + unused_cache
     if device.type != "cpu":
         return None
     try:

@@ -35,8 +35,7 @@ from data.tokenizer import TextTokenizer, load_tokenizer
 from fileio.folders import check_out_folder
 from model.config import ModelConfig
 from model.modeling_attnlab import AttnlabForCausalLM
-from training.checkpoint import (CHECKPOINTS, CheckpointError, checkpoint_step, in_run, load_checkpoint_model,
-                                 replace_dir)
+from training.checkpoint import CHECKPOINTS, checkpoint_step, in_run, load_checkpoint_model, replace_dir
 from training.config import RunConfig
 from typedconfig.cli import ArgumentParser
 

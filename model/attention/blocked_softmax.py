@@ -1,4 +1,5 @@
-"""Exact causal softmax attention by blocks of query rows: the CPU's training form of the softmax backend.
+"""Exact causal softmax attention by blocks of query rows: the softmax backend's form on the CPU in training, and in
+evaluation up to NO_GRAD_MAX_LENGTH tokens.
 
     y_i = sum_{j <= i} softmax_j(q_i·k_j / sqrt(d)) v_j
 
@@ -28,7 +29,7 @@ from model.attention.numerics import accumulation_dtype, chunk_bounds, fold_head
 from model.cpu import cpu_multiplies_bf16
 
 SAVED_BYTES_LIMIT = 1 << 28  # weights kept per layer for the backward pass (256 MiB); beyond it, torch SDPA
-NO_GRAD_MAX_LENGTH = 1024  # without gradients, longer sequences take SDPA (runs_blocked)
+NO_GRAD_MAX_LENGTH = 1024  # without gradients, longer sequences take SDPA (runs_blocked says why)
 
 
 def block_rows(dtype: torch.dtype) -> int:
@@ -47,8 +48,9 @@ def saved_bytes(q: torch.Tensor, block: int | None = None) -> int:
 def runs_blocked(q: torch.Tensor) -> bool:
     """Whether causal attention on queries q (B, H, T, d) takes the blocked form: on the CPU, in fp32, fp64, or bf16
     where the CPU multiplies it natively (elsewhere oneDNN emulates bf16 GEMMs slower than fp32); in training (a
-    gradient wanted) within SAVED_BYTES_LIMIT, and without gradients up to NO_GRAD_MAX_LENGTH tokens, beyond which
-    its forward alone is no faster than SDPA's (results/bench_blocked_softmax.md). GPUs keep torch SDPA's fused
+    gradient wanted) within SAVED_BYTES_LIMIT, and without gradients up to NO_GRAD_MAX_LENGTH tokens: its forward
+    alone is faster than SDPA's up to 1,024 tokens in bf16 and fp32, at 4,096 in bf16 only, and slower at 8,192
+    (results/bench_blocked_softmax.md; 2,048 was not measured). GPUs keep torch SDPA's fused
     kernels; so does fp16, for which this form was not measured."""
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64, torch.bfloat16):
         return False

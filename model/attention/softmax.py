@@ -23,9 +23,9 @@ from model.attention.options import check_option
 
 @dataclass(frozen=True)
 class SoftmaxAttention(AttentionBackend):
-    """softmax(q kᵀ / sqrt(d) + causal mask) v. Training on the CPU uses the blocked form of
-    model/attention/blocked_softmax.py where `runs_blocked` allows it; elsewhere, and with padding (an explicit
-    boolean mask), torch SDPA (flash / memory-efficient kernels)."""
+    """softmax(q kᵀ / sqrt(d) + causal mask) v. On the CPU the blocked form of model/attention/blocked_softmax.py
+    where `runs_blocked` allows it (training, and evaluation of short sequences); elsewhere, and with padding (an
+    explicit boolean mask), torch SDPA (flash / memory-efficient kernels)."""
 
     name = "softmax"
 

@@ -74,9 +74,8 @@ class TaylorAttention(QuadraticKernelAttention):
         super().__post_init__()
         check_positive_real(self.name, "a", self.a)
         # b * b, not b**2, which raises OverflowError for a huge b
-        check_option(self.name, "b", self.b, is_real(self.b) and math.isfinite(self.b * self.b / (4 * self.a)),
-                     "a finite number whose b²/(4a) is finite")
-        floor = self.b * self.b / (4 * self.a)
+        floor = self.b * self.b / (4 * self.a) if is_real(self.b) else math.nan
+        check_option(self.name, "b", self.b, math.isfinite(floor), "a finite number whose b²/(4a) is finite")
         check_option(self.name, "c", self.c, is_real(self.c) and self.c > floor,
                      f"a finite number > b²/(4a) = {floor:g}, so that every weight is positive")
         check_positive_real(self.name, "temperature_init", self.temperature_init)

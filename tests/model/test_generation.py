@@ -2,9 +2,13 @@
 states, preallocated KV caches, the context limit and the sliding window, seeds, batches of prompts of any
 lengths (left-padded)."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 
+from model import generation
 from model.attention import BACKENDS, get_backend
 from model.config import ModelConfig
 from model.generation import ContextLimitReached, DecodeStats, generate, left_pad
@@ -124,6 +128,25 @@ def test_a_window_slides_when_the_context_is_full(backend):
     prompt = random_ids(1, 5)
     tokens = [t.item() for t in generate(model, prompt, 30, sampler=GREEDY, window=8)]
     assert tokens == greedy_reference(model, prompt[0].tolist(), 30, limit=16, window=8)
+
+
+def test_a_sliding_window_frees_the_full_state_before_it_makes_the_next(monkeypatch):
+    """Else the full state counts as used memory when the next one is checked, and a state of more than half the
+    memory available would fail mid-stream."""
+    made = []  # weak references to every state made, in order
+
+    def tracked(*args):
+        gc.collect()
+        assert all(ref() is None for ref in made), "a full state is still alive while the next one is made"
+        state = empty_state(*args)
+        made.append(weakref.ref(state))
+        return state
+
+    empty_state = generation._empty_state
+    monkeypatch.setattr(generation, "_empty_state", tracked)
+    model = tiny_model(torch.float64, attention="softmax", position="learned", n_positions=16)
+    tokens = list(generate(model, random_ids(1, 5), 30, sampler=GREEDY, window=8))
+    assert len(tokens) == 30 and len(made) >= 3  # the first state, then one per slide
 
 
 def test_without_a_window_generation_stops_at_the_context_limit():
