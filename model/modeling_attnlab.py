@@ -152,6 +152,14 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the cache is the backend's own state, made in forward()
 
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False,
+                                      input_ids: torch.LongTensor | None = None, **model_kwargs):
+        """generate() repeats each input row expand_size times (beams, num_return_sequences) through this method,
+        which repeats tensors only: a cache passed in has its rows repeated here by the same factor."""
+        if expand_size > 1 and model_kwargs.get("past_key_values") is not None:
+            model_kwargs["past_key_values"].batch_repeat_interleave(expand_size)
+        return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+
     def prepare_inputs_for_generation(
         self,
         input_ids,
@@ -175,9 +183,6 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
                     f"past_key_values holds {past} tokens, and input_ids ({input_ids.shape[1]} tokens) must hold them "
                     "followed by at least one new token: pass the whole sequence (output.sequences and the new ids)"
                 )
-            rows = past_key_values.batch_size
-            if input_ids.shape[0] != rows and input_ids.shape[0] % rows == 0:  # generate() repeated each prompt row
-                past_key_values.batch_repeat_interleave(input_ids.shape[0] // rows)
             input_ids = input_ids[:, past:]  # only the tokens the state has not seen
         if position_ids is not None:
             position_ids = position_ids[:, -input_ids.shape[1] :]

@@ -458,6 +458,10 @@ def test_generate_continues_from_the_cache_it_returned_as_from_scratch(attention
     with pytest.raises(ValueError, match=r"^past_key_values holds \d+ tokens, and input_ids \(4 tokens\) must hold "
                                          r"them followed by at least one new token"):
         model.generate(more, past_key_values=first.past_key_values, max_new_tokens=2, pad_token_id=0)
+    other_rows = torch.cat([whole, whole.flip(0)])  # twice the cache's rows, but not its rows repeated
+    with pytest.raises(ValueError, match=r"^past_key_values holds \d+ rows and input_ids \d+"):
+        model.generate(other_rows, attention_mask=torch.cat([whole_mask, whole_mask.flip(0)]), max_new_tokens=2,
+                       past_key_values=copy.deepcopy(first.past_key_values), pad_token_id=0)
     refused = "^assisted generation is not supported with stateful models, such as AttnlabForCausalLM"
     for cache in (first.past_key_values, None):
         with pytest.raises(ValueError, match=refused):
