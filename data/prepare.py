@@ -100,7 +100,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
     dtype = token_dtype(tokenizer.vocab_size)
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    writers = {split: _TokenWriter(path / f"{split}.bin", dtype) for split in SPLITS}
+    writers = {split: _TokenWriter(path / f"{split}.bin", dtype, hashed=split == "val") for split in SPLITS}
     progress = tqdm(total=cfg.max_tokens, unit="tok", unit_scale=True, desc=path.name, disable=None, file=sys.stderr)
     try:
         documents = iter_document_reads(source, cfg.text_field, cfg.max_documents, CHUNK_CHARS)
@@ -193,19 +193,20 @@ def load_prepared(dataset: DataConfig | str | Path) -> tuple[dict, np.memmap, np
 
 class _TokenWriter:
     """Appends documents' ids, a chunk at a time, to a temporary file next to `path`; `commit` renames it to
-    `path`."""
+    `path`. With `hashed`, it keeps the sha256 of what it wrote (meta.json records the val split's)."""
 
-    def __init__(self, path: Path, dtype: np.dtype) -> None:
+    def __init__(self, path: Path, dtype: np.dtype, hashed: bool = False) -> None:
         self.path, self.dtype = path, dtype
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self.file = open(self.tmp, "wb")
         self.tokens = self.documents = 0
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if hashed else None
 
     def append(self, ids: list[int] | np.ndarray, starts_document: bool) -> None:
         data = np.asarray(ids, dtype=self.dtype).tobytes()
         self.file.write(data)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self.tokens += len(ids)
         self.documents += starts_document
 
@@ -214,14 +215,12 @@ class _TokenWriter:
         return self._hash.hexdigest()
 
     def move_tail(self, count: int, to: _TokenWriter) -> None:
-        """Move the last `count` tokens to the empty writer `to`, where they start no document, a block at a time;
-        this writer's hash is taken again over what it keeps."""
+        """Move the last `count` tokens of this unhashed writer (the train split) to the empty writer `to`, where
+        they start no document, a block at a time."""
         keep = (self.tokens - count) * self.dtype.itemsize
         self.file.flush()
-        self._hash = hashlib.sha256()
         with open(self.tmp, "rb") as handle:
-            while handle.tell() < keep:
-                self._hash.update(handle.read(min(COPY_BYTES, keep - handle.tell())))
+            handle.seek(keep)
             while block := handle.read(COPY_BYTES):
                 to.append(np.frombuffer(block, dtype=self.dtype), starts_document=False)
         self.file.truncate(keep)
