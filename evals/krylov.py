@@ -25,7 +25,7 @@ class KrylovResult:
 
 def weighted_norm(r: torch.Tensor, weights: torch.Tensor | None = None) -> float:
     """||r||, or ||weights ⊙ r||, computed on r / max |r|: torch squares the entries unscaled, so a vector of
-    entries ~1e-160 (the Jacobi-scaled exp kernel's, for large rows) would have norm 0 and meet any target."""
+    entries ~1e-170 (the Jacobi-scaled exp kernel's, for large rows) would have norm 0 and meet any target."""
     v = r if weights is None else weights * r
     top = float(v.abs().max()) if v.numel() else 0.0
     if top == 0 or not math.isfinite(top):
@@ -44,7 +44,7 @@ def cg(matvec: Operator, b: torch.Tensor, *, tol: float, maxiter: int, x0: torch
     target, CG restarts from x with the true residual, until it meets the target or runs out of iterations.
 
     CG is homogeneous in b, so it runs on b / ||b||: the inner products of a tiny b (the Jacobi-scaled exp kernel's
-    reaches ~1e-160 for rows near the overflow limit) would underflow to 0 and stop it."""
+    reaches ~1e-170 for rows near the overflow limit) would underflow to 0 and stop it."""
     scale = weighted_norm(b)
     if not 0 < scale < math.inf:
         scale = 1.0
@@ -94,8 +94,9 @@ def lsqr(matvec: Operator, rmatvec: Operator, b: torch.Tensor, *, tol: float, ma
     singular value, that test is ||Aᵀ r|| <= tol sigma_min ||b||, which guarantees ||A (x - x*)|| <= tol ||b||:
     Aᵀ r = AᵀA (x* - x), so ||A (x - x*)||² <= ||x - x*|| ||Aᵀ r|| and ||A (x - x*)|| <= ||Aᵀ r|| / σ_min(A).
     Without it, Paige & Saunders' scale-free test ||Aᵀ r|| <= tol ||A||_F ||b|| (||A||_F estimated from the
-    bidiagonal as LSQR runs) stops it, but bounds nothing once κ(A) is large (forward errors of 1e-3 at κ = 1e4), so
-    a stop by that test is reported as not converged: only a bounded test makes `converged` true."""
+    bidiagonal as LSQR runs) stops it, but bounds nothing once κ(A) is large (a prediction error of ~8e-3 for
+    eps = 1e-6 at κ = 1e4, tests/evals/test_solve.py), so a stop by that test is reported as not converged: only a
+    bounded test makes `converged` true."""
     u = b.clone() if x0 is None else b - matvec(x0)
     bnorm = torch.linalg.vector_norm(b)
     beta = torch.linalg.vector_norm(u)

@@ -48,7 +48,8 @@ def solve(problem: str, A: torch.Tensor, b: torch.Tensor, *, j: int = 1, eps: fl
     at least 2d for the iterative ones, d for sketch_cholqr); seed: an integer in [0, 2^32); maxiter: >= 1, per
     Krylov stage; refine: refinement steps after an iterative sketched least-squares stage (each costs about as
     many iterations again and brings the forward error in y towards Householder QR's; measured in
-    results/bench_solvers.md); rank: the Nyström rank (default min(n, 256)). Raises SolverError for bad input, NotApplicable where a method cannot handle an instance."""
+    results/bench_solvers.md); rank: the Nyström rank (default min(n, 256)). Raises SolverError for bad input,
+    NotApplicable where a method cannot handle an instance."""
     P.check_problem(problem, A, b, j)
     method = method or DEFAULT_METHOD[problem]
     cls = get_method(problem, method)

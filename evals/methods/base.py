@@ -95,7 +95,9 @@ class SolveOptions:
             raise P.SolverError(f"sketch must be a sketch's name, got {self.sketch!r}")
 
 
-MAX_SEED = 1 << 32  # the Taylor features derive MAX_TAYLOR_DEGREE + 1 generator seeds from one, within 64 bits
+# A chosen bound: the Taylor features derive seeds seed * (MAX_TAYLOR_DEGREE + 1) + degree from one
+# (kernel_preconditioners.degree_seed), which stay far below 2^63, where torch.Generator seeds end.
+MAX_SEED = 1 << 32
 
 
 def _check_integer(name: str, value: Any, least: int, hint: str, *, optional: bool = False,
