@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from model.compile_constant import assume_constant_result
+
 # x86 AVX512-BF16 and AMX-BF16; Arm's BF16 extension (its "Features" line)
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
@@ -29,7 +31,7 @@ def cpu_flags(cpuinfo: Path) -> frozenset[str]:
     return frozenset()
 
 
-@torch.compiler.assume_constant_result  # run eagerly while torch.compile traces a caller, kept as a constant
+@assume_constant_result  # run eagerly while torch.compile traces a caller, kept as a constant
 def cpu_multiplies_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True when the CPU has bf16 matmul instructions and torch has oneDNN to use them; False where the flags cannot
     be read (fp32 is then the safe choice)."""

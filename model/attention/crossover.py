@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from model.compile_constant import assume_constant_result
+
 DEFAULT_CROSSOVER = 6144  # where the linear form overtook the direct one on the first benchmark CPU (d = 64)
 GRID, MIN_LENGTH, MAX_LENGTH = 512, 512, 16384
 MEASURED_HEADS = 4  # at most this many heads are timed (the module docstring says why more than one)
@@ -163,7 +165,7 @@ def uses_linear_form(backend, n: int, d: int, heads: int, dtype: torch.dtype, de
     return n >= crossover_length(backend, d, heads, dtype, device)
 
 
-@torch._dynamo.assume_constant_result  # torch.compile calls it while tracing (eagerly) and keeps the number
+@assume_constant_result  # torch.compile calls it while tracing (eagerly) and keeps the number
 def measured_crossover(backend, d: int, heads: int, dtype: torch.dtype, device: torch.device) -> int:
     """The crossover of `backend` for head size d, timed on `heads` heads, by the rule in this module's docstring
     (steps 2-4)."""

@@ -1,0 +1,52 @@
+"""model/compile_constant.py: the mark torch's decorator sets, set without importing torch._dynamo, and what
+torch.compile does with it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from model.compile_constant import assume_constant_result
+
+
+def test_the_mark_is_the_one_torch_sets():
+    def ours():
+        return 1
+
+    def torchs():
+        return 1
+
+    assert assume_constant_result(ours) is ours
+    torch.compiler.assume_constant_result(torchs)
+    assert vars(ours) == vars(torchs) != {}
+
+
+def test_torch_compile_calls_a_marked_function_once_and_keeps_its_result():
+    calls = []
+
+    @assume_constant_result
+    def scale() -> float:
+        calls.append(1)
+        with open(__file__) as f:  # a file read: dynamo would break the graph to run it
+            f.read(1)
+        return 2.0 + len(calls)
+
+    def caller(x):
+        return x * scale()
+
+    x = torch.ones(3)
+    assert torch._dynamo.explain(caller)(x).graph_break_count == 0
+    torch._dynamo.reset()
+    calls.clear()
+    compiled = torch.compile(caller, backend="eager")
+    assert torch.equal(compiled(x), torch.full((3,), 3.0))
+    assert torch.equal(compiled(x), torch.full((3,), 3.0))  # the constant kept: scale() would now return 4
+    assert len(calls) == 1
+
+
+def test_importing_the_model_leaves_torch_dynamo_unimported():
+    code = "import sys, model.generation; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
