@@ -51,9 +51,18 @@ def distinct_windows(tokens: np.ndarray, block_size: int) -> int:
 
 
 def val_windows(tokens: np.ndarray, block_size: int, count: int) -> np.ndarray:
-    """`count` window offsets spread evenly from the first to the last full window of `tokens` (int64)."""
+    """`count` different window offsets spread evenly from the first to the last full window of `tokens` (int64). A
+    split holding fewer than `count` different windows is refused: a repeated window would count twice in every
+    evaluation."""
     _check_length(tokens, block_size, "val")
-    last = distinct_windows(tokens, block_size) - 1
+    distinct = distinct_windows(tokens, block_size)
+    if count > distinct:
+        raise DataError(
+            f"data.eval_windows ({count:,}) is more than the val split holds: its {len(tokens):,} tokens hold "
+            f"{distinct:,} different windows of data.block_size + 1 = {block_size + 1:,} tokens; lower "
+            "data.eval_windows or data.block_size, or prepare more val data (a lower data.val_every)"
+        )
+    last = distinct - 1
     return np.arange(count, dtype=np.int64) * last // max(count - 1, 1)
 
 
@@ -76,6 +85,6 @@ def windows_fingerprint(meta: dict, block_size: int, count: int) -> str:
 def _check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
     if len(tokens) < block_size + 1:
         raise DataError(
-            f"the {split} split has {len(tokens):,} tokens but one window needs block_size + 1 = {block_size + 1:,}; "
+            f"the {split} split has {len(tokens):,} tokens but one window needs data.block_size + 1 = {block_size + 1:,}; "
             "lower data.block_size or prepare more data (for val: a lower data.val_every)"
         )

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.config import DataConfig
-from data.errors import DataError
+from data.errors import DataError, with_flag_names
 from data.sources import Source, invalid_utf8, iter_document_reads, resolve_source
 from data.tokenizer import TextTokenizer, load_tokenizer
 from fileio.atomic import process_alive, write_text_atomic
@@ -323,12 +323,6 @@ def _slug(text: str) -> str:
 FLAGS = {f"data.{name}": f"--{name.replace('_', '-')}" for name in (*INPUT_FIELDS, "prepared_dir")}
 
 
-def with_flag_names(message: str) -> str:
-    """`message` with the config keys this command takes as flags (data.val_every) named as its flags (--val-every):
-    the checks it shares with train.py name the keys, which are the flags only there."""
-    return re.sub(r"\bdata\.\w+", lambda key: FLAGS.get(key.group(0), key.group(0)), message)
-
-
 def main(argv: list[str] | None = None) -> int:
     defaults, hints = DataConfig(), typing.get_type_hints(DataConfig)
     parser = ArgumentParser(prog="python -m data.prepare", description=__doc__)
@@ -340,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = prepare(DataConfig(**vars(args)))
     except (ValueError, OSError) as exc:  # DataError, DataConfig's checks, unreadable or unwritable paths
-        print(f"error: {with_flag_names(str(exc))}", file=sys.stderr)
+        print(f"error: {with_flag_names(str(exc), FLAGS)}", file=sys.stderr)
         return 2
     meta = result.meta
     print(f"{result.path}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "

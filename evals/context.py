@@ -20,10 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.loader import distinct_windows, gather_windows, val_windows
+from data.errors import DataError, with_flag_names
+from data.loader import gather_windows, val_windows
 from model.gpt import GPT
 
 FORMS = ("forward", "decode")
+# the val_windows keys that this tool's flags set: a sequence is a window of --max-length + 1 tokens
+SEQUENCE_FLAGS = {"data.eval_windows": "--sequences", "data.block_size": "--max-length"}
 
 
 @dataclass(frozen=True)
@@ -73,16 +76,11 @@ def token_losses(model: GPT, x: torch.Tensor, y: torch.Tensor, form: str = "forw
 
 def sequence_starts(val_tokens: np.ndarray, max_length: int, sequences: int) -> np.ndarray:
     """Where the `sequences` val sequences of `max_length` + 1 tokens start, spread evenly over the val split, each a
-    different sequence: a split too short for that many is refused, since a repeated sequence would count twice."""
-    if len(val_tokens) < max_length + 1:
-        raise ValueError(f"the val split holds {len(val_tokens):,} tokens, fewer than --max-length {max_length} + 1; "
-                         "lower --max-length")
-    distinct = distinct_windows(val_tokens, max_length)
-    if sequences > distinct:
-        raise ValueError(f"--sequences {sequences} is more than the val split holds: its {len(val_tokens):,} tokens "
-                         f"hold {distinct:,} distinct sequences of --max-length {max_length} + 1 tokens; lower "
-                         "--sequences or --max-length")
-    return val_windows(val_tokens, max_length, sequences)
+    different sequence (`data.loader.val_windows`, which refuses a split too short for that many)."""
+    try:
+        return val_windows(val_tokens, max_length, sequences)
+    except DataError as exc:
+        raise DataError(with_flag_names(str(exc), SEQUENCE_FLAGS)) from None
 
 
 def val_sequences(val_tokens: np.ndarray, max_length: int, sequences: int) -> np.ndarray:

@@ -44,7 +44,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from data.loader import distinct_windows, eval_batches
+from data.errors import DataError, with_flag_names
+from data.loader import eval_batches
 from model.attention import AttentionBackend
 from model.config import ModelConfig
 from model.gpt import GPT
@@ -79,13 +80,10 @@ def open_val_data(cfg: RunConfig, windows: int, device: torch.device) -> TextDat
     if windows < 1:
         raise ValueError(f"--windows must be >= 1, got {windows}")
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_windows=windows))
-    data = open_run_data(cfg, rt.Runtime(device=device, dtype=torch.float32))
-    if isinstance(data, TextData):
-        distinct = distinct_windows(data.val_tokens, data.block_size)
-        if windows > distinct:
-            raise ValueError(f"--windows {windows} is larger than the val set: its {len(data.val_tokens):,} tokens "
-                             f"hold {distinct:,} distinct windows of block_size {data.block_size}")
-    return data
+    try:
+        return open_run_data(cfg, rt.Runtime(device=device, dtype=torch.float32))
+    except DataError as exc:  # data.eval_windows is --windows here
+        raise DataError(with_flag_names(str(exc), {"data.eval_windows": "--windows"})) from None
 
 
 def val_batches(data: TextData | RecallData, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

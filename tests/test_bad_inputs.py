@@ -85,6 +85,7 @@ CASES = [
     (TRAIN + ["{root}/list.yaml"], "expected a mapping of sections"),
     (TRAIN + TINY + ["model.n_head=3"], "must be divisible by model.n_head"),
     (TRAIN + TINY + ["data.block_size=128"], "lower data.block_size"),
+    (TRAIN + TINY + ["data.eval_windows=10000000"], "data.eval_windows (10,000,000) is more than the val split holds"),
     (TRAIN + TINY + ["train.dtype=float16"], "float16 is not supported on CPU"),
     (TRAIN + TINY + ["train.device=cuda:0"], "no CUDA device"),
     (TRAIN + TINY + ["train.max_steps=lots"], "train.max_steps: expected int"),

@@ -41,7 +41,15 @@ def test_val_windows_are_evenly_spaced_from_first_to_last_full_window():
     starts = val_windows(TOKENS, block_size=99, count=10)
     assert starts.tolist() == [0, 100, 200, 300, 400, 500, 600, 700, 800, 900]
     assert val_windows(TOKENS, block_size=99, count=1).tolist() == [0]
-    assert val_windows(TOKENS, block_size=999, count=3).tolist() == [0, 0, 0]
+    assert val_windows(TOKENS, block_size=998, count=2).tolist() == [0, 1]
+
+
+def test_more_val_windows_than_the_split_holds_are_refused_not_repeated():
+    """1,000 tokens hold 2 different windows of 998 + 1: a third would repeat one and count it twice."""
+    with pytest.raises(DataError, match=r"^data.eval_windows \(3\) is more than the val split holds: its 1,000 tokens "
+                                        r"hold 2 different windows of data.block_size \+ 1 = 999 tokens; lower "
+                                        r"data.eval_windows or data.block_size, or prepare more val data"):
+        val_windows(TOKENS, block_size=998, count=3)
 
 
 def test_eval_batches_walk_the_val_windows_in_order():
@@ -52,7 +60,8 @@ def test_eval_batches_walk_the_val_windows_in_order():
 
 
 def test_too_short_splits_say_how_many_tokens_a_window_needs():
-    with pytest.raises(DataError, match="the val split has 1,000 tokens but one window needs block_size \\+ 1 = 1,025"):
+    with pytest.raises(DataError,
+                       match="the val split has 1,000 tokens but one window needs data.block_size \\+ 1 = 1,025"):
         val_windows(TOKENS, block_size=1024, count=4)
     with pytest.raises(DataError, match="the train split has 1,000 tokens"):
         TrainWindows(TOKENS, block_size=1000, batch_size=1, seed=0)

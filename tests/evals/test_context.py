@@ -91,8 +91,8 @@ def test_a_learned_position_model_reads_the_same_sequences_as_the_others_only_sh
 def test_a_val_split_of_max_length_plus_one_tokens_is_enough():
     tokens = np.arange(49, dtype=np.uint16) % 97
     assert context_curve(tiny(), tokens, label="x", train_context=16, max_length=48, sequences=1).sequences == 1
-    with pytest.raises(ValueError, match=r"^the val split holds 48 tokens, fewer than --max-length 48 \+ 1; lower "
-                                         r"--max-length$"):
+    with pytest.raises(ValueError, match=r"^the val split has 48 tokens but one window needs --max-length \+ 1 = 49; "
+                                         r"lower --max-length or prepare more data"):
         context_curve(tiny(), tokens[:48], label="x", train_context=16, max_length=48, sequences=1)
 
 
@@ -100,9 +100,9 @@ def test_more_sequences_than_the_val_split_holds_are_refused_not_repeated():
     """50 tokens hold 2 distinct sequences of 48 + 1: a third would repeat one and count it twice."""
     tokens = np.arange(50, dtype=np.uint16) % 97
     assert sequence_starts(tokens, 48, 2).tolist() == [0, 1]
-    with pytest.raises(ValueError, match=r"^--sequences 3 is more than the val split holds: its 50 tokens hold 2 "
-                                         r"distinct sequences of --max-length 48 \+ 1 tokens; lower --sequences or "
-                                         r"--max-length$"):
+    with pytest.raises(ValueError, match=r"^--sequences \(3\) is more than the val split holds: its 50 tokens hold "
+                                         r"2 different windows of --max-length \+ 1 = 49 tokens; lower --sequences or "
+                                         r"--max-length, or prepare"):
         context_curve(tiny(), tokens, label="x", train_context=16, max_length=48, sequences=3)
 
 
@@ -128,7 +128,7 @@ def test_the_cli_writes_a_page_a_csv_and_a_plot(tmp_path, prepared_dir, capsys):
     assert len(rows) == 1 + 2 * 4 and all(math.isfinite(float(r.split(",")[3])) for r in rows[1:])
     assert (tmp_path / "out" / "context.png").stat().st_size > 1000
     assert cli.main([*runs[:2], "--max-length", "10000000", "--out", str(tmp_path / "o2")]) == 2
-    assert "fewer than --max-length" in capsys.readouterr().err
+    assert "one window needs --max-length + 1 = 10,000,001" in capsys.readouterr().err
 
 
 def test_the_cli_holds_one_model_at_a_time_and_loads_none_before_every_check_passed(

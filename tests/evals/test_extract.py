@@ -123,7 +123,7 @@ def test_the_cli_writes_an_extraction(softmax_run, tmp_path):
     (["--layers", "0,2"], r"--layers: layer 2 is out of range \(this model has layers 0\.\.1\)"),
     (["--heads", "-1"], r"--heads: head -1 is out of range \(this model has heads 0\.\.1\)"),
     (["--heads", "one"], r"--heads: 'one' is not a head index"),
-    (["--windows", "100000000"], r"--windows 100000000 is larger than the val set: .* distinct windows"),
+    (["--windows", "100000000"], r"--windows \(100,000,000\) is more than the val split holds: .* different windows"),
     (["--windows", "0"], r"--windows must be >= 1"),
 ])
 def test_errors_are_one_line_and_leave_nothing_behind(softmax_run, tmp_path, capsys, args, message):
