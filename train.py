@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     overrides = [token for token in argv if is_override(token)]
     args = parser.parse_args([token for token in argv if not is_override(token)])
     # a first positional with "=" that names no file is an override (parse_override explains a malformed one)
-    if args.config and "=" in args.config and not Path(args.config).exists():
+    if args.config and "=" in args.config and not path_exists(args.config):
         args.overrides.insert(0, args.config)
         args.config = None
     args.overrides = overrides + args.overrides
@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give a config file, e.g. python train.py configs/shakespeare-cpu.yaml (the CPU demo; configs/ "
                      "holds the others); with neither a config nor overrides, train.py would train GPT-2 small on all "
                      "defaults (python train.py --dry-run prints that plan)")
+    if args.config is None and args.resume and Path(args.resume).suffix in (".yaml", ".yml"):
+        parser.error(f"--resume took {args.resume} as the checkpoint to resume from; give the config first "
+                     f"(python train.py {args.resume} --resume), or the checkpoint as --resume=CHECKPOINT")
     if args.resume is not None:
         args.overrides.append(f"train.resume={args.resume}")
     return args
@@ -83,7 +86,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def is_override(token: str) -> bool:
     """Whether a command-line token is a `section.key=value` override rather than a path (an existing path wins)."""
-    return OVERRIDE.match(token) is not None and not Path(token).exists()
+    return OVERRIDE.match(token) is not None and not path_exists(token)
+
+
+def path_exists(text: str) -> bool:
+    """Whether `text` names an existing path; False for text no path can have (a name past the system's length
+    limit, a NUL byte): an override's value may be any text."""
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):
+        return False
 
 
 class StopRequest:

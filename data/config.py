@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from data.errors import DataError
@@ -80,6 +81,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self, "data")
+        self.source, self.prepared_dir = os.path.expanduser(self.source), os.path.expanduser(self.prepared_dir)
         if not self.source.strip():  # an empty path would read the current directory
             raise ValueError("data.source is empty; give 'shakespeare', a file, directory or glob, 'hf:<dataset>' or "
                              f"{MQAR!r}")

@@ -290,6 +290,20 @@ def test_a_config_file_whose_path_holds_an_equals_sign_is_a_config_not_an_overri
     assert (args.config, args.overrides) == (None, [str(tmp_path / "lr=1e-3" / "config.yaml")])
 
 
+def test_an_override_longer_than_a_file_name_is_an_override():
+    prompt = "x" * 300  # Path.exists() raises for a name past the system's limit
+    assert train.parse_args(["configs/tiny.yaml", f"train.sample_prompt={prompt}"]).overrides == [
+        f"train.sample_prompt={prompt}"]
+
+
+def test_a_config_after_a_bare_resume_is_named_not_taken_as_the_checkpoint(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(["--resume", "configs/tiny.yaml", "train.max_steps=2"])
+    assert exit_.value.code == 2
+    assert ("--resume took configs/tiny.yaml as the checkpoint to resume from; give the config first (python "
+            "train.py configs/tiny.yaml --resume), or the checkpoint as --resume=CHECKPOINT") in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [[], ["--resume"]])
 def test_a_bare_command_asks_for_a_config_instead_of_training_gpt2_small(argv, capsys):
     with pytest.raises(SystemExit) as exit_:

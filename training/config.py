@@ -6,7 +6,10 @@ overrides `section.key=value` override the file. Everything is validated before 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,9 +18,10 @@ import yaml
 
 from data.config import MQAR, DataConfig
 from model.config import ModelConfig
-from typedconfig.parsing import ConfigError, coerce_fields, from_dict, load_yaml, to_dict
+from typedconfig.parsing import ConfigError, coerce_fields, from_dict, load_value, load_yaml, to_dict
 
 SEED_LIMIT = 2**63  # train.seed (+ rank) seeds torch and numpy; both take any integer in [0, 2**63)
+THREADS_LIMIT = 2**31 - 1  # torch.set_num_threads takes a C int
 
 
 def require_finite(key: str, value: float) -> None:
@@ -107,8 +111,11 @@ class TrainConfig:
         for name in ("ckpt_interval", "threads", "sample_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.threads > THREADS_LIMIT:
+            raise ValueError(f"train.threads must be at most 2**31 - 1 (0: torch's default), got {self.threads}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"train.seed must be in [0, 2**63), got {self.seed}")
+        self.out_dir, self.resume = os.path.expanduser(self.out_dir), os.path.expanduser(self.resume)  # ~/runs/x
         if not self.out_dir.strip():  # an unset shell variable: the run would write into the working directory
             raise ValueError("train.out_dir is empty; give the run's directory, e.g. train.out_dir=runs/my-run")
 
@@ -179,27 +186,31 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merge(read_yaml(path.parent / parent, (*_seen, path.resolve())), data)
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; override wins."""
+def merge(base: dict[str, Any], override: dict[str, Any], shape: type = RunConfig) -> dict[str, Any]:
+    """Config dicts shaped like the dataclass `shape` merged key by key, the override winning. A section or nested
+    config given empty (YAML's `model:` with nothing under it, or `{}`) adds nothing; a mapping field
+    (model.attention_options) given `{}` is cleared, and given entries takes them over its own."""
+    hints = typing.get_type_hints(shape) if dataclasses.is_dataclass(shape) else {}
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
+        nested = hints.get(key)
+        if dataclasses.is_dataclass(nested) and value in (None, {}):
+            continue
+        if isinstance(value, dict) and value and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value, nested)
         else:
             merged[key] = value
     return merged
 
 
 def parse_override(text: str) -> dict[str, Any]:
-    """`train.lr=3e-4` -> {'train': {'lr': 3e-4}} (the value is read as YAML: numbers, true/false, lists)."""
+    """`train.lr=3e-4` -> {'train': {'lr': '3e-4'}}, the value as `load_value` reads it: the text as given for a
+    string field, YAML's reading for the others (numbers, true/false, lists, mappings)."""
     key, sep, raw = text.partition("=")
     key = key.strip().removeprefix("--")
-    if not sep or not key or "." not in key:
+    if not sep or "." not in key or not all(key.split(".")):
         raise ConfigError(f"bad override {text!r}: write section.key=value, e.g. train.max_steps=100")
-    try:
-        value = load_yaml(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    value = load_value(raw)
     nested: dict[str, Any] = {}
     node = nested
     parts = key.split(".")

@@ -1,8 +1,10 @@
 """Build typed config dataclasses from plain dicts (YAML files, command-line overrides), checking every key and type.
 
 Errors are one line and name the dotted key, what was expected and, where the set is finite, the allowed values.
-YAML read with `load_yaml` gives a `str` field the text as written: YAML 1.1 reads the unquoted `no`, `on` and `0755`
-as false, true and 493, which only a bool or number field should receive.
+YAML read with `load_yaml` gives a `str` field the text as written: YAML 1.1 reads the unquoted `no`, `on`, `0755`
+and `2026-12-05` as false, true, 493 and a date, which only a bool, number or date field should receive. Number
+fields read the text as Python does (`010` is 10, `1:30` is refused), not by YAML 1.1's octal and base-60 forms.
+A mapping that names a key twice is refused: YAML would keep the last one silently.
 """
 
 from __future__ import annotations
@@ -20,14 +22,28 @@ class ConfigError(ValueError):
 
 
 class YamlScalar(str):
-    """An unquoted YAML scalar that YAML 1.1 reads as a bool or a number: the text as written, and in `value` that
-    reading."""
+    """A value whose text a `str` field takes as written, and whose YAML reading (in `value`) other types take: an
+    unquoted scalar of a YAML file that YAML 1.1 reads as a bool, number or date, or a command-line value
+    (`load_value`)."""
 
-    value: bool | int | float
+    value: Any
 
 
 class _TextKeepingLoader(yaml.SafeLoader):
-    """yaml.SafeLoader, but bools and numbers written unquoted come as YamlScalar."""
+    """yaml.SafeLoader, but bools, numbers and dates written unquoted come as YamlScalar, and a mapping that names a
+    key twice is an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"found the key {str(key)!r} twice (lines {seen[key].start_mark.line + 1} and "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 def _keep_text(construct: Any) -> Any:
@@ -42,14 +58,32 @@ def _keep_text(construct: Any) -> Any:
 
 
 for _tag, _construct in (("bool", yaml.SafeLoader.construct_yaml_bool), ("int", yaml.SafeLoader.construct_yaml_int),
-                         ("float", yaml.SafeLoader.construct_yaml_float)):
+                         ("float", yaml.SafeLoader.construct_yaml_float),
+                         ("timestamp", yaml.SafeLoader.construct_yaml_timestamp)):
     _TextKeepingLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _keep_text(_construct))
 
 
 def load_yaml(text: str) -> Any:
-    """`text` parsed as yaml.safe_load does, except that unquoted bools and numbers are YamlScalar, so `coerce` can
-    give a str field their text; raises yaml.YAMLError."""
+    """`text` parsed as yaml.safe_load does, except that unquoted bools, numbers and dates are YamlScalar, so `coerce`
+    can give a str field their text, and that a key given twice in a mapping is an error; raises yaml.YAMLError."""
     return yaml.load(text, Loader=_TextKeepingLoader)
+
+
+def load_value(text: str) -> Any:
+    """A value given on the command line (`key=text`): a mapping written in YAML's braces (`{crossover: 512}`) as
+    YAML reads it; anything else as a YamlScalar of the text exactly as given (leading spaces, `#` and `:`
+    included), or of the string inside YAML quotes (`'"a b"'`), with YAML's reading in `value` for the fields that
+    are not strings."""
+    try:
+        reading = load_yaml(text) if text.strip() else ""
+    except yaml.YAMLError:
+        reading = text
+    if isinstance(reading, dict) and text.strip().startswith("{"):  # not `ROMEO:`, which YAML reads as a mapping
+        return reading
+    quoted = text.strip()[:1] in ("'", '"') and isinstance(reading, str)
+    scalar = YamlScalar(reading if quoted else text)
+    scalar.value = reading.value if isinstance(reading, YamlScalar) else reading
+    return scalar
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -75,8 +109,9 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def coerce(tp: Any, value: Any, key: str) -> Any:
     """`value` converted to type `tp` (accepting numeric strings such as '3e-4' for numbers), or a ConfigError."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if isinstance(value, YamlScalar) and tp is not str and origin not in (Union, types.UnionType, Literal):
-        value = value.value  # where a bool or number is expected, YAML's reading of the text
+    if isinstance(value, YamlScalar) and tp not in (str, int, float) and origin not in (Union, types.UnionType,
+                                                                                        Literal):
+        value = value.value  # where a bool, mapping, list or any value is expected, YAML's reading of the text
     if tp is Any:  # checked later by whoever declares the real type (e.g. a backend's option fields)
         return value
     if dataclasses.is_dataclass(tp):
@@ -123,18 +158,19 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     if tp in (int, float):
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
-        if isinstance(value, str):
-            try:
-                value = float(value) if tp is float or any(c in value for c in ".eE") else int(value)
-            except ValueError:
-                raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}") from None
+        if isinstance(value, str):  # the text, YamlScalar's too: YAML 1.1 reads 010 as 8 and 1:30 as 90
+            value = _number(tp, str(value), key)
         if tp is int and isinstance(value, float):
-            if not value.is_integer():
+            if not value.is_integer():  # inf and nan included
                 raise ConfigError(f"{key}: expected an integer, got {value!r}")
             value = int(value)
         if not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
-        return tp(value)
+        try:
+            return tp(value)
+        except OverflowError:  # an int past float's range
+            digits = len(str(abs(value)))
+            raise ConfigError(f"{key}: an integer of {digits} digits is out of the range of a float") from None
     if tp is str:
         if value is None:  # YAML's `key:` or `key: ~`, which str() would make the word 'None'
             raise ConfigError(f"{key}: expected a string, got nothing (null); give a value or leave the key out")
@@ -142,6 +178,20 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{key}: unsupported config type {tp}")
+
+
+def _number(tp: type, text: str, key: str) -> int | float:
+    """`text` as Python reads a number: decimal (`010` is 10, `1_000` and `3e-4` are numbers), or an int written
+    0x, 0o or 0b as YAML 1.2 writes it."""
+    try:
+        if tp is float or any(c in text for c in ".eE") and not text.strip().lower().startswith("0x"):
+            return float(text)
+        try:
+            return int(text)
+        except ValueError:
+            return int(text, 0)  # 0x10, 0o755, 0b101
+    except ValueError:
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {text!r}") from None
 
 
 def coerce_fields(instance: Any, section: str) -> None:

@@ -35,6 +35,51 @@ def test_extends_merges_the_parent_file(tmp_path):
     assert cfg.model.n_layer == 3 and cfg.model.n_embd == 64
 
 
+def test_an_empty_section_in_an_extending_file_keeps_the_parent_section(tmp_path):
+    parent = Path("configs/tiny.yaml").resolve()
+    (tmp_path / "child.yaml").write_text(f"extends: {parent}\nmodel:\n  # n_layer: 3\ndata: {{}}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.data.block_size) == (2, 64, 32)  # tiny's, not the defaults
+
+
+def test_options_given_as_an_empty_mapping_are_cleared_and_entries_merge(tmp_path):
+    (tmp_path / "taylor.yaml").write_text(f"extends: {Path('configs/tiny.yaml').resolve()}\n"
+                                          "model: {attention: taylor, attention_options: {output_normalized: true}}\n")
+    merged = load_config(tmp_path / "taylor.yaml", ["model.attention_options.crossover=64"]).model
+    assert merged.attention_options == {"output_normalized": True, "crossover": 64}
+    cleared = load_config(tmp_path / "taylor.yaml", ["model.attention_options={}", "model.attention=softmax"]).model
+    assert (cleared.attention, cleared.attention_options) == ("softmax", {})
+
+
+def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
+    (tmp_path / "dup.yaml").write_text("model: {n_layer: 3}\ntrain: {max_steps: 5}\nmodel: {attention: taylor}\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: not valid YAML \(line 3, column 1: found the key 'model' "
+                                          r"twice \(lines 1 and 3\); keep one"):
+        load_config(tmp_path / "dup.yaml")
+
+
+def test_string_values_from_the_command_line_are_the_text_as_given():
+    cfg = load_config("configs/tiny.yaml", ["train.sample_prompt= The king", "train.out_dir=/tmp/a #b",
+                                            "logging.run_name=2026-12-05T09:10:00Z"])
+    assert (cfg.train.sample_prompt, cfg.train.out_dir) == (" The king", "/tmp/a #b")
+    assert cfg.logging.run_name == "2026-12-05T09:10:00Z"
+    assert load_config("configs/shakespeare-cpu.yaml", ["train.sample_prompt=ROMEO:"]).train.sample_prompt == "ROMEO:"
+
+
+def test_numbers_are_read_as_python_reads_them_not_by_yaml_1_1():
+    assert load_config("configs/tiny.yaml", ["train.max_steps=010"]).train.max_steps == 10  # YAML 1.1: 8
+    with pytest.raises(ConfigError, match="train.seed: expected int, got '1:30'"):  # YAML 1.1: 90
+        load_config("configs/tiny.yaml", ["train.seed=1:30"])
+
+
+def test_a_leading_tilde_in_a_path_is_the_home_folder():
+    cfg = load_config("configs/tiny.yaml", ["train.out_dir=~/runs/x", "data.prepared_dir=~/prepared",
+                                            "data.source=~/texts/*.txt", "train.resume=~/runs/y"])
+    home = str(Path.home())
+    assert (cfg.train.out_dir, cfg.train.resume) == (f"{home}/runs/x", f"{home}/runs/y")
+    assert (cfg.data.prepared_dir, cfg.data.source) == (f"{home}/prepared", f"{home}/texts/*.txt")
+
+
 def test_resolved_config_round_trips():
     cfg = load_config("configs/tiny.yaml", ["model.attention_options={}", "logging.wandb_tags=[a, b]"])
     assert config_from_dict(config_to_dict(cfg)) == cfg
@@ -86,6 +131,9 @@ def test_missing_or_malformed_file(tmp_path):
 def test_override_parsing():
     assert parse_override("train.lr=3e-4") == {"train": {"lr": "3e-4"}}
     assert parse_override("--model.attention_options.eps=1e-6") == {"model": {"attention_options": {"eps": "1e-6"}}}
+    for text in (".max_steps=1", "train..max_steps=1", "train.=1"):
+        with pytest.raises(ConfigError, match="bad override"):
+            parse_override(text)
 
 
 def test_text_fields_keep_what_yaml_1_1_would_read_as_a_bool_or_a_number(tmp_path):
@@ -175,6 +223,7 @@ def test_non_finite_optimiser_numbers_are_refused_by_name(key, value):
                                                           "lower optim.warmup_steps, or set optim.decay_steps=null"),
         (["train.ckpt_interval=-1"], "train.ckpt_interval must be >= 0, got -1"),
         (["train.threads=-2"], "train.threads must be >= 0, got -2"),
+        (["train.threads=99999999999"], "train.threads must be at most 2**31 - 1 (0: torch's default), got 99999999999"),
         (["train.sample_tokens=-3"], "train.sample_tokens must be >= 0, got -3"),
         (["train.keep_checkpoints=0"], "train.keep_checkpoints must be >= 1, got 0"),
         (["train.seed=-1"], "train.seed must be in [0, 2**63), got -1"),

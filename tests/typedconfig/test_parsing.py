@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional
 import pytest
 import yaml
 
-from typedconfig.parsing import ConfigError, YamlScalar, coerce, from_dict, load_yaml, to_dict
+from typedconfig.parsing import ConfigError, YamlScalar, coerce, from_dict, load_value, load_yaml, to_dict
 
 
 @dataclass
@@ -73,13 +73,42 @@ logging: off
     assert isinstance(cfg.inner.scale, float) and isinstance(cfg.shape, tuple)
 
 
-@pytest.mark.parametrize("raw, name", [("no", "no"), ("on", "on"), ("0755", "0755"), ("1.50", "1.50"), ("'no'", "no")])
-def test_a_str_field_from_an_override_gets_the_text_as_written(raw, name):
-    """`key=no` on the command line is read with load_yaml; YAML 1.1 alone would make it 'False' (0755: '493')."""
-    assert from_dict(Outer, {"name": load_yaml(raw)}).name == name
+@pytest.mark.parametrize("raw, name", [
+    ("no", "no"), ("on", "on"), ("0755", "0755"), ("1.50", "1.50"), ("'no'", "no"), ('"a b"', "a b"),
+    (" The king", " The king"), ("ROMEO:", "ROMEO:"), ("a #b", "a #b"), ("#1", "#1"), ("[x]", "[x]"),
+    ("2026-12-05T09:10:00Z", "2026-12-05T09:10:00Z"), ("null", "null"),
+])
+def test_a_str_field_from_a_command_line_value_gets_the_text_as_given(raw, name):
+    """`key=no` on the command line is read with load_value: YAML alone would make it 'False' (0755: '493'), drop
+    a leading space or a comment, read `ROMEO:` as a mapping and a timestamp as a date."""
+    assert from_dict(Outer, {"name": load_value(raw)}).name == name
+
+
+@pytest.mark.parametrize("raw, field_name, expected", [
+    ("010", "limit", 10), ("1_000", "limit", 1000), ("1e3", "limit", 1000), ("0x10", "limit", 16),
+    ("null", "limit", None), ("off", "flag", False), ("[a, b]", "tags", ["a", "b"]), ("a,b", "tags", ["a", "b"]),
+    ("{depth: 2}", "options", {"depth": 2}), ("{}", "options", {}), ("false", "logging", "off"),
+])
+def test_other_fields_from_a_command_line_value_get_their_reading(raw, field_name, expected):
+    assert getattr(from_dict(Outer, {field_name: load_value(raw)}), field_name) == expected
+
+
+def test_a_command_line_mapping_is_one_only_in_braces():
+    mapping = load_value("{a: 1, b: [2]}")  # its numbers are YamlScalar, as in a YAML file
+    assert list(mapping) == ["a", "b"] and (mapping["a"].value, mapping["b"][0].value) == (1, 2)
+    assert isinstance(load_value("a: 1"), YamlScalar) and list(load_value("a: 1").value) == ["a"]
+    assert (load_value(""), load_value("[unclosed")) == ("", "[unclosed")
+
+
+def test_a_key_given_twice_in_a_mapping_is_refused_with_both_lines():
+    with pytest.raises(yaml.YAMLError, match=r"found the key 'model' twice \(lines 1 and 3\); keep one"):
+        load_yaml("model: {n: 1}\ntrain: {}\nmodel: {m: 2}\n")
+    with pytest.raises(yaml.YAMLError, match="found the key 'n' twice"):
+        load_yaml("model:\n  n: 1\n  n: 2\n")
 
 
 def test_a_yaml_file_gives_str_fields_their_text_and_typed_fields_yaml_reading():
+    """Numbers as Python reads their text (0755 is 755, where YAML 1.1 would read 493), 0x as YAML 1.2 does."""
     text = """
 name: no
 inner:
@@ -93,7 +122,7 @@ flag: on
 logging: off
 """
     cfg = from_dict(Outer, load_yaml(text))
-    assert cfg == Outer(name="no", inner=Inner(16, 1.5, "exact"), limit=493, tags=["on", "1", "0755"],
+    assert cfg == Outer(name="no", inner=Inner(16, 1.5, "exact"), limit=755, tags=["on", "1", "0755"],
                         options={"on": 1e-6, "quoted": "yes", "tagged": 7}, flag=True, logging="off")
     assert type(cfg.name) is str and type(cfg.options["on"]) is float  # no YamlScalar is left in the config
 
@@ -178,7 +207,9 @@ def test_text_and_numbers_convert_to_the_declared_scalar_type(tp, value, expecte
 @pytest.mark.parametrize("tp, value, message", [
     (int, True, "k: expected int, got True"),  # a bool is not a number here
     (float, False, "k: expected float, got False"),
-    (int, "0x10", "k: expected int, got '0x10'"),
+    (int, "1:30", "k: expected int, got '1:30'"),  # YAML 1.1's base 60 would read 90
+    (int, "0x1G", "k: expected int, got '0x1G'"),
+    (float, 10**400, "k: an integer of 401 digits is out of the range of a float"),
     (int, "2.5", "k: expected an integer, got 2.5"),
     (float, [1.0], "k: expected float, got [1.0]"),
     (bool, 1, "k: expected true or false, got 1"),
