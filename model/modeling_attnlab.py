@@ -160,6 +160,20 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
             model_kwargs["past_key_values"].batch_repeat_interleave(expand_size)
         return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
 
+    def _validate_generated_length(self, generation_config, input_ids_length, *args, **kwargs):
+        """transformers' checks of the lengths asked for, and the learned positions' limit before the first step:
+        generate() would otherwise stop with an error when the longest row reaches position n_positions, its tokens
+        lost."""
+        super()._validate_generated_length(generation_config, input_ids_length, *args, **kwargs)
+        limit = self.config.n_positions
+        if self.config.position == "learned" and generation_config.max_length > limit:
+            fix = (f"ask for max_new_tokens <= {limit - input_ids_length}" if input_ids_length < limit else
+                   f"shorten the prompt below {limit} tokens (tokenizer(..., truncation=True, max_length={limit - 1}))")
+            raise ValueError(
+                f"a prompt of {input_ids_length} tokens and {generation_config.max_length - input_ids_length} new ones "
+                f"would run past this model's {limit} learned positions; {fix}"
+            )
+
     def prepare_inputs_for_generation(
         self,
         input_ids,
@@ -176,6 +190,9 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         (generate() derives them from attention_mask, and forward() checks them against its own), and every other
         model argument generate() holds (output_hidden_states, a caller's own) as given, so that forward() answers or
         refuses each; next_sequence_length and is_first_iteration are generate()'s notes to this method alone."""
+        _check_cache(past_key_values)
+        if past_key_values is None and attention_mask is not None:  # the first step: every row needs a real token
+            _check_rows_have_tokens(attention_mask)
         if past_key_values is not None:
             past = past_key_values.get_seq_length()
             if input_ids.shape[1] <= past:
@@ -230,6 +247,12 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         if input_ids is None:
             raise ValueError("attnlab models take input_ids (token ids); inputs_embeds is not supported")
         _refuse_arguments(kwargs)
+        _check_cache(past_key_values)
+        if past_key_values is None:  # a cache continued is fed the ids sampled from its own logits
+            _check_token_ids(input_ids, self.config.vocab_size)
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels have shape {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)}: give "
+                             "one label per input token (the model shifts them; -100 marks a position without one)")
         if output_attentions is None:
             output_attentions = self.config.output_attentions
         if output_attentions:
@@ -301,6 +324,40 @@ _REFUSED_ARGUMENTS = {
     "token_type_ids": "attnlab models have no token type embeddings",
     "num_items_in_batch": "the loss is the mean over this call's targets",
 }
+
+
+def _check_cache(past_key_values: object) -> None:
+    """Raise ValueError unless `past_key_values` is None or a cache this model made (transformers' own caches hold
+    keys and values, which no attnlab backend reads)."""
+    if past_key_values is not None and not isinstance(past_key_values, AttnlabCache):
+        raise ValueError(
+            f"past_key_values must be the cache an attnlab model returned (output.past_key_values), got "
+            f"{type(past_key_values).__name__}; drop it to start from the prompt"
+        )
+
+
+def _check_rows_have_tokens(attention_mask: torch.Tensor) -> None:
+    """Raise ValueError naming the first row of `attention_mask` (B, T) without a real token: its positions and its
+    next token would come from padding alone."""
+    empty = ~attention_mask.bool().any(dim=1)
+    if bool(empty.any()):
+        raise ValueError(f"attention_mask row {int(empty.nonzero()[0])} has no real token: every prompt needs at "
+                         "least one (leave empty prompts out of the batch)")
+
+
+def _check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """Raise ValueError unless `input_ids` are integers in [0, vocab_size), naming the first id outside (one host
+    sync: the embedding would otherwise fail inside torch, or on a GPU with a device-side assert)."""
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    outside = (input_ids < 0) | (input_ids >= vocab_size)
+    if bool(outside.any()):
+        row, token = (int(i) for i in outside.nonzero()[0])
+        raise ValueError(
+            f"input_ids hold {int(input_ids[row, token])} (row {row}, token {token}), outside this model's vocabulary "
+            f"of {vocab_size} ids: a token added to the tokenizer (a new pad token, say) has no embedding here; pad "
+            "with an existing token (tokenizer.pad_token = tokenizer.eos_token)"
+        )
 
 
 def _refuse_arguments(kwargs: dict) -> None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GPT2Config, GPT2LMHeadModel,
                           LlamaConfig, LlamaForCausalLM)
 
 from model.attention import BACKENDS
@@ -144,6 +144,41 @@ def test_embeddings_input_and_a_mask_of_the_wrong_shape_are_refused_with_a_messa
         model(inputs_embeds=torch.zeros(1, 4, 32))
     with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 3\); expected \(1, 4\)"):
         model(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 3, dtype=torch.long))
+
+
+def test_ids_outside_the_vocabulary_labels_of_another_shape_and_foreign_caches_are_refused_with_a_message():
+    model, ids = tiny_model("softmax"), torch.tensor([[1, 2, 3, 4]])
+    with pytest.raises(ValueError, match=rf"input_ids hold {VOCAB} \(row 0, token 2\), outside this model's vocabulary "
+                                         rf"of {VOCAB} ids: .*\(tokenizer.pad_token = tokenizer.eos_token\)"):
+        model(torch.tensor([[1, 2, VOCAB]]))
+    with pytest.raises(ValueError, match=r"input_ids hold -1 \(row 1, token 0\)"):
+        model(torch.tensor([[1, 2], [-1, 3]]))
+    with pytest.raises(ValueError, match="input_ids must be integer token ids, got dtype torch.float32"):
+        model(ids.float())
+    with pytest.raises(ValueError, match=r"labels have shape \(1, 3\) and input_ids \(1, 4\): give one label per"):
+        model(ids, labels=ids[:, :-1])
+    for foreign in (DynamicCache(), ((torch.zeros(1, 2, 5, 16),) * 2,) * 2):  # generate() refuses tuples itself
+        with pytest.raises(ValueError, match="past_key_values must be the cache an attnlab model returned"):
+            model(ids, past_key_values=foreign)
+    with pytest.raises(ValueError, match=r"must be the cache an attnlab model returned \(.*\), got DynamicCache"):
+        greedy(model, ids, 2, past_key_values=DynamicCache())
+
+
+def test_generate_refuses_an_empty_prompt_and_a_length_past_the_learned_positions_before_any_step():
+    model = tiny_model("softmax")
+    ids, mask = torch.tensor([[5, 6, 7], [0, 0, 0]]), torch.tensor([[1, 1, 1], [0, 0, 0]])
+    with pytest.raises(ValueError, match="attention_mask row 1 has no real token: every prompt needs at least one"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    steps = []
+    model.register_forward_hook(lambda *args: steps.append(1))
+    with pytest.raises(ValueError, match="a prompt of 3 tokens and 62 new ones would run past this model's 64 "
+                                         "learned positions; ask for max_new_tokens <= 61"):
+        greedy(model, ids[:1], 62)
+    with pytest.raises(ValueError, match=r"shorten the prompt below 64 tokens"):
+        greedy(model, torch.ones(1, 64, dtype=torch.long), 1)
+    assert steps == []
+    assert greedy(model, ids[:1], 61).shape == (1, 64)
+    assert greedy(tiny_model("softmax", position="rope"), ids[:1], 62).shape == (1, 65)  # no limit to positions
 
 
 @pytest.mark.parametrize("attention", BACKENDS)
