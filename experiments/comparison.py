@@ -36,7 +36,7 @@ from scipy.stats import t as student_t
 
 from experiments.run_identity import SEED, describe, differences, read_run_config, settings
 from fileio.tables import MISSING, markdown_table, mean_std_cell
-from training.metrics import read_metrics
+from training.metrics import MetricsError, read_metrics
 from typedconfig.parsing import ConfigError
 
 BACKEND = "model.attention"
@@ -95,7 +95,8 @@ class Paired:
 
     @property
     def std(self) -> float:
-        return statistics.stdev(self.differences) if len(self.differences) > 1 else 0.0
+        """The sample standard deviation of the differences; NaN for one seed, whose spread is unknown."""
+        return statistics.stdev(self.differences) if len(self.differences) > 1 else math.nan
 
     @property
     def lower(self) -> int:
@@ -179,15 +180,23 @@ def run_config(path: Path) -> dict[str, Any]:
 def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
     """A run directory's config and metrics; `config`: its run_config, where the caller has read it already. Where a
     resumed run logged a step twice, the last line wins."""
-    lines = read_metrics(path)
+    try:
+        lines = read_metrics(path)
+    except MetricsError as exc:
+        raise ComparisonError(str(exc)) from None
     if not lines:
-        raise ComparisonError(f"{path} has no metrics.jsonl yet; train it first")
+        raise ComparisonError(f"{path} has no metrics.jsonl records yet; train it first")
     run = Run(path, run_config(path) if config is None else config,
               _last_per_step(line for line in lines if "train_loss" in line),
               _last_per_step(line for line in lines if "val_loss" in line),
               [line for line in lines if line.get("event") == "start"])
     if not run.eval_lines:
         raise ComparisonError(f"{path} has no evaluation in its metrics.jsonl yet")
+    for line in run.eval_lines:
+        for key in ("val_loss", "val_accuracy"):
+            if key in line and not math.isfinite(line[key]):
+                raise ComparisonError(f"{path} diverged: its {key} at step {line['step']} is not a finite number; "
+                                      "leave it out of the comparison (and report it as diverged)")
     return run
 
 
@@ -416,8 +425,8 @@ def _shown(value: Any) -> str:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean and sample standard deviation (NaN for a single value: one run's spread is unknown, not 0)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def _val_windows(run: Run) -> str:

@@ -63,9 +63,9 @@ def parse_backends(text: str) -> list[str]:
 def plan(config: str, backends: list[str], seeds: int, out_dir: Path, overrides: list[str]) -> list[SweepRun]:
     """The runs of the sweep, backend by backend, seeds 0 .. seeds - 1, each config resolved and validated now (so a
     bad override fails before the first run starts)."""
-    taken = [text for text in overrides if text.partition("=")[0].strip() in SWEEP_KEYS]
+    taken = [key for text in overrides if (key := text.partition("=")[0].strip().removeprefix("--")) in SWEEP_KEYS]
     if taken:
-        raise ConfigError(f"the sweep sets {taken[0].partition('=')[0]} itself; leave it out of the overrides")
+        raise ConfigError(f"the sweep sets {taken[0]} itself; leave it out of the overrides")
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     runs = []

@@ -1,6 +1,7 @@
 """The opening of every generated results page: a heading, then one line that says what was measured, the command,
 the config, the machine and the date, so that a page read on its own says what it is; `recorded_command`, which
-reads the command back; and `write_page`, which writes a page and the CSV of its numbers side by side."""
+reads the command back; `check_replace`, which keeps a run from replacing another command's page; and `write_page`,
+which writes a page and the CSV of its numbers side by side."""
 
 from __future__ import annotations
 
@@ -31,6 +32,25 @@ def recorded_command(page: str) -> str | None:
     would replace a page compares it with its own command line."""
     match = re.search(r"^Measured: .*?\. Command: `(.*?)`\. Config: ", page, re.MULTILINE)
     return match.group(1) if match else None
+
+
+def check_replace(files: Sequence[Path], command: str, overwrite: bool, elsewhere: str) -> str:
+    """Before any work: raise ValueError if writing `files` (a results page first, then the files beside it) would
+    replace existing ones that another command wrote, unless `overwrite`: a trial run must not silently replace
+    committed results. Running the very command the page records regenerates it, as its opening line promises.
+    `elsewhere` says where else to write. Returns a note naming what will be replaced and why that is allowed, or ''
+    where none of `files` exists."""
+    existing = [path for path in files if path.exists()]
+    if not existing:
+        return ""
+    page = files[0]
+    recorded = recorded_command(page.read_text()) if page.is_file() else None
+    if not overwrite and recorded != command:
+        wrote = f"written by `{recorded}`" if recorded else "with no recorded command"
+        raise ValueError(f"{existing[0]} exists, {wrote}; this would replace it: {elsewhere}, or --overwrite to "
+                         "replace it")
+    return (f"note: replacing {', '.join(map(str, existing))} "
+            f"({'--overwrite' if recorded != command else 'the command that page records'})")
 
 
 def write_page(out: str | Path, records: Iterable[dict[str, Any]], *, title: str, measured: str, command: str,

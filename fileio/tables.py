@@ -43,10 +43,11 @@ def cell(value: Any, style: str = "g") -> str:
 
 
 def mean_std_cell(mean: float, std: float, digits: int) -> str:
-    """`1,234.5 ± 6.7`: thousands separated, `digits` decimals; the ± part only where std is not 0."""
+    """`1,234.5 ± 6.7`: thousands separated, `digits` decimals; the ± part only where std is a number other than 0
+    (NaN: a single run, whose spread is unknown)."""
     if math.isnan(mean):
         return MISSING
-    return f"{mean:,.{digits}f}" + (f" ± {std:,.{digits}f}" if std else "")
+    return f"{mean:,.{digits}f}" + (f" ± {std:,.{digits}f}" if std and not math.isnan(std) else "")
 
 
 def csv_text(records: Iterable[dict[str, Any]]) -> str:

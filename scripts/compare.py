@@ -20,7 +20,8 @@ degrees of freedom), and whether the seeds tell the two apart: the interval excl
 tell). Also written as comparison_paired.csv; a comparison without pairing removes a comparison_paired.csv left
 in --out by an earlier one, so that the folder never holds another comparison's pairs. A --reference that names no
 row, or several, is an error that lists the rows, and so is an --out that is an existing file (checked before any
-work).
+work). A row that shares no seed with the reference is named as not paired. An --out that holds a comparison another
+command wrote is refused before any work, unless --overwrite: the command a page records regenerates it.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ from experiments.comparison import (
 from experiments.comparison_plot import plot_val_curves
 from fileio.atomic import write_text_atomic
 from fileio.folders import OutFolderError, check_out_folder
-from fileio.pages import command_line, opening
+from fileio.pages import check_replace, command_line, opening
 from fileio.tables import csv_text
 
 DEFAULT_REFERENCE = "softmax"
+OUTPUTS = ("comparison.md", "comparison.csv", "comparison_paired.csv", "comparison.png")  # the page first
 MEASURED = ("final and best val loss and perplexity, tokens, wall time, train tokens/s and peak memory of each group "
             "of runs (mean ± std over seeds)")
 
@@ -53,17 +55,23 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: runs/compare-<date>-<time>)")
     parser.add_argument("--reference", help="the row the others are paired with, seed by seed: a row label, or a "
                         "backend that labels exactly one row (default: softmax, where it labels one row)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a comparison in --out that another command wrote")
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     try:
         check_out_folder(out, "the table and figure")
         paths = run_dirs(args.runs)
         check_out_dir(out, [*map(Path, args.runs), *paths])
+        note = check_replace([out / name for name in OUTPUTS], command_line(__file__, argv), args.overwrite,
+                             "pass another --out (by default a new runs/compare-<date>-<time>)")
         runs = [load_run(path) for path in paths]
         check_comparable(runs)
-    except (ComparisonError, OutFolderError) as exc:
+    except (ValueError, OutFolderError) as exc:  # ComparisonError is a ValueError
         print(f"cannot compare: {exc}", file=sys.stderr)
         return 2
+    if note:
+        print(note, file=sys.stderr)
     beyond_model = settings_beyond_model(runs)
     if beyond_model:
         print(f"warning: the runs also differ in {', '.join(beyond_model)}; each setting gets its own row, and the "
@@ -94,23 +102,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: no paired table: {exc} (--reference)", file=sys.stderr)
         reference = None
     paired = paired_with(runs, reference) if reference else []
+    unpaired = [label for label in group_runs(runs) if reference and label != reference
+                and label not in {p.label for p in paired}]
+    if unpaired:
+        print(f"note: {', '.join(map(repr, unpaired))} share no seed with {reference!r}: not paired", file=sys.stderr)
     pairs = (f"\n## Paired with {reference}, seed by seed\n\nFinal val loss minus {reference}'s on the same seed "
              f"(mean ± std over seeds), the paired t statistic and the {CONFIDENCE:.0%} confidence interval of the "
              "mean difference (Student t with seeds − 1 degrees of freedom); *told apart*: the interval excludes 0. "
              "With one seed there is no spread to judge a difference against, and the seeds cannot tell.\n\n"
              f"{paired_table(paired, reference)}") if paired else ""
+    if unpaired:
+        pairs += f"\nNot paired (no seed in common with {reference}): {', '.join(unpaired)}.\n"
     print(table + pairs, end="")
 
     groups = group_runs(runs)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "comparison.md", f"{page}{table}\n![val loss](comparison.png)\n{pairs}")
-        write_text_atomic(out / "comparison.csv", csv_text(csv_rows(summaries)))
+        page_file, csv_file, paired_file, plot_file = (out / name for name in OUTPUTS)
+        write_text_atomic(page_file, f"{page}{table}\n![val loss]({plot_file.name})\n{pairs}")
+        write_text_atomic(csv_file, csv_text(csv_rows(summaries)))
         if paired:
-            write_text_atomic(out / "comparison_paired.csv", csv_text(paired_rows(paired)))
+            write_text_atomic(paired_file, csv_text(paired_rows(paired)))
         else:  # a reused --out: an earlier comparison's pairs would read as this one's
-            (out / "comparison_paired.csv").unlink(missing_ok=True)
-        plot_val_curves({s.label: val_curve(groups[s.label]) for s in summaries}, out / "comparison.png")
+            paired_file.unlink(missing_ok=True)
+        plot_val_curves({s.label: val_curve(groups[s.label]) for s in summaries}, plot_file)
     except OSError as exc:  # a folder that cannot be written (permissions, a full disk)
         print(f"cannot compare: cannot write to --out {out}: {exc}", file=sys.stderr)
         return 2

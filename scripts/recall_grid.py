@@ -46,7 +46,7 @@ from data.mqar import elimination_accuracy
 from experiments.comparison import (ComparisonError, Run, check_comparable, load_run, recorded, run_config, run_dirs,
                                     trained_dates)
 from experiments.sweep import SWEEP_KEYS, parse_backends
-from fileio.pages import command_line, opening, recorded_command
+from fileio.pages import check_replace, command_line, opening
 from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
 from training.config import RunConfig, load_config, parse_override
@@ -354,21 +354,11 @@ def machines_and_time(runs: list[Run]) -> tuple[str, str]:
 
 
 def check_results(results: Path, command: str, overwrite: bool) -> str:
-    """Before any run starts: raise ValueError if this grid would replace an existing results page (or its CSV or
-    PNG) that another command wrote, unless `overwrite`; a trial run must not silently replace committed results.
-    Running the very command a page records regenerates that page, as its opening line promises. Returns a note to
-    print where an existing page will be replaced, else ''."""
-    existing = [path for path in (results.with_suffix(suffix) for suffix in (".md", ".csv", ".png")) if path.exists()]
-    if not existing:
-        return ""
-    page = results.with_suffix(".md")
-    recorded = recorded_command(page.read_text()) if page.is_file() else None
-    if not overwrite and recorded != command:
-        wrote = f"written by `{recorded}`" if recorded else "with no recorded command"
-        raise ValueError(f"{existing[0]} exists, {wrote}; this grid would replace it: pass --results elsewhere "
-                         "(e.g. runs/mqar-trial), or --overwrite to replace it")
-    return (f"recall_grid: note: replacing {', '.join(map(str, existing))} when the grid is done "
-            f"({'--overwrite' if recorded != command else 'the command that page records'})")
+    """Before any run starts: `fileio.pages.check_replace` for the page, CSV and PNG at `results`; returns the note
+    to print where they will be replaced when the grid is done, else ''."""
+    note = check_replace([results.with_suffix(suffix) for suffix in (".md", ".csv", ".png")], command, overwrite,
+                         "pass --results elsewhere (e.g. runs/mqar-trial)")
+    return f"recall_grid: {note}" if note else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 
 from experiments.sweep import Launcher, RunMismatch, check_reusable, is_finished, parse_backends, plan, train_command
+from fileio.folders import OutFolderError, check_out_folder
 from model.attention import BACKENDS
+from training.metrics import MetricsError
 from typedconfig.parsing import ConfigError
 
 
@@ -33,21 +35,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweeps/<config name>)")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="processes per run (torchrun) when > 1")
     args = parser.parse_intermixed_args(argv)
+    if args.nproc_per_node < 1:
+        parser.error(f"--nproc-per-node must be >= 1 (processes per run), got {args.nproc_per_node}")
     out = args.out or Path("runs/sweeps") / Path(args.config).stem
     try:
+        check_out_folder(out, "the sweep's run directories")
         runs = plan(args.config, parse_backends(args.backends), args.seeds, out, args.overrides)
         for run in runs:
             check_reusable(run)
+        finished = [is_finished(run) for run in runs]  # reads the records of runs without checkpoints
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except RunMismatch as exc:
+    except (RunMismatch, MetricsError) as exc:
         print(f"cannot reuse: {exc}", file=sys.stderr)
+        return 2
+    except OutFolderError as exc:
+        print(f"sweep: {exc}", file=sys.stderr)
         return 2
 
     launcher, failed = Launcher(), []
     for i, run in enumerate(runs, 1):
-        if is_finished(run):
+        if finished[i - 1]:
             print(f"[{i}/{len(runs)}] {run.name}: finished ({run.config.train.max_steps} steps), skipped", flush=True)
             continue
         print(f"[{i}/{len(runs)}] {run.name}", flush=True)

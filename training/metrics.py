@@ -17,14 +17,46 @@ WANDB_ID_FILE = "wandb_id.txt"
 METRICS_FILE = "metrics.jsonl"
 
 
+class MetricsError(ValueError):
+    """A metrics.jsonl that cannot be read; the message names the file, the line and the fix."""
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Every record of <run>/metrics.jsonl in order (a resumed run may repeat steps); [] before the first. A null
-    is read back as NaN: `json_value` writes a non-finite number so, and records hold no other nulls."""
+    is read back as NaN: `json_value` writes a non-finite number so, and records hold no other nulls. A last line
+    without its newline is a write cut short (a killed process) and is left out; any other line that is not a JSON
+    record raises MetricsError."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
-    return [{key: math.nan if value is None else value for key, value in json.loads(line).items()}
-            for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            raise MetricsError(f"{path}, line {number}: not a JSON record ({line[:40]!r}...); delete that line, or "
+                               "every line from it on if the file was damaged there")
+        records.append({key: math.nan if value is None else value for key, value in record.items()})
+    return records
+
+
+def cut_partial_line(path: Path) -> bool:
+    """Remove a last line that lacks its newline (a write cut short by a killed process), so that the next record
+    starts a line of its own; returns whether there was one."""
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        handle.truncate(data.rfind(b"\n") + 1)
+    return True
 
 
 class MetricsLog:
@@ -40,6 +72,8 @@ class MetricsLog:
             say(f"warning: {self.path} holds records of an earlier run that saved no checkpoint; this fresh run "
                 "replaces them")
             self.path.unlink()
+        elif self.path.is_file() and cut_partial_line(self.path):
+            say(f"warning: {self.path} ended in a record cut short (a killed write); removed it")
         self.wandb_run = _start_wandb(run_dir, cfg, config, fresh) if cfg.wandb != "off" else None
 
     def log(self, step: int, **metrics: Any) -> None:

@@ -36,7 +36,8 @@ def test_the_table_averages_the_seeds_of_each_backend(tmp_path, fake_run):
     assert (first.label, first.runs, second.label, second.runs) == (SECOND, 1, "softmax", 2)
     assert second.stats["final_val_loss"] == pytest.approx((4.4, math.sqrt(0.02)))
     assert second.stats["best_val_ppl"][0] == pytest.approx((math.exp(4.0) + math.exp(4.2)) / 2)
-    assert first.stats["final_val_loss"] == (3.5, 0.0) and first.stats["best_val_loss"] == (3.0, 0.0)
+    assert first.stats["final_val_loss"][0] == 3.5 and first.stats["best_val_loss"][0] == 3.0
+    assert math.isnan(first.stats["final_val_loss"][1])  # one run: its spread is unknown, not 0
     assert second.stats["tokens"] == (TINY_BUDGET, 0.0)
     assert second.stats["wall_time_s"] == (10.0, pytest.approx(math.sqrt(8.0)))
     assert second.stats["tokens_per_s"][0] == pytest.approx((TINY_BUDGET / 8 + TINY_BUDGET / 12) / 2)
@@ -56,7 +57,7 @@ def test_mqar_accuracy_gets_columns_when_every_run_logs_it(tmp_path, fake_run):
         line["val_accuracy"] = accuracy
     (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     (summary,) = summarise([load_run(path)])
-    assert summary.stats["final_val_accuracy"] == (0.25, 0.0) and summary.stats["best_val_accuracy"] == (0.5, 0.0)
+    assert (summary.stats["final_val_accuracy"][0], summary.stats["best_val_accuracy"][0]) == (0.25, 0.5)
     assert "| final val acc | best val acc |" in summary_table([summary])
 
 
@@ -67,7 +68,7 @@ def test_a_step_logged_twice_by_a_resumed_run_counts_once(tmp_path, fake_run):
                                  "val_windows": "f" * 16}) + "\n")
     run = load_run(path)
     assert [line["val_loss"] for line in run.eval_lines] == [6.0, 4.5]
-    assert summarise([run])[0].stats["final_val_loss"] == (4.5, 0.0)
+    assert summarise([run])[0].stats["final_val_loss"][0] == 4.5
 
 
 @pytest.mark.parametrize(
@@ -268,9 +269,45 @@ def test_a_reused_out_keeps_no_paired_csv_of_an_earlier_comparison(tmp_path, fak
     fake_run(tmp_path / "second" / f"{SECOND}-seed0", "train.seed=0", f"model.attention={SECOND}")
     out = tmp_path / "comparison"
     assert compare([str(tmp_path / "first"), "--out", str(out)]) == 0 and (out / "comparison_paired.csv").is_file()
-    assert compare([str(tmp_path / "second"), "--out", str(out)]) == 0  # no softmax row: no pairing
+    assert compare([str(tmp_path / "second"), "--out", str(out), "--overwrite"]) == 0  # no softmax row: no pairing
     assert not (out / "comparison_paired.csv").exists()
     assert "Paired with" not in (out / "comparison.md").read_text()
+
+
+def test_a_comparison_another_command_wrote_is_replaced_only_with_overwrite(tmp_path, fake_run, compare, capsys):
+    fake_run(tmp_path / "first" / "softmax-seed0", "train.seed=0")
+    fake_run(tmp_path / "second" / "softmax-seed1", "train.seed=1")
+    out = ["--out", str(tmp_path / "comparison")]
+    assert compare([str(tmp_path / "first"), *out]) == 0
+    page = (tmp_path / "comparison" / "comparison.md").read_text()
+    assert compare([str(tmp_path / "first"), *out]) == 0  # the command the page records regenerates it
+    assert "note: replacing " in capsys.readouterr().err
+    assert compare([str(tmp_path / "second"), *out]) == 2
+    assert "comparison.md exists, written by `python scripts/compare.py " in capsys.readouterr().err
+    assert (tmp_path / "comparison" / "comparison.md").read_text() == page
+    assert compare([str(tmp_path / "second"), *out, "--overwrite"]) == 0
+
+
+def test_a_row_sharing_no_seed_with_the_reference_is_named_as_not_paired(tmp_path, fake_run, compare, capsys):
+    fake_run(tmp_path / "sweep" / "softmax-seed0", "train.seed=0")
+    fake_run(tmp_path / "sweep" / f"{SECOND}-seed0", "train.seed=0", f"model.attention={SECOND}")
+    fake_run(tmp_path / "sweep" / f"{SECOND}-rope-seed5", "train.seed=5", f"model.attention={SECOND}",
+             "model.position=rope")
+    assert compare([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    reference, lone = "softmax position=learned", f"{SECOND} position=rope"
+    assert f"note: '{lone}' share no seed with '{reference}': not paired" in capsys.readouterr().err
+    page = (tmp_path / "out" / "comparison.md").read_text()
+    assert f"| {SECOND} position=learned | 1 |" in page  # the paired row
+    assert page.endswith(f"\nNot paired (no seed in common with {reference}): {lone}.\n")
+
+
+def test_a_run_whose_evaluation_diverged_is_refused_by_name(tmp_path, fake_run):
+    path = fake_run(tmp_path / "run", losses=(6.0, 5.0))
+    lines = (path / "metrics.jsonl").read_text().replace('"val_loss": 6.0', '"val_loss": null')
+    (path / "metrics.jsonl").write_text(lines)
+    with pytest.raises(ComparisonError, match=r"run diverged: its val_loss at step 10 is not a finite number; leave "
+                                              r"it out of the comparison"):
+        load_run(path)
 
 
 def test_the_cli_refuses_the_same_run_twice(tmp_path, fake_run, compare, capsys):

@@ -42,8 +42,9 @@ def test_a_sweep_plans_one_run_per_backend_and_seed_and_sets_only_what_differs(t
     command = train_command("configs/tiny.yaml", runs[0], nproc_per_node=2)
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert command[5].endswith("train.py") and command[6] == "configs/tiny.yaml"
-    with pytest.raises(ConfigError, match="the sweep sets train.seed itself"):
-        plan("configs/tiny.yaml", ["softmax"], 1, tmp_path, ["train.seed=3"])
+    for taken in ("train.seed=3", "--train.seed=3", " train.out_dir = x"):
+        with pytest.raises(ConfigError, match=f"the sweep sets {taken.partition('=')[0].strip(' -')} itself"):
+            plan("configs/tiny.yaml", ["softmax"], 1, tmp_path, [taken])
     with pytest.raises(ConfigError, match="model.n_head"):  # every run's config is checked before any starts
         plan("configs/tiny.yaml", ["softmax"], 1, tmp_path, ["model.n_head=3"])
 
@@ -93,6 +94,23 @@ def test_the_cli_refuses_a_run_of_another_seed_under_a_seed_name(tmp_path, fake_
     assert sweep_cli(["configs/tiny.yaml", "--backends", "softmax", "--seeds", "1", "--out",
                       str(tmp_path / "sweep")]) == 2
     assert "(train.seed: 1337 there, 0 requested)" in capsys.readouterr().err
+
+
+def test_the_cli_checks_out_the_process_count_and_damaged_records_before_any_run(tmp_path, fake_run, sweep_cli,
+                                                                                   capsys):
+    arguments = ["configs/tiny.yaml", "--backends", "softmax", "--seeds", "2"]
+    (tmp_path / "file").write_text("")
+    assert sweep_cli([*arguments, "--out", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == (f"sweep: --out {tmp_path / 'file'} is an existing file; give a folder for the "
+                                       "sweep's run directories\n")
+    with pytest.raises(SystemExit):
+        sweep_cli([*arguments, "--nproc-per-node", "0"])
+    assert "--nproc-per-node must be >= 1 (processes per run), got 0" in capsys.readouterr().err
+    record = fake_run(tmp_path / "sweep" / "softmax-seed1", "train.seed=1") / "metrics.jsonl"
+    record.write_text("garbage\n" + record.read_text())
+    assert sweep_cli([*arguments, "--out", str(tmp_path / "sweep")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"cannot reuse: {record}, line 1: not a JSON record")
 
 
 def sweep(out: Path, prepared_dir: str) -> subprocess.CompletedProcess:

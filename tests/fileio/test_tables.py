@@ -41,6 +41,7 @@ def test_a_cell_formats_a_number_by_its_style(value, style, expected):
 def test_mean_and_std_share_their_decimals_and_a_zero_std_is_left_out():
     assert mean_std_cell(1234.56, 7.891, 1) == "1,234.6 ± 7.9"
     assert mean_std_cell(5.5, 0.0, 4) == "5.5000"
+    assert mean_std_cell(5.5, math.nan, 4) == "5.5000"  # a single run: its spread is unknown
     assert mean_std_cell(math.nan, 0.0, 2) == "–"
 
 

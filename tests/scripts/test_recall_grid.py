@@ -185,7 +185,7 @@ def test_the_command_a_results_page_records_regenerates_it_and_no_other_command_
     assert "(--overwrite)" in recall_grid.check_results(ROOT / "results" / "mqar", trial, overwrite=True)
     assert recall_grid.check_results(tmp_path / "mqar", trial, overwrite=False) == ""  # nothing there yet
     (tmp_path / "mqar.csv").write_text("x\n")  # a CSV alone has no command to match
-    with pytest.raises(ValueError, match="mqar.csv exists, with no recorded command; this grid would replace it"):
+    with pytest.raises(ValueError, match="mqar.csv exists, with no recorded command; this would replace it"):
         recall_grid.check_results(tmp_path / "mqar", trial, overwrite=False)
 
 

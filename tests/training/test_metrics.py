@@ -11,7 +11,7 @@ import types
 import pytest
 
 from training.config import LoggingConfig
-from training.metrics import METRICS_FILE, WANDB_ID_FILE, MetricsLog, read_metrics
+from training.metrics import METRICS_FILE, WANDB_ID_FILE, MetricsError, MetricsLog, read_metrics
 from typedconfig.parsing import ConfigError
 
 
@@ -40,6 +40,25 @@ def test_records_read_back_in_order_with_repeated_steps_and_blank_lines(tmp_path
     assert read_metrics(tmp_path) == records
     MetricsLog(tmp_path, LoggingConfig(), config={}, fresh=False, say=print).log(30, train_loss=4.0)
     assert read_metrics(tmp_path)[:3] == records and read_metrics(tmp_path)[3]["step"] == 30
+
+
+def test_a_record_cut_short_is_left_out_and_removed_before_a_resumed_run_appends(tmp_path):
+    """A kill during a write leaves a last line without its newline: readers skip it, and the next run's log starts
+    its records on a line of their own instead of gluing the first onto it."""
+    whole = json.dumps({"step": 1, "train_loss": 6.0}) + "\n"
+    (tmp_path / METRICS_FILE).write_text(whole + '{"step": 2, "train_lo')
+    assert read_metrics(tmp_path) == [{"step": 1, "train_loss": 6.0}]
+    said = []
+    MetricsLog(tmp_path, LoggingConfig(), config={}, fresh=False, say=said.append).log(2, train_loss=5.0)
+    assert [(r["step"], r["train_loss"]) for r in read_metrics(tmp_path)] == [(1, 6.0), (2, 5.0)]
+    assert said == [f"warning: {tmp_path / METRICS_FILE} ended in a record cut short (a killed write); removed it"]
+
+
+@pytest.mark.parametrize("line", ['{"step": 2, "train_lo', "[1, 2]", "null"])
+def test_a_damaged_line_before_the_last_is_named_with_the_fix(tmp_path, line):
+    (tmp_path / METRICS_FILE).write_text(f'{{"step": 1}}\n{line}\n{{"step": 3}}\n')
+    with pytest.raises(MetricsError, match=rf"{METRICS_FILE}, line 2: not a JSON record .*; delete that line"):
+        read_metrics(tmp_path)
 
 
 def test_a_fresh_run_replaces_the_records_of_a_run_that_saved_no_checkpoint(tmp_path):
