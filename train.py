@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from data.errors import DataError
 from data.tokenizer import load_tokenizer
+from fileio.atomic import write_text_atomic
 from fileio.folders import OutFolderError, check_out_folder
 from fileio.pages import code_revision, this_machine
 from model.generation import ContextLimitReached, generate
@@ -268,7 +269,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     state = start_state(cfg, runtime, resume, model, optimizer, scaler, log_line)
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))  # never half written
     # from the first file a watcher can see, a signal means: finish this step, checkpoint, exit
     stop = StopRequest(runtime)
     # after data preparation and the checkpoint load, whose freed memory goes back to the system as usual: from here
