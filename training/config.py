@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
 from data.config import MQAR, DataConfig
@@ -111,6 +112,12 @@ class TrainConfig:
         for name in ("ckpt_interval", "threads", "sample_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.device != "auto":  # the name only: whether this machine has that device is checked at the start
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"train.device: {self.device!r} is not a device (allowed: auto, cpu, cuda, cuda:N, "
+                                 "mps)") from None
         if self.threads > THREADS_LIMIT:
             raise ValueError(f"train.threads must be at most 2**31 - 1 (0: torch's default), got {self.threads}")
         if not 0 <= self.seed < SEED_LIMIT:
