@@ -85,6 +85,6 @@ def windows_fingerprint(meta: dict, block_size: int, count: int) -> str:
 def _check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
     if len(tokens) < block_size + 1:
         raise DataError(
-            f"the {split} split has {len(tokens):,} tokens but one window needs data.block_size + 1 = {block_size + 1:,}; "
-            "lower data.block_size or prepare more data (for val: a lower data.val_every)"
+            f"the {split} split has {len(tokens):,} tokens but one window needs data.block_size + 1 = "
+            f"{block_size + 1:,}; lower data.block_size or prepare more data (for val: a lower data.val_every)"
         )

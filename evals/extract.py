@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from data.errors import DataError, with_flag_names
 from data.loader import eval_batches
+from fileio.folders import check_out_folder
 from model.attention import AttentionBackend
 from model.config import ModelConfig
 from model.gpt import GPT
@@ -57,6 +58,7 @@ from typedconfig.cli import ArgumentParser
 
 FORMAT = "attnlab-extract/1"
 MANIFEST = "manifest.json"
+MANIFEST_KEYS = ("checkpoint", "model", "attention", "windows", "layers", "heads", "tensors")  # what readers use
 
 
 def parse_indices(text: str, count: int, what: str) -> list[int]:
@@ -207,14 +209,40 @@ class Extraction:
 
 
 def load_extracted(path: str | Path) -> tuple[dict[str, Any], Extraction]:
-    """The manifest of the extraction directory `path` and an `Extraction` reading its tensors."""
+    """The manifest of the extraction directory `path` and an `Extraction` reading its tensors. Raises ValueError,
+    naming the file, where the manifest or a tensor file is missing, damaged or disagrees with the other (every
+    file's header is read: its keys and shapes, not its data)."""
     path = Path(path)
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not an extraction directory ({exc})") from None
+    again = "; extract it again (python -m evals.extract ... --force)"
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path / MANIFEST} is not an extraction manifest (a JSON object){again}")
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path / MANIFEST} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise ValueError(f"{path / MANIFEST} lacks {', '.join(missing)}{again}")
+    entries = manifest["tensors"]
+    if not (isinstance(entries, list) and all(isinstance(entry, dict) and {"file", "key", "shape"} <= entry.keys()
+                                              for entry in entries)):
+        raise ValueError(f"{path / MANIFEST}: its tensors are not a list of file, key and shape entries{again}")
+    by_file: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_file.setdefault(entry["file"], []).append(entry)
+    for file, listed in by_file.items():
+        try:
+            with safe_open(path / file, framework="pt") as handle:
+                shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+        except (OSError, SafetensorError) as exc:
+            raise ValueError(f"{path / file} cannot be read ({str(exc).splitlines()[0]}){again}") from None
+        for entry in listed:
+            if shapes.get(entry["key"]) != entry["shape"]:
+                found = "absent" if entry["key"] not in shapes else f"of shape {shapes[entry['key']]}"
+                raise ValueError(f"{path / file}: {entry['key']} is {found}, where {MANIFEST} records shape "
+                                 f"{entry['shape']}{again}")
     return manifest, Extraction(path, manifest)
 
 
@@ -281,10 +309,9 @@ def _model_section(mc: ModelConfig) -> dict[str, Any]:
 
 
 def _check_out(out: Path, force: bool) -> None:
+    check_out_folder(out, "the extraction")  # a file, under a file, or unwritable
     if not out.exists():
         return
-    if not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
     if not any(out.iterdir()):
         return
     if not (out / MANIFEST).is_file():

@@ -335,7 +335,8 @@ def test_the_command_line_names_its_flags_where_the_shared_checks_name_config_ke
     err = capsys.readouterr().err
     assert "lower --val-every to at most" in err and "data." not in err
     message = "data.block_size is a training key; data.max_tokens and data.prepared_dir are flags"
-    assert with_flag_names(message, FLAGS) == "data.block_size is a training key; --max-tokens and --prepared-dir are flags"
+    assert (with_flag_names(message, FLAGS)
+            == "data.block_size is a training key; --max-tokens and --prepared-dir are flags")
 
 
 def test_an_empty_source_is_refused_rather_than_read_as_the_current_directory(tmp_path, capsys, monkeypatch):

@@ -3,6 +3,7 @@ hidden states reproduce the model's own attention; selection, manifest, MQAR win
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -149,3 +150,42 @@ def test_an_existing_extraction_is_replaced_only_with_force(softmax_run, tmp_pat
     assert main([*base[:2], "--out", str(other), "--force"]) == 2
     assert "is not empty and holds no extraction" in capsys.readouterr().err
     assert os.listdir(other) == ["notes.txt"]
+
+
+def test_an_out_under_a_file_is_refused_before_the_checkpoint_loads(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "sub"
+    assert main(["--ckpt", str(tmp_path / "nowhere"), "--out", str(out)]) == 2  # checked first: no such checkpoint
+    assert capsys.readouterr().err == (f"extract: --out {out} lies under {tmp_path / 'afile'}, an existing file; "
+                                       "give a folder for the extraction\n")
+
+
+def damage(folder: Path, how: str) -> None:
+    manifest = folder / "manifest.json"
+    if how == "missing file":
+        (folder / "layer00.safetensors").unlink()
+    elif how == "truncated file":
+        os.truncate(folder / "layer00.safetensors", 1000)
+    elif how == "missing key":
+        manifest.write_text(manifest.read_text().replace('"windows"', '"panes"'))
+    elif how == "not an object":
+        manifest.write_text("[1]")
+    elif how == "other shape":
+        data = json.loads(manifest.read_text())
+        data["tensors"][0]["shape"][0] = 999
+        manifest.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("how, message", [
+    ("missing file", r"layer00.safetensors cannot be read \(.*\); extract it again"),
+    ("truncated file", r"layer00.safetensors cannot be read \(.*incomplete metadata.*\); extract it again"),
+    ("missing key", r"manifest.json lacks windows; extract it again"),
+    ("not an object", r"manifest.json is not an extraction manifest \(a JSON object\); extract it again"),
+    ("other shape", r"layer00.safetensors: x is of shape \[2, 32, 32\], where manifest.json records shape "
+                    r"\[999, 32, 32\]; extract it again"),
+])
+def test_a_damaged_extraction_is_named_when_it_loads(softmax_run, tmp_path, how, message):
+    extract(softmax_run, tmp_path / "ex", layers="0", heads="0", windows=2, device="cpu")
+    damage(tmp_path / "ex", how)
+    with pytest.raises(ValueError, match=message):
+        load_extracted(tmp_path / "ex")

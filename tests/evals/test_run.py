@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +68,19 @@ def test_the_cli_reports_every_layer_head_problem_j_and_method(softmax_run, tmp_
     assert main(["--rescore", str(out), "--out", str(again)]) == 0
     assert (again / "solvers.csv").read_text() == (out / "solvers.csv").read_text()
     assert "re-scored without solving again by `python -m evals.run --rescore" in (again / "solvers.md").read_text()
+
+    # a report damaged or written by another version is refused in one line, before anything is written
+    for i, (name, change) in enumerate([
+        ("solvers_runs.csv", lambda text: text.replace("sketch_pcg", "paper_pcg")),  # a method this version lacks
+        ("solvers_runs.csv", lambda text: text[:3000]),  # cut short
+        ("solvers_runs.csv", lambda text: text.splitlines()[0] + "\n"),  # no rows
+        ("report.json", lambda text: json.dumps({"eps": 1e-8})),  # no manifest
+    ]):
+        damaged = tmp_path / f"damaged{i}"
+        shutil.copytree(out, damaged, ignore=shutil.ignore_patterns("extracted"))
+        (damaged / name).write_text(change((damaged / name).read_text()))
+        assert main(["--rescore", str(damaged), "--out", str(tmp_path / f"new{i}")]) == 2
+        assert not (tmp_path / f"new{i}" / "solvers.md").exists()
 
 
 def test_evaluate_scores_every_instance_by_its_residual():
@@ -215,6 +230,16 @@ def test_time_vs_n_records_every_method_and_size():
     assert all(r["time"] > 0 for r in rows)
 
 
+def test_time_vs_n_skips_a_size_whose_rows_pose_no_instance_and_says_so(capsys):
+    """Rows stacked from later windows may hold a squared norm past 709.78, which exp_kernel refuses: the sizes
+    before them are timed, that one is named, and the report goes on."""
+    A = torch.randn(256, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.3
+    A[200] *= 100
+    rows = time_vs_n(A, "exp_kernel", [128, 256], eps=1e-8, repeats=1, methods=["cholesky"])
+    assert {r["n"] for r in rows} == {128}
+    assert "evals.run: no exp_kernel timing at n = 256: exp_kernel: max ||a_i||²" in capsys.readouterr().out
+
+
 def test_distinct_rows_keeps_the_first_copy_of_each_row_in_order():
     A = torch.tensor([[3.0, 0.0], [1.0, 1.0], [3.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     assert distinct_rows(A).tolist() == [[3.0, 0.0], [1.0, 1.0], [0.0, 2.0]]
@@ -225,6 +250,7 @@ def test_distinct_rows_keeps_the_first_copy_of_each_row_in_order():
     (["--extracted", "nowhere", "--out", "x", "--j", "0"], "--j takes integers >= 1"),
     (["--extracted", "nowhere", "--out", "x", "--seeds", "0"], "--seeds"),
     (["--extracted", "nowhere", "--out", "x", "--max-rows", "0"], "--max-rows must be >= 1, got 0"),
+    (["--ckpt", "nowhere", "--out", "x", "--windows", "0"], "--windows must be >= 1 (val windows to extract), got 0"),
     (["--extracted", "nowhere", "--out", "x", "--eps", "2"], "--eps must be a relative accuracy in (0, 1), got 2"),
     (["--extracted", "nowhere", "--out", "x", "--eps", "1"], "--eps must be a relative accuracy in (0, 1), got 1"),
     (["--extracted", "nowhere", "--out", "x", "--layers", "0", "--heads", "1", "--windows", "3"],
@@ -303,3 +329,6 @@ def test_a_report_without_synthetic_controls_says_so_and_has_no_such_table():
                 "eps": 1e-8, "seeds": 1, "threads": 1, "command": "python -m evals.run", "machine": "m", "date": "d"}
     assert "synthetic" not in opening_of(settings, synthetic=False)
     assert "on synthetic controls" in opening_of(settings, synthetic=True)
+    limited = opening_of({**settings, "max_rows": 40, "hidden_states": False})
+    assert ("4 val windows of 32 tokens, each matrix's first 40 rows (--max-rows), the hidden states X not solved "
+            "(--no-hidden-states)") in limited
