@@ -179,7 +179,7 @@ def power_norm(matvec: Operator, n: int, *, dtype: torch.dtype, iterations: int 
     lam = 0.0
     for _ in range(iterations):
         w = matvec(v)
-        lam = float(torch.linalg.vector_norm(w))
+        lam = weighted_norm(w)  # scaled: an operator ~1e-200 has entries whose squares underflow
         if lam == 0:
             return 0.0
         v = w / lam

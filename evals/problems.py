@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from evals.krylov import weighted_norm
+
 PROBLEMS = ("gram_power", "a_gram_power", "exp_kernel")
 UNIT_ROUNDOFF = torch.finfo(torch.float64).eps / 2
 EXP_OVERFLOW = math.log(torch.finfo(torch.float64).max)  # 709.78: exp(t) overflows float64 beyond this
@@ -160,14 +162,14 @@ def residual_norm(problem: str, A: torch.Tensor, x: torch.Tensor, b: torch.Tenso
     """||M x - b||, for exp_kernel evaluated as ||D (K_G (D x) - D^-1 b)|| in log space, so it stays finite (when
     representable) for row norms whose D overflows."""
     if problem != "exp_kernel":
-        return float(torch.linalg.vector_norm(apply(problem, A, x, j) - b))
+        return weighted_norm(apply(problem, A, x, j) - b)
     r, _, half = _jacobi_scaled_residual(A, x, b)
     return math.exp(0.5 * float(torch.logsumexp(2 * (torch.log(r.abs()) + half), 0)))
 
 
 def relres(problem: str, A: torch.Tensor, x: torch.Tensor, b: torch.Tensor, j: int = 1) -> float:
     """||M x - b|| / ||b||."""
-    return residual_norm(problem, A, x, b, j) / float(torch.linalg.vector_norm(b))
+    return residual_norm(problem, A, x, b, j) / weighted_norm(b)
 
 
 # ----------------------------------------------------------------------------------------- references and metrics
@@ -233,7 +235,7 @@ class Reference:
         if self.problem != "a_gram_power":
             return 0.0
         b64 = b.double()
-        return float(torch.linalg.vector_norm(b64 - self.U @ (self.U.T @ b64)))
+        return weighted_norm(b64 - self.U @ (self.U.T @ b64))
 
 
 def _kappa_from_eigenvalues(evals: torch.Tensor) -> float:
@@ -257,23 +259,23 @@ def scaled_relres(A: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> float:
     """exp_kernel's relres after Jacobi scaling: ||K_G (D x) - D^-1 b|| / ||D^-1 b||, the accuracy float64 can
     deliver when κ(exp(A Aᵀ)) itself is beyond it but κ(K_G) is not."""
     r, c, _ = _jacobi_scaled_residual(A, x, b)
-    return float(torch.linalg.vector_norm(r) / torch.linalg.vector_norm(c))
+    return weighted_norm(r) / weighted_norm(c)
 
 
 def metrics(problem: str, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, x_ref: torch.Tensor, j: int = 1,
             opt: float = 0.0) -> dict[str, float]:
     """relres = ||Mx - b||/||b||; pred_err = ||M(x - x*)||/||b||; fwd_err = ||x - x*||/||x*||;
     subopt = (||Mx - b|| - OPT)/OPT where OPT > 0 (problem b), else nan."""
-    bnorm = float(torch.linalg.vector_norm(b))
+    bnorm = weighted_norm(b)
     res = residual_norm(problem, A, x, b, j)
     if problem == "exp_kernel":
         pred = residual_norm(problem, A, x - x_ref, torch.zeros_like(b), j)
     else:
-        pred = float(torch.linalg.vector_norm(apply(problem, A, x - x_ref, j)))
+        pred = weighted_norm(apply(problem, A, x - x_ref, j))
     return {
         "relres": res / bnorm,
         "pred_err": pred / bnorm,
-        "fwd_err": float(torch.linalg.vector_norm(x - x_ref) / torch.linalg.vector_norm(x_ref)),
+        "fwd_err": weighted_norm(x - x_ref) / weighted_norm(x_ref),
         "subopt": (res - opt) / opt if opt > 0 else math.nan,
     }
 

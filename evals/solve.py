@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 
 from evals import problems as P
+from evals.krylov import weighted_norm
 from evals.methods import DEFAULT_METHOD, DIRECT, LEAST_SQUARES_METHODS, METHODS, get_method
 from evals.methods.base import NotApplicable, SolveInfo, SolveOptions
 
@@ -84,7 +85,7 @@ def least_squares(A: torch.Tensor, b: torch.Tensor, *, eps: float = 1e-10, metho
     info.converged &= bool(torch.isfinite(y).all())
     if diagnostics:
         info.kappa_precond = solver.kappa_precond()
-    info.relres = float(torch.linalg.vector_norm(A @ y - b) / torch.linalg.vector_norm(b))
+    info.relres = weighted_norm(A @ y - b) / weighted_norm(b)
     info.converged &= P.residual_test("least_squares", info.relres, eps)
     return y, info
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from evals import problems as P
+from evals.krylov import weighted_norm
 from evals.methods.base import Method, SolveInfo, SolveOptions
 from evals.methods.operators import TallMatrix, UpperTriangular
 
@@ -24,7 +25,7 @@ class GramMethod(Method):
         self.op = TallMatrix(A, info)
 
     def solve(self, problem: str, b: torch.Tensor, j: int) -> torch.Tensor:
-        bnorm = float(torch.linalg.vector_norm(b))
+        bnorm = weighted_norm(b)
         if problem == "gram_power":
             return self.gram_levels(b, j, bnorm, extra_power=0)
         y = self.least_squares(b, self.info.eps / (j + 1))
@@ -127,5 +128,5 @@ class IterativeMethod(GramMethod):
 
 def relative_tolerance(target: float, v: torch.Tensor) -> float:
     """The tol at which a solver stopping at ||r|| <= tol ||v|| meets the absolute target."""
-    return target / max(float(torch.linalg.vector_norm(v)), torch.finfo(v.dtype).tiny)
+    return target / max(weighted_norm(v), torch.finfo(v.dtype).tiny)
 

@@ -17,7 +17,7 @@ import math
 import torch
 
 from evals import problems as P
-from evals.krylov import KrylovResult, cg, lsqr
+from evals.krylov import KrylovResult, cg, lsqr, weighted_norm
 from evals.methods.base import SolveInfo, SolveOptions
 from evals.methods.gram import IterativeMethod, TriangularFactor, relative_tolerance
 from evals.methods.operators import UpperTriangular, cholesky_upper
@@ -96,7 +96,7 @@ class SketchPreconditioned(IterativeMethod):
                 r = b - self.op.matvec(y)
                 # from zero, the correction must be resolved as accurately as the first solve's: its stopping test
                 # is relative to its own starting gradient Bᵀr, not to ||b|| (which it would meet at once)
-                start = float(torch.linalg.vector_norm(self.Bt(r)) / torch.linalg.vector_norm(r))
+                start = weighted_norm(self.Bt(r)) / weighted_norm(r)
                 correction = self.preconditioned_ls(r, torch.zeros_like(z0), tol * start, f"refine{step}")
                 y = y + self.R.solve(correction)
         return y
@@ -105,7 +105,7 @@ class SketchPreconditioned(IterativeMethod):
         """z ~ argmin ||B z - b|| from z0 with ||B (z - z*)|| <= tol ||b||, by the normal equations BᵀB z = Bᵀb
         (κ(B)² is small). Bᵀr = BᵀB (z* - z) for r = b - B z gives ||B (z - z*)|| <= ||Bᵀr|| / σ_min(B), so the
         stage stops at ||Bᵀr|| <= SIGMA_MIN_B tol ||b||."""
-        res = self.normal_solve(self.Bt(b), z0, SIGMA_MIN_B * tol * float(torch.linalg.vector_norm(b)))
+        res = self.normal_solve(self.Bt(b), z0, SIGMA_MIN_B * tol * weighted_norm(b))
         self.info.record(stage, res)
         return res.x
 

@@ -482,3 +482,20 @@ def test_large_powers_give_an_infinite_condition_number_not_an_overflow():
     for method in ("cg", "sketch_pcg"):
         _, info = solve("gram_power", big, syn.rhs(8), j=20, method=method, maxiter=5)
         assert not info.converged
+
+
+@pytest.mark.parametrize("scale_a, scale_b", [(1e-100, 1.0), (1e78, 1.0), (1.0, 1e-170), (1.0, 1e-160), (1.0, 1e156)])
+@pytest.mark.parametrize("problem, method", [("gram_power", "qr"), ("gram_power", "sketch_pcg"),
+                                             ("a_gram_power", "qr"), ("a_gram_power", "sketch_pcg")])
+def test_extreme_but_representable_scales_solve_as_the_unscaled_instance(problem, method, scale_a, scale_b):
+    """Norms are taken on scaled vectors: squaring entries of 1e-170 underflows to 0 (a relres of 0, or a division
+    by zero) and of 1e156 overflows; the relative residual does not depend on either scale."""
+    A = syn.conditioned(300, 8, 1e2, seed=1)
+    b = syn.rhs(8 if problem == "gram_power" else 300, 0)
+    _, plain = solve(problem, A, b, method=method)
+    _, scaled = solve(problem, A * scale_a, b * scale_b, method=method)
+    assert scaled.converged == plain.converged
+    if method == "qr":  # a direct solve: the same arithmetic on scaled numbers
+        assert scaled.relres == pytest.approx(plain.relres, rel=1e-3)
+    elif problem == "gram_power":  # an iterative one stops wherever its test first holds: relres <= eps
+        assert max(plain.relres, scaled.relres) <= 1e-8
