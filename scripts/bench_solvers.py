@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,25 @@ def kernel_verdict(kernel: list[dict[str, Any]], repeats: int) -> str:
     return said + (f"; Cholesky was faster at n = {', '.join(slower)}" if slower else "") + f" ({timing})."
 
 
-def main() -> None:
+PARTS = ("kappa", "tall", "kernel")
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """The parts asked for; a parser error for a part that does not exist or a size no part can measure."""
+    parts = {part.strip() for part in args.parts.split(",") if part.strip()}
+    if not parts or parts - set(PARTS):
+        parser.error(f"--parts takes a comma-separated choice of {', '.join(PARTS)}, got {args.parts!r}")
+    for name in ("threads", "repeats", "seeds", "maxiter"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if "kappa" in parts and min(args.kappa_n) < args.kappa_d:
+        parser.error(f"--kappa-n must be at least --kappa-d ({args.kappa_d}): a tall matrix, got {min(args.kappa_n)}")
+    if "tall" in parts and args.tall_n < args.tall_d:
+        parser.error(f"--tall-n must be at least --tall-d ({args.tall_d}): a tall matrix, got {args.tall_n}")
+    return parts
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="kappa,tall,kernel", help="comma-separated: kappa, tall, kernel")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier timings)")
@@ -207,9 +226,13 @@ def main() -> None:
     parser.add_argument("--maxiter", type=int, default=1000)
     parser.add_argument("--out", default="results/bench_solvers", help="output prefix (.md, .csv)")
     args = parser.parse_args()
+    parts = check_args(parser, args)
     torch.set_num_threads(args.threads)
-    parts = set(args.parts.split(","))
-    extraction = load_extracted(args.extracted)[1] if args.extracted else None
+    try:
+        extraction = load_extracted(args.extracted)[1] if args.extracted else None
+    except ValueError as exc:
+        print(f"bench_solvers: {exc}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     kappa = bench_kappa(args.kappa_n, args.kappa_d, args.seeds) if "kappa" in parts else []
     tall = []
@@ -225,6 +248,10 @@ def main() -> None:
         if extraction:
             m = extraction.manifest
             keys = distinct_rows(extraction.k(m["layers"][0], m["heads"][0]).double())
+            if max(args.kernel_n) > keys.shape[0]:
+                print(f"bench_solvers: --kernel-n {max(args.kernel_n)} is more than the {keys.shape[0]} distinct key "
+                      f"rows of {args.extracted}; give sizes up to that, or extract more windows", file=sys.stderr)
+                return 2
             source = (f"keys of layer {m['layers'][0]} head {m['heads'][0]} of {args.extracted}, exact repeats removed, "
                       "scaled by d^-1/4")
             kernel = bench_kernel(keys * keys.shape[1] ** -0.25, source, args.kernel_n, args.maxiter, args.repeats)
@@ -232,12 +259,16 @@ def main() -> None:
             rows = syn.exp_rows(max(args.kernel_n), 64, 2.0, 40.0, seed=0)
             kernel = bench_kernel(rows, "synthetic rows, squared norms 2 .. 40", args.kernel_n, args.maxiter,
                                   args.repeats)
+    if not kappa + tall + kernel:  # every size skipped: nothing to write over a page
+        print("bench_solvers: nothing was measured (every size was skipped); no page written", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(markdown(args, kappa, tall, kernel))
     out.with_suffix(".csv").write_text(csv_text(kappa + tall + kernel))
     print(f"wrote {out}.md and {out}.csv in {time.perf_counter() - start:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

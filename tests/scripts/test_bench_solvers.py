@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("bench_solvers_cli", ROOT / "scripts" / "bench_solvers.py")
 bench_solvers = importlib.util.module_from_spec(spec)
@@ -28,6 +30,21 @@ def test_bench_solvers_writes_every_part(tmp_path):
     with open(out.with_suffix(".csv"), newline="") as handle:
         parts = {row["part"] for row in csv.DictReader(handle)}
     assert parts == {"kappa", "tall", "kernel"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--parts", "kapa"], "--parts takes a comma-separated choice of kappa, tall, kernel, got 'kapa'"),
+    (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--parts", "tall", "--tall-n", "100", "--tall-d", "200"], "--tall-n must be at least --tall-d (200)"),
+    (["--parts", "kappa", "--kappa-n", "10", "--kappa-d", "20"], "--kappa-n must be at least --kappa-d (20)"),
+    (["--parts", "kernel", "--extracted", "nowhere"], "bench_solvers: nowhere is not an extraction directory"),
+])
+def test_bad_arguments_are_one_line_and_write_no_page(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "scripts/bench_solvers.py", *args, "--out", str(tmp_path / "b")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "b.md").exists()
 
 
 def kernel_rows(times: dict[int, dict[str, tuple[float, bool]]]) -> list[dict]:
