@@ -86,5 +86,6 @@ def _check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
     if len(tokens) < block_size + 1:
         raise DataError(
             f"the {split} split has {len(tokens):,} tokens but one window needs data.block_size + 1 = "
-            f"{block_size + 1:,}; lower data.block_size or prepare more data (for val: a lower data.val_every)"
+            f"{block_size + 1:,}; lower data.block_size or prepare more data (a higher data.max_tokens where it is "
+            "set; for val, a lower data.val_every)"
         )

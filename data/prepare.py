@@ -72,9 +72,12 @@ def dataset_dir(cfg: DataConfig) -> Path:
 
 
 def input_fingerprint(cfg: DataConfig, source: Source) -> str:
-    """A hash of everything the token files depend on: the input fields, the local files' paths, sizes and
-    modification times (a hub dataset is taken as it is), and FORMAT_VERSION."""
-    files = [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in source.files]
+    """A hash of everything the token files depend on: the input fields, the local files' paths, sizes, modification
+    and change times and inodes (a hub dataset is taken as it is), and FORMAT_VERSION. The change time and inode
+    catch new contents that keep the size and the modification time (`cp -p`, `rsync -a`, `tar x` set the latter);
+    no user can set the change time."""
+    stats = [(path, path.stat()) for path in source.files]
+    files = [(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for path, st in stats]
     inputs = {"format": FORMAT_VERSION, "config": {name: getattr(cfg, name) for name in INPUT_FIELDS}, "files": files}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -336,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:  # DataError, DataConfig's checks, unreadable or unwritable paths
         print(f"error: {with_flag_names(str(exc), FLAGS)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # prepare() has removed its partial files on the way out
+        print("interrupted: nothing was kept; run the same command again to prepare the data", file=sys.stderr)
+        return 130
     meta = result.meta
     print(f"{result.path}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
           f"{meta['train_documents']:,} / {meta['val_documents']:,} documents ({meta['split_rule']})")

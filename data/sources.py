@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data.config import DataConfig
+from data.config import MQAR, DataConfig
 from data.errors import DataError
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 SHAKESPEARE = "shakespeare"
 HUB_PREFIX = "hf:"
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # extension -> builder
+UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,12 @@ def _read_text(path: Path, chars: int | None) -> Iterator[str]:
     """A .txt file's text as `datasets`' text builder reads a document ("\r\n" and "\r" become "\n"), in reads of
     `chars` characters (None: one read). The reads concatenate to the whole text: text mode holds back a "\r" or an
     incomplete UTF-8 sequence at the end of a read until the next read shows what it is."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    if start in UTF16_MARKS:  # its text would read as a NUL between every two characters, with a warning at most
+        raise DataError(f"{path} is UTF-16 (it starts with a UTF-16 byte-order mark); re-encode it as UTF-8")
+    # utf-8-sig: a UTF-8 byte-order mark at the start is not text (it would be three tokens)
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
         while text := handle.read(chars):
             yield text
 
@@ -89,8 +95,11 @@ def resolve_source(cfg: DataConfig) -> Source:
         return Source(name, cfg.subset, cfg.split)
     if cfg.subset is not None:
         raise DataError(f"data.subset ({cfg.subset!r}) applies to hub sources only; remove it for {cfg.source!r}")
-    files = shakespeare_files() if cfg.source == SHAKESPEARE else local_files(cfg.source)
-    builders = {BUILDERS[path.suffix] for path in files}
+    if cfg.source == MQAR:
+        raise DataError(f"data.source {MQAR!r} is generated while training, from the seed: there is nothing to prepare "
+                        "or read")
+    files = shakespeare_files() if cfg.source == SHAKESPEARE else local_files(cfg.source, Path(cfg.prepared_dir))
+    builders = {BUILDERS[suffix(path)] for path in files}
     if len(builders) > 1:
         raise DataError(f"data.source {cfg.source!r} mixes {' and '.join(sorted(builders))} files; use one kind")
     builder = builders.pop()
@@ -113,14 +122,20 @@ def shakespeare_files() -> list[Path]:
     return files
 
 
-def local_files(source: str) -> list[Path]:
-    """The files a local path, directory (searched recursively) or glob names, sorted; one kind of extension."""
+def suffix(path: Path) -> str:
+    """A file's extension as BUILDERS names it, in any case (notes.TXT is a text file)."""
+    return path.suffix.lower()
+
+
+def local_files(source: str, prepared_dir: Path | None = None) -> list[Path]:
+    """The files a local path, directory (searched recursively) or glob names, sorted; one kind of extension. What
+    lies under `prepared_dir` is the pipeline's own output (meta.json, token files), never a source file."""
     path = Path(source)
     if glob.has_magic(source):
         found = [Path(p) for p in glob.glob(source, recursive=True)]
         candidates = [p for p in found if p.is_file()]
     elif path.is_dir():
-        candidates = [p for p in path.rglob("*") if p.is_file() and p.suffix in BUILDERS]
+        candidates = [p for p in path.rglob("*") if p.is_file() and suffix(p) in BUILDERS]
     elif path.is_file():
         candidates = [path]
     else:
@@ -128,9 +143,12 @@ def local_files(source: str) -> list[Path]:
             f"data.source {source!r} does not exist; give a file, directory or glob, "
             f"{SHAKESPEARE!r} or '{HUB_PREFIX}<dataset>'"
         )
+    if prepared_dir is not None and not path.is_file():
+        output = prepared_dir.resolve()
+        candidates = [p for p in candidates if not p.resolve().is_relative_to(output)]
     if not candidates:
         raise DataError(f"data.source {source!r} matches no {'/'.join(BUILDERS)} files")
-    unknown = sorted({p.suffix or p.name for p in candidates if p.suffix not in BUILDERS})
+    unknown = sorted({p.suffix or p.name for p in candidates if suffix(p) not in BUILDERS})
     if unknown:
         raise DataError(
             f"data.source {source!r}: cannot read {', '.join(unknown)} files; supported: {', '.join(BUILDERS)}"
@@ -162,7 +180,17 @@ def invalid_utf8(path: Path) -> tuple[int, int | None]:
 
 
 def unreadable_row(source: Source, error: Exception) -> str:
-    """Why a local source's rows cannot be read, naming the file and, for JSON lines, the line; for an error message."""
+    """Why a local source's rows cannot be read, naming the file and, for JSON lines, the line, for parquet the
+    columns that differ; for an error message."""
+    problem = parquet_problem(source) if source.dataset == "parquet" else text_problem(source)
+    if problem:
+        return problem
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"cannot read {source.describe()}: {reason}"
+
+
+def text_problem(source: Source) -> str | None:
+    """The first file of `source` that is not UTF-8, or for JSON lines the first line that is not JSON; else None."""
     for path in source.files:
         count, first = invalid_utf8(path)
         if count:
@@ -175,17 +203,36 @@ def unreadable_row(source: Source, error: Exception) -> str:
                     if line.strip():
                         json.loads(line)
                 except ValueError as exc:
-                    if number == 1 and path.suffix == ".json":
+                    if number == 1 and suffix(path) == ".json":
                         break  # a single JSON document, not JSON lines: pyarrow's message is all we have
                     return f"{path}, line {number}: not valid JSON ({exc}); fix or delete that line"
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"cannot read {source.describe()}: {reason}"
+    return None
+
+
+def parquet_problem(source: Source) -> str | None:
+    """The first file of `source` that is not parquet, or whose columns differ from the first file's; else None."""
+    import pyarrow.parquet as pq
+
+    first: tuple[Path, list[str]] | None = None
+    for path in source.files:
+        try:
+            names = pq.read_schema(path).names
+        except Exception as exc:  # pyarrow's error types vary
+            return f"{path}: not a readable parquet file ({str(exc).splitlines()[0]}); replace or remove it"
+        if first is None:
+            first = (path, names)
+        elif names != first[1]:
+            return (f"{path} has the columns {', '.join(names)} and {first[0]} {', '.join(first[1])}: the files of "
+                    "one source need the same columns; give them separately, or make their columns agree")
+    return None
 
 
 def _rows(source: Source, read_chars: int | None) -> Iterator[dict]:
     """The source's rows; a malformed file (pyarrow, JSON and decoding errors vary in type) becomes a DataError."""
-    # the json builder logs its own multi-line account of a bad row before raising; ours names the file and line
-    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
+    # the json and parquet builders log their own multi-line account of a bad file before raising; ours names the
+    # file and line
+    for builder in ("json", "parquet"):
+        logging.getLogger(f"datasets.packaged_modules.{builder}.{builder}").setLevel(logging.CRITICAL)
     try:
         yield from source.open(read_chars)
     except DataError:

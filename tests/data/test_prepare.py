@@ -18,6 +18,7 @@ import pytest
 from data.config import DataConfig
 from data.errors import DataError
 from data.errors import with_flag_names
+import data.prepare as prepare_module
 from data.prepare import FLAGS, dataset_dir, is_prepared, load_prepared, main, prepare, token_dtype
 from data.tokenizer import TextTokenizer, gpt2_encoding, gpt2_tokenizer, load_tokenizer
 
@@ -180,6 +181,18 @@ def test_a_second_prepare_reuses_and_a_changed_file_prepares_again(tmp_path, tok
     assert load_prepared(third.path)[1][: len(tok.encode("changed")) + 1].tolist() == [*tok.encode("changed"), EOT]
 
 
+def test_new_contents_of_the_same_size_and_modification_time_prepare_again(tmp_path, tok):
+    """As `cp -p` or `rsync -a` leave a file: other bytes, the old size and the old modification time."""
+    source = write_source(tmp_path, "txt", ["first text"])
+    first = prepare(config(tmp_path, source))
+    old = (source / "000.txt").stat()
+    (source / "000.txt").write_text("other text")  # the same length
+    os.utime(source / "000.txt", ns=(old.st_atime_ns, old.st_mtime_ns))
+    again = prepare(config(tmp_path, source))
+    assert not again.reused and again.path == first.path
+    assert tok.decode(load_prepared(again.path)[1][:3].tolist()).startswith("other")
+
+
 def test_max_documents_and_max_tokens_limit_what_is_read(tmp_path, tok):
     source = write_source(tmp_path, "jsonl", DOCS)
     meta = prepare(config(tmp_path, source, max_documents=3)).meta
@@ -326,6 +339,16 @@ def test_the_command_line_prepares_shakespeare_and_then_reuses_it(tmp_path, caps
 def test_the_command_line_reports_errors_in_one_line(tmp_path, capsys):
     assert main(["--source", str(tmp_path / "missing.txt"), "--prepared-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: --source")
+
+
+def test_ctrl_c_on_the_command_line_is_one_line_and_exit_status_130(tmp_path, capsys, monkeypatch):
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "prepare", interrupted)
+    assert main(["--source", "shakespeare", "--prepared-dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == ("interrupted: nothing was kept; run the same command again to prepare the "
+                                       "data\n")
 
 
 def test_the_command_line_names_its_flags_where_the_shared_checks_name_config_keys(tmp_path, capsys):

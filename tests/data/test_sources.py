@@ -124,6 +124,42 @@ def test_unknown_extensions_and_mixed_kinds_are_errors(tmp_path):
         resolve_source(DataConfig(source=str(tmp_path)))
 
 
+def test_extensions_match_in_any_case_and_the_prepared_folder_is_never_a_source(tmp_path):
+    (tmp_path / "a.txt").write_text("first")
+    (tmp_path / "B.TXT").write_text("second")
+    prepared = tmp_path / "prepared" / "corpus-gpt2-0123abcd"
+    prepared.mkdir(parents=True)
+    (prepared / "meta.json").write_text("{}")  # what data.prepare writes there: json beside the text files
+    assert documents(str(tmp_path), prepared_dir=str(tmp_path / "prepared")) == ["second", "first"]
+    assert documents(str(tmp_path / "*"), prepared_dir=str(tmp_path / "prepared")) == ["second", "first"]
+
+
+def test_a_utf8_byte_order_mark_is_not_text_and_utf16_is_refused(tmp_path):
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfhello\r\nworld")
+    assert documents(str(tmp_path / "bom.txt")) == ["hello\nworld"]
+    (tmp_path / "u16.txt").write_bytes("To be".encode("utf-16"))
+    with pytest.raises(DataError, match=r"u16.txt is UTF-16 \(it starts with a UTF-16 byte-order mark\); re-encode "
+                                        r"it as UTF-8"):
+        documents(str(tmp_path / "u16.txt"))
+
+
+def test_parquet_files_that_cannot_be_read_together_are_named(tmp_path):
+    pq.write_table(pa.table({"text": ["a"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"content": ["b"]}), tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"b.parquet has the columns content and .*a.parquet text: the files of one "
+                                        r"source need the same columns"):
+        documents(str(tmp_path))
+    (tmp_path / "b.parquet").write_bytes((tmp_path / "a.parquet").read_bytes()[:40])  # cut short
+    with pytest.raises(DataError, match=r"b.parquet: not a readable parquet file \(.*\); replace or remove it"):
+        documents(str(tmp_path))
+
+
+def test_the_generated_recall_task_has_no_source_to_read():
+    with pytest.raises(DataError, match="data.source 'mqar' is generated while training, from the seed: there is "
+                                        "nothing to prepare or read"):
+        resolve_source(DataConfig(source="mqar"))
+
+
 def test_a_missing_text_field_names_the_columns_there_are(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [{"content": "x", "url": "u"}])
     with pytest.raises(DataError, match=r"data.text_field 'text' is not a column of .*d.jsonl; columns: content, url"):
