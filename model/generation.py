@@ -202,10 +202,16 @@ def _empty_state(model: GPT, context: torch.Tensor, new_tokens: int, limit: Cont
     if limit.tokens is not None:
         capacity = min(capacity, limit.tokens)
     dtype, rows = next(model.parameters()).dtype, context.shape[0]
-    # the same state on the meta device takes no memory and counts the bytes
-    needed = model.decode_state_nbytes(model.init_decode_state(rows, dtype=dtype, device="meta", capacity=capacity))
     kind = f"{model.config.attention} {'decode state' if model.constant_memory_decoding else 'KV cache'}"
     prompts = f"{rows} prompt{'s' if rows > 1 else ''}"
+    try:  # the same state on the meta device takes no memory and counts the bytes
+        needed = model.decode_state_nbytes(model.init_decode_state(rows, dtype=dtype, device="meta",
+                                                                   capacity=capacity))
+    except RuntimeError as exc:  # a size past what a tensor can address ("Storage size calculation overflowed")
+        if "overflow" not in str(exc):
+            raise
+        raise DecodeStateTooLarge(f"a {kind} of {capacity:,} tokens for {prompts} needs more bytes than a tensor "
+                                  "can address", "more than any machine has") from None
     needs = f"a {kind} of {capacity:,} tokens for {prompts} needs {needed / 2**30:,.1f} GiB"
     available = available_bytes(context.device)
     # checked first: with overcommit a CPU allocation larger than memory succeeds, then swaps or gets killed later

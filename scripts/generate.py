@@ -26,14 +26,17 @@ only), nothing for a constant-memory backend with rope/none positions; a batch r
 There it stops with a message, or, with --window N, re-prefills the last N tokens into a fresh state and goes on.
 At the end, stderr gets one line with prefill and decode tokens/s and the bytes of the largest decode state held.
 
-Exit status: 0 (also when stopped at the context limit), 2 for unusable arguments, checkpoint or prompts, or a
-decode state larger than memory can hold (one line on stderr, no output), 130 on Ctrl-C (after the stats line).
+Exit status: 0 (also when stopped at the context limit), 2 for unusable arguments, checkpoint or prompts (text that is
+not UTF-8 included), or a decode state larger than memory can hold (one line on stderr, no output), 130 on Ctrl-C
+(the text generated so far printed, then the stats line), 141 when the reader of stdout goes away (`| head`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
 import secrets
 import sys
 from collections.abc import Callable, Iterator
@@ -51,9 +54,15 @@ from training.runtime import pick_device, pick_dtype
 from typedconfig.cli import ArgumentParser
 
 
+# the parameters of generate() and Sampler that this command's flags set, for their error messages
+FLAGS = {"max_new_tokens": "--max-new-tokens", "max_context": "--max-context", "window": "--window",
+         "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p"}
+
+
 def read_prompt_file(path: str) -> str:
+    """The file's text as it is: bytes decoded as UTF-8, "\r\n" kept (text mode would make it "\n")."""
     try:
-        return Path(path).read_text()
+        return Path(path).read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise argparse.ArgumentTypeError(f"cannot read prompt file {path}: {exc}") from None
 
@@ -110,6 +119,13 @@ def load(args: argparse.Namespace) -> tuple[GPT, TextTokenizer, torch.device]:
 
 
 def encode_prompts(texts: list[str], tokenizer: TextTokenizer) -> list[list[int]]:
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # bytes of the command line that are not UTF-8 arrive as lone surrogates
+            which = f"prompt {i + 1}" if len(texts) > 1 else "the prompt"
+            raise ValueError(f"{which} is not UTF-8 text (a byte that is not UTF-8 at character {exc.start}); "
+                             "convert it to UTF-8 (iconv -t UTF-8)") from None
     ids = tokenizer.encode_batch(texts)
     for i, prompt in enumerate(ids):
         if not prompt:
@@ -118,13 +134,32 @@ def encode_prompts(texts: list[str], tokenizer: TextTokenizer) -> list[list[int]
 
 
 def read_stdin() -> str:
+    """All of stdin, verbatim, as UTF-8 (whatever the locale's encoding)."""
     if sys.stdin.isatty():
         print("generate: reading the prompt from stdin (end it with Ctrl-D)", file=sys.stderr)
-    return sys.stdin.read()
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"stdin is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); convert it "
+                         "to UTF-8 (iconv -t UTF-8)") from None
+
+
+def with_flag_names(message: str) -> str:
+    """`message` with the parameter names of generate() and Sampler that flags set named as the flags."""
+    return re.sub(rf"\b({'|'.join(FLAGS)})\b", lambda name: FLAGS[name.group(0)], message)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return run_command(args)
+    except KeyboardInterrupt:  # before the first token: reading stdin or the checkpoint
+        print("\ngenerate: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_command(args: argparse.Namespace) -> int:
     try:
         sampler = Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)  # checked before loading
         texts = [read_stdin()] if args.prompts is None else args.prompts
@@ -146,41 +181,50 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generate: {exc.needs}, {exc.over}; lower --max-context or --max-new-tokens", file=sys.stderr)
         return 2
     except (ValueError, CheckpointError) as exc:  # DataError and ConfigError are ValueErrors
-        print(f"generate: {exc}", file=sys.stderr)
+        print(f"generate: {with_flag_names(str(exc))}", file=sys.stderr)
         return 2
     try:
-        note = print_completions(texts, run, tokenizer, stop_id)
-    except KeyboardInterrupt:
-        print(f"\n{stats_line(stats, model, seed)}\ngenerate: interrupted", file=sys.stderr)
+        note, interrupted = print_completions(texts, run, tokenizer, stop_id)
+    except BrokenPipeError:  # the reader went away (| head): no more output, and no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a process killed by SIGPIPE
+    except OSError as exc:  # stdout cannot be written (a full disk)
+        print(f"generate: cannot write the output: {exc.strerror}", file=sys.stderr)
+        return 2
+    if interrupted:
+        print(f"{stats_line(stats, model, seed)}\ngenerate: interrupted", file=sys.stderr)
         return 130
     if note:
-        print(f"generate: {note}; pass --window N to go on with a sliding window", file=sys.stderr)
+        print(f"generate: {with_flag_names(note)}; pass --window N to go on with a sliding window", file=sys.stderr)
     print(stats_line(stats, model, seed), file=sys.stderr)
     return 0
 
 
 def print_completions(texts: list[str], run: Iterator[torch.Tensor], tokenizer: TextTokenizer,
-                      stop_id: int | None) -> str | None:
-    """Run the batch and print its text (see the module docstring); the context-limit message, if it hit it."""
+                      stop_id: int | None) -> tuple[str | None, bool]:
+    """Run the batch and print its text (see the module docstring), up to where Ctrl-C stopped it; the context-limit
+    message, if it hit it, and whether Ctrl-C stopped it."""
     if len(texts) == 1:
         print(texts[0], end="", flush=True)
-        _, note = complete(run, 1, tokenizer, stop_id, lambda row, piece: print(piece, end="", flush=True))
-        print()
-        return note
-    continuations, note = complete(run, len(texts), tokenizer, stop_id, lambda row, piece: None)
+        _, note, interrupted = complete(run, 1, tokenizer, stop_id,
+                                        lambda row, piece: print(piece, end="", flush=True))
+        print(flush=True)
+        return note, interrupted
+    continuations, note, interrupted = complete(run, len(texts), tokenizer, stop_id, lambda row, piece: None)
     for i, (text, continuation) in enumerate(zip(texts, continuations)):
         print(f"--- prompt {i + 1} ---\n{text}{continuation}", flush=True)
-    return note
+    return note, interrupted
 
 
 def complete(run: Iterator[torch.Tensor], rows: int, tokenizer: TextTokenizer, stop_id: int | None,
-             on_text: Callable[[int, str], None]) -> tuple[list[str], str | None]:
+             on_text: Callable[[int, str], None]) -> tuple[list[str], str | None, bool]:
     """The continuation of every row of a generate run, each piece of text passed to on_text(row, piece) as soon
-    as it is complete; a row ends before its first stop_id. Also the message if the run hit the context limit."""
+    as it is complete; a row ends before its first stop_id. Also the message if the run hit the context limit, and
+    whether Ctrl-C stopped it (the text up to there is kept)."""
     decoders = [StreamDecoder(tokenizer) for _ in range(rows)]
     pieces: list[list[str]] = [[] for _ in range(rows)]
     stopped = [False] * rows
-    note = None
+    note, interrupted = None, False
 
     def emit(row: int, piece: str) -> None:
         if piece:
@@ -195,9 +239,11 @@ def complete(run: Iterator[torch.Tensor], rows: int, tokenizer: TextTokenizer, s
                     emit(row, decoders[row].push(token))
     except ContextLimitReached as exc:
         note = str(exc)
+    except KeyboardInterrupt:
+        interrupted = True
     for row, decoder in enumerate(decoders):
         emit(row, decoder.flush())
-    return ["".join(p) for p in pieces], note
+    return ["".join(p) for p in pieces], note, interrupted
 
 
 def stats_line(stats: DecodeStats, model: GPT, seed: int | None) -> str:

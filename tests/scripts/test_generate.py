@@ -8,6 +8,7 @@ import importlib.util
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -105,7 +106,7 @@ def test_help_shows_the_defaults(capsys):
 
 
 def test_stdin_is_the_prompt_when_none_is_given(runs, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("To be,\nor not"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("To be,\nor not".encode())))
     code, out, err = generate(capsys, "--ckpt", str(runs["rope"]), "--max-new-tokens", "4", "--temperature", "0")
     assert code == 0 and out.startswith("To be,\nor not") and STATS.match(err.strip())
 
@@ -143,11 +144,14 @@ def one_line_error(code: int, out: str, err: str) -> str:
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--temperature", "-1"], "temperature must be a finite number >= 0"),
-        (["--top-p", "0"], r"top_p must be in \(0, 1\]"),
-        (["--top-p", "1.5"], r"top_p must be in \(0, 1\]"),
-        (["--top-k", "-3"], "top_k must be >= 0"),
-        (["--window", "32"], r"window must be in \[1, 32\)"),
+        (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+        (["--top-p", "0"], r"--top-p must be in \(0, 1\]"),
+        (["--top-p", "1.5"], r"--top-p must be in \(0, 1\]"),
+        (["--top-k", "-3"], "--top-k must be >= 0"),
+        (["--window", "32"], r"--window must be in \[1, 32\)"),
+        (["--window", "0"], r"--window must be >= 1, got 0"),
+        (["--max-context", "0"], r"--max-context must be >= 1"),
+        (["--prompt", "caf\udcff"], r"the prompt is not UTF-8 text \(a byte that is not UTF-8 at character 3\)"),
         (["--max-context", "64"], "exceeds the model's 32 learned positions"),
         (["--prompt", ""], "the prompt is empty"),
         (["--prompt", "a", "--prompt", ""], "prompt 2 is empty"),
@@ -158,6 +162,53 @@ def test_unusable_arguments_give_one_line_errors(runs, capsys, options, message)
         options = [*options, "--prompt", "Hello"]
     err = one_line_error(*generate(capsys, "--ckpt", str(runs["learned"]), *options))
     assert re.search(message, err), err
+
+
+def test_a_prompt_file_is_read_verbatim_and_stdin_must_be_utf8(runs, capsys, monkeypatch, tmp_path):
+    (tmp_path / "dos.txt").write_bytes(b"A\r\nB")
+    code, out, _ = generate(capsys, "--ckpt", str(runs["rope"]), "--prompt-file", str(tmp_path / "dos.txt"),
+                            "--max-new-tokens", "0")
+    assert code == 0 and out == "A\r\nB\n"  # the echo: "\r\n" kept, as --prompt and stdin keep it
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfe bad")))
+    err = one_line_error(*generate(capsys, "--ckpt", str(runs["rope"])))
+    assert err == ("generate: stdin is not UTF-8 text (byte 0xff at offset 0); convert it to UTF-8 (iconv -t "
+                   "UTF-8)\n")
+
+
+def test_ctrl_c_keeps_the_text_of_every_prompt_so_far(runs, capsys, monkeypatch):
+    real = cli.generate
+
+    def interrupted_after_three_steps(*args, **kwargs):
+        for step, tokens in enumerate(real(*args, **kwargs)):
+            if step == 3:
+                raise KeyboardInterrupt
+            yield tokens
+
+    monkeypatch.setattr(cli, "generate", interrupted_after_three_steps)
+    code, out, err = generate(capsys, "--ckpt", str(runs["rope"]), "--prompt", "Hi", "--prompt", "Yo",
+                              "--max-new-tokens", "50", "--temperature", "0")
+    assert code == 130 and err.endswith("generate: interrupted\n") and STATS.match(err.splitlines()[-2])
+    first, second = out.split("--- prompt 2 ---\n")
+    assert first.startswith("--- prompt 1 ---\nHi") and len(first) > len("--- prompt 1 ---\nHi\n")
+    assert second.startswith("Yo") and len(second) > len("Yo\n")
+
+
+def test_ctrl_c_while_the_prompt_is_read_is_one_line(runs, capsys, monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "read_stdin", interrupted)
+    code, out, err = generate(capsys, "--ckpt", str(runs["rope"]))
+    assert (code, out, err) == (130, "", "\ngenerate: interrupted\n")
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(runs):
+    command = [sys.executable, "scripts/generate.py", "--ckpt", str(runs["rope"]), "--prompt", "Hi",
+               "--max-new-tokens", "400", "--no-stop", "--max-context", "100000"]
+    result = subprocess.run(f"{shlex.join(command)} | head -c 5", shell=True, cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.stdout == "Hi" + result.stdout[2:] and len(result.stdout) == 5
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
 
 @pytest.mark.parametrize("known", [True, False], ids=["memory known", "memory unknown"])
@@ -172,6 +223,14 @@ def test_a_kv_cache_larger_than_memory_is_a_one_line_error_naming_its_size(runs,
     over = "more than the 8.0 GiB available" if known else "more than could be allocated"
     assert err == (f"generate: a softmax KV cache of {tokens:,} tokens for 1 prompt needs {needed / 2**30:,.1f} GiB, "
                    f"{over}; lower --max-context or --max-new-tokens\n")
+
+
+def test_a_kv_cache_past_what_a_tensor_can_address_is_a_one_line_error(runs, capsys):
+    tokens = 10**17  # the meta-device sizing itself overflows
+    err = one_line_error(*generate(capsys, "--ckpt", str(runs["kv_rope"]), "--prompt", "Hi", "--temperature", "0",
+                                   "--max-new-tokens", str(tokens), "--max-context", str(tokens)))
+    assert err == (f"generate: a softmax KV cache of {tokens:,} tokens for 1 prompt needs more bytes than a tensor can "
+                   "address, more than any machine has; lower --max-context or --max-new-tokens\n")
 
 
 def test_the_cpu_memory_available_is_read_from_the_kernel():
@@ -258,4 +317,4 @@ def test_the_command_end_to_end(runs):
     result = subprocess.run([*command, "--top-p", "2"], input="ROMEO:", cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == ["generate: top_p must be in (0, 1] (1 = no limit), got 2.0"]
+    assert result.stderr.strip().splitlines() == ["generate: --top-p must be in (0, 1] (1 = no limit), got 2.0"]
