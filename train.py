@@ -38,7 +38,7 @@ from training import runtime as rt
 from training.compile import maybe_compile
 from training.config import RunConfig, config_to_dict, load_config
 from training.malloc import malloc_setting
-from training.metrics import MetricsLog
+from training.metrics import MetricsError, MetricsLog, read_metrics
 from training.optim import make_optimizer
 from training.resume import gather_ranks, gather_rng, resume_path, resume_point, start_state
 from training.run_data import RecallData, TextData, open_run_data
@@ -230,6 +230,20 @@ def divergence(what: str, first: int, run_dir: Path) -> FloatingPointError:
         f"{what} (diverged); lower optim.lr (or, in float16, set train.dtype=float32) and restart {where}")
 
 
+def val_windows_note(path: Path, fingerprint: str) -> str | None:
+    """A warning where a continued run's val windows differ from those its logged evaluations used: the source's
+    text changed between the two (its settings are the checkpoint's), so val losses before and after it differ in
+    what they measure. None where they agree, or where nothing was evaluated or the records cannot be read."""
+    try:
+        earlier = [record for record in read_metrics(path.parent) if "val_windows" in record]
+    except MetricsError:
+        return None
+    if not earlier or earlier[-1]["val_windows"] == fingerprint:
+        return None
+    return (f"warning: the val windows differ from those of the evaluations logged up to step {earlier[-1]['step']} "
+            "(the source's text changed since): val losses before and after this point are not comparable")
+
+
 def weights_finite(model: torch.nn.Module) -> bool:
     """Whether every parameter is finite (one host sync)."""
     return bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
@@ -256,6 +270,10 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     data = open_run_data(cfg, runtime)  # prepares text data once (main process), checks the val set is usable
+    if log is not None and not log.fresh:
+        note = val_windows_note(log.path, data.fingerprint)
+        if note:
+            log_line(note)
 
     torch.manual_seed(tc.seed)
     model = GPT(cfg.model).to(runtime.device)

@@ -240,3 +240,19 @@ def test_resume_followed_by_an_override_continues_the_run(tmp_path, prepared_dir
     assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2")) == 0
     assert train.main([*tiny_args(tmp_path, prepared_dir), "--resume", "train.max_steps=4"]) == 0
     assert metrics(tmp_path, "val_loss")[-1][0] == 4
+
+
+def test_a_run_continued_on_changed_source_text_warns_that_its_val_losses_differ(tmp_path, capsys):
+    """The settings are the checkpoint's, but a local source's text may change between two runs: the data is
+    prepared again, and the val windows' fingerprint in the records tells the two stretches apart."""
+    words = " ".join(f"w{i % 97}" for i in range(6000))
+    (tmp_path / "corpus.txt").write_text(words)
+    args = ["configs/tiny.yaml", f"train.out_dir={tmp_path / 'run'}", f"data.source={tmp_path / 'corpus.txt'}",
+            f"data.prepared_dir={tmp_path / 'prepared'}", "train.eval_interval=2"]
+    assert train.main([*args, "train.max_steps=2"]) == 0
+    assert train.main([*args, "train.max_steps=3", "--resume"]) == 0  # the same text: no warning
+    assert "val windows differ" not in capsys.readouterr().out
+    (tmp_path / "corpus.txt").write_text(words.replace("w1 ", "w2 "))
+    assert train.main([*args, "train.max_steps=4", "--resume"]) == 0
+    assert ("warning: the val windows differ from those of the evaluations logged up to step 3 (the source's text "
+            "changed since): val losses before and after this point are not comparable") in capsys.readouterr().out

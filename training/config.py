@@ -95,7 +95,8 @@ class TrainConfig:
     seed: int = 1337  # seeds the init, the data order and dropout
     device: str = "auto"  # auto (cuda if present, else mps, else cpu), cpu, cuda, cuda:N, mps
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # autocast dtype; auto: bf16 where supported
-    # torch.compile the model. auto: on CUDA only (on the CPU it pays only on long runs: results/bench_compile.md);
+    # torch.compile the model. auto: on CUDA only (on the CPU measured here it pays at no run length:
+    # results/bench_compile.md);
     # a compile that fails leaves a one-line warning and trains without it
     compile: Literal["auto", "true", "false"] = "auto"
     threads: int = 0  # torch CPU threads (0: torch's default)

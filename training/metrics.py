@@ -67,7 +67,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, cfg: LoggingConfig, config: dict[str, Any], fresh: bool,
                  say: Callable[[str], None]):
-        self.path = run_dir / METRICS_FILE
+        self.path, self.fresh = run_dir / METRICS_FILE, fresh
         if fresh and self.path.is_file():
             say(f"warning: {self.path} holds records of an earlier run that saved no checkpoint; this fresh run "
                 "replaces them")
