@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 import time
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -109,8 +109,7 @@ class StopRequest:
 
     def __init__(self, runtime: rt.Runtime) -> None:
         self.signal: int | None = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         self._group = None
         self._pending: tuple[torch.Tensor, dist.Work] | None = None  # the flags launched at the last step
         if runtime.distributed:
@@ -123,6 +122,12 @@ class StopRequest:
                   "if it has one", file=sys.stderr, flush=True)
             raise SystemExit(128 + signum)
         self.signal = signum
+
+    def close(self) -> None:
+        """Give the signals back to the handlers before this one: past the loop no step is left to end, so a signal
+        during the last evaluation or the sample stops the process at once (the checkpoint is saved)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def requested(self, last: bool = False) -> bool:
         """True once this process got a signal; under torchrun once any rank had got one by the end of the step
@@ -201,13 +206,22 @@ def print_sample(model: GPT, cfg: RunConfig, runtime: rt.Runtime) -> None:
     model.eval()
     ids = []
     sampler = Sampler(temperature=0.8, top_k=200, vocab_size=tokenizer.vocab_size)
-    with suppress(ContextLimitReached):  # a sample longer than the context ends there
-        for token in generate(model, prompt, cfg.train.sample_tokens, sampler=sampler, generator=generator,
-                              stop_id=tokenizer.eot_id):
+    try:  # the arguments are checked at the call: a prompt longer than the context is refused there
+        tokens = generate(model, prompt, cfg.train.sample_tokens, sampler=sampler, generator=generator,
+                          stop_id=tokenizer.eot_id)
+    except ValueError as exc:  # the run is done and saved: a sample that cannot be drawn is a note, not a failure
+        print(f"--- no sample: {exc} (train.sample_prompt) ---", flush=True)
+        return
+    ended = ""
+    try:
+        for token in tokens:
             if token.item() == tokenizer.eot_id:
                 break
             ids.append(token.item())
-    print(f"--- sample ({len(ids)} tokens) ---\n{cfg.train.sample_prompt}{tokenizer.decode(ids)}\n---", flush=True)
+    except ContextLimitReached as exc:  # a sample longer than the context ends there
+        ended = f", {exc}"
+    print(f"--- sample ({len(ids)} tokens{ended}) ---\n{cfg.train.sample_prompt}{tokenizer.decode(ids)}\n---",
+          flush=True)
 
 
 def print_plan(cfg: RunConfig) -> None:
@@ -304,14 +318,21 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         train_model = DistributedDataParallel(forward_model, device_ids=device_ids)
 
+    verified = [state.step]  # the last step known good: the start, or the last save, whose checks passed
+
+    def suspect(first: int) -> int:
+        """The first step that may have diverged, of a window from step `first`: none up to the last save did."""
+        return max(first, verified[0] + 1)
+
     def save() -> None:
         """Checkpoint on the main process; every rank takes part (its RNG state is gathered). Steps not yet logged
         are checked first: weights from a diverged step must not become the run's latest checkpoint."""
         first = state.step - meter.steps + 1
         if meter.steps and not math.isfinite(loss := meter.mean_loss(runtime)):
-            raise divergence(f"the training loss is {loss} over steps {first}-{state.step}", first, run_dir)
+            raise divergence(f"the training loss is {loss} over steps {first}-{state.step}", suspect(first), run_dir)
         if not weights_finite(model):  # the loss was computed before the step's update
             raise divergence(f"the weights hold inf or nan after step {state.step}", state.step, run_dir)
+        verified[0] = state.step
         state.optimizer, state.grad_scaler, state.rng = optimizer.state_dict(), scaler.state_dict(), gather_rng(runtime)
         state.log_windows = gather_ranks(runtime, meter.open_window())
         if runtime.is_main:
@@ -330,54 +351,64 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
                dynamic_ncols=True, file=sys.stderr)
     val_loss, interrupted = float("nan"), False
     model.train()
-    while state.step < tc.max_steps:
-        t0 = time.perf_counter()
-        lr = learning_rate(state.step - state.schedule_start, lr=oc.lr, min_lr=oc.min_lr,
-                           warmup_steps=oc.warmup_steps, decay_steps=state.schedule_end - state.schedule_start)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = accumulate_gradients(train_model, data, state.data_position, accum, scaler, runtime)
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip or float("inf"))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        state.data_position += tc.grad_accum
-        is_log = state.step % tc.log_interval == 0 or state.step == tc.max_steps
-        if is_log:  # a GPU may still be running queued steps: the window's time must include them (tokens/s, MFU)
-            rt.synchronize(runtime.device)
-        dt = time.perf_counter() - t0
-        state.elapsed += dt
-        state.tokens_seen += tokens_per_step
-        meter.add(step_loss, tokens_per_step, dt)
-        bar.update(1)
+    try:
+        while state.step < tc.max_steps:
+            t0 = time.perf_counter()
+            lr = learning_rate(state.step - state.schedule_start, lr=oc.lr, min_lr=oc.min_lr,
+                               warmup_steps=oc.warmup_steps, decay_steps=state.schedule_end - state.schedule_start)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = accumulate_gradients(train_model, data, state.data_position, accum, scaler, runtime)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip or float("inf"))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.data_position += tc.grad_accum
+            is_log = state.step % tc.log_interval == 0 or state.step == tc.max_steps
+            if is_log:  # a GPU may still be running queued steps: the window's time must include them (tokens/s, MFU)
+                rt.synchronize(runtime.device)
+            dt = time.perf_counter() - t0
+            state.elapsed += dt
+            state.tokens_seen += tokens_per_step
+            meter.add(step_loss, tokens_per_step, dt)
+            bar.update(1)
 
-        if is_log:
-            first = state.step - meter.steps + 1
-            window = meter.read(runtime)  # the window's loss and grad norm come back to the host here
-            if not math.isfinite(window["train_loss"]):
-                raise divergence(f"the training loss is {window['train_loss']} over steps {first}-{state.step}",
-                                 first, run_dir)
-            if log is not None:
-                log.log(state.step, **window, lr=lr, grad_norm=grad_norm.item(), tokens=state.tokens_seen,
-                        elapsed=state.elapsed, peak_mem_mb=rt.peak_memory_mb(runtime.device))
-            bar.set_postfix(loss=f"{window['train_loss']:.3f}", tok_s=f"{window['tokens_per_s']:,.0f}",
-                            mfu=f"{100 * window['mfu']:.1f}%", refresh=False)
+            if is_log:
+                first = state.step - meter.steps + 1
+                # a last line off the log grid: its window goes on in the checkpoint, so that a run extending this one
+                # logs on the grid the same averages a straight run logs
+                carried = meter.open_window() if state.step % tc.log_interval else None
+                window = meter.read(runtime)  # the window's loss and grad norm come back to the host here
+                if carried is not None:
+                    meter.continue_window(carried, runtime.device)
+                if not math.isfinite(window["train_loss"]):
+                    raise divergence(f"the training loss is {window['train_loss']} over steps {first}-{state.step}",
+                                     suspect(first), run_dir)
+                if log is not None:
+                    log.log(state.step, **window, lr=lr, grad_norm=grad_norm.item(), tokens=state.tokens_seen,
+                            elapsed=state.elapsed, peak_mem_mb=rt.peak_memory_mb(runtime.device))
+                bar.set_postfix(loss=f"{window['train_loss']:.3f}", tok_s=f"{window['tokens_per_s']:,.0f}",
+                                mfu=f"{100 * window['mfu']:.1f}%", refresh=False)
 
-        is_eval = state.step % tc.eval_interval == 0 or state.step == tc.max_steps
-        if is_eval:
-            val_loss = evaluate_and_log(data, forward_model, state, log, log_line)
-        interrupted = stop.requested(last=state.step == tc.max_steps)
-        if state.step == tc.max_steps or interrupted or (is_eval and tc.ckpt_interval == 0) or (
-            tc.ckpt_interval and state.step % tc.ckpt_interval == 0
-        ):
-            save()
-        if interrupted:
-            break
-    bar.close()
+            is_eval = state.step % tc.eval_interval == 0 or state.step == tc.max_steps
+            if is_eval:
+                val_loss = evaluate_and_log(data, forward_model, state, log, log_line)
+            interrupted = stop.requested(last=state.step == tc.max_steps)
+            if state.step == tc.max_steps or interrupted or (is_eval and tc.ckpt_interval == 0) or (
+                tc.ckpt_interval and state.step % tc.ckpt_interval == 0
+            ):
+                save()
+            if interrupted:
+                break
+    finally:  # however the loop ends (a divergence raises out of it), the signals go back to their handlers
+        bar.close()
+        stop.close()
     if log is not None:
         log.close()
+    if stop.signal is not None and not interrupted:  # it came after the last step's check: the save is done
+        interrupted = True
     if interrupted:  # straight out: no evaluation or sample stands between the signal and the exit
         log_line(f"interrupted at step {state.step}; checkpoint saved, continue with --resume")
         raise SystemExit(128 + stop.signal if stop.signal else 1)
@@ -417,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, OSError, FloatingPointError) as exc:  # each names the problem and the fix
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the loop (data preparation, a checkpoint's load) or after it (the sample)
+        print("\ninterrupted: nothing more was saved; --resume continues from the run's last checkpoint, if it has "
+              "one", file=sys.stderr)
+        return 130
     finally:
         rt.stop(runtime)
     if runtime.is_main:

@@ -52,9 +52,8 @@ def test_a_resave_killed_between_its_renames_is_put_back_and_the_run_continues_f
     assert train.main(tiny_args(run, prepared_dir, *common, "train.max_steps=4")) == 0
     with monkeypatch.context() as patch:
         kill_between_the_swap_renames(patch)
-        with pytest.raises(KeyboardInterrupt):
-            train.main(tiny_args(run, prepared_dir, *common, "train.max_steps=4",
-                                 f"train.resume={run}/checkpoints/step_000002"))
+        assert train.main(tiny_args(run, prepared_dir, *common, "train.max_steps=4",
+                                    f"train.resume={run}/checkpoints/step_000002")) == 130  # one line, no traceback
     assert [name[:17] for name in checkpoint_names(run)] == [".old-step_000004-", ".tmp-step_000004-", "latest",
                                                              "step_000002"]
     capsys.readouterr()
@@ -91,13 +90,72 @@ def test_a_checkpoint_due_between_log_lines_is_not_saved_from_a_diverged_run(tmp
 
 def test_a_diverged_run_names_its_newest_checkpoint_before_the_first_bad_step(tmp_path, prepared_dir):
     assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=4", "train.ckpt_interval=2",
-                                "train.keep_checkpoints=3")) == 0
+                                "train.keep_checkpoints=3", "train.log_interval=2")) == 0
     result = run_cli(tiny_args(tmp_path, prepared_dir, "train.max_steps=8", "train.log_interval=2", "optim.lr=1e8",
                                "optim.min_lr=1e8", "optim.warmup_steps=0", "optim.grad_clip=0", "--resume"))
     assert result.returncode == 2
     step_4 = tmp_path / "checkpoints" / "step_000004"
     assert result.stderr.startswith("error: the training loss is nan over steps 5-6 (diverged)")
     assert result.stderr.endswith(f"and restart from step_000004 (--resume {step_4}) or from scratch\n")
+
+
+def test_a_checkpoint_saved_inside_the_diverged_window_is_offered(tmp_path, prepared_dir):
+    """Saved at step 2, whose loss and weights its save checked, then nan by the line at step 4: the restart goes
+    from step 2, not from scratch."""
+    result = run_cli(tiny_args(tmp_path, prepared_dir, "train.max_steps=6", "train.log_interval=4", "optim.lr=1e4",
+                               "optim.min_lr=0", "optim.warmup_steps=0", "optim.grad_clip=0", "train.ckpt_interval=2"))
+    assert result.returncode == 2 and f"saved {tmp_path / 'checkpoints' / 'step_000002'}" in result.stdout
+    step_2 = tmp_path / "checkpoints" / "step_000002"
+    assert result.stderr.startswith("error: the training loss is nan over steps 1-4 (diverged)")
+    assert result.stderr.endswith(f"and restart from step_000002 (--resume {step_2}) or from scratch\n")
+
+
+def test_a_run_stopped_off_the_log_grid_and_extended_logs_the_straight_runs_lines(tmp_path, prepared_dir):
+    """Its last line (step 10) is off the grid of 3: the window goes on in the checkpoint, so the extended run's
+    line at step 12 averages steps 10-12, as the straight run's does."""
+    common = ["optim.decay_steps=20", "train.log_interval=3", "train.eval_interval=100"]
+    assert train.main(tiny_args(tmp_path / "straight", prepared_dir, *common, "train.max_steps=20")) == 0
+    assert train.main(tiny_args(tmp_path / "split", prepared_dir, *common, "train.max_steps=10")) == 0
+    assert train.main(tiny_args(tmp_path / "split", prepared_dir, *common, "train.max_steps=20", "--resume")) == 0
+    straight = dict(metrics(tmp_path / "straight", "train_loss"))
+    split = metrics(tmp_path / "split", "train_loss")
+    assert [step for step, _ in split] == [3, 6, 9, 10, 12, 15, 18, 20]
+    assert all(loss == straight[step] for step, loss in split if step != 10)
+
+
+def test_a_sample_prompt_longer_than_the_context_is_a_note_after_a_saved_run(tmp_path, prepared_dir, capsys):
+    prompt = "word " * 80  # 81 tokens, past the tiny model's 64 learned positions
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=1", "train.sample_tokens=5",
+                                f"train.sample_prompt={prompt}")) == 0
+    out = capsys.readouterr().out
+    assert "--- no sample: the prompt has 81 tokens, more than the context limit of 64 (" in out
+    assert "(train.sample_prompt) ---" in out
+    assert (tmp_path / "checkpoints" / "step_000001").is_dir()
+
+
+def test_a_schedule_that_ends_within_its_warmup_is_named(tmp_path, prepared_dir, capsys):
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2", "optim.warmup_steps=5")) == 0
+    assert ("warning: the learning-rate schedule ends at step 2, within its 5 warm-up steps from step 0: the rate "
+            "never reaches optim.lr (0.003) and never decays") in capsys.readouterr().out
+
+
+def test_ctrl_c_before_the_loop_or_after_it_is_one_line_and_130(tmp_path, prepared_dir, capsys, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt  # Ctrl-C during data preparation
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "open_run_data", interrupted)
+        assert train.main(tiny_args(tmp_path / "a", prepared_dir, "train.max_steps=1")) == 130
+    assert capsys.readouterr().err == ("\ninterrupted: nothing more was saved; --resume continues from the run's last "
+                                       "checkpoint, if it has one\n")
+
+    def signalled_during_the_sample(*args):
+        os.kill(os.getpid(), signal.SIGINT)  # past the loop the signal has its usual handler again
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "print_sample", signalled_during_the_sample)
+        assert train.main(tiny_args(tmp_path / "b", prepared_dir, "train.max_steps=1", "train.sample_tokens=4")) == 130
+    assert (tmp_path / "b" / "checkpoints" / "step_000001").is_dir()
 
 
 def test_a_run_whose_checkpoints_cannot_be_written_stops_before_training(tmp_path, prepared_dir, capsys):
@@ -126,7 +184,7 @@ def test_an_interrupt_before_any_evaluation_exits_without_evaluating(tmp_path, p
 
     class SignalledDuringStep1(train.StopRequest):
         def __init__(self, runtime):  # as if the handler had already run; installs none in the test process
-            self.signal, self._group = signal.SIGTERM, None
+            self.signal, self._group, self._previous = signal.SIGTERM, None, {}
 
     evaluations = []
     evaluate = train.evaluate
@@ -150,7 +208,7 @@ def test_a_run_interrupted_between_log_lines_logs_the_losses_of_an_uninterrupted
 
     class SignalledInStep4(train.StopRequest):
         def __init__(self, runtime):  # installs no handler in the test process
-            self.signal, self._group, self.steps = None, None, 0
+            self.signal, self._group, self._previous, self.steps = None, None, {}, 0
 
         def requested(self, last: bool = False) -> bool:
             self.steps += 1

@@ -246,6 +246,8 @@ def start_state(cfg: RunConfig, runtime: rt.Runtime, resume: ResumePoint | None,
             say(f"starting from the weights of {resume.path} (fresh optimiser, schedule and data order)")
         seed_fresh(cfg, runtime)
         start, end, _ = schedule(cfg, None)
+        if message := warmup_note(cfg, start, end):
+            say(message)
         return ckpt.TrainState(schedule_start=start, schedule_end=end, data_position=0)
     path = resume.path
     saved = ckpt.load_train_state(path)
@@ -270,7 +272,21 @@ def start_state(cfg: RunConfig, runtime: rt.Runtime, resume: ResumePoint | None,
         say(f"nothing to train: the checkpoint is at step {saved.step} and train.max_steps={cfg.train.max_steps}; "
             "raise train.max_steps to train further")
     start, end, message = schedule(cfg, saved)
-    if message and saved.step < cfg.train.max_steps:
-        say(message)
+    if saved.step < cfg.train.max_steps:
+        for note in (message, warmup_note(cfg, start, end)):
+            if note:
+                say(note)
     saved.schedule_start, saved.schedule_end = start, end
     return saved
+
+
+def warmup_note(cfg: RunConfig, start: int, end: int) -> str | None:
+    """A warning where the schedule from step `start` ends (`end`, train.max_steps unless optim.decay_steps sets it)
+    within its warm-up: the rate never reaches optim.lr and never decays. optim.decay_steps itself is refused there
+    when the config loads; train.max_steps is a run's length, which a short trial may rightly cut."""
+    warmup = cfg.optim.warmup_steps
+    if end - start > warmup:
+        return None
+    return (f"warning: the learning-rate schedule ends at step {end}, within its {warmup} warm-up steps from step "
+            f"{start}: the rate never reaches optim.lr ({cfg.optim.lr:g}) and never decays; lower "
+            "optim.warmup_steps to train a full schedule")
