@@ -42,6 +42,7 @@ from training.metrics import MetricsError, MetricsLog, read_metrics
 from training.optim import make_optimizer
 from training.resume import gather_ranks, gather_rng, resume_path, resume_point, start_state
 from training.run_data import RecallData, TextData, open_run_data
+from training.run_lock import run_lock
 from training.schedule import learning_rate
 from training.throughput import Throughput
 from typedconfig.cli import ArgumentParser
@@ -444,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = train(cfg, runtime)
+        with run_lock(run_dir) if runtime.is_main else nullcontext():  # the other ranks share the main one's
+            result = train(cfg, runtime)
     except (ConfigError, DataError, OSError, FloatingPointError) as exc:  # each names the problem and the fix
         print(f"error: {exc}", file=sys.stderr)
         return 2

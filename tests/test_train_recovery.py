@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from training import runtime as rt
 from tests.fileio.test_folders import unwritable
 from tests.test_train import metrics, run_cli, tiny_args
 from tests.training.test_checkpoint import kill_between_the_swap_renames
+from tests.training.test_run_lock import HOLD
 
 
 def checkpoint_names(run_dir):
@@ -314,3 +317,15 @@ def test_a_run_continued_on_changed_source_text_warns_that_its_val_losses_differ
     assert train.main([*args, "train.max_steps=4", "--resume"]) == 0
     assert ("warning: the val windows differ from those of the evaluations logged up to step 3 (the source's text "
             "changed since): val losses before and after this point are not comparable") in capsys.readouterr().out
+
+
+def test_a_second_run_in_a_run_directory_in_use_is_refused_before_any_work(tmp_path, prepared_dir, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=1")) == 2
+        assert capsys.readouterr().err.startswith(f"error: {tmp_path} is in use by process {holder.pid}")
+        assert not (tmp_path / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -1,0 +1,37 @@
+"""training/run_lock.py: one training process per run directory, named when another holds it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from training.run_lock import LOCK, run_lock
+from typedconfig.parsing import ConfigError
+
+HOLD = "import sys, time; from pathlib import Path; from training.run_lock import run_lock\n" \
+       "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+
+
+def test_a_second_process_is_refused_naming_the_first_and_the_lock_goes_with_the_process(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ConfigError, match=rf"^{tmp_path / 'run'} is in use by process {holder.pid} \(a train.py "
+                                              r"writing there\); wait for it to end, or choose another"):
+            with run_lock(tmp_path / "run"):
+                pass
+    finally:
+        holder.kill()  # as kill -9 would: the kernel releases the lock
+        holder.wait()
+    with run_lock(tmp_path / "run"):  # the file stays, and locks again
+        assert (tmp_path / "run" / LOCK).read_text() == str(os.getpid())
+
+
+def test_the_same_process_takes_the_lock_again_once_released(tmp_path):
+    with run_lock(tmp_path / "new" / "run"):  # makes the folder
+        pass
+    with run_lock(tmp_path / "new" / "run"):
+        pass
