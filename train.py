@@ -30,7 +30,7 @@ from data.tokenizer import load_tokenizer
 from fileio.atomic import write_text_atomic
 from fileio.folders import OutFolderError, check_out_folder
 from fileio.pages import code_revision, this_machine
-from model.generation import ContextLimitReached, generate
+from model.generation import ContextLimitReached, DecodeStateTooLarge, context_limit, generate
 from model.gpt import GPT
 from model.sampling import Sampler
 from training import checkpoint as ckpt
@@ -126,7 +126,7 @@ class StopRequest:
 
     def close(self) -> None:
         """Give the signals back to the handlers before this one: past the loop no step is left to end, so a signal
-        during the last evaluation or the sample stops the process at once (the checkpoint is saved)."""
+        during the sample, or the evaluation of a run that was already finished, stops the process at once."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -207,11 +207,17 @@ def print_sample(model: GPT, cfg: RunConfig, runtime: rt.Runtime) -> None:
     model.eval()
     ids = []
     sampler = Sampler(temperature=0.8, top_k=200, vocab_size=tokenizer.vocab_size)
-    try:  # the arguments are checked at the call: a prompt longer than the context is refused there
+    # the run is done and saved: a sample that cannot be drawn is a note, not a failure
+    limit = context_limit(model)
+    if limit.tokens is not None and prompt.shape[1] > limit.tokens:
+        print(f"--- no sample: train.sample_prompt has {prompt.shape[1]} tokens, more than the context limit of "
+              f"{limit.tokens} ({limit.reason}); shorten it ---", flush=True)
+        return
+    try:
         tokens = generate(model, prompt, cfg.train.sample_tokens, sampler=sampler, generator=generator,
                           stop_id=tokenizer.eot_id)
-    except ValueError as exc:  # the run is done and saved: a sample that cannot be drawn is a note, not a failure
-        print(f"--- no sample: {exc} (train.sample_prompt) ---", flush=True)
+    except DecodeStateTooLarge as exc:
+        print(f"--- no sample: {exc.needs}, {exc.over}; lower train.sample_tokens ---", flush=True)
         return
     ended = ""
     try:
@@ -234,6 +240,11 @@ def print_plan(cfg: RunConfig) -> None:
     print(f"parameters: {model.num_params():,}\ntokens per step: {tokens:,} "
           f"({cfg.train.batch_size} x {cfg.data.block_size} x {cfg.train.grad_accum} micro-batches)\n"
           f"tokens in total: {tokens * cfg.train.max_steps:,}")
+
+
+def steps_text(first: int, last: int) -> str:
+    """'steps 3-4', or 'step 4' for one."""
+    return f"steps {first}-{last}" if first < last else f"step {last}"
 
 
 def divergence(what: str, first: int, run_dir: Path) -> FloatingPointError:
@@ -303,8 +314,6 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))  # never half written
-    # from the first file a watcher can see, a signal means: finish this step, checkpoint, exit
-    stop = StopRequest(runtime)
     # after data preparation and the checkpoint load, whose freed memory goes back to the system as usual: from here
     # each step's large tensors reuse the last step's pages (training/malloc.py)
     malloc = malloc_setting(runtime.device.type == "cpu")
@@ -322,15 +331,16 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     verified = [state.step]  # the last step known good: the start, or the last save, whose checks passed
 
     def suspect(first: int) -> int:
-        """The first step that may have diverged, of a window from step `first`: none up to the last save did."""
+        """The first step that may have diverged, of a window from step `first` (carried over from an earlier process,
+        it may reach back past the last save): none up to the last save did."""
         return max(first, verified[0] + 1)
 
     def save() -> None:
         """Checkpoint on the main process; every rank takes part (its RNG state is gathered). Steps not yet logged
         are checked first: weights from a diverged step must not become the run's latest checkpoint."""
-        first = state.step - meter.steps + 1
+        first = suspect(state.step - meter.steps + 1)
         if meter.steps and not math.isfinite(loss := meter.mean_loss(runtime)):
-            raise divergence(f"the training loss is {loss} over steps {first}-{state.step}", suspect(first), run_dir)
+            raise divergence(f"the training loss is {loss} over {steps_text(first, state.step)}", first, run_dir)
         if not weights_finite(model):  # the loss was computed before the step's update
             raise divergence(f"the weights hold inf or nan after step {state.step}", state.step, run_dir)
         verified[0] = state.step
@@ -352,6 +362,9 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
                dynamic_ncols=True, file=sys.stderr)
     val_loss, interrupted = float("nan"), False
     model.train()
+    # from here a signal means: finish this step, checkpoint, exit (before, with no step to finish, it stops the
+    # process at once: train.py's main names it in one line)
+    stop = StopRequest(runtime)
     try:
         while state.step < tc.max_steps:
             t0 = time.perf_counter()
@@ -377,7 +390,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             bar.update(1)
 
             if is_log:
-                first = state.step - meter.steps + 1
+                first = suspect(state.step - meter.steps + 1)
                 # a last line off the log grid: its window goes on in the checkpoint, so that a run extending this one
                 # logs on the grid the same averages a straight run logs
                 carried = meter.open_window() if state.step % tc.log_interval else None
@@ -385,8 +398,8 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
                 if carried is not None:
                     meter.continue_window(carried, runtime.device)
                 if not math.isfinite(window["train_loss"]):
-                    raise divergence(f"the training loss is {window['train_loss']} over steps {first}-{state.step}",
-                                     suspect(first), run_dir)
+                    raise divergence(f"the training loss is {window['train_loss']} over "
+                                     f"{steps_text(first, state.step)}", first, run_dir)
                 if log is not None:
                     log.log(state.step, **window, lr=lr, grad_norm=grad_norm.item(), tokens=state.tokens_seen,
                             elapsed=state.elapsed, peak_mem_mb=rt.peak_memory_mb(runtime.device))

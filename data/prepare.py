@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from data.config import DataConfig
 from data.errors import DataError, with_flag_names
-from data.sources import Source, invalid_utf8, iter_document_reads, resolve_source
+from data.sources import PREPARED_META, Source, invalid_utf8, iter_document_reads, resolve_source
 from data.tokenizer import TextTokenizer, load_tokenizer
 from fileio.atomic import process_alive, write_text_atomic
 from typedconfig.cli import ArgumentParser
@@ -48,7 +48,7 @@ FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
 BATCH_DOCUMENTS = 256  # documents (or chunks of them) tokenised per call (the tokenizer parallelises within a call)
 CHUNK_CHARS = 1 << 22  # characters of a .txt file read at a time; a batch also ends once it holds this many
 COPY_BYTES = 1 << 22  # bytes of a token file read at a time when its tail moves to val (a multiple of any itemsize)
-META = "meta.json"
+META = PREPARED_META  # the dataset's description, beside its token files
 SPLITS = ("train", "val")
 TEMP_NAME = re.compile(rf"\.(?:{'|'.join(SPLITS)})\.bin\.(?P<pid>\d+)\.tmp")  # _TokenWriter's, with its pid
 INPUT_FIELDS = ("source", "subset", "split", "text_field", "tokenizer", "val_every", "max_documents", "max_tokens")

@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 SHAKESPEARE = "shakespeare"
 HUB_PREFIX = "hf:"
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # extension -> builder
-UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+PREPARED_META = "meta.json"  # what data.prepare writes beside a dataset's token files
+# byte-order marks of encodings that are not UTF-8, longest first (UTF-32-LE's begins with UTF-16-LE's)
+WIDE_MARKS = {codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32", codecs.BOM_UTF16_LE: "UTF-16",
+              codecs.BOM_UTF16_BE: "UTF-16"}
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,11 @@ def _read_text(path: Path, chars: int | None) -> Iterator[str]:
     `chars` characters (None: one read). The reads concatenate to the whole text: text mode holds back a "\r" or an
     incomplete UTF-8 sequence at the end of a read until the next read shows what it is."""
     with open(path, "rb") as handle:
-        start = handle.read(2)
-    if start in UTF16_MARKS:  # its text would read as a NUL between every two characters, with a warning at most
-        raise DataError(f"{path} is UTF-16 (it starts with a UTF-16 byte-order mark); re-encode it as UTF-8")
+        start = handle.read(4)
+    # its text would read as NULs between the characters, with a warning at most
+    encoding = next((name for mark, name in WIDE_MARKS.items() if start.startswith(mark)), None)
+    if encoding:
+        raise DataError(f"{path} is {encoding} (it starts with a {encoding} byte-order mark); re-encode it as UTF-8")
     # utf-8-sig: a UTF-8 byte-order mark at the start is not text (it would be three tokens)
     with open(path, encoding="utf-8-sig", errors="replace") as handle:
         while text := handle.read(chars):
@@ -129,7 +134,8 @@ def suffix(path: Path) -> str:
 
 def local_files(source: str, prepared_dir: Path | None = None) -> list[Path]:
     """The files a local path, directory (searched recursively) or glob names, sorted; one kind of extension. What
-    lies under `prepared_dir` is the pipeline's own output (meta.json, token files), never a source file."""
+    is in a dataset folder of `prepared_dir` (one holding PREPARED_META) is the pipeline's own output, never a
+    source file."""
     path = Path(source)
     if glob.has_magic(source):
         found = [Path(p) for p in glob.glob(source, recursive=True)]
@@ -145,7 +151,8 @@ def local_files(source: str, prepared_dir: Path | None = None) -> list[Path]:
         )
     if prepared_dir is not None and not path.is_file():
         output = prepared_dir.resolve()
-        candidates = [p for p in candidates if not p.resolve().is_relative_to(output)]
+        candidates = [p for p in candidates if not (p.resolve().is_relative_to(output)
+                                                    and (p.parent / PREPARED_META).is_file())]
     if not candidates:
         raise DataError(f"data.source {source!r} matches no {'/'.join(BUILDERS)} files")
     unknown = sorted({p.suffix or p.name for p in candidates if suffix(p) not in BUILDERS})

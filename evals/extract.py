@@ -227,7 +227,7 @@ def load_extracted(path: str | Path) -> tuple[dict[str, Any], Extraction]:
         raise ValueError(f"{path / MANIFEST} lacks {', '.join(missing)}{again}")
     entries = manifest["tensors"]
     if not (isinstance(entries, list) and all(isinstance(entry, dict) and {"file", "key", "shape"} <= entry.keys()
-                                              for entry in entries)):
+                                              and isinstance(entry["file"], str) for entry in entries)):
         raise ValueError(f"{path / MANIFEST}: its tensors are not a list of file, key and shape entries{again}")
     by_file: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:

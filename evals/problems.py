@@ -255,11 +255,19 @@ def optimum(problem: str, A: torch.Tensor, b: torch.Tensor) -> float:
     return Reference(problem, A).optimum(b)
 
 
+def ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, as a tensor division gives it where the denominator is 0: inf, or nan for 0 / 0 (an
+    x* of zero, a right-hand side whose scaled entries underflowed)."""
+    if denominator == 0:
+        return math.inf if numerator else math.nan
+    return numerator / denominator
+
+
 def scaled_relres(A: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> float:
     """exp_kernel's relres after Jacobi scaling: ||K_G (D x) - D^-1 b|| / ||D^-1 b||, the accuracy float64 can
     deliver when κ(exp(A Aᵀ)) itself is beyond it but κ(K_G) is not."""
     r, c, _ = _jacobi_scaled_residual(A, x, b)
-    return weighted_norm(r) / weighted_norm(c)
+    return ratio(weighted_norm(r), weighted_norm(c))
 
 
 def metrics(problem: str, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, x_ref: torch.Tensor, j: int = 1,
@@ -275,7 +283,7 @@ def metrics(problem: str, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, x_r
     return {
         "relres": res / bnorm,
         "pred_err": pred / bnorm,
-        "fwd_err": weighted_norm(x - x_ref) / weighted_norm(x_ref),
+        "fwd_err": ratio(weighted_norm(x - x_ref), weighted_norm(x_ref)),
         "subopt": (res - opt) / opt if opt > 0 else math.nan,
     }
 

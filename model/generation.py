@@ -148,7 +148,7 @@ def generate(
         if window is None:
             raise ValueError(
                 f"the prompt has {prompt.shape[1]} tokens, more than the context limit of {limit.tokens} "
-                f"({limit.reason}); shorten it or slide a window"
+                f"({limit.reason}); shorten it, or give a window to slide"
             )
         prompt = prompt[:, -window:]
         mask = None if mask is None else mask[:, -window:]

@@ -166,9 +166,10 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         lost."""
         super()._validate_generated_length(generation_config, input_ids_length, *args, **kwargs)
         limit = self.config.n_positions
-        if self.config.position == "learned" and generation_config.max_length > limit:
-            fix = (f"ask for max_new_tokens <= {limit - input_ids_length}" if input_ids_length < limit else
-                   f"shorten the prompt below {limit} tokens (tokenizer(..., truncation=True, max_length={limit - 1}))")
+        # the last token generated is never fed to the model: a sequence may end one token past the positions
+        if self.config.position == "learned" and generation_config.max_length > limit + 1:
+            fix = (f"ask for max_new_tokens <= {limit + 1 - input_ids_length}" if input_ids_length <= limit else
+                   f"shorten the prompt to {limit} tokens (tokenizer(..., truncation=True, max_length={limit}))")
             raise ValueError(
                 f"a prompt of {input_ids_length} tokens and {generation_config.max_length - input_ids_length} new ones "
                 f"would run past this model's {limit} learned positions; {fix}"
@@ -191,7 +192,7 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         model argument generate() holds (output_hidden_states, a caller's own) as given, so that forward() answers or
         refuses each; next_sequence_length and is_first_iteration are generate()'s notes to this method alone."""
         _check_cache(past_key_values)
-        if past_key_values is None and attention_mask is not None:  # the first step: every row needs a real token
+        if past_key_values is None and attention_mask is not None:  # without a cache yet: every row needs a token
             _check_rows_have_tokens(attention_mask)
         if past_key_values is not None:
             past = past_key_values.get_seq_length()
@@ -248,8 +249,7 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError("attnlab models take input_ids (token ids); inputs_embeds is not supported")
         _refuse_arguments(kwargs)
         _check_cache(past_key_values)
-        if past_key_values is None:  # a cache continued is fed the ids sampled from its own logits
-            _check_token_ids(input_ids, self.config.vocab_size)
+        _check_token_ids(input_ids, self.config.vocab_size)  # a continued cache may be given new ids too
         if labels is not None and labels.shape != input_ids.shape:
             raise ValueError(f"labels have shape {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)}: give "
                              "one label per input token (the model shifts them; -100 marks a position without one)")

@@ -200,9 +200,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set
     parts = {part.strip() for part in args.parts.split(",") if part.strip()}
     if not parts or parts - set(PARTS):
         parser.error(f"--parts takes a comma-separated choice of {', '.join(PARTS)}, got {args.parts!r}")
-    for name in ("threads", "repeats", "seeds", "maxiter"):
+    for name in ("threads", "repeats", "seeds", "maxiter", "kappa_d", "tall_n", "tall_d"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("kappa_n", "kernel_n"):
+        if min(getattr(args, name)) < 1:
+            parser.error(f"--{name.replace('_', '-')} takes sizes >= 1, got {min(getattr(args, name))}")
     if "kappa" in parts and min(args.kappa_n) < args.kappa_d:
         parser.error(f"--kappa-n must be at least --kappa-d ({args.kappa_d}): a tall matrix, got {min(args.kappa_n)}")
     if "tall" in parts and args.tall_n < args.tall_d:
@@ -233,6 +236,14 @@ def main() -> int:
     except ValueError as exc:
         print(f"bench_solvers: {exc}", file=sys.stderr)
         return 2
+    keys = None
+    if "kernel" in parts and extraction:  # checked before the other parts' long runs
+        m = extraction.manifest
+        keys = distinct_rows(extraction.k(m["layers"][0], m["heads"][0]).double())
+        if max(args.kernel_n) > keys.shape[0]:
+            print(f"bench_solvers: --kernel-n {max(args.kernel_n)} is more than the {keys.shape[0]} distinct key "
+                  f"rows of {args.extracted}; give sizes up to that, or extract more windows", file=sys.stderr)
+            return 2
     start = time.perf_counter()
     kappa = bench_kappa(args.kappa_n, args.kappa_d, args.seeds) if "kappa" in parts else []
     tall = []
@@ -245,13 +256,8 @@ def main() -> int:
                               args.repeats)
     kernel = []
     if "kernel" in parts:
-        if extraction:
+        if keys is not None:
             m = extraction.manifest
-            keys = distinct_rows(extraction.k(m["layers"][0], m["heads"][0]).double())
-            if max(args.kernel_n) > keys.shape[0]:
-                print(f"bench_solvers: --kernel-n {max(args.kernel_n)} is more than the {keys.shape[0]} distinct key "
-                      f"rows of {args.extracted}; give sizes up to that, or extract more windows", file=sys.stderr)
-                return 2
             source = (f"keys of layer {m['layers'][0]} head {m['heads'][0]} of {args.extracted}, exact repeats removed, "
                       "scaled by d^-1/4")
             kernel = bench_kernel(keys * keys.shape[1] ** -0.25, source, args.kernel_n, args.maxiter, args.repeats)

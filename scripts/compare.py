@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     unpaired = [label for label in group_runs(runs) if reference and label != reference
                 and label not in {p.label for p in paired}]
     if unpaired:
-        print(f"note: {', '.join(map(repr, unpaired))} share no seed with {reference!r}: not paired", file=sys.stderr)
+        verb = "shares" if len(unpaired) == 1 else "share"
+        print(f"note: {', '.join(map(repr, unpaired))} {verb} no seed with {reference!r}: not paired", file=sys.stderr)
     pairs = (f"\n## Paired with {reference}, seed by seed\n\nFinal val loss minus {reference}'s on the same seed "
              f"(mean ± std over seeds), the paired t statistic and the {CONFIDENCE:.0%} confidence interval of the "
              "mean difference (Student t with seeds − 1 degrees of freedom); *told apart*: the interval excludes 0. "

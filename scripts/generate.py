@@ -150,18 +150,30 @@ def with_flag_names(message: str) -> str:
     return re.sub(rf"\b({'|'.join(FLAGS)})\b", lambda name: FLAGS[name.group(0)], message)
 
 
+def with_flags(make: Callable, *args, **kwargs):
+    """make(*args, **kwargs) (Sampler, generate), its errors about its arguments naming this command's flags; a
+    checkpoint's own errors (an attention option named temperature, say) keep theirs."""
+    try:
+        return make(*args, **kwargs)
+    except DecodeStateTooLarge:
+        raise
+    except ValueError as exc:
+        raise ValueError(with_flag_names(str(exc))) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run_command(args)
-    except KeyboardInterrupt:  # before the first token: reading stdin or the checkpoint
+    except KeyboardInterrupt:  # outside the decoding, which keeps its text: reading stdin or the checkpoint
         print("\ngenerate: interrupted", file=sys.stderr)
         return 130
 
 
 def run_command(args: argparse.Namespace) -> int:
     try:
-        sampler = Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)  # checked before loading
+        # checked before loading
+        sampler = with_flags(Sampler, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
         texts = [read_stdin()] if args.prompts is None else args.prompts
         model, tokenizer, device = load(args)
         prompts = encode_prompts(texts, tokenizer)
@@ -174,14 +186,14 @@ def run_command(args: argparse.Namespace) -> int:
         stats = DecodeStats()
         ids, mask = left_pad(prompts, device=device)
         # generate checks its arguments eagerly, before any text is printed
-        run = generate(model, ids, args.max_new_tokens, mask=None if bool(mask.all()) else mask, sampler=sampler,
-                       generator=generators, stop_id=stop_id, window=args.window, max_context=args.max_context,
-                       stats=stats)
+        run = with_flags(generate, model, ids, args.max_new_tokens, mask=None if bool(mask.all()) else mask,
+                         sampler=sampler, generator=generators, stop_id=stop_id, window=args.window,
+                         max_context=args.max_context, stats=stats)
     except DecodeStateTooLarge as exc:
         print(f"generate: {exc.needs}, {exc.over}; lower --max-context or --max-new-tokens", file=sys.stderr)
         return 2
     except (ValueError, CheckpointError) as exc:  # DataError and ConfigError are ValueErrors
-        print(f"generate: {with_flag_names(str(exc))}", file=sys.stderr)
+        print(f"generate: {exc}", file=sys.stderr)
         return 2
     try:
         note, interrupted = print_completions(texts, run, tokenizer, stop_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import yaml
 
 from data.config import MQAR, DataConfig
 from model.config import ModelConfig
-from typedconfig.parsing import ConfigError, coerce_fields, from_dict, load_value, load_yaml, to_dict
+from typedconfig.parsing import ConfigError, YamlScalar, coerce_fields, from_dict, load_value, load_yaml, to_dict
 
 SEED_LIMIT = 2**63  # train.seed (+ rank) seeds torch and numpy; both take any integer in [0, 2**63)
 THREADS_LIMIT = 2**31 - 1  # torch.set_num_threads takes a C int
@@ -219,6 +220,8 @@ def parse_override(text: str) -> dict[str, Any]:
     if not sep or "." not in key or not all(key.split(".")):
         raise ConfigError(f"bad override {text!r}: write section.key=value, e.g. train.max_steps=100")
     value = load_value(raw)
+    if isinstance(value, YamlScalar) and isinstance(value.value, dict) and not takes_text(field_type(key)):
+        value = value.value  # `data.mqar=num_pairs: 4` sets entries, as `{num_pairs: 4}` does
     nested: dict[str, Any] = {}
     node = nested
     parts = key.split(".")
@@ -226,6 +229,21 @@ def parse_override(text: str) -> dict[str, Any]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return nested
+
+
+def field_type(key: str, shape: type = RunConfig) -> Any:
+    """The declared type of the dotted `key` in the config dataclass `shape`; None where no field has that name."""
+    tp: Any = shape
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp
+
+
+def takes_text(tp: Any) -> bool:
+    """Whether a field of type `tp` takes text: str, or an optional str."""
+    return tp is str or typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)
 
 
 def yaml_problem(exc: yaml.YAMLError | UnicodeDecodeError) -> str:

@@ -31,31 +31,43 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         return []
     text = path.read_text()
     lines = text.splitlines()
-    if lines and not text.endswith("\n"):
+    if lines and not text.endswith("\n") and _record(lines[-1]) is None:
         lines.pop()
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
-            raise MetricsError(f"{path}, line {number}: not a JSON record ({line[:40]!r}...); delete that line, or "
-                               "every line from it on if the file was damaged there")
+        record = _record(line)
+        if record is None:
+            shown = repr(line) if len(line) <= 40 else f"{line[:40]!r}..."
+            raise MetricsError(f"{path}, line {number}: not a JSON record ({shown}); delete that line, or every line "
+                               "from it on if the file was damaged there")
         records.append({key: math.nan if value is None else value for key, value in record.items()})
     return records
 
 
+def _record(line: str) -> dict | None:
+    """The JSON object a line holds; None where it holds none."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def cut_partial_line(path: Path) -> bool:
-    """Remove a last line that lacks its newline (a write cut short by a killed process), so that the next record
-    starts a line of its own; returns whether there was one."""
+    """End the file on a newline before the next record: a last line that lacks it is a write cut short by a killed
+    process, and is removed, unless it is a whole record (written by hand, say), which gets its newline; returns
+    whether a line was removed."""
     with path.open("rb+") as handle:
         data = handle.read()
         if not data or data.endswith(b"\n"):
             return False
-        handle.truncate(data.rfind(b"\n") + 1)
+        start = data.rfind(b"\n") + 1
+        if _record(data[start:].decode(errors="replace")) is not None:
+            handle.write(b"\n")
+            return False
+        handle.truncate(start)
     return True
 
 

@@ -21,8 +21,9 @@ LOCK = ".lock"
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold the run directory's lock while the block runs (making the directory if need be); ConfigError, naming the
-    process that holds it, where another process does."""
+    """Hold the run directory's lock while the block runs (making the directory if need be, and removing it again
+    if the block wrote nothing there); ConfigError, naming the process that holds it, where another process does."""
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -38,4 +39,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
+        if made and [path.name for path in run_dir.iterdir()] == [LOCK]:  # a run refused before its first file
+            (run_dir / LOCK).unlink()
+            run_dir.rmdir()
         os.close(fd)  # releases the lock

@@ -10,11 +10,15 @@ A mapping that names a key twice is refused: YAML would keep the last one silent
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union
 
 import yaml
+
+
+YAML_SPECIAL_FLOATS = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
 
 
 class ConfigError(ValueError):
@@ -119,7 +123,8 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        if isinstance(value, str) and value.lower() in ("null", "none") and type(None) in args:
+        if type(None) in args and (isinstance(value, YamlScalar) and value.value is None  # null, ~ on the command line
+                                   or isinstance(value, str) and value.lower() in ("null", "none")):
             return None
         errors = []
         for arg in (a for a in args if a is not type(None)):
@@ -183,8 +188,11 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
 def _number(tp: type, text: str, key: str) -> int | float:
     """`text` as Python reads a number: decimal (`010` is 10, `1_000` and `3e-4` are numbers), or an int written
     0x, 0o or 0b as YAML 1.2 writes it."""
+    spelled = text.strip().lower()
+    if spelled in YAML_SPECIAL_FLOATS:  # named as what they are by the range checks that follow: inf, nan
+        return YAML_SPECIAL_FLOATS[spelled]
     try:
-        if tp is float or any(c in text for c in ".eE") and not text.strip().lower().startswith("0x"):
+        if tp is float or any(c in text for c in ".eE") and not spelled.lstrip("+-").startswith("0x"):
             return float(text)
         try:
             return int(text)

@@ -132,6 +132,9 @@ def test_extensions_match_in_any_case_and_the_prepared_folder_is_never_a_source(
     (prepared / "meta.json").write_text("{}")  # what data.prepare writes there: json beside the text files
     assert documents(str(tmp_path), prepared_dir=str(tmp_path / "prepared")) == ["second", "first"]
     assert documents(str(tmp_path / "*"), prepared_dir=str(tmp_path / "prepared")) == ["second", "first"]
+    (tmp_path / "prepared" / "texts").mkdir()  # a source kept inside prepared_dir, not in a dataset folder
+    (tmp_path / "prepared" / "texts" / "c.txt").write_text("third")
+    assert documents(str(tmp_path / "prepared" / "texts"), prepared_dir=str(tmp_path / "prepared")) == ["third"]
 
 
 def test_a_utf8_byte_order_mark_is_not_text_and_utf16_is_refused(tmp_path):
@@ -141,6 +144,9 @@ def test_a_utf8_byte_order_mark_is_not_text_and_utf16_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"u16.txt is UTF-16 \(it starts with a UTF-16 byte-order mark\); re-encode "
                                         r"it as UTF-8"):
         documents(str(tmp_path / "u16.txt"))
+    (tmp_path / "u32.txt").write_bytes("To be".encode("utf-32"))  # its mark begins with UTF-16-LE's
+    with pytest.raises(DataError, match=r"u32.txt is UTF-32 \(it starts with a UTF-32 byte-order mark\)"):
+        documents(str(tmp_path / "u32.txt"))
 
 
 def test_parquet_files_that_cannot_be_read_together_are_named(tmp_path):

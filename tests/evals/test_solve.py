@@ -499,3 +499,19 @@ def test_extreme_but_representable_scales_solve_as_the_unscaled_instance(problem
         assert scaled.relres == pytest.approx(plain.relres, rel=1e-3)
     elif problem == "gram_power":  # an iterative one stops wherever its test first holds: relres <= eps
         assert max(plain.relres, scaled.relres) <= 1e-8
+
+
+@pytest.mark.parametrize("method", ["sketch_lsqr", "sketch_pcg"])
+def test_refinement_of_an_exact_solution_stops_there(method):
+    """b in the range of A: the first solve is exact, and a zero residual has no scale to refine against."""
+    A = torch.cat([torch.eye(4), torch.zeros(60, 4)]).double()
+    _, info = least_squares(A, A @ torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64), method=method, refine=2)
+    assert info.converged and info.relres == 0.0
+
+
+def test_zero_denominators_give_inf_or_nan_as_a_tensor_division_would():
+    assert (P.ratio(1.0, 0.0), P.ratio(3.0, 2.0)) == (math.inf, 1.5) and math.isnan(P.ratio(0.0, 0.0))
+    A = syn.conditioned(64, 4, 10.0, seed=0)
+    found = P.metrics("gram_power", A, syn.rhs(4, 0), torch.ones(4, dtype=torch.float64), torch.zeros(4,
+                      dtype=torch.float64))
+    assert found["fwd_err"] == math.inf

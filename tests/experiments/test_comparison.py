@@ -295,7 +295,7 @@ def test_a_row_sharing_no_seed_with_the_reference_is_named_as_not_paired(tmp_pat
              "model.position=rope")
     assert compare([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
     reference, lone = "softmax position=learned", f"{SECOND} position=rope"
-    assert f"note: '{lone}' share no seed with '{reference}': not paired" in capsys.readouterr().err
+    assert f"note: '{lone}' shares no seed with '{reference}': not paired" in capsys.readouterr().err
     page = (tmp_path / "out" / "comparison.md").read_text()
     assert f"| {SECOND} position=learned | 1 |" in page  # the paired row
     assert page.endswith(f"\nNot paired (no seed in common with {reference}): {lone}.\n")

@@ -153,6 +153,9 @@ def test_ids_outside_the_vocabulary_labels_of_another_shape_and_foreign_caches_a
         model(torch.tensor([[1, 2, VOCAB]]))
     with pytest.raises(ValueError, match=r"input_ids hold -1 \(row 1, token 0\)"):
         model(torch.tensor([[1, 2], [-1, 3]]))
+    cache = model(ids, use_cache=True).past_key_values
+    with pytest.raises(ValueError, match=rf"input_ids hold {VOCAB} \(row 0, token 0\)"):  # continuing a cache
+        model(torch.tensor([[VOCAB]]), past_key_values=cache)
     with pytest.raises(ValueError, match="input_ids must be integer token ids, got dtype torch.float32"):
         model(ids.float())
     with pytest.raises(ValueError, match=r"labels have shape \(1, 3\) and input_ids \(1, 4\): give one label per"):
@@ -167,18 +170,20 @@ def test_ids_outside_the_vocabulary_labels_of_another_shape_and_foreign_caches_a
 def test_generate_refuses_an_empty_prompt_and_a_length_past_the_learned_positions_before_any_step():
     model = tiny_model("softmax")
     ids, mask = torch.tensor([[5, 6, 7], [0, 0, 0]]), torch.tensor([[1, 1, 1], [0, 0, 0]])
-    with pytest.raises(ValueError, match="attention_mask row 1 has no real token: every prompt needs at least one"):
-        model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0)
     steps = []
     model.register_forward_hook(lambda *args: steps.append(1))
-    with pytest.raises(ValueError, match="a prompt of 3 tokens and 62 new ones would run past this model's 64 "
-                                         "learned positions; ask for max_new_tokens <= 61"):
-        greedy(model, ids[:1], 62)
-    with pytest.raises(ValueError, match=r"shorten the prompt below 64 tokens"):
-        greedy(model, torch.ones(1, 64, dtype=torch.long), 1)
-    assert steps == []
-    assert greedy(model, ids[:1], 61).shape == (1, 64)
-    assert greedy(tiny_model("softmax", position="rope"), ids[:1], 62).shape == (1, 65)  # no limit to positions
+    with pytest.raises(ValueError, match="attention_mask row 1 has no real token: every prompt needs at least one"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    # the last token generated is never fed to the model: 64 positions hold a sequence of 65
+    with pytest.raises(ValueError, match="a prompt of 3 tokens and 63 new ones would run past this model's 64 "
+                                         "learned positions; ask for max_new_tokens <= 62"):
+        greedy(model, ids[:1], 63)
+    with pytest.raises(ValueError, match=r"shorten the prompt to 64 tokens"):
+        greedy(model, torch.ones(1, 65, dtype=torch.long), 1)
+    assert steps == []  # refused before any step
+    assert greedy(model, ids[:1], 62).shape == (1, 65)
+    assert greedy(model, torch.ones(1, 64, dtype=torch.long), 1).shape == (1, 65)
+    assert greedy(tiny_model("softmax", position="rope"), ids[:1], 70).shape == (1, 73)  # no limit to positions
 
 
 @pytest.mark.parametrize("attention", BACKENDS)

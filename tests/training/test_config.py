@@ -66,10 +66,30 @@ def test_string_values_from_the_command_line_are_the_text_as_given():
     assert load_config("configs/shakespeare-cpu.yaml", ["train.sample_prompt=ROMEO:"]).train.sample_prompt == "ROMEO:"
 
 
+def test_a_mapping_without_braces_sets_entries_of_a_mapping_field_and_is_text_for_a_text_field(tmp_path):
+    (tmp_path / "taylor.yaml").write_text(f"extends: {Path('configs/tiny.yaml').resolve()}\n"
+                                          "model: {attention: taylor, attention_options: {output_normalized: true}}\n"
+                                          "data: {mqar: {num_pairs: 4, num_queries: 4}}\n")
+    cfg = load_config(tmp_path / "taylor.yaml", ["model.attention_options=crossover: 64", "data.mqar=vocab_size: 64",
+                                                 "logging.run_name=a: b"])
+    assert cfg.model.attention_options == {"output_normalized": True, "crossover": 64}
+    assert (cfg.data.mqar.vocab_size, cfg.data.mqar.num_pairs, cfg.logging.run_name) == (64, 4, "a: b")
+    assert parse_override("data.mqar=num_pairs: 4") == {"data": {"mqar": {"num_pairs": "4"}}}
+
+
+def test_null_spellings_on_the_command_line_are_none_for_optional_fields():
+    cfg = load_config("configs/tiny.yaml", ["optim.decay_steps=~", "data.subset=~", "logging.run_name=null",
+                                            "data.max_tokens=None"])
+    assert (cfg.optim.decay_steps, cfg.data.subset, cfg.logging.run_name, cfg.data.max_tokens) == (None,) * 4
+
+
 def test_numbers_are_read_as_python_reads_them_not_by_yaml_1_1():
     assert load_config("configs/tiny.yaml", ["train.max_steps=010"]).train.max_steps == 10  # YAML 1.1: 8
     with pytest.raises(ConfigError, match="train.seed: expected int, got '1:30'"):  # YAML 1.1: 90
         load_config("configs/tiny.yaml", ["train.seed=1:30"])
+    assert load_config("configs/tiny.yaml", ["train.seed=-0x0", "train.max_steps=0x1e"]).train.max_steps == 30
+    with pytest.raises(ConfigError, match="optim.lr must be a finite number, got inf"):  # YAML's spelling of inf
+        load_config("configs/tiny.yaml", ["optim.lr=.inf"])
 
 
 def test_a_leading_tilde_in_a_path_is_the_home_folder():

@@ -54,6 +54,13 @@ def test_a_record_cut_short_is_left_out_and_removed_before_a_resumed_run_appends
     assert said == [f"warning: {tmp_path / METRICS_FILE} ended in a record cut short (a killed write); removed it"]
 
 
+def test_a_whole_last_record_without_its_newline_is_kept_and_ended(tmp_path):
+    (tmp_path / METRICS_FILE).write_text('{"step": 1}\n{"step": 2}')  # a hand-edited file
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    MetricsLog(tmp_path, LoggingConfig(), config={}, fresh=False, say=print).log(3, train_loss=5.0)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("line", ['{"step": 2, "train_lo', "[1, 2]", "null"])
 def test_a_damaged_line_before_the_last_is_named_with_the_fix(tmp_path, line):
     (tmp_path / METRICS_FILE).write_text(f'{{"step": 1}}\n{line}\n{{"step": 3}}\n')

@@ -30,8 +30,10 @@ def test_a_second_process_is_refused_naming_the_first_and_the_lock_goes_with_the
         assert (tmp_path / "run" / LOCK).read_text() == str(os.getpid())
 
 
-def test_the_same_process_takes_the_lock_again_once_released(tmp_path):
+def test_the_lock_is_taken_again_once_released_and_a_folder_it_made_for_nothing_goes(tmp_path):
     with run_lock(tmp_path / "new" / "run"):  # makes the folder
-        pass
+        assert (tmp_path / "new" / "run" / LOCK).is_file()
+    assert not (tmp_path / "new" / "run").exists()  # a run refused before its first file leaves nothing
     with run_lock(tmp_path / "new" / "run"):
-        pass
+        (tmp_path / "new" / "run" / "config.yaml").write_text("")
+    assert sorted(p.name for p in (tmp_path / "new" / "run").iterdir()) == [LOCK, "config.yaml"]
