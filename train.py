@@ -314,58 +314,58 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))  # never half written
-    # after data preparation and the checkpoint load, whose freed memory goes back to the system as usual: from here
-    # each step's large tensors reuse the last step's pages (training/malloc.py)
-    malloc = malloc_setting(runtime.device.type == "cpu")
-    if log is not None:  # where this stretch of the run trained: speeds are only comparable on the same machine
-        log.log(state.step, event="start", machine=this_machine(), device=str(runtime.device),
-                dtype=str(runtime.dtype).removeprefix("torch."), processes=runtime.world_size,
-                threads=torch.get_num_threads(), malloc=malloc, torch=torch.__version__, revision=code_revision())
-
-    forward_model = maybe_compile(model, tc.compile, runtime.device, log_line)  # evaluation uses it too
-    train_model = forward_model
-    if runtime.distributed:
-        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        train_model = DistributedDataParallel(forward_model, device_ids=device_ids)
-
-    verified = [state.step]  # the last step known good: the start, or the last save, whose checks passed
-
-    def suspect(first: int) -> int:
-        """The first step that may have diverged, of a window from step `first` (carried over from an earlier process,
-        it may reach back past the last save): none up to the last save did."""
-        return max(first, verified[0] + 1)
-
-    def save() -> None:
-        """Checkpoint on the main process; every rank takes part (its RNG state is gathered). Steps not yet logged
-        are checked first: weights from a diverged step must not become the run's latest checkpoint."""
-        first = suspect(state.step - meter.steps + 1)
-        if meter.steps and not math.isfinite(loss := meter.mean_loss(runtime)):
-            raise divergence(f"the training loss is {loss} over {steps_text(first, state.step)}", first, run_dir)
-        if not weights_finite(model):  # the loss was computed before the step's update
-            raise divergence(f"the weights hold inf or nan after step {state.step}", state.step, run_dir)
-        verified[0] = state.step
-        state.optimizer, state.grad_scaler, state.rng = optimizer.state_dict(), scaler.state_dict(), gather_rng(runtime)
-        state.log_windows = gather_ranks(runtime, meter.open_window())
-        if runtime.is_main:
-            path = ckpt.save_checkpoint(run_dir, model, state, resolved, tc.keep_checkpoints, log_line,
-                                        resumed_here=resumed_here)
-            log_line(f"saved {path}")
-        rt.barrier(runtime)
-
-    tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
-    meter = Throughput(model.flops_per_token(cfg.data.block_size),
-                       rt.peak_flops(runtime.device, runtime.dtype) if runtime.is_main else float("nan"))
-    if runtime.rank < len(state.log_windows):  # saved between log lines (Ctrl-C, an evaluation): the window goes on
-        meter.continue_window(state.log_windows[runtime.rank], runtime.device)
-    state.log_windows = []
-    bar = tqdm(total=tc.max_steps, initial=state.step, disable=not (runtime.is_main and cfg.logging.progress),
-               dynamic_ncols=True, file=sys.stderr)
-    val_loss, interrupted = float("nan"), False
-    model.train()
-    # from here a signal means: finish this step, checkpoint, exit (before, with no step to finish, it stops the
-    # process at once: train.py's main names it in one line)
+    # from the first file a watcher can see, a signal means: finish this step, checkpoint, exit
     stop = StopRequest(runtime)
-    try:
+    try:  # however the run ends (a divergence raises out of it), the signals go back to their handlers
+        # after data preparation and the checkpoint load, whose freed memory goes back to the system as usual: from
+        # here each step's large tensors reuse the last step's pages (training/malloc.py)
+        malloc = malloc_setting(runtime.device.type == "cpu")
+        if log is not None:  # where this stretch of the run trained: speeds are only comparable on the same machine
+            log.log(state.step, event="start", machine=this_machine(), device=str(runtime.device),
+                    dtype=str(runtime.dtype).removeprefix("torch."), processes=runtime.world_size,
+                    threads=torch.get_num_threads(), malloc=malloc, torch=torch.__version__, revision=code_revision())
+
+        forward_model = maybe_compile(model, tc.compile, runtime.device, log_line)  # evaluation uses it too
+        train_model = forward_model
+        if runtime.distributed:
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            train_model = DistributedDataParallel(forward_model, device_ids=device_ids)
+
+        verified = [state.step]  # the last step known good: the start, or the last save, whose checks passed
+
+        def suspect(first: int) -> int:
+            """The first step that may have diverged, of a window from step `first` (carried over from an earlier
+            process, it may reach back past the last save): none up to the last save did."""
+            return max(first, verified[0] + 1)
+
+        def save() -> None:
+            """Checkpoint on the main process; every rank takes part (its RNG state is gathered). Steps not yet logged
+            are checked first: weights from a diverged step must not become the run's latest checkpoint."""
+            first = suspect(state.step - meter.steps + 1)
+            if meter.steps and not math.isfinite(loss := meter.mean_loss(runtime)):
+                raise divergence(f"the training loss is {loss} over {steps_text(first, state.step)}", first, run_dir)
+            if not weights_finite(model):  # the loss was computed before the step's update
+                raise divergence(f"the weights hold inf or nan after step {state.step}", state.step, run_dir)
+            verified[0] = state.step
+            state.optimizer, state.grad_scaler = optimizer.state_dict(), scaler.state_dict()
+            state.rng = gather_rng(runtime)
+            state.log_windows = gather_ranks(runtime, meter.open_window())
+            if runtime.is_main:
+                path = ckpt.save_checkpoint(run_dir, model, state, resolved, tc.keep_checkpoints, log_line,
+                                            resumed_here=resumed_here)
+                log_line(f"saved {path}")
+            rt.barrier(runtime)
+
+        tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
+        meter = Throughput(model.flops_per_token(cfg.data.block_size),
+                           rt.peak_flops(runtime.device, runtime.dtype) if runtime.is_main else float("nan"))
+        if runtime.rank < len(state.log_windows):  # saved between log lines (Ctrl-C, an evaluation): the window goes on
+            meter.continue_window(state.log_windows[runtime.rank], runtime.device)
+        state.log_windows = []
+        bar = tqdm(total=tc.max_steps, initial=state.step, disable=not (runtime.is_main and cfg.logging.progress),
+                   dynamic_ncols=True, file=sys.stderr)
+        val_loss, interrupted = float("nan"), False
+        model.train()
         while state.step < tc.max_steps:
             t0 = time.perf_counter()
             lr = learning_rate(state.step - state.schedule_start, lr=oc.lr, min_lr=oc.min_lr,
@@ -416,9 +416,9 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
                 save()
             if interrupted:
                 break
-    finally:  # however the loop ends (a divergence raises out of it), the signals go back to their handlers
-        bar.close()
+    finally:
         stop.close()
+    bar.close()
     if log is not None:
         log.close()
     if stop.signal is not None and not interrupted:  # it came after the last step's check: the save is done
