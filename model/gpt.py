@@ -6,6 +6,7 @@ weights load by a state-dict copy (with Conv1D weights transposed).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,25 @@ class DecodeState:
     position: int = 0  # tokens consumed by every row, padding included
     pads: torch.Tensor | None = None  # (B,) padding tokens among them, per row; None while there was none
     spent: bool = False  # decode() has moved on from this state
+
+    @property
+    def rows(self) -> int:
+        """The batch rows the state holds (every layer's state is a dataclass of batch-first tensors)."""
+        layer = self.layers[0]
+        return next(value.shape[0] for f in dataclasses.fields(layer)
+                    if isinstance(value := getattr(layer, f.name), torch.Tensor))
+
+
+def _checked_mask(idx: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The padding mask as bool, refused where it is not one flag per token id (a mask of another shape would be
+    broadcast by some backends and fail deep in others)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.shape != idx.shape or mask.is_floating_point() or mask.is_complex():
+        shown = f"{mask.dtype} of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool or 0/1 integer tensor of the token ids' shape {tuple(idx.shape)} (False "
+                         f"for padding), got {shown}")
+    return mask.bool()
 
 
 class CausalSelfAttention(nn.Module):
@@ -156,7 +176,7 @@ class GPT(nn.Module):
         output, each block's output, and in the last place the last block's output after ln_f (what the LM head
         reads), so probing code sees the residual stream without hooks; None records nothing."""
         self._check_tokens(idx, 0)
-        mask = None if mask is None else mask.bool()
+        mask = _checked_mask(idx, mask)
         positions = token_positions(0, None, mask, idx.shape[1], idx.device)
         x = self._embed(idx, positions)
         for block in self.transformer.h:
@@ -204,7 +224,10 @@ class GPT(nn.Module):
                              "state before decoding from it to branch")
         position = state.position
         self._check_tokens(idx, position)
-        mask = None if mask is None else mask.bool()
+        if state.rows != idx.shape[0]:
+            raise ValueError(f"the decode state holds {state.rows} rows and the token ids {idx.shape[0]}; decode a "
+                             "state with the rows it was made for (init_decode_state(batch=...))")
+        mask = _checked_mask(idx, mask)
         positions = token_positions(position, state.pads, mask, idx.shape[1], idx.device)
         x = self._embed(idx, positions)
         layers = []

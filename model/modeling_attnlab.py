@@ -48,10 +48,8 @@ class AttnlabCache:
 
     @property
     def batch_size(self) -> int:
-        """The rows of the state (every layer's state is a dataclass of batch-first tensors)."""
-        layer = self.state.layers[0]
-        return next(value.shape[0] for f in dataclasses.fields(layer)
-                    if isinstance(value := getattr(layer, f.name), torch.Tensor))
+        """The rows of the state."""
+        return self.state.rows
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Repeat each row `repeats` times in place (row i becomes rows i*repeats ... i*repeats + repeats - 1), as

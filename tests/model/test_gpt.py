@@ -96,6 +96,23 @@ def test_no_tokens_is_refused_with_the_shape_it_got(attention):
         model(torch.zeros(5, dtype=torch.long))
 
 
+@pytest.mark.parametrize("attention", BACKENDS)
+def test_a_mask_of_another_shape_or_a_state_of_other_rows_is_refused_by_name(attention):
+    """Some backends would broadcast a (1, T) mask over the rows and others fail deep in torch: all refuse it here."""
+    model = GPT(tiny(attention=attention)).eval()
+    idx = torch.zeros(2, 5, dtype=torch.long)
+    for mask in (torch.ones(2, 4, dtype=torch.bool), torch.ones(1, 5, dtype=torch.bool), torch.ones(5),
+                 torch.ones(2, 5)):
+        with pytest.raises(ValueError, match=r"mask must be a bool or 0/1 integer tensor of the token ids' shape "
+                                             r"\(2, 5\) \(False for padding\), got "):
+            model(idx, mask=mask)
+    assert model(idx, mask=torch.ones(2, 5, dtype=torch.long))[0].shape == (2, 5, model.config.vocab_size)
+    state = model.init_decode_state(3, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="the decode state holds 3 rows and the token ids 2; decode a state with "
+                                         "the rows it was made for"):
+        model.decode(idx, state)
+
+
 def test_rope_decodes_past_the_trained_context():
     model = GPT(tiny(n_positions=8, position="rope")).eval()
     state = model.init_decode_state(1, dtype=torch.float32, device="cpu")
