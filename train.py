@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import signal
 import sys
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     overrides = [token for token in argv if is_override(token)]
     args = parser.parse_args([token for token in argv if not is_override(token)])
     # a first positional with "=" that names no file is an override (parse_override explains a malformed one)
-    if args.config and "=" in args.config and not path_exists(args.config):
+    if args.config and "=" in args.config and not os.path.exists(args.config):
         args.overrides.insert(0, args.config)
         args.config = None
     args.overrides = overrides + args.overrides
@@ -88,16 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def is_override(token: str) -> bool:
     """Whether a command-line token is a `section.key=value` override rather than a path (an existing path wins)."""
-    return OVERRIDE.match(token) is not None and not path_exists(token)
-
-
-def path_exists(text: str) -> bool:
-    """Whether `text` names an existing path; False for text no path can have (a name past the system's length
-    limit, a NUL byte): an override's value may be any text."""
-    try:
-        return Path(text).exists()
-    except (OSError, ValueError):
-        return False
+    # os.path.exists, not Path.exists: an override's text may be past the file-name limit, where the latter raises
+    return OVERRIDE.match(token) is not None and not os.path.exists(token)
 
 
 class StopRequest:
@@ -256,12 +249,12 @@ def divergence(what: str, first: int, run_dir: Path) -> FloatingPointError:
         f"{what} (diverged); lower optim.lr (or, in float16, set train.dtype=float32) and restart {where}")
 
 
-def val_windows_note(path: Path, fingerprint: str) -> str | None:
+def val_windows_note(run_dir: Path, fingerprint: str) -> str | None:
     """A warning where a continued run's val windows differ from those its logged evaluations used: the source's
     text changed between the two (its settings are the checkpoint's), so val losses before and after it differ in
     what they measure. None where they agree, or where nothing was evaluated or the records cannot be read."""
     try:
-        earlier = [record for record in read_metrics(path.parent) if "val_windows" in record]
+        earlier = [record for record in read_metrics(run_dir) if "val_windows" in record]
     except MetricsError:
         return None
     if not earlier or earlier[-1]["val_windows"] == fingerprint:
@@ -291,13 +284,13 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     resumed_here = resume is not None and ckpt.in_run(resume.path, run_dir)
     resolved = config_to_dict(cfg)
     # before the data too: a wandb login that is missing stops the run before hours of preparation
-    log = MetricsLog(run_dir, cfg.logging, resolved, fresh=resume is None or resume.kind == "weights_only",
-                     say=log_line) if runtime.is_main else None
+    fresh = resume is None or resume.kind == "weights_only"
+    log = MetricsLog(run_dir, cfg.logging, resolved, fresh=fresh, say=log_line) if runtime.is_main else None
     if tc.threads:
         torch.set_num_threads(tc.threads)
     data = open_run_data(cfg, runtime)  # prepares text data once (main process), checks the val set is usable
-    if log is not None and not log.fresh:
-        note = val_windows_note(log.path, data.fingerprint)
+    if log is not None and not fresh:
+        note = val_windows_note(run_dir, data.fingerprint)
         if note:
             log_line(note)
 

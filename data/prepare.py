@@ -16,8 +16,8 @@ characters) makes a chunk grow, so a single line of several GB must still fit wh
 files or of the hub is a document held whole, and so is a .txt file under a hub tokenizer, whose pre-tokenizer may
 join characters across any cut: such a document must fit.
 Outputs are written under temporary names and renamed (the next preparation deletes those of a killed one), and a
-directory whose meta.json records the same input fingerprint (config, local files' sizes and mtimes, FORMAT_VERSION)
-is reused without reading the source again.
+directory whose meta.json records the same input fingerprint (config, local files' sizes, modification and change
+times and inodes, FORMAT_VERSION) is reused without reading the source again.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ import numpy as np
 from tqdm import tqdm
 
 from data.config import DataConfig
-from data.errors import DataError, with_flag_names
+from data.errors import DataError
 from data.sources import PREPARED_META, Source, invalid_utf8, iter_document_reads, resolve_source
 from data.tokenizer import TextTokenizer, load_tokenizer
 from fileio.atomic import process_alive, write_text_atomic
-from typedconfig.cli import ArgumentParser
+from typedconfig.cli import ArgumentParser, with_flag_names
 
 FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
 BATCH_DOCUMENTS = 256  # documents (or chunks of them) tokenised per call (the tokenizer parallelises within a call)

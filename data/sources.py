@@ -79,12 +79,6 @@ def _read_text(path: Path, chars: int | None) -> Iterator[str]:
     """A .txt file's text as `datasets`' text builder reads a document ("\r\n" and "\r" become "\n"), in reads of
     `chars` characters (None: one read). The reads concatenate to the whole text: text mode holds back a "\r" or an
     incomplete UTF-8 sequence at the end of a read until the next read shows what it is."""
-    with open(path, "rb") as handle:
-        start = handle.read(4)
-    # its text would read as NULs between the characters, with a warning at most
-    encoding = next((name for mark, name in WIDE_MARKS.items() if start.startswith(mark)), None)
-    if encoding:
-        raise DataError(f"{path} is {encoding} (it starts with a {encoding} byte-order mark); re-encode it as UTF-8")
     # utf-8-sig: a UTF-8 byte-order mark at the start is not text (it would be three tokens)
     with open(path, encoding="utf-8-sig", errors="replace") as handle:
         while text := handle.read(chars):
@@ -108,11 +102,24 @@ def resolve_source(cfg: DataConfig) -> Source:
     if len(builders) > 1:
         raise DataError(f"data.source {cfg.source!r} mixes {' and '.join(sorted(builders))} files; use one kind")
     builder = builders.pop()
+    if builder == "text":  # before any file is scanned for invalid UTF-8 or read
+        for path in files:
+            check_utf8_mark(path)
     if builder != "text":  # an empty .jsonl/.parquet file holds no rows, but `datasets` fails on it
         files = [path for path in files if path.stat().st_size > 0]
         if not files:
             raise DataError(f"data.source {cfg.source!r} holds no documents: its files are empty")
     return Source(builder, None, cfg.split, tuple(files))
+
+
+def check_utf8_mark(path: Path) -> None:
+    """Raise DataError where a text file starts with the byte-order mark of UTF-16 or UTF-32: read as UTF-8, its text
+    would come out with NULs between the characters and a warning at most."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    encoding = next((name for mark, name in WIDE_MARKS.items() if start.startswith(mark)), None)
+    if encoding:
+        raise DataError(f"{path} is {encoding} (it starts with a {encoding} byte-order mark); re-encode it as UTF-8")
 
 
 def shakespeare_files() -> list[Path]:

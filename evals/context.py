@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.errors import DataError, with_flag_names
+from data.errors import DataError
 from data.loader import gather_windows, val_windows
 from model.gpt import GPT
+from typedconfig.cli import with_flag_names
 
 FORMS = ("forward", "decode")
 # the val_windows keys that this tool's flags set: a sequence is a window of --max-length + 1 tokens

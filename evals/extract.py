@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from data.errors import DataError, with_flag_names
+from data.errors import DataError
 from data.loader import eval_batches
 from fileio.folders import check_out_folder
 from model.attention import AttentionBackend
@@ -54,7 +54,7 @@ from training import runtime as rt
 from training.checkpoint import CheckpointError, checkpoint_step, load_checkpoint_model, replace_dir
 from training.config import RunConfig
 from training.run_data import RecallData, TextData, open_run_data
-from typedconfig.cli import ArgumentParser
+from typedconfig.cli import ArgumentParser, with_flag_names
 
 FORMAT = "attnlab-extract/1"
 MANIFEST = "manifest.json"
@@ -339,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = extract(args.ckpt, args.out, layers=args.layers, heads=args.heads, windows=args.windows,
                       device=args.device, batch_size=args.batch_size, force=args.force)
+        manifest, _ = load_extracted(out)  # what the summary reports is what a reader of the folder gets
     except (ValueError, CheckpointError) as exc:  # DataError and ConfigError are ValueErrors
         print(f"extract: {exc}", file=sys.stderr)
         return 2
-    manifest, _ = load_extracted(out)
     w = manifest["windows"]
     print(f"extract: wrote {out}: layers {manifest['layers']}, heads {manifest['heads']}, {w['count']} windows of "
           f"{w['block_size']} tokens ({manifest['attention']['backend']}, step {manifest['checkpoint']['step']})")

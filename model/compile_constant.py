@@ -1,11 +1,10 @@
 """torch.compile's "constant result" mark, set without importing torch._dynamo.
 
 `torch.compiler.assume_constant_result` imports torch._dynamo to set one attribute on the function, and that import
-takes most of a second in every process that imports the model, compiled or not: about a third of
-`scripts/generate.py`'s time for a short sample from the demo's checkpoint (train.py imports torch._dynamo anyway,
-through torch.optim). This sets the same attribute; tests/model/test_compile_constant.py checks that it is the one
-torch's own decorator sets, and that torch.compile then calls the function once while tracing and keeps its result,
-without a graph break.
+takes most of a second in every process that imports the model, compiled or not (train.py imports torch._dynamo
+anyway, through torch.optim; scripts/generate.py and the other tools need not). This sets the same attribute;
+tests/model/test_compile_constant.py checks that it is the one torch's own decorator sets, and that torch.compile
+then calls the function once while tracing and keeps its result, without a graph break.
 """
 
 from __future__ import annotations

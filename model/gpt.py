@@ -6,9 +6,8 @@ weights load by a state-dict copy (with Conv1D weights transposed).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -38,7 +37,7 @@ class DecodeState:
     def rows(self) -> int:
         """The batch rows the state holds (every layer's state is a dataclass of batch-first tensors)."""
         layer = self.layers[0]
-        return next(value.shape[0] for f in dataclasses.fields(layer)
+        return next(value.shape[0] for f in fields(layer)
                     if isinstance(value := getattr(layer, f.name), torch.Tensor))
 
 

@@ -29,7 +29,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from model.configuration_attnlab import AttnlabConfig
 from model.gpt import GPT, DecodeState
-from model.loss import cross_entropy
+from model.loss import SYNCHRONOUS_DEVICES, cross_entropy
 from model.position import token_positions
 
 
@@ -192,6 +192,8 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         _check_cache(past_key_values)
         if past_key_values is None and attention_mask is not None:  # without a cache yet: every row needs a token
             _check_rows_have_tokens(attention_mask)
+        if past_key_values is not None and is_first_iteration:  # the caller's ids, not sampled ones
+            _check_token_ids(input_ids, self.config.vocab_size)
         if past_key_values is not None:
             past = past_key_values.get_seq_length()
             if input_ids.shape[1] <= past:
@@ -247,7 +249,11 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError("attnlab models take input_ids (token ids); inputs_embeds is not supported")
         _refuse_arguments(kwargs)
         _check_cache(past_key_values)
-        _check_token_ids(input_ids, self.config.vocab_size)  # a continued cache may be given new ids too
+        if past_key_values is None or input_ids.device.type in SYNCHRONOUS_DEVICES:
+            # a continued cache may be given new ids too; on a GPU its decode steps are fed sampled ids, which fit,
+            # and checking them would wait for the device at every token (prepare_inputs_for_generation checks the
+            # ids a caller gives with a cache)
+            _check_token_ids(input_ids, self.config.vocab_size)
         if labels is not None and labels.shape != input_ids.shape:
             raise ValueError(f"labels have shape {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)}: give "
                              "one label per input token (the model shifts them; -100 marks a position without one)")
@@ -337,10 +343,10 @@ def _check_cache(past_key_values: object) -> None:
 def _check_rows_have_tokens(attention_mask: torch.Tensor) -> None:
     """Raise ValueError naming the first row of `attention_mask` (B, T) without a real token: its positions and its
     next token would come from padding alone."""
-    empty = ~attention_mask.bool().any(dim=1)
-    if bool(empty.any()):
-        raise ValueError(f"attention_mask row {int(empty.nonzero()[0])} has no real token: every prompt needs at "
-                         "least one (leave empty prompts out of the batch)")
+    empty = _first(~attention_mask.bool().any(dim=1))
+    if empty is not None:
+        raise ValueError(f"attention_mask row {empty[0]} has no real token: every prompt needs at least one (leave "
+                         "empty prompts out of the batch)")
 
 
 def _check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
@@ -348,14 +354,20 @@ def _check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
     sync: the embedding would otherwise fail inside torch, or on a GPU with a device-side assert)."""
     if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
         raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
-    outside = (input_ids < 0) | (input_ids >= vocab_size)
-    if bool(outside.any()):
-        row, token = (int(i) for i in outside.nonzero()[0])
+    outside = _first((input_ids < 0) | (input_ids >= vocab_size))
+    if outside is not None:
+        row, token = outside
         raise ValueError(
             f"input_ids hold {int(input_ids[row, token])} (row {row}, token {token}), outside this model's vocabulary "
             f"of {vocab_size} ids: a token added to the tokenizer (a new pad token, say) has no embedding here; pad "
             "with an existing token (tokenizer.pad_token = tokenizer.eos_token)"
         )
+
+
+def _first(flags: torch.Tensor) -> tuple[int, ...] | None:
+    """The index of the first True of `flags` (row-major), or None where there is none: one host sync."""
+    found = flags.nonzero()
+    return tuple(int(i) for i in found[0]) if len(found) else None
 
 
 def _refuse_arguments(kwargs: dict) -> None:
@@ -381,9 +393,9 @@ def _check_position_ids(
             "let the model derive them"
         )
     given, derived = torch.broadcast_tensors(position_ids.to(derived.device), derived.expand(shape))
-    differ = given.ne(derived) if mask is None else given.ne(derived) & mask
-    if bool(differ.any()):
-        row, token = (int(i) for i in differ.nonzero()[0])
+    differ = _first(given.ne(derived) if mask is None else given.ne(derived) & mask)
+    if differ is not None:
+        row, token = differ
         raise ValueError(
             f"position_ids differ from the positions this model uses (row {row}, token {token}: "
             f"{int(given[row, token])} given, {int(derived[row, token])} used): positions come from attention_mask, "

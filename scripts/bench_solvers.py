@@ -257,7 +257,6 @@ def main() -> int:
     kernel = []
     if "kernel" in parts:
         if keys is not None:
-            m = extraction.manifest
             source = (f"keys of layer {m['layers'][0]} head {m['heads'][0]} of {args.extracted}, exact repeats removed, "
                       "scaled by d^-1/4")
             kernel = bench_kernel(keys * keys.shape[1] ** -0.25, source, args.kernel_n, args.maxiter, args.repeats)

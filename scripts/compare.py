@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     page = opening(f"Comparison of {len(runs)} runs on {data['source']}", MEASURED, command_line(__file__, argv),
                    config, "; ".join(recorded(runs, "machine")) or "not recorded in the run records",
                    f"trained {trained_dates(runs)}")
+    groups = group_runs(runs)
     try:
-        reference = reference_label(list(group_runs(runs)), args.reference or DEFAULT_REFERENCE)
+        reference = reference_label(list(groups), args.reference or DEFAULT_REFERENCE)
     except ComparisonError as exc:
         if args.reference:
             print(f"cannot compare: {exc}", file=sys.stderr)
@@ -102,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: no paired table: {exc} (--reference)", file=sys.stderr)
         reference = None
     paired = paired_with(runs, reference) if reference else []
-    unpaired = [label for label in group_runs(runs) if reference and label != reference
-                and label not in {p.label for p in paired}]
+    paired_labels = {p.label for p in paired}
+    unpaired = [label for label in groups if reference and label != reference and label not in paired_labels]
     if unpaired:
         verb = "shares" if len(unpaired) == 1 else "share"
         print(f"note: {', '.join(map(repr, unpaired))} {verb} no seed with {reference!r}: not paired", file=sys.stderr)
@@ -116,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         pairs += f"\nNot paired (no seed in common with {reference}): {', '.join(unpaired)}.\n"
     print(table + pairs, end="")
 
-    groups = group_runs(runs)
     try:
         out.mkdir(parents=True, exist_ok=True)
         page_file, csv_file, paired_file, plot_file = (out / name for name in OUTPUTS)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import secrets
 import sys
 from collections.abc import Callable, Iterator
@@ -51,7 +50,7 @@ from model.gpt import GPT
 from model.sampling import Sampler
 from training.checkpoint import CheckpointError, load_checkpoint_model
 from training.runtime import pick_device, pick_dtype
-from typedconfig.cli import ArgumentParser
+from typedconfig.cli import ArgumentParser, with_flag_names
 
 
 # the parameters of generate() and Sampler that this command's flags set, for their error messages
@@ -145,11 +144,6 @@ def read_stdin() -> str:
                          "to UTF-8 (iconv -t UTF-8)") from None
 
 
-def with_flag_names(message: str) -> str:
-    """`message` with the parameter names of generate() and Sampler that flags set named as the flags."""
-    return re.sub(rf"\b({'|'.join(FLAGS)})\b", lambda name: FLAGS[name.group(0)], message)
-
-
 def with_flags(make: Callable, *args, **kwargs):
     """make(*args, **kwargs) (Sampler, generate), its errors about its arguments naming this command's flags; a
     checkpoint's own errors (an attention option named temperature, say) keep theirs."""
@@ -158,7 +152,7 @@ def with_flags(make: Callable, *args, **kwargs):
     except DecodeStateTooLarge:
         raise
     except ValueError as exc:
-        raise ValueError(with_flag_names(str(exc))) from None
+        raise ValueError(with_flag_names(str(exc), FLAGS)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +201,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"{stats_line(stats, model, seed)}\ngenerate: interrupted", file=sys.stderr)
         return 130
     if note:
-        print(f"generate: {with_flag_names(note)}; pass --window N to go on with a sliding window", file=sys.stderr)
+        print(f"generate: {with_flag_names(note, FLAGS)}; pass --window N to go on with a sliding window",
+              file=sys.stderr)
     print(stats_line(stats, model, seed), file=sys.stderr)
     return 0
 

@@ -79,7 +79,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, cfg: LoggingConfig, config: dict[str, Any], fresh: bool,
                  say: Callable[[str], None]):
-        self.path, self.fresh = run_dir / METRICS_FILE, fresh
+        self.path = run_dir / METRICS_FILE
         if fresh and self.path.is_file():
             say(f"warning: {self.path} holds records of an earlier run that saved no checkpoint; this fresh run "
                 "replaces them")

@@ -285,7 +285,7 @@ def warmup_note(cfg: RunConfig, start: int, end: int) -> str | None:
     within its warm-up: the rate never reaches optim.lr and never decays. optim.decay_steps itself is refused there
     when the config loads; train.max_steps is a run's length, which a short trial may rightly cut."""
     warmup = cfg.optim.warmup_steps
-    if end - start > warmup:
+    if end - start >= warmup:  # at end - start == warmup the last step does reach optim.lr
         return None
     return (f"warning: the learning-rate schedule ends at step {end}, within its {warmup} warm-up steps from step "
             f"{start}: the rate never reaches optim.lr ({cfg.optim.lr:g}) and never decays; lower "

@@ -3,7 +3,8 @@ checkpoints and mix their records in one metrics.jsonl.
 
 The lock is an exclusive flock on `<out_dir>/.lock`, which holds the PID of the process that has it. The kernel
 releases it when that process exits, however it exits (kill -9 included), so a stale file never blocks a run; the
-file itself stays, since removing it could let two later runs lock two different files of the same name.
+file itself stays, since removing it could let two later runs lock two different files of the same name; only a
+directory the lock made for a run that then wrote nothing is removed again, lock file included.
 """
 
 from __future__ import annotations

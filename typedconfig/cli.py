@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import re
+from collections.abc import Mapping
+
+
+def with_flag_names(message: str, flags: Mapping[str, str]) -> str:
+    """`message` with the names in `flags` (config keys such as data.val_every, or a function's parameters) written as
+    the command's flags (--val-every): the checks a command shares with train.py or a library function name what
+    they check, which are flags only there."""
+    if not flags:
+        return message
+    pattern = r"(?<![\w.])(" + "|".join(map(re.escape, sorted(flags, key=len, reverse=True))) + r")(?![\w.])"
+    return re.sub(pattern, lambda name: flags[name.group(0)], message)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

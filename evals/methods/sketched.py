@@ -94,11 +94,12 @@ class SketchPreconditioned(IterativeMethod):
             # the correction from the residual computed in y, from zero, brings it towards Householder QR's.
             for step in range(1, self.options.refine + 1):
                 r = b - self.op.matvec(y)
-                if weighted_norm(r) == 0:  # solved exactly: nothing to refine, and no scale to refine against
+                rnorm = weighted_norm(r)
+                if rnorm == 0:  # solved exactly: nothing to refine, and no scale to refine against
                     break
                 # from zero, the correction must be resolved as accurately as the first solve's: its stopping test
                 # is relative to its own starting gradient Bᵀr, not to ||b|| (which it would meet at once)
-                start = weighted_norm(self.Bt(r)) / weighted_norm(r)
+                start = weighted_norm(self.Bt(r)) / rnorm
                 correction = self.preconditioned_ls(r, torch.zeros_like(z0), tol * start, f"refine{step}")
                 y = y + self.R.solve(correction)
         return y

@@ -17,10 +17,10 @@ import pytest
 
 from data.config import DataConfig
 from data.errors import DataError
-from data.errors import with_flag_names
 import data.prepare as prepare_module
 from data.prepare import FLAGS, dataset_dir, is_prepared, load_prepared, main, prepare, token_dtype
 from data.tokenizer import TextTokenizer, gpt2_encoding, gpt2_tokenizer, load_tokenizer
+from typedconfig.cli import with_flag_names
 
 DOCS = [f"Document {i}: {'Lorem ipsum dolor sit amet. ' * i}\n\nÆsop's 🐢 line\tend  " for i in range(7)]
 EOT = 50256
