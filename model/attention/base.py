@@ -14,6 +14,9 @@ Padding: each form takes `mask` (B, T), True for the real tokens of the T new on
 right or anywhere). A padding key takes no part in any query's sum: not in a numerator, not in a normaliser, not in
 a recurrent state (a KV cache keeps it, marked invalid); a padding query's output is 0. `mask=None` means no padding
 and runs the unmasked code unchanged.
+
+Every form starts with `check_inputs` (and `step` with `check_state`), so a caller's mismatched shapes are named
+in one line rather than cut short or broadcast.
 """
 
 from __future__ import annotations
@@ -27,6 +30,38 @@ from torch import nn
 
 # (B, T) bool, False for padding; None when there is none.
 Mask = torch.Tensor | None
+
+
+def check_inputs(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask) -> None:
+    """Refuse q, k, v and mask that do not fit together, naming every shape: the tiled and chunked forms would
+    otherwise cut longer keys short silently, and the others fail deep inside torch."""
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"{name} attention takes q and k of one shape (B, H, T, d) and v of shape (B, H, T, d_v) with the same "
+            f"B, H and T; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if not q.device == k.device == v.device:
+        raise ValueError(f"{name} attention: q, k and v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if mask is not None and (
+        not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (q.shape[0], q.shape[2])
+        or mask.device != q.device
+    ):
+        shown = (f"{mask.dtype} of shape {tuple(mask.shape)} on {mask.device}" if isinstance(mask, torch.Tensor)
+                 else type(mask).__name__)
+        raise ValueError(
+            f"{name} attention: mask must be a bool tensor of shape (B, T) = {(q.shape[0], q.shape[2])} on "
+            f"{q.device} (False for padding); got {shown}"
+        )
+
+
+def check_state(name: str, what: str, shape: torch.Size, expected: tuple[int | None, ...]) -> None:
+    """Refuse a decode state made for other rows, heads or head sizes (`expected`: None matches any size)."""
+    if len(shape) != len(expected) or any(e is not None and s != e for s, e in zip(shape, expected)):
+        shown = tuple("*" if e is None else e for e in expected)
+        raise ValueError(
+            f"{name} attention: the decode state's {what} have shape {tuple(shape)}, but these q, k, v need "
+            f"{shown} (* any): pass a state from init_state with this batch, heads and head sizes"
+        )
 
 
 def zero_masked_queries(y: torch.Tensor, mask: Mask) -> torch.Tensor:

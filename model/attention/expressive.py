@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from model.attention.base import AttentionBackend, zero_masked_queries
+from model.attention.base import AttentionBackend, check_inputs, zero_masked_queries
 from model.attention.direct import naive_causal_average, safe_denominator, tiled_numerator_and_denominator
 from model.attention.flex import WEIGHT_FLOOR, direct_form
-from model.attention.kv_cache import KVCache, append_kv, empty_kv_cache, kv_cache_bytes
+from model.attention.kv_cache import KVCache, append_kv, check_kv_cache, empty_kv_cache, kv_cache_bytes
 from model.attention.linear import QuadraticKernel, QuadraticKernelAttention
 from model.attention.numerics import accumulation_dtype, autocast_off, fold_heads, fold_mask, unfold_heads
 from model.attention.options import check_count, check_option, check_positive_real, is_real
@@ -72,10 +72,12 @@ class ExpressiveAttention(AttentionBackend):
         check_count(self.name, "block_size", self.block_size)
 
     def reference(self, q, k, v, mask=None):
+        check_inputs(self.name, q, k, v, mask)
         s = _temperature(self.temperature, q.shape[-1]) * (q @ k.transpose(-2, -1))  # (B, H, T, T)
         return naive_causal_average(s**2 / (1 + s**2), v, self.eps, mask)
 
     def forward(self, q, k, v, mask=None):
+        check_inputs(self.name, q, k, v, mask)
         y = direct_form(
             q, k, v, SaturatingSquare(), scale=_temperature(self.temperature, q.shape[-1]), eps=self.eps,
             block=self.block_size, mask=mask,
@@ -89,6 +91,8 @@ class ExpressiveAttention(AttentionBackend):
         )
 
     def step(self, q, k, v, state: KVCache, mask=None):
+        check_inputs(self.name, q, k, v, mask)
+        check_kv_cache(self.name, state, k, v)
         past = state.length
         state = append_kv(state, k, v, mask)
         b, h, t, d = q.shape

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model.attention.base import check_state
+
 
 @dataclass
 class KVCache:
@@ -41,6 +43,13 @@ def empty_kv_cache(
         k=torch.empty(batch, heads, capacity, d, dtype=dtype, device=device),
         v=torch.empty(batch, heads, capacity, d_v, dtype=dtype, device=device),
     )
+
+
+def check_kv_cache(name: str, cache: KVCache, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Refuse a cache made for other rows, heads or head sizes than the new keys `k` and values `v`."""
+    b, h, _, d = k.shape
+    check_state(name, "keys", cache.k.shape, (b, h, None, d))
+    check_state(name, "values", cache.v.shape, (b, h, None, v.shape[-1]))
 
 
 def append_kv(cache: KVCache, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> KVCache:

@@ -34,7 +34,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from model.attention.base import AttentionBackend, zero_masked_queries
+from model.attention.base import AttentionBackend, check_inputs, check_state, zero_masked_queries
 from model.attention.crossover import uses_linear_form
 from model.attention.direct import naive_causal_average, safe_denominator
 from model.attention.flex import WEIGHT_FLOOR, direct_form
@@ -347,11 +347,13 @@ class QuadraticKernelAttention(AttentionBackend):
         raise NotImplementedError
 
     def reference(self, q, k, v, mask=None):
+        check_inputs(self.name, q, k, v, mask)
         kernel = self.kernel(q.shape[-1])
         s = q @ k.transpose(-2, -1)  # (B, H, T, T)
         return naive_causal_average(kernel.a * s**2 + kernel.b * s + kernel.c, v, self.eps, mask)
 
     def forward(self, q, k, v, mask=None):
+        check_inputs(self.name, q, k, v, mask)
         kernel = self.kernel(q.shape[-1])
         if not uses_linear_form(self, q.shape[2], q.shape[-1], q.shape[1], q.dtype, q.device):
             y = direct_form(q, k, v, kernel, scale=1.0, eps=self.eps, block=self.block_size, mask=mask)
@@ -369,7 +371,9 @@ class QuadraticKernelAttention(AttentionBackend):
 
     @torch.no_grad()  # decoding only: the state is updated in place, which autograd cannot follow
     def step(self, q, k, v, state: QuadraticKernelState, mask=None):
+        check_inputs(self.name, q, k, v, mask)
         b, h, t, d = q.shape
+        check_state(self.name, "sums [S | z]", state.kv.shape, (b, h, self.kernel(d).feature_dim(d), v.shape[-1] + 1))
         kv = state.kv.view(b * h, *state.kv.shape[2:])  # a view: updated in place
         valid = None if mask is None else fold_mask(mask, h)
         v1 = with_ones_column(fold_heads(v))

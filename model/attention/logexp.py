@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model.attention.base import AttentionBackend, zero_masked_queries
+from model.attention.base import AttentionBackend, check_inputs, check_state, zero_masked_queries
 from model.attention.kv_cache import causal_mask, padded_causal_mask
 from model.attention.linear_state import LinearAttentionState
 from model.attention.numerics import (
@@ -227,6 +227,7 @@ class LogExpAttention(AttentionBackend):
         check_count(self.name, "chunk_size", self.chunk_size)
 
     def reference(self, q, k, v, mask=None):
+        check_inputs(self.name, q, k, v, mask)
         logits = torch.logsumexp(q[..., :, None, :] + k[..., None, :, :], dim=-1)  # (B, H, T, T)
         t = q.shape[2]
         visible = causal_mask(t, 0, q.device) if mask is None else padded_causal_mask(t, 0, mask, mask)
@@ -234,6 +235,7 @@ class LogExpAttention(AttentionBackend):
         return zero_masked_queries(torch.softmax(logits, dim=-1) @ v, mask)
 
     def forward(self, q, k, v, mask=None):
+        check_inputs(self.name, q, k, v, mask)
         y = _ChunkedLogExpAttention.apply(fold_heads(q), _keys(k, mask), fold_heads(v), self.chunk_size)
         return zero_masked_queries(unfold_heads(y, q), mask)
 
@@ -246,7 +248,10 @@ class LogExpAttention(AttentionBackend):
 
     @torch.no_grad()  # decoding only: the state is updated in place, which autograd cannot follow
     def step(self, q, k, v, state: LogExpState, mask=None):
-        b, h = q.shape[:2]
+        check_inputs(self.name, q, k, v, mask)
+        b, h, _, d = q.shape
+        check_state(self.name, "sums [S | z]", state.kv.shape, (b, h, d, v.shape[-1] + 1))
+        check_state(self.name, "key maxima m", state.m.shape, (b, h, d))
         kv = state.kv.view(b * h, *state.kv.shape[2:])  # views: updated in place
         m = state.m.view(b * h, -1)
         with autocast_off(q.device):

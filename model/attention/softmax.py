@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model.attention.base import AttentionBackend, zero_masked_queries
+from model.attention.base import AttentionBackend, check_inputs, zero_masked_queries
 from model.attention.blocked_softmax import blocked_causal_softmax, runs_blocked
 from model.attention.kv_cache import (
     KVCache,
     append_kv,
     causal_mask,
+    check_kv_cache,
     empty_kv_cache,
     kv_cache_bytes,
     padded_causal_mask,
@@ -36,6 +37,7 @@ class SoftmaxAttention(AttentionBackend):
         check_option(self.name, "blocked", self.blocked, isinstance(self.blocked, bool), "True or False")
 
     def reference(self, q, k, v, mask=None):
+        check_inputs(self.name, q, k, v, mask)
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, T)
         t = q.shape[-2]
         visible = causal_mask(t, 0, q.device) if mask is None else padded_causal_mask(t, 0, mask, mask)
@@ -43,6 +45,7 @@ class SoftmaxAttention(AttentionBackend):
         return zero_masked_queries(torch.softmax(scores, dim=-1) @ v, mask)
 
     def forward(self, q, k, v, mask=None):
+        check_inputs(self.name, q, k, v, mask)
         if mask is None:
             if self.blocked and runs_blocked(q):
                 return blocked_causal_softmax(q, k, v)
@@ -54,6 +57,8 @@ class SoftmaxAttention(AttentionBackend):
         return empty_kv_cache(batch, heads, d, d_v, dtype=dtype, device=device, capacity=capacity)
 
     def step(self, q, k, v, state: KVCache, mask=None):
+        check_inputs(self.name, q, k, v, mask)
+        check_kv_cache(self.name, state, k, v)
         past = state.length
         state = append_kv(state, k, v, mask)
         t = q.shape[-2]

@@ -249,6 +249,48 @@ def test_invalid_option_values_are_errors_that_name_the_option_and_range(name, o
         get_backend(name, **{option: value})
 
 
+def mismatched_inputs(backend):
+    """(what, q, k, v, mask) a caller can get wrong, each with the phrase its error names."""
+    q, k, v = kernel_inputs(backend, 6)
+    real = torch.ones(B, 6, dtype=torch.bool)
+    return [
+        ("short keys", q, k[:, :, :4], v, None, r"k \(1, 2, 4, 8\)"),
+        ("short values", q, k, v[:, :, :4], None, r"v \(1, 2, 4, 5\)"),
+        ("key head size", q, k[..., :4], v, None, r"same B, H and T"),
+        ("other heads", q, k[:, :1], v[:, :1], None, r"q \(1, 2, 6, 8\)"),
+        ("3-D", q[0], k[0], v[0], None, r"\(B, H, T, d\)"),
+        ("mask of one row per head", q, k, v, torch.ones(B * H, 6, dtype=torch.bool), r"mask .* \(1, 6\)"),
+        ("broadcast mask", q, k, v, real[:, :1], r"got torch.bool of shape \(1, 1\)"),
+        ("integer mask", q, k, v, real.long(), r"must be a bool tensor .* got torch.int64"),
+        ("list mask", q, k, v, [[True] * 6], r"got list"),
+    ]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_every_form_refuses_q_k_v_and_mask_that_do_not_fit_together_naming_the_shapes(name):
+    backend = get_backend(name)
+    for what, q, k, v, mask, named in mismatched_inputs(backend):
+        calls = {
+            "reference": lambda: backend.reference(q, k, v, mask),
+            "forward": lambda: backend.forward(q, k, v, mask),
+            "step": lambda: backend.step(q, k, v, backend.init_state(B, H, D, D_V, dtype=q.dtype, device="cpu"), mask),
+        }
+        for form, call in calls.items():
+            with pytest.raises(ValueError, match=rf"^{name} attention.*{named}") as error:
+                call()
+            assert "\n" not in str(error.value), (what, form)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize(("batch", "heads", "d", "d_v"), [(2, H, D, D_V), (B, 3, D, D_V), (B, H, 4, D_V), (B, H, D, 3)])
+def test_step_refuses_a_state_made_for_other_rows_heads_or_head_sizes(name, batch, heads, d, d_v):
+    backend = get_backend(name)
+    q, k, v = kernel_inputs(backend, 3)
+    state = backend.init_state(batch, heads, d, d_v, dtype=q.dtype, device="cpu")
+    with pytest.raises(ValueError, match=rf"^{name} attention: the decode state's .* init_state"):
+        backend.step(q, k, v, state)
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 def test_backends_are_frozen_dataclasses_whose_fields_are_the_options(name):
     backend = get_backend(name)
