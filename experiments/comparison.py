@@ -286,7 +286,7 @@ def summarise(runs: list[Run]) -> list[Summary]:
     for label, group in group_runs(runs).items():
         per_run = [run_metrics(run) for run in group]
         keys = [key for key in per_run[0] if all(key in metrics for metrics in per_run)]
-        summaries.append(Summary(label, len(group), {key: _mean_std([m[key] for m in per_run]) for key in keys}))
+        summaries.append(Summary(label, len(group), {key: mean_std([m[key] for m in per_run]) for key in keys}))
     return sorted(summaries, key=lambda s: s.stats["final_val_loss"][0])
 
 
@@ -424,7 +424,7 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (NaN for a single value: one run's spread is unknown, not 0)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 

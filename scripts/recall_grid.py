@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -43,8 +42,8 @@ from matplotlib.figure import Figure
 
 from data.config import MQAR, MQARConfig, tokens_needed
 from data.mqar import elimination_accuracy
-from experiments.comparison import (ComparisonError, Run, check_comparable, load_run, recorded, run_config, run_dirs,
-                                    trained_dates)
+from experiments.comparison import (ComparisonError, Run, check_comparable, load_run, mean_std, recorded, run_config,
+                                    run_dirs, trained_dates)
 from experiments.sweep import SWEEP_KEYS, parse_backends
 from fileio.pages import check_replace, command_line, opening
 from fileio.tables import csv_text, markdown_table, mean_std_cell
@@ -92,8 +91,7 @@ class Cell:
     holdout: list[float]
 
     def mean_std(self, split: str) -> tuple[float, float]:
-        values = getattr(self, split)
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        return mean_std(getattr(self, split))
 
 
 Grid = dict[Setting, dict[float, dict[str, Cell]]]  # setting -> lr -> backend -> cell

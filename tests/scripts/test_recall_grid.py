@@ -69,6 +69,8 @@ def test_one_seed_gives_no_standard_error_and_no_verdict(tmp_path):
     page = recall_grid.write_results(one_seed, tmp_path / "one", "")
     assert "| +0.300 | – | untold (one seed) |" in page and "ahead |" not in page
     assert "cannot be judged by this grid: with one seed a gap has no standard error to be weighed against" in page
+    rows = list(csv.DictReader(open(tmp_path / "one.csv")))
+    assert rows and all(r["val_accuracy_std"] == r["holdout_accuracy_std"] == "nan" for r in rows)  # unknown, not 0
 
 
 def test_a_grid_whose_softmax_misses_the_easiest_setting_says_it_measures_nothing(tmp_path):
