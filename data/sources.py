@@ -19,6 +19,7 @@ import importlib.util
 import itertools
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from data.config import MQAR, DataConfig
 from data.errors import DataError
+from data.hub import check_hub_reachable
 
 if TYPE_CHECKING:
     from datasets import IterableDataset
@@ -63,6 +65,8 @@ class Source:
         from datasets import load_dataset  # ~1 s to import: paid by sources that need it, not by every importer
 
         if not self.files:
+            if not os.path.exists(self.dataset):  # load_dataset takes a local dataset folder by name too
+                check_hub_reachable(self.describe(), "hub datasets need internet")
             try:
                 return load_dataset(self.dataset, self.subset, split=self.split, streaming=True)
             except Exception as exc:  # offline, unknown name, unknown subset or split: the hub's types vary

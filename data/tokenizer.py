@@ -34,6 +34,7 @@ import tiktoken
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from data.errors import DataError
+from data.hub import check_hub_reachable
 
 GPT2 = "gpt2"
 END_OF_TEXT = "<|endoftext|>"
@@ -172,6 +173,7 @@ def load_tokenizer(name: str = GPT2) -> TextTokenizer:
     if name == GPT2:
         encoding = gpt2_encoding()
         return TextTokenizer(GPT2, encoding.eot_token, encoding.n_vocab, gpt2_tokenizer, encoding, PIECE_CHARS)
+    check_hub_reachable(f"tokenizer {name!r}", f"hub tokenizers need internet, or use data.tokenizer={GPT2}")
     try:
         tokenizer = Tokenizer.from_pretrained(name)
     except Exception as exc:  # the hub raises several unrelated types (offline, not found, bad file)

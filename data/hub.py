@@ -1,0 +1,40 @@
+"""A quick look, before a Hugging Face hub request, at whether the hub's host resolves at all.
+
+Without a network, huggingface_hub retries each request five times with back-off (about 20 s) before it gives up,
+and the error that reaches us then names neither the cause nor the local cache. A host that does not resolve is
+known at once; a user who means to work from the cache says so with HF_HUB_OFFLINE=1, which skips the look.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+from data.errors import DataError
+
+# The values huggingface_hub and datasets read as true in their offline variables.
+TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline() -> bool:
+    """Whether the environment asks the Hugging Face libraries to work from their cache alone."""
+    return any(os.environ.get(name, "").upper() in TRUE_VALUES for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def check_hub_reachable(what: str, otherwise: str) -> None:
+    """Refuse at once, naming `what` was wanted and the two ways on (`otherwise`, or the cache), where the hub's
+    host (HF_ENDPOINT's, huggingface.co by default) does not resolve; nothing is checked in offline mode."""
+    if hub_offline():
+        return
+    from huggingface_hub import constants  # the endpoint as the hub libraries will use it
+
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise DataError(
+            f"cannot reach the Hugging Face hub for {what}: {host} does not resolve ({reason}); {otherwise}, or set "
+            "HF_HUB_OFFLINE=1 to load it from the local cache"
+        ) from exc
