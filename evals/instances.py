@@ -65,18 +65,19 @@ def check_rows(manifest: dict, max_rows: int | None, *, hidden_states: bool) -> 
     """Raise ValueError unless the stacked rows (every window's tokens, at most max_rows) leave each Gram instance
     tall, as (AᵀA)^j needs: K has head_dim columns, X has n_embd."""
     windows = manifest["windows"]
-    rows = windows["count"] * windows["block_size"]
-    if max_rows is not None:
-        rows = min(rows, max_rows)
+    available = windows["count"] * windows["block_size"]
+    rows = available if max_rows is None else min(available, max_rows)
     widths = {"the keys K": ("head_dim", manifest["model"]["head_dim"])}
     if hidden_states:
         widths["the hidden states X"] = ("n_embd", manifest["model"]["n_embd"])
     for what, (name, columns) in widths.items():
         if rows < columns:
             skip = " or pass --no-hidden-states" if what == "the hidden states X" else ""
+            # --max-rows only cuts: it helps where it cut below the columns, not where the windows hold too few rows
+            fix = f"--max-rows >= {columns}" if available >= columns else f"more windows ({columns} rows at least)"
             raise ValueError(f"{rows} stacked rows (--max-rows {max_rows}, {windows['count']} windows of "
                              f"{windows['block_size']} tokens) leave {what} wide ({name} = {columns} columns), and "
-                             f"the Gram problems need n >= d: use --max-rows >= {columns} (or more windows){skip}")
+                             f"the Gram problems need n >= d: use {fix}{skip}")
 
 
 def synthetic_controls(*, js: tuple[int, ...], n: int = 4096, d: int = 64, kernel_n: int = 512) -> Iterator[Instance]:

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 import torch
 
 Operator = Callable[[torch.Tensor], torch.Tensor]
+# Iterations without a new smallest gradient after which backtracking gradient descent stops: with a step within
+# 2 / λ_max, ||g|| cannot grow in exact arithmetic and, for sketch_gd's BᵀB, falls by a factor (κ - 1) / (κ + 1) per
+# step, at most ~0.94 at the smallest sketch allowed (k = 2d), so 50 such iterations mean rounding, not slow progress.
+GD_STALL = 50
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,11 @@ def cg(matvec: Operator, b: torch.Tensor, *, tol: float, maxiter: int, x0: torch
     target, CG restarts from x with the true residual, until it meets the target or runs out of iterations.
 
     CG is homogeneous in b, so it runs on b / ||b||: the inner products of a tiny b (the Jacobi-scaled exp kernel's
-    reaches ~1e-170 for rows near the overflow limit) would underflow to 0 and stop it."""
+    reaches ~1e-170 for rows near the overflow limit) would underflow to 0 and stop it. For b = 0 the solution is
+    x = 0 exactly (M is definite), returned as such: a warm start's residual could never meet a target of tol · 0."""
     scale = weighted_norm(b)
+    if scale == 0:
+        return KrylovResult(torch.zeros_like(b), 0, True)
     if not 0 < scale < math.inf:
         scale = 1.0
     result = _unit_cg(matvec, b / scale, tol=tol, maxiter=maxiter, x0=None if x0 is None else x0 / scale,
@@ -152,22 +159,30 @@ def preconditioned_gd(residual: Operator, x0: torch.Tensor, *, step: float, targ
     `backtrack` is for a symmetric M without preconditioner: g <- (I - step M) g cannot grow in norm while
     step <= 2 / λ_max(M), so a step after which ||g|| grew was too long for this spectrum (a step from a bound on
     it, such as the subspace-embedding bound, that this instance exceeds). That step is undone and halved, and the
-    iteration goes on from where it was; the try counts as an iteration. Without it, an overlong step diverges."""
+    iteration goes on from where it was; the try counts as an iteration. Without it, an overlong step diverges.
+
+    With `backtrack`, where ||g|| can only fall, a target below what rounding lets it reach (the computed g floors
+    near u ||M|| ||x||) is given up after GD_STALL iterations without a new smallest ||g||, not chased to maxiter:
+    converged = False, as at maxiter."""
     x = x0.clone()
     g = residual(x)
     norm = weighted_norm(g, weights)
+    best, since_best = norm, 0
     for it in range(maxiter):
         if norm <= target:
             return KrylovResult(x, it, True)
-        if not math.isfinite(norm):
-            return KrylovResult(x, it, False)  # diverged: the step was too long for this spectrum
+        if not math.isfinite(norm) or (backtrack and since_best >= GD_STALL):  # diverged (a step too long), stalled
+            return KrylovResult(x, it, False)
         x_next = x + step * (precond(g) if precond else g)
         g_next = residual(x_next)
         norm_next = weighted_norm(g_next, weights)
+        since_best += 1
         if backtrack and not norm_next <= norm:
             step /= 2
             continue
         x, g, norm = x_next, g_next, norm_next
+        if norm < best:
+            best, since_best = norm, 0
     return KrylovResult(x, maxiter, norm <= target)
 
 

@@ -15,6 +15,7 @@ Each seed draws a new right-hand side b ~ N(0, I) and a new sketch. Every solve 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import json
@@ -234,13 +235,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "evals.run", *(sys.argv[1:] if argv is None else argv)])
+    made = not args.out.exists()
     try:
         writable_folder(args.out)  # before the solves: a report that cannot be written would lose hours of them
     except ValueError as exc:
         print(f"evals.run: {exc}", file=sys.stderr)
         return 2
-    if args.rescore:
-        return _rescore(args.rescore, args.out, command)
+    code = _rescore(args.rescore, args.out, command) if args.rescore else _solve(args, command)
+    if code and made:  # refused: the folder made for the report goes again, if nothing was written into it
+        with contextlib.suppress(OSError):
+            args.out.rmdir()
+    return code
+
+
+def _solve(args: argparse.Namespace, command: str) -> int:
+    """The extraction (from --ckpt, or --extracted), the solves and the report; 2 where the input is refused."""
     torch.set_num_threads(args.threads)
     try:
         extracted = args.extracted
@@ -327,7 +336,8 @@ def opening_of(settings: dict[str, Any], *, synthetic: bool = True) -> str:
     config = (f"checkpoint `{ckpt['path']}` (step {ckpt['step']}, attention `{manifest['attention']['backend']}`), "
               f"layers {manifest['layers']}, heads {manifest['heads']}, {windows['count']} val windows of "
               f"{windows['block_size']} tokens")
-    if settings.get("max_rows"):  # reports written before these settings were recorded have none
+    # reports written before these settings were recorded have none; a --max-rows above the rows cuts nothing
+    if settings.get("max_rows") and settings["max_rows"] < windows["count"] * windows["block_size"]:
         config += f", each matrix's first {settings['max_rows']:,} rows (--max-rows)"
     if settings.get("hidden_states") is False:
         config += ", the hidden states X not solved (--no-hidden-states)"

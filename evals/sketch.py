@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import torch
 
+from evals.problems import SolverError
+
 SKETCHES = ("gaussian", "srht", "countsketch", "sparse_sign")
 SPARSE_SIGN_ZETA = 4
 _GAUSSIAN_BLOCK = 8192
@@ -66,11 +68,12 @@ class Sketch:
 
     def __init__(self, kind: str, n: int, k: int, seed: int = 0) -> None:
         if kind not in SKETCHES:
-            raise ValueError(f"unknown sketch {kind!r}; choose one of {', '.join(SKETCHES)}")
+            raise SolverError(f"unknown sketch {kind!r}; choose one of {', '.join(SKETCHES)}")
         if not 1 <= k:
-            raise ValueError(f"a sketch needs k >= 1 rows, got {k}")
+            raise SolverError(f"a sketch needs k >= 1 rows, got {k}")
         if kind == "srht" and k > _power_of_two_at_least(n):
-            raise ValueError(f"an SRHT samples k of the {_power_of_two_at_least(n)} padded rows; k = {k} is too many")
+            raise SolverError(f"an SRHT samples k of the {_power_of_two_at_least(n)} padded rows; k = {k} is too many; "
+                              "pass fewer sketch rows or another sketch")
         self.kind, self.n, self.k, self.seed = kind, n, k, seed
         self._matrix: torch.Tensor | None = None
         self._apply: Callable[[torch.Tensor], torch.Tensor] = getattr(self, f"_{kind}")

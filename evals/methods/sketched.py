@@ -88,7 +88,9 @@ class SketchPreconditioned(IterativeMethod):
         with self.info.timed("iterate"):
             z0 = self.Q_s.T @ self.S(b[:, None])[:, 0]  # sketch-and-solve: argmin ||S A y - S b|| = R^-1 Q_sᵀ S b
             self.info.passes += 1
-            y = self.R.solve(self.preconditioned_ls(b, z0, tol, "ls"))
+            first = self.preconditioned_ls(b, z0, tol)
+            self.info.record("ls", first)
+            y = self.R.solve(first.x)
             # Iterative refinement (sketch-and-precondition with iterative refinement, Epperly, Meier & Nakatsukasa,
             # arXiv 2311.04362): preconditioned LSQR alone leaves a forward error up to ~u·κ(A)² in y; re-solving for
             # the correction from the residual computed in y, from zero, brings it towards Householder QR's.
@@ -100,17 +102,18 @@ class SketchPreconditioned(IterativeMethod):
                 # from zero, the correction must be resolved as accurately as the first solve's: its stopping test
                 # is relative to its own starting gradient Bᵀr, not to ||b|| (which it would meet at once)
                 start = weighted_norm(self.Bt(r)) / rnorm
-                correction = self.preconditioned_ls(r, torch.zeros_like(z0), tol * start, f"refine{step}")
-                y = y + self.R.solve(correction)
+                correction = self.preconditioned_ls(r, torch.zeros_like(z0), tol * start)
+                self.info.iterations[f"refine{step}"] = correction.iterations
+                if not correction.converged:  # floored by rounding or out of iterations: its x is noise, y stands
+                    break
+                y = y + self.R.solve(correction.x)
         return y
 
-    def preconditioned_ls(self, b: torch.Tensor, z0: torch.Tensor, tol: float, stage: str) -> torch.Tensor:
+    def preconditioned_ls(self, b: torch.Tensor, z0: torch.Tensor, tol: float) -> KrylovResult:
         """z ~ argmin ||B z - b|| from z0 with ||B (z - z*)|| <= tol ||b||, by the normal equations BᵀB z = Bᵀb
         (κ(B)² is small). Bᵀr = BᵀB (z* - z) for r = b - B z gives ||B (z - z*)|| <= ||Bᵀr|| / σ_min(B), so the
         stage stops at ||Bᵀr|| <= SIGMA_MIN_B tol ||b||."""
-        res = self.normal_solve(self.Bt(b), z0, SIGMA_MIN_B * tol * weighted_norm(b))
-        self.info.record(stage, res)
-        return res.x
+        return self.normal_solve(self.Bt(b), z0, SIGMA_MIN_B * tol * weighted_norm(b))
 
     def gram_level(self, c: torch.Tensor, target: float, stage: str) -> torch.Tensor:
         # preconditioned in z = R y: BᵀB z = R^-T c, whose residual is R^-T times the original one
@@ -126,10 +129,8 @@ class SketchPCG(SketchPreconditioned):
 
 
 class SketchLSQR(SketchPCG):
-    def preconditioned_ls(self, b: torch.Tensor, z0: torch.Tensor, tol: float, stage: str) -> torch.Tensor:
-        res = lsqr(self.B, self.Bt, b, tol=tol, maxiter=self.options.maxiter, x0=z0, sigma_min=SIGMA_MIN_B)
-        self.info.record(stage, res)
-        return res.x
+    def preconditioned_ls(self, b: torch.Tensor, z0: torch.Tensor, tol: float) -> KrylovResult:
+        return lsqr(self.B, self.Bt, b, tol=tol, maxiter=self.options.maxiter, x0=z0, sigma_min=SIGMA_MIN_B)
 
 
 class SketchCholQR(TriangularFactor):

@@ -15,7 +15,7 @@ import torch
 
 from evals import report
 from evals import synthetic as syn
-from evals.instances import Instance, distinct_rows, synthetic_controls
+from evals.instances import Instance, check_rows, distinct_rows, synthetic_controls
 from evals import run
 from evals.run import evaluate, main, opening_of, scoring, time_vs_n
 from evals.solve import METHODS
@@ -98,6 +98,10 @@ def test_evaluate_scores_every_instance_by_its_residual():
 
     records = report.aggregate(easy)
     assert {r["method"]: r["speedup_vs_reference"] for r in records}["qr"] == 1.0
+    # a method built on the reference's own factorisation has no forward error to report (it would read 0.0)
+    fwd = {(r["problem"], r["method"]): r.get("median_fwd_err") for r in records + report.aggregate(kernel)}
+    assert math.isnan(fwd["gram_power", "svd"]) and math.isnan(fwd["exp_kernel", "cholesky"])
+    assert 0 < fwd["gram_power", "qr"] < 1e-6 and 0 < fwd["exp_kernel", "cg"] < 1
     summary = report.summarise(records, "synthetic")
     assert {s["method"] for s in summary} == set(METHODS["gram_power"])
     assert all(s["applicable"] == s["predicted_ok"] == s["all_succeeded"] == 1 and s["success_rate"] == 1.0
@@ -212,8 +216,8 @@ def test_a_report_without_errors_has_no_error_section():
 
 @pytest.mark.parametrize("extra, message", [
     (["--max-rows", "16"], "16 stacked rows (--max-rows 16, 4 windows of 32 tokens) leave the hidden states X wide "
-                           "(n_embd = 32 columns), and the Gram problems need n >= d: use --max-rows >= 32 (or more "
-                           "windows) or pass --no-hidden-states"),
+                           "(n_embd = 32 columns), and the Gram problems need n >= d: use --max-rows >= 32 or pass "
+                           "--no-hidden-states"),
     (["--max-rows", "8", "--no-hidden-states"], "leave the keys K wide (head_dim = 16 columns)"),
 ])
 def test_max_rows_that_leave_a_matrix_wide_is_a_clear_error(extra, message, softmax_run, tmp_path, capsys):
@@ -221,7 +225,15 @@ def test_max_rows_that_leave_a_matrix_wide_is_a_clear_error(extra, message, soft
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("evals.run: ") and message in err and "Traceback" not in err
-    assert not (tmp_path / "r" / "extracted").exists()  # refused before the extraction
+    assert not (tmp_path / "r").exists()  # refused before the extraction, and the folder made for it removed
+
+
+def test_windows_of_too_few_rows_ask_for_more_windows_not_for_max_rows():
+    manifest = {"windows": {"count": 2, "block_size": 16}, "model": {"head_dim": 16, "n_embd": 64}}
+    with pytest.raises(ValueError, match=r"32 stacked rows \(--max-rows 100, .* use more windows \(64 rows at least\) "
+                                         r"or pass --no-hidden-states$"):
+        check_rows(manifest, 100, hidden_states=True)
+    check_rows(manifest, 100, hidden_states=False)  # the keys are tall enough
 
 
 def test_time_vs_n_records_every_method_and_size():
@@ -333,3 +345,4 @@ def test_a_report_without_synthetic_controls_says_so_and_has_no_such_table():
     limited = opening_of({**settings, "max_rows": 40, "hidden_states": False})
     assert ("4 val windows of 32 tokens, each matrix's first 40 rows (--max-rows), the hidden states X not solved "
             "(--no-hidden-states)") in limited
+    assert "--max-rows" not in opening_of({**settings, "max_rows": 100_000})  # more than the 128 rows: no cut

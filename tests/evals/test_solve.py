@@ -335,6 +335,33 @@ def test_cg_reports_convergence_only_where_the_true_residual_meets_the_target(to
     assert res.converged == (tol > 1e-5)  # 1e-4 is reachable, 1e-9 is below the float32 floor
 
 
+def test_an_srht_of_more_rows_than_the_padded_matrix_is_a_solver_error():
+    A, b = syn.conditioned(100, 40, 1e2, 0), syn.rhs(100, 0)  # 4d = 160 rows of 128 padded ones
+    with pytest.raises(P.SolverError, match=r"k = 160 is too many; pass fewer sketch rows or another sketch"):
+        solve("a_gram_power", A, b, j=1, method="sketch_pcg", sketch="srht")
+
+
+def test_cg_of_a_zero_right_hand_side_returns_zero_whatever_the_warm_start():
+    M = _spd(20, 10.0)
+    res = cg(lambda v: M @ v, torch.zeros(20, dtype=torch.float64), tol=1e300, maxiter=50,
+             x0=torch.ones(20, dtype=torch.float64))
+    assert res.converged and res.iterations == 0 and not res.x.any()
+
+
+@pytest.mark.parametrize("method", LEAST_SQUARES_METHODS)
+def test_a_right_hand_side_orthogonal_to_the_range_is_solved_by_y_0(method):
+    """Aᵀb = 0: y* = 0, which every method must find, and call converged where it can vouch for eps (CG's warm start
+    chased a target of tol · ||Aᵀb|| = 0 until it gave up; a relres of 1 + 2u failed the residual test). Plain LSQR
+    stops on Paige & Saunders' test, which bounds nothing."""
+    A = syn.conditioned(64, 4, 10.0, 0)
+    b = syn.rhs(64, 1)
+    b -= A @ torch.linalg.lstsq(A, b).solution  # the part of b outside A's range
+    assert float(torch.linalg.vector_norm(A.T @ b)) <= 1e-12 * float(torch.linalg.vector_norm(b))
+    y, info = least_squares(A, b, method=method, eps=EPS)
+    assert info.converged == (method != "lsqr")
+    assert float(torch.linalg.vector_norm(A @ y)) <= EPS * float(torch.linalg.vector_norm(b))
+
+
 def test_cg_stops_on_the_weighted_residual_when_given_weights():
     M = _spd(50, 1000.0)
     b = torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -362,6 +389,25 @@ def test_gradient_descent_backtracks_a_step_too_long_for_the_spectrum():
     res = preconditioned_gd(lambda x: b - M @ x, torch.zeros(3, dtype=torch.float64), backtrack=True, **kwargs)
     assert res.converged
     torch.testing.assert_close(res.x, torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64))
+
+
+def test_backtracking_gradient_descent_gives_up_a_target_below_rounding_after_the_stall_limit():
+    M = _spd(20, 100.0)
+    b = torch.randn(20, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    res = preconditioned_gd(lambda x: b - M @ x, torch.zeros(20, dtype=torch.float64), step=1 / 50, target=1e-30,
+                            maxiter=100_000, backtrack=True)
+    assert not res.converged and res.iterations < 10_000  # the floor (~1e-14 here) is reached in ~2,000 steps
+    assert float(torch.linalg.vector_norm(b - M @ res.x)) < 1e-12
+
+
+def test_a_refinement_that_cannot_converge_leaves_y_as_the_first_solve_left_it():
+    """sketch_gd's correction stage asks for eps of a residual already at rounding level: it stalls, and its noise
+    is not added (it ran 2,000 iterations and made y worse, and the solve was reported as not converged)."""
+    A, b = syn.conditioned(4096, 32, 1e6, 0), syn.rhs(4096, 1)
+    y0, info0 = least_squares(A, b, method="sketch_gd", eps=1e-10)
+    y1, info1 = least_squares(A, b, method="sketch_gd", eps=1e-10, refine=2)
+    assert info0.converged and info1.converged and torch.equal(y0, y1)
+    assert set(info1.iterations) == {"ls", "refine1"} and info1.iterations["refine1"] < 500
 
 
 @pytest.mark.parametrize("sketch", ["sparse_sign", "gaussian", "countsketch"])
