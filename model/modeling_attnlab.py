@@ -13,7 +13,7 @@ generate(), as with every decoder-only model) is masked in every backend: paddin
 the positions of each row count its real tokens (transformers' GPT-2 derives position_ids from the mask the same
 way), and the cache remembers the padding, so a padded row gives the logits and the tokens it gives alone.
 forward() answers transformers' output options as GPT-2 does (`output_hidden_states`, `return_dict=False`), refuses
-`output_attentions` (no backend forms an attention matrix), and refuses any other argument it would have to ignore.
+`output_attentions` (no backend returns its attention weights), and refuses any other argument it would have to ignore.
 
 `scripts/export_hf.py` copies this file (with the model package) into an exported folder, so it must import only
 torch, transformers, the model package and typedconfig.parsing (which imports only the standard library).
@@ -261,8 +261,8 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
             output_attentions = self.config.output_attentions
         if output_attentions:
             raise ValueError(
-                "output_attentions is not supported: the attnlab backends compute attention in linear or recurrent "
-                "form (softmax through fused SDPA) and never form an attention matrix; pass output_attentions=False "
+                "output_attentions is not supported: the attnlab backends compute attention in fused, tiled or "
+                "recurrent forms and return no attention weights; pass output_attentions=False "
                 "(the kernel's inputs, each layer's queries and keys, come from python -m evals.extract in the "
                 "attnlab repository)"
             )

@@ -28,7 +28,8 @@ At the end, stderr gets one line with prefill and decode tokens/s and the bytes 
 
 Exit status: 0 (also when stopped at the context limit), 2 for unusable arguments, checkpoint or prompts (text that is
 not UTF-8 included), or a decode state larger than memory can hold (one line on stderr, no output), 130 on Ctrl-C
-(the text generated so far printed, then the stats line), 141 when the reader of stdout goes away (`| head`).
+(the text generated so far printed, then the stats line and `generate: interrupted`), 141 when the reader of stdout
+goes away (`| head`).
 """
 
 from __future__ import annotations

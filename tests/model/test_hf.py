@@ -311,8 +311,8 @@ def test_generate_returns_the_hidden_states_of_each_step_with_and_without_the_ca
             torch.testing.assert_close(plain.hidden_states[step][layer], whole[:, :end], atol=1e-4, rtol=1e-4)
 
 
-ATTENTIONS_REFUSED = (r"output_attentions is not supported: the attnlab backends compute attention in linear or "
-                      r"recurrent form \(softmax through fused SDPA\) and never form an attention matrix; pass "
+ATTENTIONS_REFUSED = (r"output_attentions is not supported: the attnlab backends compute attention in fused, tiled "
+                      r"or recurrent forms and return no attention weights; pass "
                       r"output_attentions=False \(the kernel's inputs, each layer's queries and keys, come from "
                       r"python -m evals.extract")
 
