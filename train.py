@@ -352,8 +352,9 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
         meter = Throughput(model.flops_per_token(cfg.data.block_size),
                            rt.peak_flops(runtime.device, runtime.dtype) if runtime.is_main else float("nan"))
-        if runtime.rank < len(state.log_windows):  # saved between log lines (Ctrl-C, an evaluation): the window goes on
-            meter.continue_window(state.log_windows[runtime.rank], runtime.device)
+        # saved between log lines (Ctrl-C, an evaluation): the window goes on
+        if (window := meter.saved_window(state.log_windows, runtime.rank, runtime.world_size)) is not None:
+            meter.continue_window(window, runtime.device)
         state.log_windows = []
         bar = tqdm(total=tc.max_steps, initial=state.step, disable=not (runtime.is_main and cfg.logging.progress),
                    dynamic_ncols=True, file=sys.stderr)

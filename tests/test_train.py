@@ -229,6 +229,25 @@ def test_two_process_ddp_matches_one_process(tmp_path, prepared_dir):
 
 
 @pytest.mark.slow
+def test_a_window_saved_under_torchrun_goes_on_in_one_process_as_the_straight_run_logs_it(tmp_path, prepared_dir):
+    """Saved off the log grid by 2 processes (each holding its own micro-batches' losses), resumed by 1: the first
+    log line is the straight run's (it once held rank 0's half of the window alone)."""
+    common = ["train.eval_interval=100", "train.grad_accum=4", "optim.decay_steps=10"]
+    straight = run_cli(tiny_args(tmp_path / "single", prepared_dir, "train.max_steps=5", *common))
+    assert straight.returncode == 0, straight.stderr
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+         *tiny_args(tmp_path / "ddp", prepared_dir, "train.max_steps=4", *common)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    resumed = run_cli(tiny_args(tmp_path / "ddp", prepared_dir, "train.max_steps=5", *common) + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    (step, loss), = metrics(tmp_path / "single", "train_loss")  # the line of steps 1-5
+    assert metrics(tmp_path / "ddp", "train_loss")[-1] == (5, pytest.approx(loss, abs=1e-5))
+
+
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_soon_after_between_log_steps(tmp_path, prepared_dir):
     """torchrun passes SIGTERM on to its workers and kills them 30 s later: with no log step in sight, both ranks
     still stop at one step within a step of the signal and save it (the checkpoint holds both ranks' RNG streams,

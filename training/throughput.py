@@ -37,6 +37,18 @@ class Throughput:
         self.loss_sum = window["loss_sum"].to(device) if window["steps"] else 0.0
         self.steps, self.tokens, self.seconds = window["steps"], window["tokens"], window["seconds"]
 
+    @staticmethod
+    def saved_window(windows: list[dict], rank: int, world_size: int) -> dict | None:
+        """This rank's part of the window a checkpoint saved (one per rank, `open_window`), or None for none. On as
+        many processes as saved it, each rank takes its own, so the sums go on bit for bit; on another number, each
+        takes the ranks' mean loss sum (steps, tokens and seconds are the same on every rank), so the mean over the
+        new ranks still starts from the mean over the old ones."""
+        if not windows:
+            return None
+        if len(windows) == world_size:
+            return windows[rank]
+        return {**windows[0], "loss_sum": torch.stack([w["loss_sum"] for w in windows]).mean()}
+
     def mean_loss(self, runtime: rt.Runtime) -> float:
         """Mean train loss of the window so far, over ranks too (every rank must call it); the window goes on."""
         loss = torch.as_tensor(self.loss_sum, dtype=torch.float32, device=runtime.device) / self.steps

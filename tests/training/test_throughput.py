@@ -92,3 +92,19 @@ def test_mfu_is_per_device_while_tokens_per_second_is_the_whole_jobs(monkeypatch
     window = meter.read(rt.Runtime(torch.device("cpu"), torch.float32, rank=0, world_size=world_size))
     assert window["tokens_per_s"] == job_tokens_per_s
     assert window["mfu"] == pytest.approx(0.4)
+
+
+def test_a_window_saved_by_as_many_ranks_goes_on_per_rank_and_by_another_number_from_their_mean():
+    """One saved window per rank: resumed on the same number of processes each rank takes its own (bit for bit);
+    on another number each takes the mean loss sum, so the all-reduced mean over the new ranks continues the old."""
+    saved = [{"loss_sum": torch.tensor(6.0), "steps": 2, "tokens": 40, "seconds": 1.0},
+             {"loss_sum": torch.tensor(8.0), "steps": 2, "tokens": 40, "seconds": 1.0}]
+    assert Throughput.saved_window(saved, 1, 2) is saved[1]
+    assert Throughput.saved_window([], 0, 1) is None
+    for world_size in (1, 3):
+        window = Throughput.saved_window(saved, 0, world_size)
+        assert window["loss_sum"].item() == 7.0 and (window["steps"], window["tokens"]) == (2, 40)
+    meter = Throughput(1.0, 1.0)
+    meter.continue_window(Throughput.saved_window(saved, 0, 1), torch.device("cpu"))
+    meter.add(torch.tensor(5.0), tokens=20, seconds=0.5)  # the third step, on one process
+    assert meter.read(CPU)["train_loss"] == 4.0  # (the two steps' loss, summed and averaged over ranks: 7, + 5) / 3
