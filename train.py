@@ -103,6 +103,9 @@ class StopRequest:
 
     def __init__(self, runtime: rt.Runtime) -> None:
         self.signal: int | None = None
+        # under torchrun: the signal some rank got, as the flags read it (the ranks' largest signal number), so a
+        # rank that got none still exits with the code of the signal that stopped the job
+        self.agreed = 0
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         self._group = None
         self._pending: tuple[torch.Tensor, dist.Work] | None = None  # the flags launched at the last step
@@ -129,21 +132,21 @@ class StopRequest:
         if self._group is None:
             return self.signal is not None
         previous, self._pending = self._pending, self._launch()
-        stop = previous is not None and self._settle(previous)
-        if stop or last:  # no step follows: wait for this step's flags too (every rank launched them)
-            stop = self._settle(self._pending) or stop
+        if previous is not None:
+            self._settle(previous)
+        if self.agreed or last:  # no step follows: wait for this step's flags too (every rank launched them)
+            self._settle(self._pending)
             self._pending = None
-        return stop
+        return bool(self.agreed)
 
     def _launch(self) -> tuple[torch.Tensor, dist.Work]:
-        flag = torch.tensor([int(self.signal is not None)])
+        flag = torch.tensor([self.signal or 0])
         return flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
 
-    @staticmethod
-    def _settle(launched: tuple[torch.Tensor, dist.Work]) -> bool:
+    def _settle(self, launched: tuple[torch.Tensor, dist.Work]) -> None:
         flag, work = launched
         work.wait()
-        return bool(flag.item())
+        self.agreed = max(self.agreed, int(flag.item()))
 
 
 def say(message: str) -> None:
@@ -419,7 +422,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
         interrupted = True
     if interrupted:  # straight out: no evaluation or sample stands between the signal and the exit
         log_line(f"interrupted at step {state.step}; checkpoint saved, continue with --resume")
-        raise SystemExit(128 + stop.signal if stop.signal else 1)
+        raise SystemExit(128 + (stop.signal or stop.agreed))
     if math.isnan(val_loss):  # resumed a run that had already finished: report where it stands
         val_loss = evaluate(data, forward_model)["val_loss"]
     if runtime.is_main and tc.sample_tokens:
@@ -457,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, OSError, FloatingPointError) as exc:  # each names the problem and the fix
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if not runtime.distributed or (reason := rt.peer_lost(exc)) is None:
+            raise
+        print(f"error: rank {runtime.rank}: another process of this torchrun job stopped ({reason}); its own output "
+              "says why; --resume continues from the run's last checkpoint", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # before the loop (data preparation, a checkpoint's load) or after it (the sample)
         print("\ninterrupted: nothing more was saved; --resume continues from the run's last checkpoint, if it has "
               "one", file=sys.stderr)

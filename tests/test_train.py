@@ -271,6 +271,41 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_soon_after_betwee
     assert len(state["rng"]) == 2
 
 
+def torchrun_worker(launcher: subprocess.Popen, rank: int) -> int:
+    """The PID of the worker of one rank of a torchrun launcher."""
+    children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    for pid in children:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no worker of rank {rank} among {children}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGKILL])
+def test_under_torchrun_a_signal_to_one_rank_alone_ends_every_rank_in_one_line(tmp_path, prepared_dir, sent):
+    """SIGTERM to rank 1 alone: both ranks save one step and exit 143, rank 0 too, which got no signal itself.
+    SIGKILL to rank 1: rank 0's collective fails, and it says so in one line, without a traceback from gloo."""
+    args = tiny_args(tmp_path, prepared_dir, "train.max_steps=100000", "train.log_interval=100000",
+                     "train.eval_interval=100000")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--tee=3",
+         "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:  # every rank listens by then
+        time.sleep(0.2)
+    time.sleep(1)  # into the steps
+    os.kill(torchrun_worker(proc, 1), sent)
+    out, err = proc.communicate(timeout=120)
+    if sent == signal.SIGTERM:
+        assert out.count("checkpoint saved, continue with --resume") == 1, err[-3000:]  # rank 0 logs
+        assert err.count("exitcode  : 143") == 2, err[-3000:]  # (rank 0 exited 1)
+    else:
+        assert ("[default0]:error: rank 0: another process of this torchrun job stopped (gloo: Connection closed by "
+                "peer); its own output says why; --resume continues from the run's last checkpoint\n") in err, err[-3000:]
+        assert "[default0]:Traceback" not in err and "exitcode  : -9" in err, err[-3000:]
+
+
 @pytest.mark.slow
 def test_wandb_offline_writes_a_run_and_resume_continues_it(tmp_path, prepared_dir):
     args = tiny_args(tmp_path, prepared_dir, "train.max_steps=2", "logging.wandb=offline")

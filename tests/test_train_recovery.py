@@ -276,6 +276,7 @@ def test_under_torchrun_every_step_reads_the_flags_the_step_before_launched(stop
     assert not stop.requested()  # step 2: step 1's flags, from before the signal
     assert stop.requested()  # step 3
     assert stop._pending is None  # nothing left in flight on the way out
+    assert stop.agreed == signal.SIGTERM  # the flags carry the signal: a rank that got none exits 143 too
     last = train.StopRequest(gloo)
     assert not last.requested()
     last.signal = signal.SIGTERM

@@ -114,6 +114,21 @@ def start(device_name: str, dtype_name: str) -> Runtime:
                    world_size=world_size)
 
 
+# What gloo's plain RuntimeError says where another process of the job went away (torch raises DistError elsewhere)
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+
+
+def peer_lost(exc: BaseException) -> str | None:
+    """Where a collective failed because another process of the torchrun job stopped, a short reason (that
+    process's own output says why; this one's traceback from inside the collective says nothing more); else None."""
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and (gone := next((m for m in PEER_GONE if m in text), None)):
+        return f"gloo: {gone}"
+    if isinstance(exc, dist.DistError):
+        return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return None
+
+
 def stop(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
