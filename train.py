@@ -41,7 +41,7 @@ from training.config import RunConfig, config_to_dict, load_config
 from training.malloc import malloc_setting
 from training.metrics import MetricsError, MetricsLog, read_metrics
 from training.optim import make_optimizer
-from training.resume import gather_ranks, gather_rng, resume_path, resume_point, start_state
+from training.resume import gather_ranks, gather_rng, resume_point, shared_resume_path, start_state
 from training.run_data import RecallData, TextData, open_run_data
 from training.run_lock import run_lock
 from training.schedule import learning_rate
@@ -282,7 +282,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     accum = tc.grad_accum // runtime.world_size
     log_line = say if runtime.is_main else (lambda message: None)
     # a checkpoint this run cannot continue is refused here, before the data: preparing it can take hours
-    resume = resume_point(cfg, resume_path(cfg, run_dir, log_line))
+    resume = resume_point(cfg, shared_resume_path(cfg, run_dir, runtime, log_line))
     # checkpoints numbered above this run's saves belong to it only when it continued one of this directory
     resumed_here = resume is not None and ckpt.in_run(resume.path, run_dir)
     resolved = config_to_dict(cfg)
@@ -431,12 +431,25 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             "tokens": state.tokens_seen}
 
 
+def complain(message: str, *, same_on_every_rank: bool) -> None:
+    """One line on stderr, in one write: torchrun's processes share stderr, and a line written in parts interleaves
+    with another rank's. Under torchrun a message every rank comes to alike (the config's, the checkpoint's) is
+    rank 0's alone; the other ranks' own messages name their rank."""
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and rank != 0:
+        if same_on_every_rank:
+            return
+        message = f"rank {rank}: {message}"
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        complain(f"config error: {exc}", same_on_every_rank=True)
         return 2
     if args.dry_run:
         print_plan(cfg)
@@ -447,28 +460,30 @@ def main(argv: list[str] | None = None) -> int:
         # where it exists, every save goes there
         check_out_folder(run_dir / ckpt.CHECKPOINTS, "the run (train.out_dir)", option="the checkpoint folder")
     except OutFolderError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        complain(f"config error: {exc}", same_on_every_rank=True)
         return 2
     try:
         runtime = rt.start(cfg.train.device, cfg.train.dtype)
     except ValueError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        complain(f"config error: {exc}", same_on_every_rank=True)
         return 2
     try:
         with run_lock(run_dir) if runtime.is_main else nullcontext():  # the other ranks share the main one's
             result = train(cfg, runtime)
     except (ConfigError, DataError, OSError, FloatingPointError) as exc:  # each names the problem and the fix
-        print(f"error: {exc}", file=sys.stderr)
+        # the config, the run's checkpoints and a divergence (its loss all-reduced) are alike on every rank
+        alike = isinstance(exc, (ConfigError, ckpt.CheckpointError, FloatingPointError))
+        complain(f"error: {exc}", same_on_every_rank=alike)
         return 2
     except RuntimeError as exc:
         if not runtime.distributed or (reason := rt.peer_lost(exc)) is None:
             raise
-        print(f"error: rank {runtime.rank}: another process of this torchrun job stopped ({reason}); its own output "
-              "says why; --resume continues from the run's last checkpoint", file=sys.stderr)
+        complain(f"error: another process of this torchrun job stopped ({reason}); its own output says why; "
+                 "--resume continues from the run's last checkpoint", same_on_every_rank=False)
         return 1
     except KeyboardInterrupt:  # before the loop (data preparation, a checkpoint's load) or after it (the sample)
-        print("\ninterrupted: nothing more was saved; --resume continues from the run's last checkpoint, if it has "
-              "one", file=sys.stderr)
+        complain("\ninterrupted: nothing more was saved; --resume continues from the run's last checkpoint, if it "
+                 "has one", same_on_every_rank=True)  # Ctrl-C reaches every rank
         return 130
     finally:
         rt.stop(runtime)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,6 +273,38 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_soon_after_betwee
     assert len(state["rng"]) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("override, message", [
+    ("train.grad_accum=3", "error: train.grad_accum (3) must be divisible by the number of processes (2)\n"),
+    ("train.device=cuda", "config error: train.device=cuda but no CUDA device is visible"),
+])
+def test_under_torchrun_an_error_every_rank_meets_alike_is_one_line_from_rank_0(tmp_path, prepared_dir, override,
+                                                                               message):
+    """Every rank printed it, and the copies could run together on one line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+         *tiny_args(tmp_path, prepared_dir, override)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and result.stderr.count(message.split(":")[0] + ":") == 1, result.stderr[-3000:]
+    assert message in result.stderr
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_alone_puts_back_a_save_cut_short_and_says_so(tmp_path, prepared_dir):
+    """Every rank repaired the run's checkpoints at once (whichever renamed first won), and the warning was printed
+    only where rank 0 happened to win."""
+    assert run_cli(tiny_args(tmp_path, prepared_dir, "train.max_steps=2", "train.eval_interval=2")).returncode == 0
+    root = tmp_path / "checkpoints"
+    shutil.copytree(root / "step_000002", root / ".old-step_000002-999999")  # a swap killed between its renames
+    (root / "step_000002").rename(root / ".tmp-step_000002-999998")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+         *tiny_args(tmp_path, prepared_dir, "train.max_steps=4", "train.eval_interval=2"), "--resume"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("warning: restored step_000002 from .tmp-step_000002-999998") == 1, result.stdout
+    assert f"resuming from {root}/step_000002 (step 2)" in result.stdout
+
+
 def torchrun_worker(launcher: subprocess.Popen, rank: int) -> int:
     """The PID of the worker of one rank of a torchrun launcher."""
     children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
@@ -299,10 +333,13 @@ def test_under_torchrun_a_signal_to_one_rank_alone_ends_every_rank_in_one_line(t
     out, err = proc.communicate(timeout=120)
     if sent == signal.SIGTERM:
         assert out.count("checkpoint saved, continue with --resume") == 1, err[-3000:]  # rank 0 logs
-        assert err.count("exitcode  : 143") == 2, err[-3000:]  # (rank 0 exited 1)
+        # (rank 0 exited 1); torchrun sends SIGTERM to a rank still running when the first one exits: -15 then
+        assert "exitcode  : 143" in err and "exitcode  : 1 " not in err, err[-3000:]
     else:
-        assert ("[default0]:error: rank 0: another process of this torchrun job stopped (gloo: Connection closed by "
-                "peer); its own output says why; --resume continues from the run's last checkpoint\n") in err, err[-3000:]
+        # closed or reset, as the kill finds the connection
+        assert re.search(r"\[default0\]:error: another process of this torchrun job stopped \(gloo: Connection "
+                         r"(closed|reset) by peer\); its own output says why; --resume continues from the run's last "
+                         r"checkpoint\n", err), err[-3000:]
         assert "[default0]:Traceback" not in err and "exitcode  : -9" in err, err[-3000:]
 
 

@@ -107,6 +107,23 @@ def gather_ranks(runtime: rt.Runtime, value: dict) -> list[dict]:
     return values
 
 
+def shared_resume_path(cfg: RunConfig, run_dir: Path, runtime: rt.Runtime, say: Callable[[str], None]) -> Path | None:
+    """`resume_path` as the main process finds it, sent to the others (collective): it may repair the run's
+    checkpoints (put back a save a kill cut short), which two processes must not do at once, and its warnings are
+    the main process's to print. Its refusal is raised on every rank."""
+    found: list = [None]
+    if runtime.is_main:
+        try:
+            found = [resume_path(cfg, run_dir, say)]
+        except (ConfigError, OSError) as exc:  # OSError: CheckpointError and the file system's own
+            found = [exc]
+    if runtime.distributed:
+        dist.broadcast_object_list(found, src=0)
+    if isinstance(found[0], Exception):
+        raise found[0]
+    return found[0]
+
+
 def resume_path(cfg: RunConfig, run_dir: Path, say: Callable[[str], None]) -> Path | None:
     """The verified checkpoint to start from, or None for a fresh run; refuses to overwrite an existing run or to
     mix another run's checkpoints into it, or to start afresh in a run directory whose `latest` names a checkpoint
