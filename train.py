@@ -475,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
         alike = isinstance(exc, (ConfigError, ckpt.CheckpointError, FloatingPointError))
         complain(f"error: {exc}", same_on_every_rank=alike)
         return 2
+    except torch.OutOfMemoryError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+        complain(f"error: out of memory ({reason}); lower train.batch_size, and raise train.grad_accum to keep the "
+                 "tokens per step (train.eval_batch_size for an evaluation's); --resume continues from the run's "
+                 "last checkpoint", same_on_every_rank=False)
+        return 2
     except RuntimeError as exc:
         if not runtime.distributed or (reason := rt.peer_lost(exc)) is None:
             raise

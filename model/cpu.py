@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from model.compile_constant import assume_constant_result
+from model.compiling import assume_constant_result
 
 # x86 AVX512-BF16 and AMX-BF16; Arm's BF16 extension (its "Features" line)
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})

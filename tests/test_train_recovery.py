@@ -163,6 +163,26 @@ def test_ctrl_c_before_the_loop_or_after_it_is_one_line_and_130(tmp_path, prepar
     assert (tmp_path / "b" / "checkpoints" / "step_000001").is_dir()
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_out_of_memory_is_one_line_naming_the_batch_size_and_never_turns_compile_off(tmp_path, prepared_dir, capsys,
+                                                                                   monkeypatch, compiled):
+    """A step that runs out of memory (as a GPU does at a batch too large) is named with the fix; compiled, it is
+    not taken for a compiler failure (which would go on eager, and run out of memory again with a traceback)."""
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    if compiled:  # the compiled model runs out of memory
+        monkeypatch.setattr("training.compile.torch.compile", lambda model: out_of_memory)
+    else:
+        monkeypatch.setattr(train, "accumulate_gradients", out_of_memory)
+    code = train.main(tiny_args(tmp_path, prepared_dir, f"train.compile={str(compiled).lower()}"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == ("error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); lower train.batch_size, "
+                   "and raise train.grad_accum to keep the tokens per step (train.eval_batch_size for an "
+                   "evaluation's); --resume continues from the run's last checkpoint\n")
+
+
 def test_a_run_whose_checkpoints_cannot_be_written_stops_before_training(tmp_path, prepared_dir, capsys):
     """Its saves would fail only after the steps: refused at the start, with one line naming the folder."""
     assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=1")) == 0

@@ -14,18 +14,14 @@ returns, on torch releases that offer that.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Literal
 
 import torch
 from torch import nn
-from torch._functorch import config as aot_autograd_config
+
+from model.compiling import EAGER_BACKWARD_COMPILE
 
 CompileChoice = Literal["auto", "true", "false"]
-
-# torch releases before the flag compile the backward lazily whatever is asked; the fallback then covers the forward
-EAGER_BACKWARD_COMPILE = (aot_autograd_config.patch(force_non_lazy_backward_lowering=True)
-                          if hasattr(aot_autograd_config, "force_non_lazy_backward_lowering") else nullcontext())
 
 
 def compile_wanted(choice: CompileChoice, device: torch.device) -> bool:
@@ -51,6 +47,8 @@ class CompiledOrEager(nn.Module):
             try:
                 with EAGER_BACKWARD_COMPILE:
                     return self.compiled(*args, **kwargs)
+            except torch.OutOfMemoryError:  # the batch's, not the compiler's: eager would need the memory too
+                raise
             except Exception as exc:  # noqa: BLE001 - dynamo, inductor and the C++ compiler raise many types
                 self._fall_back(exc)
         return self.model(*args, **kwargs)

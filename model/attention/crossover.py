@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from model.compile_constant import assume_constant_result
+from model.compiling import assume_constant_result
 
 DEFAULT_CROSSOVER = 6144  # where the linear form overtook the direct one on the first benchmark CPU (d = 64)
 GRID, MIN_LENGTH, MAX_LENGTH = 512, 512, 16384

@@ -41,6 +41,7 @@ import torch
 from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_block_mask, flex_attention
 
 from model.attention.direct import PointwiseWeight, tiled_direct_attention
+from model.compiling import EAGER_BACKWARD_COMPILE
 
 WEIGHT_FLOOR = 1e-30  # the least weight `log` sees: 1/floor and log(floor) are finite in fp32
 
@@ -136,7 +137,10 @@ def direct_form(
             # surfaces when the model compiles, where training/compile.py falls back to eager
             return flex_causal_attention(q, k, v, weight.log, scale=scale, eps=eps, mask=mask)
         try:
-            return flex_causal_attention(q, k, v, weight.log, scale=scale, eps=eps, mask=mask)
+            with EAGER_BACKWARD_COMPILE:  # a backward that fails to compile fails here, inside the fallback
+                return flex_causal_attention(q, k, v, weight.log, scale=scale, eps=eps, mask=mask)
+        except torch.OutOfMemoryError:  # the inputs', not the compiler's: the tiled form would not be the cure
+            raise
         except Exception as exc:  # noqa: BLE001 - dynamo, inductor and the C++ compiler raise many types
             _fall_back(exc)
     return tiled_direct_attention(q, k, v, weight, scale=scale, eps=eps, block=block, mask=mask)

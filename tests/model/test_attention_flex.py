@@ -201,3 +201,16 @@ def test_a_failing_flex_falls_back_to_the_tiled_form_with_one_warning(monkeypatc
     ]
     torch.testing.assert_close(y[0], backend.reference(q, k, v), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(y[0], y[1], atol=0, rtol=0)
+
+
+def test_running_out_of_memory_in_flex_is_raised_not_taken_for_a_compiler_failure(monkeypatch, direct_forms_run):
+    """The tiled form would not be the cure, and the rest of the process would have lost flex for nothing."""
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setitem(flex.DIRECT_FORMS, ("cpu", torch.float32), "flex")
+    monkeypatch.setattr(flex, "_flex_failed", False)
+    monkeypatch.setattr(flex, "_compiled_flex_attention", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        get_backend("taylor").forward(*qkv(dtype=torch.float32))
+    assert direct_forms_run == ["flex"] and not flex._flex_failed

@@ -1,4 +1,4 @@
-"""model/compile_constant.py: the mark torch's decorator sets, set without importing torch._dynamo, and what
+"""model/compiling.py: the mark torch's decorator sets, set without importing torch._dynamo, and what
 torch.compile does with it."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from model.compile_constant import assume_constant_result
+from model.compiling import assume_constant_result
 
 
 def test_the_mark_is_the_one_torch_sets():
