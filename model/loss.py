@@ -16,7 +16,8 @@ Two forms compute it:
   softmax without the target's entry, which torch accumulates in fp32 and rounds once: asking it for an fp32 result
   would first copy the whole (n, V) softmax to fp32), from which the targets' log probabilities and the one-hot's
   entries follow (`target_log_probs`); the scale 1/N' and the mask of rows without a target are applied to the
-  (n, C) side, never to the (n, V) logits. The head's rows are padded with zeros to a multiple of `VOCAB_ALIGN`
+  (n, C) side, never to the (n, V) logits (under fp16, 1/N' goes on the weight gradient's GEMM result instead, in
+  fp32: before the GEMM it would push that fp16 result into fp16's subnormals). The head's rows are padded with zeros to a multiple of `VOCAB_ALIGN`
   (50,257 -> 50,304, as nanoGPT pads its vocabulary) in the copy that the GEMMs read anyway, and the padding's
   logits set to -inf, so its probabilities are exactly 0 and the loss and gradients are those of the V real rows:
   aligned rows make the GEMMs faster, the weight gradient's (V, C) product most (results/bench_loss.md).
@@ -104,7 +105,12 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool, vocab
     # may lie in fp16's subnormal range, where their logarithms would lose their precision.
     probs_dtype = loss_dtype if matmul_dtype == torch.float16 else matmul_dtype
     valid = targets >= 0
-    row_scale = valid.to(loss_dtype) / valid.sum().clamp(min=1)  # 1/N' where a target is, else 0
+    inverse_count = 1 / valid.sum().clamp(min=1).to(loss_dtype)  # 1/N', on the device (no host sync)
+    row_scale = valid.to(loss_dtype) * inverse_count  # 1/N' where a target is, else 0
+    # fp16: 1/N' (as small as ~6e-5) on the (n, C) side would leave the weight gradient's sums for vocabulary rows
+    # that are rarely a target (probabilities ~1/V) in fp16's subnormal range at the GEMM's output; there the GEMM
+    # takes the 0/1 mask alone, and 1/N' multiplies its result in fp32
+    scale_after = matmul_dtype == torch.float16
     vocab = weight.shape[0]
     w = padded_head(weight, matmul_dtype, vocab_align)
     total = torch.zeros((), dtype=loss_dtype, device=h.device)
@@ -128,7 +134,10 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool, vocab
             probs[at_target] = -others
             probs = probs.to(matmul_dtype)  # (n, V): softmax - one-hot, the operand of the two matmuls
             grad_h[rows] = (probs @ w).to(h.dtype) * scale[:, None].to(h.dtype)
-            part = (probs.T @ (h_chunk * scale[:, None]).to(matmul_dtype))[:vocab]  # (V, C)
+            h_side = h_chunk * (valid[rows, None] if scale_after else scale[:, None])
+            part = (probs.T @ h_side.to(matmul_dtype))[:vocab]  # (V, C)
+            if scale_after:
+                part = part.to(loss_dtype) * inverse_count
             grad_w = part.to(loss_dtype) if grad_w is None else grad_w.add_(part)
     if with_grads and grad_w is None:  # no rows
         grad_w = torch.zeros_like(weight, dtype=loss_dtype)
