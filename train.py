@@ -36,7 +36,7 @@ from model.gpt import GPT
 from model.sampling import Sampler
 from training import checkpoint as ckpt
 from training import runtime as rt
-from training.compile import maybe_compile
+from training.compile import compile_wanted, maybe_compile
 from training.config import RunConfig, config_to_dict, load_config
 from training.malloc import malloc_setting
 from training.metrics import MetricsError, MetricsLog, read_metrics
@@ -321,6 +321,8 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
                     dtype=str(runtime.dtype).removeprefix("torch."), processes=runtime.world_size,
                     threads=torch.get_num_threads(), malloc=malloc, torch=torch.__version__, revision=code_revision())
 
+        if compile_wanted(tc.compile, runtime.device):
+            model.settle_crossovers(cfg.data.block_size, runtime.dtype)
         forward_model = maybe_compile(model, tc.compile, runtime.device, log_line)  # evaluation uses it too
         train_model = forward_model
         if runtime.distributed:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.attention import get_backend
+from model.attention.crossover import uses_linear_form
 from model.config import ModelConfig
 from model.loss import linear_cross_entropy
 from model.position import apply_rotary, padding_count, rotary_angles, rotary_dtype, token_positions
@@ -243,6 +244,15 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         state.spent = True
         return logits, DecodeState(layers, position + idx.shape[1], padding_count(state.pads, mask))
+
+    def settle_crossovers(self, length: int, dtype: torch.dtype) -> None:
+        """Measure now, eagerly, every crossover (model/attention/crossover.py) that sequences of `length` tokens in
+        `dtype` will ask for. Under torch.compile it would be measured while the model is traced, when flex_attention
+        (the direct form on CUDA) runs unfused, timing the direct form at its slowest."""
+        device = self.lm_head.weight.device
+        for block in self.transformer.h:
+            if hasattr(block.attn.backend, "crossover"):  # the backends with a direct and a linear form
+                uses_linear_form(block.attn.backend, length, self.config.head_dim, self.config.n_head, dtype, device)
 
     @property
     def constant_memory_decoding(self) -> bool:

@@ -183,6 +183,19 @@ def test_out_of_memory_is_one_line_naming_the_batch_size_and_never_turns_compile
                    "evaluation's); --resume continues from the run's last checkpoint\n")
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_compiled_run_settles_its_crossovers_before_compiling(tmp_path, prepared_dir, monkeypatch, compiled):
+    """Measured inside the trace, flex_attention would run unfused and the direct form be timed at its slowest."""
+    from model.gpt import GPT
+
+    events = []
+    monkeypatch.setattr(GPT, "settle_crossovers", lambda self, length, dtype: events.append(("settle", length, dtype)))
+    monkeypatch.setattr("training.compile.torch.compile", lambda model: events.append("compile") or model)
+    flag = f"train.compile={str(compiled).lower()}"
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=1", flag)) == 0
+    assert events == ([("settle", 32, torch.float32), "compile"] if compiled else [])
+
+
 def test_a_run_whose_checkpoints_cannot_be_written_stops_before_training(tmp_path, prepared_dir, capsys):
     """Its saves would fail only after the steps: refused at the start, with one line naming the folder."""
     assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=1")) == 0

@@ -19,8 +19,9 @@ other depends on the machine (cache sizes, GEMM versus elementwise speed), the d
 4. with `ATTNLAB_CROSSOVER=default` nothing is measured or read: DEFAULT_CROSSOVER (the test suite sets this).
 
 The choice is made once per process and key, in eager code: the measurement runs on its own random tensors (its
-own generator, so the run's random stream is untouched), outside the model's autograd graph; under torch.compile
-it runs while the model is traced, and the graph keeps the number as a constant (no graph break).
+own generator, so the run's random stream is untouched), outside the model's autograd graph. Under torch.compile
+the graph keeps the number as a constant (no graph break); train.py has it measured before it compiles
+(GPT.settle_crossovers), since inside the trace flex_attention (the direct form on CUDA) runs unfused.
 """
 
 from __future__ import annotations

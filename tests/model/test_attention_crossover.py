@@ -186,3 +186,19 @@ def test_torch_compile_takes_the_crossover_as_a_constant_without_a_graph_break(m
     torch._dynamo.reset()
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
     assert fake_measurement == [32]  # measured once, while tracing
+
+
+@pytest.mark.parametrize("name, measured", [("taylor", 1), ("expressive_sq", 1), ("softmax", 0)])
+def test_a_model_settles_its_crossover_eagerly_once_for_every_layer(monkeypatch, measuring, name, measured):
+    """train.py asks before it compiles: measured while the model is traced, flex would run unfused."""
+    from model.config import ModelConfig
+    from model.gpt import GPT
+
+    asked = []
+    monkeypatch.setattr(crossover, "_choose", lambda backend, d, heads, dtype, device: asked.append(
+        (backend.name, d, heads, dtype, torch.compiler.is_compiling())) or 32)
+    model = GPT(ModelConfig(n_layer=3, n_head=2, n_embd=8, n_positions=16, vocab_size=10, attention=name))
+    model.settle_crossovers(16, torch.bfloat16)
+    assert asked == [(name, 4, 2, torch.bfloat16, False)] * measured  # one key for every layer: measured once
+    model.settle_crossovers(4, torch.bfloat16)  # below MIN_LENGTH (8 here): nothing to measure
+    assert len(asked) == measured
