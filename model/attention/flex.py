@@ -43,6 +43,10 @@ from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_bloc
 from model.attention.direct import PointwiseWeight, tiled_direct_attention
 from model.compiling import EAGER_BACKWARD_COMPILE
 
+# Static shapes recompile flex_attention for every (batch, length, dtype, grad mode) met, and past dynamo's
+# recompile_limit (8) torch runs it uncompiled, silently: unfused, the whole score matrix in memory. A run with its
+# evaluations, or an evaluation harness's many lengths, meets more shapes than that; the limit is raised for it alone.
+FLEX_RECOMPILE_LIMIT = 256
 WEIGHT_FLOOR = 1e-30  # the least weight `log` sees: 1/floor and log(floor) are finite in fp32
 
 DirectForm = Literal["flex", "tiled"]
@@ -116,9 +120,17 @@ def flex_causal_attention(
 def _compiled_kernel() -> Callable:
     global _compiled_flex_attention
     if _compiled_flex_attention is None:
+        from torch._dynamo import config as dynamo_config  # imported by torch.compile anyway
+
         # Static: a float of a weight (taylor's a, b, c) that dynamo made dynamic after a recompile fails to lower
         # on the CPU.
-        _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+        compiled = torch.compile(flex_attention, dynamic=False)
+
+        def kernel(*args, **kwargs):
+            with dynamo_config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
+                return compiled(*args, **kwargs)
+
+        _compiled_flex_attention = kernel
     return _compiled_flex_attention
 
 

@@ -214,3 +214,16 @@ def test_running_out_of_memory_in_flex_is_raised_not_taken_for_a_compiler_failur
     with pytest.raises(torch.OutOfMemoryError):
         get_backend("taylor").forward(*qkv(dtype=torch.float32))
     assert direct_forms_run == ["flex"] and not flex._flex_failed
+
+
+def test_the_compiled_kernel_runs_under_a_recompile_limit_of_its_own(monkeypatch):
+    """Past dynamo's default of 8 shapes torch would run flex_attention unfused, without a word."""
+    import torch._dynamo.config as dynamo_config
+
+    seen = []
+    monkeypatch.setattr(flex, "_compiled_flex_attention", None)
+    monkeypatch.setattr(flex.torch, "compile", lambda fn, **kwargs: lambda *a, **k: seen.append(
+        dynamo_config.recompile_limit))
+    default = dynamo_config.recompile_limit
+    flex._compiled_kernel()(None)
+    assert seen == [flex.FLEX_RECOMPILE_LIMIT] and dynamo_config.recompile_limit == default
