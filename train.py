@@ -163,7 +163,7 @@ def accumulate_gradients(train_model: torch.nn.Module, data: TextData | RecallDa
     step_loss = torch.zeros((), device=runtime.device)
     for micro in range(accum):
         index = position + micro * runtime.world_size + runtime.rank  # global micro-batch index
-        x, y = (t.to(runtime.device, non_blocking=True) for t in data.batch(index))
+        x, y = (rt.to_device(t, runtime.device) for t in data.batch(index))
         sync = nullcontext() if (not runtime.distributed or micro == accum - 1) else train_model.no_sync()
         with sync, runtime.autocast():
             _, loss = train_model(x, y)

@@ -59,10 +59,11 @@ class TextData:
         total = torch.zeros(2, dtype=torch.float64, device=runtime.device)  # loss sum, windows
         starts = self.val_starts[runtime.rank :: runtime.world_size]
         for x, y in eval_batches(self.val_tokens, starts, self.block_size, self.eval_batch_size):
-            x, y = x.to(runtime.device), y.to(runtime.device)
+            x, y = rt.to_device(x, runtime.device), rt.to_device(y, runtime.device)
             with runtime.autocast():
                 _, loss = model(x, y)
-            total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64, device=runtime.device)
+            total[0] += loss.double() * len(x)  # on the device: no host sync per batch
+            total[1] += len(x)
         loss_sum, windows = _summed_over_ranks(total, runtime)
         return {"val_loss": loss_sum / windows}
 
@@ -102,7 +103,7 @@ class RecallData:
             total = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss sum, correct, answers
             rows = slice(runtime.rank, None, runtime.world_size)
             for x, y in zip(set_x[rows].split(self.eval_batch_size), set_y[rows].split(self.eval_batch_size)):
-                x, y = x.to(runtime.device), y.to(runtime.device)
+                x, y = rt.to_device(x, runtime.device), rt.to_device(y, runtime.device)
                 with runtime.autocast():
                     logits, _ = model(x)  # (B, T, vocab): recall tasks keep the vocabulary small
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=mqar.IGNORE_INDEX,

@@ -139,6 +139,14 @@ def barrier(runtime: Runtime) -> None:
         dist.barrier()
 
 
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on `device`. To a GPU through pinned memory, without waiting: a copy from pageable memory
+    waits for the host whatever non_blocking says, so the next batch could not be copied while the GPU computes."""
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the work queued on an asynchronous device (CUDA, MPS); the CPU runs each op as it is called."""
     if device.type == "cuda":

@@ -131,3 +131,23 @@ def test_a_collective_failed_by_a_process_gone_is_told_from_other_errors():
         "NCCL communicator was aborted")
     assert rt.peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
     assert rt.peer_lost(ValueError("Connection closed by peer")) is None
+
+
+def test_a_batch_goes_to_a_gpu_through_pinned_memory_without_waiting_and_to_the_cpu_as_it_is():
+    class HostBatch:
+        def __init__(self):
+            self.calls = []
+
+        def pin_memory(self):
+            self.calls.append("pin_memory")
+            return self
+
+        def to(self, device, non_blocking=False):
+            self.calls.append(("to", str(device), non_blocking))
+            return self
+
+    batch = HostBatch()
+    rt.to_device(batch, torch.device("cuda", 1))
+    assert batch.calls == ["pin_memory", ("to", "cuda:1", True)]
+    x = torch.arange(6).view(2, 3)
+    assert rt.to_device(x, torch.device("cpu")) is x
