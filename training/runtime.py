@@ -15,8 +15,10 @@ import torch.distributed as dist
 
 from model.cpu import cpu_multiplies_bf16
 
-# Dense bf16 tensor-core peaks (FLOP/s) for MFU; fp32 uses the TF32 figure on these parts.
-_GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
+# Dense bf16 tensor-core peaks (FLOP/s) for MFU, by a part of the device name, the first match counting (the PCIe
+# and NVL H100s before the SXM one, which the name "H100 80GB HBM3" gives); fp32 uses the TF32 figure on these parts.
+_GPU_PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12,
+                  "A10G": 125e12, "L4": 121e12, "4090": 165e12}
 
 
 @dataclass

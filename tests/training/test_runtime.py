@@ -1,5 +1,7 @@
 """Device and dtype choice, autocast, and the CPU peak used for MFU."""
 
+import math
+
 import pytest
 import torch
 
@@ -151,3 +153,13 @@ def test_a_batch_goes_to_a_gpu_through_pinned_memory_without_waiting_and_to_the_
     assert batch.calls == ["pin_memory", ("to", "cuda:1", True)]
     x = torch.arange(6).view(2, 3)
     assert rt.to_device(x, torch.device("cpu")) is x
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                        ("NVIDIA H100 NVL", 835e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+                                        ("Tesla T4", math.nan)])
+def test_a_gpus_peak_is_its_own_parts(monkeypatch, name, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: name)
+    found = rt.peak_flops(torch.device("cuda"), torch.bfloat16)
+    assert found == peak or (math.isnan(peak) and math.isnan(found))
+    assert rt.peak_flops(torch.device("cuda"), torch.float32) == found / 2 or math.isnan(peak)
