@@ -257,6 +257,11 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None and labels.shape != input_ids.shape:
             raise ValueError(f"labels have shape {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)}: give "
                              "one label per input token (the model shifts them; -100 marks a position without one)")
+        if labels is not None and (outside := _first(labels >= self.config.vocab_size)) is not None:
+            raise ValueError(  # (one host sync per training forward; cross-entropy fails inside torch otherwise)
+                f"labels hold {int(labels[outside])} (row {outside[0]}, token {outside[1]}), outside this model's "
+                f"vocabulary of {self.config.vocab_size} ids; a position without a label takes -100"
+            )
         if output_attentions is None:
             output_attentions = self.config.output_attentions
         if output_attentions:
@@ -284,7 +289,8 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
         if continues and past_key_values.batch_size != input_ids.shape[0]:
             raise ValueError(
                 f"past_key_values holds {past_key_values.batch_size} rows and input_ids {input_ids.shape[0]}; continue "
-                "a cache with the rows it was made for"
+                "a cache with the rows it was made for (a beam search's holds num_beams rows per prompt, one per beam: "
+                "continue it from a greedy or sampled generate(), or generate from scratch)"
             )
         wants_cache = continues or (use_cache and labels is None and not self.training)
         past = past_key_values.get_seq_length() if continues else 0

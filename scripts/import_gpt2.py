@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1337, help="initialises the backend's new parameters")
     args = parser.parse_args(argv)
     try:
+        if args.out.resolve() == args.source.resolve():
+            raise GPT2ImportError(f"--out {args.out} is the --from folder: the run's files would mix with the GPT-2 "
+                                  "files it reads; choose another --out")
         check_out(args.out)  # before minutes of loading
         model = import_gpt2(args.source, args.attention, parse_options(args.attention_option), args.seed)
         path = write_run(model, args.out, args.source)

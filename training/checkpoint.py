@@ -364,7 +364,10 @@ def folder_to_pass(folder: Path) -> str:
 
 def is_checkpoint_dir(folder: Path) -> bool:
     """Whether `folder` is meant as one checkpoint (it holds a checkpoint's weights or checksums, complete or not),
-    rather than as a run directory or a checkpoints/ folder."""
+    rather than as a run directory or a checkpoints/ folder. A folder holding checkpoints/ is a run directory
+    whatever else it holds (a run trained or imported into a transformers folder has its model.safetensors too)."""
+    if (folder / CHECKPOINTS).is_dir():
+        return False
     return (folder / WEIGHTS).is_file() or (folder / CHECKSUMS).is_file()
 
 

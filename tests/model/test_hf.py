@@ -160,6 +160,11 @@ def test_ids_outside_the_vocabulary_labels_of_another_shape_and_foreign_caches_a
         model(ids.float())
     with pytest.raises(ValueError, match=r"labels have shape \(1, 3\) and input_ids \(1, 4\): give one label per"):
         model(ids, labels=ids[:, :-1])
+    beyond = ids.clone()
+    beyond[0, 2] = VOCAB
+    with pytest.raises(ValueError, match=rf"labels hold {VOCAB} \(row 0, token 2\), outside this model's vocabulary"):
+        model(ids, labels=beyond)
+    model(ids, labels=torch.full_like(ids, -100))  # -100: no label, as in transformers
     for foreign in (DynamicCache(), ((torch.zeros(1, 2, 5, 16),) * 2,) * 2):  # generate() refuses tuples itself
         with pytest.raises(ValueError, match="past_key_values must be the cache an attnlab model returned"):
             model(ids, past_key_values=foreign)
@@ -502,6 +507,12 @@ def test_generate_continues_from_the_cache_it_returned_as_from_scratch(attention
     with pytest.raises(ValueError, match=r"^past_key_values holds \d+ rows and input_ids \d+"):
         model.generate(other_rows, attention_mask=torch.cat([whole_mask, whole_mask.flip(0)]), max_new_tokens=2,
                        past_key_values=copy.deepcopy(first.past_key_values), pad_token_id=0)
+    beams = model.generate(ids, attention_mask=mask, max_new_tokens=3, num_beams=3, do_sample=False, pad_token_id=0,
+                           return_dict_in_generate=True)
+    after_beams = torch.cat([beams.sequences, more], 1)
+    with pytest.raises(ValueError, match=r"a beam search's holds num_beams rows per prompt, one per beam"):
+        model.generate(after_beams, attention_mask=F.pad(mask, (0, after_beams.shape[1] - mask.shape[1]), value=1),
+                       past_key_values=beams.past_key_values, max_new_tokens=2, pad_token_id=0)
     refused = "^assisted generation is not supported with stateful models, such as AttnlabForCausalLM"
     for cache in (first.past_key_values, None):
         with pytest.raises(ValueError, match=refused):
@@ -828,6 +839,8 @@ def test_import_does_not_overwrite_a_run(tmp_path, capsys):
     assert run_cli(import_gpt2_cli, capsys, *args)[0] == 0
     code, _, err = run_cli(import_gpt2_cli, capsys, *args)
     assert code == 2 and "already holds checkpoints" in err
+    code, _, err = run_cli(import_gpt2_cli, capsys, "--from", str(tmp_path / "gpt2"), "--out", str(tmp_path / "gpt2"))
+    assert code == 2 and "is the --from folder: the run's files would mix with the GPT-2 files" in err
 
 
 def damaged_gpt2(folder: Path, damage: str) -> None:

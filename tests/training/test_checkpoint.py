@@ -508,3 +508,6 @@ def test_a_transformers_folder_is_named_as_such_unless_a_run_trained_into_it(tmp
         ckpt.find_checkpoint(tmp_path)
     path = save(tmp_path, 2)
     assert ckpt.find_checkpoint(tmp_path) == path  # the run's own checkpoints/ resume it
+    (tmp_path / ckpt.WEIGHTS).write_bytes(b"the export's weights")  # an export holds a model.safetensors too
+    assert not ckpt.is_checkpoint_dir(tmp_path)
+    assert ckpt.find_checkpoint(tmp_path) == path  # it was taken for an incomplete checkpoint
