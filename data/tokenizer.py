@@ -173,7 +173,10 @@ def load_tokenizer(name: str = GPT2) -> TextTokenizer:
     if name == GPT2:
         encoding = gpt2_encoding()
         return TextTokenizer(GPT2, encoding.eot_token, encoding.n_vocab, gpt2_tokenizer, encoding, PIECE_CHARS)
-    check_hub_reachable(f"tokenizer {name!r}", f"hub tokenizers need internet, or use data.tokenizer={GPT2}")
+    from huggingface_hub import try_to_load_from_cache  # for hub tokenizers only: the GPT-2 one needs no hub
+
+    if try_to_load_from_cache(name, "tokenizer.json") is None:  # a cached one loads without the network
+        check_hub_reachable(f"tokenizer {name!r}", f"hub tokenizers need internet, or use data.tokenizer={GPT2}")
     try:
         tokenizer = Tokenizer.from_pretrained(name)
     except Exception as exc:  # the hub raises several unrelated types (offline, not found, bad file)

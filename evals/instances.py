@@ -74,10 +74,12 @@ def check_rows(manifest: dict, max_rows: int | None, *, hidden_states: bool) -> 
         if rows < columns:
             skip = " or pass --no-hidden-states" if what == "the hidden states X" else ""
             # --max-rows only cuts: it helps where it cut below the columns, not where the windows hold too few rows
-            fix = f"--max-rows >= {columns}" if available >= columns else f"more windows ({columns} rows at least)"
-            raise ValueError(f"{rows} stacked rows (--max-rows {max_rows}, {windows['count']} windows of "
-                             f"{windows['block_size']} tokens) leave {what} wide ({name} = {columns} columns), and "
-                             f"the Gram problems need n >= d: use {fix}{skip}")
+            fix = (f"--max-rows >= {columns}" if available >= columns else
+                   f"--windows >= {-(-columns // windows['block_size'])} (an extraction of that many)")
+            cut = f"--max-rows {max_rows}, " if max_rows is not None else ""
+            raise ValueError(f"{rows} stacked rows ({cut}{windows['count']} windows of {windows['block_size']} "
+                             f"tokens) leave {what} wide ({name} = {columns} columns), and the Gram problems need "
+                             f"n >= d: use {fix}{skip}")
 
 
 def synthetic_controls(*, js: tuple[int, ...], n: int = 4096, d: int = 64, kernel_n: int = 512) -> Iterator[Instance]:

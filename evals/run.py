@@ -79,7 +79,8 @@ def evaluate(instance: Instance, *, seeds: int, eps: float, maxiter: int) -> lis
             for method in METHODS[instance.problem]:
                 row = {"source": instance.source, "label": instance.label, "layer": instance.layer,
                        "head": instance.head, "problem": instance.problem, "j": j, "method": method, "seed": seed,
-                       "n": instance.A.shape[0], "d": instance.A.shape[1], **cond}
+                       "n": instance.A.shape[0], "d": instance.A.shape[1], **cond,
+                       "shared_factor": reference.shares_factor(get_method(instance.problem, method))}
                 rows.append(solve_row(row, instance.A, b, x_ref, opt, eps=eps, maxiter=maxiter))
     return rows
 
@@ -235,16 +236,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "evals.run", *(sys.argv[1:] if argv is None else argv)])
-    made = not args.out.exists()
+    made = [folder for folder in (args.out, *args.out.parents) if not folder.exists()]  # deepest first
     try:
         writable_folder(args.out)  # before the solves: a report that cannot be written would lose hours of them
     except ValueError as exc:
         print(f"evals.run: {exc}", file=sys.stderr)
         return 2
     code = _rescore(args.rescore, args.out, command) if args.rescore else _solve(args, command)
-    if code and made:  # refused: the folder made for the report goes again, if nothing was written into it
+    if code:  # refused: the folders made for the report go again, as far as nothing was written into them
         with contextlib.suppress(OSError):
-            args.out.rmdir()
+            for folder in made:
+                folder.rmdir()
     return code
 
 

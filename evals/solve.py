@@ -24,7 +24,7 @@ skips that extra O(n d²)).
 info.converged is True only where the solve can vouch for eps: every stopping test held on a bound, no factor was
 numerically singular, x is finite, and the final relres passes problems.residual_test (relres <= eps for
 gram_power and exp_kernel; for a_gram_power, scored by pred_err against x*, only the necessary relres² <= 1 + eps²
-can be checked, within rounding). Instances float64 cannot solve (a rank-deficient A, κ(M) beyond 1/u) return x with its honest
+can be checked). Instances float64 cannot solve (a rank-deficient A, κ(M) beyond 1/u) return x with its honest
 relres and converged = False; input no solve can use (a zero A or b, non-finite entries, exp_kernel rows with
 ||a_i||² > 709.78, whose x underflows float64) raises SolverError.
 """
@@ -65,7 +65,7 @@ def solve(problem: str, A: torch.Tensor, b: torch.Tensor, *, j: int = 1, eps: fl
     if diagnostics:
         info.kappa_precond = solver.kappa_precond()
     info.relres = P.relres(problem, A, x, b, j)
-    info.converged &= P.residual_test(problem, info.relres, eps)
+    info.converged &= P.residual_test(problem, A, x, b, j, info.relres, eps)
     return x, info
 
 
@@ -86,7 +86,7 @@ def least_squares(A: torch.Tensor, b: torch.Tensor, *, eps: float = 1e-10, metho
     if diagnostics:
         info.kappa_precond = solver.kappa_precond()
     info.relres = weighted_norm(A @ y - b) / weighted_norm(b)
-    info.converged &= P.residual_test("least_squares", info.relres, eps)
+    info.converged &= P.residual_test("least_squares", A, y, b, 0, info.relres, eps)
     return y, info
 
 

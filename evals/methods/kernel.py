@@ -60,7 +60,7 @@ class KernelMethod(Method):
 
 class KernelCholesky(KernelMethod):
     direct = True
-    shares_reference = True  # problems.Reference solves exp_kernel with this Cholesky factor where it exists
+    shares_reference = True  # problems.Reference solves exp_kernel with this Cholesky factor where K_G has full rank
 
     def solve_scaled(self, c: torch.Tensor) -> torch.Tensor:
         with self.info.timed("factor"):

@@ -8,16 +8,20 @@ import time
 import pytest
 
 from data.errors import DataError
-from data.hub import check_hub_reachable, hub_offline
+from data.hub import OFFLINE_VARIABLES, check_hub_reachable, hub_offline
 from data.sources import Source
 from data.tokenizer import load_tokenizer
 
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Online mode, on a machine where no name resolves (as a host without a network answers at once)."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    """Online mode, no proxy, the default endpoint, on a machine where no name resolves (as a host without a network
+    answers at once)."""
+    from huggingface_hub import constants
+
+    for name in (*OFFLINE_VARIABLES, "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
     asked = []
 
     def unresolved(host, *args, **kwargs):
@@ -50,7 +54,7 @@ def test_the_endpoint_is_the_one_the_hub_libraries_use(no_network, monkeypatch):
         check_hub_reachable("x", "y")
 
 
-@pytest.mark.parametrize("name", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+@pytest.mark.parametrize("name", OFFLINE_VARIABLES)
 @pytest.mark.parametrize("value", ["1", "true", "YES", "on"])
 def test_offline_mode_skips_the_look_and_leaves_the_cache_to_the_libraries(no_network, monkeypatch, name, value):
     monkeypatch.setenv(name, value)
@@ -69,3 +73,25 @@ def test_a_local_dataset_folder_named_as_a_hub_source_needs_no_network(no_networ
     (tmp_path / "train.jsonl").write_text('{"text": "local"}\n')
     assert [row["text"] for row in Source(str(tmp_path), None, "train").open()] == ["local"]
     assert no_network == []
+
+
+def test_a_proxy_resolves_the_host_itself_so_nothing_is_looked_at(no_network, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    check_hub_reachable("x", "y")
+    assert no_network == []
+    monkeypatch.setenv("NO_PROXY", "huggingface.co")  # bypassed for the hub: looked at again
+    with pytest.raises(DataError, match="huggingface.co does not resolve"):
+        check_hub_reachable("x", "y")
+
+
+def test_a_tokenizer_in_the_hub_cache_loads_without_a_network(no_network, monkeypatch, tmp_path):
+    """A run trained with a hub tokenizer goes on (resume, generate) on a machine without a network."""
+    import huggingface_hub
+
+    from data.tokenizer import gpt2_tokenizer
+
+    saved = tmp_path / "tokenizer.json"
+    gpt2_tokenizer().save(str(saved))
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda name, filename: str(saved))
+    monkeypatch.setattr("data.tokenizer.Tokenizer.from_pretrained", lambda name: gpt2_tokenizer())
+    assert load_tokenizer.__wrapped__("org/cached").vocab_size == 50257 and no_network == []

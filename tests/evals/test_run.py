@@ -98,14 +98,27 @@ def test_evaluate_scores_every_instance_by_its_residual():
 
     records = report.aggregate(easy)
     assert {r["method"]: r["speedup_vs_reference"] for r in records}["qr"] == 1.0
-    # a method built on the reference's own factorisation has no forward error to report (it would read 0.0)
+    # a solve with the reference's own factorisation has no forward error to report (it read 0.0)
     fwd = {(r["problem"], r["method"]): r.get("median_fwd_err") for r in records + report.aggregate(kernel)}
     assert math.isnan(fwd["gram_power", "svd"]) and math.isnan(fwd["exp_kernel", "cholesky"])
     assert 0 < fwd["gram_power", "qr"] < 1e-6 and 0 < fwd["exp_kernel", "cg"] < 1
+    assert [r["shared_factor"] for r in kernel] == [m == "cholesky" for m in METHODS["exp_kernel"]]
     summary = report.summarise(records, "synthetic")
     assert {s["method"] for s in summary} == set(METHODS["gram_power"])
     assert all(s["applicable"] == s["predicted_ok"] == s["all_succeeded"] == 1 and s["success_rate"] == 1.0
                for s in summary)
+
+
+def test_a_cholesky_solve_of_a_kernel_whose_reference_is_its_eigendecomposition_keeps_its_forward_error():
+    """Two rows 1e-6 apart: K_G has no full numerical rank, x* comes from its eigendecomposition, and Cholesky's
+    (large) forward error is its own."""
+    A = syn.conditioned(32, 4, 10.0, 0)
+    A[1] = A[0] + 1e-6
+    rows = evaluate(Instance("synthetic", "near twins", "exp_kernel", A, (1,)), seeds=1, eps=1e-8, maxiter=50)
+    cholesky = next(r for r in rows if r["method"] == "cholesky")
+    assert cholesky["shared_factor"] is False
+    (record,) = [r for r in report.aggregate(rows) if r["method"] == "cholesky"]
+    assert record["median_fwd_err"] == cholesky["fwd_err"] > 0
 
 
 def test_a_solve_the_bound_calls_beyond_float64_that_meets_eps_is_a_success():
@@ -226,13 +239,17 @@ def test_max_rows_that_leave_a_matrix_wide_is_a_clear_error(extra, message, soft
     err = capsys.readouterr().err
     assert err.startswith("evals.run: ") and message in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()  # refused before the extraction, and the folder made for it removed
+    code = main(["--ckpt", str(softmax_run), "--windows", "4", "--out", str(tmp_path / "a" / "b"), *extra])
+    assert code == 2 and not (tmp_path / "a").exists()  # its parents made for it too
 
 
 def test_windows_of_too_few_rows_ask_for_more_windows_not_for_max_rows():
     manifest = {"windows": {"count": 2, "block_size": 16}, "model": {"head_dim": 16, "n_embd": 64}}
-    with pytest.raises(ValueError, match=r"32 stacked rows \(--max-rows 100, .* use more windows \(64 rows at least\) "
-                                         r"or pass --no-hidden-states$"):
+    with pytest.raises(ValueError, match=r"32 stacked rows \(--max-rows 100, .* use --windows >= 4 \(an extraction of "
+                                         r"that many\) or pass --no-hidden-states$"):
         check_rows(manifest, 100, hidden_states=True)
+    with pytest.raises(ValueError, match=r"^32 stacked rows \(2 windows of 16 tokens\)"):  # no --max-rows given
+        check_rows(manifest, None, hidden_states=True)
     check_rows(manifest, 100, hidden_states=False)  # the keys are tall enough
 
 

@@ -335,6 +335,20 @@ def test_cg_reports_convergence_only_where_the_true_residual_meets_the_target(to
     assert res.converged == (tol > 1e-5)  # 1e-4 is reachable, 1e-9 is below the float32 floor
 
 
+@pytest.mark.parametrize("pred_err, passes", [(0.0, True), (0.5 * EPS, True), (3 * EPS, False), (8 * EPS, False)])
+def test_the_necessary_residual_test_tells_pred_err_apart_at_eps_where_b_is_orthogonal_to_the_range(pred_err, passes):
+    """relres = sqrt(1 + pred_err²) there: relres itself carries ~u of rounding, as much as eps² at eps = 1e-8, so
+    the test is decided on relres² - 1 computed without cancellation (a slack of 16 u passed pred_err up to 5 eps)."""
+    A = syn.conditioned(256, 8, 10.0, 0)
+    b = syn.rhs(256, 1)
+    b -= A @ torch.linalg.lstsq(A, b).solution  # x* = 0, OPT = ||b||
+    direction = syn.rhs(8, 2)
+    m = P.apply("a_gram_power", A, direction, 1)
+    x = direction * (pred_err * float(torch.linalg.vector_norm(b)) / float(torch.linalg.vector_norm(m)))
+    relres = P.relres("a_gram_power", A, x, b, 1)
+    assert P.residual_test("a_gram_power", A, x, b, 1, relres, EPS) is passes
+
+
 def test_an_srht_of_more_rows_than_the_padded_matrix_is_a_solver_error():
     A, b = syn.conditioned(100, 40, 1e2, 0), syn.rhs(100, 0)  # 4d = 160 rows of 128 padded ones
     with pytest.raises(P.SolverError, match=r"k = 160 is too many; pass fewer sketch rows or another sketch"):
