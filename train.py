@@ -322,7 +322,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
                     threads=torch.get_num_threads(), malloc=malloc, torch=torch.__version__, revision=code_revision())
 
         if compile_wanted(tc.compile, runtime.device):
-            model.settle_crossovers(cfg.data.block_size, runtime.dtype)
+            model.settle_crossovers(cfg.data.block_size, runtime.autocast())
         forward_model = maybe_compile(model, tc.compile, runtime.device, log_line)  # evaluation uses it too
         train_model = forward_model
         if runtime.distributed:
@@ -473,8 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         with run_lock(run_dir) if runtime.is_main else nullcontext():  # the other ranks share the main one's
             result = train(cfg, runtime)
     except (ConfigError, DataError, OSError, FloatingPointError) as exc:  # each names the problem and the fix
-        # the config, the run's checkpoints and a divergence (its loss all-reduced) are alike on every rank
-        alike = isinstance(exc, (ConfigError, ckpt.CheckpointError, FloatingPointError))
+        # the config, a divergence (its loss all-reduced) and what rank 0 found of the run's checkpoints are alike
+        # on every rank
+        alike = isinstance(exc, (ConfigError, FloatingPointError)) or getattr(exc, "told_by_rank_0", False)
         complain(f"error: {exc}", same_on_every_rank=alike)
         return 2
     except torch.OutOfMemoryError as exc:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TypeVar
 
+import torch
 from torch._functorch import config as aot_autograd_config
 
 F = TypeVar("F", bound=Callable)
@@ -26,6 +27,16 @@ MARK = "_dynamo_marked_constant"  # what torch._dynamo.decorators.assume_constan
 # torch releases before the flag compile the backward lazily whatever is asked; a fallback then covers the forward
 EAGER_BACKWARD_COMPILE = (aot_autograd_config.patch(force_non_lazy_backward_lowering=True)
                           if hasattr(aot_autograd_config, "force_non_lazy_backward_lowering") else nullcontext())
+
+
+def out_of_memory(exc: BaseException) -> BaseException | None:
+    """The out-of-memory error at the bottom of `exc`'s chain (`__cause__`, and the `inner_exception` that dynamo's
+    BackendCompilerFailed keeps), or None: the batch's failure, which no fallback from compiling would cure."""
+    while not isinstance(exc, torch.OutOfMemoryError):
+        exc = exc.__cause__ or getattr(exc, "inner_exception", None)
+        if exc is None:
+            return None
+    return exc
 
 
 def assume_constant_result(fn: F) -> F:

@@ -7,6 +7,7 @@ weights load by a state-dict copy (with Conv1D weights transposed).
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -15,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.attention import get_backend
-from model.attention.crossover import uses_linear_form
 from model.config import ModelConfig
 from model.loss import linear_cross_entropy
 from model.position import apply_rotary, padding_count, rotary_angles, rotary_dtype, token_positions
@@ -245,14 +245,22 @@ class GPT(nn.Module):
         state.spent = True
         return logits, DecodeState(layers, position + idx.shape[1], padding_count(state.pads, mask))
 
-    def settle_crossovers(self, length: int, dtype: torch.dtype) -> None:
-        """Measure now, eagerly, every crossover (model/attention/crossover.py) that sequences of `length` tokens in
-        `dtype` will ask for. Under torch.compile it would be measured while the model is traced, when flex_attention
-        (the direct form on CUDA) runs unfused, timing the direct form at its slowest."""
-        device = self.lm_head.weight.device
-        for block in self.transformer.h:
-            if hasattr(block.attn.backend, "crossover"):  # the backends with a direct and a linear form
-                uses_linear_form(block.attn.backend, length, self.config.head_dim, self.config.n_head, dtype, device)
+    @torch.no_grad()
+    def settle_crossovers(self, length: int, autocast: AbstractContextManager) -> None:
+        """Measure now, eagerly, every crossover (model/attention/crossover.py) that sequences of `length` tokens
+        under `autocast` will ask for, by one forward of such a sequence: under torch.compile it would be measured
+        while the model is traced, when flex_attention (the direct form on CUDA) runs unfused, timing the direct
+        form at its slowest. A forward asks with the dtypes the layers really produce (under CUDA's autocast
+        taylor's normalised q and k come out in fp32). In eval mode: no dropout, no random number drawn."""
+        if not any(hasattr(block.attn.backend, "crossover") for block in self.transformer.h):
+            return  # only the backends with a direct and a linear form have one
+        training = self.training
+        self.eval()
+        try:
+            with autocast:
+                self(torch.zeros(1, length, dtype=torch.long, device=self.lm_head.weight.device))
+        finally:
+            self.train(training)
 
     @property
     def constant_memory_decoding(self) -> bool:

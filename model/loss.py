@@ -17,7 +17,8 @@ Two forms compute it:
   would first copy the whole (n, V) softmax to fp32), from which the targets' log probabilities and the one-hot's
   entries follow (`target_log_probs`); the scale 1/N' and the mask of rows without a target are applied to the
   (n, C) side, never to the (n, V) logits (under fp16, 1/N' goes on the weight gradient's GEMM result instead, in
-  fp32: before the GEMM it would push that fp16 result into fp16's subnormals). The head's rows are padded with zeros to a multiple of `VOCAB_ALIGN`
+  fp32, with a fixed power of two before it, `FP16_PRESCALE`: 1/N' before the GEMM would push that fp16 result into
+  fp16's subnormals, and nothing before it could overflow it). The head's rows are padded with zeros to a multiple of `VOCAB_ALIGN`
   (50,257 -> 50,304, as nanoGPT pads its vocabulary) in the copy that the GEMMs read anyway, and the padding's
   logits set to -inf, so its probabilities are exactly 0 and the loss and gradients are those of the V real rows:
   aligned rows make the GEMMs faster, the weight gradient's (V, C) product most (results/bench_loss.md).
@@ -38,6 +39,10 @@ LOSS_FORMS: dict[tuple[str, torch.dtype | None], int | None] = {
 }
 DEFAULT_CHUNK_ROWS = 1024
 VOCAB_ALIGN = 64  # the chunked form's head rows are padded to a multiple of this (module docstring)
+# Under fp16, the weight gradient's GEMM sums a chunk's rows of (softmax - one-hot) h unscaled but for this power of
+# two: a token that is every row's target sums up to 1,024 rows of h, 64 |h| at most after it (fp16 overflows at
+# 65,504), while a row rarely a target sums ~1e-3 |h|, still within fp16's normal range (from 6.1e-5).
+FP16_PRESCALE = 2.0**-4
 # Device types whose kernels run synchronously, so that reading a tensor's values on the host costs no wait.
 SYNCHRONOUS_DEVICES = frozenset({"cpu"})
 
@@ -109,7 +114,7 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool, vocab
     row_scale = valid.to(loss_dtype) * inverse_count  # 1/N' where a target is, else 0
     # fp16: 1/N' (as small as ~6e-5) on the (n, C) side would leave the weight gradient's sums for vocabulary rows
     # that are rarely a target (probabilities ~1/V) in fp16's subnormal range at the GEMM's output; there the GEMM
-    # takes the 0/1 mask alone, and 1/N' multiplies its result in fp32
+    # takes the mask times FP16_PRESCALE, and 1/N' / FP16_PRESCALE multiplies its result in fp32
     scale_after = matmul_dtype == torch.float16
     vocab = weight.shape[0]
     w = padded_head(weight, matmul_dtype, vocab_align)
@@ -134,10 +139,10 @@ def _loss_and_grads(h, weight, targets, chunk_size: int, with_grads: bool, vocab
             probs[at_target] = -others
             probs = probs.to(matmul_dtype)  # (n, V): softmax - one-hot, the operand of the two matmuls
             grad_h[rows] = (probs @ w).to(h.dtype) * scale[:, None].to(h.dtype)
-            h_side = h_chunk * (valid[rows, None] if scale_after else scale[:, None])
+            h_side = h_chunk * (valid[rows, None] * FP16_PRESCALE if scale_after else scale[:, None])
             part = (probs.T @ h_side.to(matmul_dtype))[:vocab]  # (V, C)
             if scale_after:
-                part = part.to(loss_dtype) * inverse_count
+                part = part.to(loss_dtype) * (inverse_count / FP16_PRESCALE)
             grad_w = part.to(loss_dtype) if grad_w is None else grad_w.add_(part)
     if with_grads and grad_w is None:  # no rows
         grad_w = torch.zeros_like(weight, dtype=loss_dtype)

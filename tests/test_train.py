@@ -277,6 +277,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_soon_after_betwee
 @pytest.mark.parametrize("override, message", [
     ("train.grad_accum=3", "error: train.grad_accum (3) must be divisible by the number of processes (2)\n"),
     ("train.device=cuda", "config error: train.device=cuda but no CUDA device is visible"),
+    ("train.resume=/nonexistent", "error: checkpoint path /nonexistent does not exist"),  # rank 0 looked for it
 ])
 def test_under_torchrun_an_error_every_rank_meets_alike_is_one_line_from_rank_0(tmp_path, prepared_dir, override,
                                                                                message):

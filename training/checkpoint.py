@@ -289,7 +289,7 @@ def restore_swapped(root: Path, say: Callable[[str], None] = _warn) -> Path | No
             copy.rename(root / name)
         except CheckpointError:
             continue
-        except OSError:  # vanished or refused: another rank of a torchrun restored one first, or a read-only folder
+        except OSError:  # vanished or refused: another process restored one first, or a read-only folder
             if (root / name).is_dir():
                 return None
             continue

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from model.compiling import EAGER_BACKWARD_COMPILE
+from model.compiling import EAGER_BACKWARD_COMPILE, out_of_memory
 
 CompileChoice = Literal["auto", "true", "false"]
 
@@ -47,9 +47,9 @@ class CompiledOrEager(nn.Module):
             try:
                 with EAGER_BACKWARD_COMPILE:
                     return self.compiled(*args, **kwargs)
-            except torch.OutOfMemoryError:  # the batch's, not the compiler's: eager would need the memory too
-                raise
             except Exception as exc:  # noqa: BLE001 - dynamo, inductor and the C++ compiler raise many types
+                if (memory := out_of_memory(exc)) is not None:  # the batch's: eager would need the memory too
+                    raise memory from exc
                 self._fall_back(exc)
         return self.model(*args, **kwargs)
 

@@ -120,6 +120,8 @@ def shared_resume_path(cfg: RunConfig, run_dir: Path, runtime: rt.Runtime, say: 
     if runtime.distributed:
         dist.broadcast_object_list(found, src=0)
     if isinstance(found[0], Exception):
+        if not runtime.is_main:
+            found[0].told_by_rank_0 = True  # the same failure as rank 0's: its line is rank 0's to print
         raise found[0]
     return found[0]
 

@@ -16,8 +16,8 @@ import torch.distributed as dist
 from model.cpu import cpu_multiplies_bf16
 
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU, by a part of the device name, the first match counting (the PCIe
-# and NVL H100s before the SXM one, which the name "H100 80GB HBM3" gives); fp32 uses the TF32 figure on these parts.
-_GPU_PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12,
+# and NVL parts before the SXM ones, which the name "H100 80GB HBM3" gives); fp32 uses the TF32 figure on these parts.
+_GPU_PEAK_BF16 = {"H200 NVL": 835e12, "H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12,
                   "A10G": 125e12, "L4": 121e12, "4090": 165e12}
 
 
@@ -116,18 +116,16 @@ def start(device_name: str, dtype_name: str) -> Runtime:
                    world_size=world_size)
 
 
-# What gloo's plain RuntimeError says where another process of the job went away (torch raises DistError elsewhere)
-PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+# What a collective's error says where the other end of a connection went away (gloo raises a plain RuntimeError,
+# the store a DistNetworkError); a DistError says nothing of the kind where this process failed itself
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
 def peer_lost(exc: BaseException) -> str | None:
     """Where a collective failed because another process of the torchrun job stopped, a short reason (that
     process's own output says why; this one's traceback from inside the collective says nothing more); else None."""
-    text = str(exc)
-    if isinstance(exc, RuntimeError) and (gone := next((m for m in PEER_GONE if m in text), None)):
-        return f"gloo: {gone}"
-    if isinstance(exc, dist.DistError):
-        return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if isinstance(exc, RuntimeError) and (gone := next((m for m in PEER_GONE if m in str(exc)), None)):
+        return f"{'gloo' if type(exc) is RuntimeError else type(exc).__name__}: {gone}"
     return None
 
 

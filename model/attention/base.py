@@ -40,6 +40,8 @@ def check_inputs(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
             f"{name} attention takes q and k of one shape (B, H, T, d) and v of shape (B, H, T, d_v) with the same "
             f"B, H and T; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
+    if q.shape[2] == 0:
+        raise ValueError(f"{name} attention needs at least one token, got q {tuple(q.shape)}")
     if not q.device == k.device == v.device:
         raise ValueError(f"{name} attention: q, k and v must be on one device; got {q.device}, {k.device}, {v.device}")
     if mask is not None and (

@@ -41,7 +41,7 @@ import torch
 from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_block_mask, flex_attention
 
 from model.attention.direct import PointwiseWeight, tiled_direct_attention
-from model.compiling import EAGER_BACKWARD_COMPILE
+from model.compiling import EAGER_BACKWARD_COMPILE, out_of_memory
 
 # Static shapes recompile flex_attention for every (batch, length, dtype, grad mode) met, and past dynamo's
 # recompile_limit (8) torch runs it uncompiled, silently: unfused, the whole score matrix in memory. A run with its
@@ -126,8 +126,11 @@ def _compiled_kernel() -> Callable:
         # on the CPU.
         compiled = torch.compile(flex_attention, dynamic=False)
 
+        # torch releases before 2.7 call the limit cache_size_limit
+        limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+
         def kernel(*args, **kwargs):
-            with dynamo_config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
+            with dynamo_config.patch(**{limit: FLEX_RECOMPILE_LIMIT}):
                 return compiled(*args, **kwargs)
 
         _compiled_flex_attention = kernel
@@ -151,9 +154,9 @@ def direct_form(
         try:
             with EAGER_BACKWARD_COMPILE:  # a backward that fails to compile fails here, inside the fallback
                 return flex_causal_attention(q, k, v, weight.log, scale=scale, eps=eps, mask=mask)
-        except torch.OutOfMemoryError:  # the inputs', not the compiler's: the tiled form would not be the cure
-            raise
         except Exception as exc:  # noqa: BLE001 - dynamo, inductor and the C++ compiler raise many types
+            if (memory := out_of_memory(exc)) is not None:  # the inputs': the tiled form would not be the cure
+                raise memory from exc
             _fall_back(exc)
     return tiled_direct_attention(q, k, v, weight, scale=scale, eps=eps, block=block, mask=mask)
 

@@ -259,6 +259,7 @@ def mismatched_inputs(backend):
         ("key head size", q, k[..., :4], v, None, r"same B, H and T"),
         ("other heads", q, k[:, :1], v[:, :1], None, r"q \(1, 2, 6, 8\)"),
         ("3-D", q[0], k[0], v[0], None, r"\(B, H, T, d\)"),
+        ("no tokens", q[:, :, :0], k[:, :, :0], v[:, :, :0], None, r"needs at least one token"),
         ("mask of one row per head", q, k, v, torch.ones(B * H, 6, dtype=torch.bool), r"mask .* \(1, 6\)"),
         ("broadcast mask", q, k, v, real[:, :1], r"got torch.bool of shape \(1, 1\)"),
         ("integer mask", q, k, v, real.long(), r"must be a bool tensor .* got torch.int64"),

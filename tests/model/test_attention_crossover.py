@@ -189,16 +189,28 @@ def test_torch_compile_takes_the_crossover_as_a_constant_without_a_graph_break(m
 
 
 @pytest.mark.parametrize("name, measured", [("taylor", 1), ("expressive_sq", 1), ("softmax", 0)])
-def test_a_model_settles_its_crossover_eagerly_once_for_every_layer(monkeypatch, measuring, name, measured):
-    """train.py asks before it compiles: measured while the model is traced, flex would run unfused."""
+def test_a_model_settles_its_crossover_eagerly_as_its_forward_will_ask(monkeypatch, measuring, name, measured):
+    """train.py asks before it compiles: measured while the model is traced, flex would run unfused. Asked by a
+    forward, so with the dtype the layer produces: here q and k in fp32 under bf16 autocast, as CUDA's autocast
+    gives taylor's normalised ones."""
+    from model.attention.base import QKIdentity
+    from model.attention.taylor import TaylorQKTransform
     from model.config import ModelConfig
     from model.gpt import GPT
 
     asked = []
     monkeypatch.setattr(crossover, "_choose", lambda backend, d, heads, dtype, device: asked.append(
         (backend.name, d, heads, dtype, torch.compiler.is_compiling())) or 32)
-    model = GPT(ModelConfig(n_layer=3, n_head=2, n_embd=8, n_positions=16, vocab_size=10, attention=name))
-    model.settle_crossovers(16, torch.bfloat16)
-    assert asked == [(name, 4, 2, torch.bfloat16, False)] * measured  # one key for every layer: measured once
-    model.settle_crossovers(4, torch.bfloat16)  # below MIN_LENGTH (8 here): nothing to measure
-    assert len(asked) == measured
+    for transform in (QKIdentity, TaylorQKTransform):
+        original = transform.forward
+        monkeypatch.setattr(transform, "forward", lambda self, q, k, f=original: tuple(t.float() for t in f(self, q, k)))
+    model = GPT(ModelConfig(n_layer=3, n_head=2, n_embd=8, n_positions=16, vocab_size=10, attention=name,
+                            dropout=0.5))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    state = torch.random.get_rng_state()
+    model.settle_crossovers(16, autocast)
+    assert asked == [(name, 4, 2, torch.float32, False)] * measured  # one key for every layer: measured once
+    assert model.training and torch.equal(torch.random.get_rng_state(), state)  # no dropout drawn, mode kept
+    with autocast:
+        model(torch.zeros(2, 16, dtype=torch.long))
+    assert len(asked) == measured  # the forward finds it settled

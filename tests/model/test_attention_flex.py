@@ -205,8 +205,10 @@ def test_a_failing_flex_falls_back_to_the_tiled_form_with_one_warning(monkeypatc
 
 def test_running_out_of_memory_in_flex_is_raised_not_taken_for_a_compiler_failure(monkeypatch, direct_forms_run):
     """The tiled form would not be the cure, and the rest of the process would have lost flex for nothing."""
-    def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory")
+    def out_of_memory(*args, **kwargs):  # raised inside the compiler, as dynamo wraps it
+        failed = RuntimeError("backend compiler failed")
+        failed.inner_exception = torch.OutOfMemoryError("CUDA out of memory")
+        raise failed
 
     monkeypatch.setitem(flex.DIRECT_FORMS, ("cpu", torch.float32), "flex")
     monkeypatch.setattr(flex, "_flex_failed", False)

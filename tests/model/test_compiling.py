@@ -50,3 +50,15 @@ def test_importing_the_model_leaves_torch_dynamo_unimported():
     code = "import sys, model.generation; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_an_out_of_memory_error_is_found_at_the_bottom_of_a_compilers_chain():
+    from model.compiling import out_of_memory
+
+    memory = torch.OutOfMemoryError("CUDA out of memory")
+    wrapped = RuntimeError("backend compiler failed")
+    wrapped.inner_exception = memory  # as dynamo's BackendCompilerFailed keeps it
+    chained = ValueError("outer")
+    chained.__cause__ = wrapped
+    assert out_of_memory(memory) is memory and out_of_memory(chained) is memory
+    assert out_of_memory(RuntimeError("no C++ compiler")) is None

@@ -134,6 +134,21 @@ def test_fp16_autocast_keeps_the_weight_gradient_of_rows_rarely_a_target_out_of_
     assert (w16.grad[rare] == 0).float().mean() < 1e-4
 
 
+def test_fp16_autocast_keeps_the_weight_gradient_of_a_token_every_row_targets_finite():
+    """1,024 rows, all with target 5 and a coherent |h| of 70: unscaled, their sum (71,680) overflows fp16."""
+    n, c, v = 1024, 8, 512
+    h = torch.randn(n, c, generator=torch.Generator().manual_seed(0))
+    h[:, 0] = 70.0
+    w = (torch.randn(v, c, generator=torch.Generator().manual_seed(1)) * 0.01).requires_grad_()
+    t = torch.full((n,), 5)
+    with torch.autocast("cpu", dtype=torch.float16):
+        chunked_linear_cross_entropy(h, w, t, 1024).backward()
+    ref_w = w.detach().double().requires_grad_()
+    linear_cross_entropy_reference(h.double(), ref_w, t).backward()
+    assert torch.isfinite(w.grad).all()
+    assert (w.grad.double() - ref_w.grad).norm() / ref_w.grad.norm() < 1e-2
+
+
 @pytest.mark.parametrize("autocast", [False, True])
 def test_torch_compile_traces_the_chunked_loss_into_one_graph(autocast):
     h, w, t = inputs(dtype=torch.float32)

@@ -129,8 +129,9 @@ def test_a_cuda_runtime_runs_fp32_matmuls_in_tf32(monkeypatch):
 def test_a_collective_failed_by_a_process_gone_is_told_from_other_errors():
     gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:59069. GLHF!")
     assert rt.peer_lost(gloo) == "gloo: Connection closed by peer"
-    assert rt.peer_lost(torch.distributed.DistBackendError("NCCL communicator was aborted\ndetails")) == (
-        "NCCL communicator was aborted")
+    assert rt.peer_lost(torch.distributed.DistNetworkError("store: Connection reset by peer")) == (
+        "DistNetworkError: Connection reset by peer")
+    assert rt.peer_lost(torch.distributed.DistBackendError("NCCL error: invalid usage")) is None  # this process's
     assert rt.peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
     assert rt.peer_lost(ValueError("Connection closed by peer")) is None
 
