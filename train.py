@@ -329,22 +329,23 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             train_model = DistributedDataParallel(forward_model, device_ids=device_ids)
 
-        verified = [state.step]  # the last step known good: the start, or the last save, whose checks passed
+        verified = state.step  # the last step known good: the start, or the last save, whose checks passed
 
         def suspect(first: int) -> int:
             """The first step that may have diverged, of a window from step `first` (carried over from an earlier
             process, it may reach back past the last save): none up to the last save did."""
-            return max(first, verified[0] + 1)
+            return max(first, verified + 1)
 
         def save() -> None:
             """Checkpoint on the main process; every rank takes part (its RNG state is gathered). Steps not yet logged
             are checked first: weights from a diverged step must not become the run's latest checkpoint."""
+            nonlocal verified
             first = suspect(state.step - meter.steps + 1)
             if meter.steps and not math.isfinite(loss := meter.mean_loss(runtime)):
                 raise divergence(f"the training loss is {loss} over {steps_text(first, state.step)}", first, run_dir)
             if not weights_finite(model):  # the loss was computed before the step's update
                 raise divergence(f"the weights hold inf or nan after step {state.step}", state.step, run_dir)
-            verified[0] = state.step
+            verified = state.step
             state.optimizer, state.grad_scaler = optimizer.state_dict(), scaler.state_dict()
             state.rng = gather_rng(runtime)
             state.log_windows = gather_ranks(runtime, meter.open_window())
