@@ -391,12 +391,9 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
 
             if is_log:
                 first = suspect(state.step - meter.steps + 1)
-                # a last line off the log grid: its window goes on in the checkpoint, so that a run extending this one
-                # logs on the grid the same averages a straight run logs
-                carried = meter.open_window() if state.step % tc.log_interval else None
-                window = meter.read(runtime)  # the window's loss and grad norm come back to the host here
-                if carried is not None:
-                    meter.continue_window(carried, runtime.device)
+                # a last line off the log grid: its window goes on (into the checkpoint), so that a run extending this
+                # one logs on the grid the same averages a straight run logs; the loss and grad norm come to the host
+                window = meter.read(runtime, new_window=state.step % tc.log_interval == 0)
                 if not math.isfinite(window["train_loss"]):
                     raise divergence(f"the training loss is {window['train_loss']} over "
                                      f"{steps_text(first, state.step)}", first, run_dir)

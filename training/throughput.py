@@ -57,11 +57,12 @@ class Throughput:
             loss /= runtime.world_size
         return loss.item()
 
-    def read(self, runtime: rt.Runtime) -> dict[str, float]:
+    def read(self, runtime: rt.Runtime, *, new_window: bool = True) -> dict[str, float]:
         """Mean train loss (over ranks too), tokens/s (all ranks) and MFU (per device) of the window; starts a new
-        window."""
+        window unless `new_window` is False (the window goes on)."""
         tokens_per_s = self.tokens / self.seconds
         window = {"train_loss": self.mean_loss(runtime), "tokens_per_s": tokens_per_s,
                   "mfu": self.flops_per_token * tokens_per_s / (self.peak_flops * runtime.world_size)}
-        self._reset()
+        if new_window:
+            self._reset()
         return window

@@ -108,3 +108,11 @@ def test_a_window_saved_by_as_many_ranks_goes_on_per_rank_and_by_another_number_
     meter.continue_window(Throughput.saved_window(saved, 0, 1), torch.device("cpu"))
     meter.add(torch.tensor(5.0), tokens=20, seconds=0.5)  # the third step, on one process
     assert meter.read(CPU)["train_loss"] == 4.0  # (the two steps' loss, summed and averaged over ranks: 7, + 5) / 3
+
+
+def test_a_read_off_the_log_grid_leaves_the_window_going_on(no_collectives):
+    meter = Throughput(1.0, 1.0)
+    meter.add(torch.tensor(2.0), tokens=10, seconds=1.0)
+    assert meter.read(CPU, new_window=False)["train_loss"] == 2.0
+    meter.add(torch.tensor(4.0), tokens=10, seconds=1.0)
+    assert meter.read(CPU)["train_loss"] == 3.0 and meter.steps == 0
