@@ -200,7 +200,7 @@ class QuadraticKernel:
 def _intra_chunk(q, k, v1, kernel: QuadraticKernel, chunk: int) -> torch.Tensor:
     """sum over the earlier tokens of the same chunk (and the token itself) of w_ij v1_j: (BH, T, width)."""
     out = v1.new_empty(v1.shape)
-    for t0, t1 in chunk_groups(q.shape[1], chunk, q.shape[0]):
+    for t0, t1 in chunk_groups(q.shape[1], chunk, q.shape[0], q.device):
         qc, kc = split_chunks(q[:, t0:t1], chunk), split_chunks(k[:, t0:t1], chunk)
         w = kernel(qc @ kc.transpose(-1, -2)).tril_()  # (BH, chunks, C, C), masked after the nonlinearity
         out[:, t0:t1] = merge_chunks(w @ split_chunks(v1[:, t0:t1], chunk), t1 - t0)
@@ -209,7 +209,7 @@ def _intra_chunk(q, k, v1, kernel: QuadraticKernel, chunk: int) -> torch.Tensor:
 
 def _intra_chunk_backward(q, k, v1, dout, kernel: QuadraticKernel, chunk: int):
     dq, dk, dv1 = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v1)
-    for t0, t1 in chunk_groups(q.shape[1], chunk, q.shape[0]):
+    for t0, t1 in chunk_groups(q.shape[1], chunk, q.shape[0], q.device):
         qc, kc, v1c, doutc = (split_chunks(x[:, t0:t1], chunk) for x in (q, k, v1, dout))
         w, dw_ds = kernel.with_derivative(qc @ kc.transpose(-1, -2))
         w.tril_()

@@ -121,7 +121,7 @@ def _attend_and_fold(q, k, v1, chunk: int, kv: torch.Tensor, m: torch.Tensor) ->
     t = q.shape[1]
     chunk = min(chunk, t)
     intra, r_intra = torch.empty_like(v1), q.new_empty(q.shape[0], t, 1)  # (BH, T, d_v + 1), (BH, T, 1)
-    for t0, t1 in chunk_groups(t, chunk, q.shape[0]):
+    for t0, t1 in chunk_groups(t, chunk, q.shape[0], q.device):
         logits = _pair_sums(split_chunks(q[:, t0:t1], chunk), split_chunks(k[:, t0:t1], chunk)).logits
         r = logits.amax(-1, keepdim=True)  # (BH, chunks, C, 1)
         intra[:, t0:t1] = merge_chunks(torch.exp(logits - r) @ split_chunks(v1[:, t0:t1], chunk), t1 - t0)
@@ -187,7 +187,7 @@ class _ChunkedLogExpAttention(torch.autograd.Function):
 
         # Intra-chunk pairs, a group of chunks at a time.
         dq, dk, dv1 = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v1)
-        for t0, t1 in chunk_groups(t, chunk, q.shape[0]):
+        for t0, t1 in chunk_groups(t, chunk, q.shape[0], q.device):
             dq[:, t0:t1], dk[:, t0:t1], dv1[:, t0:t1] = _intra_chunk_backward(
                 q[:, t0:t1], k[:, t0:t1], v1[:, t0:t1], dout[:, t0:t1], lse[:, t0:t1], chunk
             )

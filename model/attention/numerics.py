@@ -74,12 +74,18 @@ def chunk_bounds(t: int, chunk: int) -> list[tuple[int, int]]:
     return [(t0, min(t0 + chunk, t)) for t0 in range(0, t, chunk)]
 
 
-def chunk_groups(t: int, chunk: int, batch: int, elements: int = 1 << 21) -> list[tuple[int, int]]:
-    """Token ranges of whole chunks whose (batch, tokens, chunk) pair tensors hold at most ~`elements` numbers.
+# Numbers the intra-chunk pair tensors of one group of chunks may hold, by device type (others: GROUP_ELEMENTS_DEFAULT).
+# On the CPU, bounding them keeps them in cache and below the allocator's mmap threshold (fresh page faults on every
+# allocation above ~32 MB). A GPU's memory holds more, and every group costs a round of kernel launches (for logexp
+# also a host synchronisation): there a group of 16M numbers (64 MB in fp32) takes GPT-2 small's 1,024 tokens at once.
+GROUP_ELEMENTS = {"cpu": 1 << 21}
+GROUP_ELEMENTS_DEFAULT = 1 << 24
 
-    Bounding the intra-chunk temporaries keeps them in cache and below the allocator's mmap threshold (fresh
-    page faults on every allocation above ~32 MB), and the peak memory O(elements) instead of O(n · chunk).
-    """
+
+def chunk_groups(t: int, chunk: int, batch: int, device: torch.device) -> list[tuple[int, int]]:
+    """Token ranges of whole chunks whose (batch, tokens, chunk) pair tensors hold at most about the device's
+    GROUP_ELEMENTS numbers: peak memory O(that) instead of O(n · chunk)."""
+    elements = GROUP_ELEMENTS.get(device.type, GROUP_ELEMENTS_DEFAULT)
     return chunk_bounds(t, max(1, elements // (batch * chunk * chunk)) * chunk)
 
 

@@ -131,3 +131,14 @@ def test_the_linear_form_under_autocast_is_as_accurate_as_without_it(name, dtype
         assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads), f"autocast={enabled}"
         errors = [_relative_error(got, want) for got, want in zip((y, *grads), (expected, *expected_grads))]
         assert max(errors) < AUTOCAST_TOLERANCE[dtype], f"autocast={enabled}: relative errors {errors}"
+
+
+def test_chunk_groups_bound_the_pair_tensors_by_the_devices_budget():
+    from model.attention.numerics import GROUP_ELEMENTS, GROUP_ELEMENTS_DEFAULT, chunk_groups
+
+    # GPT-2 small's logexp micro-batch: 16 rows x 12 heads, 1,024 tokens in chunks of 64
+    cpu = chunk_groups(1024, 64, 192, torch.device("cpu"))
+    assert len(cpu) == 8 and all(192 * (t1 - t0) * 64 <= GROUP_ELEMENTS["cpu"] for t0, t1 in cpu)
+    assert chunk_groups(1024, 64, 192, torch.device("cuda")) == [(0, 1024)]  # one group: one round of launches
+    assert 192 * 1024 * 64 <= GROUP_ELEMENTS_DEFAULT
+    assert chunk_groups(100, 64, 10**9, torch.device("cpu")) == [(0, 64), (64, 100)]  # at least a chunk a group
