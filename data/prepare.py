@@ -177,7 +177,8 @@ def replaced_bytes(source: Source) -> dict[str, dict[str, int]]:
         count, first = invalid_utf8(path)
         if count:
             found[str(path)] = {"count": count, "first_byte": first}
-            print(f"warning: {path}: {count} invalid UTF-8 byte sequence(s) replaced with U+FFFD "
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")  # a name not UTF-8 itself prints too
+            print(f"warning: {shown}: {count} invalid UTF-8 byte sequence(s) replaced with U+FFFD "
                   f"(first at byte {first})", flush=True)
     return found
 
@@ -336,8 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = prepare(DataConfig(**vars(args)))
-    except (ValueError, OSError) as exc:  # DataError, DataConfig's checks, unreadable or unwritable paths
+    except ValueError as exc:  # DataError, DataConfig's checks
         print(f"error: {with_flag_names(str(exc), FLAGS)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # reading the source, or writing the token files
+        named = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{named}; the source files must be readable, and --prepared-dir "
+              f"({args.prepared_dir}) writable with room for the token files", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # prepare() has removed its partial files on the way out
         print("interrupted: nothing was kept; run the same command again to prepare the data", file=sys.stderr)

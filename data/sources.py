@@ -4,9 +4,11 @@
     a path, dir or glob  .txt (one document per file), .jsonl / .json or .parquet (one document per row)
     'hf:<dataset>'       a dataset by name (`subset`, `split`), e.g. 'hf:HuggingFaceFW/fineweb-edu'
 
-Rows of .jsonl/.json/.parquet files and of the hub take the same road, `load_dataset(builder or name, subset,
-data_files, split, streaming)`, so the tests, which read local files, run the code that streams FineWeb. A .txt file
-is one document, read here directly: opening it through `datasets` (import, builder, file resolution) took longer
+Rows of .parquet files, of a .json file that is one JSON document, and of the hub take the same road,
+`load_dataset(builder or name, subset, data_files, split, streaming)`, so the tests, which read local files, run the
+code that streams FineWeb. JSON lines are read here, row by row (`_json_rows`: `datasets` would fix each column's
+type from a file's first block and convert the later rows to it silently). A .txt file is one document, read here
+directly: opening it through `datasets` (import, builder, file resolution) took longer
 than tokenising it (results/bench_tokenize.md), and it gives the same text (text mode, universal newlines, invalid
 UTF-8 replaced). It can also be read in parts (`iter_document_reads`), so a long text need not be held whole.
 """
@@ -75,8 +77,41 @@ class Source:
                     f"cannot open {self.describe()} (subset {self.subset!r}, split {self.split!r}): {reason}; "
                     "hub datasets need internet and a name, subset and split as listed on huggingface.co"
                 ) from exc
-        data_files = {self.split: [str(path) for path in self.files]}
-        return load_dataset(self.dataset, data_files=data_files, split=self.split, streaming=True)
+        if self.dataset == "json":
+            return itertools.chain.from_iterable(_json_rows(path, self.split) for path in self.files)
+        return _local_dataset(self.dataset, self.files, self.split)
+
+
+def _local_dataset(builder: str, files: Iterable[Path], split: str) -> IterableDataset:
+    """Local files through a `datasets` builder (their names escaped: `datasets` reads data_files as patterns)."""
+    from datasets import load_dataset
+
+    data_files = {split: [glob.escape(str(path)) for path in files]}
+    return load_dataset(builder, data_files=data_files, split=split, streaming=True)
+
+
+def _json_rows(path: Path, split: str) -> Iterator[dict]:
+    """The rows of a JSON-lines file, read here, one JSON object per line (blank lines skipped). `datasets` infers
+    a column's type from a file's first block (~10 MB) and converts later blocks to it without a word: a number
+    became the text "12345", and a block's strings came out wrapped in JSON quotes. A .json file that is one JSON
+    document (an array of rows, or an object spread over lines) goes to the json builder, which reads it whole."""
+    with open(path, encoding="utf-8-sig") as handle:
+        for count, (number, line) in enumerate(((n, line) for n, line in enumerate(handle, 1) if line.strip()), 1):
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                if count == 1 and suffix(path) == ".json":
+                    break
+                raise DataError(f"{path}, line {number}: not valid JSON ({exc}); fix or delete that line") from None
+            if not isinstance(row, dict):
+                if count == 1 and suffix(path) == ".json":
+                    break
+                raise DataError(f"{path}, line {number}: a row must be a JSON object holding data.text_field, got "
+                                f"{type(row).__name__}; fix or delete that line")
+            yield row
+        else:
+            return
+    yield from _local_dataset("json", [path], split)  # one JSON document
 
 
 def _read_text(path: Path, chars: int | None) -> Iterator[str]:
@@ -148,13 +183,13 @@ def local_files(source: str, prepared_dir: Path | None = None) -> list[Path]:
     is in a dataset folder of `prepared_dir` (one holding PREPARED_META) is the pipeline's own output, never a
     source file."""
     path = Path(source)
-    if glob.has_magic(source):
+    if path.is_file():  # before the glob: a name may hold [, ] or ? and be a file all the same
+        candidates = [path]
+    elif path.is_dir():
+        candidates = [p for p in _walk_files(path) if suffix(p) in BUILDERS]
+    elif glob.has_magic(source):
         found = [Path(p) for p in glob.glob(source, recursive=True)]
         candidates = [p for p in found if p.is_file()]
-    elif path.is_dir():
-        candidates = [p for p in path.rglob("*") if p.is_file() and suffix(p) in BUILDERS]
-    elif path.is_file():
-        candidates = [path]
     else:
         raise DataError(
             f"data.source {source!r} does not exist; give a file, directory or glob, "
@@ -164,6 +199,7 @@ def local_files(source: str, prepared_dir: Path | None = None) -> list[Path]:
         output = prepared_dir.resolve()
         candidates = [p for p in candidates if not (p.resolve().is_relative_to(output)
                                                     and (p.parent / PREPARED_META).is_file())]
+    candidates = list({p.resolve(): p for p in candidates}.values())  # a file reached twice (a link) is read once
     if not candidates:
         raise DataError(f"data.source {source!r} matches no {'/'.join(BUILDERS)} files")
     unknown = sorted({p.suffix or p.name for p in candidates if suffix(p) not in BUILDERS})
@@ -172,6 +208,17 @@ def local_files(source: str, prepared_dir: Path | None = None) -> list[Path]:
             f"data.source {source!r}: cannot read {', '.join(unknown)} files; supported: {', '.join(BUILDERS)}"
         )
     return sorted(candidates)
+
+
+def _walk_files(folder: Path) -> Iterator[Path]:
+    """The files under `folder`, at any depth (links to folders not followed); a folder that cannot be listed is an
+    error, not a silent gap in the corpus."""
+    def refuse(error: OSError) -> None:
+        raise DataError(f"cannot list {error.filename} ({error.strerror}); fix its permissions, or give a data.source "
+                        "without it")
+
+    for root, _, files in os.walk(folder, onerror=refuse):
+        yield from (Path(root) / name for name in files if (Path(root) / name).is_file())
 
 
 def invalid_utf8(path: Path) -> tuple[int, int | None]:
@@ -208,22 +255,11 @@ def unreadable_row(source: Source, error: Exception) -> str:
 
 
 def text_problem(source: Source) -> str | None:
-    """The first file of `source` that is not UTF-8, or for JSON lines the first line that is not JSON; else None."""
+    """The first file of `source` that is not UTF-8, else None (a JSON-lines file names its own bad lines)."""
     for path in source.files:
         count, first = invalid_utf8(path)
         if count:
             return f"{path}: invalid UTF-8 at byte {first} ({count} place(s)); re-encode the file as UTF-8"
-        if source.dataset != "json":
-            continue
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                try:
-                    if line.strip():
-                        json.loads(line)
-                except ValueError as exc:
-                    if number == 1 and suffix(path) == ".json":
-                        break  # a single JSON document, not JSON lines: pyarrow's message is all we have
-                    return f"{path}, line {number}: not valid JSON ({exc}); fix or delete that line"
     return None
 
 

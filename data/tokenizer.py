@@ -191,8 +191,9 @@ def load_tokenizer(name: str = GPT2) -> TextTokenizer:
             f"tokenizer {name!r} has no end-of-text token (looked for {', '.join(HUB_END_OF_TEXT)}); "
             "documents cannot be separated, choose another data.tokenizer"
         )
-    return TextTokenizer(name, tokenizer.token_to_id(known[0]), tokenizer.get_vocab_size(with_added_tokens=True),
-                         lambda: tokenizer, None, None)
+    # the ids may leave gaps (an added token numbered past the vocabulary): the model needs the largest id + 1
+    ids = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+    return TextTokenizer(name, tokenizer.token_to_id(known[0]), ids, lambda: tokenizer, None, None)
 
 
 def gpt2_files() -> tuple[Path, Path]:

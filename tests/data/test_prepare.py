@@ -341,6 +341,16 @@ def test_the_command_line_reports_errors_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --source")
 
 
+def test_a_full_disk_is_one_line_naming_where_the_token_files_go(tmp_path, capsys, monkeypatch):
+    def full(cfg):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prepare_module, "prepare", full)
+    assert main(["--source", "shakespeare", "--prepared-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: No space left on device; the source files must be readable, and "
+                                       f"--prepared-dir ({tmp_path}) writable with room for the token files\n")
+
+
 def test_ctrl_c_on_the_command_line_is_one_line_and_exit_status_130(tmp_path, capsys, monkeypatch):
     def interrupted(cfg):
         raise KeyboardInterrupt

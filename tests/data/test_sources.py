@@ -209,3 +209,59 @@ def test_invalid_utf8_counts_the_bad_sequences_and_finds_the_first_byte(tmp_path
     path = tmp_path / "x.txt"
     path.write_bytes(data)
     assert invalid_utf8(path) == expected
+
+
+def test_a_late_row_whose_text_is_not_a_string_is_refused_not_converted(tmp_path):
+    """`datasets` fixed a column's type from a file's first ~10 MB and converted later rows to it: a number became
+    the text "12345" and other rows' strings came out in JSON quotes. JSON lines are read here, row by row."""
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "word " * 50}] * 300 + [{"text": 12345}, {"text": "end"}])
+    with pytest.raises(DataError, match=r"row 301 .* column 'text' holds int, not text"):
+        documents(str(tmp_path / "d.jsonl"))
+
+
+@pytest.mark.parametrize("line", ['"a string"', "42", '[{"text": "a"}]'])
+def test_a_json_lines_row_that_is_not_an_object_is_named_by_its_line(tmp_path, line):
+    (tmp_path / "d.jsonl").write_text('{"text": "first"}\n\n' + line + "\n")
+    with pytest.raises(DataError, match=rf"d.jsonl, line 3: a row must be a JSON object holding data.text_field"):
+        documents(str(tmp_path / "d.jsonl"))
+
+
+def test_json_lines_files_of_different_columns_read_together(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "one", "id": 1}])
+    write_jsonl(tmp_path / "b.jsonl", [{"text": "two"}])
+    write_jsonl(tmp_path / "c.jsonl", [{"url": "x", "text": "three"}])
+    assert documents(str(tmp_path)) == ["one", "two", "three"]
+
+
+def test_a_json_file_that_is_one_document_is_read_whole(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps([{"text": "a"}, {"text": "b"}], indent=2))
+    (tmp_path / "e.json").write_text(json.dumps([{"text": "c"}]))  # one line, an array
+    assert documents(str(tmp_path)) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("name", ["data[1].txt", "what?.jsonl", "star*.txt"])
+def test_a_file_whose_name_looks_like_a_glob_is_that_file(tmp_path, name):
+    text = json.dumps({"text": "the real one"}) + "\n" if name.endswith(".jsonl") else "the real one"
+    (tmp_path / name).write_text(text)
+    decoy = tmp_path / name.replace("[1]", "1").replace("?", "X").replace("*", "S")
+    decoy.write_text(json.dumps({"text": "decoy"}) + "\n" if name.endswith(".jsonl") else "decoy")
+    assert documents(str(tmp_path / name)) == ["the real one"]
+    assert sorted(documents(str(tmp_path))) == ["decoy", "the real one"]  # named as data_files, escaped
+
+
+def test_a_file_reached_twice_through_a_link_is_read_once(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "b.txt").symlink_to(tmp_path / "a.txt")
+    assert documents(str(tmp_path)) == ["alpha"]
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_not_a_gap(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("alpha")
+
+    def walk(top, onerror):
+        onerror(PermissionError(13, "Permission denied", str(tmp_path / "locked")))
+        yield str(top), [], ["a.txt"]
+
+    monkeypatch.setattr("data.sources.os.walk", walk)
+    with pytest.raises(DataError, match=r"cannot list .*locked \(Permission denied\); fix its permissions"):
+        documents(str(tmp_path))

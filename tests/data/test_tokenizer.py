@@ -202,3 +202,18 @@ def test_a_stream_of_invalid_bytes_is_not_held_forever(tok):
     stray = tok.encode("🤖")[0]  # the first bytes of a 4-byte character, repeated: never a whole character
     pieces = [decoder.push(stray) for _ in range(StreamDecoder.MAX_HELD)]
     assert pieces[:-1] == ["", "", ""] and "\ufffd" in pieces[-1]
+
+
+def test_a_hub_tokenizer_whose_ids_leave_gaps_counts_up_to_its_largest_id(monkeypatch):
+    """A word-level vocabulary of 26 ids and an end-of-text token numbered 70,000: token files need uint32 and the
+    model 70,001 embeddings (its size of 27 gave an OverflowError writing uint16)."""
+    from tokenizers import Tokenizer as HubTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {chr(ord("a") + i): i for i in range(26)} | {"<|endoftext|>": 70000}
+    built = HubTokenizer(models.WordLevel(vocab, unk_token="a"))
+    built.pre_tokenizer = pre_tokenizers.Whitespace()
+    monkeypatch.setattr("data.tokenizer.Tokenizer.from_pretrained", lambda name: built)
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda name, filename: "/cached/tokenizer.json")
+    tok = load_tokenizer.__wrapped__("org/sparse")
+    assert tok.vocab_size == 70001 and tok.eot_id == 70000
