@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import fcntl
 import os
 import re
 import sys
@@ -41,7 +42,7 @@ from data.config import DataConfig
 from data.errors import DataError
 from data.sources import PREPARED_META, Source, invalid_utf8, iter_document_reads, resolve_source
 from data.tokenizer import TextTokenizer, load_tokenizer
-from fileio.atomic import process_alive, write_text_atomic
+from fileio.atomic import write_text_atomic
 from typedconfig.cli import ArgumentParser, with_flag_names
 
 FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
@@ -159,13 +160,24 @@ def is_prepared(cfg: DataConfig) -> bool:
 
 
 def remove_stale_temp_files(path: Path) -> list[Path]:
-    """Delete the temporary token files in `path` whose writing process is gone (killed before it could clean up,
-    e.g. by SIGTERM), since each can be gigabytes; returns what it deleted."""
-    names = (TEMP_NAME.fullmatch(tmp.name) for tmp in path.glob(".*.tmp"))
-    stale = [path / name[0] for name in names if name and not process_alive(int(name["pid"]))]
+    """Delete the temporary token files in `path` whose writer is gone (killed before it could clean up, e.g. by
+    SIGTERM), since each can be gigabytes; returns what it deleted. A writer holds a lock on its file while it lives
+    (`_TokenWriter`), which the kernel drops however the process ends: a process id would not tell a dead writer from
+    a live one in another container or on another machine sharing the folder."""
+    stale = [tmp for tmp in path.glob(".*.tmp") if TEMP_NAME.fullmatch(tmp.name) and _unlocked(tmp)]
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale
+
+
+def _unlocked(tmp: Path) -> bool:
+    """Whether no writer holds the lock on a temporary token file (False too where it vanished meanwhile)."""
+    try:
+        with open(tmp, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released as the file closes
+            return True
+    except (BlockingIOError, FileNotFoundError):
+        return False
 
 
 def replaced_bytes(source: Source) -> dict[str, dict[str, int]]:
@@ -203,6 +215,7 @@ class _TokenWriter:
         self.path, self.dtype = path, dtype
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self.file = open(self.tmp, "wb")
+        fcntl.flock(self.file, fcntl.LOCK_EX)  # held while this process lives: remove_stale_temp_files keeps it
         self.tokens = self.documents = 0
         self._hash = hashlib.sha256() if hashed else None
 

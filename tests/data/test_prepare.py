@@ -18,7 +18,7 @@ import pytest
 from data.config import DataConfig
 from data.errors import DataError
 import data.prepare as prepare_module
-from data.prepare import FLAGS, dataset_dir, is_prepared, load_prepared, main, prepare, token_dtype
+from data.prepare import FLAGS, _TokenWriter, dataset_dir, is_prepared, load_prepared, main, prepare, token_dtype
 from data.tokenizer import TextTokenizer, gpt2_encoding, gpt2_tokenizer, load_tokenizer
 from typedconfig.cli import with_flag_names
 
@@ -294,7 +294,8 @@ def test_is_prepared_only_when_prepare_would_reuse_the_directory(tmp_path):
 
 def test_a_preparation_killed_by_sigterm_leaves_temp_files_that_the_next_one_deletes(tmp_path):
     """SIGTERM ends the process without running its cleanup; the next prepare of the directory removes what it
-    left, and keeps the temporary files of a process that is still writing and files that are not token files."""
+    left, and keeps the temporary files of a writer still alive (it holds their lock, whatever its process id) and
+    files that are not token files."""
     cfg = config(tmp_path, write_source(tmp_path, "jsonl", DOCS))
     path = prepare(cfg).path
     killed = ("import os, signal; import numpy as np; from pathlib import Path; from data.prepare import _TokenWriter; "
@@ -303,11 +304,13 @@ def test_a_preparation_killed_by_sigterm_leaves_temp_files_that_the_next_one_del
     assert subprocess.run([sys.executable, "-c", killed]).returncode == -signal.SIGTERM
     left = sorted(p.name for p in path.glob(".*.tmp"))
     assert len(left) == 2 and left[0].startswith(".train.bin.") and left[1].startswith(".val.bin.")
-    writing, unrelated = path / f".train.bin.{os.getpid()}.tmp", path / ".notes.tmp"
-    writing.write_bytes(b"\0\0")
+    writer, unrelated = _TokenWriter(path / "train.bin", np.dtype("uint16")), path / ".notes.tmp"
     unrelated.write_text("not a token file")
+    unlocked = path / ".val.bin.1.tmp"  # a process id that lives (init's), but no writer holds the file
+    unlocked.write_bytes(b"\0\0")
     assert prepare(cfg).reused
-    assert sorted(path.glob(".*.tmp")) == sorted([writing, unrelated])
+    assert sorted(path.glob(".*.tmp")) == sorted([writer.tmp, unrelated])
+    writer.discard()
 
 
 def test_invalid_utf8_is_a_warning_on_stdout_with_the_rest_of_the_run_log(tmp_path, capsys):
