@@ -309,7 +309,8 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
     state = start_state(cfg, runtime, resume, model, optimizer, scaler, log_line)
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))  # never half written
+        if state.step < tc.max_steps:  # with nothing to train the run stays what its config.yaml says it was
+            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))  # never half written
     # from the first file a watcher can see, a signal means: finish this step, checkpoint, exit
     stop = StopRequest(runtime)
     try:  # however the run ends (a divergence raises out of it), the signals go back to their handlers

@@ -230,6 +230,11 @@ def check_comparable(runs: list[Run]) -> None:
                 f"{run.path} is unfinished ({run.tokens:,} of {run.budget:,} tokens); finish it "
                 "(scripts/sweep.py resumes it) or leave it out"
             )
+        if run.tokens > run.budget:  # its config.yaml asks for fewer steps than it trained (resumed with fewer)
+            raise ComparisonError(
+                f"{run.path} trained {run.tokens:,} tokens, past its config's budget of {run.budget:,} "
+                "(train.max_steps lowered on a later resume); compare runs of one budget, or leave it out"
+            )
     group_runs(runs)  # raises where two runs are the same settings and seed
 
 

@@ -187,6 +187,7 @@ def test_resuming_a_finished_run_says_nothing_was_trained(tmp_path, prepared_dir
     result = run_cli(tiny_args(tmp_path, prepared_dir, "train.max_steps=2", "--resume"))
     assert result.returncode == 0, result.stderr
     assert "nothing to train: the checkpoint is at step 4 and train.max_steps=2" in result.stdout
+    assert "max_steps: 4" in (tmp_path / "config.yaml").read_text()  # the run is still the one it trained
 
 
 @pytest.mark.parametrize("on_extend", ["continue", "restart"])

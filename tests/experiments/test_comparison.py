@@ -87,6 +87,17 @@ def test_compare_refuses_runs_that_are_not_comparable(tmp_path, fake_run, overri
         check_comparable(runs)
 
 
+def test_a_run_that_trained_past_its_configs_budget_is_refused(tmp_path, fake_run):
+    """Resumed with a lower train.max_steps ("nothing to train"), its config.yaml names a budget it overran: its
+    scores would be compared with runs of fewer tokens."""
+    past = fake_run(tmp_path / "b")
+    with (past / "metrics.jsonl").open("a") as handle:
+        handle.write(json.dumps({"step": 40, "val_loss": 4.0, "tokens": 2 * TINY_BUDGET, "elapsed": 20.0,
+                                 "val_windows": "f" * 16}) + "\n")
+    with pytest.raises(ComparisonError, match=rf"trained {2 * TINY_BUDGET:,} tokens, past its config's budget"):
+        check_comparable([load_run(fake_run(tmp_path / "a")), load_run(past)])
+
+
 def test_where_the_data_lives_and_unused_mqar_knobs_do_not_matter(tmp_path, fake_run):
     runs = [load_run(fake_run(tmp_path / "a")),
             load_run(fake_run(tmp_path / "b", "data.prepared_dir=elsewhere", "data.mqar.num_pairs=9",
