@@ -146,8 +146,14 @@ def generate(
         raise ValueError(f"window must be in [1, {limit.tokens}) (the context limit: {limit.reason}), got {window}")
     if limit.tokens is not None and prompt.shape[1] > limit.tokens:
         if window is None:
+            if prompt.shape[0] == 1:
+                which = "the prompt has"
+            elif mask is None:
+                which = "the prompts have"
+            else:  # left-padded: the longest row is the one past the limit
+                which = f"prompt {int(mask.sum(dim=1).argmax()) + 1} (of {prompt.shape[0]}) has"
             raise ValueError(
-                f"the prompt has {prompt.shape[1]} tokens, more than the context limit of {limit.tokens} "
+                f"{which} {prompt.shape[1]} tokens, more than the context limit of {limit.tokens} "
                 f"({limit.reason}); shorten it, or give a window to slide"
             )
         prompt = prompt[:, -window:]
@@ -207,8 +213,9 @@ def _empty_state(model: GPT, context: torch.Tensor, new_tokens: int, limit: Cont
     try:  # the same state on the meta device takes no memory and counts the bytes
         needed = model.decode_state_nbytes(model.init_decode_state(rows, dtype=dtype, device="meta",
                                                                    capacity=capacity))
-    except RuntimeError as exc:  # a size past what a tensor can address ("Storage size calculation overflowed")
-        if "overflow" not in str(exc):
+    except (RuntimeError, TypeError) as exc:  # a size past what a tensor can address: "Storage size calculation
+        # overflowed", or, for a capacity past 2**63, "Overflow when unpacking long long" as a TypeError
+        if "overflow" not in str(exc).lower():
             raise
         raise DecodeStateTooLarge(f"a {kind} of {capacity:,} tokens for {prompts} needs more bytes than a tensor "
                                   "can address", "more than any machine has") from None

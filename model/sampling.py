@@ -24,6 +24,9 @@ import torch
 from model.attention.options import is_real
 
 
+FLOAT32_ROUNDS_TO_ZERO = 2.0**-150  # half float32's smallest subnormal: float32 rounds it, and less, to 0
+
+
 @dataclass(frozen=True)
 class Sampler:
     """How the next token is chosen; invalid values raise ValueError naming the option."""
@@ -42,6 +45,12 @@ class Sampler:
             raise ValueError(f"top_p must be in (0, 1] (1 = no limit), got {self.top_p!r}")
         if self.vocab_size is not None and not (_is_integer(self.vocab_size) and self.vocab_size >= 1):
             raise ValueError(f"vocab_size must be >= 1 (an integer; None = every id), got {self.vocab_size!r}")
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0, or one that float32 (the logits' dtype) rounds to 0: argmax, the limit of sampling as the
+        temperature falls (dividing by a zero would give NaN)."""
+        return self.temperature <= FLOAT32_ROUNDS_TO_ZERO
 
 
 def _is_integer(value: object) -> bool:
@@ -63,7 +72,8 @@ def top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
     # A token's tie group starts at the first place holding its probability; the mass before that place is the
     # mass of the strictly more probable tokens.
     group_start = torch.searchsorted(-ranked, -probs, side="left")
-    return mass_before.gather(-1, group_start) < p
+    # the most probable tie group is kept whatever p is (a p that float32 rounds to 0 would keep no token)
+    return (mass_before.gather(-1, group_start) < p) | (group_start == 0)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -88,12 +98,12 @@ def per_row_generators(generator: torch.Generator | Sequence[torch.Generator] | 
 
 def next_token(logits: torch.Tensor, sampler: Sampler,
                generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
-    """Ids (B, 1) chosen from the last-position logits (B, vocab): argmax if temperature == 0, else a sample drawn
+    """Ids (B, 1) chosen from the last-position logits (B, vocab): argmax if `sampler.greedy`, else a sample drawn
     with `generator`: one for the whole batch, or B of them, row i drawing with generator[i] (see the module
     docstring)."""
     generator = per_row_generators(generator, logits.shape[0])
     logits = logits[..., : sampler.vocab_size].float()
-    if sampler.temperature == 0:
+    if sampler.greedy:
         return logits.argmax(dim=-1, keepdim=True)
     # Shifted so that the largest logit is 0 before dividing: the same distribution, but a tiny temperature sends
     # the others to -inf instead of every logit to +-inf (whose softmax is NaN).

@@ -174,7 +174,7 @@ def run_command(args: argparse.Namespace) -> int:
         prompts = encode_prompts(texts, tokenizer)
         sampler = dataclasses.replace(sampler, vocab_size=tokenizer.vocab_size)
         stop_id = None if args.no_stop else tokenizer.eot_id
-        seed = None if sampler.temperature == 0 else secrets.randbits(63) if args.seed is None else args.seed
+        seed = None if sampler.greedy else secrets.randbits(63) if args.seed is None else args.seed
         # one generator per prompt, each seeded with the seed itself (not seed + i, which would need --seed S + i
         # to repeat prompt i alone): a prompt draws what it draws alone with this --seed, in any row
         generators = [torch.Generator(device=device).manual_seed(seed or 0) for _ in prompts]

@@ -178,6 +178,9 @@ def test_a_prompt_longer_than_the_context_needs_a_window():
         generate(model, prompt, 3)
     tokens = [t.item() for t in generate(model, prompt, 3, sampler=GREEDY, window=8)]
     assert tokens == greedy_reference(model, prompt[0, -8:].tolist(), 3, limit=16, window=8)
+    ids, mask = left_pad([[1, 2], random_ids(1, 20)[0].tolist(), [3]], pad_id=0)  # a batch names its long prompt
+    with pytest.raises(ValueError, match="prompt 2 \\(of 3\\) has 20 tokens, more than the context limit of 16"):
+        generate(model, ids, 3, mask=mask)
 
 
 @pytest.mark.parametrize("window", [16, 20])

@@ -226,8 +226,8 @@ def test_a_kv_cache_larger_than_memory_is_a_one_line_error_naming_its_size(runs,
                    f"{over}; lower --max-context or --max-new-tokens\n")
 
 
-def test_a_kv_cache_past_what_a_tensor_can_address_is_a_one_line_error(runs, capsys):
-    tokens = 10**17  # the meta-device sizing itself overflows
+@pytest.mark.parametrize("tokens", [10**17, 2**63])  # the meta-device sizing overflows; past 2**63 torch's size too
+def test_a_kv_cache_past_what_a_tensor_can_address_is_a_one_line_error(runs, capsys, tokens):
     err = one_line_error(*generate(capsys, "--ckpt", str(runs["kv_rope"]), "--prompt", "Hi", "--temperature", "0",
                                    "--max-new-tokens", str(tokens), "--max-context", str(tokens)))
     assert err == (f"generate: a softmax KV cache of {tokens:,} tokens for 1 prompt needs more bytes than a tensor can "
