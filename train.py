@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -46,11 +45,8 @@ from training.run_data import RecallData, TextData, open_run_data
 from training.run_lock import run_lock
 from training.schedule import learning_rate
 from training.throughput import Throughput
-from typedconfig.cli import ArgumentParser
+from typedconfig.cli import ArgumentParser, is_override
 from typedconfig.parsing import ConfigError
-
-
-OVERRIDE = re.compile(r"(--)?[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")  # section.key=value or --section.key=value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,12 +81,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.resume is not None:
         args.overrides.append(f"train.resume={args.resume}")
     return args
-
-
-def is_override(token: str) -> bool:
-    """Whether a command-line token is a `section.key=value` override rather than a path (an existing path wins)."""
-    # os.path.exists, not Path.exists: an override's text may be past the file-name limit, where the latter raises
-    return OVERRIDE.match(token) is not None and not os.path.exists(token)
 
 
 class StopRequest:

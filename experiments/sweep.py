@@ -57,6 +57,8 @@ def parse_backends(text: str) -> list[str]:
     if unknown or not names:
         problem = f"unknown attention backend {unknown[0]!r}" if unknown else "no attention backend"
         raise ConfigError(f"{problem} in --backends (registered: {', '.join(BACKENDS)})")
+    if (twice := next((name for name in names if names.count(name) > 1), None)) is not None:
+        raise ConfigError(f"--backends names {twice} twice; give each backend once")
     return names
 
 

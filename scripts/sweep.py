@@ -22,6 +22,7 @@ from experiments.sweep import Launcher, RunMismatch, check_reusable, is_finished
 from fileio.folders import OutFolderError, check_out_folder
 from model.attention import BACKENDS
 from training.metrics import MetricsError
+from typedconfig.cli import is_override
 from typedconfig.parsing import ConfigError
 
 
@@ -34,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="runs per backend, with train.seed 0 .. SEEDS-1")
     parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweeps/<config name>)")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="processes per run (torchrun) when > 1")
-    args = parser.parse_intermixed_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # --section.key=value, as train.py takes it, is an override, not an option of this parser
+    overrides = [token for token in argv if is_override(token)]
+    args = parser.parse_intermixed_args([token for token in argv if not is_override(token)])
+    args.overrides = overrides + args.overrides
     if args.nproc_per_node < 1:
         parser.error(f"--nproc-per-node must be >= 1 (processes per run), got {args.nproc_per_node}")
     out = args.out or Path("runs/sweeps") / Path(args.config).stem

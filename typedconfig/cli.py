@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Mapping
+
+
+OVERRIDE = re.compile(r"(--)?[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")  # section.key=value or --section.key=value
+
+
+def is_override(token: str) -> bool:
+    """Whether a command-line token is a `section.key=value` override rather than a path (an existing path wins)."""
+    # os.path.exists, not Path.exists: an override's text may be past the file-name limit, where the latter raises
+    return OVERRIDE.match(token) is not None and not os.path.exists(token)
 
 
 def with_flag_names(message: str, flags: Mapping[str, str]) -> str:

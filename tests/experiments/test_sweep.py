@@ -31,6 +31,8 @@ def test_backends_are_checked_against_the_registry():
     with pytest.raises(ConfigError, match="unknown attention backend 'flash' in --backends") as error:
         parse_backends("softmax,flash")
     assert str(error.value).endswith(f"(registered: {', '.join(BACKENDS)})")
+    with pytest.raises(ConfigError, match="--backends names softmax twice; give each backend once"):
+        parse_backends("softmax, taylor,softmax")  # each run would have been trained twice, into one folder
 
 
 def test_a_sweep_plans_one_run_per_backend_and_seed_and_sets_only_what_differs(tmp_path):
@@ -86,6 +88,8 @@ def test_the_cli_refuses_a_finished_run_trained_with_another_override(tmp_path, 
     assert captured.err.count("\n") == 1 and captured.err.startswith("cannot reuse: ")
     assert "(optim.lr: 0.002 there, 0.001 requested)" in captured.err
     assert sweep_cli([*arguments, "optim.lr=0.002"]) == 0  # the same settings: the finished run is reused
+    assert "softmax-seed0: finished (20 steps), skipped" in capsys.readouterr().out
+    assert sweep_cli([*arguments, "--optim.lr=0.002"]) == 0  # an override written as train.py takes it too
     assert "softmax-seed0: finished (20 steps), skipped" in capsys.readouterr().out
 
 
