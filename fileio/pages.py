@@ -44,7 +44,7 @@ def check_replace(files: Sequence[Path], command: str, overwrite: bool, elsewher
     if not existing:
         return ""
     page = files[0]
-    recorded = recorded_command(page.read_text()) if page.is_file() else None
+    recorded = recorded_command(page.read_text(errors="replace")) if page.is_file() else None  # ours are UTF-8
     if not overwrite and recorded != command:
         wrote = f"written by `{recorded}`" if recorded else "with no recorded command"
         raise ValueError(f"{existing[0]} exists, {wrote}; this would replace it: {elsewhere}, or --overwrite to "
@@ -53,15 +53,27 @@ def check_replace(files: Sequence[Path], command: str, overwrite: bool, elsewher
             f"({'--overwrite' if recorded != command else 'the command that page records'})")
 
 
+PAGE_SUFFIXES = (".md", ".csv", ".png")  # the files of a results page
+
+
+def page_file(out: str | Path, suffix: str) -> Path:
+    """The file of the results page `out` with `suffix` (one of PAGE_SUFFIXES): appended to the name, since
+    with_suffix would eat a dotted name's tail (init-0.1 -> init-0.md); a name already ending in one of them is
+    taken without it."""
+    out = Path(out)
+    base = out.with_suffix("") if out.suffix in PAGE_SUFFIXES else out
+    return base.with_name(base.name + suffix)
+
+
 def write_page(out: str | Path, records: Iterable[dict[str, Any]], *, title: str, measured: str, command: str,
                config: str, body: str) -> None:
     """A results page and its data: `out`.md (the opening, on this machine today, then `body`) and `out`.csv
     (`records`), the folder made if need be."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".csv").write_text(csv_text(records))
+    page_file(out, ".csv").write_text(csv_text(records))
     page = opening(title, measured, command, config, this_machine(), today())
-    out.with_suffix(".md").write_text(page + body + "\n")
+    page_file(out, ".md").write_text(page + body + "\n")
 
 
 def command_line(script: str | Path, argv: Sequence[str] | None = None) -> str:

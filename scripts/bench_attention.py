@@ -611,6 +611,7 @@ def main() -> None:
             print(json.dumps([row | {"malloc": setting} for row in result] if isinstance(result, list)
                              else result | {"malloc": setting}))
             return
+    from fileio.pages import page_file  # the parent runs this tree; a case's child may import an older one's
     if args.against:
         if args.baseline_rev:
             from experiments.revision import baseline_commit  # the parent always runs this tree
@@ -620,19 +621,19 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".csv").write_text(csv_text([{"kind": "paired"} | r for r in rows]
+        page_file(out, ".csv").write_text(csv_text([{"kind": "paired"} | r for r in rows]
                                                     + [{"kind": "tile gemm"} | r for r in gemm_rows]))
-        out.with_suffix(".md").write_text(paired_markdown(args, rows, gemm_rows, tuple(loads)))
+        page_file(out, ".md").write_text(paired_markdown(args, rows, gemm_rows, tuple(loads)))
         print(f"wrote {out}.csv, {out}.md")
         return
 
     train_rows, decode_rows = benchmark(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".csv").write_text(csv_text([{"kind": "training"} | r for r in train_rows]
+    page_file(out, ".csv").write_text(csv_text([{"kind": "training"} | r for r in train_rows]
                                                 + [{"kind": "decode"} | r for r in decode_rows]))
-    out.with_suffix(".md").write_text(markdown(args, train_rows, decode_rows))
-    plot(out.with_suffix(".png"), args, train_rows, decode_rows)
+    page_file(out, ".md").write_text(markdown(args, train_rows, decode_rows))
+    plot(page_file(out, ".png"), args, train_rows, decode_rows)
     print(f"wrote {out}.csv, {out}.md, {out}.png")
 
 

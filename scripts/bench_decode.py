@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from experiments.log_axes import style_log_axes
-from fileio.pages import command_line, opening, this_machine, today
+from fileio.pages import command_line, opening, page_file, this_machine, today
 from fileio.tables import csv_text, markdown_table
 from model.attention import BACKENDS, get_backend
 from model.config import ModelConfig
@@ -238,11 +238,11 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"threads": torch.get_num_threads(), "dtype": args.dtype, "position_encoding": args.position}
-    out.with_suffix(".csv").write_text(csv_text(row | settings for row in rows))
-    out.with_suffix(".md").write_text(markdown(rows, args, (load_start, os.getloadavg()[0])))
+    page_file(out, ".csv").write_text(csv_text(row | settings for row in rows))
+    page_file(out, ".md").write_text(markdown(rows, args, (load_start, os.getloadavg()[0])))
     written = [f"{out}.csv", f"{out}.md"]
     if 1 in args.batches and len(args.positions) > 1:
-        plot(out.with_suffix(".png"), rows)
+        plot(page_file(out, ".png"), rows)
         written.append(f"{out}.png")
     print("\n".join(target_lines(rows)))
     print(f"wrote {', '.join(written)}")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from fileio.pages import command_line, opening, this_machine, today
+from fileio.pages import command_line, opening, page_file, this_machine, today
 from fileio.tables import csv_text, markdown_table
 from model.attention import BACKENDS, get_backend
 from model.gpt import GPT
@@ -167,9 +167,9 @@ def plot(path: Path, rows: list[dict]) -> None:
 def write(out: Path, rows: list[dict], args: argparse.Namespace, load_start: float, status: str) -> None:
     settings = {"threads": args.threads, "position_encoding": args.position}
     rows = sorted(rows, key=lambda r: (args.backends.index(r["backend"]), r["position"]))
-    out.with_suffix(".csv").write_text(csv_text(r | settings for r in rows))
-    out.with_suffix(".md").write_text(markdown(rows, args, load_start, status))
-    plot(out.with_suffix(".png"), rows)
+    page_file(out, ".csv").write_text(csv_text(r | settings for r in rows))
+    page_file(out, ".md").write_text(markdown(rows, args, load_start, status))
+    plot(page_file(out, ".png"), rows)
 
 
 def main() -> None:

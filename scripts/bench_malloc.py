@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from experiments.bench_shapes import SHAPES
-from fileio.pages import command_line, load_since, write_page
+from fileio.pages import command_line, load_since, page_file, write_page
 from fileio.tables import cell, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def run_bench_train(shape: str, setting: str, args: argparse.Namespace, out: Pat
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"bench_train.py failed for {shape} with --malloc {setting}:\n{result.stderr[-2000:]}")
-    with open(out.with_suffix(".csv"), newline="") as handle:
+    with open(page_file(out, ".csv"), newline="") as handle:
         return next(csv.DictReader(handle))
 
 

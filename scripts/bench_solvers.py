@@ -37,7 +37,7 @@ from evals.extract import load_extracted
 from evals.instances import distinct_rows
 from evals.run import KERNEL_METHODS, time_vs_n
 from evals.solve import least_squares
-from fileio.pages import command_line, opening, this_machine, today
+from fileio.pages import command_line, opening, page_file, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 
 KAPPAS = (1e2, 1e4, 1e6, 1e8)
@@ -269,8 +269,8 @@ def main() -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(markdown(args, kappa, tall, kernel))
-    out.with_suffix(".csv").write_text(csv_text(kappa + tall + kernel))
+    page_file(out, ".md").write_text(markdown(args, kappa, tall, kernel))
+    page_file(out, ".csv").write_text(csv_text(kappa + tall + kernel))
     print(f"wrote {out}.md and {out}.csv in {time.perf_counter() - start:.0f} s")
     return 0
 

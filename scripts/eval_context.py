@@ -29,11 +29,13 @@ from evals.context import FORMS, ContextCurve, context_curve, ratio_to_first_buc
 from experiments.log_axes import style_log_axes
 from fileio.atomic import write_text_atomic
 from fileio.folders import check_out_folder
-from fileio.pages import command_line, opening, this_machine, today
+from fileio.pages import check_replace, command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 from training.checkpoint import checkpoint_model, load_checkpoint_config
 from training.config import RunConfig
 from typedconfig.cli import ArgumentParser
+
+OUTPUTS = ("context.md", "context.csv", "context.png")  # the page first, as check_replace reads it
 
 
 def label(cfg: RunConfig) -> str:
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="forward: the training form; decode: chunk by chunk through the decode state")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, required=True, help="folder for context.md, context.csv, context.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace a page in --out that another command wrote")
     args = parser.parse_args(argv)
     if args.max_length < 2 or args.sequences < 1:
         parser.error("--max-length must be >= 2 and --sequences >= 1")
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     curves = []
     try:
         check_out_folder(args.out, "the page, CSV and plot")
+        note = check_replace([args.out / name for name in OUTPUTS], command_line(__file__, argv), args.overwrite,
+                             "give another --out")
         loaded = [load_scored(path, args.max_length, args.sequences) for path in args.ckpt]
         check_alike(args.ckpt, loaded)
         for cfg, ckpt, val_tokens, _ in loaded:
@@ -176,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     curves = [replace(c, label=text) for c, text in zip(curves, unique_labels([c.label for c in curves], args.ckpt))]
     args.out.mkdir(parents=True, exist_ok=True)
+    if note:
+        print(f"eval_context: {note}")
     write_text_atomic(args.out / "context.md", markdown(curves, argv, args.form))
     write_text_atomic(args.out / "context.csv", csv_text(records(curves)))
     plot(curves, args.out / "context.png")

@@ -41,7 +41,8 @@ from torch import nn
 
 from data.config import MQARConfig
 from data.mqar import MQARBatches, answer_accuracy, elimination_accuracy, val_set
-from fileio.pages import command_line, opening, this_machine, today
+from fileio.folders import OutFolderError, check_out_folder
+from fileio.pages import check_replace, command_line, opening, page_file, this_machine, today
 from fileio.tables import csv_text, markdown_table
 from model.config import ModelConfig
 from model.gpt import GPT
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                                        f"{ALL_RUNS[0].id},{ALL_RUNS[3].id}")
     parser.add_argument("--out", type=Path, default=Path("runs/mqar_init"),
                         help="page/CSV path stem (not results/mqar_init, whose reading of the tables would be lost)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a page at --out that another command wrote")
     args = parser.parse_args(argv)
     by_id = {run.id: run for run in ALL_RUNS}
     wanted = [name.strip() for name in args.rows.split(",")] if args.rows else list(by_id)
@@ -326,6 +328,15 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"unknown run ids {', '.join(unknown)}" if unknown else "--steps and --eval-every must be >= 1"
         print(f"mqar_init: {problem} (run ids: {', '.join(by_id)})", file=sys.stderr)
         return 2
+    try:  # before hours of training: where the page goes, and whether it would replace another command's
+        check_out_folder(args.out.parent, "the page and CSV", option="--out's folder")
+        note = check_replace([page_file(args.out, suffix) for suffix in (".md", ".csv")],
+                             command_line(__file__, argv), args.overwrite, "give another --out")
+    except (ValueError, OutFolderError) as exc:
+        print(f"mqar_init: {exc}", file=sys.stderr)
+        return 2
+    if note:
+        print(f"mqar_init: {note}", flush=True)
     torch.set_num_threads(1)  # a 64-wide model gains nothing from more threads, and the machine is shared
     val = val_set(TASK, LENGTH, VAL_SEQUENCES)
     start, done = time.perf_counter(), {}
@@ -348,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             + f"The no-recall accuracy here is {elimination_accuracy(TASK.num_pairs, TASK.num_queries):.3f} "
               f"(`data.mqar.elimination_accuracy({TASK.num_pairs}, {TASK.num_queries})`).\n\n" + page_tables(done))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(page)
-    args.out.with_suffix(".csv").write_text(csv_text(record(run, outcome) for run, outcome in done.items()))
+    page_file(args.out, ".md").write_text(page)
+    page_file(args.out, ".csv").write_text(csv_text(record(run, outcome) for run, outcome in done.items()))
     print(page, end="")
     return 0
 

@@ -45,7 +45,7 @@ from data.mqar import elimination_accuracy
 from experiments.comparison import (ComparisonError, Run, check_comparable, load_run, mean_std, recorded, run_config,
                                     run_dirs, trained_dates)
 from experiments.sweep import SWEEP_KEYS, parse_backends
-from fileio.pages import check_replace, command_line, opening
+from fileio.pages import PAGE_SUFFIXES, check_replace, command_line, opening, page_file
 from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
 from training.config import RunConfig, load_config, parse_override
@@ -304,12 +304,12 @@ def write_results(grid: Grid, results: Path, page_opening: str) -> str:
             f"rate with the best mean val accuracy (in brackets); *no recall* is what guessing among the context's "
             f"values not yet asked for scores (data.mqar.elimination_accuracy).\n\n{sanity_line(grid, chosen)}{best}"
             f"\n\n![holdout accuracy "
-            f"per setting]({results.with_suffix('.png').name})\n\n{gros_section(grid, chosen)}\n"
+            f"per setting]({page_file(results, '.png').name})\n\n{gros_section(grid, chosen)}\n"
             f"## Every learning rate\n\nFinal val accuracy (the basis of the choice, chosen in bold).\n\n{every}\n")
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.with_suffix(".md").write_text(page)
-    results.with_suffix(".csv").write_text(csv_text(records))
-    plot(grid, chosen, backends, results.with_suffix(".png"))
+    page_file(results, ".md").write_text(page)
+    page_file(results, ".csv").write_text(csv_text(records))
+    plot(grid, chosen, backends, page_file(results, ".png"))
     return page
 
 
@@ -354,7 +354,7 @@ def machines_and_time(runs: list[Run]) -> tuple[str, str]:
 def check_results(results: Path, command: str, overwrite: bool) -> str:
     """Before any run starts: `fileio.pages.check_replace` for the page, CSV and PNG at `results`; returns the note
     to print where they will be replaced when the grid is done, else ''."""
-    note = check_replace([results.with_suffix(suffix) for suffix in (".md", ".csv", ".png")], command, overwrite,
+    note = check_replace([page_file(results, suffix) for suffix in PAGE_SUFFIXES], command, overwrite,
                          "pass --results elsewhere (e.g. runs/mqar-trial)")
     return f"recall_grid: {note}" if note else ""
 

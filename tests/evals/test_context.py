@@ -129,6 +129,12 @@ def test_the_cli_writes_a_page_a_csv_and_a_plot(tmp_path, prepared_dir, capsys):
     assert (tmp_path / "out" / "context.png").stat().st_size > 1000
     assert cli.main([*runs[:2], "--max-length", "10000000", "--out", str(tmp_path / "o2")]) == 2
     assert "one window needs --max-length + 1 = 10,000,001" in capsys.readouterr().err
+    # another command's page in --out is refused before any checkpoint loads, unless --overwrite
+    assert cli.main([*runs[:2], "--max-length", "64", "--sequences", "1", "--out", str(tmp_path / "out")]) == 2
+    assert "context.md exists, written by `python scripts/eval_context.py" in capsys.readouterr().err
+    assert cli.main([*runs[:2], "--max-length", "64", "--sequences", "1", "--out", str(tmp_path / "out"),
+                     "--overwrite"]) == 0
+    assert "note: replacing" in capsys.readouterr().out
 
 
 def test_the_cli_holds_one_model_at_a_time_and_loads_none_before_every_check_passed(

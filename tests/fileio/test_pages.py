@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fileio.pages import (REPO, code_revision, command_line, opening, recorded_command, this_machine, today,
-                          write_page)
+from fileio.pages import (REPO, check_replace, code_revision, command_line, opening, page_file, recorded_command,
+                          this_machine, today, write_page)
 
 
 def test_the_opening_is_a_heading_and_one_line():
@@ -76,3 +76,17 @@ def test_the_code_revision_is_the_commit_marked_dirty_by_uncommitted_changes(tmp
     assert code_revision(tmp_path) == clean
     (tmp_path / "train.py").write_text("b\n")
     assert code_revision(tmp_path) == f"{clean}+dirty"
+
+
+@pytest.mark.parametrize("out, expected", [("runs/init-0.1", "runs/init-0.1.md"), ("results/bench", "results/bench.md"),
+                                           ("results/bench.md", "results/bench.md"),
+                                           ("results/bench.csv", "results/bench.md")])
+def test_a_pages_files_append_their_suffix_to_a_dotted_name(out, expected):
+    assert page_file(out, ".md") == Path(expected)  # with_suffix gave runs/init-0.md
+
+
+def test_a_page_that_is_not_utf8_has_no_recorded_command(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_bytes(b"\xff\xfe not ours")
+    with pytest.raises(ValueError, match="page.md exists, with no recorded command"):
+        check_replace([page], "python scripts/x.py", False, "elsewhere")

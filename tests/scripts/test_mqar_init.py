@@ -55,6 +55,23 @@ def test_unknown_runs_are_refused_before_any_training(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_an_out_that_cannot_hold_the_page_or_would_replace_another_is_refused_before_any_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert mqar_init.main(["--rows", "gpt-std0.02-tied", "--out", str(tmp_path / "file" / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"mqar_init: --out's folder {tmp_path / 'file'} is an existing file; give a folder for the page "
+                   "and CSV\n")
+    (tmp_path / "page.md").write_text("# another page\n")
+    assert mqar_init.main(["--rows", "gpt-std0.02-tied", "--out", str(tmp_path / "page")]) == 2
+    assert "page.md exists, with no recorded command" in capsys.readouterr().err
+
+
+def test_a_dotted_out_keeps_its_whole_name(tmp_path, one_thread):
+    assert mqar_init.main(["--rows", "gpt-std0.02-tied", "--steps", "2", "--eval-every", "1",
+                           "--out", str(tmp_path / "init-0.1")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["init-0.1.csv", "init-0.1.md"]  # with_suffix gave init-0.*
+
+
 def test_inits_outside_model_config_reach_the_weights_they_name():
     default_tied = mqar_init.Run("gpt", "default", True).build()
     wte = default_tied.transformer.wte.weight
