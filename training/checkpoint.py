@@ -140,7 +140,8 @@ def write_checkpoint_files(folder: Path, model: nn.Module, state: TrainState, co
 def write_sealed(final: Path, write: Callable[[Path], None]) -> None:
     """Make `final` the checkpoint that `write` puts into an empty folder: written under temporary_dir(final),
     sealed, then swapped in for any existing `final` by replace_dir (restore_swapped covers a kill between its
-    renames). A failure before the swap removes the temporary folder and leaves `final` as it was."""
+    renames). A failure before the swap, or of its first rename, removes the temporary folder and leaves `final` as
+    it was."""
     tmp = temporary_dir(final)
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed write of `final` by a process with this PID
     tmp.mkdir()
@@ -150,7 +151,12 @@ def write_sealed(final: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_dir(tmp, final)
+    try:
+        replace_dir(tmp, final)
+    except OSError:
+        if final.exists() and tmp.exists():  # the swap never started (`final` could not be moved): the copy goes
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def temporary_dir(final: Path) -> Path:

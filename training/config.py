@@ -177,7 +177,8 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         where = f" (extended by {_seen[-1]})" if _seen else ""
-        raise ConfigError(f"config file {path} not found{where} (the shipped ones are in configs/)")
+        what = "is a folder, not a YAML file" if path.is_dir() else "not found"
+        raise ConfigError(f"config file {path} {what}{where} (the shipped ones are in configs/)")
     if path.resolve() in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
         raise ConfigError(f"{path}: extends: forms a cycle ({chain}); remove one of the extends: lines")

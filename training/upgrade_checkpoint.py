@@ -26,6 +26,9 @@ from training.resume import plain_numpy_state
 
 def checkpoints_in(path: Path) -> list[Path]:
     """The checkpoint directories `path` means: itself, or those of a run directory or its checkpoints/ folder."""
+    if not path.is_dir():
+        raise ckpt.CheckpointError(f"{path} {'is a file' if path.exists() else 'does not exist'}; pass a checkpoint "
+                                   "directory or a run directory")
     if ckpt.is_checkpoint_dir(path):
         return [path]
     found = ckpt.step_dirs(path / ckpt.CHECKPOINTS if (path / ckpt.CHECKPOINTS).is_dir() else path)
@@ -82,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{folder}: {'upgraded' if upgrade(folder) else 'already loads safely'}")
     except ckpt.CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only or full folder: the checkpoint stands as it was (write_sealed swaps whole)
+        named = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: cannot write the upgraded checkpoint{named}: {exc.strerror or exc}; the checkpoint is "
+              "unchanged; make its folder writable, with room for a copy of it", file=sys.stderr)
         return 2
     return 0
 

@@ -139,6 +139,8 @@ def test_bad_values_fail_with_a_message_naming_the_key(overrides, message):
 def test_missing_or_malformed_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=rf"config file {tmp_path} is a folder, not a YAML file"):
+        load_config(tmp_path)
     (tmp_path / "bad.yaml").write_text("model: [unclosed\ntrain: {}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line 2, column 6: expected ',' or '\]', but "
                                           r"got ':' \(while parsing a flow sequence from line 1, column 8\)\)$"):

@@ -55,4 +55,28 @@ def test_every_checkpoint_of_a_run_is_converted_and_a_damaged_one_stops_the_comm
     assert upgrade_checkpoint.main([str(first)]) == 2
     assert "state.pt fails its checksum" in capsys.readouterr().err
     assert upgrade_checkpoint.main([str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'none'} does not exist; pass a checkpoint directory or a "
+                                       "run directory\n")
+    (tmp_path / "empty").mkdir()
+    assert upgrade_checkpoint.main([str(tmp_path / "empty")]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_cannot_be_replaced_is_left_as_it_was_in_one_line(tmp_path, capsys, monkeypatch):
+    """A folder the swap cannot rename (read-only, immutable): one line, and no copy of the checkpoint left."""
+    path = old_format_checkpoint(tmp_path, 3)
+    before = (path / ckpt.STATE).read_bytes()
+    real_rename = type(path).rename
+
+    def refused(self, target):
+        if self == path:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(path), "rename", refused)
+    assert upgrade_checkpoint.main([str(path)]) == 2
+    assert capsys.readouterr().err == (f"error: cannot write the upgraded checkpoint ({path}): Operation not "
+                                       "permitted; the checkpoint is unchanged; make its folder writable, with room "
+                                       "for a copy of it\n")
+    assert (path / ckpt.STATE).read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_000003"]
