@@ -465,7 +465,13 @@ def main(argv: list[str] | None = None) -> int:
         # the config, a divergence (its loss all-reduced) and what rank 0 found of the run's checkpoints are alike
         # on every rank
         alike = isinstance(exc, (ConfigError, FloatingPointError)) or getattr(exc, "told_by_rank_0", False)
-        complain(f"error: {exc}", same_on_every_rank=alike)
+        message = str(exc)
+        if isinstance(exc, OSError) and not isinstance(exc, ckpt.CheckpointError) and exc.strerror:
+            # the file system's own error names no fix (a run folder deleted or unwritable, a disk full)
+            message = (f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}; train.out_dir and "
+                       "data.prepared_dir must stay in place and writable, with room to spare; --resume continues "
+                       "from the run's last checkpoint")
+        complain(f"error: {message}", same_on_every_rank=alike)
         return 2
     except torch.OutOfMemoryError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"

@@ -183,6 +183,18 @@ def test_out_of_memory_is_one_line_naming_the_batch_size_and_never_turns_compile
                    "evaluation's); --resume continues from the run's last checkpoint\n")
 
 
+def test_a_file_system_error_names_the_folders_and_the_way_on(tmp_path, prepared_dir, capsys, monkeypatch):
+    """A disk that fills up, or a run folder deleted under a running sweep: the errno alone named no fix."""
+    def full(run_dir, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(run_dir / "checkpoints"))
+
+    monkeypatch.setattr("training.checkpoint.save_checkpoint", full)
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=1")) == 2
+    assert capsys.readouterr().err == (
+        f"error: No space left on device: {tmp_path / 'checkpoints'}; train.out_dir and data.prepared_dir must stay "
+        "in place and writable, with room to spare; --resume continues from the run's last checkpoint\n")
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_a_compiled_run_settles_its_crossovers_before_compiling(tmp_path, prepared_dir, monkeypatch, compiled):
     """Measured inside the trace, flex_attention would run unfused and the direct form be timed at its slowest."""

@@ -354,7 +354,8 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
             return ckpt
         except CheckpointError as exc:
             on_skip(f"skipping {ckpt.name}: {exc}")
-    raise CheckpointError(f"no checkpoint in {root} verifies ({len(candidates)} damaged); the run cannot continue")
+    raise CheckpointError(f"no checkpoint in {root} verifies ({len(candidates)} damaged): nothing can be loaded from "
+                          "it; restore a checkpoint, or train the run again")
 
 
 def folder_to_pass(folder: Path) -> str:
