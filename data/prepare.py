@@ -41,7 +41,7 @@ from tqdm import tqdm
 from data.config import DataConfig
 from data.errors import DataError
 from data.sources import PREPARED_META, Source, invalid_utf8, iter_document_reads, resolve_source
-from data.tokenizer import TextTokenizer, load_tokenizer
+from data.tokenizer import GPT2, TextTokenizer, load_tokenizer, tokenizer_identity
 from fileio.atomic import write_text_atomic
 from typedconfig.cli import ArgumentParser, with_flag_names
 
@@ -76,10 +76,13 @@ def input_fingerprint(cfg: DataConfig, source: Source) -> str:
     """A hash of everything the token files depend on: the input fields, the local files' paths, sizes, modification
     and change times and inodes (a hub dataset is taken as it is), and FORMAT_VERSION. The change time and inode
     catch new contents that keep the size and the modification time (`cp -p`, `rsync -a`, `tar x` set the latter);
-    no user can set the change time."""
+    no user can set the change time. A hub tokenizer adds its identity (`tokenizer_identity`): its name alone would
+    reuse the ids of a revision since replaced."""
     stats = [(path, path.stat()) for path in source.files]
     files = [(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for path, st in stats]
     inputs = {"format": FORMAT_VERSION, "config": {name: getattr(cfg, name) for name in INPUT_FIELDS}, "files": files}
+    if cfg.tokenizer != GPT2:  # (GPT-2's files are pinned with their package: its fingerprints stay as they were)
+        inputs["tokenizer"] = tokenizer_identity(cfg.tokenizer)
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 

@@ -23,6 +23,7 @@ The same cuts let a long text be tokenised as it is read, chunk by chunk (`TextT
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -194,6 +195,18 @@ def load_tokenizer(name: str = GPT2) -> TextTokenizer:
     # the ids may leave gaps (an added token numbered past the vocabulary): the model needs the largest id + 1
     ids = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
     return TextTokenizer(name, tokenizer.token_to_id(known[0]), ids, lambda: tokenizer, None, None)
+
+
+def tokenizer_identity(name: str) -> str:
+    """What the ids of the hub tokenizer `name` depend on: the sha256 of the tokenizer.json it loads (a new revision,
+    or a file replaced in the cache, gives other ids); its name where no such file is found."""
+    from huggingface_hub import try_to_load_from_cache
+
+    load_tokenizer(name)  # into the hub cache, where it was not yet
+    found = try_to_load_from_cache(name, "tokenizer.json")
+    if not isinstance(found, str):  # None, or the hub's marker of a file known to be missing
+        return name
+    return hashlib.sha256(Path(found).read_bytes()).hexdigest()
 
 
 def gpt2_files() -> tuple[Path, Path]:

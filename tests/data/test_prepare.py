@@ -392,3 +392,22 @@ def test_preparing_text_files_imports_neither_torch_nor_datasets(tmp_path):
     check = (f"import sys; from data.prepare import main; assert main({argv!r}) == 0; "
              "assert not {'torch', 'datasets'} & set(sys.modules), sorted({'torch', 'datasets'} & set(sys.modules))")
     subprocess.run([sys.executable, "-c", check], check=True, capture_output=True)
+
+
+def test_a_hub_tokenizer_replaced_in_the_cache_prepares_the_data_again(tmp_path, monkeypatch):
+    """The name alone was the fingerprint: a new revision's ids were never written, the old ones reused."""
+    from data import tokenizer as tokenizer_module
+    from data.tokenizer import gpt2_tokenizer
+
+    cached = tmp_path / "tokenizer.json"
+    gpt2_tokenizer().save(str(cached))
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda name, filename: str(cached))
+    monkeypatch.setattr(tokenizer_module.Tokenizer, "from_pretrained", lambda name: gpt2_tokenizer())
+    tokenizer_module.load_tokenizer.cache_clear()
+    try:
+        cfg = config(tmp_path, write_source(tmp_path, "jsonl", DOCS), tokenizer="org/tok")
+        assert not prepare(cfg).reused and prepare(cfg).reused
+        cached.write_text(cached.read_text().replace('"<|endoftext|>"', '"<|endoftext|>" '))  # another revision
+        assert not prepare(cfg).reused
+    finally:
+        tokenizer_module.load_tokenizer.cache_clear()
