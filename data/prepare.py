@@ -28,6 +28,7 @@ import json
 import fcntl
 import os
 import re
+import secrets
 import sys
 import time
 import typing
@@ -51,7 +52,8 @@ CHUNK_CHARS = 1 << 22  # characters of a .txt file read at a time; a batch also 
 COPY_BYTES = 1 << 22  # bytes of a token file read at a time when its tail moves to val (a multiple of any itemsize)
 META = PREPARED_META  # the dataset's description, beside its token files
 SPLITS = ("train", "val")
-TEMP_NAME = re.compile(rf"\.(?:{'|'.join(SPLITS)})\.bin\.(?P<pid>\d+)\.tmp")  # _TokenWriter's, with its pid
+# _TokenWriter's: its pid and a random tag (processes in other containers or on other machines may share a pid)
+TEMP_NAME = re.compile(rf"\.(?:{'|'.join(SPLITS)})\.bin\.\d+-[0-9a-f]{{8}}\.tmp")
 INPUT_FIELDS = ("source", "subset", "split", "text_field", "tokenizer", "val_every", "max_documents", "max_tokens")
 
 
@@ -177,9 +179,11 @@ def _unlocked(tmp: Path) -> bool:
     """Whether no writer holds the lock on a temporary token file (False too where it vanished meanwhile)."""
     try:
         with open(tmp, "rb") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released as the file closes
+            # shared: it conflicts with the writer's exclusive lock, and needs no write access (NFS emulates an
+            # exclusive flock with a write lock, refused on a file opened for reading)
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released as the file closes
             return True
-    except (BlockingIOError, FileNotFoundError):
+    except (BlockingIOError, FileNotFoundError, PermissionError):  # locked, vanished, or another user's
         return False
 
 
@@ -216,8 +220,8 @@ class _TokenWriter:
 
     def __init__(self, path: Path, dtype: np.dtype, hashed: bool = False) -> None:
         self.path, self.dtype = path, dtype
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        self.file = open(self.tmp, "wb")
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        self.file = open(self.tmp, "xb")  # a new file: never another writer's, emptied
         fcntl.flock(self.file, fcntl.LOCK_EX)  # held while this process lives: remove_stale_temp_files keeps it
         self.tokens = self.documents = 0
         self._hash = hashlib.sha256() if hashed else None

@@ -95,7 +95,7 @@ def _json_rows(path: Path, split: str) -> Iterator[dict]:
     a column's type from a file's first block (~10 MB) and converts later blocks to it without a word: a number
     became the text "12345", and a block's strings came out wrapped in JSON quotes. A .json file that is one JSON
     document (an array of rows, or an object spread over lines) goes to the json builder, which reads it whole."""
-    with open(path, encoding="utf-8-sig") as handle:
+    with open(path, encoding="utf-8-sig", newline="\n") as handle:  # a lone CR is JSON whitespace, not a line end
         for count, (number, line) in enumerate(((n, line) for n, line in enumerate(handle, 1) if line.strip()), 1):
             try:
                 row = json.loads(line)
@@ -199,7 +199,10 @@ def local_files(source: str, prepared_dir: Path | None = None) -> list[Path]:
         output = prepared_dir.resolve()
         candidates = [p for p in candidates if not (p.resolve().is_relative_to(output)
                                                     and (p.parent / PREPARED_META).is_file())]
-    candidates = list({p.resolve(): p for p in candidates}.values())  # a file reached twice (a link) is read once
+    unique: dict[Path, Path] = {}
+    for p in sorted(candidates):  # a file reached twice (a link) is read once, at its first name
+        unique.setdefault(p.resolve(), p)
+    candidates = list(unique.values())
     if not candidates:
         raise DataError(f"data.source {source!r} matches no {'/'.join(BUILDERS)} files")
     unknown = sorted({p.suffix or p.name for p in candidates if suffix(p) not in BUILDERS})
@@ -245,8 +248,8 @@ def invalid_utf8(path: Path) -> tuple[int, int | None]:
 
 
 def unreadable_row(source: Source, error: Exception) -> str:
-    """Why a local source's rows cannot be read, naming the file and, for JSON lines, the line, for parquet the
-    columns that differ; for an error message."""
+    """Why a local source's rows cannot be read, naming the file and, for parquet, the columns that differ; for an
+    error message (JSON lines name their own bad lines)."""
     problem = parquet_problem(source) if source.dataset == "parquet" else text_problem(source)
     if problem:
         return problem
@@ -310,12 +313,12 @@ def iter_document_reads(
     rows = itertools.islice(_rows(source, read_chars), max_documents)
     count = 0
     for count, row in enumerate(rows, 1):
-        if text_field not in row:
+        if text_field not in row and count == 1:  # (in a later row it is that row's missing value)
             raise DataError(
                 f"data.text_field {text_field!r} is not a column of {source.describe()}; "
                 f"columns: {', '.join(row) or 'none'}"
             )
-        text = row[text_field]
+        text = row.get(text_field)
         if not isinstance(text, (str, Iterator)):  # an Iterator is a .txt file's reads
             held = "no value (null, or missing in that row)" if text is None else type(text).__name__
             raise DataError(

@@ -24,7 +24,9 @@ import torch
 from model.attention.options import is_real
 
 
-FLOAT32_ROUNDS_TO_ZERO = 2.0**-150  # half float32's smallest subnormal: float32 rounds it, and less, to 0
+# Below this, 1 / temperature overflows float32 (CUDA divides by a scalar as a * (1/b)), or float32 rounds the
+# temperature itself to 0: the logits' division would give NaN
+GREEDY_BELOW = 1 / torch.finfo(torch.float32).max
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,9 @@ class Sampler:
 
     @property
     def greedy(self) -> bool:
-        """Temperature 0, or one that float32 (the logits' dtype) rounds to 0: argmax, the limit of sampling as the
-        temperature falls (dividing by a zero would give NaN)."""
-        return self.temperature <= FLOAT32_ROUNDS_TO_ZERO
+        """Temperature 0, or one too small to divide float32 logits by (GREEDY_BELOW): argmax, the limit of sampling
+        as the temperature falls."""
+        return self.temperature < GREEDY_BELOW
 
 
 def _is_integer(value: object) -> bool:

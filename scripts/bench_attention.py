@@ -624,7 +624,7 @@ def main() -> None:
         page_file(out, ".csv").write_text(csv_text([{"kind": "paired"} | r for r in rows]
                                                     + [{"kind": "tile gemm"} | r for r in gemm_rows]))
         page_file(out, ".md").write_text(paired_markdown(args, rows, gemm_rows, tuple(loads)))
-        print(f"wrote {out}.csv, {out}.md")
+        print(f"wrote {page_file(out, '.csv')}, {page_file(out, '.md')}")
         return
 
     train_rows, decode_rows = benchmark(args)
@@ -634,7 +634,7 @@ def main() -> None:
                                                 + [{"kind": "decode"} | r for r in decode_rows]))
     page_file(out, ".md").write_text(markdown(args, train_rows, decode_rows))
     plot(page_file(out, ".png"), args, train_rows, decode_rows)
-    print(f"wrote {out}.csv, {out}.md, {out}.png")
+    print(f"wrote {', '.join(str(page_file(out, suffix)) for suffix in ('.csv', '.md', '.png'))}")
 
 
 if __name__ == "__main__":

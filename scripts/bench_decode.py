@@ -240,12 +240,12 @@ def main() -> None:
     settings = {"threads": torch.get_num_threads(), "dtype": args.dtype, "position_encoding": args.position}
     page_file(out, ".csv").write_text(csv_text(row | settings for row in rows))
     page_file(out, ".md").write_text(markdown(rows, args, (load_start, os.getloadavg()[0])))
-    written = [f"{out}.csv", f"{out}.md"]
+    written = [page_file(out, ".csv"), page_file(out, ".md")]
     if 1 in args.batches and len(args.positions) > 1:
-        plot(page_file(out, ".png"), rows)
-        written.append(f"{out}.png")
+        written.append(page_file(out, ".png"))
+        plot(written[-1], rows)
     print("\n".join(target_lines(rows)))
-    print(f"wrote {', '.join(written)}")
+    print(f"wrote {', '.join(map(str, written))}")
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ def main() -> None:
         if worker.exitcode:
             raise SystemExit(f"a decode process exited with {worker.exitcode}")
     print("\n".join(summary_lines(rows, args)))
-    print(f"wrote {out}.csv, {out}.md, {out}.png")
+    print(f"wrote {', '.join(str(page_file(out, suffix)) for suffix in ('.csv', '.md', '.png'))}")
 
 
 if __name__ == "__main__":

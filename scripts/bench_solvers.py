@@ -271,7 +271,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     page_file(out, ".md").write_text(markdown(args, kappa, tall, kernel))
     page_file(out, ".csv").write_text(csv_text(kappa + tall + kernel))
-    print(f"wrote {out}.md and {out}.csv in {time.perf_counter() - start:.0f} s")
+    print(f"wrote {page_file(out, '.md')} and {page_file(out, '.csv')} in {time.perf_counter() - start:.0f} s")
     return 0
 
 

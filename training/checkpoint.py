@@ -203,7 +203,9 @@ def replace_dir(tmp: Path, final: Path) -> None:
         stale = final.parent / f".old-{final.name}-{os.getpid()}"
         final.rename(stale)
         tmp.rename(final)
-        shutil.rmtree(stale)
+        # the swap is done: an old copy that cannot be removed now (read-only files) is removed by a later start's
+        # cleanup of partial saves, once this process is gone
+        shutil.rmtree(stale, ignore_errors=True)
     else:
         tmp.rename(final)
 

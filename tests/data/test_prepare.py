@@ -306,7 +306,7 @@ def test_a_preparation_killed_by_sigterm_leaves_temp_files_that_the_next_one_del
     assert len(left) == 2 and left[0].startswith(".train.bin.") and left[1].startswith(".val.bin.")
     writer, unrelated = _TokenWriter(path / "train.bin", np.dtype("uint16")), path / ".notes.tmp"
     unrelated.write_text("not a token file")
-    unlocked = path / ".val.bin.1.tmp"  # a process id that lives (init's), but no writer holds the file
+    unlocked = path / ".val.bin.1-0123abcd.tmp"  # a process id that lives (init's), but no writer holds it
     unlocked.write_bytes(b"\0\0")
     assert prepare(cfg).reused
     assert sorted(path.glob(".*.tmp")) == sorted([writer.tmp, unrelated])
@@ -411,3 +411,14 @@ def test_a_hub_tokenizer_replaced_in_the_cache_prepares_the_data_again(tmp_path,
         assert not prepare(cfg).reused
     finally:
         tokenizer_module.load_tokenizer.cache_clear()
+
+
+def test_two_writers_of_one_process_id_never_share_a_temporary_file(tmp_path):
+    """Processes in two containers may have the same id: the second writer emptied the first one's live file."""
+    first = _TokenWriter(tmp_path / "train.bin", np.dtype("uint16"))
+    first.append([1, 2, 3], True)
+    first.file.flush()
+    second = _TokenWriter(tmp_path / "train.bin", np.dtype("uint16"))
+    assert first.tmp != second.tmp and first.tmp.stat().st_size == 6
+    for writer in (first, second):
+        writer.discard()

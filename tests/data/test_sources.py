@@ -265,3 +265,22 @@ def test_a_folder_that_cannot_be_listed_is_an_error_not_a_gap(tmp_path, monkeypa
     monkeypatch.setattr("data.sources.os.walk", walk)
     with pytest.raises(DataError, match=r"cannot list .*locked \(Permission denied\); fix its permissions"):
         documents(str(tmp_path))
+
+
+def test_a_later_row_without_the_text_field_is_named_by_its_row(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "a"}, {"text": "b"}, {"body": "c"}])
+    with pytest.raises(DataError, match=r"row 3 .* column 'text' holds no value \(null, or missing in that row\)"):
+        documents(str(tmp_path / "d.jsonl"))
+
+
+def test_a_carriage_return_inside_a_json_line_is_whitespace_not_a_line_end(tmp_path):
+    (tmp_path / "d.jsonl").write_bytes(b'{"text": "a",\r "x": 1}\n{"text": "b"}\r\n')
+    assert documents(str(tmp_path / "d.jsonl")) == ["a", "b"]
+
+
+def test_a_linked_file_is_read_at_its_first_name_in_order(tmp_path):
+    for name, text in (("m.txt", "middle"), ("z.txt", "last")):
+        (tmp_path / name).write_text(text)
+    for name in "abcdefgh":
+        (tmp_path / f"{name}.txt").symlink_to(tmp_path / "z.txt")
+    assert documents(str(tmp_path)) == ["last", "middle"]  # at a.txt, first in order, whatever the listing order

@@ -160,11 +160,12 @@ def test_numpy_and_integer_valued_options_are_accepted():
     assert set(next_token(logits[:, :4].expand(200, 4), sampler, generator).flatten().tolist()) == {3}
 
 
-@pytest.mark.parametrize("options", [dict(temperature=1e-300), dict(temperature=2.0**-150), dict(top_p=1e-300)])
-def test_a_temperature_or_top_p_that_float32_rounds_to_zero_picks_the_most_likely_token(options):
-    """Cast to the logits' float32 they became 0: 0 / 0 gave NaN probabilities, and top-p kept no token."""
+@pytest.mark.parametrize("options", [dict(temperature=1e-300), dict(temperature=1e-39), dict(top_p=1e-300)])
+def test_a_temperature_or_top_p_too_small_for_float32_picks_the_most_likely_token(options):
+    """Cast to the logits' float32 they became 0 (or 1 / T overflowed, as CUDA divides): NaN probabilities, and
+    top-p kept no token."""
     logits = torch.tensor([[0.5, 3.0, -1.0, 2.9]])
     sampler = Sampler(**options)
     for seed in range(5):
         assert next_token(logits, sampler, torch.Generator().manual_seed(seed)).item() == 1
-    assert Sampler(temperature=2.0**-149).greedy is False  # float32's smallest subnormal still divides
+    assert Sampler(temperature=3e-39).greedy is False and Sampler(temperature=2.9e-39).greedy is True

@@ -117,6 +117,7 @@ def test_malformed_flags_are_refused_naming_the_flag_before_any_sweep(tmp_path, 
     ("optim.lr=0.01", "--lrs"), ("optim.min_lr=0", "--lrs"), ("train.seed=3", "--seeds"),
     ("model.attention=taylor", "--backends"), ("data.block_size=64", "--settings"),
     ("data.mqar={num_pairs: 3}", "--settings"), ("train.out_dir=x", "--out"),
+    ("--optim.lr=0.01", "--lrs"),  # as train.py takes overrides too (argparse refused it as an unknown option)
 ])
 def test_an_override_of_what_the_grid_sets_is_refused_naming_the_grid_flag(tmp_path, monkeypatch, capsys, override,
                                                                          flag):
