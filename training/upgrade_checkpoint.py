@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # a read-only or full folder: the checkpoint stands as it was (write_sealed swaps whole)
         named = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: cannot write the upgraded checkpoint{named}: {exc.strerror or exc}; the checkpoint is "
-              "unchanged; make its folder writable, with room for a copy of it", file=sys.stderr)
+        print(f"error: cannot upgrade the checkpoint{named}: {exc.strerror or exc}; the checkpoint is unchanged; "
+              "its folder must be readable and writable, with room for a copy of it", file=sys.stderr)
         return 2
     return 0
 

@@ -75,8 +75,8 @@ def test_a_checkpoint_that_cannot_be_replaced_is_left_as_it_was_in_one_line(tmp_
 
     monkeypatch.setattr(type(path), "rename", refused)
     assert upgrade_checkpoint.main([str(path)]) == 2
-    assert capsys.readouterr().err == (f"error: cannot write the upgraded checkpoint ({path}): Operation not "
-                                       "permitted; the checkpoint is unchanged; make its folder writable, with room "
+    assert capsys.readouterr().err == (f"error: cannot upgrade the checkpoint ({path}): Operation not permitted; the "
+                                       "checkpoint is unchanged; its folder must be readable and writable, with room "
                                        "for a copy of it\n")
     assert (path / ckpt.STATE).read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_000003"]
