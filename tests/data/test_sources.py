@@ -246,7 +246,15 @@ def test_a_file_whose_name_looks_like_a_glob_is_that_file(tmp_path, name):
     decoy = tmp_path / name.replace("[1]", "1").replace("?", "X").replace("*", "S")
     decoy.write_text(json.dumps({"text": "decoy"}) + "\n" if name.endswith(".jsonl") else "decoy")
     assert documents(str(tmp_path / name)) == ["the real one"]
-    assert sorted(documents(str(tmp_path))) == ["decoy", "the real one"]  # named as data_files, escaped
+    assert sorted(documents(str(tmp_path))) == ["decoy", "the real one"]
+
+
+def test_files_datasets_reads_are_named_to_it_escaped(tmp_path):
+    """`datasets` takes data_files as patterns: a[1].parquet read a1.parquet in its place."""
+    pq.write_table(pa.table({"text": ["the real one"]}), tmp_path / "a[1].parquet")
+    pq.write_table(pa.table({"text": ["decoy"]}), tmp_path / "a1.parquet")
+    assert documents(str(tmp_path / "a[1].parquet")) == ["the real one"]
+    assert documents(str(tmp_path)) == ["decoy", "the real one"]  # each once, in sorted order (a1 < a[1])
 
 
 def test_a_file_reached_twice_through_a_link_is_read_once(tmp_path):
