@@ -45,7 +45,7 @@ from training.run_data import RecallData, TextData, open_run_data
 from training.run_lock import run_lock
 from training.schedule import learning_rate
 from training.throughput import Throughput
-from typedconfig.cli import ArgumentParser, is_override
+from typedconfig.cli import ArgumentParser, split_overrides
 from typedconfig.parsing import ConfigError
 
 
@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else argv
     # overrides are set aside first: argparse would take one after a bare --resume as its CHECKPOINT, and refuses
     # positionals that follow an option
-    overrides = [token for token in argv if is_override(token)]
-    args = parser.parse_args([token for token in argv if not is_override(token)])
+    overrides, rest = split_overrides(argv)
+    args = parser.parse_args(rest)
     # a first positional with "=" that names no file is an override (parse_override explains a malformed one)
     if args.config and "=" in args.config and not os.path.exists(args.config):
         args.overrides.insert(0, args.config)

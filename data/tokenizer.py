@@ -197,6 +197,7 @@ def load_tokenizer(name: str = GPT2) -> TextTokenizer:
     return TextTokenizer(name, tokenizer.token_to_id(known[0]), ids, lambda: tokenizer, None, None)
 
 
+@functools.cache  # the fingerprint asks at every is_prepared, which waiting torchrun ranks poll
 def tokenizer_identity(name: str) -> str:
     """What the ids of the hub tokenizer `name` depend on: the sha256 of the tokenizer.json it loads (a new revision,
     or a file replaced in the cache, gives other ids); its name where no such file is found."""

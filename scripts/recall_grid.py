@@ -49,7 +49,7 @@ from fileio.pages import PAGE_SUFFIXES, check_replace, command_line, opening, pa
 from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
 from training.config import RunConfig, load_config, parse_override
-from typedconfig.cli import is_override
+from typedconfig.cli import split_overrides
 from typedconfig.parsing import ConfigError
 
 SWEEP = Path(__file__).resolve().parent / "sweep.py"
@@ -376,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --results page that another command wrote")
     argv = sys.argv[1:] if argv is None else argv
-    overrides = [token for token in argv if is_override(token)]  # --section.key=value too, as train.py takes it
-    args = parser.parse_intermixed_args([token for token in argv if not is_override(token)])
+    overrides, rest = split_overrides(argv)  # --section.key=value too, as train.py takes it
+    args = parser.parse_intermixed_args(rest)
     args.overrides = overrides + args.overrides
     try:
         settings, lrs = parse_settings(args.settings), parse_lrs(args.lrs)

@@ -22,7 +22,7 @@ from experiments.sweep import Launcher, RunMismatch, check_reusable, is_finished
 from fileio.folders import OutFolderError, check_out_folder
 from model.attention import BACKENDS
 from training.metrics import MetricsError
-from typedconfig.cli import is_override
+from typedconfig.cli import split_overrides
 from typedconfig.parsing import ConfigError
 
 
@@ -36,9 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweeps/<config name>)")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="processes per run (torchrun) when > 1")
     argv = sys.argv[1:] if argv is None else argv
-    # --section.key=value, as train.py takes it, is an override, not an option of this parser
-    overrides = [token for token in argv if is_override(token)]
-    args = parser.parse_intermixed_args([token for token in argv if not is_override(token)])
+    overrides, rest = split_overrides(argv)  # --section.key=value too, as train.py takes it
+    args = parser.parse_intermixed_args(rest)
     args.overrides = overrides + args.overrides
     if args.nproc_per_node < 1:
         parser.error(f"--nproc-per-node must be >= 1 (processes per run), got {args.nproc_per_node}")

@@ -17,6 +17,12 @@ def is_override(token: str) -> bool:
     return OVERRIDE.match(token) is not None and not os.path.exists(token)
 
 
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the overrides among `argv`, the other tokens): set aside before argparse sees them, which would take
+    `--section.key=value` for an unknown option and an override after a bare option for that option's value."""
+    return [token for token in argv if is_override(token)], [token for token in argv if not is_override(token)]
+
+
 def with_flag_names(message: str, flags: Mapping[str, str]) -> str:
     """`message` with the names in `flags` (config keys such as data.val_every, or a function's parameters) written as
     the command's flags (--val-every): the checks a command shares with train.py or a library function name what

@@ -78,9 +78,8 @@ def test_the_code_revision_is_the_commit_marked_dirty_by_uncommitted_changes(tmp
     assert code_revision(tmp_path) == f"{clean}+dirty"
 
 
-@pytest.mark.parametrize("out, expected", [("runs/init-0.1", "runs/init-0.1.md"), ("results/bench", "results/bench.md"),
-                                           ("results/bench.md", "results/bench.md"),
-                                           ("results/bench.csv", "results/bench.md")])
+@pytest.mark.parametrize("out, expected", [("runs/init-0.1", "runs/init-0.1.md"), ("runs/page", "runs/page.md"),
+                                           ("runs/page.md", "runs/page.md"), ("runs/page.csv", "runs/page.md")])
 def test_a_pages_files_append_their_suffix_to_a_dotted_name(out, expected):
     assert page_file(out, ".md") == Path(expected)  # with_suffix gave runs/init-0.md
 
