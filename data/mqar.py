@@ -93,12 +93,12 @@ def val_fingerprint(cfg: MQARConfig, seq_len: int, count: int) -> str:
     return hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
 
 
-def answer_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
-    """(correct, total) over the answer positions (y != -100) of logits (B, T, vocab) and targets y (B, T): an
-    answer is correct when its most likely token is the target."""
+def answer_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, total) over the answer positions (y != -100) of logits (B, T, vocab) and targets y (B, T), as int64
+    scalars on the logits' device: an answer is correct when its most likely token is the target. Masks instead of
+    picking the answers' rows, whose data-dependent number would make a GPU wait for every batch."""
     answers = y != IGNORE_INDEX
-    correct = (logits[answers].argmax(dim=-1) == y[answers]).sum().item()
-    return int(correct), int(answers.sum().item())
+    return ((logits.argmax(dim=-1) == y) & answers).sum(), answers.sum()
 
 
 def _distinct(rng: np.random.Generator, rows: int, n: int, k: int) -> np.ndarray:

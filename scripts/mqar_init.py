@@ -229,7 +229,7 @@ def train(run: Run, steps: int, eval_every: int, val: tuple[torch.Tensor, torch.
         model.eval()
         with torch.no_grad():
             correct, total = answer_accuracy(model(val[0])[0], val[1])
-        accuracies[step] = correct / total
+        accuracies[step] = int(correct) / int(total)
         if accuracies[step] >= TARGET:
             return Outcome(step, accuracies, time.perf_counter() - start)
     return Outcome(None, accuracies, time.perf_counter() - start)

@@ -108,8 +108,7 @@ class RecallData:
                     logits, _ = model(x)  # (B, T, vocab): recall tasks keep the vocabulary small
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=mqar.IGNORE_INDEX,
                                        reduction="sum")
-                correct, answers = mqar.answer_accuracy(logits, y)
-                total += torch.tensor([loss.item(), correct, answers], dtype=torch.float64, device=runtime.device)
+                total += torch.stack([loss.double(), *mqar.answer_accuracy(logits, y)])  # on the device: no sync
             loss_sum, correct, answers = _summed_over_ranks(total, runtime)
             scores.update({f"{name}_loss": loss_sum / answers, f"{name}_accuracy": correct / answers})
         return scores

@@ -60,11 +60,11 @@ def test_answer_accuracy_counts_only_answer_positions():
     perfect = torch.nn.functional.one_hot(y.clamp(min=0), CFG.vocab_size).float()
     perfect[~answers] = 0.0
     perfect[~answers, 5] = 1.0  # wrong everywhere else: must not matter
-    assert answer_accuracy(perfect, y) == (4 * CFG.num_queries, 4 * CFG.num_queries)
+    assert [int(n) for n in answer_accuracy(perfect, y)] == [4 * CFG.num_queries, 4 * CFG.num_queries]
     one_wrong = perfect.clone()
     row, col = answers.nonzero()[0].tolist()
     one_wrong[row, col] = one_wrong[row, col].roll(1)
-    assert answer_accuracy(one_wrong, y) == (4 * CFG.num_queries - 1, 4 * CFG.num_queries)
+    assert [int(n) for n in answer_accuracy(one_wrong, y)] == [4 * CFG.num_queries - 1, 4 * CFG.num_queries]
 
 
 def test_the_val_set_is_fixed_and_apart_from_training():
