@@ -146,21 +146,32 @@ def generate(
         raise ValueError(f"window must be in [1, {limit.tokens}) (the context limit: {limit.reason}), got {window}")
     if limit.tokens is not None and prompt.shape[1] > limit.tokens:
         if window is None:
-            if prompt.shape[0] == 1:
-                which = "the prompt has"
-            elif mask is None:
-                which = "the prompts have"
-            else:  # left-padded: the longest row is the one past the limit
-                which = f"prompt {int(mask.sum(dim=1).argmax()) + 1} (of {prompt.shape[0]}) has"
-            raise ValueError(
-                f"{which} {prompt.shape[1]} tokens, more than the context limit of {limit.tokens} "
-                f"({limit.reason}); shorten it, or give a window to slide"
-            )
+            which, pronoun = _long_prompts(prompt, mask, limit.tokens)
+            raise ValueError(f"{which}, more than the context limit of {limit.tokens} ({limit.reason}); "
+                             f"shorten {pronoun}, or give a window to slide")
         prompt = prompt[:, -window:]
         mask = None if mask is None else mask[:, -window:]
     state = _empty_state(model, prompt, max_new_tokens, limit)
     return _generate(model, prompt, mask, [state], max_new_tokens, sampler, generator, stop_id, window, limit,
                      DecodeStats() if stats is None else stats)
+
+
+def _long_prompts(prompt: torch.Tensor, mask: torch.Tensor | None, limit: int, named: int = 5) -> tuple[str, str]:
+    """Which prompts of the batch are longer than `limit` tokens and how long (the first `named` of them, counted
+    from 1, where the batch is left-padded), and the pronoun for them."""
+    rows = prompt.shape[0]
+    if rows == 1:
+        return f"the prompt has {prompt.shape[1]} tokens", "it"
+    if mask is None:
+        return f"the prompts have {prompt.shape[1]} tokens", "them"
+    lengths = mask.sum(dim=1).tolist()
+    over = [row for row, length in enumerate(lengths) if length > limit]
+    if len(over) == 1:
+        return f"prompt {over[0] + 1} (of {rows}) has {lengths[over[0]]} tokens", "it"
+    more = f" (and {len(over) - named} more)" if len(over) > named else ""
+    numbers = ", ".join(str(row + 1) for row in over[:named])
+    sizes = ", ".join(str(lengths[row]) for row in over[:named])
+    return f"prompts {numbers}{more} (of {rows}) have {sizes} tokens", "them"
 
 
 @torch.no_grad()

@@ -181,6 +181,11 @@ def test_a_prompt_longer_than_the_context_needs_a_window():
     ids, mask = left_pad([[1, 2], random_ids(1, 20)[0].tolist(), [3]], pad_id=0)  # a batch names its long prompt
     with pytest.raises(ValueError, match="prompt 2 \\(of 3\\) has 20 tokens, more than the context limit of 16"):
         generate(model, ids, 3, mask=mask)
+    rows = [random_ids(1, n)[0].tolist() for n in (17, 3, 19, 18, 20, 21, 22, 4)]  # six past the limit
+    ids, mask = left_pad(rows, pad_id=0)
+    with pytest.raises(ValueError, match=r"prompts 1, 3, 4, 5, 6 \(and 1 more\) \(of 8\) have 17, 19, 18, 20, 21 "
+                                         r"tokens, more than the context limit of 16 .*; shorten them"):
+        generate(model, ids, 3, mask=mask)
 
 
 @pytest.mark.parametrize("window", [16, 20])
