@@ -422,6 +422,22 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             "tokens": state.tokens_seen}
 
 
+def file_system_error(exc: OSError, cfg: RunConfig) -> str:
+    """The file system's own error names no fix (a run folder deleted or unwritable, a disk full, a source file
+    unreadable): one line naming the setting whose folder or file failed."""
+    resume = "--resume continues from the run's last checkpoint"
+    if not exc.filename:
+        return (f"{exc.strerror}; train.out_dir and data.prepared_dir must stay in place and writable, with room to "
+                f"spare; {resume}")
+    path = Path(os.path.abspath(exc.filename))
+    for option, folder in (("train.out_dir", cfg.train.out_dir), ("data.prepared_dir", cfg.data.prepared_dir)):
+        if path.is_relative_to(os.path.abspath(folder)):
+            return (f"{exc.strerror}: {exc.filename}; {option} must stay in place and writable, with room to "
+                    f"spare; {resume}")
+    return (f"{exc.strerror}: {exc.filename}; the file must be readable, and its disk have room (data.source and "
+            "data.tokenizer name the files a run reads outside train.out_dir and data.prepared_dir)")
+
+
 def complain(message: str, *, same_on_every_rank: bool) -> None:
     """One line on stderr, in one write: torchrun's processes share stderr, and a line written in parts interleaves
     with another rank's. Under torchrun a message every rank comes to alike (the config's, the checkpoint's) is
@@ -467,10 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         alike = isinstance(exc, (ConfigError, FloatingPointError)) or getattr(exc, "told_by_rank_0", False)
         message = str(exc)
         if isinstance(exc, OSError) and not isinstance(exc, ckpt.CheckpointError) and exc.strerror:
-            # the file system's own error names no fix (a run folder deleted or unwritable, a disk full)
-            message = (f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}; train.out_dir and "
-                       "data.prepared_dir must stay in place and writable, with room to spare; --resume continues "
-                       "from the run's last checkpoint")
+            message = file_system_error(exc, cfg)
         complain(f"error: {message}", same_on_every_rank=alike)
         return 2
     except torch.OutOfMemoryError as exc:

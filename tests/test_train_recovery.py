@@ -191,8 +191,28 @@ def test_a_file_system_error_names_the_folders_and_the_way_on(tmp_path, prepared
     monkeypatch.setattr("training.checkpoint.save_checkpoint", full)
     assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=1")) == 2
     assert capsys.readouterr().err == (
-        f"error: No space left on device: {tmp_path / 'checkpoints'}; train.out_dir and data.prepared_dir must stay "
-        "in place and writable, with room to spare; --resume continues from the run's last checkpoint\n")
+        f"error: No space left on device: {tmp_path / 'checkpoints'}; train.out_dir must stay in place and writable, "
+        "with room to spare; --resume continues from the run's last checkpoint\n")
+
+
+@pytest.mark.parametrize("where", ["prepared", "source", "none"])
+def test_a_file_system_error_names_the_setting_of_its_path(tmp_path, prepared_dir, capsys, monkeypatch, where):
+    """A file outside the run's folders is one the run reads (a local source): its folders are not the fix."""
+    filename = {"prepared": os.path.join(prepared_dir, "tiny", "train.bin"), "source": "/corpus/plays.txt",
+                "none": None}[where]
+
+    def refused(*args, **kwargs):
+        raise OSError(13, "Permission denied", filename)
+
+    monkeypatch.setattr(train, "open_run_data", refused)
+    assert train.main(tiny_args(tmp_path / "run", prepared_dir, "train.max_steps=1")) == 2
+    fix = {"prepared": "data.prepared_dir must stay in place and writable, with room to spare; --resume continues "
+                       "from the run's last checkpoint",
+           "source": "the file must be readable, and its disk have room (data.source and data.tokenizer name the "
+                     "files a run reads outside train.out_dir and data.prepared_dir)",
+           "none": "train.out_dir and data.prepared_dir must stay in place and writable, with room to spare; --resume "
+                   "continues from the run's last checkpoint"}[where]
+    assert capsys.readouterr().err == f"error: Permission denied{f': {filename}' if filename else ''}; {fix}\n"
 
 
 @pytest.mark.parametrize("compiled", [False, True])
