@@ -166,6 +166,8 @@ def _long_prompts(prompt: torch.Tensor, mask: torch.Tensor | None, limit: int, n
         return f"the prompts have {prompt.shape[1]} tokens", "them"
     lengths = mask.sum(dim=1).tolist()
     over = [row for row, length in enumerate(lengths) if length > limit]
+    if not over:  # padding columns that no row needs
+        return f"the batch has {prompt.shape[1]} columns, its left padding included", "it"
     if len(over) == 1:
         return f"prompt {over[0] + 1} (of {rows}) has {lengths[over[0]]} tokens", "it"
     more = f" (and {len(over) - named} more)" if len(over) > named else ""
