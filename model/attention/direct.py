@@ -15,7 +15,8 @@ finite.
 Precision (`gemm_dtype`): bf16 inputs keep bf16 GEMM operands where the device multiplies bf16 natively, as
 FlashAttention does: scores from bf16 q, k; the weights, cast to bf16, times v; the same for the backward products.
 Each tile's product is added into fp32 accumulators (num, den, dq, dk, dv), and the weight and its derivative are
-evaluated in fp32 from the scores. Other dtypes run every step in their accumulation dtype (fp32, fp64), and so does
+evaluated in fp32 from the scores, a score scale included (`ScaledWeight`: scaling bf16 q would round it
+twice). Other dtypes run every step in their accumulation dtype (fp32, fp64), and so does
 fp16: g = dy / den of a row whose weights nearly vanish would overflow its 65504 range. Where the time goes, and the
 error against the fp64 reference: results/bench_direct_bf16.md, tests/model/test_attention_direct.py.
 """
@@ -23,6 +24,7 @@ error against the fp64 reference: results/bench_direct_bf16.md, tests/model/test
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -41,6 +43,21 @@ class PointwiseWeight(Protocol):
     def with_derivative(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(w(s), w'(s))."""
         ...
+
+
+@dataclass(frozen=True)
+class ScaledWeight:
+    """w(scale · s), the scale applied to the scores in their accumulation dtype; d/ds = scale · w'(scale · s)."""
+
+    weight: PointwiseWeight
+    scale: float
+
+    def __call__(self, s: torch.Tensor) -> torch.Tensor:
+        return self.weight(s.mul_(self.scale))
+
+    def with_derivative(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w, dw_ds = self.weight.with_derivative(s.mul_(self.scale))
+        return w, dw_ds.mul_(self.scale)
 
 
 def naive_causal_average(
@@ -208,8 +225,10 @@ def tiled_direct_attention(
     outputs are finite, for the caller to zero)."""
     dtype = gemm_dtype(q.dtype, q.device)
     qf = fold_heads(q, dtype)
-    if scale != 1.0:
-        qf = qf * scale
+    if scale != 1.0 and dtype == accumulation_dtype(dtype):
+        qf = qf * scale  # rounded once, as the scores are
+    elif scale != 1.0:  # bf16 operands: scale · q would round q a second time (1/sqrt(d) is exact only for d = 4^n)
+        weight = ScaledWeight(weight, scale)
     valid = None if mask is None else fold_mask(mask, q.shape[1])
     y = tiled_causal_attention(qf, fold_heads(k, dtype), fold_heads(v, dtype), weight, eps=eps, block=block,
                                valid=valid)
