@@ -39,6 +39,28 @@ def test_outputs_are_convex_combinations_of_the_values(crossover, forms_run):
     assert (y >= running_min - 1e-12).all() and (y <= running_max + 1e-12).all()
 
 
+@pytest.mark.parametrize("form", ["direct", "linear", "decode"])
+def test_the_options_a_b_c_are_the_weights_coefficients(form):
+    """Against w = a s² + b s + c written out here, not the backend's own kernel (its reference uses that kernel,
+    so a mapping of the options to the wrong coefficients would pass every comparison with it)."""
+    a, b, c = 0.3, -0.7, 2.0
+    backend = get_backend("taylor", a=a, b=b, c=c, crossover=1 if form == "linear" else 10**9, chunk_size=8,
+                          block_size=8)
+    q, k, v = _qkv(t=23)
+    s = q @ k.transpose(-1, -2)
+    w = (a * s**2 + b * s + c).masked_fill(~torch.ones(23, 23, dtype=torch.bool).tril(), 0.0)
+    expected = (w @ v) / w.sum(-1, keepdim=True)
+    if form == "decode":
+        state, outputs = backend.init_state(2, 3, 6, 5, dtype=torch.float64, device="cpu"), []
+        for i in range(23):
+            y_i, state = backend.step(q[:, :, i : i + 1], k[:, :, i : i + 1], v[:, :, i : i + 1], state)
+            outputs.append(y_i)
+        y = torch.cat(outputs, dim=2)
+    else:
+        y = backend.forward(q, k, v)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_qk_transform_normalises_keys_and_scales_queries_by_a_learnable_per_head_temperature():
     transform = get_backend("taylor", temperature_init=1.5).make_qk_transform(n_head=3, head_dim=6)
     assert isinstance(transform, TaylorQKTransform)
