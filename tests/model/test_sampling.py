@@ -67,9 +67,11 @@ def test_temperature_zero_is_greedy():
     assert next_token(logits, Sampler(temperature=0)).tolist() == [[1], [0]]
 
 
-@pytest.mark.parametrize("temperature", [1e-30, 1e-40])  # logits / T overflows to inf in fp32
-def test_a_tiny_temperature_samples_the_argmax_instead_of_failing(temperature):
-    logits = torch.tensor([[0.1, 2.0, 1.9, float("-inf")], [3.0, -1.0, 0.0, 2.5]])
+# 5e-39 and 1e-35 (above GREEDY_BELOW, so sampled): the logits / T overflow fp32 to inf (NaN after softmax) unless
+# shifted first; 1e-40 takes the greedy path
+@pytest.mark.parametrize(("temperature", "scale"), [(1e-30, 1.0), (5e-39, 1.0), (1e-35, 1e4), (1e-40, 1.0)])
+def test_a_tiny_temperature_samples_the_argmax_instead_of_failing(temperature, scale):
+    logits = torch.tensor([[0.1, 2.0, 1.9, float("-inf")], [3.0, -1.0, 0.0, 2.5]]) * scale
     generator = torch.Generator().manual_seed(0)
     assert next_token(logits, Sampler(temperature=temperature), generator).tolist() == [[1], [0]]
 
