@@ -11,6 +11,7 @@ from evals.krylov import cg, lsqr, preconditioned_gd, weighted_norm
 from evals.methods.base import SolveInfo
 from evals.methods.operators import TallMatrix
 from evals.sketch import SKETCHES
+from evals.methods import DEFAULT_METHOD, get_method
 from evals.solve import LEAST_SQUARES_METHODS, METHODS, NotApplicable, least_squares, solve
 
 EPS = 1e-8
@@ -285,6 +286,33 @@ def test_every_registered_method_is_reachable_through_solve(problem, method):
     x, info = solve(problem, A, b, method=method, eps=1e-6, maxiter=3000)
     unbounded_stop = (problem, method) == ("a_gram_power", "lsqr")  # b is inconsistent: see test_plain_lsqr_...
     assert info.method == method and info.converged != unbounded_stop and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("problem", P.PROBLEMS)
+def test_float32_inputs_are_solved_in_float64(problem):
+    """The extracted Gram factors may come in fp32: solved as the float64 instance, to the same eps."""
+    A, b = _small_instance(problem)
+    x32, info32 = solve(problem, A.float(), b.float(), eps=EPS)
+    x64, _ = solve(problem, A.float().double(), b.float().double(), eps=EPS)
+    assert x32.dtype == torch.float64 and info32.converged
+    torch.testing.assert_close(x32, x64, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("problem", P.PROBLEMS)
+def test_a_method_that_reports_convergence_wrongly_is_caught_by_the_final_residual_test(problem, monkeypatch):
+    """solve() does not take a method's word: x three times too large, reported converged, fails the independent
+    check (for a_gram_power the necessary one: ||A 3x* - b||² = ||b||² + 8 ||A x*||² exceeds ||b||²)."""
+    method = get_method(problem, DEFAULT_METHOD[problem])
+    honest = method.solve
+
+    def off_by_a_little(self, *args, **kwargs):
+        return honest(self, *args, **kwargs) * 3.0
+
+    A, b = _small_instance(problem)
+    assert solve(problem, A, b, eps=EPS)[1].converged
+    monkeypatch.setattr(method, "solve", off_by_a_little)
+    _, info = solve(problem, A, b, eps=EPS)
+    assert not info.converged
 
 
 @pytest.mark.parametrize("method", LEAST_SQUARES_METHODS)
