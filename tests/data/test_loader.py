@@ -42,6 +42,8 @@ def test_val_windows_are_evenly_spaced_from_first_to_last_full_window():
     assert starts.tolist() == [0, 100, 200, 300, 400, 500, 600, 700, 800, 900]
     assert val_windows(TOKENS, block_size=99, count=1).tolist() == [0]
     assert val_windows(TOKENS, block_size=998, count=2).tolist() == [0, 1]
+    # 900 does not divide by 7: the last window is still the last full one, the rest rounded down between
+    assert val_windows(TOKENS, block_size=99, count=8).tolist() == [0, 128, 257, 385, 514, 642, 771, 900]
 
 
 def test_more_val_windows_than_the_split_holds_are_refused_not_repeated():
