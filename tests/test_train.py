@@ -208,6 +208,32 @@ def test_extending_a_finished_run_follows_optim_on_extend(tmp_path, prepared_dir
         assert lrs[10] == pytest.approx(3e-4 + 0.5 * 2.7e-3 * (1 + math.cos(math.pi * 0.5)))
 
 
+def test_accumulated_gradients_are_those_of_the_mean_loss_over_the_micro_batches():
+    """grad_accum micro-batches give the gradient of their mean loss, the step's size whatever grad_accum is (a sum
+    would scale what grad_clip sees and the logged grad_norm by grad_accum; AdamW alone would hardly show it)."""
+    from model.config import ModelConfig
+    from model.gpt import GPT
+
+    class Batches:
+        def batch(self, index):
+            g = torch.Generator().manual_seed(index)
+            return torch.randint(0, 97, (2, 16), generator=g), torch.randint(0, 97, (2, 16), generator=g)
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=97, n_positions=16, n_layer=1, n_head=2, n_embd=16))
+    runtime = rt.Runtime(torch.device("cpu"), torch.float32)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = train.accumulate_gradients(model, Batches(), 6, 3, scaler, runtime)
+    accumulated = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    losses = [model(*Batches().batch(index))[1] for index in (6, 7, 8)]
+    mean = sum(losses) / 3
+    mean.backward()
+    torch.testing.assert_close(loss, mean.detach())
+    for got, expected in zip(accumulated, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path, prepared_dir):
     """torchrun with 2 gloo processes (grad_accum 4 split 2 + 2: each rank's first micro-batch under no_sync, its
