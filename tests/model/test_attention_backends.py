@@ -13,6 +13,7 @@ import torch
 
 from model.attention import BACKENDS, get_backend
 from model.attention.crossover import DEFAULT_CROSSOVER
+from model.attention.kv_cache import append_kv, empty_kv_cache
 
 # (backend, options): every registered backend with its defaults, plus each alternative code path.
 CASES = [(name, {}) for name in BACKENDS] + [
@@ -91,6 +92,18 @@ def test_prefill_then_ragged_chunks_then_single_tokens_match_forward(name, optio
             outputs.append(y)
             t0 += size
     torch.testing.assert_close(torch.cat(outputs, dim=2), backend.forward(q, k, v), atol=1e-10, rtol=1e-10)
+
+
+def test_a_full_kv_cache_doubles_so_that_appends_are_amortised():
+    """Growing by what the new tokens need would copy the whole cache at every decoded token: O(n²) in all."""
+    cache = empty_kv_cache(1, 2, 3, 3, dtype=torch.float32, device="cpu", capacity=4)
+    capacities = []
+    for t in (5, 1, 1, 1, 1):  # 5 > 4: grows to 8; the next three fit; the ninth token doubles it
+        cache = append_kv(cache, torch.randn(1, 2, t, 3), torch.randn(1, 2, t, 3))
+        capacities.append(cache.capacity)
+    assert capacities == [8, 8, 8, 8, 16] and cache.length == 9
+    cache = append_kv(cache, torch.randn(1, 2, 40, 3), torch.randn(1, 2, 40, 3))
+    assert cache.capacity == 49  # a prefill past double the capacity takes what it needs
 
 
 @pytest.mark.parametrize("name", BACKENDS)
