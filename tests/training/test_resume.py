@@ -21,7 +21,7 @@ from training.checkpoint import TrainState
 from training.config import config_to_dict, load_config
 from training.optim import make_optimizer
 from training.resume import (check_resumable, cuda_rng_entry, gather_rng, restore_rng, resume_path, resume_point,
-                             resume_scaler, schedule, start_state, unsaved_ranks_message)
+                             resume_scaler, schedule, start_state, unsaved_ranks_message, warmup_note)
 from typedconfig.parsing import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -576,3 +576,15 @@ def test_a_checkpoint_a_killed_save_left_swapped_out_is_put_back_with_a_warning_
     assert resume_path(cfg, tmp_path, said.append) == path
     assert said == [f"warning: restored step_000003 from .tmp-step_000003-{os.getpid()}, left by a save that was "
                     "killed while it replaced step_000003"]
+
+
+@pytest.mark.parametrize(("start", "end", "warned"), [(0, 5, False), (0, 4, True), (3, 8, False), (3, 7, True)])
+def test_the_warm_up_note_comes_only_where_the_schedule_ends_before_the_rate_reaches_optim_lr(tmp_path, start, end,
+                                                                                             warned):
+    """Warm-up step i runs at optim.lr · (i + 1) / optim.warmup_steps: a schedule of exactly warmup_steps steps
+    reaches optim.lr at its last one."""
+    note = warmup_note(config(tmp_path, "optim.warmup_steps=5"), start, end)
+    assert (note is not None) == warned
+    if warned:
+        assert note.startswith(f"warning: the learning-rate schedule ends at step {end}, within its 5 warm-up steps "
+                               f"from step {start}")
