@@ -41,7 +41,11 @@ class _TextKeepingLoader(yaml.SafeLoader):
         seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, typing.Hashable) and key in seen:
+            if not isinstance(key, typing.Hashable):  # a list or mapping as a key (`? [a, b]`, `{[a]: 1}`)
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"a key must be a plain value, got a {type(key).__name__}", key_node.start_mark)
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while reading a mapping", node.start_mark,
                     f"found the key {str(key)!r} twice (lines {seen[key].start_mark.line + 1} and "

@@ -107,6 +107,13 @@ def test_a_key_given_twice_in_a_mapping_is_refused_with_both_lines():
         load_yaml("model:\n  n: 1\n  n: 2\n")
 
 
+@pytest.mark.parametrize(("text", "kind"), [("? [a, b]\n: 1\n", "list"), ("? {a: 1}\n: 1\n", "dict"),
+                                          ("{[a]: 1}", "list")])
+def test_a_list_or_mapping_as_a_key_is_refused_by_name(text, kind):
+    with pytest.raises(yaml.YAMLError, match=f"a key must be a plain value, got a {kind}"):
+        load_yaml(text)
+
+
 def test_a_yaml_file_gives_str_fields_their_text_and_typed_fields_yaml_reading():
     """Numbers as Python reads their text (0755 is 755, where YAML 1.1 would read 493), 0x as YAML 1.2 does."""
     text = """
