@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 
 from data.config import MQAR, DataConfig
 from model.config import ModelConfig
+from training.runtime import device_named
 from typedconfig.parsing import ConfigError, YamlScalar, coerce_fields, from_dict, load_value, load_yaml, to_dict
 
 SEED_LIMIT = 2**63  # train.seed (+ rank) seeds torch and numpy; both take any integer in [0, 2**63)
@@ -115,11 +115,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.device != "auto":  # the name only: whether this machine has that device is checked at the start
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                raise ValueError(f"train.device: {self.device!r} is not a device (allowed: auto, cpu, cuda, cuda:N, "
-                                 "mps)") from None
+            device_named(self.device)
         if self.threads > THREADS_LIMIT:
             raise ValueError(f"train.threads must be at most 2**31 - 1 (0: torch's default), got {self.threads}")
         if not 0 <= self.seed < SEED_LIMIT:

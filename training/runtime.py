@@ -43,6 +43,21 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
+# what the training and generation code runs on; torch also names devices it cannot train on here (meta, xla, hpu)
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def device_named(name: str, option: str = "train.device") -> torch.device:
+    """The device `name` names, if one of DEVICE_TYPES (whether this machine has it is `pick_device`'s check)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ValueError(f"{option}: {name!r} is not a device (allowed: auto, cpu, cuda, cuda:N, mps)")
+    return device
+
+
 def pick_device(name: str, local_rank: int = 0, option: str = "train.device") -> torch.device:
     """'auto' -> cuda (this process's local rank) if present, else mps, else cpu; otherwise the named device.
     Errors name the setting `option`."""
@@ -52,10 +67,7 @@ def pick_device(name: str, local_rank: int = 0, option: str = "train.device") ->
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"{option}: {name!r} is not a device (allowed: auto, cpu, cuda, cuda:N, mps)") from None
+    device = device_named(name, option)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{option}=cuda but no CUDA device is visible; use {option}=auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():

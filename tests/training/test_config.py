@@ -246,6 +246,7 @@ def test_non_finite_optimiser_numbers_are_refused_by_name(key, value):
         (["train.ckpt_interval=-1"], "train.ckpt_interval must be >= 0, got -1"),
         (["train.threads=-2"], "train.threads must be >= 0, got -2"),
         (["train.device=gpu"], "train.device: 'gpu' is not a device (allowed: auto, cpu, cuda, cuda:N, mps)"),
+        (["train.device=meta"], "train.device: 'meta' is not a device (allowed: auto, cpu, cuda, cuda:N, mps)"),
         (["train.threads=99999999999"],
          "train.threads must be at most 2**31 - 1 (0: torch's default), got 99999999999"),
         (["train.sample_tokens=-3"], "train.sample_tokens must be >= 0, got -3"),
