@@ -175,7 +175,13 @@ def load_tokenizer(name: str = GPT2) -> TextTokenizer:
         encoding = gpt2_encoding()
         return TextTokenizer(GPT2, encoding.eot_token, encoding.n_vocab, gpt2_tokenizer, encoding, PIECE_CHARS)
     from huggingface_hub import try_to_load_from_cache  # for hub tokenizers only: the GPT-2 one needs no hub
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        raise DataError(f"data.tokenizer {name!r} is neither {GPT2} nor a hub tokenizer name ({exc}); give {GPT2} "
+                        "or a hub repository's owner/name") from None
     if try_to_load_from_cache(name, "tokenizer.json") is None:  # a cached one loads without the network
         check_hub_reachable(f"tokenizer {name!r}", f"hub tokenizers need internet, or use data.tokenizer={GPT2}")
     try:

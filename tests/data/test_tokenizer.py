@@ -2,6 +2,7 @@
 decodes), lossless round trips, and piece splitting that never changes ids."""
 
 import importlib.resources
+import re
 import sys
 import unicodedata
 
@@ -187,6 +188,13 @@ def test_the_tokenizers_backend_is_built_only_when_needed():
 def test_unknown_hub_tokenizer_offline_is_a_clear_error():
     with pytest.raises(DataError, match="cannot load tokenizer 'no-such/tokenizer'.*need internet"):
         load_tokenizer("no-such/tokenizer")
+
+
+@pytest.mark.parametrize("name", ["", "a_b!", "/tmp", "../x"])
+def test_a_name_that_no_hub_repository_can_have_is_a_clear_error(name):
+    with pytest.raises(DataError, match=rf"^data.tokenizer '{re.escape(name)}' is neither gpt2 nor a hub tokenizer "
+                                        r"name \(.*\); give gpt2 or a hub repository's owner/name$"):
+        load_tokenizer(name)
 
 
 @pytest.mark.parametrize("text", TRICKY)
