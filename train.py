@@ -30,6 +30,7 @@ from data.tokenizer import load_tokenizer
 from fileio.atomic import write_text_atomic
 from fileio.folders import OutFolderError, check_out_folder
 from fileio.pages import code_revision, this_machine
+from model.compiling import out_of_memory
 from model.generation import ContextLimitReached, DecodeStateTooLarge, context_limit, generate
 from model.gpt import GPT
 from model.sampling import Sampler
@@ -486,13 +487,14 @@ def main(argv: list[str] | None = None) -> int:
             message = file_system_error(exc, cfg)
         complain(f"error: {message}", same_on_every_rank=alike)
         return 2
-    except torch.OutOfMemoryError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
-        complain(f"error: out of memory ({reason}); lower train.batch_size, and raise train.grad_accum to keep the "
-                 "tokens per step (train.eval_batch_size for an evaluation's); --resume continues from the run's "
-                 "last checkpoint", same_on_every_rank=False)
-        return 2
-    except RuntimeError as exc:
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if (memory := out_of_memory(exc)) is not None:
+            reason = str(memory).strip().splitlines()[0] if str(memory).strip() else "no message"
+            complain(f"error: out of memory ({reason}); lower train.batch_size, and raise train.grad_accum to keep "
+                     "the tokens per step (train.eval_batch_size for an evaluation's; data.eval_windows and the "
+                     "model's size count too); --resume continues from the run's last checkpoint",
+                     same_on_every_rank=False)
+            return 2
         if not runtime.distributed or (reason := rt.peer_lost(exc)) is None:
             raise
         complain(f"error: another process of this torchrun job stopped ({reason}); its own output says why; "

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from model.compiling import out_of_memory
 from model.gpt import GPT, DecodeState
 from model.sampling import Sampler, next_token, per_row_generators
 
@@ -240,7 +241,7 @@ def _empty_state(model: GPT, context: torch.Tensor, new_tokens: int, limit: Cont
     try:
         return model.init_decode_state(rows, dtype=dtype, device=context.device, capacity=capacity)
     except (MemoryError, RuntimeError) as exc:  # CPU allocators raise RuntimeError, CUDA torch.OutOfMemoryError
-        if not isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and "allocate" not in str(exc):
+        if out_of_memory(exc) is None:
             raise
     raise DecodeStateTooLarge(needs, "more than could be allocated")
 

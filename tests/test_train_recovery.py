@@ -163,13 +163,22 @@ def test_ctrl_c_before_the_loop_or_after_it_is_one_line_and_130(tmp_path, prepar
     assert (tmp_path / "b" / "checkpoints" / "step_000001").is_dir()
 
 
+OUT_OF_MEMORY = {
+    "cuda": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"),
+    "cpu": RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you "
+                        "tried to allocate 2147483648 bytes. Error code 12 (Cannot allocate memory)"),
+}
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_out_of_memory_is_one_line_naming_the_batch_size_and_never_turns_compile_off(tmp_path, prepared_dir, capsys,
-                                                                                   monkeypatch, compiled):
-    """A step that runs out of memory (as a GPU does at a batch too large) is named with the fix; compiled, it is
-    not taken for a compiler failure (which would go on eager, and run out of memory again with a traceback)."""
+                                                                                   monkeypatch, compiled, device):
+    """A step that runs out of memory (as a GPU does at a batch too large, or the CPU's allocator) is named with
+    the fix; compiled, it is not taken for a compiler failure (which would go on eager, and run out of memory
+    again with a traceback)."""
     def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+        raise OUT_OF_MEMORY[device]
 
     if compiled:  # the compiled model runs out of memory
         monkeypatch.setattr("training.compile.torch.compile", lambda model: out_of_memory)
@@ -178,9 +187,10 @@ def test_out_of_memory_is_one_line_naming_the_batch_size_and_never_turns_compile
     code = train.main(tiny_args(tmp_path, prepared_dir, f"train.compile={str(compiled).lower()}"))
     assert code == 2
     err = capsys.readouterr().err
-    assert err == ("error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); lower train.batch_size, "
-                   "and raise train.grad_accum to keep the tokens per step (train.eval_batch_size for an "
-                   "evaluation's); --resume continues from the run's last checkpoint\n")
+    reason = str(OUT_OF_MEMORY[device]).splitlines()[0]
+    assert err == (f"error: out of memory ({reason}); lower train.batch_size, and raise train.grad_accum to keep the "
+                   "tokens per step (train.eval_batch_size for an evaluation's; data.eval_windows and the model's "
+                   "size count too); --resume continues from the run's last checkpoint\n")
 
 
 def test_a_file_system_error_names_the_folders_and_the_way_on(tmp_path, prepared_dir, capsys, monkeypatch):

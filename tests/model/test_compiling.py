@@ -62,3 +62,8 @@ def test_an_out_of_memory_error_is_found_at_the_bottom_of_a_compilers_chain():
     chained.__cause__ = wrapped
     assert out_of_memory(memory) is memory and out_of_memory(chained) is memory
     assert out_of_memory(RuntimeError("no C++ compiler")) is None
+    # the CPU's: torch's allocator raises a plain RuntimeError, numpy and Python a MemoryError
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you "
+                       "tried to allocate 52698284032 bytes. Error code 12 (Cannot allocate memory)")
+    host = MemoryError("Unable to allocate 2.98 TiB for an array with shape (1, 2) and data type int64")
+    assert out_of_memory(cpu) is cpu and out_of_memory(host) is host
