@@ -21,6 +21,9 @@ class MetricsError(ValueError):
     """A metrics.jsonl that cannot be read; the message names the file, the line and the fix."""
 
 
+REPAIR = "delete that line, or every line from it on if the file was damaged there"
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Every record of <run>/metrics.jsonl in order (a resumed run may repeat steps); [] before the first. A null
     is read back as NaN: `json_value` writes a non-finite number so, and records hold no other nulls. A last line
@@ -29,7 +32,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
-    text = path.read_text()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:  # the records are ASCII JSON: bytes that are not UTF-8 are damage
+        number = raw.count(b"\n", 0, exc.start) + 1
+        raise MetricsError(f"{path}, line {number}: not UTF-8 text (byte {raw[exc.start]:#04x}); {REPAIR}") from None
     lines = text.splitlines()
     if lines and not text.endswith("\n") and _record(lines[-1]) is None:
         lines.pop()
@@ -40,8 +48,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         record = _record(line)
         if record is None:
             shown = repr(line) if len(line) <= 40 else f"{line[:40]!r}..."
-            raise MetricsError(f"{path}, line {number}: not a JSON record ({shown}); delete that line, or every line "
-                               "from it on if the file was damaged there")
+            raise MetricsError(f"{path}, line {number}: not a JSON record ({shown}); {REPAIR}")
         records.append({key: math.nan if value is None else value for key, value in record.items()})
     return records
 

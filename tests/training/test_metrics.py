@@ -68,6 +68,13 @@ def test_a_damaged_line_before_the_last_is_named_with_the_fix(tmp_path, line):
         read_metrics(tmp_path)
 
 
+def test_bytes_that_are_not_utf8_are_named_by_line_with_the_fix(tmp_path):
+    (tmp_path / METRICS_FILE).write_bytes(b'{"step": 1}\n{"step": 2}\n\xff\xfe\n')
+    with pytest.raises(MetricsError, match=rf"{METRICS_FILE}, line 3: not UTF-8 text \(byte 0xff\); delete that "
+                                           "line, or every line from it on"):
+        read_metrics(tmp_path)
+
+
 def test_a_fresh_run_replaces_the_records_of_a_run_that_saved_no_checkpoint(tmp_path):
     (tmp_path / METRICS_FILE).write_text(json.dumps({"step": 5, "train_loss": 9.0}) + "\n")
     said = []
