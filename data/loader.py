@@ -19,21 +19,31 @@ import torch
 from data.errors import DataError
 
 
-def gather_windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x = tokens[s : s + block_size], y = tokens[s + 1 : s + block_size + 1] for each start s, as int64."""
+def gather_windows(tokens: np.ndarray, starts: np.ndarray, block_size: int,
+                   vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x = tokens[s : s + block_size], y = tokens[s + 1 : s + block_size + 1] for each start s, as int64; with
+    `vocab_size`, ids at or past it (a damaged token file) are a DataError."""
     rows = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(block_size + 1)  # (B, T + 1)
-    windows = torch.from_numpy(np.asarray(tokens[rows], dtype=np.int64))  # (B, T + 1)
+    ids = np.asarray(tokens[rows], dtype=np.int64)  # (B, T + 1)
+    if vocab_size is not None and ids.size and (top := int(ids.max())) >= vocab_size:
+        # checked on the host: on a GPU the embedding's out-of-range index is a device-side assert
+        where = getattr(tokens, "filename", None) or "the token file"
+        raise DataError(f"token id {top:,} in {where} is past the tokenizer's {vocab_size:,} ids: the file is "
+                        "damaged; delete its folder and prepare the data again (python -m data.prepare)")
+    windows = torch.from_numpy(ids)
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T), (B, T)
 
 
 class TrainWindows:
     """Batches of `batch_size` windows at uniformly random offsets, drawn from np.random.default_rng([seed, index])."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int) -> None:
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
+                 vocab_size: int | None = None) -> None:
         _check_length(tokens, block_size, "train")
         if seed < 0:
             raise DataError(f"the data seed must be >= 0, got {seed}")
         self.tokens, self.block_size, self.batch_size, self.seed = tokens, block_size, batch_size, seed
+        self.vocab_size = vocab_size
 
     def starts(self, index: int) -> np.ndarray:
         """The window offsets of micro-batch `index`."""
@@ -42,7 +52,7 @@ class TrainWindows:
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) of micro-batch `index`, each (batch_size, block_size) int64."""
-        return gather_windows(self.tokens, self.starts(index), self.block_size)
+        return gather_windows(self.tokens, self.starts(index), self.block_size, self.vocab_size)
 
 
 def distinct_windows(tokens: np.ndarray, block_size: int) -> int:
@@ -67,11 +77,12 @@ def val_windows(tokens: np.ndarray, block_size: int, count: int) -> np.ndarray:
 
 
 def eval_batches(
-    tokens: np.ndarray, starts: np.ndarray, block_size: int, batch_size: int
+    tokens: np.ndarray, starts: np.ndarray, block_size: int, batch_size: int, vocab_size: int | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) for the windows at `starts`, in order, `batch_size` windows at a time (the last batch may be smaller)."""
+    """(x, y) for the windows at `starts`, in order, `batch_size` windows at a time (the last batch may be smaller);
+    `vocab_size` as for gather_windows."""
     for i in range(0, len(starts), batch_size):
-        yield gather_windows(tokens, starts[i : i + batch_size], block_size)
+        yield gather_windows(tokens, starts[i : i + batch_size], block_size, vocab_size)
 
 
 def windows_fingerprint(meta: dict, block_size: int, count: int) -> str:

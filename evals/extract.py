@@ -92,7 +92,7 @@ def val_batches(data: TextData | RecallData, batch_size: int) -> Iterator[tuple[
     """(x, y) of the val windows, in order, `batch_size` at a time: what `data.evaluate` runs the model on."""
     if isinstance(data, RecallData):
         return zip(data.val_x.split(batch_size), data.val_y.split(batch_size))
-    return eval_batches(data.val_tokens, data.val_starts, data.block_size, batch_size)
+    return eval_batches(data.val_tokens, data.val_starts, data.block_size, batch_size, data.vocab_size)
 
 
 @contextlib.contextmanager

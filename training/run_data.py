@@ -43,7 +43,9 @@ class TextData:
         meta, train_tokens, self.val_tokens = load_prepared(cfg.data)
         check_vocabulary(cfg, meta["vocab_size"])
         self.block_size, self.runtime = cfg.data.block_size, runtime
-        self.windows = TrainWindows(train_tokens, cfg.data.block_size, cfg.train.batch_size, seed=cfg.train.seed)
+        self.vocab_size = meta["vocab_size"]  # of the tokenizer: every id is below it, unless a file was damaged
+        self.windows = TrainWindows(train_tokens, cfg.data.block_size, cfg.train.batch_size, seed=cfg.train.seed,
+                                    vocab_size=self.vocab_size)
         self.val_starts = val_windows(self.val_tokens, cfg.data.block_size, cfg.data.eval_windows)
         self.eval_batch_size = cfg.train.eval_batch_size
         self.fingerprint = windows_fingerprint(meta, cfg.data.block_size, cfg.data.eval_windows)
@@ -58,7 +60,7 @@ class TextData:
         runtime = self.runtime
         total = torch.zeros(2, dtype=torch.float64, device=runtime.device)  # loss sum, windows
         starts = self.val_starts[runtime.rank :: runtime.world_size]
-        for x, y in eval_batches(self.val_tokens, starts, self.block_size, self.eval_batch_size):
+        for x, y in eval_batches(self.val_tokens, starts, self.block_size, self.eval_batch_size, self.vocab_size):
             x, y = rt.to_device(x, runtime.device), rt.to_device(y, runtime.device)
             with runtime.autocast():
                 _, loss = model(x, y)

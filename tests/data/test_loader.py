@@ -1,5 +1,7 @@
 """Windows: training batches are a pure function of (seed, index); val windows are fixed and evenly spaced."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -44,6 +46,21 @@ def test_val_windows_are_evenly_spaced_from_first_to_last_full_window():
     assert val_windows(TOKENS, block_size=998, count=2).tolist() == [0, 1]
     # 900 does not divide by 7: the last window is still the last full one, the rest rounded down between
     assert val_windows(TOKENS, block_size=99, count=8).tolist() == [0, 128, 257, 385, 514, 642, 771, 900]
+
+
+def test_ids_past_the_vocabulary_are_a_damaged_file_named_with_the_fix(tmp_path):
+    """Same-size damage to a prepared token file passes its size check; unchecked, the embedding's index error is a
+    traceback on the CPU and a device-side assert on a GPU."""
+    path = tmp_path / "train.bin"
+    ids = np.arange(1000, dtype=np.uint16)
+    ids[500] = 65535
+    ids.tofile(path)
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    assert TrainWindows(tokens, 16, 2, seed=0, vocab_size=65536).batch(0)[0].shape == (2, 16)
+    with pytest.raises(DataError, match=rf"^token id 65,535 in {re.escape(str(path))} is past the tokenizer's 50,257 "
+                                        r"ids: the file is damaged; delete its folder and prepare the data again"):
+        list(eval_batches(tokens, np.array([0, 490]), 16, 1, vocab_size=50257))
+    assert len(list(eval_batches(tokens, np.array([0, 300]), 16, 1, vocab_size=50257))) == 2  # the damage unread
 
 
 def test_more_val_windows_than_the_split_holds_are_refused_not_repeated():
