@@ -85,6 +85,9 @@ class DataConfig:
         if not self.source.strip():  # an empty path would read the current directory
             raise ValueError("data.source is empty; give 'shakespeare', a file, directory or glob, 'hf:<dataset>' or "
                              f"{MQAR!r}")
+        if not self.prepared_dir.strip():  # an unset shell variable: the token files would land in the working dir
+            raise ValueError("data.prepared_dir is empty; give the folder for prepared token files, e.g. "
+                             "data.prepared_dir=data/prepared")
         if self.val_every < 2:
             raise ValueError(f"data.val_every must be >= 2 (1 would leave no training data), got {self.val_every}")
         for name in ("max_documents", "max_tokens"):

@@ -20,7 +20,6 @@ import csv
 import functools
 import json
 import math
-import os
 import shlex
 import statistics
 import sys
@@ -42,7 +41,7 @@ from fileio.atomic import write_text_atomic
 from fileio.folders import check_out_folder
 from fileio.pages import opening, this_machine, today
 from training.checkpoint import CheckpointError
-from typedconfig.cli import ArgumentParser
+from typedconfig.cli import ArgumentParser, path_argument
 
 LOOSE_FACTOR = 10.0  # success_10eps: score <= 10 eps
 SETTINGS = "report.json"  # the run's settings, beside the report
@@ -184,15 +183,17 @@ def _warm_up() -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(prog="python -m evals.run", description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--extracted", type=Path, help="an extraction directory (python -m evals.extract)")
+    source.add_argument("--extracted", type=path_argument, help="an extraction directory (python -m evals.extract)")
     source.add_argument("--ckpt", help="a run or checkpoint directory: extract first, into OUT/extracted")
-    source.add_argument("--rescore", type=Path, help="a report directory: score its per-seed rows again with its eps "
-                                                     "and the current scoring (no solving), and write the report")
+    source.add_argument("--rescore", type=path_argument,
+                        help="a report directory: score its per-seed rows again with its eps and the current "
+                        "scoring (no solving), and write the report")
     # None stands for "not given": with --extracted or --rescore these would select nothing, so giving them is an error
     parser.add_argument("--layers", help="with --ckpt: layers to extract (default: all)")
     parser.add_argument("--heads", help="with --ckpt: heads to extract (default: all)")
     parser.add_argument("--windows", type=int, help="with --ckpt: val windows to extract (default: 64)")
-    parser.add_argument("--out", type=Path, required=True, help="report directory (created; files are replaced)")
+    parser.add_argument("--out", type=path_argument, required=True,
+                        help="report directory (created; files are replaced)")
     parser.add_argument("--seeds", type=int, default=3, help="right-hand sides and sketches per instance (>= 1)")
     parser.add_argument("--eps", type=float, default=1e-8, help="target relative accuracy, in (0, 1)")
     parser.add_argument("--j", default="1,2", help="powers j for gram_power and a_gram_power")

@@ -36,6 +36,7 @@ from training.config import OptimConfig
 from training.malloc import malloc_setting
 from training.optim import make_optimizer
 from training.runtime import peak_flops
+from typedconfig.cli import path_argument
 
 
 def load_nanogpt(path: Path):
@@ -104,7 +105,7 @@ def profile_table(profiles: dict[str, dict[str, float]], top: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nanogpt", type=Path, required=True, help="path of nanoGPT's model.py")
+    parser.add_argument("--nanogpt", type=path_argument, required=True, help="path of nanoGPT's model.py")
     parser.add_argument("--shape", choices=SHAPES, default="gpt2-small")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     parser.add_argument("--threads", type=int, default=1)

@@ -39,6 +39,7 @@ from evals.run import KERNEL_METHODS, time_vs_n
 from evals.solve import least_squares
 from fileio.pages import command_line, opening, page_file, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
+from typedconfig.cli import path_argument
 
 KAPPAS = (1e2, 1e4, 1e6, 1e8)
 ITERATION_TARGET = 40
@@ -223,7 +224,8 @@ def main() -> int:
     parser.add_argument("--tall-n", type=int, default=1 << 18)
     parser.add_argument("--tall-d", type=int, default=768)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--extracted", type=Path, help="extraction directory: keys of its first layer and head for "
+    parser.add_argument("--extracted", type=path_argument,
+                        help="extraction directory: keys of its first layer and head for "
                         "the kernel part, its hidden states for the tall part when they are --tall-d wide")
     parser.add_argument("--kernel-n", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--maxiter", type=int, default=1000)

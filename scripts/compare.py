@@ -26,7 +26,6 @@ command wrote is refused before any work, unless --overwrite: the command a page
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +40,7 @@ from fileio.atomic import write_text_atomic
 from fileio.folders import OutFolderError, check_out_folder
 from fileio.pages import check_replace, command_line, opening
 from fileio.tables import csv_text
+from typedconfig.cli import ArgumentParser, path_argument
 
 DEFAULT_REFERENCE = "softmax"
 OUTPUTS = ("comparison.md", "comparison.csv", "comparison_paired.csv", "comparison.png")  # the page first
@@ -49,9 +49,10 @@ MEASURED = ("final and best val loss and perplexity, tokens, wall time, train to
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="compare", description=__doc__)
     parser.add_argument("runs", nargs="+", help="run directories, or a sweep directory that holds them")
-    parser.add_argument("--out", type=Path, help="folder for the table and figure, outside the compared directories "
+    parser.add_argument("--out", type=path_argument,
+                        help="folder for the table and figure, outside the compared directories "
                         "(default: runs/compare-<date>-<time>)")
     parser.add_argument("--reference", help="the row the others are paired with, seed by seed: a row label, or a "
                         "backend that labels exactly one row (default: softmax, where it labels one row)")

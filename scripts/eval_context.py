@@ -33,7 +33,7 @@ from fileio.pages import check_replace, command_line, opening, this_machine, tod
 from fileio.tables import cell, csv_text, markdown_table
 from training.checkpoint import checkpoint_model, load_checkpoint_config
 from training.config import RunConfig
-from typedconfig.cli import ArgumentParser
+from typedconfig.cli import ArgumentParser, path_argument
 
 OUTPUTS = ("context.md", "context.csv", "context.png")  # the page first, as check_replace reads it
 
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--form", choices=FORMS, default="forward",
                         help="forward: the training form; decode: chunk by chunk through the decode state")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for context.md, context.csv, context.png")
+    parser.add_argument("--out", type=path_argument, required=True,
+                        help="folder for context.md, context.csv, context.png")
     parser.add_argument("--overwrite", action="store_true", help="replace a page in --out that another command wrote")
     args = parser.parse_args(argv)
     if args.max_length < 2 or args.sequences < 1:

@@ -37,7 +37,7 @@ from model.config import ModelConfig
 from model.modeling_attnlab import AttnlabForCausalLM
 from training.checkpoint import CHECKPOINTS, checkpoint_step, in_run, load_checkpoint_model, replace_dir
 from training.config import RunConfig
-from typedconfig.cli import ArgumentParser
+from typedconfig.cli import ArgumentParser, path_argument
 
 PACKAGES = ("model", "typedconfig")  # ours, imported by the modelling code; the rest is the standard library and torch
 ENTRY_MODULES = ("model.configuration_attnlab", "model.modeling_attnlab")
@@ -180,7 +180,7 @@ def export(ckpt_path: str, out: Path, force: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="export_hf", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="run directory, its checkpoints/ folder, or a checkpoint dir")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write (loads with from_pretrained)")
+    parser.add_argument("--out", required=True, type=path_argument, help="folder to write (loads with from_pretrained)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
     try:

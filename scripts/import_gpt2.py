@@ -38,7 +38,7 @@ from model.config import ModelConfig
 from model.gpt import GPT
 from training.checkpoint import TrainState, latest_checkpoint, save_checkpoint
 from training.config import RunConfig, TrainConfig, config_to_dict
-from typedconfig.cli import ArgumentParser
+from typedconfig.cli import ArgumentParser, path_argument
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
@@ -200,11 +200,11 @@ def parse_options(items: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="import_gpt2", description=__doc__)
-    parser.add_argument("--from", dest="source", required=True, type=Path, help="local GPT2LMHeadModel folder")
+    parser.add_argument("--from", dest="source", required=True, type=path_argument, help="local GPT2LMHeadModel folder")
     parser.add_argument("--attention", default="softmax", choices=BACKENDS, help="attention backend of the result")
     parser.add_argument("--attention-option", action="append", default=[], metavar="NAME=VALUE",
                         help="a backend hyperparameter (model.attention_options), repeatable")
-    parser.add_argument("--out", required=True, type=Path, help="run directory to create")
+    parser.add_argument("--out", required=True, type=path_argument, help="run directory to create")
     parser.add_argument("--seed", type=int, default=1337, help="initialises the backend's new parameters")
     args = parser.parse_args(argv)
     try:

@@ -46,6 +46,7 @@ from fileio.pages import check_replace, command_line, opening, page_file, this_m
 from fileio.tables import csv_text, markdown_table
 from model.config import ModelConfig
 from model.gpt import GPT
+from typedconfig.cli import path_argument
 
 TASK = MQARConfig(vocab_size=64, num_pairs=4, num_queries=4)
 LENGTH, BATCH, VAL_SEQUENCES = 32, 64, 512
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=100, help="steps between val accuracy checks")
     parser.add_argument("--rows", help=f"comma-separated run ids (default: all {len(ALL_RUNS)}), e.g. "
                                        f"{ALL_RUNS[0].id},{ALL_RUNS[3].id}")
-    parser.add_argument("--out", type=Path, default=Path("runs/mqar_init"),
+    parser.add_argument("--out", type=path_argument, default=Path("runs/mqar_init"),
                         help="page/CSV path stem (not results/mqar_init, whose reading of the tables would be lost)")
     parser.add_argument("--overwrite", action="store_true", help="replace a page at --out that another command wrote")
     args = parser.parse_args(argv)

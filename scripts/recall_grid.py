@@ -29,7 +29,6 @@ starts (exit status 2), unless --overwrite: a trial grid goes to a --results of 
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import subprocess
@@ -49,7 +48,7 @@ from fileio.pages import PAGE_SUFFIXES, check_replace, command_line, opening, pa
 from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
 from training.config import RunConfig, load_config, parse_override
-from typedconfig.cli import split_overrides
+from typedconfig.cli import ArgumentParser, path_argument, split_overrides
 from typedconfig.parsing import ConfigError
 
 SWEEP = Path(__file__).resolve().parent / "sweep.py"
@@ -361,23 +360,23 @@ def check_results(results: Path, command: str, overwrite: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="recall_grid", description=__doc__)
     parser.add_argument("config", help="an MQAR run config (data.source: mqar), e.g. configs/mqar-cpu.yaml")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides for every run")
+    parser.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides for every run")
     parser.add_argument("--settings", default="4x32,8x32,16x64",
                         help="comma-separated PAIRSxLENGTH difficulties, easiest first")
     parser.add_argument("--lrs", default="1e-3,3e-3", help="comma-separated peak learning rates to try")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated attention backends")
     parser.add_argument("--seeds", type=int, default=3, help="runs per backend, setting and learning rate")
-    parser.add_argument("--out", type=Path, default=Path("runs/sweeps/mqar-grid"), help="where the sweeps go")
-    parser.add_argument("--results", type=Path, default=Path("results/mqar"),
-                        help="page/CSV/PNG path stem (default: results/mqar); an existing page is replaced only by "
-                        "the command it records, or with --overwrite")
+    parser.add_argument("--out", type=path_argument, default=Path("runs/sweeps/mqar-grid"), help="where the sweeps go")
+    parser.add_argument("--results", type=path_argument, default=Path("results/mqar"),
+                        help="page/CSV/PNG path stem; an existing page is replaced only by the command it records, "
+                        "or with --overwrite")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --results page that another command wrote")
     argv = sys.argv[1:] if argv is None else argv
     overrides, rest = split_overrides(argv)  # --section.key=value too, as train.py takes it
-    args = parser.parse_intermixed_args(rest)
+    args = parser.parse_args(rest)
     args.overrides = overrides + args.overrides
     try:
         settings, lrs = parse_settings(args.settings), parse_lrs(args.lrs)

@@ -14,7 +14,6 @@ each run is launched under torchrun with K processes. wandb (logging.wandb=offli
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,22 +21,22 @@ from experiments.sweep import Launcher, RunMismatch, check_reusable, is_finished
 from fileio.folders import OutFolderError, check_out_folder
 from model.attention import BACKENDS
 from training.metrics import MetricsError
-from typedconfig.cli import split_overrides
+from typedconfig.cli import ArgumentParser, path_argument, split_overrides
 from typedconfig.parsing import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="sweep", description=__doc__)
     parser.add_argument("config", help="YAML run config (see configs/)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides for every run")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated attention backends "
-                        f"(default: all registered, {','.join(BACKENDS)})")
+    parser.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides for every run")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="comma-separated attention backends")
     parser.add_argument("--seeds", type=int, default=3, help="runs per backend, with train.seed 0 .. SEEDS-1")
-    parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweeps/<config name>)")
+    parser.add_argument("--out", type=path_argument, help="sweep directory (default: runs/sweeps/<config name>)")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="processes per run (torchrun) when > 1")
     argv = sys.argv[1:] if argv is None else argv
     overrides, rest = split_overrides(argv)  # --section.key=value too, as train.py takes it
-    args = parser.parse_intermixed_args(rest)
+    args = parser.parse_args(rest)
     args.overrides = overrides + args.overrides
     if args.nproc_per_node < 1:
         parser.error(f"--nproc-per-node must be >= 1 (processes per run), got {args.nproc_per_node}")

@@ -28,6 +28,8 @@ EXPORT = [sys.executable, "scripts/export_hf.py"]
 IMPORT = [sys.executable, "scripts/import_gpt2.py"]
 EXTRACT = [sys.executable, "-m", "evals.extract"]
 EVALS = [sys.executable, "-m", "evals.run"]
+SWEEP = [sys.executable, "scripts/sweep.py"]
+COMPARE = [sys.executable, "scripts/compare.py"]
 
 
 def checkpoint(run_dir: Path, prepared: str) -> Path:
@@ -58,6 +60,7 @@ def files(tmp_path_factory, prepared_dir) -> dict[str, str]:
     (root / "cycle_b.yaml").write_text("extends: cycle_a.yaml\n")
     (root / "broken.yaml").write_text("model: [unclosed\n")
     (root / "list.yaml").write_text("- model\n")
+    (root / "list_key.yaml").write_text("model:\n  ? [a, b]\n  : 1\n")
     (root / "prompt.bin").write_bytes(b"\xff\xfe\x00")
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=32, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
@@ -93,6 +96,16 @@ CASES = [
     (TRAIN + TINY + ["optim.on_extend=sometimes"], "optim.on_extend"),
     (TRAIN + TINY + ["train.out_dir={root}/a_file"], "is an existing file"),
     (TRAIN + TINY + ["train.out_dir="], "train.out_dir is empty; give the run's directory"),
+    (TRAIN + TINY + ["data.prepared_dir="], "data.prepared_dir is empty; give the folder for prepared token files"),
+    (TRAIN + TINY + ["train.resume="], "train.resume is empty; give never, auto or a checkpoint's path"),
+    (TRAIN + ["{root}/list_key.yaml"], "a key must be a plain value, got a list"),
+    (TRAIN + TINY + ["train.device=meta"], "train.device: 'meta' is not a device"),
+    (TRAIN + TINY + ["data.tokenizer="], "data.tokenizer '' is neither gpt2 nor a hub tokenizer name"),
+    (PREPARE + ["--prepared-dir", ""], "--prepared-dir is empty"),
+    (GENERATE + ["--ckpt", "", "--prompt", "hi"], "the checkpoint path is empty"),
+    (SWEEP + ["configs/tiny.yaml", "--out", ""], "argument --out: an empty path"),
+    (SWEEP + ["configs/tiny.yaml", "--seeds", "abc"], "argument --seeds: invalid int value: 'abc'"),
+    (COMPARE, "the following arguments are required: runs"),
     # train.py: checkpoints
     (TRAIN + TINY + ["--resume={truncated}"], "model.safetensors fails its checksum"),
     (TRAIN + TINY + ["--resume={garbage_state}"], "state.pt fails its checksum"),

@@ -334,6 +334,8 @@ def find_checkpoint(path: str | Path, on_skip: Callable[[str], None] = _warn) ->
     """The verified checkpoint directory meant by `path`: a checkpoint itself (which must verify), or a run directory
     or its checkpoints/ folder (the first of `resolution_order` that verifies, after restore_swapped; `on_skip` hears
     of each damaged one and of a restored one)."""
+    if not str(path).strip():  # Path("") is the working directory: an unset shell variable would search there
+        raise CheckpointError("the checkpoint path is empty (pass a run directory or a checkpoint dir)")
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist (pass a run directory or a checkpoint dir)")

@@ -123,6 +123,8 @@ class TrainConfig:
         self.out_dir, self.resume = os.path.expanduser(self.out_dir), os.path.expanduser(self.resume)  # ~/runs/x
         if not self.out_dir.strip():  # an unset shell variable: the run would write into the working directory
             raise ValueError("train.out_dir is empty; give the run's directory, e.g. train.out_dir=runs/my-run")
+        if not self.resume.strip():
+            raise ValueError("train.resume is empty; give never, auto or a checkpoint's path")
 
 
 @dataclass

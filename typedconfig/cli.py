@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 
 OVERRIDE = re.compile(r"(--)?[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")  # section.key=value or --section.key=value
@@ -33,11 +34,20 @@ def with_flag_names(message: str, flags: Mapping[str, str]) -> str:
     return re.sub(pattern, lambda name: flags[name.group(0)], message)
 
 
+def path_argument(text: str) -> Path:
+    """A command-line path (`type=` of argparse): an empty one is an error, not the working directory (`Path("")`
+    is "."), which an unset shell variable would otherwise select without a word."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder (an unset shell variable?)")
+    return Path(os.path.expanduser(text))
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and "(default: ...)" after every option that has one (None is no default)."""
+    """The module docstring as written, and "(default: ...)" after every option that has one (None, and an empty list
+    for a positional that takes any number, are no default)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or isinstance(action.default, bool):
+        if action.default is None or isinstance(action.default, bool) or action.default == []:
             return action.help or ""
         return super()._get_help_string(action)
 
