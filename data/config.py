@@ -9,6 +9,7 @@ from data.errors import DataError
 from typedconfig.parsing import coerce_fields
 
 MQAR = "mqar"  # data.source of the synthetic recall task
+DEFAULT_SPLIT = "train"  # data.split: the hub split read unless another is named
 
 
 @dataclass
@@ -68,7 +69,7 @@ class DataConfig:
     #   'mqar'                        multi-query associative recall generated on the fly (knobs in data.mqar; no files)
     source: str = "shakespeare"
     subset: str | None = None  # Hugging Face dataset configuration name ('sample-10BT'); hub sources only
-    split: str = "train"  # split of the source to read; our own train/val split is made below
+    split: str = DEFAULT_SPLIT  # split of a hub source to read; our own train/val split is made below
     text_field: str = "text"  # column that holds the document text (jsonl / parquet / hub)
     tokenizer: str = "gpt2"  # 'gpt2' = GPT-2 byte-level BPE from files shipped offline; else a hub tokenizer name
     val_every: int = 20  # every val_every-th document goes to val (fewer documents: the last 1/val_every of the tokens)
@@ -88,6 +89,8 @@ class DataConfig:
         if not self.prepared_dir.strip():  # an unset shell variable: the token files would land in the working dir
             raise ValueError("data.prepared_dir is empty; give the folder for prepared token files, e.g. "
                              "data.prepared_dir=data/prepared")
+        if not self.split.strip():
+            raise ValueError(f"data.split is empty; give the hub split to read, e.g. data.split={DEFAULT_SPLIT}")
         if self.val_every < 2:
             raise ValueError(f"data.val_every must be >= 2 (1 would leave no training data), got {self.val_every}")
         for name in ("max_documents", "max_tokens"):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data.config import MQAR, DataConfig
+from data.config import DEFAULT_SPLIT, MQAR, DataConfig
 from data.errors import DataError
 from data.hub import check_hub_reachable
 
@@ -133,6 +133,8 @@ def resolve_source(cfg: DataConfig) -> Source:
         return Source(name, cfg.subset, cfg.split)
     if cfg.subset is not None:
         raise DataError(f"data.subset ({cfg.subset!r}) applies to hub sources only; remove it for {cfg.source!r}")
+    if cfg.split != DEFAULT_SPLIT:  # a local source is one text, which prepare divides into train and val itself
+        raise DataError(f"data.split ({cfg.split!r}) applies to hub sources only; remove it for {cfg.source!r}")
     if cfg.source == MQAR:
         raise DataError(f"data.source {MQAR!r} is generated while training, from the seed: there is nothing to prepare "
                         "or read")

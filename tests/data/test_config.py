@@ -10,6 +10,8 @@ from data.config import DataConfig
     [
         ({"source": ""}, "^data.source is empty; give 'shakespeare', a file, directory or glob, 'hf:<dataset>' or"),
         ({"source": "  "}, "^data.source is empty"),
+        ({"prepared_dir": ""}, "^data.prepared_dir is empty; give the folder for prepared token files"),
+        ({"split": ""}, "^data.split is empty; give the hub split to read, e.g. data.split=train"),
         ({"val_every": 1}, "data.val_every must be >= 2"),
         ({"max_documents": 0}, "data.max_documents must be >= 1 or null"),
         ({"max_tokens": -5}, "data.max_tokens must be >= 1 or null"),
