@@ -427,15 +427,16 @@ def file_system_error(exc: OSError, cfg: RunConfig) -> str:
     """The file system's own error names no fix (a run folder deleted or unwritable, a disk full, a source file
     unreadable): one line naming the setting whose folder or file failed."""
     resume = "--resume continues from the run's last checkpoint"
-    if not exc.filename:
+    # a failed rename names its target second: the file the run was writing, not the temporary one it wrote
+    filename = exc.filename2 or exc.filename
+    if not filename:
         return (f"{exc.strerror}; train.out_dir and data.prepared_dir must stay in place and writable, with room to "
                 f"spare; {resume}")
-    path = Path(os.path.abspath(exc.filename))
+    path = Path(os.path.abspath(filename))
     for option, folder in (("train.out_dir", cfg.train.out_dir), ("data.prepared_dir", cfg.data.prepared_dir)):
         if path.is_relative_to(os.path.abspath(folder)):
-            return (f"{exc.strerror}: {exc.filename}; {option} must stay in place and writable, with room to "
-                    f"spare; {resume}")
-    return (f"{exc.strerror}: {exc.filename}; the file must be readable, and its disk have room (data.source and "
+            return f"{exc.strerror}: {filename}; {option} must stay in place and writable, with room to spare; {resume}"
+    return (f"{exc.strerror}: {filename}; the file must be readable, and its disk have room (data.source and "
             "data.tokenizer name the files a run reads outside train.out_dir and data.prepared_dir)")
 
 

@@ -205,6 +205,14 @@ def test_a_file_system_error_names_the_folders_and_the_way_on(tmp_path, prepared
         "with room to spare; --resume continues from the run's last checkpoint\n")
 
 
+def test_a_failed_rename_names_the_file_being_written_not_the_temporary_one(tmp_path, prepared_dir, capsys):
+    (tmp_path / "config.yaml").mkdir()  # where the run writes its config
+    assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=1")) == 2
+    assert capsys.readouterr().err == (
+        f"error: Is a directory: {tmp_path / 'config.yaml'}; train.out_dir must stay in place and writable, with room "
+        "to spare; --resume continues from the run's last checkpoint\n")
+
+
 @pytest.mark.parametrize("where", ["prepared", "source", "none"])
 def test_a_file_system_error_names_the_setting_of_its_path(tmp_path, prepared_dir, capsys, monkeypatch, where):
     """A file outside the run's folders is one the run reads (a local source): its folders are not the fix."""
