@@ -10,6 +10,7 @@ A mapping that names a key twice is refused: YAML would keep the last one silent
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import math
 import types
 import typing
@@ -189,6 +190,9 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {tp}")
 
 
+EXACT_INT_DIGITS = 19  # ints written as decimals (5.0, 1e6) are read exactly below 10**19 (past any int setting)
+
+
 def _number(tp: type, text: str, key: str) -> int | float:
     """`text` as Python reads a number: decimal (`010` is 10, `1_000` and `3e-4` are numbers), or an int written
     0x, 0o or 0b as YAML 1.2 writes it."""
@@ -196,13 +200,23 @@ def _number(tp: type, text: str, key: str) -> int | float:
     if spelled in YAML_SPECIAL_FLOATS:  # named as what they are by the range checks that follow: inf, nan
         return YAML_SPECIAL_FLOATS[spelled]
     try:
-        if tp is float or any(c in text for c in ".eE") and not spelled.lstrip("+-").startswith("0x"):
+        if any(c in text for c in ".eE") and not spelled.lstrip("+-").startswith("0x"):
+            if tp is float:
+                return float(text)
+            # an int written as a decimal (1e6, 5.0): exactly, where float would round past 2**53 (a seed); a
+            # fraction, or a value past any int setting's range (whose int could take gigabytes: 1e999999999), goes
+            # on as a float, for the caller to refuse or range-check
+            exact = decimal.Decimal(text)
+            if exact.adjusted() < EXACT_INT_DIGITS and exact == exact.to_integral_value():
+                return int(exact)
+            return float(text)
+        if tp is float:
             return float(text)
         try:
             return int(text)
         except ValueError:
             return int(text, 0)  # 0x10, 0o755, 0b101
-    except ValueError:
+    except (ValueError, decimal.InvalidOperation):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {text!r}") from None
 
 

@@ -86,11 +86,19 @@ def test_a_str_field_from_a_command_line_value_gets_the_text_as_given(raw, name)
 
 @pytest.mark.parametrize("raw, field_name, expected", [
     ("010", "limit", 10), ("1_000", "limit", 1000), ("1e3", "limit", 1000), ("0x10", "limit", 16),
+    ("12345678901234567.0", "limit", 12345678901234567), ("1.5e17", "limit", 150000000000000000),  # exactly
     ("null", "limit", None), ("off", "flag", False), ("[a, b]", "tags", ["a", "b"]), ("a,b", "tags", ["a", "b"]),
     ("{depth: 2}", "options", {"depth": 2}), ("{}", "options", {}), ("false", "logging", "off"),
 ])
 def test_other_fields_from_a_command_line_value_get_their_reading(raw, field_name, expected):
     assert getattr(from_dict(Outer, {field_name: load_value(raw)}), field_name) == expected
+
+
+@pytest.mark.parametrize("raw, message", [("1.5", "expected an integer, got 1.5"),
+                                          ("1e999999999", "expected an integer, got inf")])
+def test_an_int_written_as_a_decimal_must_be_a_whole_number_in_range(raw, message):
+    with pytest.raises(ConfigError, match=f"^limit: {message}$"):
+        from_dict(Outer, {"limit": load_value(raw)})
 
 
 def test_a_command_line_mapping_is_one_only_in_braces():
