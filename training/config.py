@@ -181,9 +181,12 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
         raise ConfigError(f"{path}: extends: forms a cycle ({chain}); remove one of the extends: lines")
     try:
-        data = load_yaml(path.read_text()) or {}
+        data = load_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
+    if data is None:  # an unsaved or truncated file would otherwise train GPT-2 small's defaults without a word
+        raise ConfigError(f"{path}: holds no settings (empty, or comments only); write its sections, or `{{}}` to "
+                          "take every default")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, optim, train, logging)")
     parent = data.pop("extends", None)

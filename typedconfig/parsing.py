@@ -184,7 +184,7 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is str:
         if value is None:  # YAML's `key:` or `key: ~`, which str() would make the word 'None'
             raise ConfigError(f"{key}: expected a string, got nothing (null); give a value or leave the key out")
-        if isinstance(value, (dict, list)):
+        if isinstance(value, (dict, list, bytes)):  # bytes: YAML's !!binary, which str() would write as b'...'
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{key}: unsupported config type {tp}")

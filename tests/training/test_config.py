@@ -58,6 +58,23 @@ def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
         load_config(tmp_path / "dup.yaml")
 
 
+@pytest.mark.parametrize("text", ["", "# to do\n", "---\n"])
+def test_a_file_without_settings_is_refused_and_braces_take_every_default(tmp_path, text):
+    """An unsaved or truncated config would have trained GPT-2 small's defaults without a word."""
+    (tmp_path / "empty.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"empty.yaml: holds no settings \(empty, or comments only\); write its "
+                                          r"sections, or `\{\}` to take every default"):
+        load_config(tmp_path / "empty.yaml")
+    (tmp_path / "defaults.yaml").write_text("{}\n")
+    assert load_config(tmp_path / "defaults.yaml") == load_config()
+
+
+def test_binary_data_is_not_a_string(tmp_path):
+    (tmp_path / "binary.yaml").write_text("train:\n  out_dir: !!binary aGVsbG8=\n")  # b'hello'
+    with pytest.raises(ConfigError, match=r"^train.out_dir: expected a string, got b'hello'$"):
+        load_config(tmp_path / "binary.yaml")
+
+
 def test_string_values_from_the_command_line_are_the_text_as_given():
     cfg = load_config("configs/tiny.yaml", ["train.sample_prompt= The king", "train.out_dir=/tmp/a #b",
                                             "logging.run_name=2026-12-05T09:10:00Z"])
