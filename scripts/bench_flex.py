@@ -37,12 +37,12 @@ from model.attention.taylor import TaylorAttention
 BLOCK = 128  # the backends' default block_size
 
 
-def weights(d: int) -> dict[str, tuple[LogPointwiseWeight, float, bool]]:
-    """backend -> (its weight, the scale of q·k, whether q and k are unit vectors)."""
+def weights(d: int) -> dict[str, tuple[LogPointwiseWeight, bool]]:
+    """backend -> (its weight of q·k, whether q and k are unit vectors)."""
     return {
-        "expressive": (SaturatingSquare(), 1.0 / math.sqrt(d), False),
-        "expressive_sq": (ExpressiveSquaredAttention().kernel(d), 1.0, False),
-        "taylor": (TaylorAttention().kernel(d), 1.0, True),
+        "expressive": (SaturatingSquare(1.0 / math.sqrt(d)), False),
+        "expressive_sq": (ExpressiveSquaredAttention().kernel(d), False),
+        "taylor": (TaylorAttention().kernel(d), True),
     }
 
 
@@ -60,24 +60,24 @@ def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, out
 
 
-def backward_error(weight: LogPointwiseWeight, scale: float, d: int) -> str:
+def backward_error(weight: LogPointwiseWeight, d: int) -> str:
     """What the compiled flex says to one forward+backward on the CPU ('' when it runs)."""
     q, k, v = (x.requires_grad_() for x in inputs(1, 128, d, torch.float32, False))
     try:
-        flex_causal_attention(q, k, v, weight.log, scale=scale, eps=0.0).sum().backward()
+        flex_causal_attention(q, k, v, weight.log, eps=0.0).sum().backward()
     except Exception as exc:  # noqa: BLE001 - reported, not handled
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
     return ""
 
 
-def measure(weight: LogPointwiseWeight, scale: float, unit: bool, heads: int, n: int, d: int, dtype: torch.dtype,
+def measure(weight: LogPointwiseWeight, unit: bool, heads: int, n: int, d: int, dtype: torch.dtype,
             reps: int) -> dict[str, float]:
     """Forward seconds of both forms (medians), the median over rounds of flex / tiled, the first compiled call's
     seconds, and the largest |flex - tiled| of the outputs."""
     q, k, v = inputs(heads, n, d, dtype, unit)
     forms = {
-        "tiled": lambda: tiled_direct_attention(q, k, v, weight, scale=scale, eps=0.0, block=BLOCK),
-        "flex": lambda: flex_causal_attention(q, k, v, weight.log, scale=scale, eps=0.0),
+        "tiled": lambda: tiled_direct_attention(q, k, v, weight, eps=0.0, block=BLOCK),
+        "flex": lambda: flex_causal_attention(q, k, v, weight.log, eps=0.0),
     }
     with torch.no_grad():
         first_call, y_flex = timed(forms["flex"])
@@ -115,15 +115,15 @@ def main() -> None:
     for dtype_name in args.dtypes:
         for n in args.tokens:
             for name in args.backends:
-                weight, scale, unit = found[name]
-                result = measure(weight, scale, unit, args.heads, n, d, getattr(torch, dtype_name), args.reps)
+                weight, unit = found[name]
+                result = measure(weight, unit, args.heads, n, d, getattr(torch, dtype_name), args.reps)
                 rounded = {key: float(f"{value:.4g}") for key, value in result.items()}
                 row = dict(backend=name, dtype=dtype_name, tokens=n, **rounded)
                 rows.append(row)
                 print(row, flush=True)
 
     # Last: a call that raises while dynamo traces it leaves flex_attention to run eagerly (unfused) from then on.
-    errors = {name: backward_error(*found[name][:2], d) for name in args.backends}
+    errors = {name: backward_error(found[name][0], d) for name in args.backends}
     table = markdown_table(
         ["backend", "dtype", "tokens", "tiled s", "flex s", "flex / tiled", "first flex call s", "max |flex - tiled|"],
         [[r["backend"], r["dtype"], r["tokens"], cell(r["tiled_s"]), cell(r["flex_s"]), cell(r["flex_over_tiled"], "x"),

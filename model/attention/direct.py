@@ -15,16 +15,15 @@ finite.
 Precision (`gemm_dtype`): bf16 inputs keep bf16 GEMM operands where the device multiplies bf16 natively, as
 FlashAttention does: scores from bf16 q, k; the weights, cast to bf16, times v; the same for the backward products.
 Each tile's product is added into fp32 accumulators (num, den, dq, dk, dv), and the weight and its derivative are
-evaluated in fp32 from the scores, a score scale included (`ScaledWeight`: scaling bf16 q would round it
-twice). Other dtypes run every step in their accumulation dtype (fp32, fp64), and so does
-fp16: g = dy / den of a row whose weights nearly vanish would overflow its 65504 range. Where the time goes, and the
-error against the fp64 reference: results/bench_direct_bf16.md, tests/model/test_attention_direct.py.
+evaluated in fp32 from the scores (a weight's own score scale too: scaling bf16 q would round it twice). Other dtypes
+run every step in their accumulation dtype (fp32, fp64), and so does fp16: g = dy / den of a row whose weights nearly
+vanish would overflow its 65504 range. Where the time goes, and the error against the fp64 reference:
+results/bench_direct_bf16.md, tests/model/test_attention_direct.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -43,21 +42,6 @@ class PointwiseWeight(Protocol):
     def with_derivative(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(w(s), w'(s))."""
         ...
-
-
-@dataclass(frozen=True)
-class ScaledWeight:
-    """w(scale · s), the scale applied to the scores in their accumulation dtype; d/ds = scale · w'(scale · s)."""
-
-    weight: PointwiseWeight
-    scale: float
-
-    def __call__(self, s: torch.Tensor) -> torch.Tensor:
-        return self.weight(s.mul_(self.scale))
-
-    def with_derivative(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w, dw_ds = self.weight.with_derivative(s.mul_(self.scale))
-        return w, dw_ds.mul_(self.scale)
 
 
 def naive_causal_average(
@@ -217,19 +201,14 @@ def tiled_causal_attention(
 
 
 def tiled_direct_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: PointwiseWeight, *, scale: float, eps: float,
-    block: int, mask: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: PointwiseWeight, *, eps: float, block: int,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal attention with weights w(scale · q·k), (B, H, T, d) x 3 -> (B, H, T, d_v) in q's dtype, through the
-    tiled kernel with its GEMMs in `gemm_dtype`. `mask` (B, T): False for padding (keys left out; the queries'
-    outputs are finite, for the caller to zero)."""
+    """Causal attention with weights w(q·k), (B, H, T, d) x 3 -> (B, H, T, d_v) in q's dtype, through the tiled
+    kernel with its GEMMs in `gemm_dtype`. `mask` (B, T): False for padding (keys left out; the queries' outputs are
+    finite, for the caller to zero)."""
     dtype = gemm_dtype(q.dtype, q.device)
-    qf = fold_heads(q, dtype)
-    if scale != 1.0 and dtype == accumulation_dtype(dtype):
-        qf = qf * scale  # rounded once, as the scores are
-    elif scale != 1.0:  # bf16 operands: scale · q would round q a second time (1/sqrt(d) is exact only for d = 4^n)
-        weight = ScaledWeight(weight, scale)
     valid = None if mask is None else fold_mask(mask, q.shape[1])
-    y = tiled_causal_attention(qf, fold_heads(k, dtype), fold_heads(v, dtype), weight, eps=eps, block=block,
-                               valid=valid)
+    y = tiled_causal_attention(fold_heads(q, dtype), fold_heads(k, dtype), fold_heads(v, dtype), weight, eps=eps,
+                               block=block, valid=valid)
     return unfold_heads(y, q)

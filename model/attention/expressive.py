@@ -24,25 +24,41 @@ from model.attention.numerics import accumulation_dtype, autocast_off, fold_head
 from model.attention.options import check_count, check_option, check_positive_real, is_real
 
 
+@dataclass(frozen=True)
 class SaturatingSquare:
-    """w(s) = s² / (1 + s²), evaluated as 1 / (1 + 1/s²): exact at s = 0 (w = 0) and at |s| = inf (w = 1).
+    """w(s) = u² / (1 + u²) of u = scale · s, evaluated as 1 / (1 + c/s²) with c = 1/scale²: exact at s = 0 (w = 0)
+    and at |s| = inf (w = 1). The scale rides on an add's alpha, at no pass of its own, and applies to the scores in
+    their own dtype (fp32 for bf16 inputs), where scaling bf16 q would round q a second time.
 
     Both methods overwrite their argument (a fresh score tile).
     """
 
+    scale: float = 1.0
+
     def __call__(self, s: torch.Tensor) -> torch.Tensor:
-        return s.square_().reciprocal_().add_(1.0).reciprocal_()
+        inverse = s.square_().reciprocal_()
+        if inverse.requires_grad:  # decoding with autograd on: out= cannot be differentiated, a pass more can
+            return inverse.mul_(self.scale**-2).add_(1.0).reciprocal_()
+        return _one_plus(inverse, self.scale**-2, out=inverse).reciprocal_()
 
     def with_derivative(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w(s), w'(s)), for the tiled form's backward pass (autograd off)."""
+        a = self.scale**2
         s2 = s.square()
-        t = (s2 + 1.0).reciprocal_()  # 1 / (1 + s²)
-        return s2.reciprocal_().add_(1.0).reciprocal_(), s.mul_(t).mul_(t).mul_(2.0)  # w, w' = 2 s / (1 + s²)²
+        t = _one_plus(s2, a).reciprocal_()  # 1 / (1 + u²)
+        w = _one_plus(s2.reciprocal_(), 1 / a, out=s2).reciprocal_()
+        return w, s.mul_(t).mul_(t).mul_(2.0 * a)  # w' = 2 scale² s / (1 + u²)²
 
     def log(self, s: torch.Tensor) -> torch.Tensor:
-        """log w = log u - log(1 + u), u = s² floored at WEIGHT_FLOOR: its derivative 1/u - 1/(1 + u) stays finite
-        (the form -log(1 + 1/u) would square 1/u on the way back, past fp32's range)."""
-        u = (s * s).clamp(min=WEIGHT_FLOOR)
-        return u.log() - u.log1p()
+        """log w = log u² - log(1 + u²), u² floored at WEIGHT_FLOOR: its derivative stays finite (the form
+        -log(1 + 1/u²) would square 1/u² on the way back, past fp32's range)."""
+        u2 = (s * s * self.scale**2).clamp(min=WEIGHT_FLOOR)
+        return u2.log() - u2.log1p()
+
+
+def _one_plus(x: torch.Tensor, c: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """1 + c·x in one pass over x (mul_ then add_ would take two)."""
+    return torch.add(x.new_tensor(1.0), x, alpha=c, out=out)
 
 
 def _check_temperature(backend: str, temperature: float | None) -> None:
@@ -78,10 +94,8 @@ class ExpressiveAttention(AttentionBackend):
 
     def forward(self, q, k, v, mask=None):
         check_inputs(self.name, q, k, v, mask)
-        y = direct_form(
-            q, k, v, SaturatingSquare(), scale=_temperature(self.temperature, q.shape[-1]), eps=self.eps,
-            block=self.block_size, mask=mask,
-        )
+        y = direct_form(q, k, v, SaturatingSquare(_temperature(self.temperature, q.shape[-1])), eps=self.eps,
+                        block=self.block_size, mask=mask)
         return zero_masked_queries(y, mask)
 
     def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> KVCache:
@@ -99,10 +113,9 @@ class ExpressiveAttention(AttentionBackend):
         keys = state.keys().reshape(b * h, past + t, d)
         values = state.values().reshape(b * h, past + t, v.shape[-1])
         keys_valid = state.valid_keys()
-        q_scaled = fold_heads(q) * _temperature(self.temperature, d)
         with autocast_off(q.device):  # the cache is in the accumulation dtype; autocast would round its GEMMs
             num, den = tiled_numerator_and_denominator(
-                q_scaled, keys, values, SaturatingSquare(), past, self.block_size,
+                fold_heads(q), keys, values, SaturatingSquare(_temperature(self.temperature, d)), past, self.block_size,
                 None if keys_valid is None else fold_mask(keys_valid, h),
             )
         den = safe_denominator(den, self.eps, None if mask is None else fold_mask(mask, h))

@@ -1,7 +1,7 @@
 """The direct form of a pointwise weight `w(s)` through torch's `flex_attention`, a fused kernel, and the choice of
 that form or the tiled one (model/attention/direct.py) per device.
 
-    y_i = sum_{j <= i} w(s_ij) v_j / (sum_{j <= i} w(s_ij) + eps),   s_ij = scale · q_i·k_j
+    y_i = sum_{j <= i} w(s_ij) v_j / (sum_{j <= i} w(s_ij) + eps),   s_ij = q_i·k_j
 
 `flex_attention` computes softmax(score_mod(s)) V with FlashAttention's tiling (Dao et al., arXiv 2205.14135):
 the tiles of a query block are fused in one generated kernel, the n × n weights never reach memory, and the
@@ -96,13 +96,13 @@ def _block_mask(t: int, mask: torch.Tensor | None, device: torch.device) -> Bloc
 
 def flex_causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_weight: Callable[[torch.Tensor], torch.Tensor], *,
-    scale: float, eps: float, mask: torch.Tensor | None = None,
+    eps: float, mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The equation of the module docstring, (B, H, T, d) x 3 -> (B, H, T, d_v) in q's dtype.
 
-    `log_weight(s)`: log w of the scaled scores, finite with a finite derivative. `mask` (B, T): False for padding
-    (keys left out; the queries' outputs are finite, for the caller to zero). Runs the module's compiled
-    flex_attention, or flex_attention itself while the caller is being compiled.
+    `log_weight(s)`: log w of the scores (any scale of them its own), finite with a finite derivative.
+    `mask` (B, T): False for padding (keys left out; the queries' outputs are finite, for the caller to zero). Runs
+    the module's compiled flex_attention, or flex_attention itself while the caller is being compiled.
     """
     kernel = flex_attention if torch.compiler.is_compiling() else _compiled_kernel()
     score_dtype = torch.promote_types(q.dtype, torch.float32)
@@ -112,8 +112,8 @@ def flex_causal_attention(
 
     block_mask = _block_mask(q.shape[2], mask, q.device)
     if not eps:
-        return kernel(q, k, v, score_mod=log_w, block_mask=block_mask, scale=scale)
-    y, aux = kernel(q, k, v, score_mod=log_w, block_mask=block_mask, scale=scale, return_aux=AuxRequest(lse=True))
+        return kernel(q, k, v, score_mod=log_w, block_mask=block_mask, scale=1.0)  # (flex's default: 1/sqrt(d))
+    y, aux = kernel(q, k, v, score_mod=log_w, block_mask=block_mask, scale=1.0, return_aux=AuxRequest(lse=True))
     return y * torch.sigmoid(aux.lse - math.log(eps)).to(y.dtype)[..., None]  # sum / (sum + eps)
 
 
@@ -142,23 +142,23 @@ def direct_form_for(device: torch.device, dtype: torch.dtype) -> DirectForm:
 
 
 def direct_form(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: LogPointwiseWeight, *, scale: float, eps: float,
-    block: int, mask: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: LogPointwiseWeight, *, eps: float, block: int,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exact causal attention with weights w(scale · q·k), by the form DIRECT_FORMS names for q's device and dtype:
+    """Exact causal attention with weights w(q·k), by the form DIRECT_FORMS names for q's device and dtype:
     (B, H, T, d) x 3 -> (B, H, T, d_v) in q's dtype, the padding queries' outputs finite (the caller zeros them)."""
     if direct_form_for(q.device, q.dtype) == "flex" and not _flex_failed:
         if torch.compiler.is_compiling():  # no try here: dynamo cannot trace it; a failure inside a compiled model
             # surfaces when the model compiles, where training/compile.py falls back to eager
-            return flex_causal_attention(q, k, v, weight.log, scale=scale, eps=eps, mask=mask)
+            return flex_causal_attention(q, k, v, weight.log, eps=eps, mask=mask)
         try:
             with EAGER_BACKWARD_COMPILE:  # a backward that fails to compile fails here, inside the fallback
-                return flex_causal_attention(q, k, v, weight.log, scale=scale, eps=eps, mask=mask)
+                return flex_causal_attention(q, k, v, weight.log, eps=eps, mask=mask)
         except Exception as exc:  # noqa: BLE001 - dynamo, inductor and the C++ compiler raise many types
             if (memory := out_of_memory(exc)) is not None:  # the inputs': the tiled form would not be the cure
                 raise memory from exc
             _fall_back(exc)
-    return tiled_direct_attention(q, k, v, weight, scale=scale, eps=eps, block=block, mask=mask)
+    return tiled_direct_attention(q, k, v, weight, eps=eps, block=block, mask=mask)
 
 
 def _fall_back(exc: Exception) -> None:

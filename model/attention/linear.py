@@ -356,7 +356,7 @@ class QuadraticKernelAttention(AttentionBackend):
         check_inputs(self.name, q, k, v, mask)
         kernel = self.kernel(q.shape[-1])
         if not uses_linear_form(self, q.shape[2], q.shape[-1], q.shape[1], q.dtype, q.device):
-            y = direct_form(q, k, v, kernel, scale=1.0, eps=self.eps, block=self.block_size, mask=mask)
+            y = direct_form(q, k, v, kernel, eps=self.eps, block=self.block_size, mask=mask)
             return zero_masked_queries(y, mask)
         valid = None if mask is None else fold_mask(mask, q.shape[1])
         y = chunked_linear_attention(

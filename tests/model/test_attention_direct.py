@@ -25,10 +25,10 @@ def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
     return ((x.double() - reference).norm() / reference.norm()).item()
 
 
-def weight_and_scale(backend, d):
+def weight(backend, d):
     if backend.name == "expressive":
-        return SaturatingSquare(), 1.0 / d**0.5
-    return backend.kernel(d), 1.0
+        return SaturatingSquare(1.0 / d**0.5)
+    return backend.kernel(d)
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
@@ -52,8 +52,7 @@ def test_bf16_path_is_within_bf16_tolerance_of_the_fp64_reference(name, padded, 
     y_ref.backward(grad_out.double())
 
     inputs = [x.clone().requires_grad_() for x in (q, k, v)]
-    weight, scale = weight_and_scale(backend, d)
-    y = tiled_direct_attention(*inputs, weight, scale=scale, eps=backend.eps, block=32, mask=mask) * real
+    y = tiled_direct_attention(*inputs, weight(backend, d), eps=backend.eps, block=32, mask=mask) * real
     y.backward(grad_out)
 
     assert y.dtype == torch.bfloat16 and all(x.grad.dtype == torch.bfloat16 for x in inputs)
@@ -99,7 +98,7 @@ def test_bf16_gemms_run_on_bf16_operands_and_fp32_ones_on_fp32(monkeypatch):
         with monkeypatch.context() as patch:
             patch.setattr(torch, "bmm", spy)
             patch.setattr(torch, "baddbmm", lambda h, a, b, beta=1: spy(a, b) + beta * h)
-            y = tiled_direct_attention(q, k, v, SaturatingSquare(), scale=1.0, eps=1e-6, block=16)
+            y = tiled_direct_attention(q, k, v, SaturatingSquare(), eps=1e-6, block=16)
             y.sum().backward()
         assert y.dtype == dtype
         assert set(seen) == {(dtype, dtype)}

@@ -89,6 +89,23 @@ def test_saturating_weight_is_s2_over_1_plus_s2_with_exact_ends_and_derivative()
     torch.testing.assert_close(derivative[:5], autograd, atol=0.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [0.125, 32**-0.5, 3.0])
+def test_a_scaled_saturating_weight_is_the_weight_of_the_scaled_score(scale):
+    """w(scale · s) and its derivative in s, the scale applied inside the weight's passes."""
+    s = torch.tensor([0.0, 1e-3, 0.5, -2.0, 7.0, 1e3, float("inf")], dtype=torch.float64)
+    weight = SaturatingSquare(scale)
+    torch.testing.assert_close(weight(s.clone()), SaturatingSquare()(scale * s), atol=0.0, rtol=1e-12)
+    finite = s[:-1]
+    w, derivative = weight.with_derivative(finite.clone())
+    torch.testing.assert_close(w, SaturatingSquare()(scale * finite), atol=0.0, rtol=1e-12)
+    closed_form = 2 * scale**2 * finite / (1 + (scale * finite) ** 2) ** 2
+    torch.testing.assert_close(derivative, closed_form, atol=0.0, rtol=1e-12)
+    small = finite[:4].clone().requires_grad_()  # where differentiating the formula itself does not cancel
+    (autograd,) = torch.autograd.grad(((scale * small) ** 2 / (1 + (scale * small) ** 2)).sum(), small)
+    torch.testing.assert_close(derivative[:4], autograd, atol=0.0, rtol=1e-12)
+    torch.testing.assert_close(weight.log(finite)[1:], w[1:].log(), atol=1e-14, rtol=1e-12)
+
+
 def test_saturating_weights_are_bounded_by_one():
     s = torch.randn(10_000, dtype=torch.float64) * 10.0**torch.randint(-3, 4, (10_000,))
     w = SaturatingSquare()(s)

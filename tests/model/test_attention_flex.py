@@ -123,9 +123,9 @@ def test_no_nan_where_a_score_is_exactly_zero(eager_flex, name):
 
 @pytest.mark.parametrize(
     ("weight", "floored"),  # floored: the scores below whose weight is under the floor (0 and 1e-20, or -1)
-    [(SaturatingSquare(), 2), (QuadraticKernel(a=0.25), 2), (QuadraticKernel(0.5, 1.0, 1.0), 0),
-     (QuadraticKernel(0.5, 1.0, 0.5), 1)],
-    ids=["saturating", "square", "taylor", "taylor-touching-zero"],
+    [(SaturatingSquare(), 2), (SaturatingSquare(0.125), 2), (QuadraticKernel(a=0.25), 2),
+     (QuadraticKernel(0.5, 1.0, 1.0), 0), (QuadraticKernel(0.5, 1.0, 0.5), 1)],
+    ids=["saturating", "saturating-scaled", "square", "taylor", "taylor-touching-zero"],
 )
 def test_log_weight_is_the_log_of_the_weight_with_a_finite_derivative_at_zero(weight, floored):
     s = torch.tensor([-3.0, -2.0, -1.0, -0.2, 0.0, 1e-20, 0.3, 2.0, 50.0], dtype=torch.float64, requires_grad=True)
