@@ -190,7 +190,7 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {tp}")
 
 
-EXACT_INT_DIGITS = 19  # ints written as decimals (5.0, 1e6) are read exactly below 10**19 (past any int setting)
+EXACT_INT_DIGITS = 19  # ints written as decimals (5.0, 1e6) are read below 10**19, past any int setting
 
 
 def _number(tp: type, text: str, key: str) -> int | float:
@@ -199,25 +199,27 @@ def _number(tp: type, text: str, key: str) -> int | float:
     spelled = text.strip().lower()
     if spelled in YAML_SPECIAL_FLOATS:  # named as what they are by the range checks that follow: inf, nan
         return YAML_SPECIAL_FLOATS[spelled]
+    # an int written as a decimal (1e6, 5.0) is read exactly: through a float it would round past 2**53 (a seed)
+    as_decimal = tp is not float and any(c in text for c in ".eE") and not spelled.lstrip("+-").startswith("0x")
     try:
-        if any(c in text for c in ".eE") and not spelled.lstrip("+-").startswith("0x"):
-            if tp is float:
-                return float(text)
-            # an int written as a decimal (1e6, 5.0): exactly, where float would round past 2**53 (a seed); a
-            # fraction, or a value past any int setting's range (whose int could take gigabytes: 1e999999999), goes
-            # on as a float, for the caller to refuse or range-check
+        if as_decimal:
             exact = decimal.Decimal(text)
-            if exact.adjusted() < EXACT_INT_DIGITS and exact == exact.to_integral_value():
-                return int(exact)
+        elif tp is float:
             return float(text)
-        if tp is float:
-            return float(text)
-        try:
-            return int(text)
-        except ValueError:
-            return int(text, 0)  # 0x10, 0o755, 0b101
+        else:
+            try:
+                return int(text)
+            except ValueError:
+                return int(text, 0)  # 0x10, 0o755, 0b101
     except (ValueError, decimal.InvalidOperation):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {text!r}") from None
+    if not exact.is_finite():  # Infinity, NaN: refused by the caller, as the YAML spellings are
+        return float(exact)
+    if exact.adjusted() >= EXACT_INT_DIGITS:  # past any int setting, and its int could take gigabytes (1e999999999)
+        raise ConfigError(f"{key}: expected an integer below 10**{EXACT_INT_DIGITS}, got {text.strip()}")
+    if exact != exact.to_integral_value():
+        raise ConfigError(f"{key}: expected an integer, got {text.strip()}")
+    return int(exact)
 
 
 def coerce_fields(instance: Any, section: str) -> None:
