@@ -29,16 +29,17 @@ EAGER_BACKWARD_COMPILE = (aot_autograd_config.patch(force_non_lazy_backward_lowe
                           if hasattr(aot_autograd_config, "force_non_lazy_backward_lowering") else nullcontext())
 
 
-# what torch's CPU allocator raises (a RuntimeError: "DefaultCPUAllocator: can't allocate memory: you tried to
-# allocate N bytes"); GPUs raise torch.OutOfMemoryError, Python and numpy MemoryError
-CPU_ALLOCATOR_FAILURE = "can't allocate memory"
+# What allocators that raise a plain RuntimeError say: torch's CPU allocator on Linux ("DefaultCPUAllocator: can't
+# allocate memory: you tried to allocate N bytes") and on Windows ("not enough memory"), and MPS's ("MPS backend out
+# of memory"). CUDA raises torch.OutOfMemoryError, Python and numpy MemoryError.
+ALLOCATOR_FAILURES = ("can't allocate memory", "not enough memory", "MPS backend out of memory")
 
 
 def out_of_memory(exc: BaseException) -> BaseException | None:
     """The out-of-memory error at the bottom of `exc`'s chain (`__cause__`, and the `inner_exception` that dynamo's
     BackendCompilerFailed keeps), or None: the batch's failure, which no fallback from compiling would cure."""
     while not (isinstance(exc, (torch.OutOfMemoryError, MemoryError))
-               or (isinstance(exc, RuntimeError) and CPU_ALLOCATOR_FAILURE in str(exc))):
+               or (isinstance(exc, RuntimeError) and any(failure in str(exc) for failure in ALLOCATOR_FAILURES))):
         exc = exc.__cause__ or getattr(exc, "inner_exception", None)
         if exc is None:
             return None

@@ -66,4 +66,9 @@ def test_an_out_of_memory_error_is_found_at_the_bottom_of_a_compilers_chain():
     cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you "
                        "tried to allocate 52698284032 bytes. Error code 12 (Cannot allocate memory)")
     host = MemoryError("Unable to allocate 2.98 TiB for an array with shape (1, 2) and data type int64")
-    assert out_of_memory(cpu) is cpu and out_of_memory(host) is host
+    windows = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you "
+                           "tried to allocate 52698284032 bytes.")
+    mps = RuntimeError("MPS backend out of memory (MPS allocated: 8.00 GB, other allocations: 1.00 GB, max allowed: "
+                       "9.07 GB). Tried to allocate 256.00 MB on private pool.")
+    for error in (cpu, host, windows, mps):
+        assert out_of_memory(error) is error
