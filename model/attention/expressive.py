@@ -61,10 +61,17 @@ def _one_plus(x: torch.Tensor, c: float, out: torch.Tensor | None = None) -> tor
     return torch.add(x.new_tensor(1.0), x, alpha=c, out=out)
 
 
+# τ's range: τ² and 1/τ² are fp32 constants of the weights (SaturatingSquare's alpha, expressive_sq's kernel), which
+# fp32 holds only well inside 1e±38
+TEMPERATURE_RANGE = (1e-15, 1e15)
+
+
 def _check_temperature(backend: str, temperature: float | None) -> None:
+    low, high = TEMPERATURE_RANGE
     check_option(
         backend, "temperature", temperature,
-        temperature is None or (is_real(temperature) and temperature > 0), "None (1/sqrt(d)) or a finite number > 0",
+        temperature is None or (is_real(temperature) and low <= temperature <= high),
+        f"None (1/sqrt(d)) or a number in [{low:g}, {high:g}]",
     )
 
 

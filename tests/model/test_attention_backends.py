@@ -264,7 +264,8 @@ def test_unknown_option_is_an_error_that_names_it(name):
 
 
 INVALID = [
-    ("expressive", "temperature", 0.0), ("expressive", "temperature", -1.0), ("expressive", "eps", -1e-6),
+    ("expressive", "temperature", 0.0), ("expressive", "temperature", -1.0), ("expressive", "temperature", 1e20),
+    ("expressive", "temperature", 1e-30), ("expressive_sq", "temperature", 1e20), ("expressive", "eps", -1e-6),
     ("expressive", "block_size", 0), ("expressive", "block_size", 2.5),
     ("expressive_sq", "temperature", float("nan")), ("expressive_sq", "eps", "small"),
     ("expressive_sq", "chunk_size", 0), ("expressive_sq", "crossover", -5),
