@@ -433,9 +433,12 @@ def file_system_error(exc: OSError, cfg: RunConfig) -> str:
         return (f"{exc.strerror}; train.out_dir and data.prepared_dir must stay in place and writable, with room to "
                 f"spare; {resume}")
     path = Path(os.path.abspath(filename))
-    for option, folder in (("train.out_dir", cfg.train.out_dir), ("data.prepared_dir", cfg.data.prepared_dir)):
-        if path.is_relative_to(os.path.abspath(folder)):
-            return f"{exc.strerror}: {filename}; {option} must stay in place and writable, with room to spare; {resume}"
+    folders = {option: Path(os.path.abspath(folder)) for option, folder in
+               (("train.out_dir", cfg.train.out_dir), ("data.prepared_dir", cfg.data.prepared_dir))}
+    holding = [option for option, folder in folders.items() if path.is_relative_to(folder)]
+    if holding:  # the innermost, where one folder lies inside the other
+        option = max(holding, key=lambda option: len(folders[option].parts))
+        return f"{exc.strerror}: {filename}; {option} must stay in place and writable, with room to spare; {resume}"
     return (f"{exc.strerror}: {filename}; the file must be readable, and its disk have room (data.source and "
             "data.tokenizer name the files a run reads outside train.out_dir and data.prepared_dir)")
 

@@ -213,23 +213,26 @@ def test_a_failed_rename_names_the_file_being_written_not_the_temporary_one(tmp_
         "to spare; --resume continues from the run's last checkpoint\n")
 
 
-@pytest.mark.parametrize("where", ["prepared", "source", "none"])
+@pytest.mark.parametrize("where", ["prepared", "prepared inside the run", "source", "none"])
 def test_a_file_system_error_names_the_setting_of_its_path(tmp_path, prepared_dir, capsys, monkeypatch, where):
-    """A file outside the run's folders is one the run reads (a local source): its folders are not the fix."""
-    filename = {"prepared": os.path.join(prepared_dir, "tiny", "train.bin"), "source": "/corpus/plays.txt",
-                "none": None}[where]
+    """A file outside the run's folders is one the run reads (a local source): its folders are not the fix. Where
+    one folder holds the other, the innermost is named."""
+    inside = where == "prepared inside the run"
+    prepared = str(tmp_path / "run" / "prepared") if inside else prepared_dir
+    filename = {"prepared": os.path.join(prepared, "tiny", "train.bin"), "source": "/corpus/plays.txt",
+                "none": None}[where.removesuffix(" inside the run")]
 
     def refused(*args, **kwargs):
         raise OSError(13, "Permission denied", filename)
 
     monkeypatch.setattr(train, "open_run_data", refused)
-    assert train.main(tiny_args(tmp_path / "run", prepared_dir, "train.max_steps=1")) == 2
+    assert train.main(tiny_args(tmp_path / "run", prepared, "train.max_steps=1")) == 2
     fix = {"prepared": "data.prepared_dir must stay in place and writable, with room to spare; --resume continues "
                        "from the run's last checkpoint",
            "source": "the file must be readable, and its disk have room (data.source and data.tokenizer name the "
                      "files a run reads outside train.out_dir and data.prepared_dir)",
            "none": "train.out_dir and data.prepared_dir must stay in place and writable, with room to spare; --resume "
-                   "continues from the run's last checkpoint"}[where]
+                   "continues from the run's last checkpoint"}[where.removesuffix(" inside the run")]
     assert capsys.readouterr().err == f"error: Permission denied{f': {filename}' if filename else ''}; {fix}\n"
 
 
