@@ -160,15 +160,17 @@ def generate(
 def _long_prompts(prompt: torch.Tensor, mask: torch.Tensor | None, limit: int, named: int = 5) -> tuple[str, str]:
     """Which prompts of the batch are longer than `limit` tokens and how long (the first `named` of them, counted
     from 1, where the batch is left-padded), and the pronoun for them."""
-    rows = prompt.shape[0]
-    if rows == 1:
-        return f"the prompt has {prompt.shape[1]} tokens", "it"
+    rows, columns = prompt.shape
     if mask is None:
-        return f"the prompts have {prompt.shape[1]} tokens", "them"
+        if rows == 1:
+            return f"the prompt has {columns} tokens", "it"
+        return f"the prompts have {columns} tokens", "them"
     lengths = mask.sum(dim=1).tolist()
     over = [row for row, length in enumerate(lengths) if length > limit]
     if not over:  # padding columns that no row needs
-        return f"the batch has {prompt.shape[1]} columns, its left padding included", "it"
+        return f"the {'prompt' if rows == 1 else 'batch'} has {columns} columns, its left padding included", "it"
+    if rows == 1:
+        return f"the prompt has {lengths[0]} tokens", "it"
     if len(over) == 1:
         return f"prompt {over[0] + 1} (of {rows}) has {lengths[over[0]]} tokens", "it"
     more = f" (and {len(over) - named} more)" if len(over) > named else ""

@@ -192,6 +192,8 @@ def test_a_prompt_longer_than_the_context_needs_a_window():
     ids, mask = F.pad(ids, (18, 0)), F.pad(mask, (18, 0))  # columns of padding alone
     with pytest.raises(ValueError, match=r"the batch has 20 columns, its left padding included, more than the "):
         generate(model, ids, 3, mask=mask)
+    with pytest.raises(ValueError, match=r"the prompt has 20 columns, its left padding included, more than the "):
+        generate(model, ids[1:], 3, mask=mask[1:])  # one row: its padding, not its 1 token, is past the limit
 
 
 @pytest.mark.parametrize("window", [16, 20])
