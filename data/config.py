@@ -100,3 +100,7 @@ class DataConfig:
             raise ValueError(f"data.eval_windows must be >= 1, got {self.eval_windows}")
         if self.source == MQAR:
             check_fits(self.mqar, self.block_size)
+            for name, unset in (("subset", None), ("split", DEFAULT_SPLIT)):  # as resolve_source says for files
+                if getattr(self, name) != unset:
+                    raise ValueError(f"data.{name} ({getattr(self, name)!r}) applies to hub sources only; remove it "
+                                     f"for {MQAR!r}")

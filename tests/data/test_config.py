@@ -12,6 +12,8 @@ from data.config import DataConfig
         ({"source": "  "}, "^data.source is empty"),
         ({"prepared_dir": ""}, "^data.prepared_dir is empty; give the folder for prepared token files"),
         ({"split": ""}, "^data.split is empty; give the hub split to read, e.g. data.split=train"),
+        ({"source": "mqar", "split": "validation"}, r"^data.split \('validation'\) applies to hub sources only"),
+        ({"source": "mqar", "subset": "x"}, r"^data.subset \('x'\) applies to hub sources only; remove it for 'mqar'"),
         ({"val_every": 1}, "data.val_every must be >= 2"),
         ({"max_documents": 0}, "data.max_documents must be >= 1 or null"),
         ({"max_tokens": -5}, "data.max_tokens must be >= 1 or null"),
