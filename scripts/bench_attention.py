@@ -494,7 +494,11 @@ def markdown(args, train_rows, decode_rows) -> str:
                 ratio = e["time_s"] / s["time_s"]
                 lines.append(f"- expressive / softmax at n=1024, {dtype} {mode}: {ratio:.2f} "
                              f"({'met' if ratio <= 1.5 else 'NOT met'}, target <= 1.5)")
-            # the crossover this machine uses for taylor (measured on first use and cached: model/attention/crossover.py)
+            if not any(row["backend"] == "taylor" and row["dtype"] == dtype for row in train_rows):
+                continue
+            # the crossover this machine uses for taylor at the cases' threads (measured on first use and cached:
+            # model/attention/crossover.py)
+            torch.set_num_threads(args.threads)
             crossover_n = this_tree_crossover(get_backend("taylor"), args.head_dim, args.heads, getattr(torch, dtype))
             compared = [(n, t["time_s"] / s["time_s"]) for n in lengths if n >= crossover_n
                         and (t := lookup(train_rows, "taylor", dtype, n, mode))

@@ -7,9 +7,9 @@ other depends on the machine (cache sizes, GEMM versus elementwise speed), the d
 1. an integer set in the config wins;
 2. None (the default) runs the direct form below MIN_LENGTH tokens, where no measurement could choose the linear
    one; from there on it is looked up in the cache file `$ATTNLAB_CACHE_DIR/crossover.json` (default directory
-   ~/.cache/attnlab) under the key machine | device type | dtype | head size | heads measured | backend and its
-   tile sizes | torch version | a hash of this package's source (new kernels or a new torch make old entries
-   stale);
+   ~/.cache/attnlab) under the key machine | device type (on the CPU with torch's thread count) | dtype | head size
+   | heads measured | backend and its tile sizes | torch version | a hash of this package's source (new kernels or
+   a new torch make old entries stale);
 3. a key not yet there is measured once, like cuDNN's benchmark mode: forward+backward of both forms on the
    layer's heads, at most MEASURED_HEADS of them, at lengths chosen by bisection on a grid of GRID tokens between
    MIN_LENGTH and MAX_LENGTH; the first length where the linear form is at least as fast is stored (MAX_LENGTH when
@@ -84,12 +84,18 @@ def code_version() -> str:
     return digest.hexdigest()[:12]
 
 
+def device_setting(device: torch.device) -> str:
+    """The device type, with torch's thread count on the CPU: the forms gain unlike from more threads (a crossover
+    measured on 2 threads does not hold on 1)."""
+    return f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else device.type
+
+
 def cache_key(backend, d: int, heads: int, dtype: torch.dtype, device: torch.device) -> str:
-    """`machine | device type | dtype | d=head size | heads=heads timed | backend[tile sizes] | torch version | code
-    version`, the key of the cache file."""
+    """`machine | device type (CPU: and threads) | dtype | d=head size | heads=heads timed | backend[tile sizes] |
+    torch version | code version`, the key of the cache file."""
     tiles = f"chunk_size={backend.chunk_size},block_size={backend.block_size}"
     dtype_name = str(dtype).removeprefix("torch.")
-    return (f"{machine_name(device)} | {device.type} | {dtype_name} | d={d} | heads={heads} | "
+    return (f"{machine_name(device)} | {device_setting(device)} | {dtype_name} | d={d} | heads={heads} | "
             f"{backend.name}[{tiles}] | torch {torch.__version__} | code {code_version()}")
 
 
@@ -170,7 +176,7 @@ def uses_linear_form(backend, n: int, d: int, heads: int, dtype: torch.dtype, de
 def measured_crossover(backend, d: int, heads: int, dtype: torch.dtype, device: torch.device) -> int:
     """The crossover of `backend` for head size d, timed on `heads` heads, by the rule in this module's docstring
     (steps 2-4)."""
-    key = (backend.name, backend.chunk_size, backend.block_size, d, heads, dtype, device.type)
+    key = (backend.name, backend.chunk_size, backend.block_size, d, heads, dtype, device_setting(device))
     if key not in _chosen:
         _chosen[key] = _choose(backend, d, heads, dtype, device)
     return _chosen[key]

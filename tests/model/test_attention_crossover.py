@@ -120,15 +120,21 @@ def test_measured_once_then_read_from_the_cache_file(monkeypatch, measuring, fak
     crossover.measured_crossover(tiny(), 8, 2, torch.float32, cpu)  # another head size is another key
     crossover.measured_crossover(tiny(), 4, 2, torch.bfloat16, cpu)  # and so is another dtype
     crossover.measured_crossover(tiny(), 4, 3, torch.float32, cpu)  # and another number of heads timed
-    assert fake_measurement == [32] * 4 and len(json.loads(measuring.read_text())) == 4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        crossover.measured_crossover(tiny(), 4, 2, torch.float32, cpu)  # and another thread count
+    finally:
+        torch.set_num_threads(threads)
+    assert fake_measurement == [32] * 5 and len(json.loads(measuring.read_text())) == 5
 
 
 def test_the_key_names_machine_device_dtype_head_size_heads_backend_torch_and_code():
     key = crossover.cache_key(tiny(), 64, 4, torch.bfloat16, torch.device("cpu"))
     machine, device, dtype, head, heads, backend, torch_version, code = key.split(" | ")
     assert machine == crossover.machine_name(torch.device("cpu")) and machine
-    assert (device, dtype, head, heads, backend) == ("cpu", "bfloat16", "d=64", "heads=4",
-                                                     "taylor[chunk_size=8,block_size=8]")
+    assert (device, dtype, head, heads, backend) == (f"cpu, {torch.get_num_threads()} threads", "bfloat16", "d=64",
+                                                     "heads=4", "taylor[chunk_size=8,block_size=8]")
     assert torch_version == f"torch {torch.__version__}" and re.fullmatch(r"code [0-9a-f]{12}", code)
 
 
