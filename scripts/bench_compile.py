@@ -6,10 +6,10 @@
 One process builds the config's model twice from the same seed: one runs eagerly, the other through torch.compile.
 The first compiled training step and the first compiled evaluation batch carry the compile time (their time less a
 compiled step's), with the compile caches off, as a first run pays it. Then eager and compiled training steps
-(forward, backward, AdamW on random tokens of the config's shape) take turns `--pairs` times, so load from other
-processes slows both alike, and so do evaluation batches; malloc keeps freed memory, as train.py on the CPU.
-The run's total is extrapolated from these medians to the config's train.max_steps and its evaluations
-(training/compile.py says what compile=auto makes of this).
+(forward and backward of train.grad_accum micro-batches, AdamW, on random tokens of the config's shape) take turns
+`--pairs` times, so load from other processes slows both alike, and so do evaluation batches; malloc keeps freed
+memory, as train.py on the CPU. The run's total is extrapolated from these medians to the config's train.max_steps
+and its evaluations (training/compile.py says what compile=auto makes of this).
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ def main() -> None:
 
     def train_step(name: str) -> None:
         model = eager if name == "eager" else compiled
-        with runtime.autocast():
-            _, loss = model(*batch)
-        loss.backward()
+        for _ in range(tc.grad_accum):  # a step's micro-batches, as train.py runs them
+            with runtime.autocast():
+                _, loss = model(*batch)
+            (loss / tc.grad_accum).backward()
         optimizers[name].step()
         optimizers[name].zero_grad(set_to_none=True)
 
@@ -103,10 +104,13 @@ def main() -> None:
         print(row, flush=True)
     table = markdown_table(["", "eager", "torch.compile"], [[r["what"], cell(r["eager"]), cell(r["compiled"])]
                                                           for r in rows], right=("eager", "torch.compile"))
+    step_ratios = [c / e for c, e in zip(times["train", "compiled"], times["train", "eager"])]
     verdict = (f"Compiled / eager over the run: {total['compiled'] / total['eager']:.2f}× "
-               f"(steps alone: {median['train', 'compiled'] / median['train', 'eager']:.2f}×).")
+               f"(steps alone: {median['train', 'compiled'] / median['train', 'eager']:.2f}×; the pairs' own ratios "
+               f"range over {min(step_ratios):.2f}–{max(step_ratios):.2f}×).")
     config = (f"{args.config} ({cfg.model.n_layer} layers × {cfg.model.n_embd}, {cfg.model.attention}, batch "
-              f"{tc.batch_size} × {cfg.data.block_size}, {str(runtime.dtype).removeprefix('torch.')}), "
+              f"{tc.batch_size} × {cfg.data.block_size} × {tc.grad_accum} micro-batch(es) per step, "
+              f"{str(runtime.dtype).removeprefix('torch.')}), "
               f"{args.threads} thread(s), medians of {args.pairs} alternating pairs, malloc {malloc} "
               f"(training/malloc.py), torch {torch.__version__}")
     write_page(args.out, rows, title="torch.compile on a training run",
