@@ -49,9 +49,10 @@ def time_once(loss_fn: Loss, h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, 
 
 
 def measure(tokens: int, hidden: int, vocab: int, dtype: torch.dtype, chunks: list[int],
-            reps: int) -> dict[str, tuple[float, float]]:
+            reps: int) -> dict[str, tuple[float, float, float, float]]:
     """Per form: (median seconds of forward+backward, median over rounds of its time / the full form's time in the
-    same round). The forms take turns, round after round, after one untimed round."""
+    same round, and the least and largest of those ratios). The forms take turns, round after round, after one
+    untimed round."""
     g = torch.Generator().manual_seed(0)
     h = torch.randn(tokens, hidden, generator=g).requires_grad_()
     w = (0.02 * torch.randn(vocab, hidden, generator=g)).requires_grad_()
@@ -59,8 +60,9 @@ def measure(tokens: int, hidden: int, vocab: int, dtype: torch.dtype, chunks: li
     candidates = forms(chunks, tokens)
     rounds = [{name: time_once(loss_fn, h, w, t, dtype) for name, loss_fn in candidates.items()}
               for _ in range(reps + 1)][1:]
-    return {name: (statistics.median(r[name] for r in rounds), statistics.median(r[name] / r["full"] for r in rounds))
-            for name in candidates}
+    ratios = {name: [r[name] / r["full"] for r in rounds] for name in candidates}
+    return {name: (statistics.median(r[name] for r in rounds), statistics.median(ratios[name]), min(ratios[name]),
+                   max(ratios[name])) for name in candidates}
 
 
 def main() -> None:
@@ -81,15 +83,17 @@ def main() -> None:
     for dtype_name in args.dtypes:
         for tokens in args.tokens:
             found = measure(tokens, args.hidden, args.vocab, getattr(torch, dtype_name), args.chunks, args.reps)
-            for name, (seconds, ratio) in found.items():
+            for name, (seconds, ratio, low, high) in found.items():
                 row = dict(dtype=dtype_name, tokens=tokens, form=name, seconds=round(seconds, 4),
-                           ratio_to_full=round(ratio, 3))
+                           ratio_to_full=round(ratio, 3), ratio_min=round(low, 3), ratio_max=round(high, 3))
                 rows.append(row)
                 print(row, flush=True)
 
-    table = markdown_table(["dtype", "tokens", "form", "seconds", "time / full form's"],
-                           [[r["dtype"], r["tokens"], r["form"], cell(r["seconds"]), cell(r["ratio_to_full"], "x")]
-                            for r in rows], right=("tokens", "seconds", "time / full form's"))
+    # the range shows which forms the rounds told apart: overlapping ranges did not
+    table = markdown_table(["dtype", "tokens", "form", "seconds", "time / full form's", "range over rounds"],
+                           [[r["dtype"], r["tokens"], r["form"], cell(r["seconds"]), cell(r["ratio_to_full"], "x"),
+                             f"{cell(r['ratio_min'], 'x')}–{cell(r['ratio_max'], 'x')}"] for r in rows],
+                           right=("tokens", "seconds", "time / full form's"))
     config = (f"hidden {args.hidden}, vocabulary {args.vocab}, fp32 weights (bfloat16: autocast), {args.threads} "
               f"thread(s), {args.reps} rounds after an untimed one, the forms taking turns in each round; seconds: "
               f"median; ratio: median over rounds of the time / the full form's time in the same round, "

@@ -159,6 +159,7 @@ def test_bench_loss_times_the_full_form_and_the_chunked_one_with_and_without_the
     rows = read_rows(out.with_suffix(".csv"))
     assert [row["form"] for row in rows] == ["full", "chunked, 32 rows", "chunked, 32 rows, head unpadded"]
     assert float(rows[0]["ratio_to_full"]) == 1.0 and all(float(row["seconds"]) >= 0 for row in rows)
+    assert all(float(row["ratio_min"]) <= float(row["ratio_to_full"]) <= float(row["ratio_max"]) for row in rows)
     assert "padded to a multiple of 64 rows" in out.with_suffix(".md").read_text()
 
 
