@@ -136,14 +136,18 @@ def main(argv: list[str] | None = None) -> None:
 
     profiles = {name: profile_step(*models[name], x, y, dtype) for name in models} if args.profile else {}
     ours, theirs = (statistics.median(times[name]) for name in ("ours", "nanoGPT"))
-    speedup = statistics.median(t / o for o, t in zip(times["ours"], times["nanoGPT"]))
+    ratios = [t / o for o, t in zip(times["ours"], times["nanoGPT"])]
+    speedup = statistics.median(ratios)
     mfu = models["ours"][0].flops_per_token(seq) * batch * seq / ours / peak_flops(torch.device("cpu"), dtype)
     row = dict(shape=args.shape, dtype=args.dtype, threads=args.threads, ours_tokens_per_s=batch * seq / ours,
-               nanogpt_tokens_per_s=batch * seq / theirs, speedup=speedup, ours_mfu=mfu)
+               nanogpt_tokens_per_s=batch * seq / theirs, speedup=speedup, speedup_min=min(ratios),
+               speedup_max=max(ratios), ours_mfu=mfu)
+    # the range says whether the rounds told the two apart (a range that holds 1 did not)
     headers = ["shape", "dtype", "threads", "ours, tokens/s", "nanoGPT, tokens/s",
-               "ours / nanoGPT speed (median of rounds)", "our MFU"]
+               "ours / nanoGPT speed (median of rounds)", "range over rounds", "our MFU"]
     table = markdown_table(headers, [[args.shape, args.dtype, args.threads, cell(row["ours_tokens_per_s"], "int"),
-                                      cell(row["nanogpt_tokens_per_s"], "int"), cell(speedup), cell(mfu, "pct")]],
+                                      cell(row["nanogpt_tokens_per_s"], "int"), cell(speedup),
+                                      f"{cell(min(ratios))}–{cell(max(ratios))}", cell(mfu, "pct")]],
                            right=headers[2:])
     config = (f"{shape.n_layer} layers x {shape.n_embd}, batch {batch} x {seq} tokens, vocabulary {vocab} "
               f"(nanoGPT's padded to {padded_vocab(vocab)}), "
