@@ -67,20 +67,24 @@ def main(argv: list[str] | None = None) -> None:
                     found[setting].append((float(row["step_s"]), int(row["peak_rss_mib"])))
                     print(shape, setting, f"round {round_}: step {row['step_s']} s, peak RSS {row['peak_rss_mib']} "
                           "MiB", flush=True)
-            ratio = statistics.median(kept[0] / unchanged[0]
-                                      for kept, unchanged in zip(found["kept"], found["unchanged"]))
+            ratios = [kept[0] / unchanged[0] for kept, unchanged in zip(found["kept"], found["unchanged"])]
             for setting in SETTINGS:
                 step_s = statistics.median(step for step, _ in found[setting])
+                is_kept = setting == "kept"
+                low, ratio, high = (min(ratios), statistics.median(ratios), max(ratios)) if is_kept else (1.0,) * 3
                 rows.append(dict(shape=shape, malloc=setting, threads=args.threads, dtype=args.dtype,
                                  step_s=round(step_s, 4), tokens_per_s=round(SHAPES[shape].tokens / step_s, 1),
-                                 time_vs_unchanged=round(ratio if setting == "kept" else 1.0, 3),
+                                 time_vs_unchanged=round(ratio, 3), time_vs_unchanged_min=round(low, 3),
+                                 time_vs_unchanged_max=round(high, 3),
                                  peak_rss_mib=max(rss for _, rss in found[setting])))
 
+    # the range over rounds says whether they told the settings apart (a range that holds 1 did not)
     table = markdown_table(
-        ["shape", "malloc", "step s", "tokens/s", "step time / unchanged's", "peak RSS MiB"],
+        ["shape", "malloc", "step s", "tokens/s", "step time / unchanged's", "range over rounds", "peak RSS MiB"],
         [[r["shape"], "glibc's, unchanged" if r["malloc"] == "unchanged" else "freed memory kept (train.py)",
-          r["step_s"], cell(r["tokens_per_s"], "int"), cell(r["time_vs_unchanged"], "x"), f"{r['peak_rss_mib']:,}"]
-         for r in rows])
+          r["step_s"], cell(r["tokens_per_s"], "int"), cell(r["time_vs_unchanged"], "x"),
+          f"{cell(r['time_vs_unchanged_min'], 'x')}–{cell(r['time_vs_unchanged_max'], 'x')}",
+          f"{r['peak_rss_mib']:,}"] for r in rows])
     config = (f"{args.dtype}, {args.threads} thread(s), {args.rounds} rounds of one process per setting, each the "
               f"median of {args.steps} steps after {args.warmup} warm-up steps; torch "
               f"{importlib.metadata.version('torch')}; {load_since(load_start)}")
