@@ -137,7 +137,8 @@ def main() -> None:
               f"returns no logsumexp), tiled block {BLOCK}, {args.threads} thread(s), forward under no_grad, "
               f"{args.reps} rounds after an untimed one, the forms taking turns in each round; seconds: median; "
               f"flex / tiled: median over rounds of the ratio in the same round; first flex call: torch.compile "
-              f"with its caches off, compile included; load average {load_before:.1f} before and "
+              f"with its caches off, compile included (the first row's a cold compile, each later row's a "
+              f"recompile of the one compiled flex for its weight, dtype and length); load average {load_before:.1f} before and "
               f"{os.getloadavg()[0]:.1f} after (other jobs on the machine); torch {torch.__version__}")
     *others, last = args.backends
     measured = f"{', '.join(others)} and {last}" if others else last
