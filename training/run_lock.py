@@ -27,9 +27,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    locked = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             raise ConfigError(
@@ -40,7 +42,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
-        if made and [path.name for path in run_dir.iterdir()] == [LOCK]:  # a run refused before its first file
+        # a run refused before its first file; only by the process holding the lock: a process refused after
+        # finding no folder lost a race to one that made it, whose lock and folder these are
+        if locked and made and [path.name for path in run_dir.iterdir()] == [LOCK]:
             (run_dir / LOCK).unlink()
             run_dir.rmdir()
         os.close(fd)  # releases the lock

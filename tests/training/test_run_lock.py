@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +39,25 @@ def test_the_lock_is_taken_again_once_released_and_a_folder_it_made_for_nothing_
     with run_lock(tmp_path / "new" / "run"):
         (tmp_path / "new" / "run" / "config.yaml").write_text("")
     assert sorted(p.name for p in (tmp_path / "new" / "run").iterdir()) == [LOCK, "config.yaml"]
+
+
+def test_a_process_that_lost_the_race_for_a_new_folder_leaves_the_winners_lock_and_folder(tmp_path, monkeypatch):
+    """Both found no folder; the other made it and took the lock first. The refused one must not remove them: a
+    third process would then lock a new file of the same name and train beside the winner."""
+    run = tmp_path / "run"
+    held = []
+
+    def made_by_the_winner(self, *args, **kwargs):  # between this process's look and its lock
+        os.mkdir(self)
+        fd = os.open(self / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.append(fd)
+
+    monkeypatch.setattr(Path, "mkdir", made_by_the_winner)
+    try:
+        with pytest.raises(ConfigError, match="is in use by"):
+            with run_lock(run):
+                pass
+        assert [path.name for path in run.iterdir()] == [LOCK]
+    finally:
+        os.close(held[0])
