@@ -184,6 +184,7 @@ def write_run(model: GPT, out: Path, source: Path) -> Path:
     data = DataConfig(block_size=model.config.n_positions)  # a placeholder: a weights-only resume takes the run's data
     cfg = RunConfig(model=model.config, data=data, train=TrainConfig(out_dir=str(out)))
     state = TrainState(kind="weights_only", source=str(source))
+    out.mkdir(parents=True, exist_ok=True)  # save_checkpoint takes an existing run folder
     return save_checkpoint(out, model, state, config_to_dict(cfg), keep=1)
 
 

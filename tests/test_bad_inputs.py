@@ -36,6 +36,7 @@ def checkpoint(run_dir: Path, prepared: str) -> Path:
     """A run directory with one step-1 checkpoint of a random 1-layer model on the Shakespeare data."""
     cfg = RunConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=32),
                     data=DataConfig(block_size=16, prepared_dir=prepared), train=TrainConfig(out_dir=str(run_dir)))
+    run_dir.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(run_dir, GPT(cfg.model), TrainState(step=1), config_to_dict(cfg), keep=1)
 
 

@@ -30,6 +30,7 @@ loading a checkpoint runs no pickled code.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -113,7 +114,9 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, co
     `keep` (>= 1) of those below it, never the one just written. `resumed_here`: the run continued from a checkpoint
     of `run_dir`, so those numbered above it are its abandoned branch, removed too (reported through `say`)."""
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
+    # not the run folder itself: one removed while the run goes on is an error, not a folder made anew without its
+    # config.yaml and lock (FileNotFoundError names it)
+    root.mkdir(exist_ok=True)
     final = root / f"step_{state.step:06d}"
     for stale in stale_partial_saves(root, writing=temporary_dir(final)):
         shutil.rmtree(stale, ignore_errors=True)
@@ -131,9 +134,22 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, co
 
 
 def write_checkpoint_files(folder: Path, model: nn.Module, state: TrainState, config: dict[str, Any]) -> None:
-    """The three files of a checkpoint, written into `folder` (not yet sealed)."""
-    save_model(model, str(folder / WEIGHTS))
-    torch.save(state.to_dict(), folder / STATE)
+    """The three files of a checkpoint, written into `folder` (not yet sealed). A writer that fails on the file
+    system (a full disk, a folder removed) raises an OSError naming its file, as open() would: safetensors and
+    torch.save raise their own types."""
+    try:
+        save_model(model, str(folder / WEIGHTS))
+    except SafetensorError as exc:  # "... File too large (os error 27)"
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(folder / WEIGHTS)) from exc
+    try:
+        torch.save(state.to_dict(), folder / STATE)
+    except RuntimeError as exc:  # torch's stream writer: "unexpected pos ...", "... failed writing file ..."
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+        raise OSError(errno.EIO, f"cannot write ({reason})", str(folder / STATE)) from exc
     (folder / CONFIG).write_text(json.dumps(config, indent=2))
 
 

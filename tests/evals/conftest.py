@@ -22,6 +22,7 @@ def write_checkpoint(run_dir: Path, data: DataConfig, **model) -> Path:
     gpt = GPT(cfg.model)
     for block in gpt.transformer.h:
         torch.nn.init.normal_(block.attn.c_attn.weight, std=0.2)  # q·k of order 1 rather than 1e-2
+    run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(run_dir, gpt, TrainState(step=7), config_to_dict(cfg), keep=1)
     return run_dir
 

@@ -111,6 +111,7 @@ def save_tiny_run(path: Path, prepared_dir: str, attention: str, block_size: int
                                       position="rope"),
                     data=DataConfig(block_size=block_size, prepared_dir=prepared_dir, **data),
                     train=TrainConfig(out_dir=str(path)))
+    path.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, GPT(cfg.model), TrainState(step=1), config_to_dict(cfg), keep=1)
     return path
 

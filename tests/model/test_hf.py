@@ -666,6 +666,7 @@ def small_run(run_dir: Path) -> Path:
     """A run directory with two checkpoints of a random 1-layer model (GPT-2 vocabulary), written directly."""
     cfg = RunConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=16, n_positions=16), data=DataConfig(block_size=16))
     torch.manual_seed(0)
+    run_dir.mkdir(parents=True, exist_ok=True)
     for step in (1, 2):
         save_checkpoint(run_dir, GPT(cfg.model), TrainState(step=step), config_to_dict(cfg), keep=2)
     return run_dir

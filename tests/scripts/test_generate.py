@@ -41,6 +41,7 @@ def write_checkpoint(run_dir: Path, **model) -> Path:
     cfg = RunConfig(model=ModelConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 32, **model}),
                     data=DataConfig(block_size=32))
     torch.manual_seed(0)
+    run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(run_dir, GPT(cfg.model), TrainState(step=1), config_to_dict(cfg), keep=1)
     return run_dir
 
@@ -271,6 +272,7 @@ def test_an_mqar_checkpoint_is_refused_as_having_no_text_tokenizer(capsys, tmp_p
     data = DataConfig(source=MQAR, block_size=32, mqar=MQARConfig(vocab_size=64, num_pairs=4, num_queries=4))
     cfg = RunConfig(model=ModelConfig(vocab_size=vocab_size, n_layer=1, n_head=2, n_embd=16, n_positions=32),
                     data=data)
+    (tmp_path / "mqar").mkdir()
     save_checkpoint(tmp_path / "mqar", GPT(cfg.model), TrainState(step=1), config_to_dict(cfg), keep=1)
     err = one_line_error(*generate(capsys, "--ckpt", str(tmp_path / "mqar"), "--prompt", "Hi"))
     assert "was trained on MQAR (data.source 'mqar')" in err and "no text tokenizer" in err, err

@@ -27,6 +27,7 @@ def small_model(seed=0):
 
 
 def save(run_dir, step, model=None, keep=3, **state):
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     return ckpt.save_checkpoint(run_dir, model or small_model(), TrainState(step=step, **state), {"step": step}, keep)
 
 
@@ -52,6 +53,37 @@ def test_save_then_load_restores_weights_state_and_config(tmp_path):
     exp_avg = loaded.optimizer["state"][0]["exp_avg"]
     assert torch.equal(exp_avg, optimizer.state_dict()["state"][0]["exp_avg"])
     assert ckpt.read_config(path) == {"model": {"n_layer": 1}}
+
+
+@pytest.mark.parametrize("writer", ["weights", "state"])
+def test_a_writer_failing_on_the_file_system_is_an_os_error_naming_its_file(tmp_path, monkeypatch, writer):
+    """safetensors and torch.save raise their own types for a full disk; train.py words OSErrors in one line."""
+    from safetensors import SafetensorError
+
+    if writer == "weights":
+        def fail(*args, **kwargs):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        monkeypatch.setattr(ckpt, "save_model", fail)
+    else:
+        def fail(*args, **kwargs):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 13669376 vs 13669328")
+        monkeypatch.setattr(ckpt.torch, "save", fail)
+    with pytest.raises(OSError) as error:
+        save(tmp_path, 1)
+    name = {"weights": ckpt.WEIGHTS, "state": ckpt.STATE}[writer]
+    assert error.value.filename.endswith(name) and ".tmp-step_000001" in error.value.filename
+    assert error.value.strerror == ("No space left on device" if writer == "weights" else
+                                    "cannot write ([enforce fail at inline_container.cc:672] . unexpected pos "
+                                    "13669376 vs 13669328)")
+    assert not any((tmp_path / ckpt.CHECKPOINTS).iterdir())  # the temporary folder went
+
+
+def test_a_run_folder_removed_while_the_run_goes_on_is_not_made_anew(tmp_path):
+    save(tmp_path / "run", 1)
+    shutil.rmtree(tmp_path / "run")
+    with pytest.raises(FileNotFoundError):
+        ckpt.save_checkpoint(tmp_path / "run", small_model(), TrainState(step=2), {}, keep=3)
+    assert not (tmp_path / "run").exists()
 
 
 def test_checksums_record_every_file_with_its_sha256(tmp_path):

@@ -52,6 +52,7 @@ def save_trained(cfg, step: int, **state) -> tuple[Path, GPT, torch.optim.Optimi
                       optimizer=optimizer.state_dict(), grad_scaler=scaler.state_dict(), rng=gather_rng(CPU))
     for name, value in state.items():
         setattr(full, name, value)
+    Path(cfg.train.out_dir).mkdir(parents=True, exist_ok=True)
     path = ckpt.save_checkpoint(cfg.train.out_dir, model, full, config_to_dict(cfg), keep=5)
     return path, model, optimizer
 

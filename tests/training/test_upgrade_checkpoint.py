@@ -4,6 +4,7 @@ user trusts them, into the safe form; a resume from the converted one restores e
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ def old_format_checkpoint(run_dir, step):
     np.random.seed(step)
     np.random.randn()  # a cached gaussian in the state
     rng = [{"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}]
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     return ckpt.save_checkpoint(run_dir, model, TrainState(step=step, rng=rng), {}, keep=3)
 
 
