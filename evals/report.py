@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from evals.solve import DIRECT
 from experiments.log_axes import style_log_axes
-from fileio.atomic import write_text_atomic
+from fileio.atomic import save_figure_atomic, write_text_atomic
 from fileio.tables import cell, csv_text, markdown_table
 
 REFERENCE_METHOD = {"gram_power": "qr", "a_gram_power": "qr", "exp_kernel": "cholesky"}
@@ -269,7 +269,7 @@ def plot_iterations_vs_kappa(records: list[dict[str, Any]], path: Path) -> Path:
             axes.scatter(xs, ys, s=14, label=method)
         style_log_axes(axes, f"{problem} (j = 1)", "κ(K_G)" if problem == "exp_kernel" else "κ(A)", 7,
                        ylabel="iterations (median over seeds)", xbase=10)
-    figure.savefig(path, dpi=110)
+    save_figure_atomic(figure, path, dpi=110)
     return path
 
 
@@ -285,5 +285,5 @@ def plot_time_vs_n(timing: list[dict[str, Any]], path: Path) -> Path:
             xs, ys = zip(*sorted(points))
             axes.plot(xs, ys, marker="o", markersize=3, label=method)
         style_log_axes(axes, problem, "n (rows)", 7, ylabel="wall time (s)", xbase=10)
-    figure.savefig(path, dpi=110)
+    save_figure_atomic(figure, path, dpi=110)
     return path

@@ -8,6 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from experiments.comparison import Curve
+from fileio.atomic import save_figure_atomic
 
 
 def plot_val_curves(curves: dict[str, Curve], path: Path) -> None:
@@ -23,4 +24,4 @@ def plot_val_curves(curves: dict[str, Curve], path: Path) -> None:
     for axes in (by_tokens, by_time):
         axes.grid(alpha=0.3)
     by_tokens.legend(title="mean, band: min-max over seeds")
-    figure.savefig(path, dpi=120)
+    save_figure_atomic(figure, path, dpi=120)

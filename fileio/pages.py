@@ -16,6 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from fileio.atomic import write_text_atomic
 from fileio.tables import csv_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,9 +72,9 @@ def write_page(out: str | Path, records: Iterable[dict[str, Any]], *, title: str
     (`records`), the folder made if need be."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    page_file(out, ".csv").write_text(csv_text(records))
+    write_text_atomic(page_file(out, ".csv"), csv_text(records))
     page = opening(title, measured, command, config, this_machine(), today())
-    page_file(out, ".md").write_text(page + body + "\n")
+    write_text_atomic(page_file(out, ".md"), page + body + "\n")
 
 
 def command_line(script: str | Path, argv: Sequence[str] | None = None) -> str:

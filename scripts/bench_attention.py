@@ -546,6 +546,8 @@ def plot(path: Path, args, train_rows, decode_rows) -> None:
     from matplotlib import rcParams
     from matplotlib.figure import Figure
 
+    from fileio.atomic import save_figure_atomic  # the parent's alone, as page_file in main()
+
     fig = Figure(figsize=(18, 5.5))
     axes = fig.subplots(1, 3)
     backends = list(dict.fromkeys(r["backend"] for r in train_rows))
@@ -571,7 +573,7 @@ def plot(path: Path, args, train_rows, decode_rows) -> None:
     style_log_axes(axes[1], "fwd+bwd peak extra memory (MB)", "sequence length", legend_fontsize=7)
     style_log_axes(axes[2], f"decode step (ms/token), {args.dtypes[0]}", "context length", legend_fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
 
 
 def main() -> None:
@@ -615,7 +617,9 @@ def main() -> None:
             print(json.dumps([row | {"malloc": setting} for row in result] if isinstance(result, list)
                              else result | {"malloc": setting}))
             return
-    from fileio.pages import page_file  # the parent runs this tree; a case's child may import an older one's
+    # the parent runs this tree; a case's child may import an older one's
+    from fileio.atomic import write_text_atomic
+    from fileio.pages import page_file
     if args.against:
         if args.baseline_rev:
             from experiments.revision import baseline_commit  # the parent always runs this tree
@@ -625,18 +629,18 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        page_file(out, ".csv").write_text(csv_text([{"kind": "paired"} | r for r in rows]
-                                                    + [{"kind": "tile gemm"} | r for r in gemm_rows]))
-        page_file(out, ".md").write_text(paired_markdown(args, rows, gemm_rows, tuple(loads)))
+        write_text_atomic(page_file(out, ".csv"), csv_text([{"kind": "paired"} | r for r in rows]
+                                                           + [{"kind": "tile gemm"} | r for r in gemm_rows]))
+        write_text_atomic(page_file(out, ".md"), paired_markdown(args, rows, gemm_rows, tuple(loads)))
         print(f"wrote {page_file(out, '.csv')}, {page_file(out, '.md')}")
         return
 
     train_rows, decode_rows = benchmark(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    page_file(out, ".csv").write_text(csv_text([{"kind": "training"} | r for r in train_rows]
-                                                + [{"kind": "decode"} | r for r in decode_rows]))
-    page_file(out, ".md").write_text(markdown(args, train_rows, decode_rows))
+    write_text_atomic(page_file(out, ".csv"), csv_text([{"kind": "training"} | r for r in train_rows]
+                                                       + [{"kind": "decode"} | r for r in decode_rows]))
+    write_text_atomic(page_file(out, ".md"), markdown(args, train_rows, decode_rows))
     plot(page_file(out, ".png"), args, train_rows, decode_rows)
     print(f"wrote {', '.join(str(page_file(out, suffix)) for suffix in ('.csv', '.md', '.png'))}")
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from experiments.log_axes import style_log_axes
+from fileio.atomic import save_figure_atomic, write_text_atomic
 from fileio.pages import command_line, opening, page_file, this_machine, today
 from fileio.tables import csv_text, markdown_table
 from model.attention import BACKENDS, get_backend
@@ -210,7 +211,7 @@ def plot(path: Path, rows: list[dict]) -> None:
     style_log_axes(latency, "decode latency (ms / token)", "context position")
     style_log_axes(memory, "decode state (MiB)", "context position")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
 
 
 def main() -> None:
@@ -238,8 +239,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"threads": torch.get_num_threads(), "dtype": args.dtype, "position_encoding": args.position}
-    page_file(out, ".csv").write_text(csv_text(row | settings for row in rows))
-    page_file(out, ".md").write_text(markdown(rows, args, (load_start, os.getloadavg()[0])))
+    write_text_atomic(page_file(out, ".csv"), csv_text(row | settings for row in rows))
+    write_text_atomic(page_file(out, ".md"), markdown(rows, args, (load_start, os.getloadavg()[0])))
     written = [page_file(out, ".csv"), page_file(out, ".md")]
     if 1 in args.batches and len(args.positions) > 1:
         written.append(page_file(out, ".png"))

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from fileio.atomic import save_figure_atomic, write_text_atomic
 from fileio.pages import command_line, opening, page_file, this_machine, today
 from fileio.tables import csv_text, markdown_table
 from model.attention import BACKENDS, get_backend
@@ -161,14 +162,14 @@ def plot(path: Path, rows: list[dict]) -> None:
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
 
 
 def write(out: Path, rows: list[dict], args: argparse.Namespace, load_start: float, status: str) -> None:
     settings = {"threads": args.threads, "position_encoding": args.position}
     rows = sorted(rows, key=lambda r: (args.backends.index(r["backend"]), r["position"]))
-    page_file(out, ".csv").write_text(csv_text(r | settings for r in rows))
-    page_file(out, ".md").write_text(markdown(rows, args, load_start, status))
+    write_text_atomic(page_file(out, ".csv"), csv_text(r | settings for r in rows))
+    write_text_atomic(page_file(out, ".md"), markdown(rows, args, load_start, status))
     plot(page_file(out, ".png"), rows)
 
 

@@ -37,6 +37,7 @@ from evals.extract import load_extracted
 from evals.instances import distinct_rows
 from evals.run import KERNEL_METHODS, time_vs_n
 from evals.solve import least_squares
+from fileio.atomic import write_text_atomic
 from fileio.pages import command_line, opening, page_file, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 from typedconfig.cli import path_argument
@@ -275,8 +276,8 @@ def main() -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    page_file(out, ".md").write_text(markdown(args, kappa, tall, kernel))
-    page_file(out, ".csv").write_text(csv_text(kappa + tall + kernel))
+    write_text_atomic(page_file(out, ".md"), markdown(args, kappa, tall, kernel))
+    write_text_atomic(page_file(out, ".csv"), csv_text(kappa + tall + kernel))
     print(f"wrote {page_file(out, '.md')} and {page_file(out, '.csv')} in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -27,7 +27,7 @@ from data.config import MQAR
 from data.prepare import dataset_dir, load_prepared
 from evals.context import FORMS, ContextCurve, context_curve, ratio_to_first_bucket, records, val_sequences
 from experiments.log_axes import style_log_axes
-from fileio.atomic import write_text_atomic
+from fileio.atomic import save_figure_atomic, write_text_atomic
 from fileio.folders import check_out_folder
 from fileio.pages import check_replace, command_line, opening, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
@@ -104,7 +104,7 @@ def plot(curves: list[ContextCurve], path: Path) -> None:
     style_log_axes(axes, "Loss against position", "position (bucket centre; dotted: training context)",
                    ylabel="val loss (nats)", yscale="linear")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure_atomic(figure, path, dpi=120)
 
 
 class Scored(NamedTuple):

@@ -41,6 +41,7 @@ from torch import nn
 
 from data.config import MQARConfig
 from data.mqar import MQARBatches, answer_accuracy, elimination_accuracy, val_set
+from fileio.atomic import write_text_atomic
 from fileio.folders import OutFolderError, check_out_folder
 from fileio.pages import check_replace, command_line, opening, page_file, this_machine, today
 from fileio.tables import csv_text, markdown_table
@@ -360,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             + f"The no-recall accuracy here is {elimination_accuracy(TASK.num_pairs, TASK.num_queries):.3f} "
               f"(`data.mqar.elimination_accuracy({TASK.num_pairs}, {TASK.num_queries})`).\n\n" + page_tables(done))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    page_file(args.out, ".md").write_text(page)
-    page_file(args.out, ".csv").write_text(csv_text(record(run, outcome) for run, outcome in done.items()))
+    write_text_atomic(page_file(args.out, ".md"), page)
+    write_text_atomic(page_file(args.out, ".csv"), csv_text(record(run, outcome) for run, outcome in done.items()))
     print(page, end="")
     return 0
 

@@ -44,6 +44,7 @@ from data.mqar import elimination_accuracy
 from experiments.comparison import (ComparisonError, Run, check_comparable, load_run, mean_std, recorded, run_config,
                                     run_dirs, trained_dates)
 from experiments.sweep import SWEEP_KEYS, parse_backends
+from fileio.atomic import save_figure_atomic, write_text_atomic
 from fileio.pages import PAGE_SUFFIXES, check_replace, command_line, opening, page_file
 from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
@@ -307,8 +308,8 @@ def write_results(grid: Grid, results: Path, page_opening: str) -> str:
             f"per setting]({page_file(results, '.png').name})\n\n{gros_section(grid, chosen)}\n"
             f"## Every learning rate\n\nFinal val accuracy (the basis of the choice, chosen in bold).\n\n{every}\n")
     results.parent.mkdir(parents=True, exist_ok=True)
-    page_file(results, ".md").write_text(page)
-    page_file(results, ".csv").write_text(csv_text(records))
+    write_text_atomic(page_file(results, ".md"), page)
+    write_text_atomic(page_file(results, ".csv"), csv_text(records))
     plot(grid, chosen, backends, page_file(results, ".png"))
     return page
 
@@ -328,7 +329,7 @@ def plot(grid: Grid, chosen: Chosen, backends: list[str], path: Path) -> None:
              xlabel="key-value pairs × sequence length (queries = pairs)", ylabel="answer accuracy (holdout, best lr)")
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: the lines fill the axes
-    figure.savefig(path, dpi=120)
+    save_figure_atomic(figure, path, dpi=120)
 
 
 def describe_config(path: str, cfg: RunConfig, seeds: int, lrs: list[float]) -> str:

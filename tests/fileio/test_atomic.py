@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fileio import atomic
-from fileio.atomic import write_text_atomic
+from fileio.atomic import save_figure_atomic, write_atomic, write_text_atomic
 
 
 def test_the_new_text_replaces_the_old_and_nothing_else_is_left(tmp_path):
@@ -28,3 +28,27 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         write_text_atomic(path, "new")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["meta.json"]
+
+
+def test_a_failed_write_leaves_the_old_file_whole_and_no_temporary_one(tmp_path):
+    """A full disk or a failing writer (savefig, csv) must not leave a truncated page or picture behind."""
+    path = tmp_path / "page.csv"
+    write_text_atomic(path, "old\n")
+
+    def partial(tmp):
+        tmp.write_text("new, cut sh")
+        raise OSError(28, "No space left on device", str(tmp))
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(path, partial)
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["page.csv"]
+
+
+def test_a_figure_is_saved_atomically_in_its_suffixs_format(tmp_path):
+    from matplotlib.figure import Figure
+
+    figure = Figure()
+    figure.add_subplot().plot([0, 1], [1, 0])
+    save_figure_atomic(figure, tmp_path / "curve.png", dpi=50)
+    assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in tmp_path.iterdir()] == ["curve.png"]
