@@ -14,6 +14,7 @@ carried across resumes), so a sweep writes nothing beyond the run directories.
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import subprocess
 import sys
@@ -118,10 +119,19 @@ def is_finished(run: SweepRun) -> bool:
     return any("val_loss" in line and line["step"] >= run.config.train.max_steps for line in read_metrics(run.run_dir))
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+
+
+def _terminate_with_parent() -> None:
+    """In a run's process before it starts (Linux): SIGTERM when the sweep dies, by kill -9 too, so that the run
+    checkpoints and stops rather than training on beside the sweep started again."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Launcher:
     """Runs training commands one at a time. Ctrl-C reaches the child through the terminal and SIGTERM is passed
     on to it, so the child checkpoints and exits (train.py's own handling); after that, `stopped` is set and the
-    sweep starts nothing more."""
+    sweep starts nothing more. A sweep that dies without a word (kill -9) takes its child along, on Linux."""
 
     def __init__(self) -> None:
         self.stopped = False
@@ -131,7 +141,8 @@ class Launcher:
         """Run `command` to its end; its exit status."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self._child = subprocess.Popen(command)
+            self._child = subprocess.Popen(
+                command, preexec_fn=_terminate_with_parent if sys.platform.startswith("linux") else None)
             return self._child.wait()
         finally:
             for sig, handler in previous.items():

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,32 @@ def test_a_two_backend_two_seed_sweep_gives_a_table_and_a_figure_and_resumes(tmp
     assert again.stdout.count("skipped") == 3 and "resuming from" in again.stdout
     assert (interrupted / "latest").read_text() == "step_000004"
     assert (out / "softmax-seed0" / "metrics.jsonl").read_text() == metrics_before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_a_sweep_killed_outright_takes_its_running_child_along(tmp_path):
+    """Orphaned, the run trained on, and the sweep started again found its folder locked."""
+    child = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
+             "print('up', flush=True); time.sleep(60)")
+    parent = (f"import sys; from experiments.sweep import Launcher; "
+              f"Launcher().run([sys.executable, '-c', {child!r}])")
+    sweep = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert sweep.stdout.readline() == "up\n"
+    children = subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 1
+    sweep.kill()
+    sweep.wait()
+    deadline = time.monotonic() + 10
+    while running(children[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(children[0])
+
+
+def running(pid: str) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie waits only to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
