@@ -110,9 +110,10 @@ class TrainState:
 
 def save_checkpoint(run_dir: str | Path, model: nn.Module, state: TrainState, config: dict[str, Any],
                     keep: int, say: Callable[[str], None] = _warn, *, resumed_here: bool = False) -> Path:
-    """Write the checkpoint of `state.step` atomically and point `latest` at it; then remove all but the newest
-    `keep` (>= 1) of those below it, never the one just written. `resumed_here`: the run continued from a checkpoint
-    of `run_dir`, so those numbered above it are its abandoned branch, removed too (reported through `say`)."""
+    """Write the checkpoint of `state.step` atomically into the run folder `run_dir`, which must exist, and point
+    `latest` at it; then remove all but the newest `keep` (>= 1) of those below it, never the one just written.
+    `resumed_here`: the run continued from a checkpoint of `run_dir`, so those numbered above it are its abandoned
+    branch, removed too (reported through `say`)."""
     root = Path(run_dir) / CHECKPOINTS
     # not the run folder itself: one removed while the run goes on is an error, not a folder made anew without its
     # config.yaml and lock (FileNotFoundError names it)
