@@ -47,7 +47,7 @@ MEASURED_HEADS = 4  # at most this many heads are timed (the module docstring sa
 MODE_VARIABLE, CACHE_VARIABLE = "ATTNLAB_CROSSOVER", "ATTNLAB_CACHE_DIR"
 MODES = ("measure", "default")
 
-_chosen: dict[tuple, int] = {}  # (backend, tiles, d, heads, dtype, device type) -> crossover, for this process
+_chosen: dict[tuple, int] = {}  # (backend, tiles, d, heads, dtype, device setting) -> crossover, for this process
 
 
 def mode() -> str:

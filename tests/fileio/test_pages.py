@@ -46,6 +46,24 @@ def test_a_page_and_its_csv_are_written_side_by_side_in_a_new_folder(tmp_path):
         assert list(csv.DictReader(f)) == [{"n": "1", "s": "0.5"}, {"n": "2", "s": "0.25"}]
 
 
+def test_a_page_rewritten_on_a_full_disk_keeps_its_old_files_whole(tmp_path, monkeypatch):
+    """The CSV and the page go through temporary files: a failure leaves the earlier ones, never a cut CSV."""
+    out = tmp_path / "bench_x"
+    write_page(out, [{"n": 1}], title="X", measured="x", command="python x.py", config="old", body="old")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    real_write_text = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_page(out, [{"n": i} for i in range(100)], title="X", measured="x", command="python x.py",
+                   config="new", body="new")
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
 def test_the_command_is_shown_as_typed_from_the_repository_root():
     script = REPO / "scripts" / "compare.py"
     assert command_line(script, ["runs/a b", "--out", "x"]) == "python scripts/compare.py 'runs/a b' --out x"
