@@ -9,6 +9,7 @@ from data.errors import DataError
 from typedconfig.parsing import coerce_fields
 
 MQAR = "mqar"  # data.source of the synthetic recall task
+HUB_PREFIX = "hf:"  # data.source of a Hugging Face hub dataset: hf:<dataset>
 DEFAULT_SPLIT = "train"  # data.split: the hub split read unless another is named
 
 
@@ -98,9 +99,11 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be >= 1 or null (no limit), got {getattr(self, name)}")
         if self.eval_windows < 1:
             raise ValueError(f"data.eval_windows must be >= 1, got {self.eval_windows}")
-        if self.source == MQAR:
-            check_fits(self.mqar, self.block_size)
-            for name, unset in (("subset", None), ("split", DEFAULT_SPLIT)):  # as resolve_source says for files
+        # local files are one text, which prepare divides into train and val itself; mqar is generated
+        if not self.source.startswith(HUB_PREFIX):
+            for name, unset in (("subset", None), ("split", DEFAULT_SPLIT)):
                 if getattr(self, name) != unset:
                     raise ValueError(f"data.{name} ({getattr(self, name)!r}) applies to hub sources only; remove it "
-                                     f"for {MQAR!r}")
+                                     f"for {self.source!r}")
+        if self.source == MQAR:
+            check_fits(self.mqar, self.block_size)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data.config import DEFAULT_SPLIT, MQAR, DataConfig
+from data.config import HUB_PREFIX, MQAR, DataConfig
 from data.errors import DataError
 from data.hub import check_hub_reachable
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from datasets import IterableDataset
 
 SHAKESPEARE = "shakespeare"
-HUB_PREFIX = "hf:"
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # extension -> builder
 PREPARED_META = "meta.json"  # what data.prepare writes beside a dataset's token files
 # byte-order marks of encodings that are not UTF-8, longest first (UTF-32-LE's begins with UTF-16-LE's)
@@ -131,10 +130,6 @@ def resolve_source(cfg: DataConfig) -> Source:
         if not name:
             raise DataError("data.source 'hf:' names no dataset; write e.g. hf:HuggingFaceFW/fineweb-edu")
         return Source(name, cfg.subset, cfg.split)
-    if cfg.subset is not None:
-        raise DataError(f"data.subset ({cfg.subset!r}) applies to hub sources only; remove it for {cfg.source!r}")
-    if cfg.split != DEFAULT_SPLIT:  # a local source is one text, which prepare divides into train and val itself
-        raise DataError(f"data.split ({cfg.split!r}) applies to hub sources only; remove it for {cfg.source!r}")
     if cfg.source == MQAR:
         raise DataError(f"data.source {MQAR!r} is generated while training, from the seed: there is nothing to prepare "
                         "or read")

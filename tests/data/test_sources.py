@@ -190,11 +190,12 @@ def test_an_empty_source_is_an_error(tmp_path, content):
 
 
 def test_subset_and_split_are_for_hub_sources_only(tmp_path):
-    with pytest.raises(DataError, match=r"data.subset \('x'\) applies to hub sources only"):
-        resolve_source(DataConfig(source="shakespeare", subset="x"))
+    with pytest.raises(ValueError, match=r"data.subset \('x'\) applies to hub sources only; remove it for "
+                                         r"'shakespeare'"):
+        DataConfig(source="shakespeare", subset="x")
     # a local source is one text: another split name would have prepared the same tokens again, in another folder
-    with pytest.raises(DataError, match=r"data.split \('validation'\) applies to hub sources only; remove it"):
-        resolve_source(DataConfig(source="shakespeare", split="validation"))
+    with pytest.raises(ValueError, match=r"data.split \('validation'\) applies to hub sources only; remove it"):
+        DataConfig(source=str(tmp_path), split="validation")
     assert resolve_source(DataConfig(source="hf:owner/name", split="validation")).split == "validation"
 
 

@@ -177,7 +177,8 @@ def test_override_parsing():
 
 def test_text_fields_keep_what_yaml_1_1_would_read_as_a_bool_or_a_number(tmp_path):
     (tmp_path / "run.yaml").write_text("extends: " + str(Path("configs/tiny.yaml").resolve()) + "\n"
-                                       "data:\n  subset: no\nlogging:\n  wandb: off\n  progress: no\n")
+                                       "data:\n  source: hf:owner/name\n  subset: no\nlogging:\n  wandb: off\n"
+                                       "  progress: no\n")  # a hub source: subset is for those alone
     cfg = load_config(tmp_path / "run.yaml", ["train.sample_prompt=0755", "logging.run_name=on", "train.max_steps=0x10"])
     assert (cfg.data.subset, cfg.train.sample_prompt, cfg.logging.run_name) == ("no", "0755", "on")
     assert (cfg.logging.wandb, cfg.logging.progress, cfg.train.max_steps) == ("off", False, 16)
