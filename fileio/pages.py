@@ -1,17 +1,19 @@
 """The opening of every generated results page: a heading, then one line that says what was measured, the command,
 the config, the machine and the date, so that a page read on its own says what it is; `recorded_command`, which
-reads the command back; `check_replace`, which keeps a run from replacing another command's page; and `write_page`,
-which writes a page and the CSV of its numbers side by side."""
+reads the command back; `check_replace`, which keeps a run from replacing another command's page (`replacing`: again
+while writing, under a lock); and `write_page`, which writes a page and the CSV of its numbers side by side."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import platform
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,22 @@ def check_replace(files: Sequence[Path], command: str, overwrite: bool, elsewher
                          "replace it")
     return (f"note: replacing {', '.join(map(str, existing))} "
             f"({'--overwrite' if recorded != command else 'the command that page records'})")
+
+
+@contextlib.contextmanager
+def replacing(files: Sequence[Path], command: str, overwrite: bool, elsewhere: str) -> Iterator[None]:
+    """While the block writes `files`: an exclusive lock on their folder (the folder itself, opened, so that no lock
+    file joins the outputs) and check_replace once more under it. Two commands that both passed the check before
+    either wrote are told apart here: the second waits for the first, then finds its page and is refused."""
+    folder = Path(files[0]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        check_replace(files, command, overwrite, elsewhere)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 PAGE_SUFFIXES = (".md", ".csv", ".png")  # the files of a results page

@@ -38,7 +38,7 @@ from experiments.comparison import (
 from experiments.comparison_plot import plot_val_curves
 from fileio.atomic import write_text_atomic
 from fileio.folders import OutFolderError, check_out_folder
-from fileio.pages import check_replace, command_line, opening
+from fileio.pages import check_replace, command_line, opening, replacing
 from fileio.tables import csv_text
 from typedconfig.cli import ArgumentParser, path_argument
 
@@ -46,6 +46,9 @@ DEFAULT_REFERENCE = "softmax"
 OUTPUTS = ("comparison.md", "comparison.csv", "comparison_paired.csv", "comparison.png")  # the page first
 MEASURED = ("final and best val loss and perplexity, tokens, wall time, train tokens/s and peak memory of each group "
             "of runs (mean ± std over seeds)")
+
+
+ELSEWHERE = "pass another --out (by default a new runs/compare-<date>-<time>)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         check_out_folder(out, "the table and figure")
         paths = run_dirs(args.runs)
         check_out_dir(out, [*map(Path, args.runs), *paths])
-        note = check_replace([out / name for name in OUTPUTS], command_line(__file__, argv), args.overwrite,
-                             "pass another --out (by default a new runs/compare-<date>-<time>)")
+        note = check_replace([out / name for name in OUTPUTS], command_line(__file__, argv), args.overwrite, ELSEWHERE)
         runs = [load_run(path) for path in paths]
         check_comparable(runs)
     except (ValueError, OutFolderError) as exc:  # ComparisonError is a ValueError
@@ -118,16 +120,20 @@ def main(argv: list[str] | None = None) -> int:
         pairs += f"\nNot paired (no seed in common with {reference}): {', '.join(unpaired)}.\n"
     print(table + pairs, end="")
 
+    page_file, csv_file, paired_file, plot_file = (out / name for name in OUTPUTS)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        page_file, csv_file, paired_file, plot_file = (out / name for name in OUTPUTS)
-        write_text_atomic(page_file, f"{page}{table}\n![val loss]({plot_file.name})\n{pairs}")
-        write_text_atomic(csv_file, csv_text(csv_rows(summaries)))
-        if paired:
-            write_text_atomic(paired_file, csv_text(paired_rows(paired)))
-        else:  # a reused --out: an earlier comparison's pairs would read as this one's
-            paired_file.unlink(missing_ok=True)
-        plot_val_curves({s.label: val_curve(groups[s.label]) for s in summaries}, plot_file)
+        # another compare into the same --out may have written since the check above
+        with replacing([out / name for name in OUTPUTS], command_line(__file__, argv), args.overwrite, ELSEWHERE):
+            write_text_atomic(page_file, f"{page}{table}\n![val loss]({plot_file.name})\n{pairs}")
+            write_text_atomic(csv_file, csv_text(csv_rows(summaries)))
+            if paired:
+                write_text_atomic(paired_file, csv_text(paired_rows(paired)))
+            else:  # a reused --out: an earlier comparison's pairs would read as this one's
+                paired_file.unlink(missing_ok=True)
+            plot_val_curves({s.label: val_curve(groups[s.label]) for s in summaries}, plot_file)
+    except ValueError as exc:
+        print(f"cannot compare: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # a folder that cannot be written (permissions, a full disk)
         print(f"cannot compare: cannot write to --out {out}: {exc}", file=sys.stderr)
         return 2

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import re
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from fileio.pages import (REPO, check_replace, code_revision, command_line, opening, page_file, recorded_command,
-                          this_machine, today, write_page)
+                          replacing, this_machine, today, write_page)
 
 
 def test_the_opening_is_a_heading_and_one_line():
@@ -62,6 +64,31 @@ def test_a_page_rewritten_on_a_full_disk_keeps_its_old_files_whole(tmp_path, mon
         write_page(out, [{"n": i} for i in range(100)], title="X", measured="x", command="python x.py",
                    config="new", body="new")
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+def test_two_commands_that_passed_the_check_before_either_wrote_are_told_apart_while_writing(tmp_path):
+    """The first to write takes the folder's lock; the second waits, then finds the first's page and is refused."""
+    files = [tmp_path / "out" / "page.md", tmp_path / "out" / "page.csv"]
+    assert check_replace(files, "python a.py", False, "elsewhere") == ""  # both looked: nothing there yet
+    assert check_replace(files, "python b.py", False, "elsewhere") == ""
+    entered = threading.Event()
+
+    def first() -> None:
+        with replacing(files, "python a.py", False, "elsewhere"):
+            entered.set()
+            time.sleep(0.3)
+            files[0].write_text(opening("A", "a", "python a.py", "c", "m", "d"))
+
+    writer = threading.Thread(target=first)
+    writer.start()
+    entered.wait()
+    with pytest.raises(ValueError, match=r"page.md exists, written by `python a.py`; this would replace it: "
+                                         r"elsewhere, or --overwrite"):
+        with replacing(files, "python b.py", False, "elsewhere"):
+            pytest.fail("the second command wrote")
+    writer.join()
+    with replacing(files, "python a.py", False, "elsewhere"):  # the command the page records regenerates it
+        pass
 
 
 def test_the_command_is_shown_as_typed_from_the_repository_root():

@@ -87,6 +87,7 @@ def test_a_str_field_from_a_command_line_value_gets_the_text_as_given(raw, name)
 @pytest.mark.parametrize("raw, field_name, expected", [
     ("010", "limit", 10), ("1_000", "limit", 1000), ("1e3", "limit", 1000), ("0x10", "limit", 16),
     ("12345678901234567.0", "limit", 12345678901234567), ("1.5e17", "limit", 150000000000000000),  # exactly
+    ("0e99", "limit", 0),
     ("null", "limit", None), ("off", "flag", False), ("[a, b]", "tags", ["a", "b"]), ("a,b", "tags", ["a", "b"]),
     ("{depth: 2}", "options", {"depth": 2}), ("{}", "options", {}), ("false", "logging", "off"),
 ])
