@@ -215,7 +215,8 @@ def _number(tp: type, text: str, key: str) -> int | float:
         raise ConfigError(f"{key}: expected {tp.__name__}, got {text!r}") from None
     if not exact.is_finite():  # Infinity, NaN: refused by the caller, as the YAML spellings are
         return float(exact)
-    if exact and exact.adjusted() >= EXACT_INT_DIGITS:  # (0e99 is 0)  # past any int setting, and its int could take gigabytes (1e999999999)
+    # past any int setting, and its int could take gigabytes (1e999999999); 0e99 is 0
+    if exact and exact.adjusted() >= EXACT_INT_DIGITS:
         raise ConfigError(f"{key}: expected an integer below 10**{EXACT_INT_DIGITS}, got {text.strip()}")
     if exact != exact.to_integral_value():
         raise ConfigError(f"{key}: expected an integer, got {text.strip()}")
