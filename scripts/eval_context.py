@@ -29,7 +29,7 @@ from evals.context import FORMS, ContextCurve, context_curve, ratio_to_first_buc
 from experiments.log_axes import style_log_axes
 from fileio.atomic import save_figure_atomic, write_text_atomic
 from fileio.folders import check_out_folder
-from fileio.pages import check_replace, command_line, opening, this_machine, today
+from fileio.pages import check_replace, command_line, opening, replacing, this_machine, today
 from fileio.tables import cell, csv_text, markdown_table
 from training.checkpoint import checkpoint_model, load_checkpoint_config
 from training.config import RunConfig
@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     curves = []
     try:
         check_out_folder(args.out, "the page, CSV and plot")
-        note = check_replace([args.out / name for name in OUTPUTS], command_line(__file__, argv), args.overwrite,
-                             "give another --out")
+        outputs = ([args.out / name for name in OUTPUTS], command_line(__file__, argv), args.overwrite,
+                   "give another --out")
+        note = check_replace(*outputs)
         loaded = [load_scored(path, args.max_length, args.sequences) for path in args.ckpt]
         check_alike(args.ckpt, loaded)
         for cfg, ckpt, val_tokens, _ in loaded:
@@ -181,12 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eval_context: {exc}", file=sys.stderr)
         return 2
     curves = [replace(c, label=text) for c, text in zip(curves, unique_labels([c.label for c in curves], args.ckpt))]
-    args.out.mkdir(parents=True, exist_ok=True)
     if note:
         print(f"eval_context: {note}")
-    write_text_atomic(args.out / "context.md", markdown(curves, argv, args.form))
-    write_text_atomic(args.out / "context.csv", csv_text(records(curves)))
-    plot(curves, args.out / "context.png")
+    try:
+        with replacing(*outputs):  # another command may have written there during the minutes above
+            write_text_atomic(args.out / "context.md", markdown(curves, argv, args.form))
+            write_text_atomic(args.out / "context.csv", csv_text(records(curves)))
+            plot(curves, args.out / "context.png")
+    except (ValueError, OSError) as exc:
+        print(f"eval_context: {exc}", file=sys.stderr)
+        return 2
     print(f"eval_context: wrote {args.out}/context.md, context.csv, context.png")
     return 0
 

@@ -43,7 +43,7 @@ from data.config import MQARConfig
 from data.mqar import MQARBatches, answer_accuracy, elimination_accuracy, val_set
 from fileio.atomic import write_text_atomic
 from fileio.folders import OutFolderError, check_out_folder
-from fileio.pages import check_replace, command_line, opening, page_file, this_machine, today
+from fileio.pages import check_replace, command_line, opening, page_file, replacing, this_machine, today
 from fileio.tables import csv_text, markdown_table
 from model.config import ModelConfig
 from model.gpt import GPT
@@ -332,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:  # before hours of training: where the page goes, and whether it would replace another command's
         check_out_folder(args.out.parent, "the page and CSV", option="--out's folder")
-        note = check_replace([page_file(args.out, suffix) for suffix in (".md", ".csv")],
-                             command_line(__file__, argv), args.overwrite, "give another --out")
+        outputs = ([page_file(args.out, suffix) for suffix in (".md", ".csv")], command_line(__file__, argv),
+                   args.overwrite, "give another --out")
+        note = check_replace(*outputs)
     except (ValueError, OutFolderError) as exc:
         print(f"mqar_init: {exc}", file=sys.stderr)
         return 2
@@ -360,9 +361,14 @@ def main(argv: list[str] | None = None) -> int:
                     command_line(__file__, argv), config, this_machine(), today())
             + f"The no-recall accuracy here is {elimination_accuracy(TASK.num_pairs, TASK.num_queries):.3f} "
               f"(`data.mqar.elimination_accuracy({TASK.num_pairs}, {TASK.num_queries})`).\n\n" + page_tables(done))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(page_file(args.out, ".md"), page)
-    write_text_atomic(page_file(args.out, ".csv"), csv_text(record(run, outcome) for run, outcome in done.items()))
+    try:
+        with replacing(*outputs):  # checked again: another command may have written there during the runs
+            write_text_atomic(page_file(args.out, ".md"), page)
+            write_text_atomic(page_file(args.out, ".csv"),
+                              csv_text(record(run, outcome) for run, outcome in done.items()))
+    except (ValueError, OSError) as exc:
+        print(f"mqar_init: {exc}", file=sys.stderr)
+        return 2
     print(page, end="")
     return 0
 

@@ -45,7 +45,7 @@ from experiments.comparison import (ComparisonError, Run, check_comparable, load
                                     run_dirs, trained_dates)
 from experiments.sweep import SWEEP_KEYS, parse_backends
 from fileio.atomic import save_figure_atomic, write_text_atomic
-from fileio.pages import PAGE_SUFFIXES, check_replace, command_line, opening, page_file
+from fileio.pages import PAGE_SUFFIXES, check_replace, command_line, opening, page_file, replacing
 from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
 from training.config import RunConfig, load_config, parse_override
@@ -261,7 +261,7 @@ def gros_section(grid: Grid, chosen: Chosen) -> str:
             f"{table}\n\n{verdict}\n")
 
 
-def write_results(grid: Grid, results: Path, page_opening: str) -> str:
+def write_results(grid: Grid, results: Path, page_opening: str, command: str, overwrite: bool) -> str:
     """The page (also written to <results>.md), the CSV and the PNG; returns the page. Settings appear in the
     grid's order, the easiest first."""
     chosen = best_lrs(grid)
@@ -307,10 +307,10 @@ def write_results(grid: Grid, results: Path, page_opening: str) -> str:
             f"\n\n![holdout accuracy "
             f"per setting]({page_file(results, '.png').name})\n\n{gros_section(grid, chosen)}\n"
             f"## Every learning rate\n\nFinal val accuracy (the basis of the choice, chosen in bold).\n\n{every}\n")
-    results.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(page_file(results, ".md"), page)
-    write_text_atomic(page_file(results, ".csv"), csv_text(records))
-    plot(grid, chosen, backends, page_file(results, ".png"))
+    with replacing(results_files(results), command, overwrite, ELSEWHERE):  # checked again: the grid took hours
+        write_text_atomic(page_file(results, ".md"), page)
+        write_text_atomic(page_file(results, ".csv"), csv_text(records))
+        plot(grid, chosen, backends, page_file(results, ".png"))
     return page
 
 
@@ -352,11 +352,18 @@ def machines_and_time(runs: list[Run]) -> tuple[str, str]:
         f"{span:.2f} h wall time ({steps / 3600:.2f} h in training steps)"
 
 
+ELSEWHERE = "pass --results elsewhere (e.g. runs/mqar-trial)"
+
+
+def results_files(results: Path) -> list[Path]:
+    """The page, CSV and PNG at `results`, the page first (as check_replace reads them)."""
+    return [page_file(results, suffix) for suffix in PAGE_SUFFIXES]
+
+
 def check_results(results: Path, command: str, overwrite: bool) -> str:
     """Before any run starts: `fileio.pages.check_replace` for the page, CSV and PNG at `results`; returns the note
     to print where they will be replaced when the grid is done, else ''."""
-    note = check_replace([page_file(results, suffix) for suffix in PAGE_SUFFIXES], command, overwrite,
-                         "pass --results elsewhere (e.g. runs/mqar-trial)")
+    note = check_replace(results_files(results), command, overwrite, ELSEWHERE)
     return f"recall_grid: {note}" if note else ""
 
 
@@ -429,7 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     page_opening = opening(title, measured,
                            command_line(__file__, argv), describe_config(args.config, base, args.seeds, lrs), machine,
                            trained_dates(runs))
-    print(write_results(grid, args.results, page_opening), end="")
+    try:
+        page = write_results(grid, args.results, page_opening, command_line(__file__, argv), args.overwrite)
+    except (ValueError, OSError) as exc:
+        print(f"recall_grid: {exc}", file=sys.stderr)
+        return 2
+    print(page, end="")
     return 0
 
 
