@@ -94,23 +94,25 @@ def _json_rows(path: Path, split: str) -> Iterator[dict]:
     a column's type from a file's first block (~10 MB) and converts later blocks to it without a word: a number
     became the text "12345", and a block's strings came out wrapped in JSON quotes. A .json file that is one JSON
     document (an array of rows, or an object spread over lines) goes to the json builder, which reads it whole."""
+    first = True
     with open(path, encoding="utf-8-sig", newline="\n") as handle:  # a lone CR is JSON whitespace, not a line end
-        for count, (number, line) in enumerate(((n, line) for n, line in enumerate(handle, 1) if line.strip()), 1):
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
+                problem = None if isinstance(row, dict) else (f"a row must be a JSON object holding data.text_field, "
+                                                              f"got {type(row).__name__}")
             except ValueError as exc:
-                if count == 1 and suffix(path) == ".json":
-                    break
-                raise DataError(f"{path}, line {number}: not valid JSON ({exc}); fix or delete that line") from None
-            if not isinstance(row, dict):
-                if count == 1 and suffix(path) == ".json":
-                    break
-                raise DataError(f"{path}, line {number}: a row must be a JSON object holding data.text_field, got "
-                                f"{type(row).__name__}; fix or delete that line")
-            yield row
-        else:
-            return
-    yield from _local_dataset("json", [path], split)  # one JSON document
+                problem = f"not valid JSON ({exc})"
+            if problem is None:
+                yield row
+            elif first and suffix(path) == ".json":  # one JSON document, not JSON lines
+                yield from _local_dataset("json", [path], split)
+                return
+            else:
+                raise DataError(f"{path}, line {number}: {problem}; fix or delete that line")
+            first = False
 
 
 def _read_text(path: Path, chars: int | None) -> Iterator[str]:
@@ -207,7 +209,7 @@ def local_files(source: str, prepared_dir: Path | None = None) -> list[Path]:
         raise DataError(
             f"data.source {source!r}: cannot read {', '.join(unknown)} files; supported: {', '.join(BUILDERS)}"
         )
-    return sorted(candidates)
+    return candidates  # sorted, as deduplicated above
 
 
 def _walk_files(folder: Path) -> Iterator[Path]:

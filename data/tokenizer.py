@@ -175,13 +175,8 @@ def load_tokenizer(name: str = GPT2) -> TextTokenizer:
         encoding = gpt2_encoding()
         return TextTokenizer(GPT2, encoding.eot_token, encoding.n_vocab, gpt2_tokenizer, encoding, PIECE_CHARS)
     from huggingface_hub import try_to_load_from_cache  # for hub tokenizers only: the GPT-2 one needs no hub
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    try:
-        validate_repo_id(name)
-    except HFValidationError as exc:
-        raise DataError(f"data.tokenizer {name!r} is neither {GPT2} nor a hub tokenizer name ({exc}); give {GPT2} "
-                        "or a hub repository's owner/name") from None
+    check_hub_name(name)
     if try_to_load_from_cache(name, "tokenizer.json") is None:  # a cached one loads without the network
         check_hub_reachable(f"tokenizer {name!r}", f"hub tokenizers need internet, or use data.tokenizer={GPT2}")
     try:
@@ -209,11 +204,25 @@ def tokenizer_identity(name: str) -> str:
     or a file replaced in the cache, gives other ids); its name where no such file is found."""
     from huggingface_hub import try_to_load_from_cache
 
-    load_tokenizer(name)  # into the hub cache, where it was not yet
+    check_hub_name(name)
     found = try_to_load_from_cache(name, "tokenizer.json")
+    if found is None:  # not in the hub cache yet: loading the tokenizer puts it there
+        load_tokenizer(name)
+        found = try_to_load_from_cache(name, "tokenizer.json")
     if not isinstance(found, str):  # None, or the hub's marker of a file known to be missing
         return name
     return hashlib.sha256(Path(found).read_bytes()).hexdigest()
+
+
+def check_hub_name(name: str) -> None:
+    """DataError where `name` cannot be a hub repository's (the hub library would raise its own validation error)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        raise DataError(f"data.tokenizer {name!r} is neither {GPT2} nor a hub tokenizer name ({exc}); give {GPT2} "
+                        "or a hub repository's owner/name") from None
 
 
 def gpt2_files() -> tuple[Path, Path]:

@@ -125,7 +125,7 @@ PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 def _terminate_with_parent() -> None:
     """In a run's process before it starts (Linux): SIGTERM when the sweep dies, by kill -9 too, so that the run
     checkpoints and stops rather than training on beside the sweep started again."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Launcher:

@@ -88,11 +88,17 @@ def write_page(out: str | Path, records: Iterable[dict[str, Any]], *, title: str
                config: str, body: str) -> None:
     """A results page and its data: `out`.md (the opening, on this machine today, then `body`) and `out`.csv
     (`records`), the folder made if need be."""
+    page = opening(title, measured, command, config, this_machine(), today())
+    write_page_files(out, page + body + "\n", records)
+
+
+def write_page_files(out: str | Path, page: str, records: Iterable[dict[str, Any]]) -> None:
+    """`out`.md (the page as given) and `out`.csv (`records`), each written atomically, the folder made if need
+    be."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(page_file(out, ".csv"), csv_text(records))
-    page = opening(title, measured, command, config, this_machine(), today())
-    write_text_atomic(page_file(out, ".md"), page + body + "\n")
+    write_text_atomic(page_file(out, ".md"), page)
 
 
 def command_line(script: str | Path, argv: Sequence[str] | None = None) -> str:

@@ -42,6 +42,11 @@ def cell(value: Any, style: str = "g") -> str:
     return NUMBER_FORMATS[style].format(value)
 
 
+def range_cell(low: Any, high: Any, style: str = "g") -> str:
+    """`low–high` as a table cell, each end as `cell` writes it: a spread over rounds, beside its median."""
+    return f"{cell(low, style)}–{cell(high, style)}"
+
+
 def mean_std_cell(mean: float, std: float, digits: int) -> str:
     """`1,234.5 ± 6.7`: thousands separated, `digits` decimals; the ± part only where std is a number other than 0
     (NaN: a single run, whose spread is unknown)."""

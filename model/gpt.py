@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.attention import get_backend
+from model.attention.crossover import leaves_to_measure
 from model.config import ModelConfig
 from model.loss import linear_cross_entropy
 from model.position import apply_rotary, padding_count, rotary_angles, rotary_dtype, token_positions
@@ -252,8 +253,8 @@ class GPT(nn.Module):
         while the model is traced, when flex_attention (the direct form on CUDA) runs unfused, timing the direct
         form at its slowest. A forward asks with the dtypes the layers really produce (under CUDA's autocast
         taylor's normalised q and k come out in fp32). In eval mode: no dropout, no random number drawn."""
-        if not any(hasattr(block.attn.backend, "crossover") for block in self.transformer.h):
-            return  # only the backends with a direct and a linear form have one
+        if not any(leaves_to_measure(block.attn.backend, length) for block in self.transformer.h):
+            return  # a crossover set in the config, below the measured range, or not measured: no forward needed
         training = self.training
         self.eval()
         try:

@@ -49,7 +49,7 @@ import torch  # noqa: E402
 
 from experiments.log_axes import style_log_axes  # noqa: E402
 from fileio.pages import command_line, opening, this_machine, today  # noqa: E402
-from fileio.tables import csv_text, markdown_table  # noqa: E402
+from fileio.tables import markdown_table  # noqa: E402
 from model.attention import BACKENDS, get_backend  # noqa: E402
 
 # This tree's malloc setup, by path: a baseline tree may predate it, and it imports nothing of the repository.
@@ -497,9 +497,8 @@ def markdown(args, train_rows, decode_rows) -> str:
                              f"({'met' if ratio <= 1.5 else 'NOT met'}, target <= 1.5)")
             if not any(row["backend"] == "taylor" and row["dtype"] == dtype for row in train_rows):
                 continue
-            # the crossover this machine uses for taylor at the cases' threads (measured on first use and cached:
-            # model/attention/crossover.py)
-            torch.set_num_threads(args.threads)
+            # the crossover this machine uses for taylor at the cases' threads (main() set them; measured on first
+            # use and cached: model/attention/crossover.py)
             crossover_n = this_tree_crossover(get_backend("taylor"), args.head_dim, args.heads, getattr(torch, dtype))
             compared = [(n, t["time_s"] / s["time_s"]) for n in lengths if n >= crossover_n
                         and (t := lookup(train_rows, "taylor", dtype, n, mode))
@@ -620,9 +619,9 @@ def main() -> None:
             print(json.dumps([row | {"malloc": setting} for row in result] if isinstance(result, list)
                              else result | {"malloc": setting}))
             return
+    torch.set_num_threads(args.threads)  # the cases' own (each runs in a child); the page's crossover lookup too
     # the parent runs this tree; a case's child may import an older one's
-    from fileio.atomic import write_text_atomic
-    from fileio.pages import page_file
+    from fileio.pages import page_file, write_page_files
     if args.against:
         if args.baseline_rev:
             from experiments.revision import baseline_commit  # the parent always runs this tree
@@ -631,19 +630,15 @@ def main() -> None:
         rows, gemm_rows = paired(args)
         loads.append(os.getloadavg()[0])
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(page_file(out, ".csv"), csv_text([{"kind": "paired"} | r for r in rows]
-                                                           + [{"kind": "tile gemm"} | r for r in gemm_rows]))
-        write_text_atomic(page_file(out, ".md"), paired_markdown(args, rows, gemm_rows, tuple(loads)))
+        write_page_files(out, paired_markdown(args, rows, gemm_rows, tuple(loads)),
+                         [{"kind": "paired"} | r for r in rows] + [{"kind": "tile gemm"} | r for r in gemm_rows])
         print(f"wrote {page_file(out, '.csv')}, {page_file(out, '.md')}")
         return
 
     train_rows, decode_rows = benchmark(args)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(page_file(out, ".csv"), csv_text([{"kind": "training"} | r for r in train_rows]
-                                                       + [{"kind": "decode"} | r for r in decode_rows]))
-    write_text_atomic(page_file(out, ".md"), markdown(args, train_rows, decode_rows))
+    write_page_files(out, markdown(args, train_rows, decode_rows),
+                     [{"kind": "training"} | r for r in train_rows] + [{"kind": "decode"} | r for r in decode_rows])
     plot(page_file(out, ".png"), args, train_rows, decode_rows)
     print(f"wrote {', '.join(str(page_file(out, suffix)) for suffix in ('.csv', '.md', '.png'))}")
 

@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 
 from experiments.log_axes import style_log_axes
-from fileio.atomic import save_figure_atomic, write_text_atomic
-from fileio.pages import command_line, opening, page_file, this_machine, today
-from fileio.tables import csv_text, markdown_table
+from fileio.atomic import save_figure_atomic
+from fileio.pages import command_line, opening, page_file, this_machine, today, write_page_files
+from fileio.tables import markdown_table
 from model.attention import BACKENDS, get_backend
 from model.config import ModelConfig
 from model.generation import available_bytes
@@ -237,10 +237,8 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     rows = [row for name in args.backends for row in bench_backend(name, args)]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"threads": torch.get_num_threads(), "dtype": args.dtype, "position_encoding": args.position}
-    write_text_atomic(page_file(out, ".csv"), csv_text(row | settings for row in rows))
-    write_text_atomic(page_file(out, ".md"), markdown(rows, args, (load_start, os.getloadavg()[0])))
+    write_page_files(out, markdown(rows, args, (load_start, os.getloadavg()[0])), [row | settings for row in rows])
     written = [page_file(out, ".csv"), page_file(out, ".md")]
     if 1 in args.batches and len(args.positions) > 1:
         written.append(page_file(out, ".png"))

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from fileio.atomic import save_figure_atomic, write_text_atomic
-from fileio.pages import command_line, opening, page_file, this_machine, today
-from fileio.tables import csv_text, markdown_table
+from fileio.atomic import save_figure_atomic
+from fileio.pages import command_line, opening, page_file, this_machine, today, write_page_files
+from fileio.tables import markdown_table
 from model.attention import BACKENDS, get_backend
 from model.gpt import GPT
 from model.sampling import Sampler, next_token
@@ -168,8 +168,7 @@ def plot(path: Path, rows: list[dict]) -> None:
 def write(out: Path, rows: list[dict], args: argparse.Namespace, load_start: float, status: str) -> None:
     settings = {"threads": args.threads, "position_encoding": args.position}
     rows = sorted(rows, key=lambda r: (args.backends.index(r["backend"]), r["position"]))
-    write_text_atomic(page_file(out, ".csv"), csv_text(r | settings for r in rows))
-    write_text_atomic(page_file(out, ".md"), markdown(rows, args, load_start, status))
+    write_page_files(out, markdown(rows, args, load_start, status), [r | settings for r in rows])
     plot(page_file(out, ".png"), rows)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from fileio.pages import command_line, write_page
-from fileio.tables import cell, markdown_table
+from fileio.tables import cell, markdown_table, range_cell
 from model.loss import VOCAB_ALIGN, chunked_linear_cross_entropy, linear_cross_entropy_reference
 from training.malloc import malloc_setting
 
@@ -92,7 +92,7 @@ def main() -> None:
     # the range shows which forms the rounds told apart: overlapping ranges did not
     table = markdown_table(["dtype", "tokens", "form", "seconds", "time / full form's", "range over rounds"],
                            [[r["dtype"], r["tokens"], r["form"], cell(r["seconds"]), cell(r["ratio_to_full"], "x"),
-                             f"{cell(r['ratio_min'], 'x')}–{cell(r['ratio_max'], 'x')}"] for r in rows],
+                             range_cell(r["ratio_min"], r["ratio_max"], "x")] for r in rows],
                            right=("tokens", "seconds", "time / full form's"))
     config = (f"hidden {args.hidden}, vocabulary {args.vocab}, fp32 weights (bfloat16: autocast), {args.threads} "
               f"thread(s), {args.reps} rounds after an untimed one, the forms taking turns in each round; seconds: "

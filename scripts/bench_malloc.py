@@ -24,7 +24,7 @@ from pathlib import Path
 
 from experiments.bench_shapes import SHAPES
 from fileio.pages import command_line, load_since, page_file, write_page
-from fileio.tables import cell, markdown_table
+from fileio.tables import cell, markdown_table, range_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("unchanged", "kept")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         ["shape", "malloc", "step s", "tokens/s", "step time / unchanged's", "range over rounds", "peak RSS MiB"],
         [[r["shape"], "glibc's, unchanged" if r["malloc"] == "unchanged" else "freed memory kept (train.py)",
           r["step_s"], cell(r["tokens_per_s"], "int"), cell(r["time_vs_unchanged"], "x"),
-          f"{cell(r['time_vs_unchanged_min'], 'x')}–{cell(r['time_vs_unchanged_max'], 'x')}",
+          range_cell(r["time_vs_unchanged_min"], r["time_vs_unchanged_max"], "x"),
           f"{r['peak_rss_mib']:,}"] for r in rows])
     config = (f"{args.dtype}, {args.threads} thread(s), {args.rounds} rounds of one process per setting, each the "
               f"median of {args.steps} steps after {args.warmup} warm-up steps; torch "

@@ -37,9 +37,8 @@ from evals.extract import load_extracted
 from evals.instances import distinct_rows
 from evals.run import KERNEL_METHODS, time_vs_n
 from evals.solve import least_squares
-from fileio.atomic import write_text_atomic
-from fileio.pages import command_line, opening, page_file, this_machine, today
-from fileio.tables import cell, csv_text, markdown_table
+from fileio.pages import command_line, opening, page_file, this_machine, today, write_page_files
+from fileio.tables import cell, markdown_table
 from typedconfig.cli import path_argument
 
 KAPPAS = (1e2, 1e4, 1e6, 1e8)
@@ -275,9 +274,7 @@ def main() -> int:
         print("bench_solvers: nothing was measured (every size was skipped); no page written", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(page_file(out, ".md"), markdown(args, kappa, tall, kernel))
-    write_text_atomic(page_file(out, ".csv"), csv_text(kappa + tall + kernel))
+    write_page_files(out, markdown(args, kappa, tall, kernel), kappa + tall + kernel)
     print(f"wrote {page_file(out, '.md')} and {page_file(out, '.csv')} in {time.perf_counter() - start:.0f} s")
     return 0
 

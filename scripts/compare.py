@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         check_out_folder(out, "the table and figure")
         paths = run_dirs(args.runs)
         check_out_dir(out, [*map(Path, args.runs), *paths])
-        note = check_replace([out / name for name in OUTPUTS], command_line(__file__, argv), args.overwrite, ELSEWHERE)
+        outputs = ([out / name for name in OUTPUTS], command_line(__file__, argv), args.overwrite, ELSEWHERE)
+        note = check_replace(*outputs)
         runs = [load_run(path) for path in paths]
         check_comparable(runs)
     except (ValueError, OutFolderError) as exc:  # ComparisonError is a ValueError
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{runs[0].budget:,} training tokens each, val windows {runs[0].eval_lines[-1].get('val_windows')}; "
               f"groups set apart by {', '.join(varying_settings(runs)) or 'nothing'}; code "
               f"{', '.join(revisions) or 'revision not recorded'}")
-    page = opening(f"Comparison of {len(runs)} runs on {data['source']}", MEASURED, command_line(__file__, argv),
+    page = opening(f"Comparison of {len(runs)} runs on {data['source']}", MEASURED, outputs[1],
                    config, "; ".join(recorded(runs, "machine")) or "not recorded in the run records",
                    f"trained {trained_dates(runs)}")
     groups = group_runs(runs)
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     page_file, csv_file, paired_file, plot_file = (out / name for name in OUTPUTS)
     try:
         # another compare into the same --out may have written since the check above
-        with replacing([out / name for name in OUTPUTS], command_line(__file__, argv), args.overwrite, ELSEWHERE):
+        with replacing(*outputs):
             write_text_atomic(page_file, f"{page}{table}\n![val loss]({plot_file.name})\n{pairs}")
             write_text_atomic(csv_file, csv_text(csv_rows(summaries)))
             if paired:

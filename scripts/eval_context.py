@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         outputs = ([args.out / name for name in OUTPUTS], command_line(__file__, argv), args.overwrite,
                    "give another --out")
         note = check_replace(*outputs)
+        if note:  # before the minutes of scoring, as the other commands say it
+            print(f"eval_context: {note}", flush=True)
         loaded = [load_scored(path, args.max_length, args.sequences) for path in args.ckpt]
         check_alike(args.ckpt, loaded)
         for cfg, ckpt, val_tokens, _ in loaded:
@@ -182,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eval_context: {exc}", file=sys.stderr)
         return 2
     curves = [replace(c, label=text) for c, text in zip(curves, unique_labels([c.label for c in curves], args.ckpt))]
-    if note:
-        print(f"eval_context: {note}")
     try:
         with replacing(*outputs):  # another command may have written there during the minutes above
             write_text_atomic(args.out / "context.md", markdown(curves, argv, args.form))

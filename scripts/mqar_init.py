@@ -41,10 +41,10 @@ from torch import nn
 
 from data.config import MQARConfig
 from data.mqar import MQARBatches, answer_accuracy, elimination_accuracy, val_set
-from fileio.atomic import write_text_atomic
 from fileio.folders import OutFolderError, check_out_folder
-from fileio.pages import check_replace, command_line, opening, page_file, replacing, this_machine, today
-from fileio.tables import csv_text, markdown_table
+from fileio.pages import (check_replace, command_line, opening, page_file, replacing, this_machine, today,
+                          write_page_files)
+from fileio.tables import markdown_table
 from model.config import ModelConfig
 from model.gpt import GPT
 from typedconfig.cli import path_argument
@@ -363,9 +363,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(`data.mqar.elimination_accuracy({TASK.num_pairs}, {TASK.num_queries})`).\n\n" + page_tables(done))
     try:
         with replacing(*outputs):  # checked again: another command may have written there during the runs
-            write_text_atomic(page_file(args.out, ".md"), page)
-            write_text_atomic(page_file(args.out, ".csv"),
-                              csv_text(record(run, outcome) for run, outcome in done.items()))
+            write_page_files(args.out, page, [record(run, outcome) for run, outcome in done.items()])
     except (ValueError, OSError) as exc:
         print(f"mqar_init: {exc}", file=sys.stderr)
         return 2

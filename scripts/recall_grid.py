@@ -49,7 +49,7 @@ from fileio.pages import PAGE_SUFFIXES, check_replace, command_line, opening, pa
 from fileio.tables import csv_text, markdown_table, mean_std_cell
 from model.attention import BACKENDS
 from training.config import RunConfig, load_config, parse_override
-from typedconfig.cli import ArgumentParser, path_argument, split_overrides
+from typedconfig.cli import ArgumentParser, parse_with_overrides, path_argument
 from typedconfig.parsing import ConfigError
 
 SWEEP = Path(__file__).resolve().parent / "sweep.py"
@@ -382,10 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                         "or with --overwrite")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --results page that another command wrote")
-    argv = sys.argv[1:] if argv is None else argv
-    overrides, rest = split_overrides(argv)  # --section.key=value too, as train.py takes it
-    args = parser.parse_args(rest)
-    args.overrides = overrides + args.overrides
+    args = parse_with_overrides(parser, argv)  # --section.key=value too, as train.py takes it
+    page_command = command_line(__file__, argv)  # what the results page records, and check_replace compares
     try:
         settings, lrs = parse_settings(args.settings), parse_lrs(args.lrs)
         backends = parse_backends(args.backends)
@@ -401,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--settings {setting.pairs}x{setting.length}: {exc}") from None
         if base.data.source != MQAR:
             raise ValueError(f"{args.config} trains on {base.data.source!r}; set data.source=mqar")
-        note = check_results(args.results, command_line(__file__, argv), args.overwrite)
+        note = check_results(args.results, page_command, args.overwrite)
     except (ValueError, ConfigError, OSError) as exc:  # ConfigError is a ValueError
         print(f"recall_grid: {exc}", file=sys.stderr)
         return 2
@@ -434,10 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.overrides:  # a variant of the config: the title tells its page from the main one
         title += f", with {' '.join(args.overrides)}"
     page_opening = opening(title, measured,
-                           command_line(__file__, argv), describe_config(args.config, base, args.seeds, lrs), machine,
+                           page_command, describe_config(args.config, base, args.seeds, lrs), machine,
                            trained_dates(runs))
     try:
-        page = write_results(grid, args.results, page_opening, command_line(__file__, argv), args.overwrite)
+        page = write_results(grid, args.results, page_opening, page_command, args.overwrite)
     except (ValueError, OSError) as exc:
         print(f"recall_grid: {exc}", file=sys.stderr)
         return 2

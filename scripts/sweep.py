@@ -21,7 +21,7 @@ from experiments.sweep import Launcher, RunMismatch, check_reusable, is_finished
 from fileio.folders import OutFolderError, check_out_folder
 from model.attention import BACKENDS
 from training.metrics import MetricsError
-from typedconfig.cli import ArgumentParser, path_argument, split_overrides
+from typedconfig.cli import ArgumentParser, parse_with_overrides, path_argument
 from typedconfig.parsing import ConfigError
 
 
@@ -34,10 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="runs per backend, with train.seed 0 .. SEEDS-1")
     parser.add_argument("--out", type=path_argument, help="sweep directory (default: runs/sweeps/<config name>)")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="processes per run (torchrun) when > 1")
-    argv = sys.argv[1:] if argv is None else argv
-    overrides, rest = split_overrides(argv)  # --section.key=value too, as train.py takes it
-    args = parser.parse_args(rest)
-    args.overrides = overrides + args.overrides
+    args = parse_with_overrides(parser, argv)  # --section.key=value too, as train.py takes it
     if args.nproc_per_node < 1:
         parser.error(f"--nproc-per-node must be >= 1 (processes per run), got {args.nproc_per_node}")
     out = args.out or Path("runs/sweeps") / Path(args.config).stem

@@ -34,7 +34,8 @@ class TextData:
             if message:
                 print(message, flush=True)
             # the vocabulary is checked before preparing, which can take hours (prepare reuses the cached tokenizer);
-            # prepared data is checked against its meta.json below, loading no tokenizer (a hub one needs a network)
+            # prepared data is checked against its meta.json below (a hub tokenizer's file is read from the hub
+            # cache, and loaded only where it is not there yet)
             if not is_prepared(cfg.data):
                 check_vocabulary(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
                 prepare(cfg.data)

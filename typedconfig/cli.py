@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +23,15 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """(the overrides among `argv`, the other tokens): set aside before argparse sees them, which would take
     `--section.key=value` for an unknown option and an override after a bare option for that option's value."""
     return [token for token in argv if is_override(token)], [token for token in argv if not is_override(token)]
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`argv` (default: this process's arguments) parsed by `parser`, whose `overrides` positional takes what argparse
+    leaves: the section.key=value overrides are set aside first (`split_overrides`) and put before those."""
+    overrides, rest = split_overrides(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    args.overrides = overrides + args.overrides
+    return args
 
 
 def with_flag_names(message: str, flags: Mapping[str, str]) -> str:

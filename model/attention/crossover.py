@@ -164,6 +164,12 @@ def crossover_length(backend, d: int, heads: int, dtype: torch.dtype, device: to
     return measured_crossover(backend, d, min(heads, MEASURED_HEADS), dtype, device)
 
 
+def leaves_to_measure(backend, n: int) -> bool:
+    """Whether `backend` running n tokens would look its crossover up or measure it (step 2-3 of the module
+    docstring): a crossover left to the machine, a length that reaches the measured range, measuring mode."""
+    return getattr(backend, "crossover", 0) is None and n >= MIN_LENGTH and mode() == "measure"
+
+
 def uses_linear_form(backend, n: int, d: int, heads: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether `backend` runs n tokens in its linear form (`crossover_length`); below MIN_LENGTH a crossover left to
     measure is not measured: no measurement could choose the linear form there."""

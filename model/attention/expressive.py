@@ -57,8 +57,9 @@ class SaturatingSquare:
 
 
 def _one_plus(x: torch.Tensor, c: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """1 + c·x in one pass over x (mul_ then add_ would take two)."""
-    return torch.add(x.new_tensor(1.0), x, alpha=c, out=out)
+    """1 + c·x in one pass over x (mul_ then add_ would take two); the 1 a Python number, not a tensor made on x's
+    device per tile."""
+    return torch.add(1.0, x, alpha=c, out=out)
 
 
 # τ's range: τ² and 1/τ² are fp32 constants of the weights (SaturatingSquare's alpha, expressive_sq's kernel), which

@@ -126,14 +126,10 @@ def _compiled_kernel() -> Callable:
         # on the CPU.
         compiled = torch.compile(flex_attention, dynamic=False)
 
-        # torch releases before 2.7 call the limit cache_size_limit
+        # torch releases before 2.7 call the limit cache_size_limit; the patch holds during each call, when dynamo
+        # looks up its compiled variants
         limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-
-        def kernel(*args, **kwargs):
-            with dynamo_config.patch(**{limit: FLEX_RECOMPILE_LIMIT}):
-                return compiled(*args, **kwargs)
-
-        _compiled_flex_attention = kernel
+        _compiled_flex_attention = dynamo_config.patch(**{limit: FLEX_RECOMPILE_LIMIT})(compiled)
     return _compiled_flex_attention
 
 

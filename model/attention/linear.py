@@ -151,7 +151,7 @@ class QuadraticKernel:
         are >= 0 (c >= b²/(4a)), so nothing cancels.
         """
         # b + 2a·s in one pass over the tile (mul_ then add_ would take two)
-        slope = torch.add(s.new_tensor(self.b), s, alpha=2 * self.a, out=s) if self.b else s.mul_(2 * self.a)
+        slope = torch.add(self.b, s, alpha=2 * self.a, out=s) if self.b else s.mul_(2 * self.a)
         offset = slope.new_tensor(self.c - self.b**2 / (4 * self.a))
         return torch.addcmul(offset, slope, slope, value=1 / (4 * self.a)), slope
 

@@ -220,3 +220,26 @@ def test_a_model_settles_its_crossover_eagerly_as_its_forward_will_ask(monkeypat
     with autocast:
         model(torch.zeros(2, 16, dtype=torch.long))
     assert len(asked) == measured  # the forward finds it settled
+
+
+def test_settling_runs_no_forward_where_nothing_would_be_measured(monkeypatch, measuring):
+    """A crossover set in the config, a length below the measured range, or the default mode: the eager forward
+    before compiling would measure nothing, and is not run."""
+    from model.config import ModelConfig
+    from model.gpt import GPT
+
+    forwards = []
+    monkeypatch.setattr(crossover, "_choose", lambda *args: 32)
+    monkeypatch.setattr(GPT, "forward", lambda self, idx, *args, **kwargs: forwards.append(idx.shape[1]))
+
+    def settled(length: int, **options) -> list[int]:
+        forwards.clear()
+        model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=8, n_positions=16, vocab_size=10, attention="taylor",
+                                attention_options=options))
+        model.settle_crossovers(length, torch.autocast("cpu", enabled=False))
+        return list(forwards)
+
+    assert settled(16) == [16]
+    assert settled(16, crossover=12) == [] and settled(4) == []  # set in the config; below MIN_LENGTH (8 here)
+    monkeypatch.setenv(crossover.MODE_VARIABLE, "default")
+    assert settled(16) == []
