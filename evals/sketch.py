@@ -11,9 +11,12 @@ Kinds (all scaled so that E[SᵀS] = I):
     gaussian     S_ij ~ N(0, 1/k), generated in column blocks (never k x n at once); the reference embedding
     srht         sqrt(N/k) · P H D / sqrt(N): random signs D, the Walsh-Hadamard transform H of the rows zero-padded
                  to N = 2^p (fast transform, O(N log N) per column), P samples k of the N rows without replacement
-    countsketch  one ±1 per column of S in a hashed row: one pass over A, O(nnz(A))
+                 (the subsampled randomized Hadamard transform; Ailon & Chazelle 2006, Tropp arXiv 1011.1595)
+    countsketch  one ±1 per column of S in a hashed row: one pass over A, O(nnz(A)) (Clarkson & Woodruff,
+                 arXiv 1207.6365)
     sparse_sign  zeta = 4 entries ±zeta^-1/2 per column in independently hashed rows (zeta CountSketches summed):
-                 an OSNAP-style sparse embedding that needs fewer rows than CountSketch for the same distortion
+                 an OSNAP-style sparse embedding (Nelson & Nguyen, arXiv 1211.1002) that needs fewer rows than
+                 CountSketch for the same distortion
 
 `tensor_sketch(A, degree, m, seed)` sketches the rows' tensor powers a^{⊗l} into m features (Pham & Pagh 2013):
 <TS(a), TS(b)> ~ (a·b)^l, the building block of the Taylor-polynomial preconditioner for exp(A Aᵀ).

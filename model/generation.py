@@ -32,6 +32,8 @@ from model.compiling import out_of_memory
 from model.gpt import GPT, DecodeState
 from model.sampling import Sampler, next_token, per_row_generators
 
+NAMED_PROMPTS = 5  # an error names at most this many of a batch's over-long prompts, then counts the rest
+
 
 class ContextLimitReached(Exception):
     """The decode state is full and no window was given; the tokens yielded so far are the whole generation."""
@@ -157,9 +159,9 @@ def generate(
                      DecodeStats() if stats is None else stats)
 
 
-def _long_prompts(prompt: torch.Tensor, mask: torch.Tensor | None, limit: int, named: int = 5) -> tuple[str, str]:
-    """Which prompts of the batch are longer than `limit` tokens and how long (the first `named` of them, counted
-    from 1, where the batch is left-padded), and the pronoun for them."""
+def _long_prompts(prompt: torch.Tensor, mask: torch.Tensor | None, limit: int) -> tuple[str, str]:
+    """Which prompts of the batch are longer than `limit` tokens and how long (the first `NAMED_PROMPTS` of them,
+    counted from 1, where the batch is left-padded), and the pronoun for them."""
     rows, columns = prompt.shape
     if mask is None:
         if rows == 1:
@@ -173,9 +175,9 @@ def _long_prompts(prompt: torch.Tensor, mask: torch.Tensor | None, limit: int, n
         return f"the prompt has {lengths[0]} tokens", "it"
     if len(over) == 1:
         return f"prompt {over[0] + 1} (of {rows}) has {lengths[over[0]]} tokens", "it"
-    more = f" (and {len(over) - named} more)" if len(over) > named else ""
-    numbers = ", ".join(str(row + 1) for row in over[:named])
-    sizes = ", ".join(str(lengths[row]) for row in over[:named])
+    more = f" (and {len(over) - NAMED_PROMPTS} more)" if len(over) > NAMED_PROMPTS else ""
+    numbers = ", ".join(str(row + 1) for row in over[:NAMED_PROMPTS])
+    sizes = ", ".join(str(lengths[row]) for row in over[:NAMED_PROMPTS])
     return f"prompts {numbers}{more} (of {rows}) have {sizes} tokens", "them"
 
 

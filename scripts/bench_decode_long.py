@@ -40,19 +40,12 @@ from model.attention import BACKENDS, get_backend
 from model.gpt import GPT
 from model.sampling import Sampler, next_token
 from training.config import load_config
+from training.runtime import process_status_mib
 
 TARGET_RATIO = 1.15  # median latency of the last bucket / the first, at most this (as scripts/bench_decode.py)
 RSS_GROWTH_MIB = 16  # resident memory may move this much between the first and the last bucket (allocator noise)
 GREEDY = Sampler(temperature=0.0)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def resident_mib() -> float:
-    """The process's resident set (VmRSS) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def demo_model(args: argparse.Namespace, backend: str) -> GPT:
@@ -80,7 +73,7 @@ def decode_stream(backend: str, args: argparse.Namespace, rows: multiprocessing.
             rows.put({"backend": backend, "position": position, "tokens": len(ms),
                       "median_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
                       "mean_ms": statistics.fmean(ms), "cpu_median_ms": 1e3 * statistics.median(cpu_times),
-                      "rss_mib": resident_mib(), "state_bytes": model.decode_state_nbytes(state),
+                      "rss_mib": process_status_mib("VmRSS"), "state_bytes": model.decode_state_nbytes(state),
                       "load": os.getloadavg()[0], "elapsed_s": time.perf_counter() - start})
             times, cpu_times = [], []
     rows.put({"backend": backend, "done": True})

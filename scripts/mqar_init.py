@@ -153,7 +153,8 @@ def reinitialise(model: nn.Module, init: Init) -> None:
 
 
 def reference_at_std(model: Reference, std: float) -> None:
-    """Every Linear and Embedding weight N(0, std), biases 0 (GPT-2's init without its residual scaling)."""
+    """Every Linear and Embedding weight N(0, std), biases 0 (GPT-2's init without its residual scaling), written out
+    rather than taken from model/, as the rest of the independent model is."""
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=std)

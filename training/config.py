@@ -142,11 +142,11 @@ class LoggingConfig:
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the architecture and its attention backend
+    data: DataConfig = field(default_factory=DataConfig)  # the text (or MQAR task), its tokenizer and windows
+    optim: OptimConfig = field(default_factory=OptimConfig)  # AdamW and the learning-rate schedule
+    train: TrainConfig = field(default_factory=TrainConfig)  # the loop: steps, batches, precision, checkpoints
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics.jsonl, progress bar, wandb
 
     def __post_init__(self) -> None:
         coerce_fields(self, "")  # a section given as a dict becomes its dataclass
@@ -233,9 +233,9 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
-def field_type(key: str, shape: type = RunConfig) -> Any:
-    """The declared type of the dotted `key` in the config dataclass `shape`; None where no field has that name."""
-    tp: Any = shape
+def field_type(key: str) -> Any:
+    """The declared type of the dotted `key` in RunConfig; None where no field has that name."""
+    tp: Any = RunConfig
     for part in key.split("."):
         if not dataclasses.is_dataclass(tp):
             return None

@@ -190,6 +190,18 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 / best
 
 
+def process_status_mib(field: str) -> float | None:
+    """A memory field of Linux's /proc/self/status (VmRSS: resident now; VmHWM: resident peak) in MiB; None where
+    there is no such file or field."""
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory so far: allocated tensor memory on CUDA, the process's maximum resident set size on CPU.
 
@@ -197,10 +209,7 @@ def peak_memory_mb(device: torch.device) -> float:
     process that forked this one (a benchmark driver that has imported torch, say)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
+    if (peak_mib := process_status_mib("VmHWM")) is not None:
+        return peak_mib
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere

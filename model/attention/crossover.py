@@ -184,11 +184,12 @@ def measured_crossover(backend, d: int, heads: int, dtype: torch.dtype, device: 
     (steps 2-4)."""
     key = (backend.name, backend.chunk_size, backend.block_size, d, heads, dtype, device_setting(device))
     if key not in _chosen:
-        _chosen[key] = _choose(backend, d, heads, dtype, device)
+        _chosen[key] = _cached_or_measured(backend, d, heads, dtype, device)
     return _chosen[key]
 
 
-def _choose(backend, d: int, heads: int, dtype: torch.dtype, device: torch.device) -> int:
+def _cached_or_measured(backend, d: int, heads: int, dtype: torch.dtype, device: torch.device) -> int:
+    """The crossover for this key: the default in default mode, else the cached value, else measured and cached."""
     if mode() == "default":
         return DEFAULT_CROSSOVER
     path, key = cache_file(), cache_key(backend, d, heads, dtype, device)

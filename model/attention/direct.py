@@ -44,15 +44,26 @@ class PointwiseWeight(Protocol):
         ...
 
 
+def visible_keys(t: int, device: torch.device, mask: torch.Tensor | None) -> torch.Tensor:
+    """The keys each of t queries sees in the reference forms: (T, T) causal, or with `mask` (B, T) also without the
+    padding keys, (B, 1, T, T)."""
+    return causal_mask(t, 0, device) if mask is None else padded_causal_mask(t, 0, mask, mask)
+
+
 def naive_causal_average(
     weights: torch.Tensor, v: torch.Tensor, eps: float = 0.0, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The reference normalisation: mask the (B, H, T, T) weights causally and, with `mask` (B, T), the padding
     keys, then average the values by them; padding queries give 0."""
-    t = weights.shape[-1]
-    visible = causal_mask(t, 0, weights.device) if mask is None else padded_causal_mask(t, 0, mask, mask)
-    weights = weights.masked_fill(~visible, 0.0)  # after the nonlinearity
+    weights = weights.masked_fill(~visible_keys(weights.shape[-1], weights.device, mask), 0.0)  # after the nonlinearity
     return zero_masked_queries((weights @ v) / (weights.sum(-1, keepdim=True) + eps), mask)
+
+
+def naive_causal_softmax(logits: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference for weights exp(logits): softmax over the visible keys of the (B, H, T, T) logits (causal, and
+    not padding where `mask` (B, T) says so), then the average of the values by it; padding queries give 0."""
+    logits = logits.masked_fill(~visible_keys(logits.shape[-1], logits.device, mask), float("-inf"))
+    return zero_masked_queries(torch.softmax(logits, dim=-1) @ v, mask)
 
 
 def safe_denominator(den: torch.Tensor, eps: float, queries_valid: torch.Tensor | None) -> torch.Tensor:

@@ -181,6 +181,8 @@ class QuadraticKernel:
         return self._features_vjp(k, grad, 1.0, (1.0, 1.0), workspace)
 
     def _features(self, x, out, constant: float, linear: float, pair_scales: tuple[float, float]) -> torch.Tensor:
+        """[constant | linear x | pair products] into out: φ_q or φ_k of the module docstring, the blocks that
+        `_block_sizes` keeps."""
         n_const, n_lin = self._block_sizes(x.shape[-1])
         if n_const:
             out[..., 0] = constant
@@ -190,6 +192,8 @@ class QuadraticKernel:
         return out
 
     def _features_vjp(self, x, grad, linear: float, pair_scales: tuple[float, float], workspace) -> torch.Tensor:
+        """d/dx of <grad, _features(x, ...)>: the pair products' VJP plus `linear` times the linear block's grad (the
+        constant block has none)."""
         n_const, n_lin = self._block_sizes(x.shape[-1])
         dx = pair_products_vjp(x, grad[..., n_const + n_lin :], *pair_scales, workspace)
         if n_lin:
@@ -208,6 +212,8 @@ def _intra_chunk(q, k, v1, kernel: QuadraticKernel, chunk: int) -> torch.Tensor:
 
 
 def _intra_chunk_backward(q, k, v1, dout, kernel: QuadraticKernel, chunk: int):
+    """Gradients of `_intra_chunk` with respect to q, k and v1 for its output's gradient dout: with W = w(S) ⊙ tril,
+    S = Q_c K_cᵀ per chunk, dV1 = Wᵀ dOut, dS = (dOut V1ᵀ) ⊙ w'(S) ⊙ tril, dQ = dS K_c, dK = dSᵀ Q_c."""
     dq, dk, dv1 = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v1)
     for t0, t1 in chunk_groups(q.shape[1], chunk, q.shape[0], q.device):
         qc, kc, v1c, doutc = (split_chunks(x[:, t0:t1], chunk) for x in (q, k, v1, dout))

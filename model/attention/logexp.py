@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from model.attention.base import AttentionBackend, check_inputs, check_state, zero_masked_queries
-from model.attention.kv_cache import causal_mask, padded_causal_mask
+from model.attention.direct import naive_causal_softmax
 from model.attention.linear_state import LinearAttentionState
 from model.attention.numerics import (
     accumulation_dtype,
@@ -86,6 +86,9 @@ class _PairSums:
 
 
 def _pair_sums(qc: torch.Tensor, kc: torch.Tensor) -> _PairSums:
+    """The intra-chunk logits of chunks qc, kc (BH, n, C, d): L_ij = logsumexp_l(q_il + k_jl) (arXiv 2404.05843's
+    log(exp(Q) exp(K)ᵀ)) as a_i + b_j + log(exp(q - a) exp(k - b)ᵀ) with the row maxima a, b, -inf above the diagonal;
+    the visible pairs whose factored sum is too small to trust are recomputed in log space (the module docstring)."""
     a, b = qc.amax(-1, keepdim=True), kc.amax(-1, keepdim=True)
     eq, ek = torch.exp(qc - a), torch.exp(kc - b)
     sums = eq @ ek.transpose(-1, -2)
@@ -229,10 +232,7 @@ class LogExpAttention(AttentionBackend):
     def reference(self, q, k, v, mask=None):
         check_inputs(self.name, q, k, v, mask)
         logits = torch.logsumexp(q[..., :, None, :] + k[..., None, :, :], dim=-1)  # (B, H, T, T)
-        t = q.shape[2]
-        visible = causal_mask(t, 0, q.device) if mask is None else padded_causal_mask(t, 0, mask, mask)
-        logits = logits.masked_fill(~visible, float("-inf"))
-        return zero_masked_queries(torch.softmax(logits, dim=-1) @ v, mask)
+        return naive_causal_softmax(logits, v, mask)
 
     def forward(self, q, k, v, mask=None):
         check_inputs(self.name, q, k, v, mask)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from model.attention.base import AttentionBackend, check_inputs, zero_masked_queries
 from model.attention.blocked_softmax import blocked_causal_softmax, runs_blocked
+from model.attention.direct import naive_causal_softmax
 from model.attention.kv_cache import (
     KVCache,
     append_kv,
@@ -38,11 +39,7 @@ class SoftmaxAttention(AttentionBackend):
 
     def reference(self, q, k, v, mask=None):
         check_inputs(self.name, q, k, v, mask)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, T)
-        t = q.shape[-2]
-        visible = causal_mask(t, 0, q.device) if mask is None else padded_causal_mask(t, 0, mask, mask)
-        scores = scores.masked_fill(~visible, float("-inf"))
-        return zero_masked_queries(torch.softmax(scores, dim=-1) @ v, mask)
+        return naive_causal_softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), v, mask)  # logits (B, H, T, T)
 
     def forward(self, q, k, v, mask=None):
         check_inputs(self.name, q, k, v, mask)

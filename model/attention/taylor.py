@@ -63,7 +63,7 @@ class TaylorAttention(QuadraticKernelAttention):
     name = "taylor"
 
     a: float = 0.5  # w = a s² + b s + c; a > 0
-    b: float = 1.0
+    b: float = 1.0  # the linear coefficient (a, b, c = 1/2, 1, 1: exp's second-order Taylor polynomial)
     c: float = 1.0  # c > b² / (4a), so that w > 0 and no row's weights sum to zero (taylor adds no eps)
     temperature_init: float = 1.0  # initial τ_h (the official code starts at 1: s = cos(q, k) in [-1, 1])
     # Multiply the output of a query that attends N tokens by sqrt(N / d) (d = head size), as the official training

@@ -511,7 +511,7 @@ def test_a_rank_deficient_matrix_is_never_reported_converged(problem):
         x, info = solve(problem, A, b, method=method)
         assert not info.converged, (method, info.relres)
         assert math.isclose(info.relres, P.relres(problem, A, x, b), rel_tol=1e-9) or math.isnan(info.relres)
-    for method in ("qr", "svd", "sketch_cholqr"):  # the garbage the flag used to hide
+    for method in ("qr", "svd", "sketch_cholqr"):  # what converged = False marks: a solution far off
         assert solve(problem, A, b, method=method)[1].relres > 1e10
     for seed in range(10):  # Cholesky of the rounded AᵀA: its noise pivots sit near √u σ_max, far above n u σ_max
         A = torch.randn(500, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))

@@ -205,7 +205,7 @@ def test_a_model_settles_its_crossover_eagerly_as_its_forward_will_ask(monkeypat
     from model.gpt import GPT
 
     asked = []
-    monkeypatch.setattr(crossover, "_choose", lambda backend, d, heads, dtype, device: asked.append(
+    monkeypatch.setattr(crossover, "_cached_or_measured", lambda backend, d, heads, dtype, device: asked.append(
         (backend.name, d, heads, dtype, torch.compiler.is_compiling())) or 32)
     for transform in (QKIdentity, TaylorQKTransform):
         original = transform.forward
@@ -229,7 +229,7 @@ def test_settling_runs_no_forward_where_nothing_would_be_measured(monkeypatch, m
     from model.gpt import GPT
 
     forwards = []
-    monkeypatch.setattr(crossover, "_choose", lambda *args: 32)
+    monkeypatch.setattr(crossover, "_cached_or_measured", lambda *args: 32)
     monkeypatch.setattr(GPT, "forward", lambda self, idx, *args, **kwargs: forwards.append(idx.shape[1]))
 
     def settled(length: int, **options) -> list[int]:

@@ -599,6 +599,8 @@ folder, out = sys.argv[1], sys.argv[2]
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
 tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 ids = tokenizer("ROMEO: Is it", return_tensors="pt").input_ids
+bare = AutoTokenizer.from_pretrained(folder)  # asks about config.json's code first; no answer (stdin closed): loads
+assert type(bare) is type(tokenizer) and bare("ROMEO: Is it", return_tensors="pt").input_ids.tolist() == ids.tolist()
 with torch.no_grad():
     logits = model(ids).logits
 generated = model.generate(ids, max_new_tokens=12, do_sample=False)
@@ -643,7 +645,7 @@ def test_export_loads_without_the_repository_and_reproduces_logits_and_greedy_te
         "modeling_attnlab.AttnlabForCausalLM")
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
     subprocess.run([sys.executable, "-I", "-c", CLEAN_LOAD, str(folder), str(tmp_path / "out.pt")], check=True,
-                   env=env, cwd=tmp_path, capture_output=True)
+                   env=env, cwd=tmp_path, capture_output=True, stdin=subprocess.DEVNULL)
     remote = torch.load(tmp_path / "out.pt")
     assert remote["class"].startswith("transformers_modules.")
     gpt, _, _ = load_checkpoint_model(trained_run)
