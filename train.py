@@ -41,9 +41,10 @@ from training.config import RunConfig, config_to_dict, load_config
 from training.malloc import malloc_setting
 from training.metrics import MetricsError, MetricsLog, read_metrics
 from training.optim import make_optimizer
-from training.resume import gather_ranks, gather_rng, resume_point, shared_resume_path, start_state
+from training.resume import resume_point, shared_resume_path, start_state
 from training.run_data import RecallData, TextData, open_run_data
 from training.run_lock import run_lock
+from training.saving import Saver
 from training.schedule import learning_rate
 from training.throughput import Throughput
 from typedconfig.cli import ArgumentParser, split_overrides
@@ -229,20 +230,6 @@ def print_plan(cfg: RunConfig) -> None:
           f"tokens in total: {tokens * cfg.train.max_steps:,}")
 
 
-def steps_text(first: int, last: int) -> str:
-    """'steps 3-4', or 'step 4' for one."""
-    return f"steps {first}-{last}" if first < last else f"step {last}"
-
-
-def divergence(what: str, first: int, run_dir: Path) -> FloatingPointError:
-    """The one-line error for a run that diverged (`what` went non-finite) from step `first` on: the fix restarts,
-    from the run's newest checkpoint before that step where it has one."""
-    before = [path for path in ckpt.step_dirs(run_dir / ckpt.CHECKPOINTS) if ckpt.checkpoint_step(path) < first]
-    where = f"from {before[0].name} (--resume {before[0]}) or from scratch" if before else "from scratch"
-    return FloatingPointError(
-        f"{what} (diverged); lower optim.lr (or, in float16, set train.dtype=float32) and restart {where}")
-
-
 def val_windows_note(run_dir: Path, fingerprint: str) -> str | None:
     """A warning where a continued run's val windows differ from those its logged evaluations used: the source's
     text changed between the two (its settings are the checkpoint's), so val losses before and after it differ in
@@ -255,11 +242,6 @@ def val_windows_note(run_dir: Path, fingerprint: str) -> str | None:
         return None
     return (f"warning: the val windows differ from those of the evaluations logged up to step {earlier[-1]['step']} "
             "(the source's text changed since): val losses before and after this point are not comparable")
-
-
-def weights_finite(model: torch.nn.Module) -> bool:
-    """Whether every parameter is finite (one host sync)."""
-    return bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
 
 
 def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
@@ -321,32 +303,8 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             train_model = DistributedDataParallel(forward_model, device_ids=device_ids)
 
-        verified = state.step  # the last step known good: the start, or the last save, whose checks passed
-
-        def suspect(first: int) -> int:
-            """The first step that may have diverged, of a window from step `first` (carried over from an earlier
-            process, it may reach back past the last save): none up to the last save did."""
-            return max(first, verified + 1)
-
-        def save() -> None:
-            """Checkpoint on the main process; every rank takes part (its RNG state is gathered). Steps not yet logged
-            are checked first: weights from a diverged step must not become the run's latest checkpoint."""
-            nonlocal verified
-            first = suspect(state.step - meter.steps + 1)
-            if meter.steps and not math.isfinite(loss := meter.mean_loss(runtime)):
-                raise divergence(f"the training loss is {loss} over {steps_text(first, state.step)}", first, run_dir)
-            if not weights_finite(model):  # the loss was computed before the step's update
-                raise divergence(f"the weights hold inf or nan after step {state.step}", state.step, run_dir)
-            verified = state.step
-            state.optimizer, state.grad_scaler = optimizer.state_dict(), scaler.state_dict()
-            state.rng = gather_rng(runtime)
-            state.log_windows = gather_ranks(runtime, meter.open_window())
-            if runtime.is_main:
-                path = ckpt.save_checkpoint(run_dir, model, state, resolved, tc.keep_checkpoints, log_line,
-                                            resumed_here=resumed_here)
-                log_line(f"saved {path}")
-            rt.barrier(runtime)
-
+        saver = Saver(run_dir, model, optimizer, scaler, runtime, resolved, tc.keep_checkpoints, resumed_here, log_line,
+                      verified=state.step)
         tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum
         meter = Throughput(model.flops_per_token(cfg.data.block_size),
                            rt.peak_flops(runtime.device, runtime.dtype) if runtime.is_main else float("nan"))
@@ -382,13 +340,11 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             bar.update(1)
 
             if is_log:
-                first = suspect(state.step - meter.steps + 1)
+                steps = meter.steps
                 # a last line off the log grid: its window goes on (into the checkpoint), so that a run extending this
                 # one logs on the grid the same averages a straight run logs; the loss and grad norm come to the host
                 window = meter.read(runtime, new_window=state.step % tc.log_interval == 0)
-                if not math.isfinite(window["train_loss"]):
-                    raise divergence(f"the training loss is {window['train_loss']} over "
-                                     f"{steps_text(first, state.step)}", first, run_dir)
+                saver.check_loss(window["train_loss"], state.step, steps)
                 if log is not None:
                     log.log(state.step, **window, lr=lr, grad_norm=grad_norm.item(), tokens=state.tokens_seen,
                             elapsed=state.elapsed, peak_mem_mb=rt.peak_memory_mb(runtime.device))
@@ -402,7 +358,7 @@ def train(cfg: RunConfig, runtime: rt.Runtime) -> dict:
             if state.step == tc.max_steps or interrupted or (is_eval and tc.ckpt_interval == 0) or (
                 tc.ckpt_interval and state.step % tc.ckpt_interval == 0
             ):
-                save()
+                saver.save(state, meter)
             if interrupted:
                 break
     finally:

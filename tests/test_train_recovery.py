@@ -261,14 +261,6 @@ def test_a_run_whose_checkpoints_cannot_be_written_stops_before_training(tmp_pat
     assert [step for step, _ in metrics(tmp_path, "train_loss")] == [1]
 
 
-def test_weights_with_inf_or_nan_are_not_finite():
-    model = torch.nn.Linear(3, 2)
-    assert train.weights_finite(model)
-    with torch.no_grad():
-        model.bias[1] = float("inf")
-    assert not train.weights_finite(model)
-
-
 def test_an_interrupt_before_any_evaluation_exits_without_evaluating(tmp_path, prepared_dir, monkeypatch, capsys):
     """SIGTERM during step 1 of 10 (evaluations due at 5 and 10): the checkpoint of step 1 is saved and the run
     exits with 128 + SIGTERM, spending no evaluation on the way out."""

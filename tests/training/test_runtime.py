@@ -1,6 +1,7 @@
 """Device and dtype choice, autocast, and the CPU peak used for MFU."""
 
 import math
+import mmap
 import sys
 
 import pytest
@@ -90,15 +91,17 @@ def test_the_cpu_peak_is_a_plausible_flop_rate_and_leaves_the_rng_alone():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status is Linux's")
 def test_status_fields_follow_a_new_allocation():
-    """VmRSS grows by a touched 64 MiB buffer and VmHWM (the peak) with it; an unknown field is None."""
+    """VmRSS grows by 64 MiB of fresh pages written to and VmHWM (the peak) with it; an unknown field is None."""
+    size = 64 * 2**20
     before = rt.process_status_mib("VmRSS")
-    buffer = bytearray(64 * 2**20)  # zero-filled, so every page is touched
-    after = rt.process_status_mib("VmRSS")
-    assert after - before > 60
-    assert rt.process_status_mib("VmHWM") >= after
+    with mmap.mmap(-1, size) as pages:  # its own mapping: not heap memory an earlier test freed and malloc kept
+        for offset in range(0, size, mmap.PAGESIZE):
+            pages[offset] = 1
+        after = rt.process_status_mib("VmRSS")
+        assert after - before > 60
+        assert rt.process_status_mib("VmHWM") >= after
     assert rt.peak_memory_mb(torch.device("cpu")) == rt.process_status_mib("VmHWM")
     assert rt.process_status_mib("NoSuchField") is None
-    del buffer
 
 
 def _fake_bf16_check(emulated: bool):
