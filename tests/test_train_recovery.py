@@ -139,7 +139,7 @@ def test_a_sample_prompt_longer_than_the_context_is_a_note_after_a_saved_run(tmp
 def test_a_schedule_that_ends_within_its_warmup_is_named(tmp_path, prepared_dir, capsys):
     assert train.main(tiny_args(tmp_path, prepared_dir, "train.max_steps=2", "optim.warmup_steps=5")) == 0
     assert ("warning: the learning-rate schedule ends at step 2, within its 5 warm-up steps from step 0: the rate "
-            "never reaches optim.lr (0.003) and never decays") in capsys.readouterr().out
+            "never reaches optim.lr (0.003) nor follows the cosine decay") in capsys.readouterr().out
 
 
 def test_ctrl_c_before_the_loop_or_after_it_is_one_line_and_130(tmp_path, prepared_dir, capsys, monkeypatch):

@@ -179,7 +179,8 @@ def check_resumable(cfg: RunConfig, saved: dict, parts: tuple[str, ...]) -> None
         if diff:
             raise ConfigError(
                 f"cannot resume: {section}.{diff[0]} is {current[section][diff[0]]!r} here but "
-                f"{recorded[diff[0]]!r} in the checkpoint; use the checkpoint's config"
+                f"{recorded[diff[0]]!r} in the checkpoint; use the checkpoint's config, or start a new run (another "
+                "train.out_dir, train.resume=never)"
             )
 
 
@@ -301,11 +302,11 @@ def start_state(cfg: RunConfig, runtime: rt.Runtime, resume: ResumePoint | None,
 
 def warmup_note(cfg: RunConfig, start: int, end: int) -> str | None:
     """A warning where the schedule from step `start` ends (`end`, train.max_steps unless optim.decay_steps sets it)
-    within its warm-up: the rate never reaches optim.lr and never decays. optim.decay_steps itself is refused there
-    when the config loads; train.max_steps is a run's length, which a short trial may rightly cut."""
+    within its warm-up: the rate never reaches optim.lr nor follows the cosine decay. optim.decay_steps itself is
+    refused there when the config loads; train.max_steps is a run's length, which a short trial may rightly cut."""
     warmup = cfg.optim.warmup_steps
     if end - start >= warmup:  # at end - start == warmup the last step does reach optim.lr
         return None
     return (f"warning: the learning-rate schedule ends at step {end}, within its {warmup} warm-up steps from step "
-            f"{start}: the rate never reaches optim.lr ({cfg.optim.lr:g}) and never decays; lower "
+            f"{start}: the rate never reaches optim.lr ({cfg.optim.lr:g}) nor follows the cosine decay; lower "
             "optim.warmup_steps to train a full schedule")

@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -196,6 +197,17 @@ def _cached_or_measured(backend, d: int, heads: int, dtype: torch.dtype, device:
     cached = read_cache(path).get(key)
     if isinstance(cached, int) and cached >= 1:
         return cached
+    # the measurement takes minutes on a CPU: a run that goes quiet for that long must say why, once
+    say(f"note: measuring where {backend.name}'s linear form overtakes its direct form on this machine "
+        f"({str(dtype).removeprefix('torch.')}, head size {d}), once: it is cached in {path}; a crossover in "
+        f"model.attention_options, or {MODE_VARIABLE}=default, skips this")
+    start = time.perf_counter()
     measured = bisect_crossover(form_timer(backend, d, heads, dtype, device))
     write_cache(path, key, measured)
+    say(f"note: {backend.name}'s crossover here: {measured} tokens (measured in {time.perf_counter() - start:.0f} s)")
     return measured
+
+
+def say(message: str) -> None:
+    """A line on stderr, where train.py's progress bar and warnings go."""
+    print(message, file=sys.stderr, flush=True)

@@ -108,6 +108,20 @@ def test_an_unknown_mode_is_an_error_that_names_the_variable(monkeypatch, measur
         crossover.measured_crossover(tiny(), 4, 2, torch.float32, torch.device("cpu"))
 
 
+def test_a_measurement_says_what_it_does_and_a_cached_value_says_nothing(monkeypatch, measuring, fake_measurement,
+                                                                         capsys):
+    cpu = torch.device("cpu")
+    crossover.measured_crossover(tiny(), 4, 2, torch.float32, cpu)
+    notes = capsys.readouterr().err.splitlines()
+    assert notes[0] == (f"note: measuring where taylor's linear form overtakes its direct form on this machine "
+                        f"(float32, head size 4), once: it is cached in {measuring}; a crossover in "
+                        "model.attention_options, or ATTNLAB_CROSSOVER=default, skips this")
+    assert notes[1].startswith("note: taylor's crossover here: 32 tokens (measured in ") and len(notes) == 2
+    monkeypatch.setattr(crossover, "_chosen", {})  # a new process reads the file
+    crossover.measured_crossover(tiny(), 4, 2, torch.float32, cpu)
+    assert capsys.readouterr().err == ""
+
+
 def test_measured_once_then_read_from_the_cache_file(monkeypatch, measuring, fake_measurement):
     cpu = torch.device("cpu")
     assert crossover.measured_crossover(tiny(), 4, 2, torch.float32, cpu) == 32

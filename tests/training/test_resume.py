@@ -414,17 +414,15 @@ def test_where_the_prepared_data_lies_may_change_between_resumes(tmp_path):
     assert start_state(cfg, CPU, resume_point(cfg, path), *parts(cfg), lambda message: None).step == 3
 
 
+REFUSED = "in the checkpoint; use the checkpoint's config, or start a new run (another train.out_dir, train.resume=never)"
+
+
 @pytest.mark.parametrize("kind, change, message", [
-    ("full", "model.n_layer=3", "cannot resume: model.n_layer is 3 here but 2 in the checkpoint; use the checkpoint's "
-                                "config"),
-    ("full", "data.block_size=16", "cannot resume: data.block_size is 16 here but 32 in the checkpoint; use the "
-                                   "checkpoint's config"),
-    ("full", "data.eval_windows=4", "cannot resume: data.eval_windows is 4 here but 8 in the checkpoint; use the "
-                                    "checkpoint's config"),
-    ("full", "train.seed=5", "cannot resume: train.seed is 5 here but 1337 in the checkpoint; use the checkpoint's "
-                             "config"),
-    ("weights_only", "model.n_head=4", "cannot resume: model.n_head is 4 here but 2 in the checkpoint; use the "
-                                       "checkpoint's config"),
+    ("full", "model.n_layer=3", f"cannot resume: model.n_layer is 3 here but 2 {REFUSED}"),
+    ("full", "data.block_size=16", f"cannot resume: data.block_size is 16 here but 32 {REFUSED}"),
+    ("full", "data.eval_windows=4", f"cannot resume: data.eval_windows is 4 here but 8 {REFUSED}"),
+    ("full", "train.seed=5", f"cannot resume: train.seed is 5 here but 1337 {REFUSED}"),
+    ("weights_only", "model.n_head=4", f"cannot resume: model.n_head is 4 here but 2 {REFUSED}"),
     ("weights_only", "data.eval_windows=4", None),  # a new run from the weights takes any data
 ])
 def test_resuming_refuses_another_model_and_unless_from_weights_only_other_data(tmp_path, kind, change, message):
