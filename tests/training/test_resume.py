@@ -414,7 +414,8 @@ def test_where_the_prepared_data_lies_may_change_between_resumes(tmp_path):
     assert start_state(cfg, CPU, resume_point(cfg, path), *parts(cfg), lambda message: None).step == 3
 
 
-REFUSED = "in the checkpoint; use the checkpoint's config, or start a new run (another train.out_dir, train.resume=never)"
+REFUSED = ("in the checkpoint; use the checkpoint's config, or start a new run (another train.out_dir, "
+           "train.resume=never)")
 
 
 @pytest.mark.parametrize("kind, change, message", [
