@@ -188,6 +188,9 @@ def test_a_prompt_longer_than_the_context_needs_a_window():
     with pytest.raises(ValueError, match=r"prompts 1, 3, 4, 5, 6 \(and 1 more\) \(of 8\) have 17, 19, 18, 20, 21 "
                                          r"tokens, more than the context limit of 16 .*; shorten them"):
         generate(model, ids, 3, mask=mask)
+    ids, mask = left_pad(rows[:6] + rows[7:], pad_id=0)  # five past the limit: all named, none counted
+    with pytest.raises(ValueError, match=r"prompts 1, 3, 4, 5, 6 \(of 7\) have 17, 19, 18, 20, 21 tokens, more than"):
+        generate(model, ids, 3, mask=mask)
     ids, mask = left_pad([[1, 2], [3]], pad_id=0)
     ids, mask = F.pad(ids, (18, 0)), F.pad(mask, (18, 0))  # columns of padding alone
     with pytest.raises(ValueError, match=r"the batch has 20 columns, its left padding included, more than the "):

@@ -3,6 +3,7 @@
 import math
 import mmap
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,6 +103,15 @@ def test_status_fields_follow_a_new_allocation():
         assert rt.process_status_mib("VmHWM") >= after
     assert rt.peak_memory_mb(torch.device("cpu")) == rt.process_status_mib("VmHWM")
     assert rt.process_status_mib("NoSuchField") is None
+
+
+def test_status_fields_are_read_in_mib_and_the_cpu_peak_is_vmhwm(tmp_path, monkeypatch):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t    2048 kB\nVmRSS:\t    1536 kB\n")
+    monkeypatch.setattr(rt, "Path", lambda path: status if path == "/proc/self/status" else Path(path))
+    assert (rt.process_status_mib("VmHWM"), rt.process_status_mib("VmRSS")) == (2.0, 1.5)  # kB / 1024
+    assert rt.peak_memory_mb(torch.device("cpu")) == 2.0  # VmHWM, not getrusage's peak
+    assert rt.process_status_mib("VmSwap") is None
 
 
 def _fake_bf16_check(emulated: bool):
