@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         ["shape", "malloc", "step s", "tokens/s", "step time / unchanged's", "range over rounds", "peak RSS MiB"],
         [[r["shape"], "glibc's, unchanged" if r["malloc"] == "unchanged" else "freed memory kept (train.py)",
           r["step_s"], cell(r["tokens_per_s"], "int"), cell(r["time_vs_unchanged"], "x"),
-          range_cell(r["time_vs_unchanged_min"], r["time_vs_unchanged_max"], "x"),
+          range_cell(r["time_vs_unchanged_min"], r["time_vs_unchanged_max"], "x") if r["malloc"] == "kept"
+          else "(the reference)",
           f"{r['peak_rss_mib']:,}"] for r in rows])
     config = (f"{args.dtype}, {args.threads} thread(s), {args.rounds} rounds of one process per setting, each the "
               f"median of {args.steps} steps after {args.warmup} warm-up steps; torch "
