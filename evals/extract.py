@@ -216,7 +216,8 @@ def load_extracted(path: str | Path) -> tuple[dict[str, Any], Extraction]:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not an extraction directory ({exc})") from None
+        raise ValueError(f"{path} is not an extraction directory ({exc}); write one with python -m evals.extract "
+                         "--ckpt RUN --out FOLDER") from None
     again = "; extract it again (python -m evals.extract ... --force)"
     if not isinstance(manifest, dict):
         raise ValueError(f"{path / MANIFEST} is not an extraction manifest (a JSON object){again}")

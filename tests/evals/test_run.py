@@ -276,7 +276,8 @@ def test_distinct_rows_keeps_the_first_copy_of_each_row_in_order():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--extracted", "nowhere", "--out", "x"], "not an extraction directory"),
+    (["--extracted", "nowhere", "--out", "x"], "not an extraction directory ([Errno 2] No such file or directory: "
+                                               "'nowhere/manifest.json'); write one with python -m evals.extract"),
     (["--extracted", "nowhere", "--out", "x", "--j", "0"], "--j takes integers >= 1"),
     (["--extracted", "nowhere", "--out", "x", "--seeds", "0"], "--seeds"),
     (["--extracted", "nowhere", "--out", "x", "--max-rows", "0"], "--max-rows must be >= 1, got 0"),
