@@ -94,7 +94,7 @@ def _json_rows(path: Path, split: str) -> Iterator[dict]:
     a column's type from a file's first block (~10 MB) and converts later blocks to it without a word: a number
     became the text "12345", and a block's strings came out wrapped in JSON quotes. A .json file that is one JSON
     document (an array of rows, or an object spread over lines) goes to the json builder, which reads it whole."""
-    first = True
+    first, one_document = True, False
     with open(path, encoding="utf-8-sig", newline="\n") as handle:  # a lone CR is JSON whitespace, not a line end
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -108,11 +108,13 @@ def _json_rows(path: Path, split: str) -> Iterator[dict]:
             if problem is None:
                 yield row
             elif first and suffix(path) == ".json":  # one JSON document, not JSON lines
-                yield from _local_dataset("json", [path], split)
-                return
+                one_document = True
+                break
             else:
                 raise DataError(f"{path}, line {number}: {problem}; fix or delete that line")
             first = False
+    if one_document:  # read by the builder once this file is closed
+        yield from _local_dataset("json", [path], split)
 
 
 def _read_text(path: Path, chars: int | None) -> Iterator[str]:

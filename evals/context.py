@@ -97,8 +97,8 @@ def context_curve(model: GPT, val_tokens: np.ndarray, *, label: str, train_conte
     length, note = scored_length(model, max_length)
     starts = sequence_starts(val_tokens, max_length, sequences)
     total = torch.zeros(length, dtype=torch.float64)
-    for i in range(len(starts)):
-        x, y = gather_windows(val_tokens, starts[i : i + 1], length)
+    for start in starts:
+        x, y = gather_windows(val_tokens, [start], length)
         total += token_losses(model, x, y, form).double().sum(dim=0)
     mean = total / len(starts)
     edges = bucket_edges(train_context, length)

@@ -18,7 +18,6 @@ model/attention/flex.py records the choice these numbers support.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from fileio.pages import command_line, write_page
 from fileio.tables import cell, markdown_table
 from model.attention.direct import tiled_direct_attention
-from model.attention.expressive import ExpressiveSquaredAttention, SaturatingSquare
+from model.attention.expressive import ExpressiveAttention, ExpressiveSquaredAttention
 from model.attention.flex import LogPointwiseWeight, flex_causal_attention
 from model.attention.taylor import TaylorAttention
 
@@ -40,7 +39,7 @@ BLOCK = 128  # the backends' default block_size
 def weights(d: int) -> dict[str, tuple[LogPointwiseWeight, bool]]:
     """backend -> (its weight of q·k, whether q and k are unit vectors)."""
     return {
-        "expressive": (SaturatingSquare(1.0 / math.sqrt(d)), False),
+        "expressive": (ExpressiveAttention().weight(d), False),
         "expressive_sq": (ExpressiveSquaredAttention().kernel(d), False),
         "taylor": (TaylorAttention().kernel(d), True),
     }
@@ -105,10 +104,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.compiler.config.force_disable_caches = True  # the compile time a first run pays
-    # One compiled flex_attention serves every weight, dtype and length here: more variants than dynamo's default
-    # recompile limit, past which it would silently run flex eagerly (unfused).
-    torch._dynamo.config.recompile_limit = 64
-
     d, found = args.head_dim, weights(args.head_dim)
     load_before = os.getloadavg()[0]
     rows = []

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                "ours / nanoGPT speed (median of rounds)", "range over rounds", "our MFU"]
     table = markdown_table(headers, [[args.shape, args.dtype, args.threads, cell(row["ours_tokens_per_s"], "int"),
                                       cell(row["nanogpt_tokens_per_s"], "int"), cell(speedup),
-                                      range_cell(min(ratios), max(ratios)), cell(mfu, "pct")]],
+                                      range_cell(row["speedup_min"], row["speedup_max"]), cell(mfu, "pct")]],
                            right=headers[2:])
     config = (f"{shape.n_layer} layers x {shape.n_embd}, batch {batch} x {seq} tokens, vocabulary {vocab} "
               f"(nanoGPT's padded to {padded_vocab(vocab)}), "

@@ -261,7 +261,7 @@ def gros_section(grid: Grid, chosen: Chosen) -> str:
             f"{table}\n\n{verdict}\n")
 
 
-def write_results(grid: Grid, results: Path, page_opening: str, command: str, overwrite: bool) -> str:
+def write_results(grid: Grid, results: Path, page_opening: str) -> str:
     """The page (also written to <results>.md), the CSV and the PNG; returns the page. Settings appear in the
     grid's order, the easiest first."""
     chosen = best_lrs(grid)
@@ -307,10 +307,9 @@ def write_results(grid: Grid, results: Path, page_opening: str, command: str, ov
             f"\n\n![holdout accuracy "
             f"per setting]({page_file(results, '.png').name})\n\n{gros_section(grid, chosen)}\n"
             f"## Every learning rate\n\nFinal val accuracy (the basis of the choice, chosen in bold).\n\n{every}\n")
-    with replacing(results_files(results), command, overwrite, ELSEWHERE):  # checked again: the grid took hours
-        write_text_atomic(page_file(results, ".md"), page)
-        write_text_atomic(page_file(results, ".csv"), csv_text(records))
-        plot(grid, chosen, backends, page_file(results, ".png"))
+    write_text_atomic(page_file(results, ".md"), page)
+    write_text_atomic(page_file(results, ".csv"), csv_text(records))
+    plot(grid, chosen, backends, page_file(results, ".png"))
     return page
 
 
@@ -435,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
                            page_command, describe_config(args.config, base, args.seeds, lrs), machine,
                            trained_dates(runs))
     try:
-        page = write_results(grid, args.results, page_opening, page_command, args.overwrite)
+        # the pages checked again under the folder's lock: the grid took hours, long enough for another command
+        with replacing(results_files(args.results), page_command, args.overwrite, ELSEWHERE):
+            page = write_results(grid, args.results, page_opening)
     except (ValueError, OSError) as exc:
         print(f"recall_grid: {exc}", file=sys.stderr)
         return 2

@@ -213,8 +213,6 @@ def _number(tp: type, text: str, key: str) -> int | float:
                 return int(text, 0)  # 0x10, 0o755, 0b101
     except (ValueError, decimal.InvalidOperation):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {text!r}") from None
-    if not exact.is_finite():  # Infinity, NaN: refused by the caller, as the YAML spellings are
-        return float(exact)
     # past any int setting, and its int could take gigabytes (1e999999999); 0e99 is 0
     if exact and exact.adjusted() >= EXACT_INT_DIGITS:
         raise ConfigError(f"{key}: expected an integer below 10**{EXACT_INT_DIGITS}, got {text.strip()}")

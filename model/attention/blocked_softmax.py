@@ -33,8 +33,8 @@ NO_GRAD_MAX_LENGTH = 1024  # without gradients, longer sequences take SDPA (runs
 
 
 def block_rows(dtype: torch.dtype) -> int:
-    """Query rows per block: of 64, 128 and 256, the fastest over the lengths measured on the CPU for each dtype
-    (results/bench_blocked_softmax.md)."""
+    """Query rows per block: of 64, 128 and 256, the fastest at most lengths measured on the CPU for each dtype (not at
+    every one: results/bench_blocked_softmax.md)."""
     return 128 if dtype == torch.bfloat16 else 64
 
 
@@ -48,9 +48,10 @@ def saved_bytes(q: torch.Tensor, block: int | None = None) -> int:
 def runs_blocked(q: torch.Tensor) -> bool:
     """Whether causal attention on queries q (B, H, T, d) takes the blocked form: on the CPU, in fp32, fp64, or bf16
     where the CPU multiplies it natively (elsewhere oneDNN emulates bf16 GEMMs slower than fp32); in training (a
-    gradient wanted) within SAVED_BYTES_LIMIT, and without gradients up to NO_GRAD_MAX_LENGTH tokens, the longest at
-    which its forward alone beat SDPA's in both bf16 and fp32 (results/bench_blocked_softmax.md). GPUs keep torch
-    SDPA's fused kernels; so does fp16, for which this form was not measured."""
+    gradient wanted) within SAVED_BYTES_LIMIT, and without gradients up to NO_GRAD_MAX_LENGTH tokens, the longest
+    measured length at which its forward alone beat SDPA's in both bf16 and fp32 (results/bench_blocked_softmax.md;
+    2,048 was not measured). GPUs keep torch SDPA's fused kernels; so does fp16, for which this form was not
+    measured."""
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64, torch.bfloat16):
         return False
     if q.dtype == torch.bfloat16 and not cpu_multiplies_bf16():

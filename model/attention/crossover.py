@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from model.compiling import assume_constant_result
 
@@ -86,8 +87,8 @@ def code_version() -> str:
 
 
 def device_setting(device: torch.device) -> str:
-    """The device type, with torch's thread count on the CPU: the forms gain unlike from more threads (a crossover
-    measured on 2 threads does not hold on 1)."""
+    """The device type, with torch's thread count on the CPU: the two forms need not gain alike from more threads, so
+    a crossover measured on 2 threads is not taken for 1."""
     return f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else device.type
 
 
@@ -209,5 +210,5 @@ def _cached_or_measured(backend, d: int, heads: int, dtype: torch.dtype, device:
 
 
 def say(message: str) -> None:
-    """A line on stderr, where train.py's progress bar and warnings go."""
-    print(message, file=sys.stderr, flush=True)
+    """A note on stderr, printed above a progress bar if one is drawn (train.py's is, when the first step measures)."""
+    tqdm.write(message, file=sys.stderr)

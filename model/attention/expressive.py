@@ -37,7 +37,7 @@ class SaturatingSquare:
 
     def __call__(self, s: torch.Tensor) -> torch.Tensor:
         inverse = s.square_().reciprocal_()
-        if inverse.requires_grad:  # decoding with autograd on: out= cannot be differentiated, a pass more can
+        if inverse.requires_grad:  # decoding with autograd on: out= would raise there; this runs (not differentiable)
             return inverse.mul_(self.scale**-2).add_(1.0).reciprocal_()
         return _one_plus(inverse, self.scale**-2, out=inverse).reciprocal_()
 
@@ -95,6 +95,10 @@ class ExpressiveAttention(AttentionBackend):
         check_positive_real(self.name, "eps", self.eps)
         check_count(self.name, "block_size", self.block_size)
 
+    def weight(self, d: int) -> SaturatingSquare:
+        """w of the unscaled score q·k at head size d: its temperature (or 1/sqrt(d)) rides in the weight."""
+        return SaturatingSquare(_temperature(self.temperature, d))
+
     def reference(self, q, k, v, mask=None):
         check_inputs(self.name, q, k, v, mask)
         s = _temperature(self.temperature, q.shape[-1]) * (q @ k.transpose(-2, -1))  # (B, H, T, T)
@@ -102,8 +106,7 @@ class ExpressiveAttention(AttentionBackend):
 
     def forward(self, q, k, v, mask=None):
         check_inputs(self.name, q, k, v, mask)
-        y = direct_form(q, k, v, SaturatingSquare(_temperature(self.temperature, q.shape[-1])), eps=self.eps,
-                        block=self.block_size, mask=mask)
+        y = direct_form(q, k, v, self.weight(q.shape[-1]), eps=self.eps, block=self.block_size, mask=mask)
         return zero_masked_queries(y, mask)
 
     def init_state(self, batch, heads, d, d_v, *, dtype, device, capacity=None) -> KVCache:
@@ -123,7 +126,7 @@ class ExpressiveAttention(AttentionBackend):
         keys_valid = state.valid_keys()
         with autocast_off(q.device):  # the cache is in the accumulation dtype; autocast would round its GEMMs
             num, den = tiled_numerator_and_denominator(
-                fold_heads(q), keys, values, SaturatingSquare(_temperature(self.temperature, d)), past, self.block_size,
+                fold_heads(q), keys, values, self.weight(d), past, self.block_size,
                 None if keys_valid is None else fold_mask(keys_valid, h),
             )
         den = safe_denominator(den, self.eps, None if mask is None else fold_mask(mask, h))

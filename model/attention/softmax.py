@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
 from model.attention.base import AttentionBackend, check_inputs, zero_masked_queries

@@ -38,13 +38,8 @@ GRID = {
 }
 
 
-def write_results(grid, results, page_opening):
-    """The page as the command writes it at the end of a grid (--overwrite: these tests write their own folders)."""
-    return recall_grid.write_results(grid, results, page_opening, "python scripts/recall_grid.py", True)
-
-
 def test_each_backend_gets_the_lr_best_on_val_and_reports_holdout_beside_the_no_recall_accuracy(tmp_path):
-    page = write_results(GRID, tmp_path / "mqar", "# Title\n\n")
+    page = recall_grid.write_results(GRID, tmp_path / "mqar", "# Title\n\n")
     # softmax at 4 pairs: lr 1e-3 has the better val mean (0.95 against 0.6), so its holdout (0.96) is reported,
     # not the better holdout of lr 3e-3 (0.99): the choice never sees the holdout set
     assert "Sanity check (softmax at 4×32 reaches 0.95): passes, 0.960 ± 0.014 against 0.521 with no recall." in page
@@ -58,20 +53,20 @@ def test_each_backend_gets_the_lr_best_on_val_and_reports_holdout_beside_the_no_
 
 
 def test_gros_claim_needs_expressive_level_on_the_easiest_setting_and_ahead_on_a_harder_one(tmp_path):
-    page = write_results(GRID, tmp_path / "mqar", "")
+    page = recall_grid.write_results(GRID, tmp_path / "mqar", "")
     assert "| 4×32 | 0.960 ± 0.014 | 0.970 ± 0.014 | +0.010 | 0.014 | level |" in page  # 0.01 < 2 x 0.014
     assert "| 8×64 | 0.320 ± 0.028 | 0.620 ± 0.028 | +0.300 | 0.028 | ahead |" in page
     assert "is supported by this grid: level at 4×32: yes; ahead at 8×64 of 8×64; behind at none." in page
     level_everywhere = {p: {lr: {b: recall_grid.Cell(c.val, [0.3, 0.3]) for b, c in by_b.items()}
                             for lr, by_b in by_lr.items()} for p, by_lr in GRID.items()}
-    assert "is not supported" in write_results(level_everywhere, tmp_path / "level", "")
-    assert "Gros" not in write_results({EASY: GRID[EASY]}, tmp_path / "easy", "")  # nothing to compare
+    assert "is not supported" in recall_grid.write_results(level_everywhere, tmp_path / "level", "")
+    assert "Gros" not in recall_grid.write_results({EASY: GRID[EASY]}, tmp_path / "easy", "")  # nothing to compare
 
 
 def test_one_seed_gives_no_standard_error_and_no_verdict(tmp_path):
     one_seed = {p: {lr: {b: recall_grid.Cell(c.val[:1], c.holdout[:1]) for b, c in by_b.items()}
                     for lr, by_b in by_lr.items()} for p, by_lr in GRID.items()}
-    page = write_results(one_seed, tmp_path / "one", "")
+    page = recall_grid.write_results(one_seed, tmp_path / "one", "")
     assert "| +0.300 | – | untold (one seed) |" in page and "ahead |" not in page
     assert "cannot be judged by this grid: with one seed a gap has no standard error to be weighed against" in page
     rows = list(csv.DictReader(open(tmp_path / "one.csv")))
@@ -79,7 +74,7 @@ def test_one_seed_gives_no_standard_error_and_no_verdict(tmp_path):
 
 
 def test_a_grid_whose_softmax_misses_the_easiest_setting_says_it_measures_nothing(tmp_path):
-    page = write_results({HARD: GRID[HARD]}, tmp_path / "mqar", "")
+    page = recall_grid.write_results({HARD: GRID[HARD]}, tmp_path / "mqar", "")
     assert "Sanity check (softmax at 8×64 reaches 0.95): FAILS" in page and "0.320 ± 0.028 against 0.340" in page
 
 
